@@ -1,0 +1,232 @@
+//! Answers workers' requests: "which builders do I serve?" and "give me the
+//! next build of builder X". Any master answers any request; the claim itself
+//! is one statement in Postgres, so two masters answering two workers at once
+//! never hand out the same request.
+
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicRejectOptions};
+use lapin::types::FieldTable;
+use shared::wire::{self, BuildAssignment, RpcReply, RpcRequest};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::store::StoreError;
+use crate::{Master, MasterError, RETRY_DELAY};
+
+/// RPC requests handled at once by one master.
+const CONCURRENT_REQUESTS: usize = 32;
+
+pub async fn serve_rpc(
+    master: Arc<Master>,
+    shutdown: CancellationToken,
+) -> Result<(), MasterError> {
+    let queue = master.namespace.rpc_queue();
+    let channel = master
+        .broker
+        .consumer_channel(CONCURRENT_REQUESTS as u16)
+        .await
+        .map_err(MasterError::from)?;
+    let mut deliveries = channel
+        .basic_consume(
+            queue.clone().into(),
+            format!("{}-rpc", master.name).into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| MasterError::Broker(e.into()))?;
+    let limit = Arc::new(Semaphore::new(CONCURRENT_REQUESTS));
+    loop {
+        let delivery = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            delivery = deliveries.next() => delivery,
+        };
+        let delivery = match delivery {
+            Some(Ok(delivery)) => delivery,
+            Some(Err(error)) => return Err(MasterError::Broker(error.into())),
+            None => return Err(MasterError::ConsumerEnded(queue)),
+        };
+        let permit = limit
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore never closes");
+        let master = master.clone();
+        tokio::spawn(async move {
+            handle_request(&master, delivery).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn handle_request(master: &Master, delivery: Delivery) {
+    let reply_to = delivery
+        .properties
+        .reply_to()
+        .as_ref()
+        .map(|s| s.as_str().to_owned());
+    let correlation_id = delivery
+        .properties
+        .correlation_id()
+        .as_ref()
+        .map(|s| s.as_str().to_owned());
+    let request = match (
+        reply_to,
+        correlation_id,
+        wire::decode::<RpcRequest>(&delivery.data),
+    ) {
+        (Some(reply_to), Some(correlation_id), Ok(request)) => (reply_to, correlation_id, request),
+        (_, _, Err(error)) => {
+            tracing::warn!(%error, "dead-lettering an unreadable RPC request");
+            let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;
+            return;
+        }
+        _ => {
+            tracing::warn!("dead-lettering an RPC request without reply_to or correlation_id");
+            let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;
+            return;
+        }
+    };
+    let (reply_to, correlation_id, request) = request;
+    let span = tracing::info_span!(
+        "rpc",
+        worker.name = request_worker(&request),
+        rpc.kind = request_kind(&request)
+    );
+    async {
+        match answer(master, request).await {
+            Ok(reply) => {
+                if let Err(error) = master
+                    .broker
+                    .reply(&reply_to, &correlation_id, &reply)
+                    .await
+                {
+                    // The worker retries with the same claim token and gets the
+                    // same build, so a lost reply loses nothing.
+                    tracing::warn!(%error, "could not send the reply");
+                }
+                let _ = delivery.ack(BasicAckOptions::default()).await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "could not answer now; handing the request back");
+                tokio::time::sleep(RETRY_DELAY).await;
+                let _ = delivery
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await;
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+fn request_worker(request: &RpcRequest) -> &str {
+    match request {
+        RpcRequest::Hello { worker } | RpcRequest::Claim { worker, .. } => worker,
+    }
+}
+
+fn request_kind(request: &RpcRequest) -> &'static str {
+    match request {
+        RpcRequest::Hello { .. } => "hello",
+        RpcRequest::Claim { .. } => "claim",
+    }
+}
+
+/// The reply to one request. Errors are only those worth retrying.
+async fn answer(master: &Master, request: RpcRequest) -> Result<RpcReply, StoreError> {
+    let catalog = master.catalog();
+    let config = &catalog.config;
+    match request {
+        RpcRequest::Hello { worker } => {
+            let is_local = Master::is_local_worker(&catalog, &worker);
+            let max_builds = match config.worker(&worker) {
+                Some(settings) => settings.max_builds,
+                None if is_local => config.settings.local_worker.max_builds,
+                None => {
+                    return Ok(RpcReply::Refused {
+                        reason: format!(
+                            "worker `{worker}` is not configured; add it to settings.yaml `workers:` on the masters"
+                        ),
+                    });
+                }
+            };
+            master.worker_id(&worker).await?;
+            let builders = config
+                .builders_for_worker(&worker, is_local)
+                .into_iter()
+                .map(|b| b.name.clone())
+                .collect();
+            tracing::info!(worker.name = %worker, "worker said hello");
+            Ok(RpcReply::Welcome {
+                builders,
+                max_builds,
+                heartbeat_seconds: config.settings.builds.heartbeat_seconds,
+            })
+        }
+        RpcRequest::Claim {
+            worker,
+            builder,
+            claim_token,
+        } => {
+            let is_local = Master::is_local_worker(&catalog, &worker);
+            let Some((builder_config, builder_id)) = catalog.builder(&builder) else {
+                return Ok(RpcReply::Refused {
+                    reason: format!("builder `{builder}` is not configured any more"),
+                });
+            };
+            if !config.may_run(builder_config, &worker, is_local) {
+                return Ok(RpcReply::Refused {
+                    reason: format!("worker `{worker}` may not run builder `{builder}`"),
+                });
+            }
+            let worker_id = master.worker_id(&worker).await?;
+            let claimed = master
+                .store
+                .claim(
+                    builder_id,
+                    &builder,
+                    worker_id,
+                    &worker,
+                    master.id,
+                    claim_token,
+                    config.settings.builds.lease_seconds,
+                )
+                .await?;
+            let Some(claimed) = claimed else {
+                return Ok(RpcReply::NothingPending);
+            };
+            tracing::info!(build.id = claimed.id, build.number = claimed.number, builder.name = %builder, worker.name = %worker, "build claimed");
+            let properties = match claimed.properties {
+                serde_json::Value::Object(map) => map
+                    .into_iter()
+                    .map(|(name, value)| match value {
+                        serde_json::Value::Array(mut pair) if pair.len() == 2 => {
+                            (name, pair.swap_remove(0))
+                        }
+                        other => (name, other),
+                    })
+                    .collect(),
+                _ => Default::default(),
+            };
+            Ok(RpcReply::Claimed {
+                build: BuildAssignment {
+                    build_id: claimed.id,
+                    buildrequest_id: claimed.buildrequest_id,
+                    builder,
+                    number: claimed.number,
+                    worker,
+                    properties,
+                    steps: config.factory_of(builder_config).steps.clone(),
+                },
+            })
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! Records what workers report. Each event is applied in one transaction
+//! together with its entry in the `build_events` ledger, and acknowledged only
+//! after the commit: a master killed mid-way leaves the event in the queue
+//! for another master, and an event delivered twice is recognised and
+//! changes nothing. Events are snapshots, so their order does not matter.
+
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicRejectOptions};
+use lapin::types::FieldTable;
+use redis::AsyncCommands;
+use shared::wire::{self, WorkerEvent};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::logs::{self, LogError};
+use crate::store::{RecordError, Recorded, Store, StoreError};
+use crate::{Master, MasterError, RETRY_DELAY};
+
+/// Events recorded at once by one master.
+const CONCURRENT_EVENTS: usize = 32;
+
+pub async fn record_events(
+    master: Arc<Master>,
+    shutdown: CancellationToken,
+) -> Result<(), MasterError> {
+    let queue = master.namespace.events_queue();
+    let channel = master
+        .broker
+        .consumer_channel(CONCURRENT_EVENTS as u16)
+        .await?;
+    let mut deliveries = channel
+        .basic_consume(
+            queue.clone().into(),
+            format!("{}-events", master.name).into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| MasterError::Broker(e.into()))?;
+    let limit = Arc::new(Semaphore::new(CONCURRENT_EVENTS));
+    loop {
+        let delivery = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            delivery = deliveries.next() => delivery,
+        };
+        let delivery = match delivery {
+            Some(Ok(delivery)) => delivery,
+            Some(Err(error)) => return Err(MasterError::Broker(error.into())),
+            None => return Err(MasterError::ConsumerEnded(queue)),
+        };
+        let permit = limit
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore never closes");
+        let master = master.clone();
+        tokio::spawn(async move {
+            handle_event(&master, delivery).await;
+            drop(permit);
+        });
+    }
+    // Let the events being recorded finish before the connection closes.
+    let _ = limit.acquire_many(CONCURRENT_EVENTS as u32).await;
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+enum EventError {
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    #[error(transparent)]
+    Log(#[from] LogError),
+}
+
+impl From<StoreError> for EventError {
+    fn from(error: StoreError) -> Self {
+        EventError::Record(RecordError::Store(error))
+    }
+}
+
+impl From<sqlx::Error> for EventError {
+    fn from(error: sqlx::Error) -> Self {
+        EventError::Record(RecordError::Store(StoreError::Database(error)))
+    }
+}
+
+async fn handle_event(master: &Master, delivery: Delivery) {
+    let event = match wire::decode::<WorkerEvent>(&delivery.data) {
+        Ok(event) => event,
+        Err(error) => {
+            tracing::warn!(%error, "dead-lettering an unreadable event");
+            let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;
+            return;
+        }
+    };
+    match record(master, &event).await {
+        Ok(_) => {
+            let _ = delivery.ack(BasicAckOptions::default()).await;
+        }
+        Err(EventError::Record(RecordError::Rejected(error))) => {
+            tracing::warn!(%error, worker.name = event.worker(), "dead-lettering an event that cannot be recorded");
+            let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;
+        }
+        Err(error) => {
+            tracing::warn!(%error, worker.name = event.worker(), "could not record an event now; it will be retried");
+            tokio::time::sleep(RETRY_DELAY).await;
+            let _ = delivery
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await;
+        }
+    }
+}
+
+async fn record(master: &Master, event: &WorkerEvent) -> Result<Recorded, EventError> {
+    let lease_seconds = master.catalog().config.settings.builds.lease_seconds;
+    match event {
+        WorkerEvent::Heartbeat {
+            worker, build_ids, ..
+        } => {
+            master
+                .store
+                .heartbeat(worker, build_ids, lease_seconds)
+                .await?;
+            Ok(Recorded::Applied)
+        }
+        WorkerEvent::StepStarted {
+            worker,
+            build_id,
+            seq,
+            step,
+        } => {
+            let Some(mut tx) = master.store.begin_event(*build_id, *seq, worker).await? else {
+                return Ok(Recorded::Duplicate);
+            };
+            Store::upsert_step(&mut tx, *build_id, step).await?;
+            Store::set_build_state(&mut tx, *build_id, &step.name).await?;
+            tx.commit().await?;
+            Ok(Recorded::Applied)
+        }
+        WorkerEvent::StepFinished {
+            worker,
+            build_id,
+            seq,
+            step,
+        } => {
+            let Some(mut tx) = master.store.begin_event(*build_id, *seq, worker).await? else {
+                return Ok(Recorded::Duplicate);
+            };
+            let (_, log_rows) = Store::upsert_step(&mut tx, *build_id, step).await?;
+            let mut redis = master.redis.clone();
+            let mut archived_keys = Vec::new();
+            for (record, row) in step.logs.iter().zip(&log_rows) {
+                if row.complete {
+                    continue;
+                }
+                let key =
+                    master
+                        .namespace
+                        .log_stream_key(worker, *build_id, step.number, &record.slug);
+                logs::archive(&mut redis, &mut tx, row.id, &key, record.chunks).await?;
+                archived_keys.push(key);
+            }
+            tx.commit().await?;
+            let linger = master.catalog().config.settings.builds.log_linger_seconds as i64;
+            for key in archived_keys {
+                // People watching live still see the end; afterwards the copy
+                // in Postgres is the only one.
+                let expired: Result<bool, _> = redis.expire(&key, linger).await;
+                if let Err(error) = expired {
+                    tracing::warn!(%error, redis.key = %key, "could not set the expiry of an archived log stream");
+                }
+            }
+            tracing::debug!(
+                build.id = build_id,
+                step.number = step.number,
+                "step finished and archived"
+            );
+            Ok(Recorded::Applied)
+        }
+        WorkerEvent::BuildFinished {
+            worker,
+            build_id,
+            seq,
+            results,
+            state_string,
+            finished_at,
+            steps,
+        } => {
+            let Some(mut tx) = master.store.begin_event(*build_id, *seq, worker).await? else {
+                return Ok(Recorded::Duplicate);
+            };
+            for step in steps {
+                Store::upsert_step(&mut tx, *build_id, step).await?;
+            }
+            Store::finish_build(&mut tx, *build_id, *results, state_string, *finished_at).await?;
+            tx.commit().await?;
+            tracing::info!(build.id = build_id, worker.name = %worker, build.results = %results, "build finished");
+            Ok(Recorded::Applied)
+        }
+    }
+}

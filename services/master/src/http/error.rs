@@ -1,0 +1,99 @@
+//! The one place where failures become HTTP answers. Every error body has one
+//! shape, `{"error": "..."}`; a 5xx body says nothing about internals, and its
+//! cause is logged once, here, inside the request's span.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::broker::BrokerError;
+use crate::logs::LogError;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Conflict(String),
+    /// A dependency is down; the client may retry (HAProxy may already route
+    /// it to a healthy master).
+    #[error("service unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The text a client may see.
+    pub fn public_message(&self) -> String {
+        match self {
+            ApiError::Internal(_) => "internal error; see the master's log".into(),
+            ApiError::Unavailable(_) => {
+                "a service buildmaster depends on is unavailable; try again".into()
+            }
+            other => other.to_string(),
+        }
+    }
+
+    /// Logs the cause of a server-side failure; client errors are not logged.
+    pub fn log(&self) {
+        match self {
+            ApiError::Internal(cause) => tracing::error!(error = %cause, "request failed"),
+            ApiError::Unavailable(cause) => {
+                tracing::warn!(error = %cause, "request failed: dependency unavailable")
+            }
+            _ => {}
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        if error.is_transient() {
+            ApiError::Unavailable(error.to_string())
+        } else {
+            ApiError::Internal(error.to_string())
+        }
+    }
+}
+
+impl From<BrokerError> for ApiError {
+    fn from(error: BrokerError) -> Self {
+        ApiError::Unavailable(error.to_string())
+    }
+}
+
+impl From<LogError> for ApiError {
+    fn from(error: LogError) -> Self {
+        match error {
+            LogError::Store(store) => store.into(),
+            LogError::Redis { .. } => ApiError::Unavailable(error.to_string()),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        self.log();
+        (
+            self.status(),
+            Json(json!({ "error": self.public_message() })),
+        )
+            .into_response()
+    }
+}

@@ -1,0 +1,200 @@
+//! A buildmaster master node. Every master is identical and keeps no state
+//! between requests beyond caches: any of them serves any HTTP request,
+//! answers any worker's claim and records any worker's event, and any of them
+//! can be killed at any moment. `run` is the whole node; `main` only parses
+//! the command line, and tests call `run` on port 0.
+
+pub mod broker;
+mod dispatch;
+mod events;
+pub mod http;
+pub mod logs;
+mod reconcile;
+pub mod store;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use shared::config::{BuilderConfig, Config};
+use shared::names::Namespace;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::{Broker, BrokerError};
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MasterError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error("redis error: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("HTTP server error: {0}")]
+    Http(#[from] std::io::Error),
+    #[error("the RabbitMQ consumer of `{0}` stopped; the connection was lost")]
+    ConsumerEnded(String),
+    #[error("local worker failed: {0}")]
+    LocalWorker(#[from] worker::WorkerError),
+}
+
+/// The configuration a master runs with, and the database ids of its builders.
+/// Replaced whole on reload; readers hold an `Arc` to a consistent snapshot.
+pub struct Catalog {
+    pub config: Config,
+    pub builder_ids: HashMap<String, i32>,
+}
+
+impl Catalog {
+    pub fn builder(&self, name: &str) -> Option<(&BuilderConfig, i32)> {
+        let builder = self.config.builder(name)?;
+        Some((builder, *self.builder_ids.get(name)?))
+    }
+}
+
+/// What every part of a master shares. Caches only: the truth is in Postgres.
+pub struct Master {
+    pub name: String,
+    pub id: i32,
+    pub store: Store,
+    pub broker: Broker,
+    pub redis: ConnectionManager,
+    pub namespace: Namespace,
+    catalog: RwLock<Arc<Catalog>>,
+    worker_ids: Mutex<HashMap<String, i32>>,
+}
+
+impl Master {
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.read().expect("catalog lock poisoned").clone()
+    }
+
+    /// The name the local worker of this master uses.
+    pub fn local_worker_name(&self) -> String {
+        let settings = &self.catalog().config.settings;
+        format!("{}-{}", settings.local_worker.name, self.name)
+    }
+
+    /// Whether `worker` is some master's local worker.
+    fn is_local_worker(catalog: &Catalog, worker: &str) -> bool {
+        let settings = &catalog.config.settings;
+        settings.use_local_worker
+            && worker.starts_with(&format!("{}-", settings.local_worker.name))
+            && catalog.config.worker(worker).is_none()
+    }
+
+    async fn worker_id(&self, worker: &str) -> Result<i32, StoreError> {
+        if let Some(id) = self
+            .worker_ids
+            .lock()
+            .expect("worker id lock poisoned")
+            .get(worker)
+        {
+            return Ok(*id);
+        }
+        let id = self.store.ensure_worker(worker).await?;
+        self.worker_ids
+            .lock()
+            .expect("worker id lock poisoned")
+            .insert(worker.to_owned(), id);
+        Ok(id)
+    }
+}
+
+/// Connects to Postgres, RabbitMQ and Redis, checks the schema, and prepares
+/// the topology for the configured builders.
+pub async fn connect(config: Config, master_name: &str) -> Result<Arc<Master>, MasterError> {
+    let settings = &config.settings;
+    let namespace = Namespace::new(&settings.namespace);
+    let store = Store::connect(settings.database_url.expose(), 16).await?;
+    store.check_schema().await?;
+    let broker = Broker::connect(
+        settings.amqp_url.expose(),
+        namespace.clone(),
+        &format!("buildmaster {master_name}"),
+    )
+    .await?;
+    let redis = ConnectionManager::new(redis::Client::open(settings.redis_url.expose())?).await?;
+    let id = store.register_master(master_name).await?;
+    let builder_ids = store.sync_builders(&config.master.builders).await?;
+    broker
+        .declare_topology(config.master.builders.iter().map(|b| b.name.as_str()))
+        .await?;
+    Ok(Arc::new(Master {
+        name: master_name.to_owned(),
+        id,
+        store,
+        broker,
+        redis,
+        namespace,
+        catalog: RwLock::new(Arc::new(Catalog {
+            config,
+            builder_ids,
+        })),
+        worker_ids: Mutex::new(HashMap::new()),
+    }))
+}
+
+/// Runs a master until `shutdown` is cancelled or a part of it fails.
+pub async fn run(
+    config: Config,
+    master_name: String,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), MasterError> {
+    let master = connect(config, &master_name).await?;
+    let local_worker = {
+        let settings = &master.catalog().config.settings;
+        settings.use_local_worker.then(|| worker::WorkerOptions {
+            name: master.local_worker_name(),
+            amqp_url: settings.amqp_url.expose().to_owned(),
+            redis_url: settings.redis_url.expose().to_owned(),
+            namespace: settings.namespace.clone(),
+            basedir: settings.local_worker.basedir.join(&master.name),
+        })
+    };
+    tracing::info!(master.name = %master.name, master.id = master.id, address = %listener.local_addr()?, "master started");
+
+    let stopping = shutdown.child_token();
+    let mut tasks: JoinSet<Result<(), MasterError>> = JoinSet::new();
+    tasks.spawn(dispatch::serve_rpc(master.clone(), stopping.clone()));
+    tasks.spawn(events::record_events(master.clone(), stopping.clone()));
+    tasks.spawn(reconcile::reconcile(master.clone(), stopping.clone()));
+    tasks.spawn({
+        let master = master.clone();
+        let stopping = stopping.clone();
+        async move {
+            axum::serve(listener, http::router(master))
+                .with_graceful_shutdown(async move { stopping.cancelled().await })
+                .await?;
+            Ok(())
+        }
+    });
+    if let Some(options) = local_worker {
+        let stopping = stopping.clone();
+        tasks.spawn(async move { Ok(worker::run(options, stopping.clone(), stopping).await?) });
+    }
+
+    let mut outcome = Ok(());
+    while let Some(finished) = tasks.join_next().await {
+        let result = finished.unwrap_or_else(|panic| std::panic::resume_unwind(panic.into_panic()));
+        if let Err(error) = result {
+            if outcome.is_ok() {
+                outcome = Err(error);
+            }
+        }
+        // Whatever ended first, the rest of the node goes down with it: a
+        // master without one of its parts must not look healthy.
+        stopping.cancel();
+    }
+    master.broker.close().await;
+    tracing::info!(master.name = %master.name, "master stopped");
+    outcome
+}
+
+/// How long to wait before retrying after a failure that may pass.
+pub(crate) const RETRY_DELAY: Duration = Duration::from_millis(500);

@@ -1,0 +1,336 @@
+//! Logs: moved from the Redis stream a worker writes into Postgres when a step
+//! ends, and read back from whichever of the two holds them.
+//!
+//! An archived chunk is a zstd frame of records `[channel: u8][len: u32 LE]
+//! [bytes]`, in the order the worker wrote them, so stdout and stderr stay
+//! distinguishable and the raw download is exactly the bytes the step
+//! printed. Archiving reads the stream page by page and never holds a whole
+//! log in memory.
+
+use futures_util::StreamExt;
+use redis::aio::ConnectionManager;
+use redis::streams::StreamRangeReply;
+use shared::names::{LOG_FIELD_CHANNEL, LOG_FIELD_DATA};
+use shared::wire::LogChannel;
+use sqlx::{Postgres, Transaction};
+
+use crate::store::{ArchivedChunk, Store, StoreError};
+
+/// Raw bytes gathered before a chunk is compressed and written.
+const CHUNK_RAW_BYTES: usize = 1024 * 1024;
+/// Stream entries read per round trip to Redis.
+const ENTRIES_PER_PAGE: usize = 256;
+const ZSTD_LEVEL: i32 = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("redis error while reading log stream `{key}`: {source}")]
+    Redis {
+        key: String,
+        source: redis::RedisError,
+    },
+    #[error(
+        "log stream `{key}` has {found} of the {expected} entries its worker wrote; the rest was lost from Redis"
+    )]
+    Incomplete {
+        key: String,
+        found: u64,
+        expected: u64,
+    },
+    #[error("log stream `{key}` has an unreadable entry `{id}`")]
+    BadEntry { key: String, id: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("archived chunk of log {log_id} is corrupt: {reason}")]
+    CorruptChunk { log_id: i64, reason: String },
+}
+
+/// One piece of a log as the worker wrote it.
+pub struct LogRecord {
+    pub channel: LogChannel,
+    pub data: Vec<u8>,
+}
+
+/// Reads entries of a log stream after `after_id` (exclusive; `"-"` for all).
+pub async fn read_stream_page(
+    redis: &mut ConnectionManager,
+    key: &str,
+    after_id: &str,
+    count: usize,
+) -> Result<Vec<(String, LogRecord)>, LogError> {
+    let start = if after_id == "-" {
+        "-".to_owned()
+    } else {
+        format!("({after_id}")
+    };
+    let reply: StreamRangeReply = redis::cmd("XRANGE")
+        .arg(key)
+        .arg(&start)
+        .arg("+")
+        .arg("COUNT")
+        .arg(count)
+        .query_async(redis)
+        .await
+        .map_err(|source| LogError::Redis {
+            key: key.to_owned(),
+            source,
+        })?;
+    let mut records = Vec::with_capacity(reply.ids.len());
+    for entry in reply.ids {
+        let channel = match entry.map.get(LOG_FIELD_CHANNEL) {
+            Some(redis::Value::BulkString(code)) if code.len() == 1 => {
+                LogChannel::from_code(code[0])
+            }
+            _ => None,
+        };
+        let data = match entry.map.get(LOG_FIELD_DATA) {
+            Some(redis::Value::BulkString(data)) => Some(data.clone()),
+            _ => None,
+        };
+        match (channel, data) {
+            (Some(channel), Some(data)) => records.push((entry.id, LogRecord { channel, data })),
+            _ => {
+                return Err(LogError::BadEntry {
+                    key: key.to_owned(),
+                    id: entry.id,
+                });
+            }
+        }
+    }
+    Ok(records)
+}
+
+/// Accumulates records into compressed chunks.
+struct ChunkBuilder {
+    buffer: Vec<u8>,
+    raw_bytes: usize,
+    lines_in_chunk: i64,
+    next_seq: i32,
+    first_line: i64,
+    total_lines: i64,
+    total_bytes: i64,
+    /// Whether the last byte seen ended a line.
+    at_line_start: bool,
+}
+
+impl ChunkBuilder {
+    fn new() -> Self {
+        Self {
+            buffer: Vec::new(),
+            raw_bytes: 0,
+            lines_in_chunk: 0,
+            next_seq: 0,
+            first_line: 0,
+            total_lines: 0,
+            total_bytes: 0,
+            at_line_start: true,
+        }
+    }
+
+    fn push(&mut self, record: &LogRecord) {
+        if record.data.is_empty() {
+            return;
+        }
+        self.buffer.push(record.channel.code());
+        self.buffer
+            .extend_from_slice(&(record.data.len() as u32).to_le_bytes());
+        self.buffer.extend_from_slice(&record.data);
+        self.raw_bytes += record.data.len();
+        // A line counts where it starts, so a line split across records or
+        // chunks counts once.
+        let mut starts = 0;
+        for &byte in &record.data {
+            if self.at_line_start {
+                starts += 1;
+            }
+            self.at_line_start = byte == b'\n';
+        }
+        self.lines_in_chunk += starts;
+        if record.channel != LogChannel::Header {
+            self.total_bytes += record.data.len() as i64;
+        }
+    }
+
+    fn is_full(&self) -> bool {
+        self.raw_bytes >= CHUNK_RAW_BYTES
+    }
+
+    fn take(&mut self) -> Option<ArchivedChunk> {
+        if self.buffer.is_empty() {
+            return None;
+        }
+        let content = zstd::bulk::compress(&self.buffer, ZSTD_LEVEL)
+            .expect("compressing into memory cannot fail");
+        let chunk = ArchivedChunk {
+            seq: self.next_seq,
+            first_line: self.first_line,
+            num_lines: self.lines_in_chunk,
+            raw_bytes: self.raw_bytes as i32,
+            content,
+        };
+        self.next_seq += 1;
+        self.first_line += self.lines_in_chunk;
+        self.total_lines += self.lines_in_chunk;
+        self.lines_in_chunk = 0;
+        self.raw_bytes = 0;
+        self.buffer.clear();
+        Some(chunk)
+    }
+}
+
+/// Copies a finished log from its Redis stream into Postgres inside the
+/// caller's transaction, after checking that every entry its worker wrote
+/// (`expected_entries`) is there.
+pub async fn archive(
+    redis: &mut ConnectionManager,
+    tx: &mut Transaction<'static, Postgres>,
+    log_id: i64,
+    key: &str,
+    expected_entries: u64,
+) -> Result<(), LogError> {
+    let mut builder = ChunkBuilder::new();
+    let mut after = String::from("-");
+    let mut found = 0u64;
+    loop {
+        let page = read_stream_page(redis, key, &after, ENTRIES_PER_PAGE).await?;
+        let Some((last_id, _)) = page.last() else {
+            break;
+        };
+        after = last_id.clone();
+        for (_, record) in &page {
+            found += 1;
+            builder.push(record);
+            if builder.is_full() {
+                let chunk = builder.take().expect("a full builder has a chunk");
+                Store::insert_log_chunk(tx, log_id, &chunk).await?;
+            }
+        }
+        if page.len() < ENTRIES_PER_PAGE {
+            break;
+        }
+    }
+    if found != expected_entries {
+        // Waiting would not bring the entries back: archive what exists and
+        // say so in the log itself, where its readers will see it.
+        let lost = LogError::Incomplete {
+            key: key.to_owned(),
+            found,
+            expected: expected_entries,
+        };
+        tracing::warn!(error = %lost, log.id = log_id, "archiving an incomplete log");
+        let marker = format!("\n[buildmaster: {lost}]\n");
+        builder.push(&LogRecord {
+            channel: LogChannel::Header,
+            data: marker.into_bytes(),
+        });
+    }
+    if let Some(chunk) = builder.take() {
+        Store::insert_log_chunk(tx, log_id, &chunk).await?;
+    }
+    Store::complete_log(tx, log_id, builder.total_lines, builder.total_bytes).await?;
+    Ok(())
+}
+
+/// Splits an archived chunk back into its records.
+pub fn decode_chunk(log_id: i64, content: &[u8]) -> Result<Vec<LogRecord>, LogError> {
+    let corrupt = |reason: String| LogError::CorruptChunk { log_id, reason };
+    let raw = zstd::stream::decode_all(content).map_err(|e| corrupt(e.to_string()))?;
+    let mut records = Vec::new();
+    let mut rest = raw.as_slice();
+    while !rest.is_empty() {
+        if rest.len() < 5 {
+            return Err(corrupt("truncated record header".into()));
+        }
+        let channel = LogChannel::from_code(rest[0])
+            .ok_or_else(|| corrupt(format!("unknown channel {}", rest[0])))?;
+        let len = u32::from_le_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+        if rest.len() < 5 + len {
+            return Err(corrupt("truncated record".into()));
+        }
+        records.push(LogRecord {
+            channel,
+            data: rest[5..5 + len].to_vec(),
+        });
+        rest = &rest[5 + len..];
+    }
+    Ok(records)
+}
+
+/// What the step printed (stdout and stderr, no headers), as a stream of
+/// byte pieces: from Postgres when archived, else from the live stream.
+pub fn raw_bytes(
+    store: &Store,
+    redis: ConnectionManager,
+    log_id: i64,
+    archived: bool,
+    stream_key: String,
+) -> futures_util::stream::BoxStream<'static, Result<Vec<u8>, LogError>> {
+    if archived {
+        store
+            .log_chunks(log_id)
+            .map(move |content| {
+                let content = content.map_err(StoreError::from)?;
+                let records = decode_chunk(log_id, &content)?;
+                Ok(printed_bytes(records))
+            })
+            .boxed()
+    } else {
+        futures_util::stream::try_unfold(Some(String::from("-")), move |after| {
+            let key = stream_key.clone();
+            let mut redis = redis.clone();
+            async move {
+                let Some(after) = after else { return Ok(None) };
+                let page = read_stream_page(&mut redis, &key, &after, ENTRIES_PER_PAGE).await?;
+                let next = (page.len() == ENTRIES_PER_PAGE)
+                    .then(|| page.last().map(|(id, _)| id.clone()))
+                    .flatten();
+                if page.is_empty() {
+                    return Ok(None);
+                }
+                let bytes = printed_bytes(page.into_iter().map(|(_, record)| record).collect());
+                Ok(Some((bytes, next)))
+            }
+        })
+        .boxed()
+    }
+}
+
+fn printed_bytes(records: Vec<LogRecord>) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for record in records {
+        if record.channel != LogChannel::Header {
+            bytes.extend_from_slice(&record.data);
+        }
+    }
+    bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chunk_decodes_to_the_records_it_was_built_from() {
+        let mut builder = ChunkBuilder::new();
+        builder.push(&LogRecord {
+            channel: LogChannel::Header,
+            data: b"$ make\n".to_vec(),
+        });
+        builder.push(&LogRecord {
+            channel: LogChannel::Stdout,
+            data: b"one\ntw".to_vec(),
+        });
+        builder.push(&LogRecord {
+            channel: LogChannel::Stderr,
+            data: b"o\nthree".to_vec(),
+        });
+        let chunk = builder.take().unwrap();
+        assert_eq!(chunk.num_lines, 4, "`$ make`, `one`, `two`, `three`");
+        assert_eq!(
+            builder.total_bytes, 13,
+            "headers are not counted as printed bytes"
+        );
+        let records = decode_chunk(1, &chunk.content).unwrap();
+        assert_eq!(printed_bytes(records), b"one\ntwo\nthree");
+    }
+}

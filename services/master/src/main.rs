@@ -1,0 +1,108 @@
+//! `buildmaster`: the master node's command line, as buildbot.python.org's
+//! admins know it: `start`, `checkconfig`, `upgrade-master`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use shared::config::{self, Config};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "buildmaster", version, about = "buildmaster master node")]
+struct Cli {
+    /// settings.yaml; default from BUILDMASTER_SETTINGS or PYBUILDBOT_SETTINGS_PATH.
+    #[arg(long, global = true)]
+    settings: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check settings.yaml and master.yaml; print every error with file:line:column.
+    Checkconfig,
+    /// Create the database if needed and apply the schema migrations.
+    UpgradeMaster,
+    /// Run a master until SIGTERM or Ctrl-C.
+    Start {
+        /// Address to serve HTTP on; default `web.listen` from settings.yaml.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// This master's name, unique among masters; default host:port.
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    shared::telemetry::init();
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime starts");
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("buildmaster: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(settings: Option<PathBuf>) -> Result<Config, config::ConfigErrors> {
+    Config::load(&config::settings_path(settings)?)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Checkconfig => match load(cli.settings) {
+            Ok(config) => {
+                println!("config is valid: {}", config.summary());
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(errors) => {
+                eprintln!("{errors}");
+                eprintln!("{} error(s); nothing was changed", errors.0.len());
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        Command::UpgradeMaster => {
+            let config = load(cli.settings)?;
+            let applied = master::store::upgrade(config.settings.database_url.expose()).await?;
+            println!("database schema is up to date ({applied} migration(s) applied now)");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Start { listen, name } => {
+            let config = load(cli.settings)?;
+            let address = listen.unwrap_or(config.settings.web.listen);
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| {
+                    format!("cannot listen on {address}; is another master using it?")
+                })?;
+            let name = name.unwrap_or_else(|| format!("{}:{}", hostname(), address.port()));
+            let shutdown = CancellationToken::new();
+            tokio::spawn(stop_on_signal(shutdown.clone()));
+            master::run(config, name, listener, shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "master".into())
+}
+
+/// Cancels on the first SIGTERM or Ctrl-C, so in-flight work finishes.
+async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutdown requested; finishing in-flight work");
+    shutdown.cancel();
+}

@@ -1,0 +1,100 @@
+//! Makes the delivery channels agree with Postgres again after something was
+//! lost: doorbells (a publish that failed after its commit, a broker that lost
+//! its queues) and workers (a build whose worker stopped sending heartbeats).
+//! It runs on every master at once with no leader: each row it acts on is
+//! taken with `for update skip locked`, so exactly one master acts on it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::store::DueRequest;
+use crate::{Master, MasterError};
+
+/// Rows handled per pass, so one pass never holds many locks for long.
+const BATCH: i64 = 500;
+
+pub async fn reconcile(
+    master: Arc<Master>,
+    shutdown: CancellationToken,
+) -> Result<(), MasterError> {
+    loop {
+        let builds = master.catalog().config.settings.builds.clone();
+        let period = Duration::from_secs((builds.heartbeat_seconds).clamp(1, 5));
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(period) => {}
+        }
+        if let Err(error) = reconcile_once(&master, builds.redeliver_after_seconds).await {
+            tracing::warn!(%error, "reconciliation pass failed; will try again");
+        }
+    }
+}
+
+async fn reconcile_once(master: &Master, redeliver_after_seconds: u64) -> Result<(), MasterError> {
+    master.store.touch_master(master.id).await?;
+    let requeued = master.store.expire_leases(BATCH).await?;
+    if !requeued.is_empty() {
+        tracing::warn!(
+            count = requeued.len(),
+            "builds lost their worker; their requests are pending again"
+        );
+        ring(master, requeued, true).await;
+    }
+    let due = master
+        .store
+        .take_due_requests(redeliver_after_seconds, BATCH)
+        .await?;
+    if !due.is_empty() {
+        ring(master, due, false).await;
+    }
+    Ok(())
+}
+
+/// Rings doorbells for requests. Unless `always`, a builder whose queue
+/// still holds doorbells is skipped: its workers are busy or absent, and more
+/// doorbells would only pile up.
+async fn ring(master: &Master, requests: Vec<DueRequest>, always: bool) {
+    let names = match master.store.builder_names().await {
+        Ok(names) => names,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read builder names to ring doorbells");
+            return;
+        }
+    };
+    let mut by_builder: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+    for request in requests {
+        by_builder
+            .entry(request.builder_id)
+            .or_default()
+            .push(request.id);
+    }
+    for (builder_id, request_ids) in by_builder {
+        let Some(builder) = names.get(&builder_id) else {
+            continue;
+        };
+        if !always {
+            match master.broker.doorbells_waiting(builder).await {
+                Ok(0) => {}
+                Ok(_) => continue,
+                Err(error) => {
+                    tracing::warn!(%error, builder.name = %builder, "cannot inspect the builder's queue");
+                    continue;
+                }
+            }
+        }
+        for request_id in request_ids {
+            match master.broker.ring(builder, request_id).await {
+                Ok(()) => {
+                    tracing::info!(buildrequest.id = request_id, builder.name = %builder, "doorbell rung again")
+                }
+                Err(error) => {
+                    tracing::warn!(%error, buildrequest.id = request_id, builder.name = %builder, "cannot ring the doorbell");
+                    let _ = master.store.mark_unannounced(&[request_id]).await;
+                }
+            }
+        }
+    }
+}

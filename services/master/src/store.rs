@@ -1,0 +1,978 @@
+//! All SQL of the master, behind one type. Postgres is the truth: every
+//! decision that must hold across masters (who claims a request, which number
+//! a build gets, whether an event was already recorded) is made here, in one
+//! statement or one transaction, never in a master's memory.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Utc};
+use futures_util::stream::BoxStream;
+use shared::config::BuilderConfig;
+use shared::model::Results;
+use shared::wire::StepRecord;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::{FromRow, Postgres, Transaction};
+use uuid::Uuid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error(
+        "the database schema is out of date (missing migrations: {missing}); run `buildmaster upgrade-master` first"
+    )]
+    SchemaOutdated { missing: String },
+    #[error(
+        "the database schema is newer than this master (unknown migrations: {unknown}); upgrade buildmaster"
+    )]
+    SchemaNewer { unknown: String },
+}
+
+impl StoreError {
+    /// Whether trying again later may succeed (the database was unreachable
+    /// or busy), as opposed to a request that can never be recorded.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Database(error) => {
+                !matches!(
+                    error,
+                    sqlx::Error::RowNotFound
+                        | sqlx::Error::ColumnDecode { .. }
+                        | sqlx::Error::Decode(_)
+                ) && error.as_database_error().is_none_or(|db| {
+                    db.code().is_some_and(|c| {
+                        c.starts_with("40")
+                            || c.starts_with("53")
+                            || c.starts_with("57")
+                            || c.starts_with("08")
+                    })
+                })
+            }
+            _ => false,
+        }
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[derive(Clone)]
+pub struct Store {
+    pool: PgPool,
+}
+
+/// A request as created by a trigger.
+pub struct NewRequest {
+    pub builder_id: i32,
+    pub priority: i32,
+}
+
+pub struct NewBuildset<'a> {
+    pub reason: &'a str,
+    pub owner: Option<&'a str>,
+    pub scheduler: &'a str,
+    /// Buildbot-shaped: `{"name": [value, "source"]}`.
+    pub properties: &'a serde_json::Value,
+    pub requests: Vec<NewRequest>,
+}
+
+/// What a claim produced: a new or (for a retried token) existing build.
+#[derive(Debug, FromRow)]
+pub struct ClaimedBuild {
+    pub id: i64,
+    pub number: i32,
+    pub buildrequest_id: i64,
+    pub properties: serde_json::Value,
+}
+
+#[derive(Debug, FromRow, Clone)]
+pub struct BuildRow {
+    pub id: i64,
+    pub builder_id: i32,
+    pub number: i32,
+    pub buildrequest_id: i64,
+    pub worker_id: i32,
+    pub worker_name: String,
+    pub master_id: i32,
+    pub started_at: DateTime<Utc>,
+    pub complete_at: Option<DateTime<Utc>>,
+    pub results: Option<i16>,
+    pub state_string: String,
+    pub properties: serde_json::Value,
+}
+
+#[derive(Debug, FromRow, Clone)]
+pub struct StepRow {
+    pub id: i64,
+    pub build_id: i64,
+    pub number: i32,
+    pub name: String,
+    pub started_at: Option<DateTime<Utc>>,
+    pub complete_at: Option<DateTime<Utc>>,
+    pub results: Option<i16>,
+    pub state_string: String,
+    pub hidden: bool,
+    pub urls: serde_json::Value,
+}
+
+#[derive(Debug, FromRow, Clone)]
+pub struct LogRow {
+    pub id: i64,
+    pub step_id: i64,
+    pub name: String,
+    pub slug: String,
+    #[sqlx(rename = "type")]
+    pub log_type: String,
+    pub num_lines: i64,
+    pub num_bytes: i64,
+    pub complete: bool,
+}
+
+/// Where a log's live copy is: enough to name its Redis stream.
+#[derive(Debug, FromRow, Clone)]
+pub struct LogLocation {
+    pub log: LogRow,
+    pub build_id: i64,
+    pub step_number: i32,
+    pub worker_name: String,
+}
+
+#[derive(Debug, FromRow, Clone)]
+pub struct BuildRequestRow {
+    pub id: i64,
+    pub buildset_id: i64,
+    pub builder_id: i32,
+    pub priority: i32,
+    pub state: String,
+    pub submitted_at: DateTime<Utc>,
+    pub claimed_at: Option<DateTime<Utc>>,
+    pub claimed_by_master_id: Option<i32>,
+    pub complete_at: Option<DateTime<Utc>>,
+    pub results: Option<i16>,
+}
+
+#[derive(Debug, FromRow, Clone)]
+pub struct BuilderRow {
+    pub id: i32,
+    pub name: String,
+    pub description: Option<String>,
+    pub tags: Vec<String>,
+}
+
+/// One archived piece of a log, ready to insert.
+pub struct ArchivedChunk {
+    pub seq: i32,
+    pub first_line: i64,
+    pub num_lines: i64,
+    pub raw_bytes: i32,
+    pub content: Vec<u8>,
+}
+
+/// A request whose doorbell should be rung (again).
+#[derive(Debug, FromRow)]
+pub struct DueRequest {
+    pub id: i64,
+    pub builder_id: i32,
+}
+
+/// The outcome of recording one event.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Recorded {
+    Applied,
+    Duplicate,
+}
+
+/// Why an event cannot be recorded, ever.
+#[derive(Debug, thiserror::Error)]
+pub enum EventRejected {
+    #[error("build {0} does not exist")]
+    UnknownBuild(i64),
+    #[error("build {build_id} runs on worker `{owner}`, not on `{sender}`")]
+    WrongWorker {
+        build_id: i64,
+        owner: String,
+        sender: String,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error(transparent)]
+    Rejected(#[from] EventRejected),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for RecordError {
+    fn from(error: sqlx::Error) -> Self {
+        RecordError::Store(StoreError::Database(error))
+    }
+}
+
+/// A query for builds (with their worker's name) ending in `$tail`.
+macro_rules! select_builds {
+    ($tail:literal) => {
+        concat!(
+            "select b.id, b.builder_id, b.number, b.buildrequest_id, b.worker_id, w.name as worker_name, ",
+            "b.master_id, b.started_at, b.complete_at, b.results, b.state_string, b.properties ",
+            "from builds b join workers w on w.id = b.worker_id ",
+            $tail
+        )
+    };
+}
+
+impl Store {
+    pub async fn connect(url: &str, max_connections: u32) -> StoreResult<Store> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .connect(url)
+            .await?;
+        Ok(Store { pool })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Refuses to run on a schema that is not exactly what this binary
+    /// expects, with the command that fixes it.
+    pub async fn check_schema(&self) -> StoreResult<()> {
+        let table_exists: bool =
+            sqlx::query_scalar("select to_regclass('_sqlx_migrations') is not null")
+                .fetch_one(&self.pool)
+                .await?;
+        let applied: Vec<i64> = if table_exists {
+            sqlx::query_scalar(
+                "select version from _sqlx_migrations where success order by version",
+            )
+            .fetch_all(&self.pool)
+            .await?
+        } else {
+            Vec::new()
+        };
+        let known: Vec<i64> = shared::MIGRATOR.iter().map(|m| m.version).collect();
+        let missing: Vec<String> = known
+            .iter()
+            .filter(|v| !applied.contains(v))
+            .map(|v| v.to_string())
+            .collect();
+        if !missing.is_empty() {
+            return Err(StoreError::SchemaOutdated {
+                missing: missing.join(", "),
+            });
+        }
+        let unknown: Vec<String> = applied
+            .iter()
+            .filter(|v| !known.contains(v))
+            .map(|v| v.to_string())
+            .collect();
+        if !unknown.is_empty() {
+            return Err(StoreError::SchemaNewer {
+                unknown: unknown.join(", "),
+            });
+        }
+        Ok(())
+    }
+
+    pub async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("select 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn register_master(&self, name: &str) -> StoreResult<i32> {
+        Ok(sqlx::query_scalar(
+            r#"insert into masters (name) values ($1)
+               on conflict (name) do update set started_at = now(), last_seen_at = now()
+               returning id"#,
+        )
+        .bind(name)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    pub async fn touch_master(&self, id: i32) -> StoreResult<()> {
+        sqlx::query("update masters set last_seen_at = now() where id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Makes the builders table match the configuration and returns every
+    /// configured builder's id. Builders no longer configured keep their row
+    /// (and history) but are marked so.
+    pub async fn sync_builders(
+        &self,
+        builders: &[BuilderConfig],
+    ) -> StoreResult<HashMap<String, i32>> {
+        let names: Vec<&str> = builders.iter().map(|b| b.name.as_str()).collect();
+        let descriptions: Vec<Option<&str>> =
+            builders.iter().map(|b| b.description.as_deref()).collect();
+        let tags: Vec<String> = builders
+            .iter()
+            .map(|b| serde_json::to_string(&b.tags).expect("tags serialize"))
+            .collect();
+        let mut tx = self.pool.begin().await?;
+        let rows: Vec<(String, i32)> = sqlx::query_as(
+            r#"insert into builders (name, description, tags, configured)
+               select name, description, array(select jsonb_array_elements_text(tags::jsonb)), true
+               from unnest($1::text[], $2::text[], $3::text[]) as t(name, description, tags)
+               on conflict (name) do update
+                 set description = excluded.description, tags = excluded.tags, configured = true
+               returning name, id"#,
+        )
+        .bind(&names)
+        .bind(&descriptions)
+        .bind(&tags)
+        .fetch_all(&mut *tx)
+        .await?;
+        sqlx::query(
+            "update builders set configured = false where configured and not (name = any($1))",
+        )
+        .bind(&names)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(rows.into_iter().collect())
+    }
+
+    pub async fn ensure_worker(&self, name: &str) -> StoreResult<i32> {
+        Ok(sqlx::query_scalar(
+            r#"insert into workers (name, last_seen_at) values ($1, now())
+               on conflict (name) do update set last_seen_at = now()
+               returning id"#,
+        )
+        .bind(name)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// Writes a buildset and its requests in one transaction. The requests
+    /// are marked announced now: the caller rings their doorbells right after
+    /// the commit, and the reconciler rings again only if nobody claims them.
+    pub async fn create_buildset(
+        &self,
+        new: NewBuildset<'_>,
+    ) -> StoreResult<(i64, Vec<(i32, i64)>)> {
+        let mut tx = self.pool.begin().await?;
+        let buildset_id: i64 = sqlx::query_scalar(
+            r#"insert into buildsets (reason, owner, scheduler, properties)
+               values ($1, $2, $3, $4) returning id"#,
+        )
+        .bind(new.reason)
+        .bind(new.owner)
+        .bind(new.scheduler)
+        .bind(new.properties)
+        .fetch_one(&mut *tx)
+        .await?;
+        let builder_ids: Vec<i32> = new.requests.iter().map(|r| r.builder_id).collect();
+        let priorities: Vec<i32> = new.requests.iter().map(|r| r.priority).collect();
+        let requests: Vec<(i32, i64)> = sqlx::query_as(
+            r#"insert into buildrequests (buildset_id, builder_id, priority, announced_at)
+               select $1, builder_id, priority, now()
+               from unnest($2::int[], $3::int[]) with ordinality as t(builder_id, priority, n)
+               order by n
+               returning builder_id, id"#,
+        )
+        .bind(buildset_id)
+        .bind(&builder_ids)
+        .bind(&priorities)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok((buildset_id, requests))
+    }
+
+    /// Forgets that these requests were announced, so the reconciler rings
+    /// for them soon (their doorbell could not be published).
+    pub async fn mark_unannounced(&self, request_ids: &[i64]) -> StoreResult<()> {
+        sqlx::query(
+            "update buildrequests set announced_at = null where id = any($1) and state = 'pending'",
+        )
+        .bind(request_ids)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Claims the best pending request of a builder for a worker, in one
+    /// statement: picks it (priority, then age; skipping rows another master
+    /// is claiming), marks it claimed, takes the builder's next number under
+    /// the builder row's lock, and creates the build. A retried claim token
+    /// returns the build it already made.
+    pub async fn claim(
+        &self,
+        builder_id: i32,
+        builder_name: &str,
+        worker_id: i32,
+        worker_name: &str,
+        master_id: i32,
+        claim_token: Uuid,
+        lease_seconds: u64,
+    ) -> StoreResult<Option<ClaimedBuild>> {
+        let existing: Option<ClaimedBuild> = sqlx::query_as(
+            "select id, number, buildrequest_id, properties from builds where claim_token = $1",
+        )
+        .bind(claim_token)
+        .fetch_optional(&self.pool)
+        .await?;
+        if existing.is_some() {
+            return Ok(existing);
+        }
+        let claimed = sqlx::query_as(
+            r#"with picked as (
+                   select id from buildrequests
+                   where builder_id = $1 and state = 'pending'
+                   order by priority desc, submitted_at, id
+                   limit 1
+                   for update skip locked
+               ), claimed as (
+                   update buildrequests r
+                   set state = 'claimed', claimed_at = now(), claimed_by_master_id = $3
+                   from picked where r.id = picked.id
+                   returning r.id, r.buildset_id
+               ), numbered as (
+                   update builders set next_build_number = next_build_number + 1
+                   where id = $1 and exists (select 1 from claimed)
+                   returning next_build_number - 1 as number
+               )
+               insert into builds (builder_id, number, buildrequest_id, worker_id, master_id, claim_token,
+                                   lease_expires_at, state_string, properties)
+               select $1, numbered.number, claimed.id, $2, $3, $4,
+                      now() + make_interval(secs => $5), 'building',
+                      s.properties || jsonb_build_object(
+                          'buildername', jsonb_build_array($6::text, 'Builder'),
+                          'buildnumber', jsonb_build_array(numbered.number, 'Build'),
+                          'workername', jsonb_build_array($7::text, 'Worker'))
+               from claimed, numbered, buildsets s
+               where s.id = claimed.buildset_id
+               returning id, number, buildrequest_id, properties"#,
+        )
+        .bind(builder_id)
+        .bind(worker_id)
+        .bind(master_id)
+        .bind(claim_token)
+        .bind(lease_seconds as f64)
+        .bind(builder_name)
+        .bind(worker_name)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(claimed)
+    }
+
+    /// Starts recording one event: checks that the build exists and belongs
+    /// to the sender, and enters the event in the ledger. `None` means the
+    /// event was recorded before and must change nothing.
+    pub async fn begin_event(
+        &self,
+        build_id: i64,
+        seq: i64,
+        sender: &str,
+    ) -> Result<Option<Transaction<'static, Postgres>>, RecordError> {
+        let mut tx = self.pool.begin().await?;
+        let owner: Option<String> = sqlx::query_scalar(
+            "select w.name from builds b join workers w on w.id = b.worker_id where b.id = $1",
+        )
+        .bind(build_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        match owner {
+            None => return Err(EventRejected::UnknownBuild(build_id).into()),
+            Some(owner) if owner != sender => {
+                return Err(EventRejected::WrongWorker {
+                    build_id,
+                    owner,
+                    sender: sender.to_owned(),
+                }
+                .into());
+            }
+            Some(_) => {}
+        }
+        let inserted = sqlx::query(
+            "insert into build_events (build_id, seq) values ($1, $2) on conflict do nothing",
+        )
+        .bind(build_id)
+        .bind(seq)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        Ok((inserted == 1).then_some(tx))
+    }
+
+    /// Creates or completes a step from what its worker reported, never
+    /// moving it backwards (a late "started" after "finished" changes
+    /// nothing). Returns the step's id and its logs' ids and completeness.
+    pub async fn upsert_step(
+        tx: &mut Transaction<'static, Postgres>,
+        build_id: i64,
+        step: &StepRecord,
+    ) -> StoreResult<(i64, Vec<LogRow>)> {
+        let step_id: i64 = sqlx::query_scalar(
+            r#"insert into steps (build_id, number, name, started_at, complete_at, results, state_string)
+               values ($1, $2, $3, $4, $5, $6, $7)
+               on conflict (build_id, number) do update set
+                   started_at = coalesce(steps.started_at, excluded.started_at),
+                   complete_at = coalesce(steps.complete_at, excluded.complete_at),
+                   results = coalesce(steps.results, excluded.results),
+                   state_string = case when steps.complete_at is null
+                                       then excluded.state_string else steps.state_string end
+               returning id"#,
+        )
+        .bind(build_id)
+        .bind(step.number)
+        .bind(&step.name)
+        .bind(step.started_at)
+        .bind(step.finished_at)
+        .bind(step.results.map(Results::code))
+        .bind(&step.state_string)
+        .fetch_one(&mut **tx)
+        .await?;
+        let mut logs = Vec::with_capacity(step.logs.len());
+        for log in &step.logs {
+            let row: LogRow = sqlx::query_as(
+                r#"insert into logs (step_id, name, slug) values ($1, $2, $3)
+                   on conflict (step_id, slug) do update set name = excluded.name
+                   returning id, step_id, name, slug, type, num_lines, num_bytes, complete"#,
+            )
+            .bind(step_id)
+            .bind(&log.name)
+            .bind(&log.slug)
+            .fetch_one(&mut **tx)
+            .await?;
+            logs.push(row);
+        }
+        Ok((step_id, logs))
+    }
+
+    pub async fn insert_log_chunk(
+        tx: &mut Transaction<'static, Postgres>,
+        log_id: i64,
+        chunk: &ArchivedChunk,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            r#"insert into log_chunks (log_id, seq, first_line, num_lines, raw_bytes, content)
+               values ($1, $2, $3, $4, $5, $6) on conflict do nothing"#,
+        )
+        .bind(log_id)
+        .bind(chunk.seq)
+        .bind(chunk.first_line)
+        .bind(chunk.num_lines)
+        .bind(chunk.raw_bytes)
+        .bind(&chunk.content)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn complete_log(
+        tx: &mut Transaction<'static, Postgres>,
+        log_id: i64,
+        num_lines: i64,
+        num_bytes: i64,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "update logs set complete = true, num_lines = $2, num_bytes = $3 where id = $1",
+        )
+        .bind(log_id)
+        .bind(num_lines)
+        .bind(num_bytes)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn set_build_state(
+        tx: &mut Transaction<'static, Postgres>,
+        build_id: i64,
+        state_string: &str,
+    ) -> StoreResult<()> {
+        sqlx::query("update builds set state_string = $2 where id = $1 and complete_at is null")
+            .bind(build_id)
+            .bind(state_string)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Ends a build and its request, and its buildset once every request of
+    /// it is complete. A build already ended (say, as RETRY after its lease
+    /// expired) stays as it was.
+    pub async fn finish_build(
+        tx: &mut Transaction<'static, Postgres>,
+        build_id: i64,
+        results: Results,
+        state_string: &str,
+        finished_at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let request: Option<(i64, i64)> = sqlx::query_as(
+            r#"update builds set complete_at = $2, results = $3, state_string = $4
+               where id = $1 and complete_at is null
+               returning buildrequest_id,
+                         (select buildset_id from buildrequests where id = buildrequest_id)"#,
+        )
+        .bind(build_id)
+        .bind(finished_at)
+        .bind(results.code())
+        .bind(state_string)
+        .fetch_optional(&mut **tx)
+        .await?;
+        let Some((request_id, buildset_id)) = request else {
+            return Ok(());
+        };
+        sqlx::query(
+            r#"update buildrequests set state = 'complete', complete_at = $2, results = $3
+               where id = $1 and state = 'claimed'"#,
+        )
+        .bind(request_id)
+        .bind(finished_at)
+        .bind(results.code())
+        .execute(&mut **tx)
+        .await?;
+        Self::complete_buildset_if_done(tx, buildset_id).await
+    }
+
+    async fn complete_buildset_if_done(
+        tx: &mut Transaction<'static, Postgres>,
+        buildset_id: i64,
+    ) -> StoreResult<()> {
+        let states: Vec<(String, Option<i16>)> = sqlx::query_as(
+            "select state, results from buildrequests where buildset_id = $1 for update",
+        )
+        .bind(buildset_id)
+        .fetch_all(&mut **tx)
+        .await?;
+        if states.iter().any(|(state, _)| state != "complete") {
+            return Ok(());
+        }
+        let results = states
+            .iter()
+            .filter_map(|(_, code)| code.and_then(Results::from_code))
+            .fold(Results::Success, Results::worst);
+        sqlx::query("update buildsets set complete = true, complete_at = now(), results = $2 where id = $1 and not complete")
+            .bind(buildset_id)
+            .bind(results.code())
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Extends the leases of the builds a worker says it runs.
+    pub async fn heartbeat(
+        &self,
+        worker: &str,
+        build_ids: &[i64],
+        lease_seconds: u64,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            r#"update builds b set lease_expires_at = now() + make_interval(secs => $3)
+               from workers w
+               where b.id = any($2) and b.complete_at is null and w.id = b.worker_id and w.name = $1"#,
+        )
+        .bind(worker)
+        .bind(build_ids)
+        .bind(lease_seconds as f64)
+        .execute(&self.pool)
+        .await?;
+        sqlx::query("update workers set last_seen_at = now() where name = $1")
+            .bind(worker)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Pending requests nobody claimed since their doorbell rang
+    /// `older_than_seconds` ago (or that never rang), marked as announced
+    /// now. Safe on every master at once: each row goes to one of them.
+    pub async fn take_due_requests(
+        &self,
+        older_than_seconds: u64,
+        limit: i64,
+    ) -> StoreResult<Vec<DueRequest>> {
+        Ok(sqlx::query_as(
+            r#"with due as (
+                   select id from buildrequests
+                   where state = 'pending'
+                     and (announced_at is null or announced_at < now() - make_interval(secs => $1))
+                   order by id
+                   limit $2
+                   for update skip locked
+               )
+               update buildrequests r set announced_at = now()
+               from due where r.id = due.id
+               returning r.id, r.builder_id"#,
+        )
+        .bind(older_than_seconds as f64)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Ends builds whose worker stopped sending heartbeats as RETRY and puts
+    /// their requests back in the queue. Returns the requeued requests.
+    pub async fn expire_leases(&self, limit: i64) -> StoreResult<Vec<DueRequest>> {
+        let mut tx = self.pool.begin().await?;
+        let expired: Vec<(i64, i64)> = sqlx::query_as(
+            r#"with expired as (
+                   select id from builds
+                   where complete_at is null and lease_expires_at < now()
+                   order by lease_expires_at
+                   limit $1
+                   for update skip locked
+               )
+               update builds b
+               set complete_at = now(), results = $2,
+                   state_string = 'worker lost: no heartbeat before the lease expired'
+               from expired where b.id = expired.id
+               returning b.id, b.buildrequest_id"#,
+        )
+        .bind(limit)
+        .bind(Results::Retry.code())
+        .fetch_all(&mut *tx)
+        .await?;
+        let request_ids: Vec<i64> = expired.iter().map(|(_, request)| *request).collect();
+        let requeued: Vec<DueRequest> = sqlx::query_as(
+            r#"update buildrequests
+               set state = 'pending', claimed_at = null, claimed_by_master_id = null, announced_at = now()
+               where id = any($1) and state = 'claimed'
+               returning id, builder_id"#,
+        )
+        .bind(&request_ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(requeued)
+    }
+
+    // --- reads -------------------------------------------------------------
+
+    pub async fn builders(&self) -> StoreResult<Vec<BuilderRow>> {
+        Ok(sqlx::query_as(
+            "select id, name, description, tags from builders where configured order by name",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    pub async fn build(&self, id: i64) -> StoreResult<Option<BuildRow>> {
+        Ok(sqlx::query_as(select_builds!("where b.id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    pub async fn builds_of_request(&self, buildrequest_id: i64) -> StoreResult<Vec<BuildRow>> {
+        Ok(
+            sqlx::query_as(select_builds!("where b.buildrequest_id = $1 order by b.id"))
+                .bind(buildrequest_id)
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    pub async fn builds_of_builder(
+        &self,
+        builder_id: i32,
+        limit: i64,
+    ) -> StoreResult<Vec<BuildRow>> {
+        Ok(sqlx::query_as(select_builds!(
+            "where b.builder_id = $1 order by b.number desc limit $2"
+        ))
+        .bind(builder_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    pub async fn build_by_number(
+        &self,
+        builder_id: i32,
+        number: i32,
+    ) -> StoreResult<Option<BuildRow>> {
+        Ok(
+            sqlx::query_as(select_builds!("where b.builder_id = $1 and b.number = $2"))
+                .bind(builder_id)
+                .bind(number)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    pub async fn steps_of_build(&self, build_id: i64) -> StoreResult<Vec<StepRow>> {
+        Ok(sqlx::query_as(
+            r#"select id, build_id, number, name, started_at, complete_at, results, state_string, hidden, urls
+               from steps where build_id = $1 order by number"#,
+        )
+        .bind(build_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    pub async fn logs_of_step(&self, step_id: i64) -> StoreResult<Vec<LogRow>> {
+        Ok(sqlx::query_as(
+            r#"select id, step_id, name, slug, type, num_lines, num_bytes, complete
+               from logs where step_id = $1 order by id"#,
+        )
+        .bind(step_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    pub async fn log_location(&self, log_id: i64) -> StoreResult<Option<LogLocation>> {
+        let row: Option<(
+            i64,
+            i64,
+            String,
+            String,
+            String,
+            i64,
+            i64,
+            bool,
+            i64,
+            i32,
+            String,
+        )> = sqlx::query_as(
+            r#"select l.id, l.step_id, l.name, l.slug, l.type, l.num_lines, l.num_bytes, l.complete,
+                      s.build_id, s.number, w.name
+               from logs l join steps s on s.id = l.step_id join builds b on b.id = s.build_id
+                    join workers w on w.id = b.worker_id
+               where l.id = $1"#,
+        )
+        .bind(log_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(
+            |(
+                id,
+                step_id,
+                name,
+                slug,
+                log_type,
+                num_lines,
+                num_bytes,
+                complete,
+                build_id,
+                step_number,
+                worker_name,
+            )| {
+                LogLocation {
+                    log: LogRow {
+                        id,
+                        step_id,
+                        name,
+                        slug,
+                        log_type,
+                        num_lines,
+                        num_bytes,
+                        complete,
+                    },
+                    build_id,
+                    step_number,
+                    worker_name,
+                }
+            },
+        ))
+    }
+
+    /// The archived chunks of a log in order, one row at a time, so a
+    /// download of any size holds one chunk in memory.
+    pub fn log_chunks(&self, log_id: i64) -> BoxStream<'static, Result<Vec<u8>, sqlx::Error>> {
+        let pool = self.pool.clone();
+        Box::pin(async_stream_chunks(pool, log_id))
+    }
+
+    pub async fn buildrequest(&self, id: i64) -> StoreResult<Option<BuildRequestRow>> {
+        Ok(sqlx::query_as(
+            r#"select id, buildset_id, builder_id, priority, state, submitted_at, claimed_at,
+                      claimed_by_master_id, complete_at, results
+               from buildrequests where id = $1"#,
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Builder names by id, including builders no longer configured.
+    pub async fn builder_names(&self) -> StoreResult<BTreeMap<i32, String>> {
+        let rows: Vec<(i32, String)> = sqlx::query_as("select id, name from builders")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().collect())
+    }
+}
+
+/// Streams `log_chunks.content` in order, fetching a few rows per round trip.
+fn async_stream_chunks(
+    pool: PgPool,
+    log_id: i64,
+) -> impl futures_util::Stream<Item = Result<Vec<u8>, sqlx::Error>> + Send + 'static {
+    const ROWS_PER_FETCH: i64 = 4;
+    futures_util::stream::try_unfold(Some(0i32), move |next_seq| {
+        let pool = pool.clone();
+        async move {
+            let Some(next_seq) = next_seq else { return Ok::<_, sqlx::Error>(None) };
+            let rows: Vec<(i32, Vec<u8>)> = sqlx::query_as(
+                "select seq, content from log_chunks where log_id = $1 and seq >= $2 order by seq limit $3",
+            )
+            .bind(log_id)
+            .bind(next_seq)
+            .bind(ROWS_PER_FETCH)
+            .fetch_all(&pool)
+            .await?;
+            if rows.is_empty() {
+                return Ok(None);
+            }
+            let following = (rows.len() as i64 == ROWS_PER_FETCH).then(|| rows.last().map(|(seq, _)| seq + 1)).flatten();
+            let contents: Vec<Vec<u8>> = rows.into_iter().map(|(_, content)| content).collect();
+            Ok(Some((contents, following)))
+        }
+    })
+    .map_ok(|contents| futures_util::stream::iter(contents.into_iter().map(Ok)))
+    .try_flatten()
+}
+
+use futures_util::TryStreamExt;
+
+/// Creates the database named in `url` when it does not exist, then applies
+/// every migration not yet applied. Returns how many were applied now.
+pub async fn upgrade(url: &str) -> StoreResult<usize> {
+    use sqlx::ConnectOptions;
+    use sqlx::postgres::PgConnectOptions;
+
+    let options: PgConnectOptions = url.parse()?;
+    if let Some(database) = options.get_database().map(str::to_owned) {
+        let mut admin = options.clone().database("postgres").connect().await?;
+        let exists: bool =
+            sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
+                .bind(&database)
+                .fetch_one(&mut admin)
+                .await?;
+        if !exists {
+            let quoted = database.replace('"', "\"\"");
+            // The name comes from the operator's own settings and is quoted.
+            sqlx::query(sqlx::AssertSqlSafe(format!("create database \"{quoted}\"")))
+                .execute(&mut admin)
+                .await?;
+            tracing::info!(database = %database, "database created");
+        }
+    }
+    let mut connection = options.connect().await?;
+    let before: i64 =
+        if sqlx::query_scalar::<_, bool>("select to_regclass('_sqlx_migrations') is not null")
+            .fetch_one(&mut connection)
+            .await?
+        {
+            sqlx::query_scalar("select count(*) from _sqlx_migrations")
+                .fetch_one(&mut connection)
+                .await?
+        } else {
+            0
+        };
+    shared::MIGRATOR
+        .run(&mut connection)
+        .await
+        .map_err(|e| StoreError::Database(e.into()))?;
+    let after: i64 = sqlx::query_scalar("select count(*) from _sqlx_migrations")
+        .fetch_one(&mut connection)
+        .await?;
+    Ok((after - before) as usize)
+}

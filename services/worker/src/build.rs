@@ -1,0 +1,137 @@
+//! Runs one claimed build: its steps in order, with Buildbot's rules for
+//! halting and for combining results, reporting each transition as an event.
+
+use std::path::PathBuf;
+
+use chrono::Utc;
+use shared::model::{Results, build_result_contribution, halts_build};
+use shared::wire::{BuildAssignment, LogRecord, STDIO_LOG, StepRecord, WorkerEvent};
+use tokio_util::sync::CancellationToken;
+
+use crate::logs::LogWriter;
+use crate::{Context, WorkerError, step};
+
+pub async fn run_build(
+    context: &Context,
+    build: BuildAssignment,
+    stop: CancellationToken,
+) -> Result<Results, WorkerError> {
+    let builder_dir = context.basedir.join(directory_name(&build.builder));
+    let mut seq = 0i64;
+    let mut next_seq = || {
+        seq += 1;
+        seq
+    };
+    let mut results = Results::Success;
+    let mut halted = false;
+    let mut failed_steps = Vec::new();
+    let mut records = Vec::with_capacity(build.steps.len());
+
+    for (index, spec) in build.steps.iter().enumerate() {
+        let number = index as i32;
+        if stop.is_cancelled() || (halted && !spec.always_run) {
+            records.push(StepRecord {
+                number,
+                name: spec.name.clone(),
+                started_at: None,
+                finished_at: None,
+                results: Some(Results::Skipped),
+                state_string: "skipped".into(),
+                logs: Vec::new(),
+            });
+            continue;
+        }
+        let mut record = StepRecord {
+            number,
+            name: spec.name.clone(),
+            started_at: Some(Utc::now()),
+            finished_at: None,
+            results: None,
+            state_string: "running".into(),
+            logs: vec![LogRecord {
+                slug: STDIO_LOG.into(),
+                name: STDIO_LOG.into(),
+                chunks: 0,
+                bytes: 0,
+            }],
+        };
+        context
+            .events
+            .send(&WorkerEvent::StepStarted {
+                worker: context.name.clone(),
+                build_id: build.build_id,
+                seq: next_seq(),
+                step: record.clone(),
+            })
+            .await?;
+
+        let key =
+            context
+                .namespace
+                .log_stream_key(&context.name, build.build_id, number, STDIO_LOG);
+        let log = LogWriter::start(context.redis.clone(), key);
+        let outcome = step::run_step(spec, &builder_dir, &log, &stop).await;
+        let totals = log.finish().await;
+
+        record.finished_at = Some(Utc::now());
+        record.results = Some(outcome.results);
+        record.state_string = outcome.state_string;
+        record.logs[0].chunks = totals.entries;
+        record.logs[0].bytes = totals.bytes;
+        context
+            .events
+            .send(&WorkerEvent::StepFinished {
+                worker: context.name.clone(),
+                build_id: build.build_id,
+                seq: next_seq(),
+                step: record.clone(),
+            })
+            .await?;
+        tracing::info!(build.id = build.build_id, step.name = %spec.name, step.results = %outcome.results, "step finished");
+
+        let contribution = build_result_contribution(outcome.results, spec.flags());
+        if contribution != Results::Success {
+            failed_steps.push(spec.name.clone());
+        }
+        results = results.worst(contribution);
+        halted |= halts_build(outcome.results, spec.flags());
+        records.push(record);
+    }
+    if stop.is_cancelled() {
+        results = results.worst(Results::Cancelled);
+    }
+
+    let state_string = match results {
+        Results::Success => "build successful".to_owned(),
+        other if failed_steps.is_empty() => other.name().to_owned(),
+        other => format!("{other}: {}", failed_steps.join(", ")),
+    };
+    context
+        .events
+        .send(&WorkerEvent::BuildFinished {
+            worker: context.name.clone(),
+            build_id: build.build_id,
+            seq: next_seq(),
+            results,
+            state_string,
+            finished_at: Utc::now(),
+            steps: records,
+        })
+        .await?;
+    Ok(results)
+}
+
+/// A builder's directory name: its name with anything unusual replaced.
+fn directory_name(builder: &str) -> PathBuf {
+    builder
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect::<String>()
+        .into()
+}

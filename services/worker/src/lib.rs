@@ -1,0 +1,415 @@
+//! A buildmaster worker. It consumes doorbells from the queues of the
+//! builders the masters say it serves, claims builds through the masters,
+//! runs their steps, streams logs into Redis and reports events. It never
+//! talks to Postgres or to a master's HTTP port.
+//!
+//! A master runs the same library in-process when `use_local_worker` is on.
+
+mod build;
+mod events;
+mod logs;
+mod rpc;
+mod step;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use futures_util::stream::SelectAll;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ConnectionProperties, Consumer};
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+use shared::names::Namespace;
+use shared::wire::{self, ControlMessage, Doorbell, RpcReply, RpcRequest, WorkerEvent};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::events::EventSender;
+use crate::rpc::RpcClient;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("RabbitMQ error: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("Redis error: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("another worker named `{0}` is already connected; each worker needs its own name")]
+    NameInUse(String),
+    #[error("no master answered within {0:?}; are masters running with the same namespace?")]
+    NoAnswer(Duration),
+    #[error("the masters refused this worker: {0}")]
+    Refused(String),
+    #[error("an event could not be sent: {0}")]
+    EventRefused(String),
+    #[error("the doorbell consumer stopped; the connection to RabbitMQ was lost")]
+    ConsumerEnded,
+    #[error("unexpected reply from a master: {0}")]
+    UnexpectedReply(String),
+}
+
+impl WorkerError {
+    fn from_declare(error: lapin::Error, worker: &str) -> Self {
+        if error.to_string().contains("RESOURCE_LOCKED") {
+            WorkerError::NameInUse(worker.to_owned())
+        } else {
+            WorkerError::Amqp(error)
+        }
+    }
+}
+
+/// What a worker needs to run. Which builders it serves comes from the masters.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    pub name: String,
+    pub amqp_url: String,
+    pub redis_url: String,
+    pub namespace: String,
+    pub basedir: PathBuf,
+}
+
+/// What the parts of a running worker share.
+struct Context {
+    name: String,
+    namespace: Namespace,
+    basedir: PathBuf,
+    redis: ConnectionManager,
+    events: EventSender,
+    rpc: RpcClient,
+    /// Builds running now, with the token that stops each.
+    running: Mutex<HashMap<i64, CancellationToken>>,
+}
+
+/// How long to wait for a master's answer before asking again.
+const RPC_TIMEOUT: Duration = Duration::from_secs(10);
+const CLAIM_ATTEMPTS: u32 = 3;
+
+/// Runs a worker. `drain` stops it taking new builds and returns once the
+/// running ones finish; `stop_builds` stops the running ones (CANCELLED).
+pub async fn run(
+    options: WorkerOptions,
+    drain: CancellationToken,
+    stop_builds: CancellationToken,
+) -> Result<(), WorkerError> {
+    let namespace = Namespace::new(&options.namespace);
+    let properties = ConnectionProperties::default()
+        .with_connection_name(format!("buildmaster-worker {}", options.name).into());
+    let connection = Connection::connect(&options.amqp_url, properties).await?;
+    let redis = ConnectionManager::new(redis::Client::open(options.redis_url.as_str())?).await?;
+    let rpc = RpcClient::start(&connection, &namespace, &options.name).await?;
+    let events = EventSender::start(&connection, &namespace).await?;
+    let context = Arc::new(Context {
+        name: options.name.clone(),
+        namespace,
+        basedir: options.basedir.clone(),
+        redis,
+        events,
+        rpc,
+        running: Mutex::new(HashMap::new()),
+    });
+
+    let welcome = context
+        .rpc
+        .call(
+            &RpcRequest::Hello {
+                worker: context.name.clone(),
+            },
+            RPC_TIMEOUT,
+        )
+        .await?;
+    let (builders, max_builds, heartbeat_seconds) = match welcome {
+        RpcReply::Welcome {
+            builders,
+            max_builds,
+            heartbeat_seconds,
+        } => (builders, max_builds, heartbeat_seconds),
+        RpcReply::Refused { reason } => return Err(WorkerError::Refused(reason)),
+        other => return Err(WorkerError::UnexpectedReply(format!("{other:?}"))),
+    };
+    tracing::info!(worker.name = %context.name, builders = builders.len(), max_builds, "worker connected");
+
+    let control = listen_for_control(&connection, &context).await?;
+    let heartbeat = tokio::spawn(send_heartbeats(
+        context.clone(),
+        Duration::from_secs(heartbeat_seconds.max(1)),
+        drain.clone(),
+    ));
+    let outcome = dispatch(
+        &connection,
+        &context,
+        &builders,
+        max_builds,
+        drain,
+        stop_builds,
+    )
+    .await;
+    heartbeat.abort();
+    control.abort();
+    let mut redis = context.redis.clone();
+    let _: Result<(), _> = redis
+        .del(context.namespace.presence_key(&context.name))
+        .await;
+    let _ = connection.close(200, "worker stopping".into()).await;
+    tracing::info!(worker.name = %context.name, "worker stopped");
+    outcome
+}
+
+/// Consumes doorbells while there is room for another build. At full
+/// capacity the doorbell channel is closed, which hands every doorbell it
+/// held back to RabbitMQ, so an idle worker of the same builder gets it.
+async fn dispatch(
+    connection: &Connection,
+    context: &Arc<Context>,
+    builders: &[String],
+    max_builds: u32,
+    drain: CancellationToken,
+    stop_builds: CancellationToken,
+) -> Result<(), WorkerError> {
+    let slots = Arc::new(Semaphore::new(max_builds as usize));
+    let mut builds: JoinSet<()> = JoinSet::new();
+    let mut doorbells: Option<(Channel, SelectAll<Consumer>)> = None;
+    let outcome = loop {
+        while builds.try_join_next().is_some() {}
+        let permit = tokio::select! {
+            _ = drain.cancelled() => break Ok(()),
+            permit = slots.clone().acquire_owned() => permit.expect("semaphore never closes"),
+        };
+        if builders.is_empty() {
+            drain.cancelled().await;
+            break Ok(());
+        }
+        if doorbells.is_none() {
+            doorbells = Some(open_doorbells(connection, context, builders, max_builds).await?);
+        }
+        let (_, consumers) = doorbells.as_mut().expect("opened above");
+        let delivery = tokio::select! {
+            _ = drain.cancelled() => break Ok(()),
+            delivery = consumers.next() => delivery,
+        };
+        let delivery = match delivery {
+            Some(Ok(delivery)) => delivery,
+            Some(Err(error)) => break Err(error.into()),
+            None => break Err(WorkerError::ConsumerEnded),
+        };
+        let builder = match wire::decode::<Doorbell>(&delivery.data) {
+            Ok(Doorbell::Ring { builder, .. }) => builder,
+            Err(error) => {
+                tracing::warn!(%error, "dropping an unreadable doorbell");
+                delivery.ack(BasicAckOptions::default()).await?;
+                continue;
+            }
+        };
+        match claim(context, &builder).await {
+            Ok(RpcReply::Claimed { build }) => {
+                delivery.ack(BasicAckOptions::default()).await?;
+                let stop = stop_builds.child_token();
+                context
+                    .running
+                    .lock()
+                    .expect("running lock poisoned")
+                    .insert(build.build_id, stop.clone());
+                let context = context.clone();
+                builds.spawn(async move {
+                    let build_id = build.build_id;
+                    tracing::info!(build.id = build_id, builder.name = %build.builder, build.number = build.number, "build starting");
+                    if let Err(error) = build::run_build(&context, build, stop).await {
+                        // Its lease expires and a master retries it.
+                        tracing::error!(%error, build.id = build_id, "build could not report its end");
+                    }
+                    context.running.lock().expect("running lock poisoned").remove(&build_id);
+                    drop(permit);
+                });
+            }
+            Ok(RpcReply::NothingPending) => {
+                delivery.ack(BasicAckOptions::default()).await?;
+            }
+            Ok(RpcReply::Refused { reason }) => {
+                tracing::warn!(builder.name = %builder, %reason, "claim refused");
+                delivery.ack(BasicAckOptions::default()).await?;
+            }
+            Ok(other) => {
+                tracing::warn!(reply = ?other, "unexpected reply to a claim");
+                delivery.ack(BasicAckOptions::default()).await?;
+            }
+            Err(error) => {
+                tracing::warn!(%error, builder.name = %builder, "claim failed; handing the doorbell back");
+                delivery
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await?;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+        if slots.available_permits() == 0 {
+            if let Some((channel, _)) = doorbells.take() {
+                channel.close(200, "worker at capacity".into()).await?;
+            }
+        }
+    };
+    if let Some((channel, _)) = doorbells.take() {
+        let _ = channel.close(200, "worker draining".into()).await;
+    }
+    while builds.join_next().await.is_some() {}
+    outcome
+}
+
+async fn open_doorbells(
+    connection: &Connection,
+    context: &Context,
+    builders: &[String],
+    max_builds: u32,
+) -> Result<(Channel, SelectAll<Consumer>), WorkerError> {
+    let channel = connection.create_channel().await?;
+    channel
+        .basic_qos(
+            max_builds.min(u16::MAX as u32) as u16,
+            BasicQosOptions { global: true },
+        )
+        .await?;
+    let mut consumers = SelectAll::new();
+    for builder in builders {
+        let consumer = channel
+            .basic_consume(
+                context.namespace.builder_queue(builder).into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        consumers.push(consumer);
+    }
+    Ok((channel, consumers))
+}
+
+/// Claims a build of `builder`, asking again with the same token when no
+/// master answers, so a lost answer never makes a second build.
+async fn claim(context: &Context, builder: &str) -> Result<RpcReply, WorkerError> {
+    let request = RpcRequest::Claim {
+        worker: context.name.clone(),
+        builder: builder.to_owned(),
+        claim_token: Uuid::new_v4(),
+    };
+    let mut attempt = 1;
+    loop {
+        match context.rpc.call(&request, RPC_TIMEOUT).await {
+            Err(WorkerError::NoAnswer(_)) if attempt < CLAIM_ATTEMPTS => attempt += 1,
+            other => return other,
+        }
+    }
+}
+
+/// Receives stop requests on this worker's control queue.
+async fn listen_for_control(
+    connection: &Connection,
+    context: &Arc<Context>,
+) -> Result<tokio::task::JoinHandle<()>, WorkerError> {
+    let channel = connection.create_channel().await?;
+    let queue = context.namespace.worker_control_queue(&context.name);
+    channel
+        .queue_declare(
+            queue.clone().into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|error| WorkerError::from_declare(error, &context.name))?;
+    channel
+        .queue_bind(
+            queue.clone().into(),
+            context.namespace.control_exchange().into(),
+            context.name.clone().into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let mut messages = channel
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let context = context.clone();
+    Ok(tokio::spawn(async move {
+        let _channel = channel;
+        while let Some(Ok(delivery)) = messages.next().await {
+            match wire::decode::<ControlMessage>(&delivery.data) {
+                Ok(ControlMessage::StopBuild { build_id, reason }) => {
+                    let stop = context
+                        .running
+                        .lock()
+                        .expect("running lock poisoned")
+                        .get(&build_id)
+                        .cloned();
+                    match stop {
+                        Some(stop) => {
+                            tracing::info!(build.id = build_id, %reason, "stopping build");
+                            stop.cancel();
+                        }
+                        None => tracing::info!(
+                            build.id = build_id,
+                            "stop request for a build not running here"
+                        ),
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "unreadable control message"),
+            }
+        }
+    }))
+}
+
+/// Tells the masters this worker is alive and extends its builds' leases;
+/// marks it online in Redis for the UI.
+async fn send_heartbeats(context: Arc<Context>, period: Duration, drain: CancellationToken) {
+    let presence_key = context.namespace.presence_key(&context.name);
+    let mut redis = context.redis.clone();
+    let mut ticker = tokio::time::interval(period);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = drain.cancelled() => {}
+        }
+        let build_ids: Vec<i64> = context
+            .running
+            .lock()
+            .expect("running lock poisoned")
+            .keys()
+            .copied()
+            .collect();
+        let event = WorkerEvent::Heartbeat {
+            worker: context.name.clone(),
+            build_ids,
+            sent_at: chrono::Utc::now(),
+        };
+        if let Err(error) = context.events.send(&event).await {
+            tracing::warn!(%error, "heartbeat not sent");
+        }
+        let ttl = period.as_secs().max(1) * 3;
+        let set: Result<(), _> = redis.set_ex(&presence_key, "online", ttl).await;
+        if let Err(error) = set {
+            tracing::warn!(%error, "presence not updated");
+        }
+        if drain.is_cancelled() {
+            // Keep the leases alive while the running builds finish.
+            tokio::time::sleep(period).await;
+        }
+    }
+}

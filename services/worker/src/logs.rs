@@ -1,0 +1,227 @@
+//! Streams one log of a running step into its Redis stream, in small batches,
+//! so anyone can watch it live through any master.
+//!
+//! Entries get explicit ids `1-0`, `2-0`, …: the master checks, before it
+//! archives a log, that it has every entry the worker wrote, and a batch
+//! retried after a lost reply cannot be written twice.
+
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use shared::names::{LOG_FIELD_CHANNEL, LOG_FIELD_DATA};
+use shared::wire::LogChannel;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// Largest entry; a longer run of output (even one huge line) is split.
+const ENTRY_BYTES: usize = 64 * 1024;
+/// Output waits at most this long before it is sent, so live viewers see
+/// it quickly while busy steps still write in batches.
+const FLUSH_AFTER: Duration = Duration::from_millis(20);
+/// A batch is sent early once it holds this much.
+const BATCH_BYTES: usize = 256 * 1024;
+/// The stream expires this long after its last write, in case no master
+/// ever archives it (the build's lease then retries it anyway).
+const STREAM_TTL_SECONDS: i64 = 24 * 3600;
+
+/// What a finished log amounted to.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LogTotals {
+    /// Entries written: the stream holds ids `1-0` to `{entries}-0`.
+    pub entries: u64,
+    /// Bytes the step printed (headers not counted).
+    pub bytes: u64,
+}
+
+pub struct LogWriter {
+    sender: mpsc::Sender<(LogChannel, Vec<u8>)>,
+    task: JoinHandle<LogTotals>,
+}
+
+impl LogWriter {
+    pub fn start(redis: ConnectionManager, key: String) -> Self {
+        let (sender, receiver) = mpsc::channel(64);
+        let task = tokio::spawn(write_stream(redis, key, receiver));
+        Self { sender, task }
+    }
+
+    /// Queues output; waits only when Redis is slower than the step.
+    pub async fn write(&self, channel: LogChannel, data: Vec<u8>) {
+        if !data.is_empty() {
+            // The writer task only ends after `finish` drops the sender.
+            let _ = self.sender.send((channel, data)).await;
+        }
+    }
+
+    /// Sends what is left and returns the totals once all of it is in Redis.
+    pub async fn finish(self) -> LogTotals {
+        drop(self.sender);
+        self.task.await.expect("log writer task does not panic")
+    }
+}
+
+struct Entry {
+    channel: LogChannel,
+    data: Vec<u8>,
+}
+
+async fn write_stream(
+    mut redis: ConnectionManager,
+    key: String,
+    mut receiver: mpsc::Receiver<(LogChannel, Vec<u8>)>,
+) -> LogTotals {
+    let mut totals = LogTotals::default();
+    let mut batch: Vec<Entry> = Vec::new();
+    let mut batch_bytes = 0usize;
+    let mut flush_at: Option<Instant> = None;
+    let mut open = true;
+    while open || !batch.is_empty() {
+        let piece = if open {
+            tokio::select! {
+                piece = receiver.recv() => Some(piece),
+                _ = tokio::time::sleep_until(flush_at.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))), if flush_at.is_some() => None,
+            }
+        } else {
+            None
+        };
+        match piece {
+            Some(Some((channel, data))) => {
+                if channel != LogChannel::Header {
+                    totals.bytes += data.len() as u64;
+                }
+                batch_bytes += data.len();
+                append(&mut batch, channel, &data);
+                flush_at.get_or_insert_with(|| Instant::now() + FLUSH_AFTER);
+                if batch_bytes < BATCH_BYTES {
+                    continue;
+                }
+            }
+            Some(None) => open = false,
+            None => {}
+        }
+        if !batch.is_empty() {
+            send_batch(&mut redis, &key, &batch, totals.entries).await;
+            totals.entries += batch.len() as u64;
+            batch.clear();
+            batch_bytes = 0;
+        }
+        flush_at = None;
+    }
+    totals
+}
+
+/// Adds output to the batch, joining it to the last entry of the same
+/// channel and splitting at `ENTRY_BYTES`.
+fn append(batch: &mut Vec<Entry>, channel: LogChannel, mut data: &[u8]) {
+    while !data.is_empty() {
+        match batch.last_mut() {
+            Some(last) if last.channel == channel && last.data.len() < ENTRY_BYTES => {
+                let room = ENTRY_BYTES - last.data.len();
+                let (now, rest) = data.split_at(room.min(data.len()));
+                last.data.extend_from_slice(now);
+                data = rest;
+            }
+            _ => batch.push(Entry {
+                channel,
+                data: Vec::with_capacity(data.len().min(ENTRY_BYTES)),
+            }),
+        }
+    }
+}
+
+/// Writes a batch as entries `first_id + 1 …`, retrying until Redis takes
+/// it. After a failure, entries Redis already has are skipped.
+async fn send_batch(
+    redis: &mut ConnectionManager,
+    key: &str,
+    batch: &[Entry],
+    written_before: u64,
+) {
+    let mut delay = Duration::from_millis(100);
+    let mut retrying = false;
+    loop {
+        let already = if !retrying {
+            0
+        } else {
+            match stream_top(redis, key).await {
+                Ok(top) => top.saturating_sub(written_before) as usize,
+                Err(error) => {
+                    tracing::warn!(%error, redis.key = %key, "cannot reach Redis to write a log; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            }
+        };
+        retrying = true;
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for (offset, entry) in batch.iter().enumerate().skip(already) {
+            let id = format!("{}-0", written_before + offset as u64 + 1);
+            pipe.cmd("XADD")
+                .arg(key)
+                .arg(id)
+                .arg(LOG_FIELD_CHANNEL)
+                .arg(&[entry.channel.code()][..])
+                .arg(LOG_FIELD_DATA)
+                .arg(&entry.data[..])
+                .ignore();
+        }
+        pipe.cmd("EXPIRE").arg(key).arg(STREAM_TTL_SECONDS).ignore();
+        match pipe.query_async::<()>(redis).await {
+            Ok(()) => return,
+            Err(error) => {
+                tracing::warn!(%error, redis.key = %key, "writing a log batch failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// The sequence number of the last entry of a stream (0 when empty).
+async fn stream_top(redis: &mut ConnectionManager, key: &str) -> redis::RedisResult<u64> {
+    let last: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
+        .arg(key)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(redis)
+        .await?;
+    Ok(last
+        .ids
+        .first()
+        .and_then(|entry| entry.id.split('-').next())
+        .and_then(|seq| seq.parse().ok())
+        .unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_of_one_channel_joins_and_splits_at_the_entry_size() {
+        let mut batch = Vec::new();
+        append(&mut batch, LogChannel::Stdout, b"a");
+        append(&mut batch, LogChannel::Stdout, b"b");
+        append(&mut batch, LogChannel::Stderr, b"c");
+        append(
+            &mut batch,
+            LogChannel::Stderr,
+            &vec![b'x'; ENTRY_BYTES + 10],
+        );
+        let shapes: Vec<(LogChannel, usize)> =
+            batch.iter().map(|e| (e.channel, e.data.len())).collect();
+        assert_eq!(
+            shapes,
+            [
+                (LogChannel::Stdout, 2),
+                (LogChannel::Stderr, ENTRY_BYTES),
+                (LogChannel::Stderr, 11)
+            ]
+        );
+    }
+}

@@ -1,0 +1,246 @@
+//! Runs one step's command: in its own process group, in the builder's
+//! directory, with its environment, streaming stdout and stderr as they come.
+//! A step that is silent for `timeout`, runs past `max_time` or is stopped is
+//! killed with its whole group (SIGTERM, then SIGKILL after `kill_grace`), so
+//! nothing it started is left behind.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use shared::config::StepSpec;
+use shared::model::Results;
+use shared::wire::LogChannel;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::Command;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::logs::LogWriter;
+
+/// How a step ended.
+pub struct StepOutcome {
+    pub results: Results,
+    pub state_string: String,
+}
+
+#[derive(Clone, Copy)]
+enum KillReason {
+    Silent,
+    TooLong,
+    Stopped,
+}
+
+const READ_BUFFER: usize = 64 * 1024;
+
+pub async fn run_step(
+    spec: &StepSpec,
+    builder_dir: &Path,
+    log: &LogWriter,
+    stop: &CancellationToken,
+) -> StepOutcome {
+    let workdir = builder_dir.join(&spec.workdir);
+    let argv = spec.command.argv();
+    log.write(
+        LogChannel::Header,
+        format!("{}\n in dir {}\n", shell_words(&argv), workdir.display()).into_bytes(),
+    )
+    .await;
+    if let Err(error) = tokio::fs::create_dir_all(&workdir).await {
+        let message = format!(
+            "cannot create the step's directory {}: {error}\n",
+            workdir.display()
+        );
+        log.write(LogChannel::Header, message.into_bytes()).await;
+        return StepOutcome {
+            results: Results::Exception,
+            state_string: "cannot create workdir".into(),
+        };
+    }
+    let spawned = Command::new(&argv[0])
+        .args(&argv[1..])
+        .current_dir(&workdir)
+        .envs(&spec.env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(error) => {
+            let message = format!("cannot start `{}`: {error}\n", argv[0]);
+            log.write(LogChannel::Header, message.into_bytes()).await;
+            return StepOutcome {
+                results: Results::Failure,
+                state_string: format!("cannot start {}", argv[0]),
+            };
+        }
+    };
+    let group = Pid::from_raw(child.id().expect("a child that was just spawned has an id") as i32);
+
+    let (output, mut outputs) = mpsc::channel(16);
+    tokio::spawn(read_pipe(
+        child.stdout.take().expect("stdout is piped"),
+        LogChannel::Stdout,
+        output.clone(),
+    ));
+    tokio::spawn(read_pipe(
+        child.stderr.take().expect("stderr is piped"),
+        LogChannel::Stderr,
+        output,
+    ));
+
+    let started = Instant::now();
+    let silence_limit = Duration::from_secs(spec.timeout);
+    let time_limit = spec
+        .max_time
+        .map(|seconds| started + Duration::from_secs(seconds));
+    let far_future = started + Duration::from_secs(100 * 365 * 24 * 3600);
+    let mut last_output = started;
+    let mut pipes_open = true;
+    let mut exit_status = None;
+    let mut killed: Option<KillReason> = None;
+    let mut sigkill_at: Option<Instant> = None;
+
+    while pipes_open || exit_status.is_none() {
+        let running = exit_status.is_none();
+        tokio::select! {
+            piece = outputs.recv(), if pipes_open => match piece {
+                Some((channel, data)) => {
+                    last_output = Instant::now();
+                    log.write(channel, data).await;
+                }
+                None => pipes_open = false,
+            },
+            status = child.wait(), if running => {
+                exit_status = Some(status);
+                // Whatever the step left running in its group would hold the
+                // pipes open and outlive the build.
+                let _ = killpg(group, Signal::SIGKILL);
+            }
+            _ = tokio::time::sleep_until(last_output + silence_limit), if running && killed.is_none() => {
+                killed = Some(KillReason::Silent);
+                sigkill_at = Some(terminate(group, spec.kill_grace));
+            }
+            _ = tokio::time::sleep_until(time_limit.unwrap_or(far_future)), if running && killed.is_none() && time_limit.is_some() => {
+                killed = Some(KillReason::TooLong);
+                sigkill_at = Some(terminate(group, spec.kill_grace));
+            }
+            _ = stop.cancelled(), if running && killed.is_none() => {
+                killed = Some(KillReason::Stopped);
+                sigkill_at = Some(terminate(group, spec.kill_grace));
+            }
+            _ = tokio::time::sleep_until(sigkill_at.unwrap_or(far_future)), if running && sigkill_at.is_some() => {
+                let _ = killpg(group, Signal::SIGKILL);
+                sigkill_at = None;
+            }
+        }
+    }
+
+    let elapsed = started.elapsed();
+    let status = exit_status.expect("the loop ends after the child exited");
+    let (results, state_string, footer) = match (killed, status) {
+        (Some(KillReason::Silent), _) => (
+            Results::Failure,
+            format!("timed out after {}s without output", spec.timeout),
+            format!(
+                "command timed out: {} seconds without output, killed its process group",
+                spec.timeout
+            ),
+        ),
+        (Some(KillReason::TooLong), _) => {
+            let limit = spec.max_time.unwrap_or_default();
+            (
+                Results::Failure,
+                format!("killed after max_time {limit}s"),
+                format!(
+                    "command timed out: {limit} seconds elapsed (max_time), killed its process group"
+                ),
+            )
+        }
+        (Some(KillReason::Stopped), _) => (
+            Results::Cancelled,
+            "cancelled".to_owned(),
+            "command stopped, killed its process group".to_owned(),
+        ),
+        (None, Ok(status)) => match status.code() {
+            Some(code) => {
+                let results = spec.result_for_exit_code(code);
+                (
+                    results,
+                    format!("exit code {code}"),
+                    format!("program finished with exit code {code}"),
+                )
+            }
+            None => {
+                let signal =
+                    std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or_default();
+                (
+                    Results::Failure,
+                    format!("killed by signal {signal}"),
+                    format!("program was killed by signal {signal}"),
+                )
+            }
+        },
+        (None, Err(error)) => (
+            Results::Exception,
+            "lost track of the process".into(),
+            format!("cannot wait for the process: {error}"),
+        ),
+    };
+    log.write(
+        LogChannel::Header,
+        format!("{footer}\nelapsedTime={:.6}\n", elapsed.as_secs_f64()).into_bytes(),
+    )
+    .await;
+    StepOutcome {
+        results,
+        state_string,
+    }
+}
+
+/// Sends SIGTERM to the group and says when SIGKILL follows.
+fn terminate(group: Pid, grace_seconds: u64) -> Instant {
+    let _ = killpg(group, Signal::SIGTERM);
+    Instant::now() + Duration::from_secs(grace_seconds)
+}
+
+async fn read_pipe(
+    mut pipe: impl AsyncRead + Unpin,
+    channel: LogChannel,
+    output: mpsc::Sender<(LogChannel, Vec<u8>)>,
+) {
+    let mut buffer = vec![0u8; READ_BUFFER];
+    loop {
+        match pipe.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if output.send((channel, buffer[..n].to_vec())).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The command as a person would type it, for the log's header.
+fn shell_words(argv: &[String]) -> String {
+    argv.iter()
+        .map(|arg| {
+            if !arg.is_empty()
+                && arg
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
+            {
+                arg.clone()
+            } else {
+                format!("'{}'", arg.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}

@@ -1,0 +1,1185 @@
+//! Configuration users write, typed, loaded and validated in one place.
+//!
+//! Two files, as on buildbot.python.org: `master.yaml` (builders, factories,
+//! schedulers; kept in the configuration's git repository and reloaded live)
+//! and `settings.yaml` (service URLs, workers and their passwords, web
+//! settings; private to the host). A remote worker has its own small file,
+//! `worker.yaml`.
+//!
+//! Every field's `///` doc is its reference. Loading never stops at the first
+//! problem: it collects every error with its file, line, column and a hint,
+//! so `buildmaster checkconfig` can show them all at once.
+
+mod source_map;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::de::{self, DeserializeOwned};
+use serde::{Deserialize, Deserializer, Serialize};
+
+pub use source_map::{Position, SourceMap, YamlPath};
+
+use crate::model::{Results, StepFlags};
+
+/// Environment variables that name the settings file, in order of precedence
+/// (after `--settings`). The second is the one buildbot.python.org's own
+/// instructions use.
+pub const SETTINGS_ENV_VARS: [&str; 2] = ["BUILDMASTER_SETTINGS", "PYBUILDBOT_SETTINGS_PATH"];
+
+/// Workers' passwords must be at least this long, as buildbot.python.org asks.
+pub const MIN_WORKER_PASSWORD_CHARS: usize = 14;
+
+// ---------------------------------------------------------------------------
+// Secrets
+// ---------------------------------------------------------------------------
+
+/// A string that must never be printed: passwords and URLs that carry them.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+// ---------------------------------------------------------------------------
+// settings.yaml
+// ---------------------------------------------------------------------------
+
+/// `settings.yaml`: what is private to the host running masters.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Postgres URL, e.g. `postgres://buildmaster:pw@127.0.0.1:5432/buildmaster`.
+    /// Postgres is the system of record and the only thing to back up.
+    pub database_url: Secret,
+    /// RabbitMQ URL, e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`.
+    pub amqp_url: Secret,
+    /// Redis URL, e.g. `redis://127.0.0.1:6379/`.
+    pub redis_url: Secret,
+    /// Prefix of every queue, exchange and Redis key, so several buildmaster
+    /// installations (or test runs) can share one RabbitMQ and one Redis.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// Path of `master.yaml`, relative to this file's folder.
+    #[serde(default = "default_master_config")]
+    pub master_config: PathBuf,
+    #[serde(default)]
+    pub web: WebSettings,
+    /// Remote workers allowed to connect, with their passwords.
+    #[serde(default)]
+    pub workers: Vec<WorkerSettings>,
+    /// Run a worker inside every master, consuming like any other worker.
+    #[serde(default)]
+    pub use_local_worker: bool,
+    /// The local worker serves the builders whose factory has this name.
+    #[serde(default = "default_local_worker_buildfactory")]
+    pub local_worker_buildfactory: String,
+    #[serde(default)]
+    pub local_worker: LocalWorkerSettings,
+    #[serde(default)]
+    pub builds: BuildSettings,
+}
+
+fn default_namespace() -> String {
+    "buildmaster".into()
+}
+
+fn default_master_config() -> PathBuf {
+    "master.yaml".into()
+}
+
+fn default_local_worker_buildfactory() -> String {
+    "UnixBuild".into()
+}
+
+/// The web server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebSettings {
+    /// Public port, served by HAProxy in front of the masters.
+    #[serde(default = "default_public_port")]
+    pub port: u16,
+    /// Address a master listens on when `buildmaster start` is given no
+    /// `--listen`. Each master on a host needs its own.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Largest request body accepted, in bytes; larger ones get 413.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+}
+
+fn default_public_port() -> u16 {
+    9011
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9021))
+}
+
+fn default_max_body_bytes() -> usize {
+    1024 * 1024
+}
+
+impl Default for WebSettings {
+    fn default() -> Self {
+        Self {
+            port: default_public_port(),
+            listen: default_listen(),
+            max_body_bytes: default_max_body_bytes(),
+        }
+    }
+}
+
+/// A remote worker.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSettings {
+    /// Its login name: letters, digits, `.`, `_` and `-`.
+    pub name: String,
+    /// Its password, at least 14 characters.
+    pub password: Secret,
+    /// How many builds it runs at once.
+    #[serde(default = "default_max_builds")]
+    pub max_builds: u32,
+}
+
+fn default_max_builds() -> u32 {
+    1
+}
+
+/// The worker that runs inside each master when `use_local_worker` is on.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalWorkerSettings {
+    /// Its name; each master's local worker appends the master's name.
+    #[serde(default = "default_local_worker_name")]
+    pub name: String,
+    /// Where it checks out and builds, relative to the settings file's folder.
+    #[serde(default = "default_local_worker_basedir")]
+    pub basedir: PathBuf,
+    #[serde(default = "default_local_max_builds")]
+    pub max_builds: u32,
+}
+
+fn default_local_worker_name() -> String {
+    "local".into()
+}
+
+fn default_local_worker_basedir() -> PathBuf {
+    "workers".into()
+}
+
+fn default_local_max_builds() -> u32 {
+    2
+}
+
+impl Default for LocalWorkerSettings {
+    fn default() -> Self {
+        Self {
+            name: default_local_worker_name(),
+            basedir: default_local_worker_basedir(),
+            max_builds: default_local_max_builds(),
+        }
+    }
+}
+
+/// Timing of running builds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildSettings {
+    /// A build whose worker has not sent a heartbeat for this long is
+    /// considered lost and retried.
+    #[serde(default = "default_lease_seconds")]
+    pub lease_seconds: u64,
+    /// How often workers send heartbeats for their running builds.
+    #[serde(default = "default_heartbeat_seconds")]
+    pub heartbeat_seconds: u64,
+    /// How long a log stays in Redis after it was archived in Postgres, so
+    /// that people watching it live see its end.
+    #[serde(default = "default_log_linger_seconds")]
+    pub log_linger_seconds: u64,
+    /// A pending request is announced again to workers when nobody claimed it
+    /// for this long (its doorbell may have been lost with a broker).
+    #[serde(default = "default_redeliver_after_seconds")]
+    pub redeliver_after_seconds: u64,
+}
+
+fn default_lease_seconds() -> u64 {
+    60
+}
+
+fn default_heartbeat_seconds() -> u64 {
+    5
+}
+
+fn default_log_linger_seconds() -> u64 {
+    600
+}
+
+fn default_redeliver_after_seconds() -> u64 {
+    60
+}
+
+impl Default for BuildSettings {
+    fn default() -> Self {
+        Self {
+            lease_seconds: default_lease_seconds(),
+            heartbeat_seconds: default_heartbeat_seconds(),
+            log_linger_seconds: default_log_linger_seconds(),
+            redeliver_after_seconds: default_redeliver_after_seconds(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// master.yaml
+// ---------------------------------------------------------------------------
+
+/// `master.yaml`: what to build, how, and when.
+#[derive(Debug, Clone, Default)]
+pub struct MasterConfig {
+    pub builders: Vec<BuilderConfig>,
+    /// Named step lists, shared by builders.
+    pub factories: BTreeMap<String, FactoryConfig>,
+    pub schedulers: Vec<SchedulerConfig>,
+}
+
+/// The top level of master.yaml; each item is parsed on its own so that one
+/// bad builder does not hide the errors of the next.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MasterConfigFile {
+    #[serde(default)]
+    builders: Vec<serde_yaml::Value>,
+    #[serde(default)]
+    factories: BTreeMap<String, serde_yaml::Value>,
+    #[serde(default)]
+    schedulers: Vec<serde_yaml::Value>,
+}
+
+/// A builder: a name people see, the factory it runs, who may run it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuilderConfig {
+    pub name: String,
+    /// Name of an entry of `factories`.
+    pub factory: String,
+    /// Names of workers (from settings.yaml) allowed to run it; the local
+    /// workers' name (`local_worker.name`, default `local`) stands for every
+    /// master's local worker. The local workers also serve the builders of
+    /// `local_worker_buildfactory` without being listed.
+    #[serde(default)]
+    pub workers: Vec<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// A named list of steps.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FactoryConfig {
+    pub steps: Vec<StepSpec>,
+}
+
+/// One step of a factory, exactly as it is sent to the worker that runs it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepSpec {
+    pub name: String,
+    /// A list (`["make", "-j4"]`, run as is) or a string (run by `/bin/sh -c`).
+    pub command: StepCommand,
+    /// Extra environment variables.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Directory to run in, relative to the builder's directory on the
+    /// worker. Default: `build`.
+    #[serde(default = "default_workdir")]
+    pub workdir: String,
+    /// Seconds without output after which the step is killed (FAILURE).
+    #[serde(default = "default_timeout")]
+    pub timeout: u64,
+    /// Seconds of running after which the step is killed (FAILURE), however
+    /// much it prints. None: no limit.
+    #[serde(default)]
+    pub max_time: Option<u64>,
+    /// Seconds between SIGTERM and SIGKILL when a step is killed.
+    #[serde(default = "default_kill_grace")]
+    pub kill_grace: u64,
+    /// A failure stops the build; later steps are skipped unless `always_run`.
+    #[serde(default)]
+    pub halt_on_failure: bool,
+    /// A failure makes the build FAILURE.
+    #[serde(default = "default_true")]
+    pub flunk_on_failure: bool,
+    /// A failure makes the build WARNINGS (when `flunk_on_failure` is off).
+    #[serde(default)]
+    pub warn_on_failure: bool,
+    /// WARNINGS of this step make the build WARNINGS.
+    #[serde(default = "default_true")]
+    pub warn_on_warnings: bool,
+    /// Run even after an earlier step halted the build.
+    #[serde(default)]
+    pub always_run: bool,
+    /// Exit code to result, like Buildbot's `decodeRC`. Codes not listed are
+    /// FAILURE. Default: `{0: SUCCESS}`.
+    #[serde(
+        default = "default_decode_rc",
+        deserialize_with = "deserialize_decode_rc"
+    )]
+    pub decode_rc: BTreeMap<i32, Results>,
+}
+
+fn default_workdir() -> String {
+    "build".into()
+}
+
+fn default_timeout() -> u64 {
+    1200
+}
+
+fn default_kill_grace() -> u64 {
+    5
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_decode_rc() -> BTreeMap<i32, Results> {
+    BTreeMap::from([(0, Results::Success)])
+}
+
+/// Exit codes are integers in YAML but strings once a step travels as JSON
+/// (whose keys are strings); both are read.
+fn deserialize_decode_rc<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<BTreeMap<i32, Results>, D::Error> {
+    #[derive(PartialEq, Eq, PartialOrd, Ord)]
+    struct ExitCode(i32);
+
+    impl<'de> Deserialize<'de> for ExitCode {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct ExitCodeVisitor;
+
+            impl de::Visitor<'_> for ExitCodeVisitor {
+                type Value = ExitCode;
+
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("an exit code (a whole number)")
+                }
+
+                fn visit_i64<E: de::Error>(self, value: i64) -> Result<ExitCode, E> {
+                    i32::try_from(value)
+                        .map(ExitCode)
+                        .map_err(|_| E::custom(format!("exit code {value} is out of range")))
+                }
+
+                fn visit_u64<E: de::Error>(self, value: u64) -> Result<ExitCode, E> {
+                    i32::try_from(value)
+                        .map(ExitCode)
+                        .map_err(|_| E::custom(format!("exit code {value} is out of range")))
+                }
+
+                fn visit_str<E: de::Error>(self, value: &str) -> Result<ExitCode, E> {
+                    value
+                        .parse()
+                        .map(ExitCode)
+                        .map_err(|_| E::custom(format!("`{value}` is not an exit code")))
+                }
+            }
+
+            deserializer.deserialize_any(ExitCodeVisitor)
+        }
+    }
+
+    let codes = BTreeMap::<ExitCode, Results>::deserialize(deserializer);
+    Ok(codes?
+        .into_iter()
+        .map(|(code, results)| (code.0, results))
+        .collect())
+}
+
+impl StepSpec {
+    pub fn flags(&self) -> StepFlags {
+        StepFlags {
+            halt_on_failure: self.halt_on_failure,
+            flunk_on_failure: self.flunk_on_failure,
+            warn_on_failure: self.warn_on_failure,
+            warn_on_warnings: self.warn_on_warnings,
+        }
+    }
+
+    /// The result an exit code means for this step.
+    pub fn result_for_exit_code(&self, code: i32) -> Results {
+        self.decode_rc
+            .get(&code)
+            .copied()
+            .unwrap_or(Results::Failure)
+    }
+}
+
+/// How a step's command is given.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum StepCommand {
+    /// Run directly, no shell.
+    Argv(Vec<String>),
+    /// Run by `/bin/sh -c`.
+    Shell(String),
+}
+
+impl StepCommand {
+    /// The program and its arguments.
+    pub fn argv(&self) -> Vec<String> {
+        match self {
+            StepCommand::Argv(argv) => argv.clone(),
+            StepCommand::Shell(script) => vec!["/bin/sh".into(), "-c".into(), script.clone()],
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for StepCommand {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct CommandVisitor;
+
+        impl<'de> de::Visitor<'de> for CommandVisitor {
+            type Value = StepCommand;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a list of strings (program and arguments) or a shell command string")
+            }
+
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<StepCommand, E> {
+                Ok(StepCommand::Shell(value.to_owned()))
+            }
+
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<StepCommand, A::Error> {
+                let mut argv = Vec::new();
+                while let Some(arg) = seq.next_element::<String>()? {
+                    argv.push(arg);
+                }
+                Ok(StepCommand::Argv(argv))
+            }
+        }
+
+        deserializer.deserialize_any(CommandVisitor)
+    }
+}
+
+/// What starts builds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SchedulerConfig {
+    /// The Force button and the `force` JSON-RPC method.
+    Force {
+        name: String,
+        /// Builders it may force.
+        builders: Vec<String>,
+    },
+}
+
+impl SchedulerConfig {
+    pub fn name(&self) -> &str {
+        match self {
+            SchedulerConfig::Force { name, .. } => name,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// worker.yaml
+// ---------------------------------------------------------------------------
+
+/// `worker.yaml`: what a remote worker needs to connect. Which builders it
+/// serves is decided by the masters' configuration, not here.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerFile {
+    /// Its name, as listed in the masters' settings.yaml.
+    pub name: String,
+    /// Its password, as listed in the masters' settings.yaml.
+    pub password: Secret,
+    /// RabbitMQ URL. Without credentials in it, the worker logs in with its
+    /// own name and password.
+    pub amqp_url: Secret,
+    /// Redis URL. Without credentials in it, the worker logs in with its own
+    /// name and password.
+    pub redis_url: Secret,
+    /// Must equal the masters' `namespace`.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// Where builds run, relative to this file's folder.
+    #[serde(default = "default_worker_basedir")]
+    pub basedir: PathBuf,
+}
+
+fn default_worker_basedir() -> PathBuf {
+    ".".into()
+}
+
+// ---------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------
+
+/// One problem in one configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub position: Option<Position>,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(position) = self.position {
+            write!(f, ":{}:{}", position.line, position.column)?;
+        }
+        write!(f, ": {}", self.message)?;
+        if let Some(hint) = &self.hint {
+            write!(f, "\n    hint: {hint}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Every problem found while loading the configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, error) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+/// One YAML file being read: its text, where its nodes are, and the errors
+/// found in it so far.
+struct SourceFile {
+    path: PathBuf,
+    map: SourceMap,
+    errors: Vec<ConfigError>,
+}
+
+impl SourceFile {
+    fn read(path: &Path) -> Result<(Self, String), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError {
+            file: path.to_owned(),
+            position: None,
+            message: format!("cannot read the file: {error}"),
+            hint: Some("check the path (settings: --settings, BUILDMASTER_SETTINGS or PYBUILDBOT_SETTINGS_PATH; master.yaml: `master_config` in settings.yaml)".into()),
+        })?;
+        Ok((
+            Self {
+                path: path.to_owned(),
+                map: SourceMap::scan(&text),
+                errors: Vec::new(),
+            },
+            text,
+        ))
+    }
+
+    fn error_at(&mut self, path: &YamlPath, message: impl Into<String>, hint: Option<String>) {
+        self.errors.push(ConfigError {
+            file: self.path.clone(),
+            position: self.map.position(path),
+            message: message.into(),
+            hint,
+        });
+    }
+
+    fn error_at_value(
+        &mut self,
+        path: &YamlPath,
+        message: impl Into<String>,
+        hint: Option<String>,
+    ) {
+        self.errors.push(ConfigError {
+            file: self.path.clone(),
+            position: self.map.value_position(path),
+            message: message.into(),
+            hint,
+        });
+    }
+
+    /// Parses the whole text as YAML; a syntax error is the only error then.
+    fn parse_yaml(&mut self, text: &str) -> Option<serde_yaml::Value> {
+        match serde_yaml::from_str::<serde_yaml::Value>(text) {
+            Ok(serde_yaml::Value::Null) => Some(serde_yaml::Value::Mapping(Default::default())),
+            Ok(value) => Some(value),
+            Err(error) => {
+                self.errors.push(ConfigError {
+                    file: self.path.clone(),
+                    position: error.location().map(|l| Position {
+                        line: l.line(),
+                        column: l.column(),
+                    }),
+                    message: format!("not valid YAML: {}", strip_location(&error.to_string())),
+                    hint: Some("check indentation and quoting around this place".into()),
+                });
+                None
+            }
+        }
+    }
+
+    /// Deserializes the node found at `at`, recording an error with its exact
+    /// position when it does not fit `T`.
+    fn deserialize<T: DeserializeOwned>(
+        &mut self,
+        at: &YamlPath,
+        value: serde_yaml::Value,
+    ) -> Option<T> {
+        match serde_path_to_error::deserialize::<_, T>(value) {
+            Ok(parsed) => Some(parsed),
+            Err(error) => {
+                let path = at.join_serde(error.path());
+                let message = strip_location(&error.inner().to_string());
+                let hint = hint_for(&message);
+                self.error_at(&path, format!("{path}: {message}"), hint);
+                None
+            }
+        }
+    }
+}
+
+/// serde_yaml appends " at line L column C" to its messages; positions are
+/// printed separately here.
+fn strip_location(message: &str) -> String {
+    match message.find(" at line ") {
+        Some(at) => message[..at].to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+/// For an unknown field, the expected field closest to the typo.
+fn hint_for(message: &str) -> Option<String> {
+    let unknown = message.strip_prefix("unknown field `")?.split('`').next()?;
+    let expected: Vec<&str> = message
+        .split_once("expected")?
+        .1
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .collect();
+    let closest = expected
+        .iter()
+        .min_by_key(|candidate| edit_distance(unknown, candidate))?;
+    if edit_distance(unknown, closest) <= 3 {
+        Some(format!("did you mean `{closest}`?"))
+    } else {
+        Some(format!(
+            "the fields allowed here are: {}",
+            expected.join(", ")
+        ))
+    }
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut current = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = previous[j] + usize::from(ca != *cb);
+            current.push(substitution.min(previous[j + 1] + 1).min(current[j] + 1));
+        }
+        previous = current;
+    }
+    previous[b.len()]
+}
+
+// ---------------------------------------------------------------------------
+// Loading
+// ---------------------------------------------------------------------------
+
+/// Everything a master runs from: both files, checked against each other.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub settings_path: PathBuf,
+    pub master_config_path: PathBuf,
+    pub settings: Settings,
+    pub master: MasterConfig,
+}
+
+/// Finds the settings file: `--settings`, else the environment.
+pub fn settings_path(from_command_line: Option<PathBuf>) -> Result<PathBuf, ConfigErrors> {
+    if let Some(path) = from_command_line {
+        return Ok(path);
+    }
+    for var in SETTINGS_ENV_VARS {
+        if let Some(value) = std::env::var_os(var).filter(|v| !v.is_empty()) {
+            return Ok(PathBuf::from(value));
+        }
+    }
+    Err(ConfigErrors(vec![ConfigError {
+        file: PathBuf::from("settings.yaml"),
+        position: None,
+        message: "no settings file given".into(),
+        hint: Some(format!(
+            "pass --settings PATH or set {} or {}",
+            SETTINGS_ENV_VARS[0], SETTINGS_ENV_VARS[1]
+        )),
+    }]))
+}
+
+impl Config {
+    /// Loads and validates settings.yaml and the master.yaml it points at.
+    pub fn load(settings_path: &Path) -> Result<Config, ConfigErrors> {
+        let settings_dir = settings_path.parent().unwrap_or(Path::new(".")).to_owned();
+        let (mut settings_file, settings_text) =
+            SourceFile::read(settings_path).map_err(|e| ConfigErrors(vec![e]))?;
+        let settings = settings_file
+            .parse_yaml(&settings_text)
+            .and_then(|value| settings_file.deserialize::<Settings>(&YamlPath::root(), value));
+        let Some(mut settings) = settings else {
+            return Err(ConfigErrors(settings_file.errors));
+        };
+        settings.master_config = settings_dir.join(&settings.master_config);
+        settings.local_worker.basedir = settings_dir.join(&settings.local_worker.basedir);
+
+        let master_config_path = settings.master_config.clone();
+        let (mut master_file, master_text) = match SourceFile::read(&master_config_path) {
+            Ok(read) => read,
+            Err(error) => {
+                let mut errors = settings_file.errors;
+                errors.push(error);
+                return Err(ConfigErrors(errors));
+            }
+        };
+        let master = parse_master_config(&mut master_file, &master_text);
+        validate_settings(&mut settings_file, &settings);
+        if let Some(master) = &master {
+            validate_master(&mut master_file, master, &settings);
+        }
+
+        let mut errors = settings_file.errors;
+        errors.extend(master_file.errors);
+        match master {
+            Some(master) if errors.is_empty() => Ok(Config {
+                settings_path: settings_path.to_owned(),
+                master_config_path,
+                settings,
+                master,
+            }),
+            _ => Err(ConfigErrors(errors)),
+        }
+    }
+
+    /// The factory a builder runs. Validation guarantees it exists.
+    pub fn factory_of(&self, builder: &BuilderConfig) -> &FactoryConfig {
+        &self.master.factories[&builder.factory]
+    }
+
+    pub fn builder(&self, name: &str) -> Option<&BuilderConfig> {
+        self.master.builders.iter().find(|b| b.name == name)
+    }
+
+    /// Whether `worker` may run `builder`: listed by name, or a local worker
+    /// where the builder lists the local workers or uses
+    /// `local_worker_buildfactory`.
+    pub fn may_run(&self, builder: &BuilderConfig, worker: &str, is_local: bool) -> bool {
+        if is_local {
+            builder.factory == self.settings.local_worker_buildfactory
+                || builder.workers.contains(&self.settings.local_worker.name)
+        } else {
+            builder.workers.iter().any(|w| w == worker)
+        }
+    }
+
+    /// The builders a worker may run.
+    pub fn builders_for_worker(&self, worker: &str, is_local: bool) -> Vec<&BuilderConfig> {
+        self.master
+            .builders
+            .iter()
+            .filter(|b| self.may_run(b, worker, is_local))
+            .collect()
+    }
+
+    pub fn worker(&self, name: &str) -> Option<&WorkerSettings> {
+        self.settings.workers.iter().find(|w| w.name == name)
+    }
+
+    /// A short summary for `checkconfig`.
+    pub fn summary(&self) -> String {
+        let steps: usize = self.master.factories.values().map(|f| f.steps.len()).sum();
+        format!(
+            "{} builders, {} factories ({} steps), {} schedulers, {} workers{}",
+            self.master.builders.len(),
+            self.master.factories.len(),
+            steps,
+            self.master.schedulers.len(),
+            self.settings.workers.len(),
+            if self.settings.use_local_worker {
+                " and a local worker"
+            } else {
+                ""
+            },
+        )
+    }
+}
+
+fn parse_master_config(file: &mut SourceFile, text: &str) -> Option<MasterConfig> {
+    let value = file.parse_yaml(text)?;
+    let root = YamlPath::root();
+    let top: MasterConfigFile = file.deserialize(&root, value)?;
+    let mut config = MasterConfig::default();
+    let mut complete = true;
+    for (index, value) in top.builders.into_iter().enumerate() {
+        match file.deserialize(&root.key("builders").index(index), value) {
+            Some(builder) => config.builders.push(builder),
+            None => complete = false,
+        }
+    }
+    for (name, value) in top.factories {
+        let at = root.key("factories").key(name.clone());
+        match file.deserialize::<FactoryConfigFile>(&at, value) {
+            Some(factory) => {
+                let mut steps = Vec::new();
+                for (index, step) in factory.steps.into_iter().enumerate() {
+                    match file.deserialize(&at.key("steps").index(index), step) {
+                        Some(step) => steps.push(step),
+                        None => complete = false,
+                    }
+                }
+                config.factories.insert(name, FactoryConfig { steps });
+            }
+            None => complete = false,
+        }
+    }
+    for (index, value) in top.schedulers.into_iter().enumerate() {
+        match file.deserialize(&root.key("schedulers").index(index), value) {
+            Some(scheduler) => config.schedulers.push(scheduler),
+            None => complete = false,
+        }
+    }
+    complete.then_some(config)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FactoryConfigFile {
+    steps: Vec<serde_yaml::Value>,
+}
+
+/// Names that end up in queue names, Redis keys and RabbitMQ user names.
+fn is_valid_worker_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// Builder names appear in URLs, queue names and permission patterns:
+/// anything printable but `/`, at most 200 bytes.
+fn is_valid_builder_name(name: &str) -> bool {
+    !name.trim().is_empty()
+        && name.len() <= 200
+        && !name.chars().any(|c| c == '/' || c.is_control())
+}
+
+fn validate_settings(file: &mut SourceFile, settings: &Settings) {
+    let root = YamlPath::root();
+    if settings.namespace.is_empty()
+        || !settings
+            .namespace
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
+    {
+        file.error_at_value(
+            &root.key("namespace"),
+            format!("namespace `{}` is not allowed", settings.namespace),
+            Some("use letters, digits, `_` and `-` only".into()),
+        );
+    }
+    let mut seen = BTreeSet::new();
+    for (index, worker) in settings.workers.iter().enumerate() {
+        let at = root.key("workers").index(index);
+        if !is_valid_worker_name(&worker.name) {
+            file.error_at_value(
+                &at.key("name"),
+                format!("worker name `{}` is not allowed", worker.name),
+                Some("use 1 to 64 letters, digits, `.`, `_` and `-`".into()),
+            );
+        }
+        if !seen.insert(worker.name.as_str()) {
+            file.error_at_value(
+                &at.key("name"),
+                format!("worker `{}` is listed twice", worker.name),
+                None,
+            );
+        }
+        if worker.password.expose().chars().count() < MIN_WORKER_PASSWORD_CHARS {
+            file.error_at_value(
+                &at.key("password"),
+                format!("the password of worker `{}` is shorter than {MIN_WORKER_PASSWORD_CHARS} characters", worker.name),
+                Some("generate one, e.g. `openssl rand -base64 18`".into()),
+            );
+        }
+        if worker.max_builds == 0 {
+            file.error_at_value(&at.key("max_builds"), "max_builds must be at least 1", None);
+        }
+    }
+    if settings.use_local_worker {
+        if !is_valid_worker_name(&settings.local_worker.name) {
+            file.error_at_value(
+                &root.key("local_worker").key("name"),
+                format!(
+                    "worker name `{}` is not allowed",
+                    settings.local_worker.name
+                ),
+                Some("use 1 to 64 letters, digits, `.`, `_` and `-`".into()),
+            );
+        }
+        if settings
+            .workers
+            .iter()
+            .any(|w| w.name == settings.local_worker.name)
+        {
+            file.error_at_value(
+                &root.key("local_worker").key("name"),
+                format!(
+                    "`{}` is both a remote worker's name and the local workers' name",
+                    settings.local_worker.name
+                ),
+                Some("rename one of them".into()),
+            );
+        }
+        if settings.local_worker.max_builds == 0 {
+            file.error_at_value(
+                &root.key("local_worker").key("max_builds"),
+                "max_builds must be at least 1",
+                None,
+            );
+        }
+    }
+    let builds = &settings.builds;
+    if builds.heartbeat_seconds == 0 || builds.lease_seconds < 2 * builds.heartbeat_seconds {
+        file.error_at_value(
+            &root.key("builds").key("lease_seconds"),
+            format!(
+                "lease_seconds ({}) must be at least twice heartbeat_seconds ({}), which must not be 0",
+                builds.lease_seconds, builds.heartbeat_seconds
+            ),
+            Some("a lease survives one lost heartbeat only if it is at least two heartbeats long".into()),
+        );
+    }
+}
+
+fn validate_master(file: &mut SourceFile, master: &MasterConfig, settings: &Settings) {
+    let root = YamlPath::root();
+    let mut workers: BTreeSet<&str> = settings.workers.iter().map(|w| w.name.as_str()).collect();
+    if settings.use_local_worker {
+        workers.insert(settings.local_worker.name.as_str());
+    }
+    let mut builder_names = BTreeSet::new();
+    for (index, builder) in master.builders.iter().enumerate() {
+        let at = root.key("builders").index(index);
+        if !is_valid_builder_name(&builder.name) {
+            file.error_at_value(
+                &at.key("name"),
+                format!("builder name `{}` is not allowed", builder.name),
+                Some("use at most 200 bytes, no `/` and no control characters".into()),
+            );
+        }
+        if !builder_names.insert(builder.name.as_str()) {
+            file.error_at_value(
+                &at.key("name"),
+                format!("builder `{}` is defined twice", builder.name),
+                Some("builder names must be unique".into()),
+            );
+        }
+        if !master.factories.contains_key(&builder.factory) {
+            file.error_at_value(
+                &at.key("factory"),
+                format!(
+                    "builder `{}` uses factory `{}`, which is not defined",
+                    builder.name, builder.factory
+                ),
+                Some(format!(
+                    "define it under `factories:` or use one of: {}",
+                    master
+                        .factories
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+            );
+        }
+        for (worker_index, worker) in builder.workers.iter().enumerate() {
+            if !workers.contains(worker.as_str()) {
+                file.error_at_value(
+                    &at.key("workers").index(worker_index),
+                    format!(
+                        "builder `{}` names worker `{worker}`, which is not in settings.yaml",
+                        builder.name
+                    ),
+                    Some(if worker == &settings.local_worker.name {
+                        "set `use_local_worker: true` in settings.yaml to run the local workers"
+                            .into()
+                    } else {
+                        "add it under `workers:` in settings.yaml (with a password) or fix the name"
+                            .into()
+                    }),
+                );
+            }
+        }
+        let served_locally =
+            settings.use_local_worker && builder.factory == settings.local_worker_buildfactory;
+        if builder.workers.is_empty() && !served_locally {
+            file.error_at(
+                &at,
+                format!("builder `{}` has no workers", builder.name),
+                Some(format!(
+                    "list workers under `workers:`, or set use_local_worker with local_worker_buildfactory: {}",
+                    builder.factory
+                )),
+            );
+        }
+    }
+    for (name, factory) in &master.factories {
+        let at = root.key("factories").key(name.clone());
+        if factory.steps.is_empty() {
+            file.error_at_value(
+                &at.key("steps"),
+                format!("factory `{name}` has no steps"),
+                None,
+            );
+        }
+        let mut step_names = BTreeSet::new();
+        for (index, step) in factory.steps.iter().enumerate() {
+            let step_at = at.key("steps").index(index);
+            if !step_names.insert(step.name.as_str()) {
+                file.error_at_value(
+                    &step_at.key("name"),
+                    format!("factory `{name}` has two steps named `{}`", step.name),
+                    Some("step names must be unique within a factory".into()),
+                );
+            }
+            let empty = match &step.command {
+                StepCommand::Argv(argv) => argv.is_empty(),
+                StepCommand::Shell(script) => script.trim().is_empty(),
+            };
+            if empty {
+                file.error_at_value(
+                    &step_at.key("command"),
+                    format!("step `{}` has an empty command", step.name),
+                    None,
+                );
+            }
+            if Path::new(&step.workdir).is_absolute()
+                || step.workdir.split('/').any(|part| part == "..")
+            {
+                file.error_at_value(
+                    &step_at.key("workdir"),
+                    format!("workdir `{}` leaves the builder's directory", step.workdir),
+                    Some("use a relative path without `..`".into()),
+                );
+            }
+            if step.timeout == 0 {
+                file.error_at_value(
+                    &step_at.key("timeout"),
+                    "timeout must be at least 1 second",
+                    None,
+                );
+            }
+        }
+    }
+    let mut scheduler_names = BTreeSet::new();
+    for (index, scheduler) in master.schedulers.iter().enumerate() {
+        let at = root.key("schedulers").index(index);
+        if !scheduler_names.insert(scheduler.name()) {
+            file.error_at_value(
+                &at.key("name"),
+                format!("scheduler `{}` is defined twice", scheduler.name()),
+                None,
+            );
+        }
+        match scheduler {
+            SchedulerConfig::Force { builders, .. } => {
+                for (builder_index, builder) in builders.iter().enumerate() {
+                    if !builder_names.contains(builder.as_str()) {
+                        file.error_at_value(
+                            &at.key("builders").index(builder_index),
+                            format!(
+                                "scheduler `{}` names builder `{builder}`, which is not defined",
+                                scheduler.name()
+                            ),
+                            None,
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Loads worker.yaml; relative paths are resolved against its folder.
+pub fn load_worker_file(path: &Path) -> Result<WorkerFile, ConfigErrors> {
+    let (mut file, text) = SourceFile::read(path).map_err(|e| ConfigErrors(vec![e]))?;
+    let worker = file
+        .parse_yaml(&text)
+        .and_then(|value| file.deserialize::<WorkerFile>(&YamlPath::root(), value));
+    if let Some(worker) = &worker {
+        if !is_valid_worker_name(&worker.name) {
+            file.error_at_value(
+                &YamlPath::root().key("name"),
+                format!("worker name `{}` is not allowed", worker.name),
+                Some("use 1 to 64 letters, digits, `.`, `_` and `-`".into()),
+            );
+        }
+    }
+    match worker {
+        Some(mut worker) if file.errors.is_empty() => {
+            worker.basedir = path
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join(&worker.basedir);
+            Ok(worker)
+        }
+        _ => Err(ConfigErrors(file.errors)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_closest_field_is_suggested_for_a_typo() {
+        let hint = hint_for("unknown field `comand`, expected one of `name`, `command`, `env`");
+        assert_eq!(hint.as_deref(), Some("did you mean `command`?"));
+    }
+
+    #[test]
+    fn a_shell_string_runs_through_sh() {
+        let command = StepCommand::Shell("echo hi".into());
+        assert_eq!(command.argv(), ["/bin/sh", "-c", "echo hi"]);
+    }
+}

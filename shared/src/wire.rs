@@ -1,0 +1,265 @@
+//! What travels between masters and workers through RabbitMQ and Redis.
+//!
+//! Every message is JSON in a versioned envelope with an internally tagged
+//! body (`{"v":1,"type":"claim",...}`), so a master can refuse a message from
+//! an incompatible worker with a clear reason instead of misreading it.
+//! Events are snapshots, not deltas: each says everything its sender knows
+//! about what it reports, so masters record them correctly in any order and
+//! any number of times.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::config::StepSpec;
+use crate::model::Results;
+
+/// The version of this protocol; bumped on any incompatible change.
+pub const WIRE_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("message is not valid JSON for this type: {0}")]
+    Malformed(#[from] serde_json::Error),
+    #[error("message has no protocol version `v`; it was not sent by buildmaster")]
+    Unversioned,
+    #[error(
+        "message has protocol version {found}, this side speaks {WIRE_VERSION}; upgrade the older side"
+    )]
+    Version { found: u32 },
+}
+
+/// The body's JSON object with the protocol version `v` added. (Not
+/// `#[serde(flatten)]`: it would lose integer map keys such as `decode_rc`'s.)
+pub fn encode<T: Serialize>(body: &T) -> Vec<u8> {
+    let mut value = serde_json::to_value(body).expect("wire messages always serialize");
+    if let serde_json::Value::Object(fields) = &mut value {
+        fields.insert("v".into(), WIRE_VERSION.into());
+    }
+    serde_json::to_vec(&value).expect("wire messages always serialize")
+}
+
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
+    let mut value: serde_json::Value = serde_json::from_slice(bytes)?;
+    let version = value
+        .as_object_mut()
+        .and_then(|fields| fields.remove("v"))
+        .and_then(|v| v.as_u64());
+    match version {
+        Some(version) if version == u64::from(WIRE_VERSION) => Ok(serde_json::from_value(value)?),
+        Some(found) => Err(WireError::Version {
+            found: found as u32,
+        }),
+        None => Err(WireError::Unversioned),
+    }
+}
+
+/// Published by a master to a builder's queue after a request for it was
+/// committed: "builder X has work". Not the truth: the claim decides.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Doorbell {
+    Ring {
+        builder: String,
+        buildrequest_id: i64,
+    },
+}
+
+/// Worker → masters, answered into the worker's reply queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RpcRequest {
+    /// Sent at start: which builders should I serve?
+    Hello { worker: String },
+    /// Give me the best pending request of `builder`. Retrying with the same
+    /// `claim_token` returns the same build, so a lost reply costs nothing.
+    Claim {
+        worker: String,
+        builder: String,
+        claim_token: Uuid,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RpcReply {
+    Welcome {
+        builders: Vec<String>,
+        max_builds: u32,
+        heartbeat_seconds: u64,
+    },
+    Claimed {
+        build: BuildAssignment,
+    },
+    NothingPending,
+    Refused {
+        reason: String,
+    },
+}
+
+/// Everything a worker needs to run one build; it never reads config itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BuildAssignment {
+    pub build_id: i64,
+    pub buildrequest_id: i64,
+    pub builder: String,
+    pub number: i32,
+    pub worker: String,
+    pub properties: BTreeMap<String, serde_json::Value>,
+    pub steps: Vec<StepSpec>,
+}
+
+/// Worker → masters, through the events queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum WorkerEvent {
+    StepStarted {
+        worker: String,
+        build_id: i64,
+        seq: i64,
+        step: StepRecord,
+    },
+    StepFinished {
+        worker: String,
+        build_id: i64,
+        seq: i64,
+        step: StepRecord,
+    },
+    /// Carries every step, so recording it alone completes the build.
+    BuildFinished {
+        worker: String,
+        build_id: i64,
+        seq: i64,
+        results: Results,
+        state_string: String,
+        finished_at: DateTime<Utc>,
+        steps: Vec<StepRecord>,
+    },
+    /// Extends the leases of the builds the worker is running.
+    Heartbeat {
+        worker: String,
+        build_ids: Vec<i64>,
+        sent_at: DateTime<Utc>,
+    },
+}
+
+impl WorkerEvent {
+    pub fn worker(&self) -> &str {
+        match self {
+            WorkerEvent::StepStarted { worker, .. }
+            | WorkerEvent::StepFinished { worker, .. }
+            | WorkerEvent::BuildFinished { worker, .. }
+            | WorkerEvent::Heartbeat { worker, .. } => worker,
+        }
+    }
+}
+
+/// A step as its worker knows it at the time of an event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// 1-based position in the factory.
+    pub number: i32,
+    pub name: String,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// None while running.
+    pub results: Option<Results>,
+    pub state_string: String,
+    pub logs: Vec<LogRecord>,
+}
+
+/// A log of a step: its Redis stream holds entries `1-0` … `{chunks}-0`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogRecord {
+    pub slug: String,
+    pub name: String,
+    pub chunks: u64,
+    pub bytes: u64,
+}
+
+/// Master → one worker, through its control queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ControlMessage {
+    StopBuild { build_id: i64, reason: String },
+}
+
+/// Which stream of a step a piece of log came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogChannel {
+    Stdout,
+    Stderr,
+    /// Lines buildmaster itself writes (the command, the exit code); not part
+    /// of what the step printed, so not in the raw download.
+    Header,
+}
+
+impl LogChannel {
+    pub fn code(self) -> u8 {
+        match self {
+            LogChannel::Stdout => b'o',
+            LogChannel::Stderr => b'e',
+            LogChannel::Header => b'h',
+        }
+    }
+
+    pub fn from_code(code: u8) -> Option<Self> {
+        match code {
+            b'o' => Some(LogChannel::Stdout),
+            b'e' => Some(LogChannel::Stderr),
+            b'h' => Some(LogChannel::Header),
+            _ => None,
+        }
+    }
+}
+
+/// The name of the one log every shell step has, as in Buildbot.
+pub const STDIO_LOG: &str = "stdio";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_round_trips_through_its_envelope() {
+        let request = RpcRequest::Claim {
+            worker: "w1".into(),
+            builder: "b".into(),
+            claim_token: Uuid::new_v4(),
+        };
+        let bytes = encode(&request);
+        assert!(
+            std::str::from_utf8(&bytes)
+                .unwrap()
+                .contains(r#""type":"claim""#)
+        );
+        assert_eq!(decode::<RpcRequest>(&bytes).unwrap(), request);
+    }
+
+    #[test]
+    fn integer_map_keys_survive_the_envelope() {
+        let step: crate::config::StepSpec =
+            serde_yaml::from_str("name: t\ncommand: [x]\ndecode_rc: {0: SUCCESS, 5: WARNINGS}")
+                .unwrap();
+        let assignment = BuildAssignment {
+            build_id: 1,
+            buildrequest_id: 1,
+            builder: "b".into(),
+            number: 1,
+            worker: "w".into(),
+            properties: BTreeMap::new(),
+            steps: vec![step],
+        };
+        let reply = RpcReply::Claimed { build: assignment };
+        assert_eq!(decode::<RpcReply>(&encode(&reply)).unwrap(), reply);
+    }
+
+    #[test]
+    fn another_protocol_version_is_refused_with_its_number() {
+        let error = decode::<RpcRequest>(br#"{"v":2,"type":"hello","worker":"w"}"#).unwrap_err();
+        assert!(matches!(error, WireError::Version { found: 2 }), "{error}");
+    }
+}
