@@ -64,11 +64,7 @@ impl Results {
     }
 
     pub fn worst(self, other: Results) -> Results {
-        if other.severity() > self.severity() {
-            other
-        } else {
-            self
-        }
+        if other.severity() > self.severity() { other } else { self }
     }
 }
 
@@ -115,46 +111,23 @@ pub fn halts_build(step: Results, flags: StepFlags) -> bool {
 mod tests {
     use super::*;
 
-    const DEFAULT_FLAGS: StepFlags = StepFlags {
-        halt_on_failure: false,
-        flunk_on_failure: true,
-        warn_on_failure: false,
-        warn_on_warnings: true,
-    };
+    const DEFAULT_FLAGS: StepFlags =
+        StepFlags { halt_on_failure: false, flunk_on_failure: true, warn_on_failure: false, warn_on_warnings: true };
 
     #[test]
     fn the_worst_result_wins_and_skipped_is_best() {
         assert_eq!(Results::Success.worst(Results::Skipped), Results::Success);
         assert_eq!(Results::Warnings.worst(Results::Failure), Results::Failure);
-        assert_eq!(
-            Results::Cancelled.worst(Results::Exception),
-            Results::Cancelled
-        );
+        assert_eq!(Results::Cancelled.worst(Results::Exception), Results::Cancelled);
     }
 
     #[test]
     fn a_failure_counts_by_the_step_flags() {
-        assert_eq!(
-            build_result_contribution(Results::Failure, DEFAULT_FLAGS),
-            Results::Failure
-        );
-        let warn_only = StepFlags {
-            flunk_on_failure: false,
-            warn_on_failure: true,
-            ..DEFAULT_FLAGS
-        };
-        assert_eq!(
-            build_result_contribution(Results::Failure, warn_only),
-            Results::Warnings
-        );
-        let ignored = StepFlags {
-            flunk_on_failure: false,
-            ..DEFAULT_FLAGS
-        };
-        assert_eq!(
-            build_result_contribution(Results::Failure, ignored),
-            Results::Success
-        );
+        assert_eq!(build_result_contribution(Results::Failure, DEFAULT_FLAGS), Results::Failure);
+        let warn_only = StepFlags { flunk_on_failure: false, warn_on_failure: true, ..DEFAULT_FLAGS };
+        assert_eq!(build_result_contribution(Results::Failure, warn_only), Results::Warnings);
+        let ignored = StepFlags { flunk_on_failure: false, ..DEFAULT_FLAGS };
+        assert_eq!(build_result_contribution(Results::Failure, ignored), Results::Success);
     }
 
     #[test]

@@ -79,17 +79,8 @@ impl Namespace {
     }
 
     /// The Redis stream holding one log of one step while it is written.
-    pub fn log_stream_key(
-        &self,
-        worker: &str,
-        build_id: i64,
-        step_number: i32,
-        log_slug: &str,
-    ) -> String {
-        format!(
-            "{}:worker:{worker}:log:{build_id}:{step_number}:{log_slug}",
-            self.0
-        )
+    pub fn log_stream_key(&self, worker: &str, build_id: i64, step_number: i32, log_slug: &str) -> String {
+        format!("{}:worker:{worker}:log:{build_id}:{step_number}:{log_slug}", self.0)
     }
 
     /// The Redis key that exists while a worker is online.

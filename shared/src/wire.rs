@@ -26,9 +26,7 @@ pub enum WireError {
     Malformed(#[from] serde_json::Error),
     #[error("message has no protocol version `v`; it was not sent by buildmaster")]
     Unversioned,
-    #[error(
-        "message has protocol version {found}, this side speaks {WIRE_VERSION}; upgrade the older side"
-    )]
+    #[error("message has protocol version {found}, this side speaks {WIRE_VERSION}; upgrade the older side")]
     Version { found: u32 },
 }
 
@@ -44,15 +42,10 @@ pub fn encode<T: Serialize>(body: &T) -> Vec<u8> {
 
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
     let mut value: serde_json::Value = serde_json::from_slice(bytes)?;
-    let version = value
-        .as_object_mut()
-        .and_then(|fields| fields.remove("v"))
-        .and_then(|v| v.as_u64());
+    let version = value.as_object_mut().and_then(|fields| fields.remove("v")).and_then(|v| v.as_u64());
     match version {
         Some(version) if version == u64::from(WIRE_VERSION) => Ok(serde_json::from_value(value)?),
-        Some(found) => Err(WireError::Version {
-            found: found as u32,
-        }),
+        Some(found) => Err(WireError::Version { found: found as u32 }),
         None => Err(WireError::Unversioned),
     }
 }
@@ -62,10 +55,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Doorbell {
-    Ring {
-        builder: String,
-        buildrequest_id: i64,
-    },
+    Ring { builder: String, buildrequest_id: i64 },
 }
 
 /// Worker → masters, answered into the worker's reply queue.
@@ -76,28 +66,16 @@ pub enum RpcRequest {
     Hello { worker: String },
     /// Give me the best pending request of `builder`. Retrying with the same
     /// `claim_token` returns the same build, so a lost reply costs nothing.
-    Claim {
-        worker: String,
-        builder: String,
-        claim_token: Uuid,
-    },
+    Claim { worker: String, builder: String, claim_token: Uuid },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum RpcReply {
-    Welcome {
-        builders: Vec<String>,
-        max_builds: u32,
-        heartbeat_seconds: u64,
-    },
-    Claimed {
-        build: BuildAssignment,
-    },
+    Welcome { builders: Vec<String>, max_builds: u32, heartbeat_seconds: u64 },
+    Claimed { build: BuildAssignment },
     NothingPending,
-    Refused {
-        reason: String,
-    },
+    Refused { reason: String },
 }
 
 /// Everything a worker needs to run one build; it never reads config itself.
@@ -225,25 +203,16 @@ mod tests {
 
     #[test]
     fn a_message_round_trips_through_its_envelope() {
-        let request = RpcRequest::Claim {
-            worker: "w1".into(),
-            builder: "b".into(),
-            claim_token: Uuid::new_v4(),
-        };
+        let request = RpcRequest::Claim { worker: "w1".into(), builder: "b".into(), claim_token: Uuid::new_v4() };
         let bytes = encode(&request);
-        assert!(
-            std::str::from_utf8(&bytes)
-                .unwrap()
-                .contains(r#""type":"claim""#)
-        );
+        assert!(std::str::from_utf8(&bytes).unwrap().contains(r#""type":"claim""#));
         assert_eq!(decode::<RpcRequest>(&bytes).unwrap(), request);
     }
 
     #[test]
     fn integer_map_keys_survive_the_envelope() {
         let step: crate::config::StepSpec =
-            serde_yaml::from_str("name: t\ncommand: [x]\ndecode_rc: {0: SUCCESS, 5: WARNINGS}")
-                .unwrap();
+            serde_yaml::from_str("name: t\ncommand: [x]\ndecode_rc: {0: SUCCESS, 5: WARNINGS}").unwrap();
         let assignment = BuildAssignment {
             build_id: 1,
             buildrequest_id: 1,

@@ -6,8 +6,8 @@
 //! to configure anything but its own reply and control queues.
 
 use lapin::options::{
-    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
-    QueueBindOptions, QueueDeclareOptions,
+    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
@@ -38,25 +38,13 @@ pub struct Broker {
 }
 
 impl Broker {
-    pub async fn connect(
-        url: &str,
-        namespace: Namespace,
-        connection_name: &str,
-    ) -> Result<Broker, BrokerError> {
-        let properties =
-            ConnectionProperties::default().with_connection_name(connection_name.into());
+    pub async fn connect(url: &str, namespace: Namespace, connection_name: &str) -> Result<Broker, BrokerError> {
+        let properties = ConnectionProperties::default().with_connection_name(connection_name.into());
         let connection = Connection::connect(url, properties).await?;
         let confirmed = connection.create_channel().await?;
-        confirmed
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
+        confirmed.confirm_select(ConfirmSelectOptions::default()).await?;
         let unconfirmed = connection.create_channel().await?;
-        Ok(Broker {
-            connection,
-            confirmed,
-            unconfirmed,
-            namespace,
-        })
+        Ok(Broker { connection, confirmed, unconfirmed, namespace })
     }
 
     pub fn is_connected(&self) -> bool {
@@ -70,37 +58,19 @@ impl Broker {
     /// A fresh channel for a consumer, with its prefetch.
     pub async fn consumer_channel(&self, prefetch: u16) -> Result<Channel, BrokerError> {
         let channel = self.connection.create_channel().await?;
-        channel
-            .basic_qos(prefetch, BasicQosOptions::default())
-            .await?;
+        channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
         Ok(channel)
     }
 
     /// Declares every exchange and queue, including one durable queue per
     /// builder. Idempotent; run at start and whenever builders change.
-    pub async fn declare_topology<'a>(
-        &self,
-        builders: impl IntoIterator<Item = &'a str>,
-    ) -> Result<(), BrokerError> {
+    pub async fn declare_topology<'a>(&self, builders: impl IntoIterator<Item = &'a str>) -> Result<(), BrokerError> {
         let ns = &self.namespace;
         let channel = self.connection.create_channel().await?;
-        let durable_exchange = ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        };
-        for exchange in [
-            ns.doorbell_exchange(),
-            ns.rpc_exchange(),
-            ns.events_exchange(),
-            ns.control_exchange(),
-        ] {
+        let durable_exchange = ExchangeDeclareOptions { durable: true, ..Default::default() };
+        for exchange in [ns.doorbell_exchange(), ns.rpc_exchange(), ns.events_exchange(), ns.control_exchange()] {
             channel
-                .exchange_declare(
-                    exchange.into(),
-                    ExchangeKind::Direct,
-                    durable_exchange,
-                    FieldTable::default(),
-                )
+                .exchange_declare(exchange.into(), ExchangeKind::Direct, durable_exchange, FieldTable::default())
                 .await?;
         }
         channel
@@ -111,17 +81,8 @@ impl Broker {
                 FieldTable::default(),
             )
             .await?;
-        let durable_queue = QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        };
-        channel
-            .queue_declare(
-                ns.dead_letter_queue().into(),
-                durable_queue,
-                FieldTable::default(),
-            )
-            .await?;
+        let durable_queue = QueueDeclareOptions { durable: true, ..Default::default() };
+        channel.queue_declare(ns.dead_letter_queue().into(), durable_queue, FieldTable::default()).await?;
         channel
             .queue_bind(
                 ns.dead_letter_queue().into(),
@@ -140,9 +101,7 @@ impl Broker {
             (ns.rpc_queue(), ns.rpc_exchange(), RPC_ROUTING_KEY),
             (ns.events_queue(), ns.events_exchange(), EVENTS_ROUTING_KEY),
         ] {
-            channel
-                .queue_declare(queue.clone().into(), durable_queue, dead_lettered.clone())
-                .await?;
+            channel.queue_declare(queue.clone().into(), durable_queue, dead_lettered.clone()).await?;
             channel
                 .queue_bind(
                     queue.into(),
@@ -155,9 +114,7 @@ impl Broker {
         }
         for builder in builders {
             let queue = ns.builder_queue(builder);
-            channel
-                .queue_declare(queue.clone().into(), durable_queue, FieldTable::default())
-                .await?;
+            channel.queue_declare(queue.clone().into(), durable_queue, FieldTable::default()).await?;
             channel
                 .queue_bind(
                     queue.into(),
@@ -175,22 +132,13 @@ impl Broker {
     /// Tells the workers of `builder` that it has work, and waits until
     /// RabbitMQ has the doorbell safely in the builder's queue.
     pub async fn ring(&self, builder: &str, buildrequest_id: i64) -> Result<(), BrokerError> {
-        let doorbell = Doorbell::Ring {
-            builder: builder.to_owned(),
-            buildrequest_id,
-        };
-        self.publish_confirmed(&self.namespace.doorbell_exchange(), builder, &doorbell)
-            .await
+        let doorbell = Doorbell::Ring { builder: builder.to_owned(), buildrequest_id };
+        self.publish_confirmed(&self.namespace.doorbell_exchange(), builder, &doorbell).await
     }
 
     /// Sends a control message (e.g. stop a build) to one worker.
-    pub async fn send_control(
-        &self,
-        worker: &str,
-        message: &ControlMessage,
-    ) -> Result<(), BrokerError> {
-        self.publish_confirmed(&self.namespace.control_exchange(), worker, message)
-            .await
+    pub async fn send_control(&self, worker: &str, message: &ControlMessage) -> Result<(), BrokerError> {
+        self.publish_confirmed(&self.namespace.control_exchange(), worker, message).await
     }
 
     async fn publish_confirmed<T: Serialize>(
@@ -204,14 +152,9 @@ impl Broker {
             .basic_publish(
                 exchange.into(),
                 routing_key.into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
+                BasicPublishOptions { mandatory: true, ..Default::default() },
                 &wire::encode(body),
-                BasicProperties::default()
-                    .with_delivery_mode(PERSISTENT)
-                    .with_content_type("application/json".into()),
+                BasicProperties::default().with_delivery_mode(PERSISTENT).with_content_type("application/json".into()),
             )
             .await?
             .await?;
@@ -226,12 +169,7 @@ impl Broker {
     }
 
     /// Answers a worker's RPC request into its reply queue.
-    pub async fn reply<T: Serialize>(
-        &self,
-        reply_to: &str,
-        correlation_id: &str,
-        body: &T,
-    ) -> Result<(), BrokerError> {
+    pub async fn reply<T: Serialize>(&self, reply_to: &str, correlation_id: &str, body: &T) -> Result<(), BrokerError> {
         self.unconfirmed
             .basic_publish(
                 "".into(),
@@ -252,10 +190,7 @@ impl Broker {
         let queue = channel
             .queue_declare(
                 self.namespace.builder_queue(builder).into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
+                QueueDeclareOptions { passive: true, ..Default::default() },
                 FieldTable::default(),
             )
             .await?;
@@ -265,9 +200,6 @@ impl Broker {
     }
 
     pub async fn close(&self) {
-        let _ = self
-            .connection
-            .close(200, "master shutting down".into())
-            .await;
+        let _ = self.connection.close(200, "master shutting down".into()).await;
     }
 }

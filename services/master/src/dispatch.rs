@@ -20,16 +20,9 @@ use crate::{Master, MasterError, RETRY_DELAY};
 /// RPC requests handled at once by one master.
 const CONCURRENT_REQUESTS: usize = 32;
 
-pub async fn serve_rpc(
-    master: Arc<Master>,
-    shutdown: CancellationToken,
-) -> Result<(), MasterError> {
+pub async fn serve_rpc(master: Arc<Master>, shutdown: CancellationToken) -> Result<(), MasterError> {
     let queue = master.namespace.rpc_queue();
-    let channel = master
-        .broker
-        .consumer_channel(CONCURRENT_REQUESTS as u16)
-        .await
-        .map_err(MasterError::from)?;
+    let channel = master.broker.consumer_channel(CONCURRENT_REQUESTS as u16).await.map_err(MasterError::from)?;
     let mut deliveries = channel
         .basic_consume(
             queue.clone().into(),
@@ -50,11 +43,7 @@ pub async fn serve_rpc(
             Some(Err(error)) => return Err(MasterError::Broker(error.into())),
             None => return Err(MasterError::ConsumerEnded(queue)),
         };
-        let permit = limit
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("semaphore never closes");
+        let permit = limit.clone().acquire_owned().await.expect("semaphore never closes");
         let master = master.clone();
         tokio::spawn(async move {
             handle_request(&master, delivery).await;
@@ -64,21 +53,9 @@ pub async fn serve_rpc(
 }
 
 async fn handle_request(master: &Master, delivery: Delivery) {
-    let reply_to = delivery
-        .properties
-        .reply_to()
-        .as_ref()
-        .map(|s| s.as_str().to_owned());
-    let correlation_id = delivery
-        .properties
-        .correlation_id()
-        .as_ref()
-        .map(|s| s.as_str().to_owned());
-    let request = match (
-        reply_to,
-        correlation_id,
-        wire::decode::<RpcRequest>(&delivery.data),
-    ) {
+    let reply_to = delivery.properties.reply_to().as_ref().map(|s| s.as_str().to_owned());
+    let correlation_id = delivery.properties.correlation_id().as_ref().map(|s| s.as_str().to_owned());
+    let request = match (reply_to, correlation_id, wire::decode::<RpcRequest>(&delivery.data)) {
         (Some(reply_to), Some(correlation_id), Ok(request)) => (reply_to, correlation_id, request),
         (_, _, Err(error)) => {
             tracing::warn!(%error, "dead-lettering an unreadable RPC request");
@@ -92,19 +69,11 @@ async fn handle_request(master: &Master, delivery: Delivery) {
         }
     };
     let (reply_to, correlation_id, request) = request;
-    let span = tracing::info_span!(
-        "rpc",
-        worker.name = request_worker(&request),
-        rpc.kind = request_kind(&request)
-    );
+    let span = tracing::info_span!("rpc", worker.name = request_worker(&request), rpc.kind = request_kind(&request));
     async {
         match answer(master, request).await {
             Ok(reply) => {
-                if let Err(error) = master
-                    .broker
-                    .reply(&reply_to, &correlation_id, &reply)
-                    .await
-                {
+                if let Err(error) = master.broker.reply(&reply_to, &correlation_id, &reply).await {
                     // The worker retries with the same claim token and gets the
                     // same build, so a lost reply loses nothing.
                     tracing::warn!(%error, "could not send the reply");
@@ -114,12 +83,7 @@ async fn handle_request(master: &Master, delivery: Delivery) {
             Err(error) => {
                 tracing::warn!(%error, "could not answer now; handing the request back");
                 tokio::time::sleep(RETRY_DELAY).await;
-                let _ = delivery
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await;
+                let _ = delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
             }
         }
     }
@@ -159,33 +123,17 @@ async fn answer(master: &Master, request: RpcRequest) -> Result<RpcReply, StoreE
                 }
             };
             master.worker_id(&worker).await?;
-            let builders = config
-                .builders_for_worker(&worker, is_local)
-                .into_iter()
-                .map(|b| b.name.clone())
-                .collect();
+            let builders = config.builders_for_worker(&worker, is_local).into_iter().map(|b| b.name.clone()).collect();
             tracing::info!(worker.name = %worker, "worker said hello");
-            Ok(RpcReply::Welcome {
-                builders,
-                max_builds,
-                heartbeat_seconds: config.settings.builds.heartbeat_seconds,
-            })
+            Ok(RpcReply::Welcome { builders, max_builds, heartbeat_seconds: config.settings.builds.heartbeat_seconds })
         }
-        RpcRequest::Claim {
-            worker,
-            builder,
-            claim_token,
-        } => {
+        RpcRequest::Claim { worker, builder, claim_token } => {
             let is_local = Master::is_local_worker(&catalog, &worker);
             let Some((builder_config, builder_id)) = catalog.builder(&builder) else {
-                return Ok(RpcReply::Refused {
-                    reason: format!("builder `{builder}` is not configured any more"),
-                });
+                return Ok(RpcReply::Refused { reason: format!("builder `{builder}` is not configured any more") });
             };
             if !config.may_run(builder_config, &worker, is_local) {
-                return Ok(RpcReply::Refused {
-                    reason: format!("worker `{worker}` may not run builder `{builder}`"),
-                });
+                return Ok(RpcReply::Refused { reason: format!("worker `{worker}` may not run builder `{builder}`") });
             }
             let worker_id = master.worker_id(&worker).await?;
             let claimed = master
@@ -208,9 +156,7 @@ async fn answer(master: &Master, request: RpcRequest) -> Result<RpcReply, StoreE
                 serde_json::Value::Object(map) => map
                     .into_iter()
                     .map(|(name, value)| match value {
-                        serde_json::Value::Array(mut pair) if pair.len() == 2 => {
-                            (name, pair.swap_remove(0))
-                        }
+                        serde_json::Value::Array(mut pair) if pair.len() == 2 => (name, pair.swap_remove(0)),
                         other => (name, other),
                     })
                     .collect(),

@@ -22,15 +22,9 @@ use crate::{Master, MasterError, RETRY_DELAY};
 /// Events recorded at once by one master.
 const CONCURRENT_EVENTS: usize = 32;
 
-pub async fn record_events(
-    master: Arc<Master>,
-    shutdown: CancellationToken,
-) -> Result<(), MasterError> {
+pub async fn record_events(master: Arc<Master>, shutdown: CancellationToken) -> Result<(), MasterError> {
     let queue = master.namespace.events_queue();
-    let channel = master
-        .broker
-        .consumer_channel(CONCURRENT_EVENTS as u16)
-        .await?;
+    let channel = master.broker.consumer_channel(CONCURRENT_EVENTS as u16).await?;
     let mut deliveries = channel
         .basic_consume(
             queue.clone().into(),
@@ -51,11 +45,7 @@ pub async fn record_events(
             Some(Err(error)) => return Err(MasterError::Broker(error.into())),
             None => return Err(MasterError::ConsumerEnded(queue)),
         };
-        let permit = limit
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("semaphore never closes");
+        let permit = limit.clone().acquire_owned().await.expect("semaphore never closes");
         let master = master.clone();
         tokio::spawn(async move {
             handle_event(&master, delivery).await;
@@ -107,12 +97,7 @@ async fn handle_event(master: &Master, delivery: Delivery) {
         Err(error) => {
             tracing::warn!(%error, worker.name = event.worker(), "could not record an event now; it will be retried");
             tokio::time::sleep(RETRY_DELAY).await;
-            let _ = delivery
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                })
-                .await;
+            let _ = delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
         }
     }
 }
@@ -120,21 +105,11 @@ async fn handle_event(master: &Master, delivery: Delivery) {
 async fn record(master: &Master, event: &WorkerEvent) -> Result<Recorded, EventError> {
     let lease_seconds = master.catalog().config.settings.builds.lease_seconds;
     match event {
-        WorkerEvent::Heartbeat {
-            worker, build_ids, ..
-        } => {
-            master
-                .store
-                .heartbeat(worker, build_ids, lease_seconds)
-                .await?;
+        WorkerEvent::Heartbeat { worker, build_ids, .. } => {
+            master.store.heartbeat(worker, build_ids, lease_seconds).await?;
             Ok(Recorded::Applied)
         }
-        WorkerEvent::StepStarted {
-            worker,
-            build_id,
-            seq,
-            step,
-        } => {
+        WorkerEvent::StepStarted { worker, build_id, seq, step } => {
             let Some(mut tx) = master.store.begin_event(*build_id, *seq, worker).await? else {
                 return Ok(Recorded::Duplicate);
             };
@@ -143,12 +118,7 @@ async fn record(master: &Master, event: &WorkerEvent) -> Result<Recorded, EventE
             tx.commit().await?;
             Ok(Recorded::Applied)
         }
-        WorkerEvent::StepFinished {
-            worker,
-            build_id,
-            seq,
-            step,
-        } => {
+        WorkerEvent::StepFinished { worker, build_id, seq, step } => {
             let Some(mut tx) = master.store.begin_event(*build_id, *seq, worker).await? else {
                 return Ok(Recorded::Duplicate);
             };
@@ -159,10 +129,7 @@ async fn record(master: &Master, event: &WorkerEvent) -> Result<Recorded, EventE
                 if row.complete {
                     continue;
                 }
-                let key =
-                    master
-                        .namespace
-                        .log_stream_key(worker, *build_id, step.number, &record.slug);
+                let key = master.namespace.log_stream_key(worker, *build_id, step.number, &record.slug);
                 logs::archive(&mut redis, &mut tx, row.id, &key, record.chunks).await?;
                 archived_keys.push(key);
             }
@@ -176,22 +143,10 @@ async fn record(master: &Master, event: &WorkerEvent) -> Result<Recorded, EventE
                     tracing::warn!(%error, redis.key = %key, "could not set the expiry of an archived log stream");
                 }
             }
-            tracing::debug!(
-                build.id = build_id,
-                step.number = step.number,
-                "step finished and archived"
-            );
+            tracing::debug!(build.id = build_id, step.number = step.number, "step finished and archived");
             Ok(Recorded::Applied)
         }
-        WorkerEvent::BuildFinished {
-            worker,
-            build_id,
-            seq,
-            results,
-            state_string,
-            finished_at,
-            steps,
-        } => {
+        WorkerEvent::BuildFinished { worker, build_id, seq, results, state_string, finished_at, steps } => {
             let Some(mut tx) = master.store.begin_event(*build_id, *seq, worker).await? else {
                 return Ok(Recorded::Duplicate);
             };

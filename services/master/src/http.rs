@@ -41,27 +41,15 @@ pub fn router(master: Arc<Master>) -> Router {
     Router::new()
         .route("/healthz", get(get_health))
         .route("/api/v2/builders", get(list_builders))
-        .route(
-            "/api/v2/builders/{builder}/builds",
-            get(list_builder_builds),
-        )
-        .route(
-            "/api/v2/builders/{builder}/builds/{number}",
-            get(get_builder_build),
-        )
+        .route("/api/v2/builders/{builder}/builds", get(list_builder_builds))
+        .route("/api/v2/builders/{builder}/builds/{number}", get(get_builder_build))
         .route("/api/v2/builds", get(list_builds))
-        .route(
-            "/api/v2/builds/{build_id}",
-            get(get_build).post(control_build),
-        )
+        .route("/api/v2/builds/{build_id}", get(get_build).post(control_build))
         .route("/api/v2/builds/{build_id}/steps", get(list_build_steps))
         .route("/api/v2/steps/{step_id}/logs", get(list_step_logs))
         .route("/api/v2/logs/{log_id}", get(get_log))
         .route("/api/v2/logs/{log_id}/raw", get(get_log_raw))
-        .route(
-            "/api/v2/buildrequests/{buildrequest_id}",
-            get(get_buildrequest),
-        )
+        .route("/api/v2/buildrequests/{buildrequest_id}", get(get_buildrequest))
         .route("/api/v2/forceschedulers/{scheduler}", post(force_scheduler))
         .fallback(|| async { ApiError::NotFound("no such resource".into()) })
         .layer(DefaultBodyLimit::max(max_body_bytes))
@@ -76,16 +64,9 @@ async fn get_health(State(master): State<AppState>) -> Response {
     let postgres = master.store.ping().await.is_ok();
     let rabbitmq = master.broker.is_connected();
     let mut redis = master.redis.clone();
-    let redis_ok = redis::cmd("PING")
-        .query_async::<String>(&mut redis)
-        .await
-        .is_ok();
+    let redis_ok = redis::cmd("PING").query_async::<String>(&mut redis).await.is_ok();
     let body = json!({ "master": master.name, "postgres": postgres, "rabbitmq": rabbitmq, "redis": redis_ok });
-    let status = if postgres && rabbitmq && redis_ok {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
+    let status = if postgres && rabbitmq && redis_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(body)).into_response()
 }
 
@@ -168,8 +149,7 @@ fn wants_properties(query: &[(String, String)]) -> bool {
 }
 
 fn parse_id<T: std::str::FromStr>(what: &str, text: &str) -> ApiResult<T> {
-    text.parse()
-        .map_err(|_| ApiError::BadRequest(format!("{what} must be a number, got `{text}`")))
+    text.parse().map_err(|_| ApiError::BadRequest(format!("{what} must be a number, got `{text}`")))
 }
 
 // --- reads ------------------------------------------------------------------
@@ -208,10 +188,7 @@ async fn list_builder_builds(
     let builder_id = resolve_builder(&master, &builder).await?;
     let limit = query.limit.unwrap_or(50).clamp(1, 1000);
     let builds = master.store.builds_of_builder(builder_id, limit).await?;
-    Ok(envelope(
-        "builds",
-        builds.iter().map(|b| build_json(b, false)).collect(),
-    ))
+    Ok(envelope("builds", builds.iter().map(|b| build_json(b, false)).collect()))
 }
 
 async fn get_builder_build(
@@ -226,43 +203,23 @@ async fn get_builder_build(
         .build_by_number(builder_id, number)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("build {number} of builder `{builder}`")))?;
-    Ok(envelope(
-        "builds",
-        vec![build_json(&build, wants_properties(&query))],
-    ))
+    Ok(envelope("builds", vec![build_json(&build, wants_properties(&query))]))
 }
 
 async fn list_builds(
     State(master): State<AppState>,
     Query(query): Query<Vec<(String, String)>>,
 ) -> ApiResult<Json<Value>> {
-    let filters: HashMap<&str, &str> = query
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
+    let filters: HashMap<&str, &str> = query.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let builds = if let Some(request) = filters.get("buildrequestid") {
-        master
-            .store
-            .builds_of_request(parse_id("buildrequestid", request)?)
-            .await?
+        master.store.builds_of_request(parse_id("buildrequestid", request)?).await?
     } else if let Some(builder) = filters.get("builderid") {
-        master
-            .store
-            .builds_of_builder(parse_id("builderid", builder)?, 50)
-            .await?
+        master.store.builds_of_builder(parse_id("builderid", builder)?, 50).await?
     } else {
-        return Err(ApiError::BadRequest(
-            "filter builds by `buildrequestid` or `builderid`".into(),
-        ));
+        return Err(ApiError::BadRequest("filter builds by `buildrequestid` or `builderid`".into()));
     };
     let with_properties = wants_properties(&query);
-    Ok(envelope(
-        "builds",
-        builds
-            .iter()
-            .map(|b| build_json(b, with_properties))
-            .collect(),
-    ))
+    Ok(envelope("builds", builds.iter().map(|b| build_json(b, with_properties)).collect()))
 }
 
 async fn get_build(
@@ -271,101 +228,61 @@ async fn get_build(
     Query(query): Query<Vec<(String, String)>>,
 ) -> ApiResult<Json<Value>> {
     let build_id: i64 = parse_id("build id", &build_id)?;
-    let build = master
-        .store
-        .build(build_id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("build {build_id}")))?;
-    Ok(envelope(
-        "builds",
-        vec![build_json(&build, wants_properties(&query))],
-    ))
+    let build = master.store.build(build_id).await?.ok_or_else(|| ApiError::NotFound(format!("build {build_id}")))?;
+    Ok(envelope("builds", vec![build_json(&build, wants_properties(&query))]))
 }
 
-async fn list_build_steps(
-    State(master): State<AppState>,
-    Path(build_id): Path<String>,
-) -> ApiResult<Json<Value>> {
+async fn list_build_steps(State(master): State<AppState>, Path(build_id): Path<String>) -> ApiResult<Json<Value>> {
     let build_id: i64 = parse_id("build id", &build_id)?;
     let steps = master.store.steps_of_build(build_id).await?;
     Ok(envelope("steps", steps.iter().map(step_json).collect()))
 }
 
-async fn list_step_logs(
-    State(master): State<AppState>,
-    Path(step_id): Path<String>,
-) -> ApiResult<Json<Value>> {
+async fn list_step_logs(State(master): State<AppState>, Path(step_id): Path<String>) -> ApiResult<Json<Value>> {
     let step_id: i64 = parse_id("step id", &step_id)?;
     let logs = master.store.logs_of_step(step_id).await?;
     Ok(envelope("logs", logs.iter().map(log_json).collect()))
 }
 
-async fn get_log(
-    State(master): State<AppState>,
-    Path(log_id): Path<String>,
-) -> ApiResult<Json<Value>> {
+async fn get_log(State(master): State<AppState>, Path(log_id): Path<String>) -> ApiResult<Json<Value>> {
     let log_id: i64 = parse_id("log id", &log_id)?;
-    let location = master
-        .store
-        .log_location(log_id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("log {log_id}")))?;
+    let location =
+        master.store.log_location(log_id).await?.ok_or_else(|| ApiError::NotFound(format!("log {log_id}")))?;
     Ok(envelope("logs", vec![log_json(&location.log)]))
 }
 
 /// What the step printed, byte for byte: from Postgres once archived, from
 /// the live Redis stream before. Streamed, so a log of any size costs one
 /// chunk of memory.
-async fn get_log_raw(
-    State(master): State<AppState>,
-    Path(log_id): Path<String>,
-) -> ApiResult<Response> {
+async fn get_log_raw(State(master): State<AppState>, Path(log_id): Path<String>) -> ApiResult<Response> {
     let log_id: i64 = parse_id("log id", &log_id)?;
-    let location = master
-        .store
-        .log_location(log_id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("log {log_id}")))?;
+    let location =
+        master.store.log_location(log_id).await?.ok_or_else(|| ApiError::NotFound(format!("log {log_id}")))?;
     let key = master.namespace.log_stream_key(
         &location.worker_name,
         location.build_id,
         location.step_number,
         &location.log.slug,
     );
-    let pieces = logs::raw_bytes(
-        &master.store,
-        master.redis.clone(),
-        log_id,
-        location.log.complete,
-        key,
-    )
-    .map(move |piece| {
-        piece.map(Bytes::from).map_err(|error| {
-            tracing::error!(%error, log.id = log_id, "log download failed midway");
-            std::io::Error::other(error.to_string())
-        })
-    });
-    let filename = format!(
-        "build{}_step{}_{}.log",
-        location.build_id, location.step_number, location.log.slug
-    );
+    let pieces =
+        logs::raw_bytes(&master.store, master.redis.clone(), log_id, location.log.complete, key).map(move |piece| {
+            piece.map(Bytes::from).map_err(|error| {
+                tracing::error!(%error, log.id = log_id, "log download failed midway");
+                std::io::Error::other(error.to_string())
+            })
+        });
+    let filename = format!("build{}_step{}_{}.log", location.build_id, location.step_number, location.log.slug);
     Ok((
         [
             (header::CONTENT_TYPE, "text/plain; charset=utf-8".to_owned()),
-            (
-                header::CONTENT_DISPOSITION,
-                format!("attachment; filename=\"{filename}\""),
-            ),
+            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{filename}\"")),
         ],
         Body::from_stream(pieces),
     )
         .into_response())
 }
 
-async fn get_buildrequest(
-    State(master): State<AppState>,
-    Path(request_id): Path<String>,
-) -> ApiResult<Json<Value>> {
+async fn get_buildrequest(State(master): State<AppState>, Path(request_id): Path<String>) -> ApiResult<Json<Value>> {
     let request_id: i64 = parse_id("buildrequest id", &request_id)?;
     let request = master
         .store
@@ -441,27 +358,14 @@ fn rpc_result(id: Value, result: Value) -> Response {
 
 fn rpc_error(id: &Value, error: ApiError) -> RpcFailure {
     let code = match error {
-        ApiError::BadRequest(_) | ApiError::NotFound(_) | ApiError::Conflict(_) => {
-            RPC_INVALID_PARAMS
-        }
+        ApiError::BadRequest(_) | ApiError::NotFound(_) | ApiError::Conflict(_) => RPC_INVALID_PARAMS,
         ApiError::Unavailable(_) | ApiError::Internal(_) => RPC_INTERNAL_ERROR,
     };
-    RpcFailure {
-        id: id.clone(),
-        code,
-        error,
-    }
+    RpcFailure { id: id.clone(), code, error }
 }
 
 /// Parameters of `force` that are not custom properties.
-const FORCE_FIELDS: [&str; 6] = [
-    "builderNames",
-    "builderid",
-    "reason",
-    "owner",
-    "priority",
-    "properties",
-];
+const FORCE_FIELDS: [&str; 6] = ["builderNames", "builderid", "reason", "owner", "priority", "properties"];
 
 /// `force` on a force scheduler: writes the buildset and its requests, then
 /// rings the builders' doorbells. The answer comes after the commit, so an
@@ -478,23 +382,14 @@ async fn force_scheduler(
         return Err(RpcFailure {
             id,
             code: RPC_METHOD_NOT_FOUND,
-            error: ApiError::BadRequest(format!(
-                "method `{}` does not exist here; use `force`",
-                call.method
-            )),
+            error: ApiError::BadRequest(format!("method `{}` does not exist here; use `force`", call.method)),
         });
     }
-    let result = force(&master, &scheduler_name, &call.params)
-        .await
-        .map_err(|error| rpc_error(&id, error))?;
+    let result = force(&master, &scheduler_name, &call.params).await.map_err(|error| rpc_error(&id, error))?;
     Ok(rpc_result(id, result))
 }
 
-async fn force(
-    master: &Master,
-    scheduler_name: &str,
-    params: &serde_json::Map<String, Value>,
-) -> ApiResult<Value> {
+async fn force(master: &Master, scheduler_name: &str, params: &serde_json::Map<String, Value>) -> ApiResult<Value> {
     let catalog = master.catalog();
     let scheduler = catalog
         .config
@@ -503,18 +398,13 @@ async fn force(
         .iter()
         .find(|s| s.name() == scheduler_name)
         .ok_or_else(|| ApiError::NotFound(format!("force scheduler `{scheduler_name}`")))?;
-    let SchedulerConfig::Force {
-        builders: allowed, ..
-    } = scheduler;
+    let SchedulerConfig::Force { builders: allowed, .. } = scheduler;
 
     let builder_names: Vec<String> = match (params.get("builderNames"), params.get("builderid")) {
-        (Some(names), _) => serde_json::from_value(names.clone()).map_err(|_| {
-            ApiError::BadRequest("builderNames must be a list of builder names".into())
-        })?,
+        (Some(names), _) => serde_json::from_value(names.clone())
+            .map_err(|_| ApiError::BadRequest("builderNames must be a list of builder names".into()))?,
         (None, Some(id)) => {
-            let id = id
-                .as_i64()
-                .ok_or_else(|| ApiError::BadRequest("builderid must be a number".into()))?;
+            let id = id.as_i64().ok_or_else(|| ApiError::BadRequest("builderid must be a number".into()))?;
             let name = catalog
                 .builder_ids
                 .iter()
@@ -523,9 +413,7 @@ async fn force(
             vec![name]
         }
         (None, None) => {
-            return Err(ApiError::BadRequest(
-                "give builderNames (a list) or builderid".into(),
-            ));
+            return Err(ApiError::BadRequest("give builderNames (a list) or builderid".into()));
         }
     };
     if builder_names.is_empty() {
@@ -538,8 +426,7 @@ async fn force(
             Some(_) => Err(ApiError::BadRequest(format!("{name} must be a string"))),
         }
     };
-    let reason = text_param("reason")?
-        .unwrap_or_else(|| format!("forced by the {scheduler_name} scheduler"));
+    let reason = text_param("reason")?.unwrap_or_else(|| format!("forced by the {scheduler_name} scheduler"));
     let owner = text_param("owner")?;
     let priority = match params.get("priority") {
         None | Some(Value::Null) => 0,
@@ -552,17 +439,10 @@ async fn force(
     let mut requests = Vec::with_capacity(builder_names.len());
     for name in &builder_names {
         if !allowed.contains(name) {
-            return Err(ApiError::BadRequest(format!(
-                "scheduler `{scheduler_name}` cannot force builder `{name}`"
-            )));
+            return Err(ApiError::BadRequest(format!("scheduler `{scheduler_name}` cannot force builder `{name}`")));
         }
-        let (_, builder_id) = catalog
-            .builder(name)
-            .ok_or_else(|| ApiError::NotFound(format!("builder `{name}`")))?;
-        requests.push(NewRequest {
-            builder_id,
-            priority,
-        });
+        let (_, builder_id) = catalog.builder(name).ok_or_else(|| ApiError::NotFound(format!("builder `{name}`")))?;
+        requests.push(NewRequest { builder_id, priority });
     }
 
     let source = "Force Build Form";
@@ -596,10 +476,7 @@ async fn force(
         .await?;
     let mut unannounced = Vec::new();
     for (builder_id, request_id) in &created {
-        let name = catalog
-            .builder_ids
-            .iter()
-            .find_map(|(name, id)| (id == builder_id).then_some(name.as_str()));
+        let name = catalog.builder_ids.iter().find_map(|(name, id)| (id == builder_id).then_some(name.as_str()));
         let rung = match name {
             Some(name) => master.broker.ring(name, *request_id).await,
             None => continue,
@@ -615,10 +492,8 @@ async fn force(
         let _ = master.store.mark_unannounced(&unannounced).await;
     }
     tracing::info!(buildset.id = buildset_id, builders = ?builder_names, "build forced");
-    let requests: serde_json::Map<String, Value> = created
-        .iter()
-        .map(|(builder_id, request_id)| (builder_id.to_string(), json!(request_id)))
-        .collect();
+    let requests: serde_json::Map<String, Value> =
+        created.iter().map(|(builder_id, request_id)| (builder_id.to_string(), json!(request_id))).collect();
     Ok(json!([buildset_id, requests]))
 }
 
@@ -634,12 +509,7 @@ async fn control_build(
     let build_id: i64 = parse_id("build id", &build_id).map_err(|error| rpc_error(&id, error))?;
     match call.method.as_str() {
         "stop" => {
-            let reason = call
-                .params
-                .get("reason")
-                .and_then(Value::as_str)
-                .unwrap_or("stopped by a user")
-                .to_owned();
+            let reason = call.params.get("reason").and_then(Value::as_str).unwrap_or("stopped by a user").to_owned();
             let build = master
                 .store
                 .build(build_id)
@@ -647,17 +517,11 @@ async fn control_build(
                 .map_err(|e| rpc_error(&id, e.into()))?
                 .ok_or_else(|| rpc_error(&id, ApiError::NotFound(format!("build {build_id}"))))?;
             if build.complete_at.is_some() {
-                return Err(rpc_error(
-                    &id,
-                    ApiError::Conflict(format!("build {build_id} has already finished")),
-                ));
+                return Err(rpc_error(&id, ApiError::Conflict(format!("build {build_id} has already finished"))));
             }
             master
                 .broker
-                .send_control(
-                    &build.worker_name,
-                    &ControlMessage::StopBuild { build_id, reason },
-                )
+                .send_control(&build.worker_name, &ControlMessage::StopBuild { build_id, reason })
                 .await
                 .map_err(|e| rpc_error(&id, e.into()))?;
             tracing::info!(build.id = build_id, worker.name = %build.worker_name, "stop requested");
@@ -666,9 +530,7 @@ async fn control_build(
         other => Err(RpcFailure {
             id,
             code: RPC_METHOD_NOT_FOUND,
-            error: ApiError::BadRequest(format!(
-                "method `{other}` does not exist on builds; use `stop`"
-            )),
+            error: ApiError::BadRequest(format!("method `{other}` does not exist on builds; use `stop`")),
         }),
     }
 }

@@ -88,19 +88,11 @@ impl Master {
     }
 
     async fn worker_id(&self, worker: &str) -> Result<i32, StoreError> {
-        if let Some(id) = self
-            .worker_ids
-            .lock()
-            .expect("worker id lock poisoned")
-            .get(worker)
-        {
+        if let Some(id) = self.worker_ids.lock().expect("worker id lock poisoned").get(worker) {
             return Ok(*id);
         }
         let id = self.store.ensure_worker(worker).await?;
-        self.worker_ids
-            .lock()
-            .expect("worker id lock poisoned")
-            .insert(worker.to_owned(), id);
+        self.worker_ids.lock().expect("worker id lock poisoned").insert(worker.to_owned(), id);
         Ok(id)
     }
 }
@@ -112,18 +104,12 @@ pub async fn connect(config: Config, master_name: &str) -> Result<Arc<Master>, M
     let namespace = Namespace::new(&settings.namespace);
     let store = Store::connect(settings.database_url.expose(), 16).await?;
     store.check_schema().await?;
-    let broker = Broker::connect(
-        settings.amqp_url.expose(),
-        namespace.clone(),
-        &format!("buildmaster {master_name}"),
-    )
-    .await?;
+    let broker =
+        Broker::connect(settings.amqp_url.expose(), namespace.clone(), &format!("buildmaster {master_name}")).await?;
     let redis = ConnectionManager::new(redis::Client::open(settings.redis_url.expose())?).await?;
     let id = store.register_master(master_name).await?;
     let builder_ids = store.sync_builders(&config.master.builders).await?;
-    broker
-        .declare_topology(config.master.builders.iter().map(|b| b.name.as_str()))
-        .await?;
+    broker.declare_topology(config.master.builders.iter().map(|b| b.name.as_str())).await?;
     Ok(Arc::new(Master {
         name: master_name.to_owned(),
         id,
@@ -131,10 +117,7 @@ pub async fn connect(config: Config, master_name: &str) -> Result<Arc<Master>, M
         broker,
         redis,
         namespace,
-        catalog: RwLock::new(Arc::new(Catalog {
-            config,
-            builder_ids,
-        })),
+        catalog: RwLock::new(Arc::new(Catalog { config, builder_ids })),
         worker_ids: Mutex::new(HashMap::new()),
     }))
 }

@@ -25,18 +25,9 @@ const ZSTD_LEVEL: i32 = 3;
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
     #[error("redis error while reading log stream `{key}`: {source}")]
-    Redis {
-        key: String,
-        source: redis::RedisError,
-    },
-    #[error(
-        "log stream `{key}` has {found} of the {expected} entries its worker wrote; the rest was lost from Redis"
-    )]
-    Incomplete {
-        key: String,
-        found: u64,
-        expected: u64,
-    },
+    Redis { key: String, source: redis::RedisError },
+    #[error("log stream `{key}` has {found} of the {expected} entries its worker wrote; the rest was lost from Redis")]
+    Incomplete { key: String, found: u64, expected: u64 },
     #[error("log stream `{key}` has an unreadable entry `{id}`")]
     BadEntry { key: String, id: String },
     #[error(transparent)]
@@ -58,11 +49,7 @@ pub async fn read_stream_page(
     after_id: &str,
     count: usize,
 ) -> Result<Vec<(String, LogRecord)>, LogError> {
-    let start = if after_id == "-" {
-        "-".to_owned()
-    } else {
-        format!("({after_id}")
-    };
+    let start = if after_id == "-" { "-".to_owned() } else { format!("({after_id}") };
     let reply: StreamRangeReply = redis::cmd("XRANGE")
         .arg(key)
         .arg(&start)
@@ -71,16 +58,11 @@ pub async fn read_stream_page(
         .arg(count)
         .query_async(redis)
         .await
-        .map_err(|source| LogError::Redis {
-            key: key.to_owned(),
-            source,
-        })?;
+        .map_err(|source| LogError::Redis { key: key.to_owned(), source })?;
     let mut records = Vec::with_capacity(reply.ids.len());
     for entry in reply.ids {
         let channel = match entry.map.get(LOG_FIELD_CHANNEL) {
-            Some(redis::Value::BulkString(code)) if code.len() == 1 => {
-                LogChannel::from_code(code[0])
-            }
+            Some(redis::Value::BulkString(code)) if code.len() == 1 => LogChannel::from_code(code[0]),
             _ => None,
         };
         let data = match entry.map.get(LOG_FIELD_DATA) {
@@ -90,10 +72,7 @@ pub async fn read_stream_page(
         match (channel, data) {
             (Some(channel), Some(data)) => records.push((entry.id, LogRecord { channel, data })),
             _ => {
-                return Err(LogError::BadEntry {
-                    key: key.to_owned(),
-                    id: entry.id,
-                });
+                return Err(LogError::BadEntry { key: key.to_owned(), id: entry.id });
             }
         }
     }
@@ -132,8 +111,7 @@ impl ChunkBuilder {
             return;
         }
         self.buffer.push(record.channel.code());
-        self.buffer
-            .extend_from_slice(&(record.data.len() as u32).to_le_bytes());
+        self.buffer.extend_from_slice(&(record.data.len() as u32).to_le_bytes());
         self.buffer.extend_from_slice(&record.data);
         self.raw_bytes += record.data.len();
         // A line counts where it starts, so a line split across records or
@@ -159,8 +137,7 @@ impl ChunkBuilder {
         if self.buffer.is_empty() {
             return None;
         }
-        let content = zstd::bulk::compress(&self.buffer, ZSTD_LEVEL)
-            .expect("compressing into memory cannot fail");
+        let content = zstd::bulk::compress(&self.buffer, ZSTD_LEVEL).expect("compressing into memory cannot fail");
         let chunk = ArchivedChunk {
             seq: self.next_seq,
             first_line: self.first_line,
@@ -212,17 +189,10 @@ pub async fn archive(
     if found != expected_entries {
         // Waiting would not bring the entries back: archive what exists and
         // say so in the log itself, where its readers will see it.
-        let lost = LogError::Incomplete {
-            key: key.to_owned(),
-            found,
-            expected: expected_entries,
-        };
+        let lost = LogError::Incomplete { key: key.to_owned(), found, expected: expected_entries };
         tracing::warn!(error = %lost, log.id = log_id, "archiving an incomplete log");
         let marker = format!("\n[buildmaster: {lost}]\n");
-        builder.push(&LogRecord {
-            channel: LogChannel::Header,
-            data: marker.into_bytes(),
-        });
+        builder.push(&LogRecord { channel: LogChannel::Header, data: marker.into_bytes() });
     }
     if let Some(chunk) = builder.take() {
         Store::insert_log_chunk(tx, log_id, &chunk).await?;
@@ -241,16 +211,12 @@ pub fn decode_chunk(log_id: i64, content: &[u8]) -> Result<Vec<LogRecord>, LogEr
         if rest.len() < 5 {
             return Err(corrupt("truncated record header".into()));
         }
-        let channel = LogChannel::from_code(rest[0])
-            .ok_or_else(|| corrupt(format!("unknown channel {}", rest[0])))?;
+        let channel = LogChannel::from_code(rest[0]).ok_or_else(|| corrupt(format!("unknown channel {}", rest[0])))?;
         let len = u32::from_le_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
         if rest.len() < 5 + len {
             return Err(corrupt("truncated record".into()));
         }
-        records.push(LogRecord {
-            channel,
-            data: rest[5..5 + len].to_vec(),
-        });
+        records.push(LogRecord { channel, data: rest[5..5 + len].to_vec() });
         rest = &rest[5 + len..];
     }
     Ok(records)
@@ -281,9 +247,7 @@ pub fn raw_bytes(
             async move {
                 let Some(after) = after else { return Ok(None) };
                 let page = read_stream_page(&mut redis, &key, &after, ENTRIES_PER_PAGE).await?;
-                let next = (page.len() == ENTRIES_PER_PAGE)
-                    .then(|| page.last().map(|(id, _)| id.clone()))
-                    .flatten();
+                let next = (page.len() == ENTRIES_PER_PAGE).then(|| page.last().map(|(id, _)| id.clone())).flatten();
                 if page.is_empty() {
                     return Ok(None);
                 }
@@ -312,24 +276,12 @@ mod tests {
     #[test]
     fn a_chunk_decodes_to_the_records_it_was_built_from() {
         let mut builder = ChunkBuilder::new();
-        builder.push(&LogRecord {
-            channel: LogChannel::Header,
-            data: b"$ make\n".to_vec(),
-        });
-        builder.push(&LogRecord {
-            channel: LogChannel::Stdout,
-            data: b"one\ntw".to_vec(),
-        });
-        builder.push(&LogRecord {
-            channel: LogChannel::Stderr,
-            data: b"o\nthree".to_vec(),
-        });
+        builder.push(&LogRecord { channel: LogChannel::Header, data: b"$ make\n".to_vec() });
+        builder.push(&LogRecord { channel: LogChannel::Stdout, data: b"one\ntw".to_vec() });
+        builder.push(&LogRecord { channel: LogChannel::Stderr, data: b"o\nthree".to_vec() });
         let chunk = builder.take().unwrap();
         assert_eq!(chunk.num_lines, 4, "`$ make`, `one`, `two`, `three`");
-        assert_eq!(
-            builder.total_bytes, 13,
-            "headers are not counted as printed bytes"
-        );
+        assert_eq!(builder.total_bytes, 13, "headers are not counted as printed bytes");
         let records = decode_chunk(1, &chunk.content).unwrap();
         assert_eq!(printed_bytes(records), b"one\ntwo\nthree");
     }

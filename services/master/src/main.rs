@@ -77,9 +77,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let address = listen.unwrap_or(config.settings.web.listen);
             let listener = tokio::net::TcpListener::bind(address)
                 .await
-                .with_context(|| {
-                    format!("cannot listen on {address}; is another master using it?")
-                })?;
+                .with_context(|| format!("cannot listen on {address}; is another master using it?"))?;
             let name = name.unwrap_or_else(|| format!("{}:{}", hostname(), address.port()));
             let shutdown = CancellationToken::new();
             tokio::spawn(stop_on_signal(shutdown.clone()));

@@ -16,10 +16,7 @@ use crate::{Master, MasterError};
 /// Rows handled per pass, so one pass never holds many locks for long.
 const BATCH: i64 = 500;
 
-pub async fn reconcile(
-    master: Arc<Master>,
-    shutdown: CancellationToken,
-) -> Result<(), MasterError> {
+pub async fn reconcile(master: Arc<Master>, shutdown: CancellationToken) -> Result<(), MasterError> {
     loop {
         let builds = master.catalog().config.settings.builds.clone();
         let period = Duration::from_secs((builds.heartbeat_seconds).clamp(1, 5));
@@ -37,16 +34,10 @@ async fn reconcile_once(master: &Master, redeliver_after_seconds: u64) -> Result
     master.store.touch_master(master.id).await?;
     let requeued = master.store.expire_leases(BATCH).await?;
     if !requeued.is_empty() {
-        tracing::warn!(
-            count = requeued.len(),
-            "builds lost their worker; their requests are pending again"
-        );
+        tracing::warn!(count = requeued.len(), "builds lost their worker; their requests are pending again");
         ring(master, requeued, true).await;
     }
-    let due = master
-        .store
-        .take_due_requests(redeliver_after_seconds, BATCH)
-        .await?;
+    let due = master.store.take_due_requests(redeliver_after_seconds, BATCH).await?;
     if !due.is_empty() {
         ring(master, due, false).await;
     }
@@ -66,10 +57,7 @@ async fn ring(master: &Master, requests: Vec<DueRequest>, always: bool) {
     };
     let mut by_builder: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
     for request in requests {
-        by_builder
-            .entry(request.builder_id)
-            .or_default()
-            .push(request.id);
+        by_builder.entry(request.builder_id).or_default().push(request.id);
     }
     for (builder_id, request_ids) in by_builder {
         let Some(builder) = names.get(&builder_id) else {

@@ -22,9 +22,7 @@ pub enum StoreError {
         "the database schema is out of date (missing migrations: {missing}); run `buildmaster upgrade-master` first"
     )]
     SchemaOutdated { missing: String },
-    #[error(
-        "the database schema is newer than this master (unknown migrations: {unknown}); upgrade buildmaster"
-    )]
+    #[error("the database schema is newer than this master (unknown migrations: {unknown}); upgrade buildmaster")]
     SchemaNewer { unknown: String },
 }
 
@@ -34,19 +32,12 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         match self {
             StoreError::Database(error) => {
-                !matches!(
-                    error,
-                    sqlx::Error::RowNotFound
-                        | sqlx::Error::ColumnDecode { .. }
-                        | sqlx::Error::Decode(_)
-                ) && error.as_database_error().is_none_or(|db| {
-                    db.code().is_some_and(|c| {
-                        c.starts_with("40")
-                            || c.starts_with("53")
-                            || c.starts_with("57")
-                            || c.starts_with("08")
+                !matches!(error, sqlx::Error::RowNotFound | sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_))
+                    && error.as_database_error().is_none_or(|db| {
+                        db.code().is_some_and(|c| {
+                            c.starts_with("40") || c.starts_with("53") || c.starts_with("57") || c.starts_with("08")
+                        })
                     })
-                })
             }
             _ => false,
         }
@@ -187,11 +178,7 @@ pub enum EventRejected {
     #[error("build {0} does not exist")]
     UnknownBuild(i64),
     #[error("build {build_id} runs on worker `{owner}`, not on `{sender}`")]
-    WrongWorker {
-        build_id: i64,
-        owner: String,
-        sender: String,
-    },
+    WrongWorker { build_id: i64, owner: String, sender: String },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -238,38 +225,22 @@ impl Store {
     /// expects, with the command that fixes it.
     pub async fn check_schema(&self) -> StoreResult<()> {
         let table_exists: bool =
-            sqlx::query_scalar("select to_regclass('_sqlx_migrations') is not null")
-                .fetch_one(&self.pool)
-                .await?;
+            sqlx::query_scalar("select to_regclass('_sqlx_migrations') is not null").fetch_one(&self.pool).await?;
         let applied: Vec<i64> = if table_exists {
-            sqlx::query_scalar(
-                "select version from _sqlx_migrations where success order by version",
-            )
-            .fetch_all(&self.pool)
-            .await?
+            sqlx::query_scalar("select version from _sqlx_migrations where success order by version")
+                .fetch_all(&self.pool)
+                .await?
         } else {
             Vec::new()
         };
         let known: Vec<i64> = shared::MIGRATOR.iter().map(|m| m.version).collect();
-        let missing: Vec<String> = known
-            .iter()
-            .filter(|v| !applied.contains(v))
-            .map(|v| v.to_string())
-            .collect();
+        let missing: Vec<String> = known.iter().filter(|v| !applied.contains(v)).map(|v| v.to_string()).collect();
         if !missing.is_empty() {
-            return Err(StoreError::SchemaOutdated {
-                missing: missing.join(", "),
-            });
+            return Err(StoreError::SchemaOutdated { missing: missing.join(", ") });
         }
-        let unknown: Vec<String> = applied
-            .iter()
-            .filter(|v| !known.contains(v))
-            .map(|v| v.to_string())
-            .collect();
+        let unknown: Vec<String> = applied.iter().filter(|v| !known.contains(v)).map(|v| v.to_string()).collect();
         if !unknown.is_empty() {
-            return Err(StoreError::SchemaNewer {
-                unknown: unknown.join(", "),
-            });
+            return Err(StoreError::SchemaNewer { unknown: unknown.join(", ") });
         }
         Ok(())
     }
@@ -291,27 +262,18 @@ impl Store {
     }
 
     pub async fn touch_master(&self, id: i32) -> StoreResult<()> {
-        sqlx::query("update masters set last_seen_at = now() where id = $1")
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query("update masters set last_seen_at = now() where id = $1").bind(id).execute(&self.pool).await?;
         Ok(())
     }
 
     /// Makes the builders table match the configuration and returns every
     /// configured builder's id. Builders no longer configured keep their row
     /// (and history) but are marked so.
-    pub async fn sync_builders(
-        &self,
-        builders: &[BuilderConfig],
-    ) -> StoreResult<HashMap<String, i32>> {
+    pub async fn sync_builders(&self, builders: &[BuilderConfig]) -> StoreResult<HashMap<String, i32>> {
         let names: Vec<&str> = builders.iter().map(|b| b.name.as_str()).collect();
-        let descriptions: Vec<Option<&str>> =
-            builders.iter().map(|b| b.description.as_deref()).collect();
-        let tags: Vec<String> = builders
-            .iter()
-            .map(|b| serde_json::to_string(&b.tags).expect("tags serialize"))
-            .collect();
+        let descriptions: Vec<Option<&str>> = builders.iter().map(|b| b.description.as_deref()).collect();
+        let tags: Vec<String> =
+            builders.iter().map(|b| serde_json::to_string(&b.tags).expect("tags serialize")).collect();
         let mut tx = self.pool.begin().await?;
         let rows: Vec<(String, i32)> = sqlx::query_as(
             r#"insert into builders (name, description, tags, configured)
@@ -326,12 +288,10 @@ impl Store {
         .bind(&tags)
         .fetch_all(&mut *tx)
         .await?;
-        sqlx::query(
-            "update builders set configured = false where configured and not (name = any($1))",
-        )
-        .bind(&names)
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query("update builders set configured = false where configured and not (name = any($1))")
+            .bind(&names)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(rows.into_iter().collect())
     }
@@ -350,10 +310,7 @@ impl Store {
     /// Writes a buildset and its requests in one transaction. The requests
     /// are marked announced now: the caller rings their doorbells right after
     /// the commit, and the reconciler rings again only if nobody claims them.
-    pub async fn create_buildset(
-        &self,
-        new: NewBuildset<'_>,
-    ) -> StoreResult<(i64, Vec<(i32, i64)>)> {
+    pub async fn create_buildset(&self, new: NewBuildset<'_>) -> StoreResult<(i64, Vec<(i32, i64)>)> {
         let mut tx = self.pool.begin().await?;
         let buildset_id: i64 = sqlx::query_scalar(
             r#"insert into buildsets (reason, owner, scheduler, properties)
@@ -386,12 +343,10 @@ impl Store {
     /// Forgets that these requests were announced, so the reconciler rings
     /// for them soon (their doorbell could not be published).
     pub async fn mark_unannounced(&self, request_ids: &[i64]) -> StoreResult<()> {
-        sqlx::query(
-            "update buildrequests set announced_at = null where id = any($1) and state = 'pending'",
-        )
-        .bind(request_ids)
-        .execute(&self.pool)
-        .await?;
+        sqlx::query("update buildrequests set announced_at = null where id = any($1) and state = 'pending'")
+            .bind(request_ids)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -410,12 +365,11 @@ impl Store {
         claim_token: Uuid,
         lease_seconds: u64,
     ) -> StoreResult<Option<ClaimedBuild>> {
-        let existing: Option<ClaimedBuild> = sqlx::query_as(
-            "select id, number, buildrequest_id, properties from builds where claim_token = $1",
-        )
-        .bind(claim_token)
-        .fetch_optional(&self.pool)
-        .await?;
+        let existing: Option<ClaimedBuild> =
+            sqlx::query_as("select id, number, buildrequest_id, properties from builds where claim_token = $1")
+                .bind(claim_token)
+                .fetch_optional(&self.pool)
+                .await?;
         if existing.is_some() {
             return Ok(existing);
         }
@@ -470,32 +424,24 @@ impl Store {
         sender: &str,
     ) -> Result<Option<Transaction<'static, Postgres>>, RecordError> {
         let mut tx = self.pool.begin().await?;
-        let owner: Option<String> = sqlx::query_scalar(
-            "select w.name from builds b join workers w on w.id = b.worker_id where b.id = $1",
-        )
-        .bind(build_id)
-        .fetch_optional(&mut *tx)
-        .await?;
+        let owner: Option<String> =
+            sqlx::query_scalar("select w.name from builds b join workers w on w.id = b.worker_id where b.id = $1")
+                .bind(build_id)
+                .fetch_optional(&mut *tx)
+                .await?;
         match owner {
             None => return Err(EventRejected::UnknownBuild(build_id).into()),
             Some(owner) if owner != sender => {
-                return Err(EventRejected::WrongWorker {
-                    build_id,
-                    owner,
-                    sender: sender.to_owned(),
-                }
-                .into());
+                return Err(EventRejected::WrongWorker { build_id, owner, sender: sender.to_owned() }.into());
             }
             Some(_) => {}
         }
-        let inserted = sqlx::query(
-            "insert into build_events (build_id, seq) values ($1, $2) on conflict do nothing",
-        )
-        .bind(build_id)
-        .bind(seq)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        let inserted = sqlx::query("insert into build_events (build_id, seq) values ($1, $2) on conflict do nothing")
+            .bind(build_id)
+            .bind(seq)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         Ok((inserted == 1).then_some(tx))
     }
 
@@ -570,14 +516,12 @@ impl Store {
         num_lines: i64,
         num_bytes: i64,
     ) -> StoreResult<()> {
-        sqlx::query(
-            "update logs set complete = true, num_lines = $2, num_bytes = $3 where id = $1",
-        )
-        .bind(log_id)
-        .bind(num_lines)
-        .bind(num_bytes)
-        .execute(&mut **tx)
-        .await?;
+        sqlx::query("update logs set complete = true, num_lines = $2, num_bytes = $3 where id = $1")
+            .bind(log_id)
+            .bind(num_lines)
+            .bind(num_bytes)
+            .execute(&mut **tx)
+            .await?;
         Ok(())
     }
 
@@ -631,16 +575,12 @@ impl Store {
         Self::complete_buildset_if_done(tx, buildset_id).await
     }
 
-    async fn complete_buildset_if_done(
-        tx: &mut Transaction<'static, Postgres>,
-        buildset_id: i64,
-    ) -> StoreResult<()> {
-        let states: Vec<(String, Option<i16>)> = sqlx::query_as(
-            "select state, results from buildrequests where buildset_id = $1 for update",
-        )
-        .bind(buildset_id)
-        .fetch_all(&mut **tx)
-        .await?;
+    async fn complete_buildset_if_done(tx: &mut Transaction<'static, Postgres>, buildset_id: i64) -> StoreResult<()> {
+        let states: Vec<(String, Option<i16>)> =
+            sqlx::query_as("select state, results from buildrequests where buildset_id = $1 for update")
+                .bind(buildset_id)
+                .fetch_all(&mut **tx)
+                .await?;
         if states.iter().any(|(state, _)| state != "complete") {
             return Ok(());
         }
@@ -648,21 +588,18 @@ impl Store {
             .iter()
             .filter_map(|(_, code)| code.and_then(Results::from_code))
             .fold(Results::Success, Results::worst);
-        sqlx::query("update buildsets set complete = true, complete_at = now(), results = $2 where id = $1 and not complete")
-            .bind(buildset_id)
-            .bind(results.code())
-            .execute(&mut **tx)
-            .await?;
+        sqlx::query(
+            "update buildsets set complete = true, complete_at = now(), results = $2 where id = $1 and not complete",
+        )
+        .bind(buildset_id)
+        .bind(results.code())
+        .execute(&mut **tx)
+        .await?;
         Ok(())
     }
 
     /// Extends the leases of the builds a worker says it runs.
-    pub async fn heartbeat(
-        &self,
-        worker: &str,
-        build_ids: &[i64],
-        lease_seconds: u64,
-    ) -> StoreResult<()> {
+    pub async fn heartbeat(&self, worker: &str, build_ids: &[i64], lease_seconds: u64) -> StoreResult<()> {
         sqlx::query(
             r#"update builds b set lease_expires_at = now() + make_interval(secs => $3)
                from workers w
@@ -673,21 +610,14 @@ impl Store {
         .bind(lease_seconds as f64)
         .execute(&self.pool)
         .await?;
-        sqlx::query("update workers set last_seen_at = now() where name = $1")
-            .bind(worker)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query("update workers set last_seen_at = now() where name = $1").bind(worker).execute(&self.pool).await?;
         Ok(())
     }
 
     /// Pending requests nobody claimed since their doorbell rang
     /// `older_than_seconds` ago (or that never rang), marked as announced
     /// now. Safe on every master at once: each row goes to one of them.
-    pub async fn take_due_requests(
-        &self,
-        older_than_seconds: u64,
-        limit: i64,
-    ) -> StoreResult<Vec<DueRequest>> {
+    pub async fn take_due_requests(&self, older_than_seconds: u64, limit: i64) -> StoreResult<Vec<DueRequest>> {
         Ok(sqlx::query_as(
             r#"with due as (
                    select id from buildrequests
@@ -746,55 +676,36 @@ impl Store {
     // --- reads -------------------------------------------------------------
 
     pub async fn builders(&self) -> StoreResult<Vec<BuilderRow>> {
-        Ok(sqlx::query_as(
-            "select id, name, description, tags from builders where configured order by name",
-        )
-        .fetch_all(&self.pool)
-        .await?)
-    }
-
-    pub async fn build(&self, id: i64) -> StoreResult<Option<BuildRow>> {
-        Ok(sqlx::query_as(select_builds!("where b.id = $1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
+        Ok(sqlx::query_as("select id, name, description, tags from builders where configured order by name")
+            .fetch_all(&self.pool)
             .await?)
     }
 
+    pub async fn build(&self, id: i64) -> StoreResult<Option<BuildRow>> {
+        Ok(sqlx::query_as(select_builds!("where b.id = $1")).bind(id).fetch_optional(&self.pool).await?)
+    }
+
     pub async fn builds_of_request(&self, buildrequest_id: i64) -> StoreResult<Vec<BuildRow>> {
-        Ok(
-            sqlx::query_as(select_builds!("where b.buildrequest_id = $1 order by b.id"))
-                .bind(buildrequest_id)
-                .fetch_all(&self.pool)
-                .await?,
-        )
+        Ok(sqlx::query_as(select_builds!("where b.buildrequest_id = $1 order by b.id"))
+            .bind(buildrequest_id)
+            .fetch_all(&self.pool)
+            .await?)
     }
 
-    pub async fn builds_of_builder(
-        &self,
-        builder_id: i32,
-        limit: i64,
-    ) -> StoreResult<Vec<BuildRow>> {
-        Ok(sqlx::query_as(select_builds!(
-            "where b.builder_id = $1 order by b.number desc limit $2"
-        ))
-        .bind(builder_id)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?)
+    pub async fn builds_of_builder(&self, builder_id: i32, limit: i64) -> StoreResult<Vec<BuildRow>> {
+        Ok(sqlx::query_as(select_builds!("where b.builder_id = $1 order by b.number desc limit $2"))
+            .bind(builder_id)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?)
     }
 
-    pub async fn build_by_number(
-        &self,
-        builder_id: i32,
-        number: i32,
-    ) -> StoreResult<Option<BuildRow>> {
-        Ok(
-            sqlx::query_as(select_builds!("where b.builder_id = $1 and b.number = $2"))
-                .bind(builder_id)
-                .bind(number)
-                .fetch_optional(&self.pool)
-                .await?,
-        )
+    pub async fn build_by_number(&self, builder_id: i32, number: i32) -> StoreResult<Option<BuildRow>> {
+        Ok(sqlx::query_as(select_builds!("where b.builder_id = $1 and b.number = $2"))
+            .bind(builder_id)
+            .bind(number)
+            .fetch_optional(&self.pool)
+            .await?)
     }
 
     pub async fn steps_of_build(&self, build_id: i64) -> StoreResult<Vec<StepRow>> {
@@ -818,19 +729,7 @@ impl Store {
     }
 
     pub async fn log_location(&self, log_id: i64) -> StoreResult<Option<LogLocation>> {
-        let row: Option<(
-            i64,
-            i64,
-            String,
-            String,
-            String,
-            i64,
-            i64,
-            bool,
-            i64,
-            i32,
-            String,
-        )> = sqlx::query_as(
+        let row: Option<(i64, i64, String, String, String, i64, i64, bool, i64, i32, String)> = sqlx::query_as(
             r#"select l.id, l.step_id, l.name, l.slug, l.type, l.num_lines, l.num_bytes, l.complete,
                       s.build_id, s.number, w.name
                from logs l join steps s on s.id = l.step_id join builds b on b.id = s.build_id
@@ -855,16 +754,7 @@ impl Store {
                 worker_name,
             )| {
                 LogLocation {
-                    log: LogRow {
-                        id,
-                        step_id,
-                        name,
-                        slug,
-                        log_type,
-                        num_lines,
-                        num_bytes,
-                        complete,
-                    },
+                    log: LogRow { id, step_id, name, slug, log_type, num_lines, num_bytes, complete },
                     build_id,
                     step_number,
                     worker_name,
@@ -893,9 +783,7 @@ impl Store {
 
     /// Builder names by id, including builders no longer configured.
     pub async fn builder_names(&self) -> StoreResult<BTreeMap<i32, String>> {
-        let rows: Vec<(i32, String)> = sqlx::query_as("select id, name from builders")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows: Vec<(i32, String)> = sqlx::query_as("select id, name from builders").fetch_all(&self.pool).await?;
         Ok(rows.into_iter().collect())
     }
 }
@@ -921,7 +809,8 @@ fn async_stream_chunks(
             if rows.is_empty() {
                 return Ok(None);
             }
-            let following = (rows.len() as i64 == ROWS_PER_FETCH).then(|| rows.last().map(|(seq, _)| seq + 1)).flatten();
+            let following =
+                (rows.len() as i64 == ROWS_PER_FETCH).then(|| rows.last().map(|(seq, _)| seq + 1)).flatten();
             let contents: Vec<Vec<u8>> = rows.into_iter().map(|(_, content)| content).collect();
             Ok(Some((contents, following)))
         }
@@ -941,38 +830,27 @@ pub async fn upgrade(url: &str) -> StoreResult<usize> {
     let options: PgConnectOptions = url.parse()?;
     if let Some(database) = options.get_database().map(str::to_owned) {
         let mut admin = options.clone().database("postgres").connect().await?;
-        let exists: bool =
-            sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
-                .bind(&database)
-                .fetch_one(&mut admin)
-                .await?;
+        let exists: bool = sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
+            .bind(&database)
+            .fetch_one(&mut admin)
+            .await?;
         if !exists {
             let quoted = database.replace('"', "\"\"");
             // The name comes from the operator's own settings and is quoted.
-            sqlx::query(sqlx::AssertSqlSafe(format!("create database \"{quoted}\"")))
-                .execute(&mut admin)
-                .await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!("create database \"{quoted}\""))).execute(&mut admin).await?;
             tracing::info!(database = %database, "database created");
         }
     }
     let mut connection = options.connect().await?;
-    let before: i64 =
-        if sqlx::query_scalar::<_, bool>("select to_regclass('_sqlx_migrations') is not null")
-            .fetch_one(&mut connection)
-            .await?
-        {
-            sqlx::query_scalar("select count(*) from _sqlx_migrations")
-                .fetch_one(&mut connection)
-                .await?
-        } else {
-            0
-        };
-    shared::MIGRATOR
-        .run(&mut connection)
-        .await
-        .map_err(|e| StoreError::Database(e.into()))?;
-    let after: i64 = sqlx::query_scalar("select count(*) from _sqlx_migrations")
+    let before: i64 = if sqlx::query_scalar::<_, bool>("select to_regclass('_sqlx_migrations') is not null")
         .fetch_one(&mut connection)
-        .await?;
+        .await?
+    {
+        sqlx::query_scalar("select count(*) from _sqlx_migrations").fetch_one(&mut connection).await?
+    } else {
+        0
+    };
+    shared::MIGRATOR.run(&mut connection).await.map_err(|e| StoreError::Database(e.into()))?;
+    let after: i64 = sqlx::query_scalar("select count(*) from _sqlx_migrations").fetch_one(&mut connection).await?;
     Ok((after - before) as usize)
 }

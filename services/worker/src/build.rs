@@ -48,12 +48,7 @@ pub async fn run_build(
             finished_at: None,
             results: None,
             state_string: "running".into(),
-            logs: vec![LogRecord {
-                slug: STDIO_LOG.into(),
-                name: STDIO_LOG.into(),
-                chunks: 0,
-                bytes: 0,
-            }],
+            logs: vec![LogRecord { slug: STDIO_LOG.into(), name: STDIO_LOG.into(), chunks: 0, bytes: 0 }],
         };
         context
             .events
@@ -65,10 +60,7 @@ pub async fn run_build(
             })
             .await?;
 
-        let key =
-            context
-                .namespace
-                .log_stream_key(&context.name, build.build_id, number, STDIO_LOG);
+        let key = context.namespace.log_stream_key(&context.name, build.build_id, number, STDIO_LOG);
         let log = LogWriter::start(context.redis.clone(), key);
         let outcome = step::run_step(spec, &builder_dir, &log, &stop).await;
         let totals = log.finish().await;
@@ -125,13 +117,7 @@ pub async fn run_build(
 fn directory_name(builder: &str) -> PathBuf {
     builder
         .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                c
-            } else {
-                '_'
-            }
-        })
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' })
         .collect::<String>()
         .into()
 }

@@ -19,18 +19,10 @@ pub struct EventSender {
 const ATTEMPTS: u32 = 5;
 
 impl EventSender {
-    pub async fn start(
-        connection: &Connection,
-        namespace: &Namespace,
-    ) -> Result<Self, WorkerError> {
+    pub async fn start(connection: &Connection, namespace: &Namespace) -> Result<Self, WorkerError> {
         let channel = connection.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        Ok(Self {
-            channel,
-            exchange: namespace.events_exchange(),
-        })
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        Ok(Self { channel, exchange: namespace.events_exchange() })
     }
 
     /// Sends an event, trying again a few times if RabbitMQ refuses it.
@@ -58,21 +50,14 @@ impl EventSender {
             .basic_publish(
                 self.exchange.clone().into(),
                 EVENTS_ROUTING_KEY.into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
+                BasicPublishOptions { mandatory: true, ..Default::default() },
                 payload,
-                BasicProperties::default()
-                    .with_delivery_mode(2)
-                    .with_content_type("application/json".into()),
+                BasicProperties::default().with_delivery_mode(2).with_content_type("application/json".into()),
             )
             .await?
             .await?;
         if !confirmation.is_ack() {
-            return Err(WorkerError::EventRefused(
-                "RabbitMQ answered with a negative confirm".into(),
-            ));
+            return Err(WorkerError::EventRefused("RabbitMQ answered with a negative confirm".into()));
         }
         if confirmation.take_message().is_some() {
             return Err(WorkerError::EventRefused(

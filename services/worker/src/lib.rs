@@ -19,8 +19,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use futures_util::stream::SelectAll;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, QueueBindOptions,
-    QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties, Consumer};
@@ -100,8 +99,8 @@ pub async fn run(
     stop_builds: CancellationToken,
 ) -> Result<(), WorkerError> {
     let namespace = Namespace::new(&options.namespace);
-    let properties = ConnectionProperties::default()
-        .with_connection_name(format!("buildmaster-worker {}", options.name).into());
+    let properties =
+        ConnectionProperties::default().with_connection_name(format!("buildmaster-worker {}", options.name).into());
     let connection = Connection::connect(&options.amqp_url, properties).await?;
     let redis = ConnectionManager::new(redis::Client::open(options.redis_url.as_str())?).await?;
     let rpc = RpcClient::start(&connection, &namespace, &options.name).await?;
@@ -116,47 +115,22 @@ pub async fn run(
         running: Mutex::new(HashMap::new()),
     });
 
-    let welcome = context
-        .rpc
-        .call(
-            &RpcRequest::Hello {
-                worker: context.name.clone(),
-            },
-            RPC_TIMEOUT,
-        )
-        .await?;
+    let welcome = context.rpc.call(&RpcRequest::Hello { worker: context.name.clone() }, RPC_TIMEOUT).await?;
     let (builders, max_builds, heartbeat_seconds) = match welcome {
-        RpcReply::Welcome {
-            builders,
-            max_builds,
-            heartbeat_seconds,
-        } => (builders, max_builds, heartbeat_seconds),
+        RpcReply::Welcome { builders, max_builds, heartbeat_seconds } => (builders, max_builds, heartbeat_seconds),
         RpcReply::Refused { reason } => return Err(WorkerError::Refused(reason)),
         other => return Err(WorkerError::UnexpectedReply(format!("{other:?}"))),
     };
     tracing::info!(worker.name = %context.name, builders = builders.len(), max_builds, "worker connected");
 
     let control = listen_for_control(&connection, &context).await?;
-    let heartbeat = tokio::spawn(send_heartbeats(
-        context.clone(),
-        Duration::from_secs(heartbeat_seconds.max(1)),
-        drain.clone(),
-    ));
-    let outcome = dispatch(
-        &connection,
-        &context,
-        &builders,
-        max_builds,
-        drain,
-        stop_builds,
-    )
-    .await;
+    let heartbeat =
+        tokio::spawn(send_heartbeats(context.clone(), Duration::from_secs(heartbeat_seconds.max(1)), drain.clone()));
+    let outcome = dispatch(&connection, &context, &builders, max_builds, drain, stop_builds).await;
     heartbeat.abort();
     control.abort();
     let mut redis = context.redis.clone();
-    let _: Result<(), _> = redis
-        .del(context.namespace.presence_key(&context.name))
-        .await;
+    let _: Result<(), _> = redis.del(context.namespace.presence_key(&context.name)).await;
     let _ = connection.close(200, "worker stopping".into()).await;
     tracing::info!(worker.name = %context.name, "worker stopped");
     outcome
@@ -211,11 +185,7 @@ async fn dispatch(
             Ok(RpcReply::Claimed { build }) => {
                 delivery.ack(BasicAckOptions::default()).await?;
                 let stop = stop_builds.child_token();
-                context
-                    .running
-                    .lock()
-                    .expect("running lock poisoned")
-                    .insert(build.build_id, stop.clone());
+                context.running.lock().expect("running lock poisoned").insert(build.build_id, stop.clone());
                 let context = context.clone();
                 builds.spawn(async move {
                     let build_id = build.build_id;
@@ -241,12 +211,7 @@ async fn dispatch(
             }
             Err(error) => {
                 tracing::warn!(%error, builder.name = %builder, "claim failed; handing the doorbell back");
-                delivery
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await?;
+                delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await?;
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
@@ -270,12 +235,7 @@ async fn open_doorbells(
     max_builds: u32,
 ) -> Result<(Channel, SelectAll<Consumer>), WorkerError> {
     let channel = connection.create_channel().await?;
-    channel
-        .basic_qos(
-            max_builds.min(u16::MAX as u32) as u16,
-            BasicQosOptions { global: true },
-        )
-        .await?;
+    channel.basic_qos(max_builds.min(u16::MAX as u32) as u16, BasicQosOptions { global: true }).await?;
     let mut consumers = SelectAll::new();
     for builder in builders {
         let consumer = channel
@@ -294,11 +254,8 @@ async fn open_doorbells(
 /// Claims a build of `builder`, asking again with the same token when no
 /// master answers, so a lost answer never makes a second build.
 async fn claim(context: &Context, builder: &str) -> Result<RpcReply, WorkerError> {
-    let request = RpcRequest::Claim {
-        worker: context.name.clone(),
-        builder: builder.to_owned(),
-        claim_token: Uuid::new_v4(),
-    };
+    let request =
+        RpcRequest::Claim { worker: context.name.clone(), builder: builder.to_owned(), claim_token: Uuid::new_v4() };
     let mut attempt = 1;
     loop {
         match context.rpc.call(&request, RPC_TIMEOUT).await {
@@ -318,11 +275,7 @@ async fn listen_for_control(
     channel
         .queue_declare(
             queue.clone().into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
+            QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
             FieldTable::default(),
         )
         .await
@@ -340,10 +293,7 @@ async fn listen_for_control(
         .basic_consume(
             queue.into(),
             "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
+            BasicConsumeOptions { no_ack: true, ..Default::default() },
             FieldTable::default(),
         )
         .await?;
@@ -353,21 +303,13 @@ async fn listen_for_control(
         while let Some(Ok(delivery)) = messages.next().await {
             match wire::decode::<ControlMessage>(&delivery.data) {
                 Ok(ControlMessage::StopBuild { build_id, reason }) => {
-                    let stop = context
-                        .running
-                        .lock()
-                        .expect("running lock poisoned")
-                        .get(&build_id)
-                        .cloned();
+                    let stop = context.running.lock().expect("running lock poisoned").get(&build_id).cloned();
                     match stop {
                         Some(stop) => {
                             tracing::info!(build.id = build_id, %reason, "stopping build");
                             stop.cancel();
                         }
-                        None => tracing::info!(
-                            build.id = build_id,
-                            "stop request for a build not running here"
-                        ),
+                        None => tracing::info!(build.id = build_id, "stop request for a build not running here"),
                     }
                 }
                 Err(error) => tracing::warn!(%error, "unreadable control message"),
@@ -387,18 +329,8 @@ async fn send_heartbeats(context: Arc<Context>, period: Duration, drain: Cancell
             _ = ticker.tick() => {}
             _ = drain.cancelled() => {}
         }
-        let build_ids: Vec<i64> = context
-            .running
-            .lock()
-            .expect("running lock poisoned")
-            .keys()
-            .copied()
-            .collect();
-        let event = WorkerEvent::Heartbeat {
-            worker: context.name.clone(),
-            build_ids,
-            sent_at: chrono::Utc::now(),
-        };
+        let build_ids: Vec<i64> = context.running.lock().expect("running lock poisoned").keys().copied().collect();
+        let event = WorkerEvent::Heartbeat { worker: context.name.clone(), build_ids, sent_at: chrono::Utc::now() };
         if let Err(error) = context.events.send(&event).await {
             tracing::warn!(%error, "heartbeat not sent");
         }

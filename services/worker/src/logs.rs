@@ -122,22 +122,14 @@ fn append(batch: &mut Vec<Entry>, channel: LogChannel, mut data: &[u8]) {
                 last.data.extend_from_slice(now);
                 data = rest;
             }
-            _ => batch.push(Entry {
-                channel,
-                data: Vec::with_capacity(data.len().min(ENTRY_BYTES)),
-            }),
+            _ => batch.push(Entry { channel, data: Vec::with_capacity(data.len().min(ENTRY_BYTES)) }),
         }
     }
 }
 
 /// Writes a batch as entries `first_id + 1 …`, retrying until Redis takes
 /// it. After a failure, entries Redis already has are skipped.
-async fn send_batch(
-    redis: &mut ConnectionManager,
-    key: &str,
-    batch: &[Entry],
-    written_before: u64,
-) {
+async fn send_batch(redis: &mut ConnectionManager, key: &str, batch: &[Entry], written_before: u64) {
     let mut delay = Duration::from_millis(100);
     let mut retrying = false;
     loop {
@@ -182,20 +174,9 @@ async fn send_batch(
 
 /// The sequence number of the last entry of a stream (0 when empty).
 async fn stream_top(redis: &mut ConnectionManager, key: &str) -> redis::RedisResult<u64> {
-    let last: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
-        .arg(key)
-        .arg("+")
-        .arg("-")
-        .arg("COUNT")
-        .arg(1)
-        .query_async(redis)
-        .await?;
-    Ok(last
-        .ids
-        .first()
-        .and_then(|entry| entry.id.split('-').next())
-        .and_then(|seq| seq.parse().ok())
-        .unwrap_or(0))
+    let last: redis::streams::StreamRangeReply =
+        redis::cmd("XREVRANGE").arg(key).arg("+").arg("-").arg("COUNT").arg(1).query_async(redis).await?;
+    Ok(last.ids.first().and_then(|entry| entry.id.split('-').next()).and_then(|seq| seq.parse().ok()).unwrap_or(0))
 }
 
 #[cfg(test)]
@@ -208,20 +189,8 @@ mod tests {
         append(&mut batch, LogChannel::Stdout, b"a");
         append(&mut batch, LogChannel::Stdout, b"b");
         append(&mut batch, LogChannel::Stderr, b"c");
-        append(
-            &mut batch,
-            LogChannel::Stderr,
-            &vec![b'x'; ENTRY_BYTES + 10],
-        );
-        let shapes: Vec<(LogChannel, usize)> =
-            batch.iter().map(|e| (e.channel, e.data.len())).collect();
-        assert_eq!(
-            shapes,
-            [
-                (LogChannel::Stdout, 2),
-                (LogChannel::Stderr, ENTRY_BYTES),
-                (LogChannel::Stderr, 11)
-            ]
-        );
+        append(&mut batch, LogChannel::Stderr, &vec![b'x'; ENTRY_BYTES + 10]);
+        let shapes: Vec<(LogChannel, usize)> = batch.iter().map(|e| (e.channel, e.data.len())).collect();
+        assert_eq!(shapes, [(LogChannel::Stdout, 2), (LogChannel::Stderr, ENTRY_BYTES), (LogChannel::Stderr, 11)]);
     }
 }

@@ -29,21 +29,13 @@ pub struct RpcClient {
 impl RpcClient {
     /// Declares the worker's reply queue (exclusive: a second worker with the
     /// same name is refused here) and starts routing replies.
-    pub async fn start(
-        connection: &Connection,
-        namespace: &Namespace,
-        worker: &str,
-    ) -> Result<Self, WorkerError> {
+    pub async fn start(connection: &Connection, namespace: &Namespace, worker: &str) -> Result<Self, WorkerError> {
         let channel = connection.create_channel().await?;
         let reply_queue = namespace.worker_reply_queue(worker);
         channel
             .queue_declare(
                 reply_queue.clone().into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..Default::default()
-                },
+                QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
                 FieldTable::default(),
             )
             .await
@@ -52,10 +44,7 @@ impl RpcClient {
             .basic_consume(
                 reply_queue.clone().into(),
                 "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
+                BasicConsumeOptions { no_ack: true, ..Default::default() },
                 FieldTable::default(),
             )
             .await?;
@@ -63,12 +52,7 @@ impl RpcClient {
         let routes = pending.clone();
         tokio::spawn(async move {
             while let Some(Ok(delivery)) = replies.next().await {
-                let Some(id) = delivery
-                    .properties
-                    .correlation_id()
-                    .as_ref()
-                    .map(|id| id.as_str().to_owned())
-                else {
+                let Some(id) = delivery.properties.correlation_id().as_ref().map(|id| id.as_str().to_owned()) else {
                     continue;
                 };
                 let waiter = routes.lock().expect("rpc routes lock poisoned").remove(&id);
@@ -83,26 +67,14 @@ impl RpcClient {
                 }
             }
         });
-        Ok(Self {
-            channel,
-            exchange: namespace.rpc_exchange(),
-            reply_queue,
-            pending,
-        })
+        Ok(Self { channel, exchange: namespace.rpc_exchange(), reply_queue, pending })
     }
 
     /// Sends a request and waits for its answer, up to `timeout`.
-    pub async fn call(
-        &self,
-        request: &RpcRequest,
-        timeout: Duration,
-    ) -> Result<RpcReply, WorkerError> {
+    pub async fn call(&self, request: &RpcRequest, timeout: Duration) -> Result<RpcReply, WorkerError> {
         let id = Uuid::new_v4().to_string();
         let (sender, receiver) = oneshot::channel();
-        self.pending
-            .lock()
-            .expect("rpc routes lock poisoned")
-            .insert(id.clone(), sender);
+        self.pending.lock().expect("rpc routes lock poisoned").insert(id.clone(), sender);
         let published = self
             .channel
             .basic_publish(
@@ -117,22 +89,16 @@ impl RpcClient {
             )
             .await;
         if let Err(error) = published {
-            self.pending
-                .lock()
-                .expect("rpc routes lock poisoned")
-                .remove(&id);
+            self.pending.lock().expect("rpc routes lock poisoned").remove(&id);
             return Err(error.into());
         }
         match tokio::time::timeout(timeout, receiver).await {
             Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(_)) => Err(WorkerError::UnexpectedReply(
-                "a master's reply could not be read (see the warning above)".into(),
-            )),
+            Ok(Err(_)) => {
+                Err(WorkerError::UnexpectedReply("a master's reply could not be read (see the warning above)".into()))
+            }
             Err(_) => {
-                self.pending
-                    .lock()
-                    .expect("rpc routes lock poisoned")
-                    .remove(&id);
+                self.pending.lock().expect("rpc routes lock poisoned").remove(&id);
                 Err(WorkerError::NoAnswer(timeout))
             }
         }

@@ -36,29 +36,15 @@ enum KillReason {
 
 const READ_BUFFER: usize = 64 * 1024;
 
-pub async fn run_step(
-    spec: &StepSpec,
-    builder_dir: &Path,
-    log: &LogWriter,
-    stop: &CancellationToken,
-) -> StepOutcome {
+pub async fn run_step(spec: &StepSpec, builder_dir: &Path, log: &LogWriter, stop: &CancellationToken) -> StepOutcome {
     let workdir = builder_dir.join(&spec.workdir);
     let argv = spec.command.argv();
-    log.write(
-        LogChannel::Header,
-        format!("{}\n in dir {}\n", shell_words(&argv), workdir.display()).into_bytes(),
-    )
-    .await;
+    log.write(LogChannel::Header, format!("{}\n in dir {}\n", shell_words(&argv), workdir.display()).into_bytes())
+        .await;
     if let Err(error) = tokio::fs::create_dir_all(&workdir).await {
-        let message = format!(
-            "cannot create the step's directory {}: {error}\n",
-            workdir.display()
-        );
+        let message = format!("cannot create the step's directory {}: {error}\n", workdir.display());
         log.write(LogChannel::Header, message.into_bytes()).await;
-        return StepOutcome {
-            results: Results::Exception,
-            state_string: "cannot create workdir".into(),
-        };
+        return StepOutcome { results: Results::Exception, state_string: "cannot create workdir".into() };
     }
     let spawned = Command::new(&argv[0])
         .args(&argv[1..])
@@ -74,31 +60,18 @@ pub async fn run_step(
         Err(error) => {
             let message = format!("cannot start `{}`: {error}\n", argv[0]);
             log.write(LogChannel::Header, message.into_bytes()).await;
-            return StepOutcome {
-                results: Results::Failure,
-                state_string: format!("cannot start {}", argv[0]),
-            };
+            return StepOutcome { results: Results::Failure, state_string: format!("cannot start {}", argv[0]) };
         }
     };
     let group = Pid::from_raw(child.id().expect("a child that was just spawned has an id") as i32);
 
     let (output, mut outputs) = mpsc::channel(16);
-    tokio::spawn(read_pipe(
-        child.stdout.take().expect("stdout is piped"),
-        LogChannel::Stdout,
-        output.clone(),
-    ));
-    tokio::spawn(read_pipe(
-        child.stderr.take().expect("stderr is piped"),
-        LogChannel::Stderr,
-        output,
-    ));
+    tokio::spawn(read_pipe(child.stdout.take().expect("stdout is piped"), LogChannel::Stdout, output.clone()));
+    tokio::spawn(read_pipe(child.stderr.take().expect("stderr is piped"), LogChannel::Stderr, output));
 
     let started = Instant::now();
     let silence_limit = Duration::from_secs(spec.timeout);
-    let time_limit = spec
-        .max_time
-        .map(|seconds| started + Duration::from_secs(seconds));
+    let time_limit = spec.max_time.map(|seconds| started + Duration::from_secs(seconds));
     let far_future = started + Duration::from_secs(100 * 365 * 24 * 3600);
     let mut last_output = started;
     let mut pipes_open = true;
@@ -147,38 +120,26 @@ pub async fn run_step(
         (Some(KillReason::Silent), _) => (
             Results::Failure,
             format!("timed out after {}s without output", spec.timeout),
-            format!(
-                "command timed out: {} seconds without output, killed its process group",
-                spec.timeout
-            ),
+            format!("command timed out: {} seconds without output, killed its process group", spec.timeout),
         ),
         (Some(KillReason::TooLong), _) => {
             let limit = spec.max_time.unwrap_or_default();
             (
                 Results::Failure,
                 format!("killed after max_time {limit}s"),
-                format!(
-                    "command timed out: {limit} seconds elapsed (max_time), killed its process group"
-                ),
+                format!("command timed out: {limit} seconds elapsed (max_time), killed its process group"),
             )
         }
-        (Some(KillReason::Stopped), _) => (
-            Results::Cancelled,
-            "cancelled".to_owned(),
-            "command stopped, killed its process group".to_owned(),
-        ),
+        (Some(KillReason::Stopped), _) => {
+            (Results::Cancelled, "cancelled".to_owned(), "command stopped, killed its process group".to_owned())
+        }
         (None, Ok(status)) => match status.code() {
             Some(code) => {
                 let results = spec.result_for_exit_code(code);
-                (
-                    results,
-                    format!("exit code {code}"),
-                    format!("program finished with exit code {code}"),
-                )
+                (results, format!("exit code {code}"), format!("program finished with exit code {code}"))
             }
             None => {
-                let signal =
-                    std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or_default();
+                let signal = std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or_default();
                 (
                     Results::Failure,
                     format!("killed by signal {signal}"),
@@ -186,21 +147,12 @@ pub async fn run_step(
                 )
             }
         },
-        (None, Err(error)) => (
-            Results::Exception,
-            "lost track of the process".into(),
-            format!("cannot wait for the process: {error}"),
-        ),
+        (None, Err(error)) => {
+            (Results::Exception, "lost track of the process".into(), format!("cannot wait for the process: {error}"))
+        }
     };
-    log.write(
-        LogChannel::Header,
-        format!("{footer}\nelapsedTime={:.6}\n", elapsed.as_secs_f64()).into_bytes(),
-    )
-    .await;
-    StepOutcome {
-        results,
-        state_string,
-    }
+    log.write(LogChannel::Header, format!("{footer}\nelapsedTime={:.6}\n", elapsed.as_secs_f64()).into_bytes()).await;
+    StepOutcome { results, state_string }
 }
 
 /// Sends SIGTERM to the group and says when SIGKILL follows.
@@ -209,11 +161,7 @@ fn terminate(group: Pid, grace_seconds: u64) -> Instant {
     Instant::now() + Duration::from_secs(grace_seconds)
 }
 
-async fn read_pipe(
-    mut pipe: impl AsyncRead + Unpin,
-    channel: LogChannel,
-    output: mpsc::Sender<(LogChannel, Vec<u8>)>,
-) {
+async fn read_pipe(mut pipe: impl AsyncRead + Unpin, channel: LogChannel, output: mpsc::Sender<(LogChannel, Vec<u8>)>) {
     let mut buffer = vec![0u8; READ_BUFFER];
     loop {
         match pipe.read(&mut buffer).await {
@@ -231,11 +179,7 @@ async fn read_pipe(
 fn shell_words(argv: &[String]) -> String {
     argv.iter()
         .map(|arg| {
-            if !arg.is_empty()
-                && arg
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
-            {
+            if !arg.is_empty() && arg.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c)) {
                 arg.clone()
             } else {
                 format!("'{}'", arg.replace('\'', r"'\''"))

@@ -138,11 +138,7 @@ fn default_max_body_bytes() -> usize {
 
 impl Default for WebSettings {
     fn default() -> Self {
-        Self {
-            port: default_public_port(),
-            listen: default_listen(),
-            max_body_bytes: default_max_body_bytes(),
-        }
+        Self { port: default_public_port(), listen: default_listen(), max_body_bytes: default_max_body_bytes() }
     }
 }
 
@@ -340,10 +336,7 @@ pub struct StepSpec {
     pub always_run: bool,
     /// Exit code to result, like Buildbot's `decodeRC`. Codes not listed are
     /// FAILURE. Default: `{0: SUCCESS}`.
-    #[serde(
-        default = "default_decode_rc",
-        deserialize_with = "deserialize_decode_rc"
-    )]
+    #[serde(default = "default_decode_rc", deserialize_with = "deserialize_decode_rc")]
     pub decode_rc: BTreeMap<i32, Results>,
 }
 
@@ -369,9 +362,7 @@ fn default_decode_rc() -> BTreeMap<i32, Results> {
 
 /// Exit codes are integers in YAML but strings once a step travels as JSON
 /// (whose keys are strings); both are read.
-fn deserialize_decode_rc<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<BTreeMap<i32, Results>, D::Error> {
+fn deserialize_decode_rc<'de, D: Deserializer<'de>>(deserializer: D) -> Result<BTreeMap<i32, Results>, D::Error> {
     #[derive(PartialEq, Eq, PartialOrd, Ord)]
     struct ExitCode(i32);
 
@@ -399,10 +390,7 @@ fn deserialize_decode_rc<'de, D: Deserializer<'de>>(
                 }
 
                 fn visit_str<E: de::Error>(self, value: &str) -> Result<ExitCode, E> {
-                    value
-                        .parse()
-                        .map(ExitCode)
-                        .map_err(|_| E::custom(format!("`{value}` is not an exit code")))
+                    value.parse().map(ExitCode).map_err(|_| E::custom(format!("`{value}` is not an exit code")))
                 }
             }
 
@@ -411,10 +399,7 @@ fn deserialize_decode_rc<'de, D: Deserializer<'de>>(
     }
 
     let codes = BTreeMap::<ExitCode, Results>::deserialize(deserializer);
-    Ok(codes?
-        .into_iter()
-        .map(|(code, results)| (code.0, results))
-        .collect())
+    Ok(codes?.into_iter().map(|(code, results)| (code.0, results)).collect())
 }
 
 impl StepSpec {
@@ -429,10 +414,7 @@ impl StepSpec {
 
     /// The result an exit code means for this step.
     pub fn result_for_exit_code(&self, code: i32) -> Results {
-        self.decode_rc
-            .get(&code)
-            .copied()
-            .unwrap_or(Results::Failure)
+        self.decode_rc.get(&code).copied().unwrap_or(Results::Failure)
     }
 }
 
@@ -594,14 +576,7 @@ impl SourceFile {
             message: format!("cannot read the file: {error}"),
             hint: Some("check the path (settings: --settings, BUILDMASTER_SETTINGS or PYBUILDBOT_SETTINGS_PATH; master.yaml: `master_config` in settings.yaml)".into()),
         })?;
-        Ok((
-            Self {
-                path: path.to_owned(),
-                map: SourceMap::scan(&text),
-                errors: Vec::new(),
-            },
-            text,
-        ))
+        Ok((Self { path: path.to_owned(), map: SourceMap::scan(&text), errors: Vec::new() }, text))
     }
 
     fn error_at(&mut self, path: &YamlPath, message: impl Into<String>, hint: Option<String>) {
@@ -613,12 +588,7 @@ impl SourceFile {
         });
     }
 
-    fn error_at_value(
-        &mut self,
-        path: &YamlPath,
-        message: impl Into<String>,
-        hint: Option<String>,
-    ) {
+    fn error_at_value(&mut self, path: &YamlPath, message: impl Into<String>, hint: Option<String>) {
         self.errors.push(ConfigError {
             file: self.path.clone(),
             position: self.map.value_position(path),
@@ -635,10 +605,7 @@ impl SourceFile {
             Err(error) => {
                 self.errors.push(ConfigError {
                     file: self.path.clone(),
-                    position: error.location().map(|l| Position {
-                        line: l.line(),
-                        column: l.column(),
-                    }),
+                    position: error.location().map(|l| Position { line: l.line(), column: l.column() }),
                     message: format!("not valid YAML: {}", strip_location(&error.to_string())),
                     hint: Some("check indentation and quoting around this place".into()),
                 });
@@ -649,11 +616,7 @@ impl SourceFile {
 
     /// Deserializes the node found at `at`, recording an error with its exact
     /// position when it does not fit `T`.
-    fn deserialize<T: DeserializeOwned>(
-        &mut self,
-        at: &YamlPath,
-        value: serde_yaml::Value,
-    ) -> Option<T> {
+    fn deserialize<T: DeserializeOwned>(&mut self, at: &YamlPath, value: serde_yaml::Value) -> Option<T> {
         match serde_path_to_error::deserialize::<_, T>(value) {
             Ok(parsed) => Some(parsed),
             Err(error) => {
@@ -679,23 +642,12 @@ fn strip_location(message: &str) -> String {
 /// For an unknown field, the expected field closest to the typo.
 fn hint_for(message: &str) -> Option<String> {
     let unknown = message.strip_prefix("unknown field `")?.split('`').next()?;
-    let expected: Vec<&str> = message
-        .split_once("expected")?
-        .1
-        .split('`')
-        .skip(1)
-        .step_by(2)
-        .collect();
-    let closest = expected
-        .iter()
-        .min_by_key(|candidate| edit_distance(unknown, candidate))?;
+    let expected: Vec<&str> = message.split_once("expected")?.1.split('`').skip(1).step_by(2).collect();
+    let closest = expected.iter().min_by_key(|candidate| edit_distance(unknown, candidate))?;
     if edit_distance(unknown, closest) <= 3 {
         Some(format!("did you mean `{closest}`?"))
     } else {
-        Some(format!(
-            "the fields allowed here are: {}",
-            expected.join(", ")
-        ))
+        Some(format!("the fields allowed here are: {}", expected.join(", ")))
     }
 }
 
@@ -740,10 +692,7 @@ pub fn settings_path(from_command_line: Option<PathBuf>) -> Result<PathBuf, Conf
         file: PathBuf::from("settings.yaml"),
         position: None,
         message: "no settings file given".into(),
-        hint: Some(format!(
-            "pass --settings PATH or set {} or {}",
-            SETTINGS_ENV_VARS[0], SETTINGS_ENV_VARS[1]
-        )),
+        hint: Some(format!("pass --settings PATH or set {} or {}", SETTINGS_ENV_VARS[0], SETTINGS_ENV_VARS[1])),
     }]))
 }
 
@@ -751,8 +700,7 @@ impl Config {
     /// Loads and validates settings.yaml and the master.yaml it points at.
     pub fn load(settings_path: &Path) -> Result<Config, ConfigErrors> {
         let settings_dir = settings_path.parent().unwrap_or(Path::new(".")).to_owned();
-        let (mut settings_file, settings_text) =
-            SourceFile::read(settings_path).map_err(|e| ConfigErrors(vec![e]))?;
+        let (mut settings_file, settings_text) = SourceFile::read(settings_path).map_err(|e| ConfigErrors(vec![e]))?;
         let settings = settings_file
             .parse_yaml(&settings_text)
             .and_then(|value| settings_file.deserialize::<Settings>(&YamlPath::root(), value));
@@ -780,12 +728,9 @@ impl Config {
         let mut errors = settings_file.errors;
         errors.extend(master_file.errors);
         match master {
-            Some(master) if errors.is_empty() => Ok(Config {
-                settings_path: settings_path.to_owned(),
-                master_config_path,
-                settings,
-                master,
-            }),
+            Some(master) if errors.is_empty() => {
+                Ok(Config { settings_path: settings_path.to_owned(), master_config_path, settings, master })
+            }
             _ => Err(ConfigErrors(errors)),
         }
     }
@@ -813,11 +758,7 @@ impl Config {
 
     /// The builders a worker may run.
     pub fn builders_for_worker(&self, worker: &str, is_local: bool) -> Vec<&BuilderConfig> {
-        self.master
-            .builders
-            .iter()
-            .filter(|b| self.may_run(b, worker, is_local))
-            .collect()
+        self.master.builders.iter().filter(|b| self.may_run(b, worker, is_local)).collect()
     }
 
     pub fn worker(&self, name: &str) -> Option<&WorkerSettings> {
@@ -834,11 +775,7 @@ impl Config {
             steps,
             self.master.schedulers.len(),
             self.settings.workers.len(),
-            if self.settings.use_local_worker {
-                " and a local worker"
-            } else {
-                ""
-            },
+            if self.settings.use_local_worker { " and a local worker" } else { "" },
         )
     }
 }
@@ -890,26 +827,19 @@ struct FactoryConfigFile {
 fn is_valid_worker_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 /// Builder names appear in URLs, queue names and permission patterns:
 /// anything printable but `/`, at most 200 bytes.
 fn is_valid_builder_name(name: &str) -> bool {
-    !name.trim().is_empty()
-        && name.len() <= 200
-        && !name.chars().any(|c| c == '/' || c.is_control())
+    !name.trim().is_empty() && name.len() <= 200 && !name.chars().any(|c| c == '/' || c.is_control())
 }
 
 fn validate_settings(file: &mut SourceFile, settings: &Settings) {
     let root = YamlPath::root();
     if settings.namespace.is_empty()
-        || !settings
-            .namespace
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
+        || !settings.namespace.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
     {
         file.error_at_value(
             &root.key("namespace"),
@@ -928,16 +858,15 @@ fn validate_settings(file: &mut SourceFile, settings: &Settings) {
             );
         }
         if !seen.insert(worker.name.as_str()) {
-            file.error_at_value(
-                &at.key("name"),
-                format!("worker `{}` is listed twice", worker.name),
-                None,
-            );
+            file.error_at_value(&at.key("name"), format!("worker `{}` is listed twice", worker.name), None);
         }
         if worker.password.expose().chars().count() < MIN_WORKER_PASSWORD_CHARS {
             file.error_at_value(
                 &at.key("password"),
-                format!("the password of worker `{}` is shorter than {MIN_WORKER_PASSWORD_CHARS} characters", worker.name),
+                format!(
+                    "the password of worker `{}` is shorter than {MIN_WORKER_PASSWORD_CHARS} characters",
+                    worker.name
+                ),
                 Some("generate one, e.g. `openssl rand -base64 18`".into()),
             );
         }
@@ -949,33 +878,19 @@ fn validate_settings(file: &mut SourceFile, settings: &Settings) {
         if !is_valid_worker_name(&settings.local_worker.name) {
             file.error_at_value(
                 &root.key("local_worker").key("name"),
-                format!(
-                    "worker name `{}` is not allowed",
-                    settings.local_worker.name
-                ),
+                format!("worker name `{}` is not allowed", settings.local_worker.name),
                 Some("use 1 to 64 letters, digits, `.`, `_` and `-`".into()),
             );
         }
-        if settings
-            .workers
-            .iter()
-            .any(|w| w.name == settings.local_worker.name)
-        {
+        if settings.workers.iter().any(|w| w.name == settings.local_worker.name) {
             file.error_at_value(
                 &root.key("local_worker").key("name"),
-                format!(
-                    "`{}` is both a remote worker's name and the local workers' name",
-                    settings.local_worker.name
-                ),
+                format!("`{}` is both a remote worker's name and the local workers' name", settings.local_worker.name),
                 Some("rename one of them".into()),
             );
         }
         if settings.local_worker.max_builds == 0 {
-            file.error_at_value(
-                &root.key("local_worker").key("max_builds"),
-                "max_builds must be at least 1",
-                None,
-            );
+            file.error_at_value(&root.key("local_worker").key("max_builds"), "max_builds must be at least 1", None);
         }
     }
     let builds = &settings.builds;
@@ -1017,18 +932,10 @@ fn validate_master(file: &mut SourceFile, master: &MasterConfig, settings: &Sett
         if !master.factories.contains_key(&builder.factory) {
             file.error_at_value(
                 &at.key("factory"),
-                format!(
-                    "builder `{}` uses factory `{}`, which is not defined",
-                    builder.name, builder.factory
-                ),
+                format!("builder `{}` uses factory `{}`, which is not defined", builder.name, builder.factory),
                 Some(format!(
                     "define it under `factories:` or use one of: {}",
-                    master
-                        .factories
-                        .keys()
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    master.factories.keys().cloned().collect::<Vec<_>>().join(", ")
                 )),
             );
         }
@@ -1036,22 +943,16 @@ fn validate_master(file: &mut SourceFile, master: &MasterConfig, settings: &Sett
             if !workers.contains(worker.as_str()) {
                 file.error_at_value(
                     &at.key("workers").index(worker_index),
-                    format!(
-                        "builder `{}` names worker `{worker}`, which is not in settings.yaml",
-                        builder.name
-                    ),
+                    format!("builder `{}` names worker `{worker}`, which is not in settings.yaml", builder.name),
                     Some(if worker == &settings.local_worker.name {
-                        "set `use_local_worker: true` in settings.yaml to run the local workers"
-                            .into()
+                        "set `use_local_worker: true` in settings.yaml to run the local workers".into()
                     } else {
-                        "add it under `workers:` in settings.yaml (with a password) or fix the name"
-                            .into()
+                        "add it under `workers:` in settings.yaml (with a password) or fix the name".into()
                     }),
                 );
             }
         }
-        let served_locally =
-            settings.use_local_worker && builder.factory == settings.local_worker_buildfactory;
+        let served_locally = settings.use_local_worker && builder.factory == settings.local_worker_buildfactory;
         if builder.workers.is_empty() && !served_locally {
             file.error_at(
                 &at,
@@ -1066,11 +967,7 @@ fn validate_master(file: &mut SourceFile, master: &MasterConfig, settings: &Sett
     for (name, factory) in &master.factories {
         let at = root.key("factories").key(name.clone());
         if factory.steps.is_empty() {
-            file.error_at_value(
-                &at.key("steps"),
-                format!("factory `{name}` has no steps"),
-                None,
-            );
+            file.error_at_value(&at.key("steps"), format!("factory `{name}` has no steps"), None);
         }
         let mut step_names = BTreeSet::new();
         for (index, step) in factory.steps.iter().enumerate() {
@@ -1093,9 +990,7 @@ fn validate_master(file: &mut SourceFile, master: &MasterConfig, settings: &Sett
                     None,
                 );
             }
-            if Path::new(&step.workdir).is_absolute()
-                || step.workdir.split('/').any(|part| part == "..")
-            {
+            if Path::new(&step.workdir).is_absolute() || step.workdir.split('/').any(|part| part == "..") {
                 file.error_at_value(
                     &step_at.key("workdir"),
                     format!("workdir `{}` leaves the builder's directory", step.workdir),
@@ -1103,11 +998,7 @@ fn validate_master(file: &mut SourceFile, master: &MasterConfig, settings: &Sett
                 );
             }
             if step.timeout == 0 {
-                file.error_at_value(
-                    &step_at.key("timeout"),
-                    "timeout must be at least 1 second",
-                    None,
-                );
+                file.error_at_value(&step_at.key("timeout"), "timeout must be at least 1 second", None);
             }
         }
     }
@@ -1115,11 +1006,7 @@ fn validate_master(file: &mut SourceFile, master: &MasterConfig, settings: &Sett
     for (index, scheduler) in master.schedulers.iter().enumerate() {
         let at = root.key("schedulers").index(index);
         if !scheduler_names.insert(scheduler.name()) {
-            file.error_at_value(
-                &at.key("name"),
-                format!("scheduler `{}` is defined twice", scheduler.name()),
-                None,
-            );
+            file.error_at_value(&at.key("name"), format!("scheduler `{}` is defined twice", scheduler.name()), None);
         }
         match scheduler {
             SchedulerConfig::Force { builders, .. } => {
@@ -1127,10 +1014,7 @@ fn validate_master(file: &mut SourceFile, master: &MasterConfig, settings: &Sett
                     if !builder_names.contains(builder.as_str()) {
                         file.error_at_value(
                             &at.key("builders").index(builder_index),
-                            format!(
-                                "scheduler `{}` names builder `{builder}`, which is not defined",
-                                scheduler.name()
-                            ),
+                            format!("scheduler `{}` names builder `{builder}`, which is not defined", scheduler.name()),
                             None,
                         );
                     }
@@ -1143,9 +1027,7 @@ fn validate_master(file: &mut SourceFile, master: &MasterConfig, settings: &Sett
 /// Loads worker.yaml; relative paths are resolved against its folder.
 pub fn load_worker_file(path: &Path) -> Result<WorkerFile, ConfigErrors> {
     let (mut file, text) = SourceFile::read(path).map_err(|e| ConfigErrors(vec![e]))?;
-    let worker = file
-        .parse_yaml(&text)
-        .and_then(|value| file.deserialize::<WorkerFile>(&YamlPath::root(), value));
+    let worker = file.parse_yaml(&text).and_then(|value| file.deserialize::<WorkerFile>(&YamlPath::root(), value));
     if let Some(worker) = &worker {
         if !is_valid_worker_name(&worker.name) {
             file.error_at_value(
@@ -1157,10 +1039,7 @@ pub fn load_worker_file(path: &Path) -> Result<WorkerFile, ConfigErrors> {
     }
     match worker {
         Some(mut worker) if file.errors.is_empty() => {
-            worker.basedir = path
-                .parent()
-                .unwrap_or(Path::new("."))
-                .join(&worker.basedir);
+            worker.basedir = path.parent().unwrap_or(Path::new(".")).join(&worker.basedir);
             Ok(worker)
         }
         _ => Err(ConfigErrors(file.errors)),

@@ -53,14 +53,9 @@ impl YamlPath {
         let mut joined = self.clone();
         for segment in path {
             match segment {
-                serde_path_to_error::Segment::Seq { index } => {
-                    joined.0.push(PathSegment::Index(*index))
-                }
-                serde_path_to_error::Segment::Map { key } => {
-                    joined.0.push(PathSegment::Key(key.clone()))
-                }
-                serde_path_to_error::Segment::Enum { .. }
-                | serde_path_to_error::Segment::Unknown => {}
+                serde_path_to_error::Segment::Seq { index } => joined.0.push(PathSegment::Index(*index)),
+                serde_path_to_error::Segment::Map { key } => joined.0.push(PathSegment::Key(key.clone())),
+                serde_path_to_error::Segment::Enum { .. } | serde_path_to_error::Segment::Unknown => {}
             }
         }
         joined
@@ -125,23 +120,13 @@ impl SourceMap {
 
     /// Where the value at `path` starts, ignoring its key.
     pub fn value_position(&self, path: &YamlPath) -> Option<Position> {
-        self.values
-            .get(&path.to_string())
-            .copied()
-            .or_else(|| self.position(path))
+        self.values.get(&path.to_string()).copied().or_else(|| self.position(path))
     }
 }
 
 enum Frame {
-    Mapping {
-        path: YamlPath,
-        pending_key: Option<String>,
-        expecting_key: bool,
-    },
-    Sequence {
-        path: YamlPath,
-        next_index: usize,
-    },
+    Mapping { path: YamlPath, pending_key: Option<String>, expecting_key: bool },
+    Sequence { path: YamlPath, next_index: usize },
 }
 
 #[derive(Default)]
@@ -152,10 +137,7 @@ struct Builder {
 
 fn position_of(mark: Marker) -> Position {
     // yaml-rust2 counts lines from 1 and columns from 0.
-    Position {
-        line: mark.line(),
-        column: mark.col() + 1,
-    }
+    Position { line: mark.line(), column: mark.col() + 1 }
 }
 
 impl Builder {
@@ -168,20 +150,14 @@ impl Builder {
                 *next_index += 1;
                 Some(node)
             }
-            Some(Frame::Mapping {
-                path,
-                pending_key,
-                expecting_key,
-            }) => {
+            Some(Frame::Mapping { path, pending_key, expecting_key }) => {
                 if *expecting_key {
                     *expecting_key = false;
                     let key = match event {
                         Event::Scalar(value, ..) => value.clone(),
                         _ => String::from("?"),
                     };
-                    self.map
-                        .keys
-                        .insert(path.key(key.clone()).to_string(), position_of(mark));
+                    self.map.keys.insert(path.key(key.clone()).to_string(), position_of(mark));
                     *pending_key = Some(key);
                     None
                 } else {
@@ -205,23 +181,13 @@ impl MarkedEventReceiver for Builder {
             Event::MappingStart(..) | Event::SequenceStart(..) => {
                 // A collection used as a mapping key has no useful path; give it
                 // a placeholder so its children still nest correctly.
-                let path = self
-                    .node_path(&event, mark)
-                    .unwrap_or_else(|| YamlPath::root().key("?"));
+                let path = self.node_path(&event, mark).unwrap_or_else(|| YamlPath::root().key("?"));
                 self.map.values.insert(path.to_string(), position_of(mark));
-                self.stack
-                    .push(if matches!(event, Event::MappingStart(..)) {
-                        Frame::Mapping {
-                            path,
-                            pending_key: None,
-                            expecting_key: true,
-                        }
-                    } else {
-                        Frame::Sequence {
-                            path,
-                            next_index: 0,
-                        }
-                    });
+                self.stack.push(if matches!(event, Event::MappingStart(..)) {
+                    Frame::Mapping { path, pending_key: None, expecting_key: true }
+                } else {
+                    Frame::Sequence { path, next_index: 0 }
+                });
             }
             Event::MappingEnd | Event::SequenceEnd => {
                 self.stack.pop();
@@ -240,10 +206,7 @@ mod tests {
         let text = "builders:\n  - name: a\n    factory: f\n  - name: b\n    comand: x\n";
         let map = SourceMap::scan(text);
         let factory = YamlPath::root().key("builders").index(0).key("factory");
-        assert_eq!(
-            map.position(&factory),
-            Some(Position { line: 3, column: 5 })
-        );
+        assert_eq!(map.position(&factory), Some(Position { line: 3, column: 5 }));
         let typo = YamlPath::root().key("builders").index(1).key("comand");
         assert_eq!(map.position(&typo), Some(Position { line: 5, column: 5 }));
         let second = YamlPath::root().key("builders").index(1);
@@ -253,14 +216,7 @@ mod tests {
     #[test]
     fn a_missing_path_falls_back_to_its_nearest_ancestor() {
         let map = SourceMap::scan("factories:\n  Unix:\n    steps: []\n");
-        let missing = YamlPath::root()
-            .key("factories")
-            .key("Unix")
-            .key("steps")
-            .index(3);
-        assert_eq!(
-            map.position(&missing),
-            Some(Position { line: 3, column: 5 })
-        );
+        let missing = YamlPath::root().key("factories").key("Unix").key("steps").index(3);
+        assert_eq!(map.position(&missing), Some(Position { line: 3, column: 5 }));
     }
 }

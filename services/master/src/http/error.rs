@@ -42,9 +42,7 @@ impl ApiError {
     pub fn public_message(&self) -> String {
         match self {
             ApiError::Internal(_) => "internal error; see the master's log".into(),
-            ApiError::Unavailable(_) => {
-                "a service buildmaster depends on is unavailable; try again".into()
-            }
+            ApiError::Unavailable(_) => "a service buildmaster depends on is unavailable; try again".into(),
             other => other.to_string(),
         }
     }
@@ -90,10 +88,6 @@ impl From<LogError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         self.log();
-        (
-            self.status(),
-            Json(json!({ "error": self.public_message() })),
-        )
-            .into_response()
+        (self.status(), Json(json!({ "error": self.public_message() }))).into_response()
     }
 }
