@@ -64,7 +64,7 @@ impl Broker {
 
     /// Declares every exchange and queue, including one durable queue per
     /// builder. Idempotent; run at start and whenever builders change.
-    pub async fn declare_topology<'a>(&self, builders: impl IntoIterator<Item = &'a str>) -> Result<(), BrokerError> {
+    pub async fn declare_topology(&self, builders: &[String]) -> Result<(), BrokerError> {
         let ns = &self.namespace;
         let channel = self.connection.create_channel().await?;
         let durable_exchange = ExchangeDeclareOptions { durable: true, ..Default::default() };
@@ -119,7 +119,7 @@ impl Broker {
                 .queue_bind(
                     queue.into(),
                     ns.doorbell_exchange().into(),
-                    builder.into(),
+                    builder.as_str().into(),
                     QueueBindOptions::default(),
                     FieldTable::default(),
                 )

@@ -109,7 +109,8 @@ pub async fn connect(config: Config, master_name: &str) -> Result<Arc<Master>, M
     let redis = ConnectionManager::new(redis::Client::open(settings.redis_url.expose())?).await?;
     let id = store.register_master(master_name).await?;
     let builder_ids = store.sync_builders(&config.master.builders).await?;
-    broker.declare_topology(config.master.builders.iter().map(|b| b.name.as_str())).await?;
+    let builder_names: Vec<String> = config.master.builders.iter().map(|b| b.name.clone()).collect();
+    broker.declare_topology(&builder_names).await?;
     Ok(Arc::new(Master {
         name: master_name.to_owned(),
         id,

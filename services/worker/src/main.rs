@@ -34,10 +34,9 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let file = shared::config::load_worker_file(&cli.config)?;
-    let password = file.password.expose();
     let options = worker::WorkerOptions {
-        amqp_url: with_credentials(file.amqp_url.expose(), &file.name, password),
-        redis_url: with_credentials(file.redis_url.expose(), &file.name, password),
+        amqp_url: file.amqp_url.expose().to_owned(),
+        redis_url: file.redis_url.expose().to_owned(),
         name: file.name,
         namespace: file.namespace,
         basedir: file.basedir,
@@ -69,27 +68,4 @@ async fn on_signals(drain: CancellationToken, stop_builds: CancellationToken) {
     }
     tracing::info!("stopping the running builds");
     stop_builds.cancel();
-}
-
-/// Puts the worker's own name and password into a URL that has none.
-fn with_credentials(url: &str, name: &str, password: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    if rest[..authority_end].contains('@') {
-        return url.to_owned();
-    }
-    let encode = |text: &str| -> String {
-        text.bytes()
-            .map(|b| {
-                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                    (b as char).to_string()
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
-            .collect()
-    };
-    format!("{scheme}://{}:{}@{rest}", encode(name), encode(password))
 }

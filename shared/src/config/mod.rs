@@ -497,13 +497,13 @@ impl SchedulerConfig {
 pub struct WorkerFile {
     /// Its name, as listed in the masters' settings.yaml.
     pub name: String,
-    /// Its password, as listed in the masters' settings.yaml.
+    /// Its password, as listed in the masters' settings.yaml. (The masters do
+    /// not provision per-worker RabbitMQ and Redis accounts from it yet; until
+    /// they do, the URLs below carry the credentials the worker logs in with.)
     pub password: Secret,
-    /// RabbitMQ URL. Without credentials in it, the worker logs in with its
-    /// own name and password.
+    /// RabbitMQ URL, with credentials, e.g. `amqp://user:pw@host:5672/%2f`.
     pub amqp_url: Secret,
-    /// Redis URL. Without credentials in it, the worker logs in with its own
-    /// name and password.
+    /// Redis URL, e.g. `redis://host:6379/`.
     pub redis_url: Secret,
     /// Must equal the masters' `namespace`.
     #[serde(default = "default_namespace")]

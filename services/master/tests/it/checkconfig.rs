@@ -1,0 +1,84 @@
+//! `buildmaster checkconfig` on broken configurations: every error, each
+//! with file:line:column and a hint, and a non-zero exit.
+
+use std::process::Command;
+
+use crate::harness::binary;
+
+const SETTINGS: &str = "database_url: postgres://x@127.0.0.1/x\namqp_url: amqp://127.0.0.1\nredis_url: redis://127.0.0.1\n\
+workers:\n  - name: w1\n    password: long-enough-password\n";
+
+const VALID_MASTER: &str = "factories:\n  F:\n    steps:\n      - name: s\n        command: [\"true\"]\n\
+builders:\n  - name: b\n    factory: F\n    workers: [w1]\n";
+
+/// Runs checkconfig on the two files; returns (exit success, stderr).
+fn checkconfig(settings: &str, master: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("settings.yaml"), settings).unwrap();
+    std::fs::write(dir.path().join("master.yaml"), master).unwrap();
+    let output = Command::new(binary("buildmaster"))
+        .arg("--settings")
+        .arg(dir.path().join("settings.yaml"))
+        .arg("checkconfig")
+        .output()
+        .unwrap();
+    (output.status.success(), String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+#[test]
+fn a_valid_configuration_passes() {
+    let (ok, stderr) = checkconfig(SETTINGS, VALID_MASTER);
+    assert!(ok, "{stderr}");
+}
+
+#[test]
+fn an_unknown_key_is_reported_at_its_line_with_the_field_it_resembles() {
+    let master = VALID_MASTER.replace("command:", "comand:");
+    let (ok, stderr) = checkconfig(SETTINGS, &master);
+    assert!(!ok);
+    assert!(stderr.contains("master.yaml:5:9: factories.F.steps[0].comand: unknown field `comand`"), "{stderr}");
+    assert!(stderr.contains("hint: did you mean `command`?"), "{stderr}");
+}
+
+#[test]
+fn a_wrong_type_is_reported_at_its_line() {
+    let master = VALID_MASTER.replace("command: [\"true\"]", "command: [\"true\"]\n        timeout: soon");
+    let (ok, stderr) = checkconfig(SETTINGS, &master);
+    assert!(!ok);
+    assert!(
+        stderr.contains("master.yaml:6:9: factories.F.steps[0].timeout: invalid type: string \"soon\""),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn missing_references_and_duplicates_are_all_reported_at_once() {
+    let master = format!("{VALID_MASTER}  - name: b\n    factory: Nope\n    workers: [ghost]\n");
+    let (ok, stderr) = checkconfig(SETTINGS, &master);
+    assert!(!ok);
+    assert!(stderr.contains("master.yaml:10:11: builder `b` is defined twice"), "{stderr}");
+    assert!(stderr.contains("master.yaml:11:14: builder `b` uses factory `Nope`, which is not defined"), "{stderr}");
+    assert!(
+        stderr.contains("master.yaml:12:15: builder `b` names worker `ghost`, which is not in settings.yaml"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("3 error(s)"), "{stderr}");
+}
+
+#[test]
+fn a_short_worker_password_is_refused() {
+    let settings = SETTINGS.replace("long-enough-password", "short");
+    let (ok, stderr) = checkconfig(&settings, VALID_MASTER);
+    assert!(!ok);
+    assert!(
+        stderr.contains("settings.yaml:6:15: the password of worker `w1` is shorter than 14 characters"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_yaml_syntax_error_is_reported_at_its_line() {
+    let (ok, stderr) = checkconfig(SETTINGS, "builders:\n  - name: [unclosed\n");
+    assert!(!ok);
+    assert!(stderr.contains("master.yaml:3:1: not valid YAML"), "{stderr}");
+}

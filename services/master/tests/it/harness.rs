@@ -1,0 +1,362 @@
+//! A private buildmaster installation per test, on the real services: its
+//! own Postgres database, its own namespace of queues, exchanges and Redis
+//! keys, its own masters, HAProxy and workers on free ports. Everything is
+//! removed when the test ends, so tests run in parallel and never touch a
+//! stack someone is using.
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use serde_json::{Value, json};
+use shared::config::Config;
+use shared::names::Namespace;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub const WORKER_PASSWORD: &str = "a-test-password-long-enough";
+
+fn env_or(var: &str, default: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| default.to_owned())
+}
+
+pub fn admin_database_url() -> String {
+    env_or("BUILDMASTER_TEST_DATABASE_URL", "postgres://buildmaster:buildmaster@127.0.0.1:5432/postgres")
+}
+
+pub fn amqp_url() -> String {
+    env_or("BUILDMASTER_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")
+}
+
+pub fn redis_url() -> String {
+    env_or("BUILDMASTER_TEST_REDIS_URL", "redis://127.0.0.1:6379/")
+}
+
+/// A binary built by `cargo build --workspace --bins` (as `make test` does).
+pub fn binary(name: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_buildmaster")).with_file_name(name);
+    assert!(path.exists(), "{} is missing: run `make test`, which builds every binary first", path.display());
+    path
+}
+
+fn repository_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repository root exists")
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0").expect("bind port 0").local_addr().expect("local addr").port()
+}
+
+/// Kills a child process when dropped.
+pub struct ChildGuard(pub Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub struct TestStack {
+    pub dir: tempfile::TempDir,
+    pub namespace: String,
+    pub database: String,
+    pub database_url: String,
+    pub settings_path: PathBuf,
+    builders: Vec<String>,
+    masters: Vec<(CancellationToken, tokio::task::JoinHandle<()>, SocketAddr)>,
+    children: Vec<ChildGuard>,
+    pub http: reqwest::Client,
+    /// Where requests go: HAProxy once started, else the first master.
+    pub base_url: String,
+}
+
+impl TestStack {
+    /// Writes settings.yaml and master.yaml (YAML text of `master_yaml`),
+    /// creates the database and applies migrations.
+    pub async fn new(master_yaml: &str, builders: &[&str]) -> TestStack {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let namespace = format!("t{}", &id[..12]);
+        let database = format!("buildmaster_test_{}", &id[..12]);
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let admin = admin_database_url();
+        let (base, _) = admin.rsplit_once('/').expect("database URL has a path");
+        let database_url = format!("{base}/{database}");
+        let settings = format!(
+            "database_url: {database_url}\namqp_url: {amqp}\nredis_url: {redis}\nnamespace: {namespace}\n\
+             workers:\n  - name: w1\n    password: {WORKER_PASSWORD}\n    max_builds: 2\n  - name: w2\n    password: {WORKER_PASSWORD}\n\
+             builds:\n  lease_seconds: 10\n  heartbeat_seconds: 1\n",
+            amqp = amqp_url(),
+            redis = redis_url(),
+        );
+        let settings_path = dir.path().join("settings.yaml");
+        std::fs::write(&settings_path, settings).expect("write settings.yaml");
+        std::fs::write(dir.path().join("master.yaml"), master_yaml).expect("write master.yaml");
+        master::store::upgrade(&database_url).await.expect("upgrade-master on the test database");
+        TestStack {
+            dir,
+            namespace,
+            database,
+            database_url,
+            settings_path,
+            builders: builders.iter().map(|b| b.to_string()).collect(),
+            masters: Vec::new(),
+            children: Vec::new(),
+            http: reqwest::Client::new(),
+            base_url: String::new(),
+        }
+    }
+
+    pub fn config(&self) -> Config {
+        Config::load(&self.settings_path).unwrap_or_else(|errors| panic!("test config is invalid:\n{errors}"))
+    }
+
+    /// Starts a master in this process, on a free port.
+    pub async fn start_master(&mut self, name: &str) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a master port");
+        let address = listener.local_addr().expect("local addr");
+        let shutdown = CancellationToken::new();
+        let config = self.config();
+        let master_name = format!("{}-{name}", self.namespace);
+        let task = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                if let Err(error) = master::run(config, master_name, listener, shutdown).await {
+                    panic!("master failed: {error}");
+                }
+            }
+        });
+        self.masters.push((shutdown, task, address));
+        self.wait_healthy(&format!("http://{address}")).await;
+        if self.base_url.is_empty() {
+            self.base_url = format!("http://{address}");
+        }
+        address
+    }
+
+    /// Starts HAProxy with the repository's haproxy.cfg in front of the first
+    /// two masters; requests go through it from now on.
+    pub async fn start_haproxy(&mut self) {
+        let port = free_port();
+        let masters: Vec<String> = self.masters.iter().map(|(_, _, address)| address.to_string()).collect();
+        assert!(masters.len() >= 2, "start two masters before HAProxy");
+        let child = Command::new("haproxy")
+            .args(["-W", "-db", "-f"])
+            .arg(repository_root().join("haproxy/haproxy.cfg"))
+            .env("BUILDMASTER_HTTP_BIND", format!("127.0.0.1:{port}"))
+            .env("BUILDMASTER_MASTER1", &masters[0])
+            .env("BUILDMASTER_MASTER2", &masters[1])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("haproxy starts (deploy/services.sh ensure installs it)");
+        self.children.push(ChildGuard(child));
+        self.base_url = format!("http://127.0.0.1:{port}");
+        let url = self.base_url.clone();
+        self.wait_healthy(&url).await;
+    }
+
+    /// Starts a `buildmaster-worker` process with its own worker.yaml.
+    pub fn start_worker(&mut self, name: &str) {
+        let basedir = self.dir.path().join(format!("worker-{name}"));
+        std::fs::create_dir_all(&basedir).expect("worker basedir");
+        let config = format!(
+            "name: {name}\npassword: {WORKER_PASSWORD}\namqp_url: {}\nredis_url: {}\nnamespace: {}\nbasedir: .\n",
+            amqp_url(),
+            redis_url(),
+            self.namespace
+        );
+        let config_path = basedir.join("worker.yaml");
+        std::fs::write(&config_path, config).expect("write worker.yaml");
+        let log = std::fs::File::create(basedir.join("worker.log")).expect("worker log");
+        let child = Command::new(binary("buildmaster-worker"))
+            .arg("--config")
+            .arg(&config_path)
+            .stdout(log.try_clone().expect("clone log"))
+            .stderr(log)
+            .spawn()
+            .expect("worker starts");
+        self.children.push(ChildGuard(child));
+    }
+
+    async fn wait_healthy(&self, base_url: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let healthy = self.http.get(format!("{base_url}/healthz")).send().await.is_ok_and(|r| r.status() == 200);
+            if healthy {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{base_url} did not become healthy within 30s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Value {
+        let response = self.http.get(format!("{}{path}", self.base_url)).send().await.expect("GET reaches the stack");
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        assert!(status.is_success(), "GET {path} answered {status}: {body}");
+        body
+    }
+
+    pub async fn get_bytes(&self, path: &str) -> Vec<u8> {
+        let response = self.http.get(format!("{}{path}", self.base_url)).send().await.expect("GET reaches the stack");
+        assert!(response.status().is_success(), "GET {path} answered {}", response.status());
+        response.bytes().await.expect("body").to_vec()
+    }
+
+    /// Forces one builder with Buildbot's JSON-RPC body; returns the request id.
+    pub async fn force(&self, builder: &str) -> i64 {
+        let body = json!({
+            "jsonrpc": "2.0", "method": "force", "id": 1,
+            "params": { "builderNames": [builder], "reason": "test", "owner": "tests" },
+        });
+        let response = self
+            .http
+            .post(format!("{}/api/v2/forceschedulers/force", self.base_url))
+            .json(&body)
+            .send()
+            .await
+            .expect("POST reaches the stack");
+        let status = response.status();
+        let answer: Value = response.json().await.expect("JSON answer");
+        assert_eq!(status, 200, "force answered {status}: {answer}");
+        let requests = answer["result"][1].as_object().expect("result is [bsid, {builderid: brid}]");
+        requests.values().next().and_then(Value::as_i64).expect("one request")
+    }
+
+    /// Polls until the build of a request is complete; returns it.
+    pub async fn wait_for_build(&self, buildrequest_id: i64) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let builds = self.get(&format!("/api/v2/builds?buildrequestid={buildrequest_id}")).await;
+            if let Some(build) = builds["builds"].as_array().and_then(|b| b.iter().find(|b| b["complete"] == true)) {
+                return build.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "build of request {buildrequest_id} did not complete within 60s; worker logs:\n{}",
+                self.worker_logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Everything the worker processes wrote, for failure messages.
+    pub fn worker_logs(&self) -> String {
+        let mut logs = String::new();
+        for entry in std::fs::read_dir(self.dir.path()).into_iter().flatten().flatten() {
+            if let Ok(text) = std::fs::read_to_string(entry.path().join("worker.log")) {
+                logs.push_str(&format!("--- {}\n{text}", entry.path().display()));
+            }
+        }
+        logs
+    }
+
+    pub async fn steps(&self, build_id: i64) -> Vec<Value> {
+        self.get(&format!("/api/v2/builds/{build_id}/steps")).await["steps"].as_array().expect("steps").clone()
+    }
+
+    /// The stdio log of a step, once archived in Postgres.
+    pub async fn archived_log(&self, step_id: i64) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let logs = self.get(&format!("/api/v2/steps/{step_id}/logs")).await;
+            if let Some(log) = logs["logs"].as_array().and_then(|l| l.first()).filter(|l| l["complete"] == true) {
+                return log.clone();
+            }
+            assert!(Instant::now() < deadline, "log of step {step_id} was not archived within 30s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Deletes every Redis key of this installation (as a FLUSHALL would,
+    /// without touching anyone else's).
+    pub async fn delete_redis_keys(&self) -> usize {
+        let client = redis::Client::open(redis_url()).expect("redis url");
+        let mut connection = client.get_multiplexed_async_connection().await.expect("redis connects");
+        let keys: Vec<String> =
+            redis::cmd("KEYS").arg(format!("{}:*", self.namespace)).query_async(&mut connection).await.expect("KEYS");
+        if !keys.is_empty() {
+            let _: () = redis::cmd("DEL").arg(&keys).query_async(&mut connection).await.expect("DEL");
+        }
+        keys.len()
+    }
+}
+
+impl Drop for TestStack {
+    fn drop(&mut self) {
+        for (shutdown, _, _) in &self.masters {
+            shutdown.cancel();
+        }
+        self.children.clear();
+        let namespace = self.namespace.clone();
+        let database = self.database.clone();
+        let builders = std::mem::take(&mut self.builders);
+        // Drop cannot await; clean up on a runtime of its own.
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            runtime.block_on(remove_installation(&namespace, &database, &builders));
+        });
+        let _ = cleanup.join();
+    }
+}
+
+async fn remove_installation(namespace: &str, database: &str, builders: &[String]) {
+    use sqlx::Connection;
+    if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_database_url()).await {
+        let statement = format!("drop database if exists \"{database}\" with (force)");
+        let _ = sqlx::query(sqlx::AssertSqlSafe(statement)).execute(&mut admin).await;
+    }
+    let ns = Namespace::new(namespace);
+    if let Ok(connection) = lapin::Connection::connect(&amqp_url(), Default::default()).await {
+        if let Ok(channel) = connection.create_channel().await {
+            let mut queues = vec![ns.rpc_queue(), ns.events_queue(), ns.dead_letter_queue()];
+            queues.extend(builders.iter().map(|b| ns.builder_queue(b)));
+            for queue in queues {
+                let _ = channel.queue_delete(queue.into(), QueueDeleteOptions::default()).await;
+            }
+            for exchange in [
+                ns.doorbell_exchange(),
+                ns.rpc_exchange(),
+                ns.events_exchange(),
+                ns.control_exchange(),
+                ns.dead_letter_exchange(),
+            ] {
+                let _ = channel.exchange_delete(exchange.into(), ExchangeDeleteOptions::default()).await;
+            }
+        }
+        let _ = connection.close(200, "test done".into()).await;
+    }
+    if let Ok(client) = redis::Client::open(redis_url()) {
+        if let Ok(mut connection) = client.get_multiplexed_async_connection().await {
+            let keys: Vec<String> =
+                redis::cmd("KEYS").arg(format!("{namespace}:*")).query_async(&mut connection).await.unwrap_or_default();
+            if !keys.is_empty() {
+                let _: Result<(), _> = redis::cmd("DEL").arg(&keys).query_async(&mut connection).await;
+            }
+        }
+    }
+}
+
+/// A master.yaml with one force scheduler over `builders`, each running the
+/// factory of the same name, served by workers w1 and w2.
+pub fn master_yaml(factories: &[(&str, &str)]) -> String {
+    let mut yaml = String::from("factories:\n");
+    for (name, steps) in factories {
+        yaml.push_str(&format!("  {name}:\n    steps:\n"));
+        for line in steps.lines() {
+            yaml.push_str(&format!("      {line}\n"));
+        }
+    }
+    yaml.push_str("builders:\n");
+    for (name, _) in factories {
+        yaml.push_str(&format!("  - name: {name}\n    factory: {name}\n    workers: [w1, w2]\n"));
+    }
+    let names: Vec<&str> = factories.iter().map(|(name, _)| *name).collect();
+    yaml.push_str(&format!("schedulers:\n  - type: force\n    name: force\n    builders: [{}]\n", names.join(", ")));
+    yaml
+}

@@ -1,0 +1,7 @@
+//! Integration tests of buildmaster against the real services. Each test
+//! builds its own installation (see `harness`), so they run in parallel.
+
+mod checkconfig;
+mod harness;
+mod numbering;
+mod pipeline;

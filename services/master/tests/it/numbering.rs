@@ -1,0 +1,97 @@
+//! Build numbers come from the claim statement under the builder row's lock:
+//! however many masters claim at once, they are 1, 2, 3 … with no gap and no
+//! duplicate, and no request is handed out twice.
+
+use std::collections::BTreeSet;
+
+use master::store::{NewBuildset, NewRequest, Store};
+use serde_json::json;
+
+use crate::harness::{TestStack, master_yaml};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_masters_claiming_at_once_give_unique_gapless_build_numbers() {
+    let stack =
+        TestStack::new(&master_yaml(&[("numbered", "- name: t\n  command: [\"true\"]\n")]), &["numbered"]).await;
+    let config = stack.config();
+    // Two masters: two pools, two master rows.
+    let store_a = Store::connect(&stack.database_url, 8).await.unwrap();
+    let store_b = Store::connect(&stack.database_url, 8).await.unwrap();
+    let master_a = store_a.register_master("a").await.unwrap();
+    let master_b = store_b.register_master("b").await.unwrap();
+    let builder_id = store_a.sync_builders(&config.master.builders).await.unwrap()["numbered"];
+    let worker_id = store_a.ensure_worker("w1").await.unwrap();
+
+    const REQUESTS: usize = 60;
+    let properties = json!({});
+    let requests = (0..REQUESTS).map(|_| NewRequest { builder_id, priority: 0 }).collect();
+    store_a
+        .create_buildset(NewBuildset {
+            reason: "r",
+            owner: None,
+            scheduler: "force",
+            properties: &properties,
+            requests,
+        })
+        .await
+        .unwrap();
+
+    // Twice as many claims as requests, half on each master, all at once.
+    let mut claims = tokio::task::JoinSet::new();
+    for i in 0..REQUESTS * 2 {
+        let (store, master_id) = if i % 2 == 0 { (store_a.clone(), master_a) } else { (store_b.clone(), master_b) };
+        claims.spawn(async move {
+            store.claim(builder_id, "numbered", worker_id, "w1", master_id, uuid::Uuid::new_v4(), 60).await.unwrap()
+        });
+    }
+    let mut numbers = Vec::new();
+    let mut requests_claimed = BTreeSet::new();
+    let mut by_master = BTreeSet::new();
+    while let Some(claimed) = claims.join_next().await {
+        if let Some(build) = claimed.unwrap() {
+            numbers.push(build.number);
+            assert!(requests_claimed.insert(build.buildrequest_id), "request {} claimed twice", build.buildrequest_id);
+        }
+    }
+    numbers.sort();
+    assert_eq!(numbers, (1..=REQUESTS as i32).collect::<Vec<_>>());
+    let rows: Vec<(i32,)> = sqlx::query_as("select master_id from builds").fetch_all(store_a.pool()).await.unwrap();
+    by_master.extend(rows.into_iter().map(|(id,)| id));
+    assert_eq!(by_master.len(), 2, "both masters claimed some");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_retried_with_the_same_token_returns_the_same_build() {
+    let stack = TestStack::new(&master_yaml(&[("retried", "- name: t\n  command: [\"true\"]\n")]), &["retried"]).await;
+    let store = Store::connect(&stack.database_url, 4).await.unwrap();
+    let master_id = store.register_master("a").await.unwrap();
+    let builder_id = store.sync_builders(&stack.config().master.builders).await.unwrap()["retried"];
+    let worker_id = store.ensure_worker("w1").await.unwrap();
+    let properties = json!({});
+    let requests = vec![NewRequest { builder_id, priority: 0 }, NewRequest { builder_id, priority: 0 }];
+    store
+        .create_buildset(NewBuildset {
+            reason: "r",
+            owner: None,
+            scheduler: "force",
+            properties: &properties,
+            requests,
+        })
+        .await
+        .unwrap();
+    let token = uuid::Uuid::new_v4();
+    let first = store.claim(builder_id, "retried", worker_id, "w1", master_id, token, 60).await.unwrap().unwrap();
+    let again = store.claim(builder_id, "retried", worker_id, "w1", master_id, token, 60).await.unwrap().unwrap();
+    assert_eq!((first.id, first.number), (again.id, again.number));
+    let count: i64 = sqlx::query_scalar("select count(*) from builds").fetch_one(store.pool()).await.unwrap();
+    assert_eq!(count, 1, "the second request is still pending");
+}
+
+#[tokio::test]
+async fn a_master_refuses_an_out_of_date_schema_and_says_how_to_fix_it() {
+    let stack = TestStack::new(&master_yaml(&[("any", "- name: t\n  command: [\"true\"]\n")]), &["any"]).await;
+    let store = Store::connect(&stack.database_url, 2).await.unwrap();
+    sqlx::query("delete from _sqlx_migrations").execute(store.pool()).await.unwrap();
+    let error = store.check_schema().await.unwrap_err().to_string();
+    assert!(error.contains("buildmaster upgrade-master"), "{error}");
+}

@@ -1,0 +1,137 @@
+//! A build's whole life: forced through HAProxy, claimed by a worker
+//! process, run, recorded by whichever master gets the events, archived.
+
+use serde_json::Value;
+
+use crate::harness::{TestStack, master_yaml};
+
+const PRINTS: &str = r#"- name: stdout
+  command: ["printf", "line one\\nline two\\n\\tunicode: \\342\\234\\223\\nbinary: \\001\\377\\n"]
+- name: stderr
+  command: |
+    printf 'to stderr\n' >&2; printf 'more stderr\n' >&2
+- name: no-newline
+  command: ["printf", "no trailing newline"]
+- name: mixed
+  command: |
+    echo out; sleep 0.2; echo err >&2; sleep 0.2; printf end
+"#;
+
+const HALTS: &str = r#"- name: ok
+  command: ["true"]
+- name: fails
+  command: echo failing; exit 3
+  halt_on_failure: true
+- name: skipped
+  command: ["echo", "must not run"]
+- name: cleanup
+  command: ["echo", "cleaning"]
+  always_run: true
+"#;
+
+const SILENT: &str = r#"- name: hangs
+  command: sleep 300 & echo $! > sleeper.pid; echo started; wait
+  timeout: 1
+  kill_grace: 1
+"#;
+
+async fn two_masters_haproxy_and_a_worker(factories: &[(&str, &str)]) -> TestStack {
+    let names: Vec<&str> = factories.iter().map(|(name, _)| *name).collect();
+    let mut stack = TestStack::new(&master_yaml(factories), &names).await;
+    stack.start_master("a").await;
+    stack.start_master("b").await;
+    stack.start_haproxy().await;
+    stack.start_worker("w1");
+    stack
+}
+
+fn ids(steps: &[Value], field: &str) -> Vec<Value> {
+    steps.iter().map(|s| s[field].clone()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_build_completes_on_a_worker_and_its_log_is_what_the_steps_printed() {
+    let stack = two_masters_haproxy_and_a_worker(&[("prints", PRINTS)]).await;
+    let request = stack.force("prints").await;
+    let build = stack.wait_for_build(request).await;
+    assert_eq!(build["results"], 0, "SUCCESS: {build}");
+    assert_eq!(build["number"], 1);
+
+    let steps = stack.steps(build["buildid"].as_i64().unwrap()).await;
+    assert_eq!(ids(&steps, "name"), ["stdout", "stderr", "no-newline", "mixed"]);
+    assert!(steps.iter().all(|s| s["results"] == 0 && s["complete"] == true), "{steps:?}");
+    let mut logs = Vec::new();
+    for step in &steps {
+        logs.push(stack.archived_log(step["stepid"].as_i64().unwrap()).await);
+    }
+    let deleted = stack.delete_redis_keys().await;
+    assert!(deleted >= 1, "the live copies were still in Redis before this");
+
+    let expected: [&[u8]; 4] = [
+        b"line one\nline two\n\tunicode: \xe2\x9c\x93\nbinary: \x01\xff\n",
+        b"to stderr\nmore stderr\n",
+        b"no trailing newline",
+        b"out\nerr\nend",
+    ];
+    for (log, expected) in logs.iter().zip(expected) {
+        let raw = stack.get_bytes(&format!("/api/v2/logs/{}/raw", log["logid"])).await;
+        assert_eq!(raw, expected, "log {} of step {}", log["logid"], log["stepid"]);
+    }
+    assert_eq!(logs[0]["num_lines"].as_i64().unwrap() >= 4, true, "headers and printed lines are counted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_step_halts_the_build_but_always_run_steps_still_run() {
+    let stack = two_masters_haproxy_and_a_worker(&[("halts", HALTS)]).await;
+    let request = stack.force("halts").await;
+    let build = stack.wait_for_build(request).await;
+    assert_eq!(build["results"], 2, "FAILURE: {build}");
+    assert_eq!(build["state_string"], "failure: fails");
+    let steps = stack.steps(build["buildid"].as_i64().unwrap()).await;
+    assert_eq!(ids(&steps, "name"), ["ok", "fails", "skipped", "cleanup"]);
+    assert_eq!(ids(&steps, "results"), [0, 2, 3, 0], "SUCCESS, FAILURE, SKIPPED, SUCCESS");
+    assert_eq!(steps[1]["state_string"], "exit code 3");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_step_is_killed_after_its_timeout_together_with_its_children() {
+    let stack = two_masters_haproxy_and_a_worker(&[("silent", SILENT)]).await;
+    let request = stack.force("silent").await;
+    let build = stack.wait_for_build(request).await;
+    assert_eq!(build["results"], 2, "FAILURE: {build}");
+    let steps = stack.steps(build["buildid"].as_i64().unwrap()).await;
+    assert_eq!(steps[0]["state_string"], "timed out after 1s without output");
+
+    let pid_file = stack.dir.path().join("worker-w1/silent/build/sleeper.pid");
+    let pid: i32 = std::fs::read_to_string(&pid_file).expect("the step wrote its child's pid").trim().parse().unwrap();
+    // The forked `sleep 300` got the group's signal: gone, or at most a zombie
+    // waiting to be reaped.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat.rsplit(')').next().unwrap_or("").split_whitespace().next().unwrap_or("gone");
+    assert!(state == "gone" || state == "Z", "sleep {pid} still runs (state {state})");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_build_is_killed_and_ends_cancelled() {
+    let stack = two_masters_haproxy_and_a_worker(&[("long", "- name: long\n  command: echo begin; sleep 300\n")]).await;
+    let request = stack.force("long").await;
+    // Wait until the step runs, then stop the build through the API.
+    let build_id = loop {
+        let builds = stack.get(&format!("/api/v2/builds?buildrequestid={request}")).await;
+        if let Some(build) = builds["builds"].as_array().and_then(|b| b.first()) {
+            let id = build["buildid"].as_i64().unwrap();
+            if !stack.steps(id).await.is_empty() {
+                break id;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let stop = serde_json::json!({"jsonrpc": "2.0", "method": "stop", "id": 7, "params": {"reason": "test"}});
+    let response =
+        stack.http.post(format!("{}/api/v2/builds/{build_id}", stack.base_url)).json(&stop).send().await.unwrap();
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    let build = stack.wait_for_build(request).await;
+    assert_eq!(build["results"], 6, "CANCELLED: {build}");
+    let steps = stack.steps(build_id).await;
+    assert_eq!(steps[0]["results"], 6);
+}
