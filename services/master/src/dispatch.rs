@@ -14,7 +14,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::store::StoreError;
+use crate::store::{Claim, StoreError};
 use crate::{Master, MasterError, RETRY_DELAY};
 
 /// RPC requests handled at once by one master.
@@ -136,18 +136,16 @@ async fn answer(master: &Master, request: RpcRequest) -> Result<RpcReply, StoreE
                 return Ok(RpcReply::Refused { reason: format!("worker `{worker}` may not run builder `{builder}`") });
             }
             let worker_id = master.worker_id(&worker).await?;
-            let claimed = master
-                .store
-                .claim(
-                    builder_id,
-                    &builder,
-                    worker_id,
-                    &worker,
-                    master.id,
-                    claim_token,
-                    config.settings.builds.lease_seconds,
-                )
-                .await?;
+            let claim = Claim {
+                builder_id,
+                builder_name: &builder,
+                worker_id,
+                worker_name: &worker,
+                master_id: master.id,
+                claim_token,
+                lease_seconds: config.settings.builds.lease_seconds,
+            };
+            let claimed = master.store.claim(&claim).await?;
             let Some(claimed) = claimed else {
                 return Ok(RpcReply::NothingPending);
             };

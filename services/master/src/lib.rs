@@ -166,10 +166,10 @@ pub async fn run(
     let mut outcome = Ok(());
     while let Some(finished) = tasks.join_next().await {
         let result = finished.unwrap_or_else(|panic| std::panic::resume_unwind(panic.into_panic()));
-        if let Err(error) = result {
-            if outcome.is_ok() {
-                outcome = Err(error);
-            }
+        if let Err(error) = result
+            && outcome.is_ok()
+        {
+            outcome = Err(error);
         }
         // Whatever ended first, the rest of the node goes down with it: a
         // master without one of its parts must not look healthy.

@@ -30,14 +30,13 @@ impl StoreError {
     /// Whether trying again later may succeed (the database was unreachable
     /// or busy), as opposed to a request that can never be recorded.
     pub fn is_transient(&self) -> bool {
-        match self {
-            StoreError::Database(error) => {
-                !matches!(error, sqlx::Error::RowNotFound | sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_))
-                    && error.as_database_error().is_none_or(|db| {
-                        db.code().is_some_and(|c| {
-                            c.starts_with("40") || c.starts_with("53") || c.starts_with("57") || c.starts_with("08")
-                        })
-                    })
+        let StoreError::Database(error) = self else { return false };
+        match error {
+            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => true,
+            // Connection exceptions, serialization failures and deadlocks,
+            // insufficient resources, operator intervention (e.g. a restart).
+            sqlx::Error::Database(db) => {
+                db.code().is_some_and(|code| ["08", "40", "53", "57"].iter().any(|class| code.starts_with(class)))
             }
             _ => false,
         }
@@ -64,6 +63,19 @@ pub struct NewBuildset<'a> {
     /// Buildbot-shaped: `{"name": [value, "source"]}`.
     pub properties: &'a serde_json::Value,
     pub requests: Vec<NewRequest>,
+}
+
+/// Who claims a build of which builder.
+#[derive(Debug, Clone, Copy)]
+pub struct Claim<'a> {
+    pub builder_id: i32,
+    pub builder_name: &'a str,
+    pub worker_id: i32,
+    pub worker_name: &'a str,
+    pub master_id: i32,
+    /// Chosen by the worker; retrying with it returns the same build.
+    pub claim_token: Uuid,
+    pub lease_seconds: u64,
 }
 
 /// What a claim produced: a new or (for a retried token) existing build.
@@ -121,6 +133,7 @@ pub struct LogRow {
 /// Where a log's live copy is: enough to name its Redis stream.
 #[derive(Debug, FromRow, Clone)]
 pub struct LogLocation {
+    #[sqlx(flatten)]
     pub log: LogRow,
     pub build_id: i64,
     pub step_number: i32,
@@ -355,16 +368,8 @@ impl Store {
     /// is claiming), marks it claimed, takes the builder's next number under
     /// the builder row's lock, and creates the build. A retried claim token
     /// returns the build it already made.
-    pub async fn claim(
-        &self,
-        builder_id: i32,
-        builder_name: &str,
-        worker_id: i32,
-        worker_name: &str,
-        master_id: i32,
-        claim_token: Uuid,
-        lease_seconds: u64,
-    ) -> StoreResult<Option<ClaimedBuild>> {
+    pub async fn claim(&self, claim: &Claim<'_>) -> StoreResult<Option<ClaimedBuild>> {
+        let Claim { builder_id, builder_name, worker_id, worker_name, master_id, claim_token, lease_seconds } = *claim;
         let existing: Option<ClaimedBuild> =
             sqlx::query_as("select id, number, buildrequest_id, properties from builds where claim_token = $1")
                 .bind(claim_token)
@@ -729,38 +734,16 @@ impl Store {
     }
 
     pub async fn log_location(&self, log_id: i64) -> StoreResult<Option<LogLocation>> {
-        let row: Option<(i64, i64, String, String, String, i64, i64, bool, i64, i32, String)> = sqlx::query_as(
+        Ok(sqlx::query_as(
             r#"select l.id, l.step_id, l.name, l.slug, l.type, l.num_lines, l.num_bytes, l.complete,
-                      s.build_id, s.number, w.name
+                      s.build_id, s.number as step_number, w.name as worker_name
                from logs l join steps s on s.id = l.step_id join builds b on b.id = s.build_id
                     join workers w on w.id = b.worker_id
                where l.id = $1"#,
         )
         .bind(log_id)
         .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(
-            |(
-                id,
-                step_id,
-                name,
-                slug,
-                log_type,
-                num_lines,
-                num_bytes,
-                complete,
-                build_id,
-                step_number,
-                worker_name,
-            )| {
-                LogLocation {
-                    log: LogRow { id, step_id, name, slug, log_type, num_lines, num_bytes, complete },
-                    build_id,
-                    step_number,
-                    worker_name,
-                }
-            },
-        ))
+        .await?)
     }
 
     /// The archived chunks of a log in order, one row at a time, so a

@@ -215,10 +215,10 @@ async fn dispatch(
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
-        if slots.available_permits() == 0 {
-            if let Some((channel, _)) = doorbells.take() {
-                channel.close(200, "worker at capacity".into()).await?;
-            }
+        if slots.available_permits() == 0
+            && let Some((channel, _)) = doorbells.take()
+        {
+            channel.close(200, "worker at capacity".into()).await?;
         }
     };
     if let Some((channel, _)) = doorbells.take() {

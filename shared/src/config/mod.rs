@@ -1028,14 +1028,14 @@ fn validate_master(file: &mut SourceFile, master: &MasterConfig, settings: &Sett
 pub fn load_worker_file(path: &Path) -> Result<WorkerFile, ConfigErrors> {
     let (mut file, text) = SourceFile::read(path).map_err(|e| ConfigErrors(vec![e]))?;
     let worker = file.parse_yaml(&text).and_then(|value| file.deserialize::<WorkerFile>(&YamlPath::root(), value));
-    if let Some(worker) = &worker {
-        if !is_valid_worker_name(&worker.name) {
-            file.error_at_value(
-                &YamlPath::root().key("name"),
-                format!("worker name `{}` is not allowed", worker.name),
-                Some("use 1 to 64 letters, digits, `.`, `_` and `-`".into()),
-            );
-        }
+    if let Some(worker) = &worker
+        && !is_valid_worker_name(&worker.name)
+    {
+        file.error_at_value(
+            &YamlPath::root().key("name"),
+            format!("worker name `{}` is not allowed", worker.name),
+            Some("use 1 to 64 letters, digits, `.`, `_` and `-`".into()),
+        );
     }
     match worker {
         Some(mut worker) if file.errors.is_empty() => {

@@ -331,13 +331,13 @@ async fn remove_installation(namespace: &str, database: &str, builders: &[String
         }
         let _ = connection.close(200, "test done".into()).await;
     }
-    if let Ok(client) = redis::Client::open(redis_url()) {
-        if let Ok(mut connection) = client.get_multiplexed_async_connection().await {
-            let keys: Vec<String> =
-                redis::cmd("KEYS").arg(format!("{namespace}:*")).query_async(&mut connection).await.unwrap_or_default();
-            if !keys.is_empty() {
-                let _: Result<(), _> = redis::cmd("DEL").arg(&keys).query_async(&mut connection).await;
-            }
+    if let Ok(client) = redis::Client::open(redis_url())
+        && let Ok(mut connection) = client.get_multiplexed_async_connection().await
+    {
+        let keys: Vec<String> =
+            redis::cmd("KEYS").arg(format!("{namespace}:*")).query_async(&mut connection).await.unwrap_or_default();
+        if !keys.is_empty() {
+            let _: Result<(), _> = redis::cmd("DEL").arg(&keys).query_async(&mut connection).await;
         }
     }
 }

@@ -4,10 +4,14 @@
 
 use std::collections::BTreeSet;
 
-use master::store::{NewBuildset, NewRequest, Store};
+use master::store::{Claim, NewBuildset, NewRequest, Store};
 use serde_json::json;
 
 use crate::harness::{TestStack, master_yaml};
+
+fn claim(builder_name: &str, builder_id: i32, worker_id: i32, master_id: i32, claim_token: uuid::Uuid) -> Claim<'_> {
+    Claim { builder_id, builder_name, worker_id, worker_name: "w1", master_id, claim_token, lease_seconds: 60 }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_masters_claiming_at_once_give_unique_gapless_build_numbers() {
@@ -41,7 +45,7 @@ async fn two_masters_claiming_at_once_give_unique_gapless_build_numbers() {
     for i in 0..REQUESTS * 2 {
         let (store, master_id) = if i % 2 == 0 { (store_a.clone(), master_a) } else { (store_b.clone(), master_b) };
         claims.spawn(async move {
-            store.claim(builder_id, "numbered", worker_id, "w1", master_id, uuid::Uuid::new_v4(), 60).await.unwrap()
+            store.claim(&claim("numbered", builder_id, worker_id, master_id, uuid::Uuid::new_v4())).await.unwrap()
         });
     }
     let mut numbers = Vec::new();
@@ -80,8 +84,8 @@ async fn a_claim_retried_with_the_same_token_returns_the_same_build() {
         .await
         .unwrap();
     let token = uuid::Uuid::new_v4();
-    let first = store.claim(builder_id, "retried", worker_id, "w1", master_id, token, 60).await.unwrap().unwrap();
-    let again = store.claim(builder_id, "retried", worker_id, "w1", master_id, token, 60).await.unwrap().unwrap();
+    let first = store.claim(&claim("retried", builder_id, worker_id, master_id, token)).await.unwrap().unwrap();
+    let again = store.claim(&claim("retried", builder_id, worker_id, master_id, token)).await.unwrap().unwrap();
     assert_eq!((first.id, first.number), (again.id, again.number));
     let count: i64 = sqlx::query_scalar("select count(*) from builds").fetch_one(store.pool()).await.unwrap();
     assert_eq!(count, 1, "the second request is still pending");
