@@ -20,6 +20,7 @@ use redis::aio::ConnectionManager;
 use shared::config::{BuilderConfig, Config};
 use shared::names::Namespace;
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -87,6 +88,34 @@ impl Master {
             && catalog.config.worker(worker).is_none()
     }
 
+    /// Applies a new configuration: builders synced to Postgres, their queues
+    /// declared, then the catalog swapped whole. Requests and builds in
+    /// flight are untouched; a removed builder keeps its history. Service
+    /// URLs and the namespace take effect only on restart.
+    pub async fn apply(&self, config: Config) -> Result<(), MasterError> {
+        let builder_names: Vec<String> = config.master.builders.iter().map(|b| b.name.clone()).collect();
+        let builder_ids = self.store.sync_builders(&config.master.builders).await?;
+        self.broker.declare_topology(&builder_names).await?;
+        let summary = config.summary();
+        *self.catalog.write().expect("catalog lock poisoned") = Arc::new(Catalog { config, builder_ids });
+        tracing::info!(master.name = %self.name, %summary, "configuration applied");
+        Ok(())
+    }
+
+    /// Reloads both files from disk; a configuration with errors is not
+    /// applied, and the errors are logged.
+    async fn reload(&self) {
+        let path = self.catalog().config.settings_path.clone();
+        match Config::load(&path) {
+            Ok(config) => {
+                if let Err(error) = self.apply(config).await {
+                    tracing::error!(%error, "configuration valid but not applied; will apply on the next reload");
+                }
+            }
+            Err(errors) => tracing::error!(errors = %errors, "configuration has errors; keeping the current one"),
+        }
+    }
+
     async fn worker_id(&self, worker: &str) -> Result<i32, StoreError> {
         if let Some(id) = self.worker_ids.lock().expect("worker id lock poisoned").get(worker) {
             return Ok(*id);
@@ -123,12 +152,14 @@ pub async fn connect(config: Config, master_name: &str) -> Result<Arc<Master>, M
     }))
 }
 
-/// Runs a master until `shutdown` is cancelled or a part of it fails.
+/// Runs a master until `shutdown` is cancelled or a part of it fails. Each
+/// notification of `reload` reloads the configuration files.
 pub async fn run(
     config: Config,
     master_name: String,
     listener: TcpListener,
     shutdown: CancellationToken,
+    reload: Arc<Notify>,
 ) -> Result<(), MasterError> {
     let master = connect(config, &master_name).await?;
     let local_worker = {
@@ -148,6 +179,18 @@ pub async fn run(
     tasks.spawn(dispatch::serve_rpc(master.clone(), stopping.clone()));
     tasks.spawn(events::record_events(master.clone(), stopping.clone()));
     tasks.spawn(reconcile::reconcile(master.clone(), stopping.clone()));
+    tasks.spawn({
+        let master = master.clone();
+        let stopping = stopping.clone();
+        async move {
+            loop {
+                tokio::select! {
+                    _ = stopping.cancelled() => return Ok(()),
+                    _ = reload.notified() => master.reload().await,
+                }
+            }
+        }
+    });
     tasks.spawn({
         let master = master.clone();
         let stopping = stopping.clone();

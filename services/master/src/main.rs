@@ -3,10 +3,12 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use shared::config::{self, Config};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -80,8 +82,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("cannot listen on {address}; is another master using it?"))?;
             let name = name.unwrap_or_else(|| format!("{}:{}", hostname(), address.port()));
             let shutdown = CancellationToken::new();
+            let reload = Arc::new(Notify::new());
             tokio::spawn(stop_on_signal(shutdown.clone()));
-            master::run(config, name, listener, shutdown).await?;
+            tokio::spawn(reload_on_sighup(reload.clone()));
+            master::run(config, name, listener, shutdown, reload).await?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -91,6 +95,17 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "master".into())
+}
+
+/// `make update-master` sends SIGHUP to running masters after checking the
+/// configuration: reload it.
+async fn reload_on_sighup(reload: Arc<Notify>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = signal(SignalKind::hangup()).expect("SIGHUP handler installs");
+    while hangup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading the configuration");
+        reload.notify_one();
+    }
 }
 
 /// Cancels on the first SIGTERM or Ctrl-C, so in-flight work finishes.

@@ -124,7 +124,7 @@ impl TestStack {
         let task = tokio::spawn({
             let shutdown = shutdown.clone();
             async move {
-                if let Err(error) = master::run(config, master_name, listener, shutdown).await {
+                if let Err(error) = master::run(config, master_name, listener, shutdown, Default::default()).await {
                     panic!("master failed: {error}");
                 }
             }
