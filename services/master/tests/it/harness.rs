@@ -245,6 +245,23 @@ impl TestStack {
         }
     }
 
+    /// Polls until a worker has claimed the request; returns its build.
+    pub async fn wait_for_build_to_start(&self, buildrequest_id: i64) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let builds = self.get(&format!("/api/v2/builds?buildrequestid={buildrequest_id}")).await;
+            if let Some(build) = builds["builds"].as_array().and_then(|b| b.first()) {
+                return build.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "request {buildrequest_id} was not claimed within 30s; worker logs:\n{}",
+                self.worker_logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Everything the worker processes wrote, for failure messages.
     pub fn worker_logs(&self) -> String {
         let mut logs = String::new();

@@ -135,3 +135,27 @@ async fn a_stopped_build_is_killed_and_ends_cancelled() {
     let steps = stack.steps(build_id).await;
     assert_eq!(steps[0]["results"], 6);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_worker_hands_doorbells_back_so_an_idle_worker_runs_them() {
+    let mut stack = TestStack::new("", &["blocking"]).await;
+    let release = stack.dir.path().join("release");
+    let step = format!("- name: wait\n  command: while [ ! -e {} ]; do sleep 0.05; done\n", release.display());
+    std::fs::write(stack.dir.path().join("master.yaml"), master_yaml(&[("blocking", &step)])).unwrap();
+    stack.start_master("a").await;
+    stack.start_master("b").await;
+    stack.start_haproxy().await;
+    // w2 runs one build at a time (max_builds 1).
+    stack.start_worker("w2");
+    let first = stack.force("blocking").await;
+    let first_build = stack.wait_for_build_to_start(first).await;
+    let second = stack.force("blocking").await;
+    // The second doorbell reached w2 while it was full, or waits in the
+    // queue; either way it must go to w1 as soon as w1 exists.
+    stack.start_worker("w1");
+    let second_build = stack.wait_for_build_to_start(second).await;
+    assert_ne!(first_build["workerid"], second_build["workerid"], "the second build ran on the idle worker");
+    std::fs::write(&release, b"").unwrap();
+    assert_eq!(stack.wait_for_build(first).await["results"], 0);
+    assert_eq!(stack.wait_for_build(second).await["results"], 0);
+}
