@@ -5,12 +5,9 @@
 
 use std::sync::Arc;
 
-use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicRejectOptions};
-use lapin::types::FieldTable;
+use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use shared::wire::{self, BuildAssignment, RpcReply, RpcRequest};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -22,34 +19,15 @@ const CONCURRENT_REQUESTS: usize = 32;
 
 pub async fn serve_rpc(master: Arc<Master>, shutdown: CancellationToken) -> Result<(), MasterError> {
     let queue = master.namespace.rpc_queue();
-    let channel = master.broker.consumer_channel(CONCURRENT_REQUESTS as u16).await.map_err(MasterError::from)?;
-    let mut deliveries = channel
-        .basic_consume(
-            queue.clone().into(),
-            format!("{}-rpc", master.name).into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|e| MasterError::Broker(e.into()))?;
-    let limit = Arc::new(Semaphore::new(CONCURRENT_REQUESTS));
-    loop {
-        let delivery = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            delivery = deliveries.next() => delivery,
-        };
-        let delivery = match delivery {
-            Some(Ok(delivery)) => delivery,
-            Some(Err(error)) => return Err(MasterError::Broker(error.into())),
-            None => return Err(MasterError::ConsumerEnded(queue)),
-        };
-        let permit = limit.clone().acquire_owned().await.expect("semaphore never closes");
-        let master = master.clone();
-        tokio::spawn(async move {
-            handle_request(&master, delivery).await;
-            drop(permit);
-        });
-    }
+    let handler = master.clone();
+    master
+        .broker
+        .consume(&queue, CONCURRENT_REQUESTS, &shutdown, move |delivery| {
+            let master = handler.clone();
+            async move { handle_request(&master, delivery).await }
+        })
+        .await;
+    Ok(())
 }
 
 async fn handle_request(master: &Master, delivery: Delivery) {

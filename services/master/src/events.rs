@@ -6,13 +6,10 @@
 
 use std::sync::Arc;
 
-use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicRejectOptions};
-use lapin::types::FieldTable;
+use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use redis::AsyncCommands;
 use shared::wire::{self, WorkerEvent};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::logs::{self, LogError};
@@ -24,36 +21,15 @@ const CONCURRENT_EVENTS: usize = 32;
 
 pub async fn record_events(master: Arc<Master>, shutdown: CancellationToken) -> Result<(), MasterError> {
     let queue = master.namespace.events_queue();
-    let channel = master.broker.consumer_channel(CONCURRENT_EVENTS as u16).await?;
-    let mut deliveries = channel
-        .basic_consume(
-            queue.clone().into(),
-            format!("{}-events", master.name).into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|e| MasterError::Broker(e.into()))?;
-    let limit = Arc::new(Semaphore::new(CONCURRENT_EVENTS));
-    loop {
-        let delivery = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            delivery = deliveries.next() => delivery,
-        };
-        let delivery = match delivery {
-            Some(Ok(delivery)) => delivery,
-            Some(Err(error)) => return Err(MasterError::Broker(error.into())),
-            None => return Err(MasterError::ConsumerEnded(queue)),
-        };
-        let permit = limit.clone().acquire_owned().await.expect("semaphore never closes");
-        let master = master.clone();
-        tokio::spawn(async move {
-            handle_event(&master, delivery).await;
-            drop(permit);
-        });
-    }
-    // Let the events being recorded finish before the connection closes.
-    let _ = limit.acquire_many(CONCURRENT_EVENTS as u32).await;
+    let handler = master.clone();
+    // Events being recorded finish before this returns and the connection closes.
+    master
+        .broker
+        .consume(&queue, CONCURRENT_EVENTS, &shutdown, move |delivery| {
+            let master = handler.clone();
+            async move { handle_event(&master, delivery).await }
+        })
+        .await;
     Ok(())
 }
 

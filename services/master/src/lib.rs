@@ -37,8 +37,6 @@ pub enum MasterError {
     Redis(#[from] redis::RedisError),
     #[error("HTTP server error: {0}")]
     Http(#[from] std::io::Error),
-    #[error("the RabbitMQ consumer of `{0}` stopped; the connection was lost")]
-    ConsumerEnded(String),
     #[error("local worker failed: {0}")]
     LocalWorker(#[from] worker::WorkerError),
 }
@@ -176,6 +174,14 @@ pub async fn run(
 
     let stopping = shutdown.child_token();
     let mut tasks: JoinSet<Result<(), MasterError>> = JoinSet::new();
+    tasks.spawn({
+        let master = master.clone();
+        let stopping = stopping.clone();
+        async move {
+            master.broker.supervise(stopping).await;
+            Ok(())
+        }
+    });
     tasks.spawn(dispatch::serve_rpc(master.clone(), stopping.clone()));
     tasks.spawn(events::record_events(master.clone(), stopping.clone()));
     tasks.spawn(reconcile::reconcile(master.clone(), stopping.clone()));

@@ -1,52 +1,71 @@
 //! Publishes what this worker reports to the masters, with publisher
 //! confirms: an event counts as sent once RabbitMQ has it in the durable
-//! events queue. Events of one build are sent one after the other.
+//! events queue. Events of one build are sent one after the other. The
+//! sender outlives connections: while RabbitMQ is away, `send` waits and
+//! tries again on the next connection, so running builds keep running.
 
+use std::sync::RwLock;
 use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Connection};
 use shared::names::{EVENTS_ROUTING_KEY, Namespace};
 use shared::wire::{self, WorkerEvent};
+use tokio_util::sync::CancellationToken;
 
 use crate::WorkerError;
 
 pub struct EventSender {
-    channel: Channel,
+    channel: RwLock<Option<Channel>>,
     exchange: String,
+    /// Once cancelled (the worker is stopping its builds), a send that keeps
+    /// failing gives up after `ATTEMPTS_WHEN_STOPPING`; the build's lease then
+    /// expires and a master retries it.
+    give_up: CancellationToken,
 }
 
-const ATTEMPTS: u32 = 5;
+const ATTEMPTS_WHEN_STOPPING: u32 = 3;
+const LONGEST_WAIT: Duration = Duration::from_secs(5);
 
 impl EventSender {
-    pub async fn start(connection: &Connection, namespace: &Namespace) -> Result<Self, WorkerError> {
-        let channel = connection.create_channel().await?;
-        channel.confirm_select(ConfirmSelectOptions::default()).await?;
-        Ok(Self { channel, exchange: namespace.events_exchange() })
+    pub fn new(namespace: &Namespace, give_up: CancellationToken) -> Self {
+        Self { channel: RwLock::new(None), exchange: namespace.events_exchange(), give_up }
     }
 
-    /// Sends an event, trying again a few times if RabbitMQ refuses it.
+    /// Publishes on a new connection from now on.
+    pub async fn attach(&self, connection: &Connection) -> Result<(), WorkerError> {
+        let channel = connection.create_channel().await?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        *self.channel.write().expect("event channel lock poisoned") = Some(channel);
+        Ok(())
+    }
+
+    /// Sends an event, waiting through broker outages.
     pub async fn send(&self, event: &WorkerEvent) -> Result<(), WorkerError> {
         let payload = wire::encode(event);
         let mut delay = Duration::from_millis(100);
-        let mut attempt = 1;
+        let mut attempts_when_stopping = 0;
         loop {
-            match self.publish_once(&payload).await {
+            let error = match self.publish_once(&payload).await {
                 Ok(()) => return Ok(()),
-                Err(error) if attempt >= ATTEMPTS => return Err(error),
-                Err(error) => {
-                    tracing::warn!(%error, attempt, "sending an event failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                    attempt += 1;
+                Err(error) => error,
+            };
+            if self.give_up.is_cancelled() {
+                attempts_when_stopping += 1;
+                if attempts_when_stopping >= ATTEMPTS_WHEN_STOPPING {
+                    return Err(error);
                 }
             }
+            tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "sending an event failed; retrying");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(LONGEST_WAIT);
         }
     }
 
     async fn publish_once(&self, payload: &[u8]) -> Result<(), WorkerError> {
-        let confirmation = self
-            .channel
+        let channel = self.channel.read().expect("event channel lock poisoned").clone();
+        let channel = channel.ok_or_else(|| WorkerError::EventRefused("not connected to RabbitMQ".into()))?;
+        let confirmation = channel
             .basic_publish(
                 self.exchange.clone().into(),
                 EVENTS_ROUTING_KEY.into(),

@@ -75,14 +75,13 @@ pub struct WorkerOptions {
     pub basedir: PathBuf,
 }
 
-/// What the parts of a running worker share.
+/// What the parts of a running worker share, across connections.
 struct Context {
     name: String,
     namespace: Namespace,
     basedir: PathBuf,
     redis: ConnectionManager,
     events: EventSender,
-    rpc: RpcClient,
     /// Builds running now, with the token that stops each.
     running: Mutex<HashMap<i64, CancellationToken>>,
 }
@@ -90,65 +89,125 @@ struct Context {
 /// How long to wait for a master's answer before asking again.
 const RPC_TIMEOUT: Duration = Duration::from_secs(10);
 const CLAIM_ATTEMPTS: u32 = 3;
+/// Bounds of the wait between reconnection attempts.
+const FIRST_RETRY: Duration = Duration::from_millis(200);
+const LAST_RETRY: Duration = Duration::from_secs(10);
 
 /// Runs a worker. `drain` stops it taking new builds and returns once the
 /// running ones finish; `stop_builds` stops the running ones (CANCELLED).
+/// A lost connection to RabbitMQ is re-established with backoff and jitter;
+/// running builds keep running meanwhile and report once it is back.
 pub async fn run(
     options: WorkerOptions,
     drain: CancellationToken,
     stop_builds: CancellationToken,
 ) -> Result<(), WorkerError> {
     let namespace = Namespace::new(&options.namespace);
-    let properties =
-        ConnectionProperties::default().with_connection_name(format!("buildmaster-worker {}", options.name).into());
-    let connection = Connection::connect(&options.amqp_url, properties).await?;
     let redis = ConnectionManager::new(redis::Client::open(options.redis_url.as_str())?).await?;
-    let rpc = RpcClient::start(&connection, &namespace, &options.name).await?;
-    let events = EventSender::start(&connection, &namespace).await?;
     let context = Arc::new(Context {
         name: options.name.clone(),
+        events: EventSender::new(&namespace, stop_builds.clone()),
         namespace,
         basedir: options.basedir.clone(),
         redis,
-        events,
-        rpc,
         running: Mutex::new(HashMap::new()),
     });
+    let mut fleet = Fleet { slots: None, builds: JoinSet::new(), heartbeat: None, welcomes: 0 };
+    let mut delay = FIRST_RETRY;
+    let outcome = loop {
+        let welcomes_before = fleet.welcomes;
+        let error = match session(&options, &context, &mut fleet, &drain, &stop_builds).await {
+            Ok(()) => break Ok(()),
+            Err(error) => error,
+        };
+        // A refusal is final; so is a name in use at the very start (another
+        // worker has it). Anything else may pass: try again.
+        let fatal = matches!(error, WorkerError::Refused(_))
+            || (fleet.welcomes == 0 && matches!(error, WorkerError::NameInUse(_)));
+        if fatal {
+            break Err(error);
+        }
+        if fleet.welcomes > welcomes_before {
+            delay = FIRST_RETRY;
+        }
+        let wait = with_jitter(delay);
+        tracing::warn!(%error, retry_in_ms = wait.as_millis() as u64, "worker lost its connection; reconnecting");
+        tokio::select! {
+            _ = drain.cancelled() => break Ok(()),
+            _ = tokio::time::sleep(wait) => {}
+        }
+        delay = (delay * 2).min(LAST_RETRY);
+    };
+    while fleet.builds.join_next().await.is_some() {}
+    if let Some(heartbeat) = fleet.heartbeat {
+        heartbeat.abort();
+    }
+    let mut redis = context.redis.clone();
+    let _: Result<(), _> = redis.del(context.namespace.presence_key(&context.name)).await;
+    tracing::info!(worker.name = %context.name, "worker stopped");
+    outcome
+}
 
-    let welcome = context.rpc.call(&RpcRequest::Hello { worker: context.name.clone() }, RPC_TIMEOUT).await?;
+/// What outlives a connection: build slots, running builds, heartbeats.
+struct Fleet {
+    /// Created at the first welcome, from the masters' `max_builds`.
+    slots: Option<Arc<Semaphore>>,
+    builds: JoinSet<()>,
+    heartbeat: Option<tokio::task::JoinHandle<()>>,
+    /// Sessions that got as far as the masters' welcome.
+    welcomes: u64,
+}
+
+/// One connection's life: hello, then doorbells until `drain` (Ok) or until
+/// the connection fails (Err).
+async fn session(
+    options: &WorkerOptions,
+    context: &Arc<Context>,
+    fleet: &mut Fleet,
+    drain: &CancellationToken,
+    stop_builds: &CancellationToken,
+) -> Result<(), WorkerError> {
+    let properties = ConnectionProperties::default()
+        .with_connection_name(format!("buildmaster-worker {} {}", options.namespace, options.name).into());
+    let connection = Connection::connect(&options.amqp_url, properties).await?;
+    let rpc = RpcClient::start(&connection, &context.namespace, &context.name).await?;
+    context.events.attach(&connection).await?;
+    let welcome = rpc.call(&RpcRequest::Hello { worker: context.name.clone() }, RPC_TIMEOUT).await?;
     let (builders, max_builds, heartbeat_seconds) = match welcome {
         RpcReply::Welcome { builders, max_builds, heartbeat_seconds } => (builders, max_builds, heartbeat_seconds),
         RpcReply::Refused { reason } => return Err(WorkerError::Refused(reason)),
         other => return Err(WorkerError::UnexpectedReply(format!("{other:?}"))),
     };
     tracing::info!(worker.name = %context.name, builders = builders.len(), max_builds, "worker connected");
-
-    let control = listen_for_control(&connection, &context).await?;
-    let heartbeat =
-        tokio::spawn(send_heartbeats(context.clone(), Duration::from_secs(heartbeat_seconds.max(1)), drain.clone()));
-    let outcome = dispatch(&connection, &context, &builders, max_builds, drain, stop_builds).await;
-    heartbeat.abort();
+    fleet.welcomes += 1;
+    let slots = fleet.slots.get_or_insert_with(|| Arc::new(Semaphore::new(max_builds as usize))).clone();
+    if fleet.heartbeat.is_none() {
+        let period = Duration::from_secs(heartbeat_seconds.max(1));
+        fleet.heartbeat = Some(tokio::spawn(send_heartbeats(context.clone(), period, drain.clone())));
+    }
+    let control = listen_for_control(&connection, context).await?;
+    let outcome =
+        dispatch(&connection, context, &rpc, &builders, max_builds, slots, &mut fleet.builds, drain, stop_builds).await;
     control.abort();
-    let mut redis = context.redis.clone();
-    let _: Result<(), _> = redis.del(context.namespace.presence_key(&context.name)).await;
-    let _ = connection.close(200, "worker stopping".into()).await;
-    tracing::info!(worker.name = %context.name, "worker stopped");
+    let _ = connection.close(200, "worker session ends".into()).await;
     outcome
 }
 
 /// Consumes doorbells while there is room for another build. At full
 /// capacity the doorbell channel is closed, which hands every doorbell it
 /// held back to RabbitMQ, so an idle worker of the same builder gets it.
+#[expect(clippy::too_many_arguments, reason = "one call site; the pieces are a session's and a fleet's")]
 async fn dispatch(
     connection: &Connection,
     context: &Arc<Context>,
+    rpc: &RpcClient,
     builders: &[String],
     max_builds: u32,
-    drain: CancellationToken,
-    stop_builds: CancellationToken,
+    slots: Arc<Semaphore>,
+    builds: &mut JoinSet<()>,
+    drain: &CancellationToken,
+    stop_builds: &CancellationToken,
 ) -> Result<(), WorkerError> {
-    let slots = Arc::new(Semaphore::new(max_builds as usize));
-    let mut builds: JoinSet<()> = JoinSet::new();
     let mut doorbells: Option<(Channel, SelectAll<Consumer>)> = None;
     let outcome = loop {
         while builds.try_join_next().is_some() {}
@@ -157,8 +216,10 @@ async fn dispatch(
             permit = slots.clone().acquire_owned() => permit.expect("semaphore never closes"),
         };
         if builders.is_empty() {
-            drain.cancelled().await;
-            break Ok(());
+            tokio::select! {
+                _ = drain.cancelled() => break Ok(()),
+                _ = wait_until_closed(connection) => break Err(WorkerError::ConsumerEnded),
+            }
         }
         if doorbells.is_none() {
             doorbells = Some(open_doorbells(connection, context, builders, max_builds).await?);
@@ -181,7 +242,7 @@ async fn dispatch(
                 continue;
             }
         };
-        match claim(context, &builder).await {
+        match claim(context, rpc, &builder).await {
             Ok(RpcReply::Claimed { build }) => {
                 delivery.ack(BasicAckOptions::default()).await?;
                 let stop = stop_builds.child_token();
@@ -224,8 +285,20 @@ async fn dispatch(
     if let Some((channel, _)) = doorbells.take() {
         let _ = channel.close(200, "worker draining".into()).await;
     }
-    while builds.join_next().await.is_some() {}
     outcome
+}
+
+async fn wait_until_closed(connection: &Connection) {
+    while connection.status().connected() {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Waits up to 1.5 times `delay`, so workers that lost the broker together
+/// do not all come back at the same instant.
+fn with_jitter(delay: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
+    delay + delay.mul_f64(f64::from(nanos % 1000) / 2000.0)
 }
 
 async fn open_doorbells(
@@ -253,12 +326,12 @@ async fn open_doorbells(
 
 /// Claims a build of `builder`, asking again with the same token when no
 /// master answers, so a lost answer never makes a second build.
-async fn claim(context: &Context, builder: &str) -> Result<RpcReply, WorkerError> {
+async fn claim(context: &Context, rpc: &RpcClient, builder: &str) -> Result<RpcReply, WorkerError> {
     let request =
         RpcRequest::Claim { worker: context.name.clone(), builder: builder.to_owned(), claim_token: Uuid::new_v4() };
     let mut attempt = 1;
     loop {
-        match context.rpc.call(&request, RPC_TIMEOUT).await {
+        match rpc.call(&request, RPC_TIMEOUT).await {
             Err(WorkerError::NoAnswer(_)) if attempt < CLAIM_ATTEMPTS => attempt += 1,
             other => return other,
         }

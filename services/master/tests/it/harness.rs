@@ -69,6 +69,7 @@ pub struct TestStack {
     builders: Vec<String>,
     masters: Vec<(CancellationToken, tokio::task::JoinHandle<()>, SocketAddr)>,
     children: Vec<ChildGuard>,
+    workers: Vec<(String, ChildGuard)>,
     pub http: reqwest::Client,
     /// Where requests go: HAProxy once started, else the first master.
     pub base_url: String,
@@ -88,7 +89,7 @@ impl TestStack {
         let settings = format!(
             "database_url: {database_url}\namqp_url: {amqp}\nredis_url: {redis}\nnamespace: {namespace}\n\
              workers:\n  - name: w1\n    password: {WORKER_PASSWORD}\n    max_builds: 2\n  - name: w2\n    password: {WORKER_PASSWORD}\n\
-             builds:\n  lease_seconds: 10\n  heartbeat_seconds: 1\n",
+             builds:\n  lease_seconds: 4\n  heartbeat_seconds: 1\n  redeliver_after_seconds: 2\n",
             amqp = amqp_url(),
             redis = redis_url(),
         );
@@ -105,6 +106,7 @@ impl TestStack {
             builders: builders.iter().map(|b| b.to_string()).collect(),
             masters: Vec::new(),
             children: Vec::new(),
+            workers: Vec::new(),
             http: reqwest::Client::new(),
             base_url: String::new(),
         }
@@ -179,7 +181,13 @@ impl TestStack {
             .stderr(log)
             .spawn()
             .expect("worker starts");
-        self.children.push(ChildGuard(child));
+        self.workers.push((name.to_owned(), ChildGuard(child)));
+    }
+
+    /// Kills a worker process with SIGKILL, as a crash would.
+    pub fn kill_worker(&mut self, name: &str) {
+        let index = self.workers.iter().position(|(n, _)| n == name).expect("worker was started");
+        drop(self.workers.remove(index));
     }
 
     async fn wait_healthy(&self, base_url: &str) {
@@ -290,6 +298,28 @@ impl TestStack {
         }
     }
 
+    /// Has RabbitMQ close every connection of this installation (masters and
+    /// workers), as a broker restart would, without touching anyone else's.
+    /// Returns how many it closed.
+    pub fn close_amqp_connections(&self) -> usize {
+        let listing = Command::new("rabbitmqctl")
+            .args(["list_connections", "-q", "pid", "client_properties"])
+            .output()
+            .expect("rabbitmqctl runs (deploy/services.sh ensure installs RabbitMQ)");
+        let listing = String::from_utf8_lossy(&listing.stdout);
+        let mut closed = 0;
+        for line in listing.lines().filter(|line| line.contains(&self.namespace)) {
+            let pid = line.split_whitespace().next().expect("a pid column");
+            let status = Command::new("rabbitmqctl")
+                .args(["close_connection", pid, "test: broker connection lost"])
+                .status()
+                .expect("rabbitmqctl runs");
+            assert!(status.success(), "rabbitmqctl close_connection {pid} failed");
+            closed += 1;
+        }
+        closed
+    }
+
     /// Deletes every Redis key of this installation (as a FLUSHALL would,
     /// without touching anyone else's).
     pub async fn delete_redis_keys(&self) -> usize {
@@ -310,6 +340,7 @@ impl Drop for TestStack {
             shutdown.cancel();
         }
         self.children.clear();
+        self.workers.clear();
         let namespace = self.namespace.clone();
         let database = self.database.clone();
         let builders = std::mem::take(&mut self.builders);

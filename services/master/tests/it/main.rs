@@ -2,6 +2,7 @@
 //! builds its own installation (see `harness`), so they run in parallel.
 
 mod checkconfig;
+mod failures;
 mod harness;
 mod numbering;
 mod pipeline;

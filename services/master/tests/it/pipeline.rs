@@ -159,3 +159,41 @@ async fn a_busy_worker_hands_doorbells_back_so_an_idle_worker_runs_them() {
     assert_eq!(stack.wait_for_build(first).await["results"], 0);
     assert_eq!(stack.wait_for_build(second).await["results"], 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_whose_worker_dies_ends_retry_and_runs_again_on_another_worker() {
+    let mut stack = TestStack::new(
+        &master_yaml(&[("sturdy", "- name: work\n  command: echo begin; sleep 1; echo end\n")]),
+        &["sturdy"],
+    )
+    .await;
+    stack.start_master("a").await;
+    stack.start_master("b").await;
+    stack.start_haproxy().await;
+    stack.start_worker("w2");
+    let request = stack.force("sturdy").await;
+    let lost = stack.wait_for_build_to_start(request).await;
+    stack.kill_worker("w2");
+    stack.start_worker("w1");
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let builds = loop {
+        let builds = stack.get(&format!("/api/v2/builds?buildrequestid={request}")).await["builds"].clone();
+        let builds = builds.as_array().unwrap().clone();
+        if builds.iter().any(|b| b["results"] == 0) {
+            break builds;
+        }
+        assert!(std::time::Instant::now() < deadline, "not rerun within 30s: {builds:?}\n{}", stack.worker_logs());
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(builds.len(), 2, "one lost build, one rerun: {builds:?}");
+    assert_eq!(builds[0]["buildid"], lost["buildid"]);
+    assert_eq!(builds[0]["results"], 5, "RETRY");
+    assert_eq!(builds[0]["state_string"], "worker lost: no heartbeat before the lease expired");
+    assert_eq!(builds[1]["results"], 0);
+    assert_ne!(builds[1]["workerid"], builds[0]["workerid"]);
+    assert_eq!(builds[1]["number"], 2, "the rerun is a new build of the same request");
+    let request = stack.get(&format!("/api/v2/buildrequests/{request}")).await;
+    assert_eq!(request["buildrequests"][0]["complete"], true);
+    assert_eq!(request["buildrequests"][0]["results"], 0);
+}

@@ -1,0 +1,34 @@
+//! Breaking things on purpose: what was accepted still runs, exactly once.
+
+use crate::harness::{TestStack, master_yaml};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn masters_and_workers_reconnect_when_rabbitmq_drops_their_connections() {
+    let mut stack = TestStack::new(
+        &master_yaml(&[("steady", "- name: work\n  command: echo begin; sleep 2; echo end\n")]),
+        &["steady"],
+    )
+    .await;
+    stack.start_master("a").await;
+    stack.start_master("b").await;
+    stack.start_haproxy().await;
+    stack.start_worker("w1");
+    let running = stack.force("steady").await;
+    stack.wait_for_build_to_start(running).await;
+
+    let closed = stack.close_amqp_connections();
+    assert_eq!(closed, 3, "two masters and one worker were connected");
+
+    // The build that was running when the connections dropped completes,
+    // and its log is whole.
+    let build = stack.wait_for_build(running).await;
+    assert_eq!(build["results"], 0, "{build}\n{}", stack.worker_logs());
+    let steps = stack.steps(build["buildid"].as_i64().unwrap()).await;
+    let log = stack.archived_log(steps[0]["stepid"].as_i64().unwrap()).await;
+    assert_eq!(stack.get_bytes(&format!("/api/v2/logs/{}/raw", log["logid"])).await, b"begin\nend\n");
+    // New builds are dispatched on the new connections.
+    let after = stack.force("steady").await;
+    assert_eq!(stack.wait_for_build(after).await["results"], 0);
+    let builds = stack.get(&format!("/api/v2/builds?buildrequestid={running}")).await;
+    assert_eq!(builds["meta"]["total"], 1, "the running build was not retried: {builds}");
+}
