@@ -9,9 +9,7 @@ async fn masters_and_workers_reconnect_when_rabbitmq_drops_their_connections() {
         &["steady"],
     )
     .await;
-    stack.start_master("a").await;
-    stack.start_master("b").await;
-    stack.start_haproxy().await;
+    stack.start_masters_behind_haproxy().await;
     stack.start_worker("w1");
     let running = stack.force("steady").await;
     stack.wait_for_build_to_start(running).await;

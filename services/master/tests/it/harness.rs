@@ -161,6 +161,13 @@ impl TestStack {
         self.wait_healthy(&url).await;
     }
 
+    /// Two masters, `a` and `b`, with HAProxy in front: the usual stack.
+    pub async fn start_masters_behind_haproxy(&mut self) {
+        self.start_master("a").await;
+        self.start_master("b").await;
+        self.start_haproxy().await;
+    }
+
     /// Starts a `buildmaster-worker` process with its own worker.yaml.
     pub fn start_worker(&mut self, name: &str) {
         let basedir = self.dir.path().join(format!("worker-{name}"));

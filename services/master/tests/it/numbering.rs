@@ -9,6 +9,14 @@ use serde_json::json;
 
 use crate::harness::{TestStack, master_yaml};
 
+/// Forces `count` requests of one builder in one buildset.
+async fn queue_requests(store: &Store, builder_id: i32, count: usize) {
+    let properties = json!({});
+    let requests = (0..count).map(|_| NewRequest { builder_id, priority: 0 }).collect();
+    let buildset = NewBuildset { reason: "r", owner: None, scheduler: "force", properties: &properties, requests };
+    store.create_buildset(buildset).await.unwrap();
+}
+
 fn claim(builder_name: &str, builder_id: i32, worker_id: i32, master_id: i32, claim_token: uuid::Uuid) -> Claim<'_> {
     Claim { builder_id, builder_name, worker_id, worker_name: "w1", master_id, claim_token, lease_seconds: 60 }
 }
@@ -27,18 +35,7 @@ async fn two_masters_claiming_at_once_give_unique_gapless_build_numbers() {
     let worker_id = store_a.ensure_worker("w1").await.unwrap();
 
     const REQUESTS: usize = 60;
-    let properties = json!({});
-    let requests = (0..REQUESTS).map(|_| NewRequest { builder_id, priority: 0 }).collect();
-    store_a
-        .create_buildset(NewBuildset {
-            reason: "r",
-            owner: None,
-            scheduler: "force",
-            properties: &properties,
-            requests,
-        })
-        .await
-        .unwrap();
+    queue_requests(&store_a, builder_id, REQUESTS).await;
 
     // Twice as many claims as requests, half on each master, all at once.
     let mut claims = tokio::task::JoinSet::new();
@@ -71,18 +68,7 @@ async fn a_claim_retried_with_the_same_token_returns_the_same_build() {
     let master_id = store.register_master("a").await.unwrap();
     let builder_id = store.sync_builders(&stack.config().master.builders).await.unwrap()["retried"];
     let worker_id = store.ensure_worker("w1").await.unwrap();
-    let properties = json!({});
-    let requests = vec![NewRequest { builder_id, priority: 0 }, NewRequest { builder_id, priority: 0 }];
-    store
-        .create_buildset(NewBuildset {
-            reason: "r",
-            owner: None,
-            scheduler: "force",
-            properties: &properties,
-            requests,
-        })
-        .await
-        .unwrap();
+    queue_requests(&store, builder_id, 2).await;
     let token = uuid::Uuid::new_v4();
     let first = store.claim(&claim("retried", builder_id, worker_id, master_id, token)).await.unwrap().unwrap();
     let again = store.claim(&claim("retried", builder_id, worker_id, master_id, token)).await.unwrap().unwrap();

@@ -38,9 +38,7 @@ const SILENT: &str = r#"- name: hangs
 async fn two_masters_haproxy_and_a_worker(factories: &[(&str, &str)]) -> TestStack {
     let names: Vec<&str> = factories.iter().map(|(name, _)| *name).collect();
     let mut stack = TestStack::new(&master_yaml(factories), &names).await;
-    stack.start_master("a").await;
-    stack.start_master("b").await;
-    stack.start_haproxy().await;
+    stack.start_masters_behind_haproxy().await;
     stack.start_worker("w1");
     stack
 }
@@ -142,9 +140,7 @@ async fn a_busy_worker_hands_doorbells_back_so_an_idle_worker_runs_them() {
     let release = stack.dir.path().join("release");
     let step = format!("- name: wait\n  command: while [ ! -e {} ]; do sleep 0.05; done\n", release.display());
     std::fs::write(stack.dir.path().join("master.yaml"), master_yaml(&[("blocking", &step)])).unwrap();
-    stack.start_master("a").await;
-    stack.start_master("b").await;
-    stack.start_haproxy().await;
+    stack.start_masters_behind_haproxy().await;
     // w2 runs one build at a time (max_builds 1).
     stack.start_worker("w2");
     let first = stack.force("blocking").await;
@@ -167,9 +163,7 @@ async fn a_build_whose_worker_dies_ends_retry_and_runs_again_on_another_worker()
         &["sturdy"],
     )
     .await;
-    stack.start_master("a").await;
-    stack.start_master("b").await;
-    stack.start_haproxy().await;
+    stack.start_masters_behind_haproxy().await;
     stack.start_worker("w2");
     let request = stack.force("sturdy").await;
     let lost = stack.wait_for_build_to_start(request).await;
