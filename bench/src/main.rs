@@ -1,0 +1,317 @@
+//! The load generator. It drives a running stack through HAProxy, like a
+//! user's scripts would, and reads the timestamps the system itself recorded
+//! in Postgres for the latencies it cannot see from outside. `bench/run.sh`
+//! brings up the stack it drives (bench/config) and starts its workers.
+//!
+//! Every scenario is bounded in requests and time and prints one JSON object;
+//! `bench/run.sh` collects them into `bench/results/latest.json` and
+//! `bench/RESULTS.md`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use serde_json::{Value, json};
+
+#[derive(Parser)]
+#[command(name = "bench", about = "buildmaster load generator")]
+struct Cli {
+    /// The stack's public URL (HAProxy).
+    #[arg(long, default_value = "http://127.0.0.1:9011")]
+    url: String,
+    /// The stack's database, read for the timestamps it records.
+    #[arg(long, default_value = "postgres://buildmaster:buildmaster@127.0.0.1:5432/buildmaster_bench")]
+    database_url: String,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Force requests per second at a fixed concurrency, on a builder no
+    /// running worker serves (requests only queue up).
+    Enqueue {
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 5000)]
+        requests: usize,
+    },
+    /// Trivial builds (one step running `true`) per second, forced as fast as
+    /// they are accepted, until all are complete.
+    Throughput {
+        /// How many worker processes serve the builder (recorded, not started).
+        #[arg(long)]
+        workers: usize,
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 2000)]
+        builds: usize,
+    },
+    /// Turns the JSON lines the scenarios printed into bench/RESULTS.md.
+    Report {
+        /// One JSON object per line, as the scenarios print them.
+        #[arg(long)]
+        input: std::path::PathBuf,
+        #[arg(long)]
+        output: std::path::PathBuf,
+        /// A line about the machine (cores, memory, versions).
+        #[arg(long)]
+        machine: String,
+    },
+    /// Request accepted → step started, at a steady moderate rate.
+    Dispatch {
+        #[arg(long, default_value_t = 50)]
+        per_second: u64,
+        #[arg(long, default_value_t = 500)]
+        builds: usize,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Scenario::Report { input, output, machine } = &cli.scenario {
+        return report(input, output, machine);
+    }
+    let http = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
+    let database = sqlx::PgPool::connect(&cli.database_url)
+        .await
+        .with_context(|| format!("cannot reach the bench database {}", cli.database_url))?;
+    let result = match cli.scenario {
+        Scenario::Enqueue { concurrency, requests } => {
+            enqueue(&http, &cli.url, &database, concurrency, requests).await?
+        }
+        Scenario::Throughput { workers, concurrency, builds } => {
+            let mut result = throughput(&http, &cli.url, &database, concurrency, builds).await?;
+            result["workers"] = json!(workers);
+            result
+        }
+        Scenario::Dispatch { per_second, builds } => dispatch(&http, &cli.url, &database, per_second, builds).await?,
+        Scenario::Report { .. } => unreachable!("handled above"),
+    };
+    println!("{result}");
+    Ok(())
+}
+
+/// Forces one build of `builder`; returns the request id.
+async fn force(http: &reqwest::Client, url: &str, builder: &str) -> anyhow::Result<i64> {
+    let body =
+        json!({"jsonrpc": "2.0", "method": "force", "id": 1, "params": {"builderNames": [builder], "reason": "bench"}});
+    let response = http.post(format!("{url}/api/v2/forceschedulers/force")).json(&body).send().await?;
+    let status = response.status();
+    let answer: Value = response.json().await?;
+    if !status.is_success() {
+        bail!("force answered {status}: {answer}");
+    }
+    answer["result"][1].as_object().and_then(|r| r.values().next()).and_then(Value::as_i64).context("no request id")
+}
+
+/// Runs `total` forces with `concurrency` in flight; returns each latency
+/// and the wall time.
+async fn force_many(
+    http: &reqwest::Client,
+    url: &str,
+    builder: &str,
+    concurrency: usize,
+    total: usize,
+) -> anyhow::Result<(Vec<Duration>, Duration, Vec<i64>)> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let (http, url, builder, next) = (http.clone(), url.to_owned(), builder.to_owned(), next.clone());
+        tasks.spawn(async move {
+            let mut latencies = Vec::new();
+            let mut requests = Vec::new();
+            while next.fetch_add(1, Ordering::Relaxed) < total {
+                let sent = Instant::now();
+                requests.push(force(&http, &url, &builder).await?);
+                latencies.push(sent.elapsed());
+            }
+            anyhow::Ok((latencies, requests))
+        });
+    }
+    let mut latencies = Vec::with_capacity(total);
+    let mut requests = Vec::with_capacity(total);
+    while let Some(done) = tasks.join_next().await {
+        let (more_latencies, more_requests) = done??;
+        latencies.extend(more_latencies);
+        requests.extend(more_requests);
+    }
+    Ok((latencies, started.elapsed(), requests))
+}
+
+fn percentiles_ms(mut samples: Vec<Duration>) -> Value {
+    samples.sort();
+    let at = |q: f64| {
+        let index = ((samples.len() as f64 - 1.0) * q).round() as usize;
+        samples.get(index).map_or(0.0, |d| (d.as_secs_f64() * 1000.0 * 100.0).round() / 100.0)
+    };
+    json!({"p50": at(0.50), "p95": at(0.95), "p99": at(0.99), "max": at(1.0), "samples": samples.len()})
+}
+
+async fn enqueue(
+    http: &reqwest::Client,
+    url: &str,
+    database: &sqlx::PgPool,
+    concurrency: usize,
+    requests: usize,
+) -> anyhow::Result<Value> {
+    let (latencies, elapsed, ids) = force_many(http, url, "bench-queue", concurrency, requests).await?;
+    // Nobody will run these; cancel them so later runs start from nothing.
+    sqlx::query("update buildrequests set state = 'complete', results = 6, complete_at = now() where id = any($1)")
+        .bind(&ids)
+        .execute(database)
+        .await?;
+    Ok(json!({
+        "scenario": "enqueue",
+        "concurrency": concurrency,
+        "requests": requests,
+        "seconds": elapsed.as_secs_f64(),
+        "requests_per_second": requests as f64 / elapsed.as_secs_f64(),
+        "latency_ms": percentiles_ms(latencies),
+    }))
+}
+
+/// Waits until every request is complete; returns when the last completed.
+async fn wait_complete(database: &sqlx::PgPool, ids: &[i64], limit: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let pending: i64 =
+            sqlx::query_scalar("select count(*) from buildrequests where id = any($1) and state <> 'complete'")
+                .bind(ids)
+                .fetch_one(database)
+                .await?;
+        if pending == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{pending} of {} builds not complete after {limit:?}", ids.len());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn throughput(
+    http: &reqwest::Client,
+    url: &str,
+    database: &sqlx::PgPool,
+    concurrency: usize,
+    builds: usize,
+) -> anyhow::Result<Value> {
+    let started = Instant::now();
+    let (_, _, ids) = force_many(http, url, "bench-true", concurrency, builds).await?;
+    wait_complete(database, &ids, Duration::from_secs(300)).await?;
+    let elapsed = started.elapsed();
+    let failed: i64 = sqlx::query_scalar("select count(*) from buildrequests where id = any($1) and results <> 0")
+        .bind(&ids)
+        .fetch_one(database)
+        .await?;
+    Ok(json!({
+        "scenario": "throughput",
+        "builds": builds,
+        "not_successful": failed,
+        "seconds": elapsed.as_secs_f64(),
+        "builds_per_second": builds as f64 / elapsed.as_secs_f64(),
+    }))
+}
+
+async fn dispatch(
+    http: &reqwest::Client,
+    url: &str,
+    database: &sqlx::PgPool,
+    per_second: u64,
+    builds: usize,
+) -> anyhow::Result<Value> {
+    let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 / per_second.max(1)));
+    let mut forces = tokio::task::JoinSet::new();
+    for _ in 0..builds {
+        ticker.tick().await;
+        let (http, url) = (http.clone(), url.to_owned());
+        forces.spawn(async move { force(&http, &url, "bench-true").await });
+    }
+    let mut ids = Vec::with_capacity(builds);
+    while let Some(id) = forces.join_next().await {
+        ids.push(id??);
+    }
+    wait_complete(database, &ids, Duration::from_secs(300)).await?;
+    // Accepted (the request row's commit) to the first step's process start,
+    // both as the system recorded them.
+    let waits: Vec<f64> = sqlx::query_scalar(
+        r#"select extract(epoch from (s.started_at - r.submitted_at))::float8
+           from buildrequests r join builds b on b.buildrequest_id = r.id
+                join steps s on s.build_id = b.id and s.number = 0
+           where r.id = any($1)"#,
+    )
+    .bind(&ids)
+    .fetch_all(database)
+    .await?;
+    let samples = waits.into_iter().map(|seconds| Duration::from_secs_f64(seconds.max(0.0))).collect();
+    Ok(json!({
+        "scenario": "dispatch",
+        "per_second": per_second,
+        "builds": builds,
+        "dispatch_latency_ms": percentiles_ms(samples),
+    }))
+}
+
+/// Writes the results next to the targets, met or not.
+fn report(input: &std::path::Path, output: &std::path::Path, machine: &str) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(input).with_context(|| format!("cannot read {}", input.display()))?;
+    let results: Vec<Value> =
+        text.lines().filter(|l| !l.trim().is_empty()).map(serde_json::from_str).collect::<Result<_, _>>()?;
+    let mut rows = Vec::new();
+    let verdict = |met: bool| if met { "met" } else { "**missed**" };
+    for result in &results {
+        let f = |path: &[&str]| path.iter().fold(result, |v, k| &v[*k]).as_f64().unwrap_or(f64::NAN);
+        match result["scenario"].as_str().unwrap_or("") {
+            "enqueue" => {
+                let rate = f(&["requests_per_second"]);
+                rows.push(format!(
+                    "| Enqueue ({} forces, {} in flight) | {rate:.0} requests/s; latency p50 {} ms, p99 {} ms | ≥ 2,000 requests/s | {} |",
+                    result["requests"], result["concurrency"], f(&["latency_ms", "p50"]), f(&["latency_ms", "p99"]), verdict(rate >= 2000.0)
+                ));
+            }
+            "throughput" => {
+                let rate = f(&["builds_per_second"]);
+                let workers = result["workers"].as_u64().unwrap_or(0);
+                let target = if workers >= 8 { "≥ 300 builds/s (8 workers)" } else { "(no target)" };
+                rows.push(format!(
+                    "| End-to-end, {} trivial builds, {workers} workers | {rate:.0} builds/s ({} not successful) | {target} | {} |",
+                    result["builds"], result["not_successful"], if workers >= 8 { verdict(rate >= 300.0) } else { "" }
+                ));
+            }
+            "dispatch" => {
+                let (p50, p99) = (f(&["dispatch_latency_ms", "p50"]), f(&["dispatch_latency_ms", "p99"]));
+                rows.push(format!(
+                    "| Dispatch latency at {}/s, {} builds | p50 {p50} ms, p95 {} ms, p99 {p99} ms, max {} ms | p50 ≤ 5 ms, p99 ≤ 25 ms | {} |",
+                    result["per_second"], result["builds"], f(&["dispatch_latency_ms", "p95"]), f(&["dispatch_latency_ms", "max"]),
+                    verdict(p50 <= 5.0 && p99 <= 25.0)
+                ));
+            }
+            "footprint" => {
+                let (master, worker) = (f(&["master_rss_mb"]), f(&["worker_rss_mb"]));
+                rows.push(format!(
+                    "| Memory ({}) | master {master:.1} MB RSS, worker {worker:.1} MB RSS | idle: master ≤ 30 MB, worker ≤ 15 MB | {} |",
+                    result["when"].as_str().unwrap_or(""),
+                    if result["when"] == "idle" { verdict(master <= 30.0 && worker <= 15.0) } else { "" }
+                ));
+            }
+            other => bail!("unknown scenario `{other}` in {}", input.display()),
+        }
+    }
+    let markdown = format!(
+        "# Benchmark results\n\nWritten by `bench/run.sh` ({}); raw figures in `bench/results/latest.jsonl`.\n\n\
+         Machine: {machine}\n\nEverything runs on this one machine: two masters behind HAProxy, RabbitMQ, Redis, \
+         Postgres, the workers and the load generator.\n\n\
+         | Scenario | Measured | Target | |\n|---|---|---|---|\n{}\n\n\
+         Not measured yet: live-log latency, log throughput (100 MB step), crawler-like read load on a seeded \
+         database.\n",
+        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
+        rows.join("\n")
+    );
+    std::fs::write(output, markdown).with_context(|| format!("cannot write {}", output.display()))?;
+    Ok(())
+}
