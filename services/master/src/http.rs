@@ -30,6 +30,7 @@ use shared::wire::ControlMessage;
 pub use error::ApiError;
 
 use crate::Master;
+use crate::broker::BrokerError;
 use crate::logs;
 use crate::store::{BuildRequestRow, BuildRow, LogRow, NewBuildset, NewRequest, StepRow};
 
@@ -330,11 +331,14 @@ const RPC_METHOD_NOT_FOUND: i64 = -32601;
 const RPC_INVALID_PARAMS: i64 = -32602;
 const RPC_INTERNAL_ERROR: i64 = -32603;
 
-fn parse_call(body: Result<Json<Value>, JsonRejection>) -> Result<RpcCall, RpcFailure> {
-    let Json(value) = body.map_err(|rejection| RpcFailure {
-        id: Value::Null,
-        code: RPC_PARSE_ERROR,
-        error: ApiError::BadRequest(format!("body is not JSON: {}", rejection.body_text())),
+fn parse_call(master: &Master, body: Result<Json<Value>, JsonRejection>) -> Result<RpcCall, RpcFailure> {
+    let Json(value) = body.map_err(|rejection| {
+        let error = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge(master.catalog().config.settings.web.max_body_bytes)
+        } else {
+            ApiError::BadRequest(format!("body is not JSON: {}", rejection.body_text()))
+        };
+        RpcFailure { id: Value::Null, code: RPC_PARSE_ERROR, error }
     })?;
     let id = value.get("id").cloned().unwrap_or(Value::Null);
     let call: RpcCall = serde_json::from_value(value).map_err(|error| RpcFailure {
@@ -359,6 +363,7 @@ fn rpc_result(id: Value, result: Value) -> Response {
 fn rpc_error(id: &Value, error: ApiError) -> RpcFailure {
     let code = match error {
         ApiError::BadRequest(_) | ApiError::NotFound(_) | ApiError::Conflict(_) => RPC_INVALID_PARAMS,
+        ApiError::PayloadTooLarge(_) => RPC_INVALID_REQUEST,
         ApiError::Unavailable(_) | ApiError::Internal(_) => RPC_INTERNAL_ERROR,
     };
     RpcFailure { id: id.clone(), code, error }
@@ -376,7 +381,7 @@ async fn force_scheduler(
     Path(scheduler_name): Path<String>,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Response, RpcFailure> {
-    let call = parse_call(body)?;
+    let call = parse_call(&master, body)?;
     let id = call.id.clone();
     if call.method != "force" {
         return Err(RpcFailure {
@@ -438,10 +443,10 @@ async fn force(master: &Master, scheduler_name: &str, params: &serde_json::Map<S
 
     let mut requests = Vec::with_capacity(builder_names.len());
     for name in &builder_names {
+        let (_, builder_id) = catalog.builder(name).ok_or_else(|| ApiError::NotFound(format!("builder `{name}`")))?;
         if !allowed.contains(name) {
             return Err(ApiError::BadRequest(format!("scheduler `{scheduler_name}` cannot force builder `{name}`")));
         }
-        let (_, builder_id) = catalog.builder(name).ok_or_else(|| ApiError::NotFound(format!("builder `{name}`")))?;
         requests.push(NewRequest { builder_id, priority });
     }
 
@@ -452,10 +457,14 @@ async fn force(master: &Master, scheduler_name: &str, params: &serde_json::Map<S
     if let Some(owner) = &owner {
         properties.insert("owner".into(), json!([owner, source]));
     }
-    if let Some(Value::Object(custom)) = params.get("properties") {
-        for (name, value) in custom {
-            properties.insert(name.clone(), json!([value, source]));
+    match params.get("properties") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(custom)) => {
+            for (name, value) in custom {
+                properties.insert(name.clone(), json!([value, source]));
+            }
         }
+        Some(_) => return Err(ApiError::BadRequest("properties must be an object of name: value".into())),
     }
     for (name, value) in params {
         if !FORCE_FIELDS.contains(&name.as_str()) {
@@ -504,7 +513,7 @@ async fn control_build(
     Path(build_id): Path<String>,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Response, RpcFailure> {
-    let call = parse_call(body)?;
+    let call = parse_call(&master, body)?;
     let id = call.id.clone();
     let build_id: i64 = parse_id("build id", &build_id).map_err(|error| rpc_error(&id, error))?;
     match call.method.as_str() {
@@ -519,11 +528,19 @@ async fn control_build(
             if build.complete_at.is_some() {
                 return Err(rpc_error(&id, ApiError::Conflict(format!("build {build_id} has already finished"))));
             }
-            master
-                .broker
-                .send_control(&build.worker_name, &ControlMessage::StopBuild { build_id, reason })
-                .await
-                .map_err(|e| rpc_error(&id, e.into()))?;
+            let sent =
+                master.broker.send_control(&build.worker_name, &ControlMessage::StopBuild { build_id, reason }).await;
+            match sent {
+                Ok(()) => {}
+                Err(BrokerError::Unroutable(_)) => {
+                    let message = format!(
+                        "worker `{}` is not connected; build {build_id} ends as RETRY when its lease expires",
+                        build.worker_name
+                    );
+                    return Err(rpc_error(&id, ApiError::Conflict(message)));
+                }
+                Err(error) => return Err(rpc_error(&id, error.into())),
+            }
             tracing::info!(build.id = build_id, worker.name = %build.worker_name, "stop requested");
             Ok(rpc_result(id, Value::Null))
         }

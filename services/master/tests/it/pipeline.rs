@@ -191,3 +191,48 @@ async fn a_build_whose_worker_dies_ends_retry_and_runs_again_on_another_worker()
     assert_eq!(request["buildrequests"][0]["complete"], true);
     assert_eq!(request["buildrequests"][0]["results"], 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_force_requests_get_clear_errors_and_create_nothing() {
+    let mut stack =
+        TestStack::new(&master_yaml(&[("guarded", "- name: t\n  command: [\"true\"]\n")]), &["guarded"]).await;
+    stack.start_masters_behind_haproxy().await;
+    let url = format!("{}/api/v2/forceschedulers/force", stack.base_url);
+    let cases = [
+        (
+            r#"{"jsonrpc": "2.0", "method": "force", "id": 1, "params": {"builderNames": ["nope"]}}"#,
+            404,
+            -32602,
+            "builder `nope`",
+        ),
+        (r#"{"jsonrpc": "2.0", "method": "force", "id": 2, "params": {}}"#, 400, -32602, "builderNames"),
+        (r#"{"jsonrpc": "2.0", "method": "explode", "id": 3, "params": {}}"#, 400, -32601, "explode"),
+        (
+            r#"{"jsonrpc": "2.0", "method": "force", "id": 4, "params": {"builderNames": ["guarded"], "priority": "high"}}"#,
+            400,
+            -32602,
+            "priority",
+        ),
+        (r#"{"jsonrpc": "2.0", "method": "force", "#, 400, -32700, "not JSON"),
+    ];
+    for (body, status, code, mentions) in cases {
+        let response =
+            stack.http.post(&url).header("content-type", "application/json").body(body).send().await.unwrap();
+        assert_eq!(response.status(), status, "{body}");
+        let answer: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(answer["error"]["code"], code, "{answer}");
+        assert!(answer["error"]["message"].as_str().unwrap().contains(mentions), "{answer}");
+    }
+    let huge = format!(
+        r#"{{"jsonrpc": "2.0", "method": "force", "id": 5, "params": {{"reason": "{}"}}}}"#,
+        "x".repeat(2 << 20)
+    );
+    let response = stack.http.post(&url).header("content-type", "application/json").body(huge).send().await.unwrap();
+    assert_eq!(response.status(), 413);
+    let missing = stack.http.get(format!("{}/api/v2/builds/999999", stack.base_url)).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+    assert_eq!(missing.json::<serde_json::Value>().await.unwrap()["error"], "build 999999 not found");
+    let store = master::store::Store::connect(&stack.database_url, 1).await.unwrap();
+    let buildsets: i64 = sqlx::query_scalar("select count(*) from buildsets").fetch_one(store.pool()).await.unwrap();
+    assert_eq!(buildsets, 0, "no bad request created anything");
+}
