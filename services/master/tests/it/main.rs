@@ -6,3 +6,4 @@ mod failures;
 mod harness;
 mod numbering;
 mod pipeline;
+mod recording;
