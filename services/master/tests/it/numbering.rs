@@ -4,18 +4,9 @@
 
 use std::collections::BTreeSet;
 
-use master::store::{Claim, NewBuildset, NewRequest, Store};
-use serde_json::json;
+use master::store::{Claim, Store};
 
-use crate::harness::{TestStack, master_yaml};
-
-/// Forces `count` requests of one builder in one buildset.
-async fn queue_requests(store: &Store, builder_id: i32, count: usize) {
-    let properties = json!({});
-    let requests = (0..count).map(|_| NewRequest { builder_id, priority: 0 }).collect();
-    let buildset = NewBuildset { reason: "r", owner: None, scheduler: "force", properties: &properties, requests };
-    store.create_buildset(buildset).await.unwrap();
-}
+use crate::harness::{TestStack, master_yaml, queue_requests};
 
 fn claim(builder_name: &str, builder_id: i32, worker_id: i32, master_id: i32, claim_token: uuid::Uuid) -> Claim<'_> {
     Claim { builder_id, builder_name, worker_id, worker_name: "w1", master_id, claim_token, lease_seconds: 60 }

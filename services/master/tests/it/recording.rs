@@ -1,12 +1,11 @@
 //! Recording what workers report: once, whatever the order or the number of
 //! deliveries, and only from the worker that runs the build.
 
-use master::store::{Claim, NewBuildset, NewRequest, RecordError, Store};
-use serde_json::json;
+use master::store::{Claim, RecordError, Store};
 use shared::model::Results;
 use shared::wire::StepRecord;
 
-use crate::harness::{TestStack, master_yaml};
+use crate::harness::{TestStack, master_yaml, queue_requests};
 
 fn step(number: i32, name: &str, results: Option<Results>) -> StepRecord {
     StepRecord {
@@ -27,18 +26,7 @@ async fn an_event_recorded_twice_changes_nothing_and_a_late_start_does_not_undo_
     let master_id = store.register_master("a").await.unwrap();
     let builder_id = store.sync_builders(&stack.config().master.builders).await.unwrap()["ledger"];
     let worker_id = store.ensure_worker("w1").await.unwrap();
-    let properties = json!({});
-    let requests = vec![NewRequest { builder_id, priority: 0 }];
-    store
-        .create_buildset(NewBuildset {
-            reason: "r",
-            owner: None,
-            scheduler: "force",
-            properties: &properties,
-            requests,
-        })
-        .await
-        .unwrap();
+    queue_requests(&store, builder_id, 1).await;
     let claim = Claim {
         builder_id,
         builder_name: "ledger",
