@@ -61,7 +61,8 @@ pub async fn run_build(
             .await?;
 
         let key = context.namespace.log_stream_key(&context.name, build.build_id, number, STDIO_LOG);
-        let log = LogWriter::start(context.redis.clone(), key);
+        let spool = context.basedir.join(".spool").join(format!("{}-{number}-{STDIO_LOG}", build.build_id));
+        let log = LogWriter::start(context.redis.clone(), key, spool);
         let outcome = step::run_step(spec, &builder_dir, &log, &stop).await;
         let totals = log.finish().await;
 

@@ -4,12 +4,19 @@
 //! Entries get explicit ids `1-0`, `2-0`, …: the master checks, before it
 //! archives a log, that it has every entry the worker wrote, and a batch
 //! retried after a lost reply cannot be written twice.
+//!
+//! Every entry is also kept in a spool file on the worker's disk until the
+//! step ends. If Redis lost the stream meanwhile (a restart without
+//! persistence, a flush), the stream is written again from the spool before
+//! the step is reported finished, so the archived log is still complete.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 use shared::names::{LOG_FIELD_CHANNEL, LOG_FIELD_DATA};
 use shared::wire::LogChannel;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -40,9 +47,11 @@ pub struct LogWriter {
 }
 
 impl LogWriter {
-    pub fn start(redis: ConnectionManager, key: String) -> Self {
+    /// Starts writing the stream `key`, spooling to `spool` (a file path
+    /// that the writer creates and removes).
+    pub fn start(redis: ConnectionManager, key: String, spool: PathBuf) -> Self {
         let (sender, receiver) = mpsc::channel(64);
-        let task = tokio::spawn(write_stream(redis, key, receiver));
+        let task = tokio::spawn(write_stream(redis, key, spool, receiver));
         Self { sender, task }
     }
 
@@ -69,8 +78,10 @@ struct Entry {
 async fn write_stream(
     mut redis: ConnectionManager,
     key: String,
+    spool_path: PathBuf,
     mut receiver: mpsc::Receiver<(LogChannel, Vec<u8>)>,
 ) -> LogTotals {
+    let mut spool = Spool::create(&spool_path).await;
     let mut totals = LogTotals::default();
     let mut batch: Vec<Entry> = Vec::new();
     let mut batch_bytes = 0usize;
@@ -102,13 +113,123 @@ async fn write_stream(
         }
         if !batch.is_empty() {
             send_batch(&mut redis, &key, &batch, totals.entries).await;
+            spool.append(&batch).await;
             totals.entries += batch.len() as u64;
             batch.clear();
             batch_bytes = 0;
         }
         flush_at = None;
     }
+    spool.restore_if_lost(&mut redis, &key, totals.entries).await;
+    spool.remove(&spool_path).await;
     totals
+}
+
+/// The worker's own copy of a log while its step runs. Writing it may fail
+/// (a full disk); the log is then only as safe as Redis keeps it.
+struct Spool {
+    file: Option<tokio::io::BufWriter<tokio::fs::File>>,
+}
+
+impl Spool {
+    async fn create(path: &Path) -> Spool {
+        if let Some(parent) = path.parent() {
+            let _ = tokio::fs::create_dir_all(parent).await;
+        }
+        let opened = tokio::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path).await;
+        match opened {
+            Ok(file) => Spool { file: Some(tokio::io::BufWriter::new(file)) },
+            Err(error) => {
+                tracing::warn!(%error, path = %path.display(), "cannot spool a log; it will not survive a loss of Redis");
+                Spool { file: None }
+            }
+        }
+    }
+
+    async fn append(&mut self, batch: &[Entry]) {
+        let Some(file) = &mut self.file else { return };
+        for entry in batch {
+            let mut header = [0u8; 5];
+            header[0] = entry.channel.code();
+            header[1..].copy_from_slice(&(entry.data.len() as u32).to_le_bytes());
+            let written = async {
+                file.write_all(&header).await?;
+                file.write_all(&entry.data).await
+            };
+            if let Err(error) = written.await {
+                tracing::warn!(%error, "spooling a log failed; it will not survive a loss of Redis");
+                self.file = None;
+                return;
+            }
+        }
+    }
+
+    /// Writes the stream again from the spool when Redis no longer has all
+    /// of its `entries`.
+    async fn restore_if_lost(&mut self, redis: &mut ConnectionManager, key: &str, entries: u64) {
+        let Some(mut file) = self.file.take() else { return };
+        let mut delay = Duration::from_millis(100);
+        let length = loop {
+            match redis::cmd("XLEN").arg(key).query_async::<u64>(redis).await {
+                Ok(length) => break length,
+                Err(error) => {
+                    tracing::warn!(%error, redis.key = %key, "cannot check a log stream; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
+        if length == entries {
+            return;
+        }
+        tracing::warn!(redis.key = %key, found = length, expected = entries, "Redis lost log entries; writing them again from the spool");
+        if let Err(error) = rewrite_from_spool(redis, key, &mut file).await {
+            tracing::error!(%error, redis.key = %key, "cannot read the spool back; the archived log will say entries were lost");
+        }
+    }
+
+    async fn remove(self, path: &Path) {
+        drop(self.file);
+        let _ = tokio::fs::remove_file(path).await;
+    }
+}
+
+/// Replaces the stream with every entry of the spool, in order.
+async fn rewrite_from_spool(
+    redis: &mut ConnectionManager,
+    key: &str,
+    file: &mut tokio::io::BufWriter<tokio::fs::File>,
+) -> std::io::Result<()> {
+    file.flush().await?;
+    let file = file.get_mut();
+    file.seek(std::io::SeekFrom::Start(0)).await?;
+    let mut reader = tokio::io::BufReader::new(file);
+    let _: Result<(), _> = redis::cmd("DEL").arg(key).query_async(redis).await;
+    let mut batch = Vec::new();
+    let mut written = 0u64;
+    loop {
+        let mut header = [0u8; 5];
+        let more = match reader.read_exact(&mut header).await {
+            Ok(_) => true,
+            Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => false,
+            Err(error) => return Err(error),
+        };
+        if more {
+            let channel = LogChannel::from_code(header[0])
+                .ok_or_else(|| std::io::Error::other(format!("unknown channel {} in the spool", header[0])))?;
+            let mut data = vec![0u8; u32::from_le_bytes([header[1], header[2], header[3], header[4]]) as usize];
+            reader.read_exact(&mut data).await?;
+            batch.push(Entry { channel, data });
+        }
+        if batch.len() >= 256 || (!more && !batch.is_empty()) {
+            send_batch(redis, key, &batch, written).await;
+            written += batch.len() as u64;
+            batch.clear();
+        }
+        if !more {
+            return Ok(());
+        }
+    }
 }
 
 /// Adds output to the batch, joining it to the last entry of the same

@@ -30,3 +30,47 @@ async fn masters_and_workers_reconnect_when_rabbitmq_drops_their_connections() {
     let builds = stack.get(&format!("/api/v2/builds?buildrequestid={running}")).await;
     assert_eq!(builds["meta"]["total"], 1, "the running build was not retried: {builds}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_lost_from_redis_mid_step_is_written_again_from_the_workers_spool() {
+    let mut stack = TestStack::new("", &["spooled"]).await;
+    let release = stack.dir.path().join("release");
+    let step = format!(
+        "- name: talk\n  command: printf 'before the loss\\n'; while [ ! -e {} ]; do sleep 0.05; done; printf 'after'\n",
+        release.display()
+    );
+    std::fs::write(stack.dir.path().join("master.yaml"), master_yaml(&[("spooled", &step)])).unwrap();
+    stack.start_masters_behind_haproxy().await;
+    stack.start_worker("w1");
+    let request = stack.force("spooled").await;
+    let build = stack.wait_for_build_to_start(request).await;
+    let build_id = build["buildid"].as_i64().unwrap();
+
+    // Wait until the first line is in Redis, then lose it, as a Redis
+    // restart without persistence would.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let steps = stack.steps(build_id).await;
+        if let Some(step) = steps.first() {
+            let logs = stack.get(&format!("/api/v2/steps/{}/logs", step["stepid"])).await;
+            if let Some(log) = logs["logs"].as_array().and_then(|l| l.first()) {
+                let live = stack.get_bytes(&format!("/api/v2/logs/{}/raw", log["logid"])).await;
+                if live == b"before the loss\n" {
+                    break;
+                }
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "the first line never reached Redis");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(stack.delete_redis_keys().await >= 1);
+    std::fs::write(&release, b"").unwrap();
+
+    let build = stack.wait_for_build(request).await;
+    assert_eq!(build["results"], 0, "{build}");
+    let steps = stack.steps(build_id).await;
+    let log = stack.archived_log(steps[0]["stepid"].as_i64().unwrap()).await;
+    stack.delete_redis_keys().await;
+    let raw = stack.get_bytes(&format!("/api/v2/logs/{}/raw", log["logid"])).await;
+    assert_eq!(String::from_utf8_lossy(&raw), "before the loss\nafter", "{}", stack.worker_logs());
+}
