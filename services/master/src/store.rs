@@ -320,37 +320,35 @@ impl Store {
         .await?)
     }
 
-    /// Writes a buildset and its requests in one transaction. The requests
-    /// are marked announced now: the caller rings their doorbells right after
-    /// the commit, and the reconciler rings again only if nobody claims them.
+    /// Writes a buildset and its requests (at least one) in one statement.
+    /// The requests are marked announced now: the caller rings their
+    /// doorbells right after the commit, and the reconciler rings again only
+    /// if nobody claims them.
     pub async fn create_buildset(&self, new: NewBuildset<'_>) -> StoreResult<(i64, Vec<(i32, i64)>)> {
-        let mut tx = self.pool.begin().await?;
-        let buildset_id: i64 = sqlx::query_scalar(
-            r#"insert into buildsets (reason, owner, scheduler, properties)
-               values ($1, $2, $3, $4) returning id"#,
+        let builder_ids: Vec<i32> = new.requests.iter().map(|r| r.builder_id).collect();
+        let priorities: Vec<i32> = new.requests.iter().map(|r| r.priority).collect();
+        // One statement, so one round trip and its own transaction.
+        let rows: Vec<(i64, i32, i64)> = sqlx::query_as(
+            r#"with buildset as (
+                   insert into buildsets (reason, owner, scheduler, properties)
+                   values ($1, $2, $3, $4) returning id
+               )
+               insert into buildrequests (buildset_id, builder_id, priority, announced_at)
+               select buildset.id, t.builder_id, t.priority, now()
+               from buildset, unnest($5::int[], $6::int[]) with ordinality as t(builder_id, priority, n)
+               order by t.n
+               returning buildset_id, builder_id, id"#,
         )
         .bind(new.reason)
         .bind(new.owner)
         .bind(new.scheduler)
         .bind(new.properties)
-        .fetch_one(&mut *tx)
-        .await?;
-        let builder_ids: Vec<i32> = new.requests.iter().map(|r| r.builder_id).collect();
-        let priorities: Vec<i32> = new.requests.iter().map(|r| r.priority).collect();
-        let requests: Vec<(i32, i64)> = sqlx::query_as(
-            r#"insert into buildrequests (buildset_id, builder_id, priority, announced_at)
-               select $1, builder_id, priority, now()
-               from unnest($2::int[], $3::int[]) with ordinality as t(builder_id, priority, n)
-               order by n
-               returning builder_id, id"#,
-        )
-        .bind(buildset_id)
         .bind(&builder_ids)
         .bind(&priorities)
-        .fetch_all(&mut *tx)
+        .fetch_all(&self.pool)
         .await?;
-        tx.commit().await?;
-        Ok((buildset_id, requests))
+        let buildset_id = rows.first().map(|(buildset, _, _)| *buildset).unwrap_or_default();
+        Ok((buildset_id, rows.into_iter().map(|(_, builder, request)| (builder, request)).collect()))
     }
 
     /// Forgets that these requests were announced, so the reconciler rings
