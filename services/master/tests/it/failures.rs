@@ -48,21 +48,15 @@ async fn a_log_lost_from_redis_mid_step_is_written_again_from_the_workers_spool(
 
     // Wait until the first line is in Redis, then lose it, as a Redis
     // restart without persistence would.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let steps = stack.steps(build_id).await;
-        if let Some(step) = steps.first() {
+    stack
+        .eventually(30, "the first line in Redis", async || {
+            let step = stack.steps(build_id).await.into_iter().next()?;
             let logs = stack.get(&format!("/api/v2/steps/{}/logs", step["stepid"])).await;
-            if let Some(log) = logs["logs"].as_array().and_then(|l| l.first()) {
-                let live = stack.get_bytes(&format!("/api/v2/logs/{}/raw", log["logid"])).await;
-                if live == b"before the loss\n" {
-                    break;
-                }
-            }
-        }
-        assert!(std::time::Instant::now() < deadline, "the first line never reached Redis");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+            let log = logs["logs"].as_array()?.first()?.clone();
+            let live = stack.get_bytes(&format!("/api/v2/logs/{}/raw", log["logid"])).await;
+            (live == b"before the loss\n").then_some(())
+        })
+        .await;
     assert!(stack.delete_redis_keys().await >= 1);
     std::fs::write(&release, b"").unwrap();
 

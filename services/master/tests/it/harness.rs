@@ -87,7 +87,7 @@ impl TestStack {
         let (base, _) = admin.rsplit_once('/').expect("database URL has a path");
         let database_url = format!("{base}/{database}");
         let settings = format!(
-            "database_url: {database_url}\namqp_url: {amqp}\nredis_url: {redis}\nnamespace: {namespace}\n\
+            "database_url: {database_url}\namqp_url: {amqp}\nredis_url: {redis}\nnamespace: {namespace}\nweb:\n  max_body_bytes: 65536\n\
              workers:\n  - name: w1\n    password: {WORKER_PASSWORD}\n    max_builds: 2\n  - name: w2\n    password: {WORKER_PASSWORD}\n\
              builds:\n  lease_seconds: 4\n  heartbeat_seconds: 1\n  redeliver_after_seconds: 2\n",
             amqp = amqp_url(),
@@ -197,16 +197,25 @@ impl TestStack {
         drop(self.workers.remove(index));
     }
 
-    async fn wait_healthy(&self, base_url: &str) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+    /// Asks `check` every 50 ms until it answers; fails the test after
+    /// `seconds`, saying what was awaited and what the workers logged.
+    pub async fn eventually<T>(&self, seconds: u64, what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + Duration::from_secs(seconds);
         loop {
-            let healthy = self.http.get(format!("{base_url}/healthz")).send().await.is_ok_and(|r| r.status() == 200);
-            if healthy {
-                return;
+            if let Some(found) = check().await {
+                return found;
             }
-            assert!(Instant::now() < deadline, "{base_url} did not become healthy within 30s");
+            assert!(Instant::now() < deadline, "{what}: not within {seconds}s; worker logs:\n{}", self.worker_logs());
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    async fn wait_healthy(&self, base_url: &str) {
+        let healthz = format!("{base_url}/healthz");
+        self.eventually(30, &format!("{base_url} healthy"), async || {
+            self.http.get(&healthz).send().await.is_ok_and(|r| r.status() == 200).then_some(())
+        })
+        .await
     }
 
     pub async fn get(&self, path: &str) -> Value {
@@ -243,38 +252,26 @@ impl TestStack {
         requests.values().next().and_then(Value::as_i64).expect("one request")
     }
 
+    /// The builds of a request, oldest first.
+    pub async fn builds_of_request(&self, buildrequest_id: i64) -> Vec<Value> {
+        let builds = self.get(&format!("/api/v2/builds?buildrequestid={buildrequest_id}")).await;
+        builds["builds"].as_array().expect("builds").clone()
+    }
+
     /// Polls until the build of a request is complete; returns it.
     pub async fn wait_for_build(&self, buildrequest_id: i64) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let builds = self.get(&format!("/api/v2/builds?buildrequestid={buildrequest_id}")).await;
-            if let Some(build) = builds["builds"].as_array().and_then(|b| b.iter().find(|b| b["complete"] == true)) {
-                return build.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "build of request {buildrequest_id} did not complete within 60s; worker logs:\n{}",
-                self.worker_logs()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        self.eventually(60, &format!("a complete build of request {buildrequest_id}"), async || {
+            self.builds_of_request(buildrequest_id).await.into_iter().find(|b| b["complete"] == true)
+        })
+        .await
     }
 
     /// Polls until a worker has claimed the request; returns its build.
     pub async fn wait_for_build_to_start(&self, buildrequest_id: i64) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let builds = self.get(&format!("/api/v2/builds?buildrequestid={buildrequest_id}")).await;
-            if let Some(build) = builds["builds"].as_array().and_then(|b| b.first()) {
-                return build.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "request {buildrequest_id} was not claimed within 30s; worker logs:\n{}",
-                self.worker_logs()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.eventually(30, &format!("a build of request {buildrequest_id}"), async || {
+            self.builds_of_request(buildrequest_id).await.into_iter().next()
+        })
+        .await
     }
 
     /// Everything the worker processes wrote, for failure messages.
@@ -294,15 +291,11 @@ impl TestStack {
 
     /// The stdio log of a step, once archived in Postgres.
     pub async fn archived_log(&self, step_id: i64) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
+        self.eventually(30, &format!("the archived log of step {step_id}"), async || {
             let logs = self.get(&format!("/api/v2/steps/{step_id}/logs")).await;
-            if let Some(log) = logs["logs"].as_array().and_then(|l| l.first()).filter(|l| l["complete"] == true) {
-                return log.clone();
-            }
-            assert!(Instant::now() < deadline, "log of step {step_id} was not archived within 30s");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            logs["logs"].as_array().and_then(|l| l.first()).filter(|l| l["complete"] == true).cloned()
+        })
+        .await
     }
 
     /// Has RabbitMQ close every connection of this installation (masters and

@@ -114,16 +114,9 @@ async fn a_stopped_build_is_killed_and_ends_cancelled() {
     let stack = two_masters_haproxy_and_a_worker(&[("long", "- name: long\n  command: echo begin; sleep 300\n")]).await;
     let request = stack.force("long").await;
     // Wait until the step runs, then stop the build through the API.
-    let build_id = loop {
-        let builds = stack.get(&format!("/api/v2/builds?buildrequestid={request}")).await;
-        if let Some(build) = builds["builds"].as_array().and_then(|b| b.first()) {
-            let id = build["buildid"].as_i64().unwrap();
-            if !stack.steps(id).await.is_empty() {
-                break id;
-            }
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
+    let build = stack.wait_for_build_to_start(request).await;
+    let build_id = build["buildid"].as_i64().unwrap();
+    stack.eventually(30, "the step running", async || (!stack.steps(build_id).await.is_empty()).then_some(())).await;
     let stop = serde_json::json!({"jsonrpc": "2.0", "method": "stop", "id": 7, "params": {"reason": "test"}});
     let response =
         stack.http.post(format!("{}/api/v2/builds/{build_id}", stack.base_url)).json(&stop).send().await.unwrap();
@@ -170,16 +163,12 @@ async fn a_build_whose_worker_dies_ends_retry_and_runs_again_on_another_worker()
     stack.kill_worker("w2");
     stack.start_worker("w1");
 
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let builds = loop {
-        let builds = stack.get(&format!("/api/v2/builds?buildrequestid={request}")).await["builds"].clone();
-        let builds = builds.as_array().unwrap().clone();
-        if builds.iter().any(|b| b["results"] == 0) {
-            break builds;
-        }
-        assert!(std::time::Instant::now() < deadline, "not rerun within 30s: {builds:?}\n{}", stack.worker_logs());
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
+    let builds = stack
+        .eventually(30, "a successful rerun", async || {
+            let builds = stack.builds_of_request(request).await;
+            builds.iter().any(|b| b["results"] == 0).then_some(builds)
+        })
+        .await;
     assert_eq!(builds.len(), 2, "one lost build, one rerun: {builds:?}");
     assert_eq!(builds[0]["buildid"], lost["buildid"]);
     assert_eq!(builds[0]["results"], 5, "RETRY");
@@ -225,7 +214,9 @@ async fn bad_force_requests_get_clear_errors_and_create_nothing() {
     }
     let huge = format!(
         r#"{{"jsonrpc": "2.0", "method": "force", "id": 5, "params": {{"reason": "{}"}}}}"#,
-        "x".repeat(2 << 20)
+        // Over the test's 64 KiB limit, yet small enough to be sent whole
+        // before the answer comes.
+        "x".repeat(100 * 1024)
     );
     let response = stack.http.post(&url).header("content-type", "application/json").body(huge).send().await.unwrap();
     assert_eq!(response.status(), 413);
