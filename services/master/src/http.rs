@@ -53,8 +53,39 @@ pub fn router(master: Arc<Master>) -> Router {
         .route("/api/v2/buildrequests/{buildrequest_id}", get(get_buildrequest))
         .route("/api/v2/forceschedulers/{scheduler}", post(force_scheduler))
         .fallback(|| async { ApiError::NotFound("no such resource".into()) })
-        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn(move |request, next| limit_body(max_body_bytes, request, next)))
+        .layer(DefaultBodyLimit::disable())
         .with_state(master)
+}
+
+/// Bodies this many times over the limit are cut off instead of read to the
+/// end; their clients may see the connection reset rather than the 413.
+const DRAIN_FACTOR: usize = 16;
+
+/// The one place request bodies are limited. An oversized body is still
+/// read to its end (up to `DRAIN_FACTOR` times the limit) before the 413 is
+/// sent: closing a connection with unread data makes the kernel reset it,
+/// and the client would lose the answer.
+async fn limit_body(max_body_bytes: usize, request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let mut chunks = body.into_data_stream();
+    let mut kept = Vec::new();
+    let mut seen = 0usize;
+    while let Some(chunk) = chunks.next().await {
+        let Ok(chunk) = chunk else {
+            return ApiError::BadRequest("the request body could not be read".into()).into_response();
+        };
+        seen += chunk.len();
+        if seen <= max_body_bytes {
+            kept.extend_from_slice(&chunk);
+        } else if seen > max_body_bytes.saturating_mul(DRAIN_FACTOR) {
+            break;
+        }
+    }
+    if seen > max_body_bytes {
+        return ApiError::PayloadTooLarge(max_body_bytes).into_response();
+    }
+    next.run(axum::extract::Request::from_parts(parts, Body::from(kept))).await
 }
 
 // --- health -----------------------------------------------------------------
@@ -169,11 +200,7 @@ async fn resolve_builder(master: &Master, builder: &str) -> ApiResult<i32> {
     if let Ok(id) = builder.parse::<i32>() {
         return Ok(id);
     }
-    let names = master.store.builder_names().await?;
-    names
-        .into_iter()
-        .find_map(|(id, name)| (name == builder).then_some(id))
-        .ok_or_else(|| ApiError::NotFound(format!("builder `{builder}`")))
+    master.store.builder_id(builder).await?.ok_or_else(|| ApiError::NotFound(format!("builder `{builder}`")))
 }
 
 #[derive(Deserialize)]
@@ -331,14 +358,11 @@ const RPC_METHOD_NOT_FOUND: i64 = -32601;
 const RPC_INVALID_PARAMS: i64 = -32602;
 const RPC_INTERNAL_ERROR: i64 = -32603;
 
-fn parse_call(master: &Master, body: Result<Json<Value>, JsonRejection>) -> Result<RpcCall, RpcFailure> {
-    let Json(value) = body.map_err(|rejection| {
-        let error = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge(master.catalog().config.settings.web.max_body_bytes)
-        } else {
-            ApiError::BadRequest(format!("body is not JSON: {}", rejection.body_text()))
-        };
-        RpcFailure { id: Value::Null, code: RPC_PARSE_ERROR, error }
+fn parse_call(body: Result<Json<Value>, JsonRejection>) -> Result<RpcCall, RpcFailure> {
+    let Json(value) = body.map_err(|rejection| RpcFailure {
+        id: Value::Null,
+        code: RPC_PARSE_ERROR,
+        error: ApiError::BadRequest(format!("body is not JSON: {}", rejection.body_text())),
     })?;
     let id = value.get("id").cloned().unwrap_or(Value::Null);
     let call: RpcCall = serde_json::from_value(value).map_err(|error| RpcFailure {
@@ -381,7 +405,7 @@ async fn force_scheduler(
     Path(scheduler_name): Path<String>,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Response, RpcFailure> {
-    let call = parse_call(&master, body)?;
+    let call = parse_call(body)?;
     let id = call.id.clone();
     if call.method != "force" {
         return Err(RpcFailure {
@@ -442,12 +466,14 @@ async fn force(master: &Master, scheduler_name: &str, params: &serde_json::Map<S
     };
 
     let mut requests = Vec::with_capacity(builder_names.len());
+    let mut names_by_id = HashMap::with_capacity(builder_names.len());
     for name in &builder_names {
         let (_, builder_id) = catalog.builder(name).ok_or_else(|| ApiError::NotFound(format!("builder `{name}`")))?;
         if !allowed.contains(name) {
             return Err(ApiError::BadRequest(format!("scheduler `{scheduler_name}` cannot force builder `{name}`")));
         }
         requests.push(NewRequest { builder_id, priority });
+        names_by_id.insert(builder_id, name.as_str());
     }
 
     let source = "Force Build Form";
@@ -483,13 +509,10 @@ async fn force(master: &Master, scheduler_name: &str, params: &serde_json::Map<S
             requests,
         })
         .await?;
+    // All doorbells at once: their confirms arrive together, not one by one.
+    let rings = created.iter().map(|(builder_id, request_id)| master.broker.ring(names_by_id[builder_id], *request_id));
     let mut unannounced = Vec::new();
-    for (builder_id, request_id) in &created {
-        let name = catalog.builder_ids.iter().find_map(|(name, id)| (id == builder_id).then_some(name.as_str()));
-        let rung = match name {
-            Some(name) => master.broker.ring(name, *request_id).await,
-            None => continue,
-        };
+    for ((_, request_id), rung) in created.iter().zip(futures_util::future::join_all(rings).await) {
         if let Err(error) = rung {
             tracing::warn!(%error, buildrequest.id = request_id, "doorbell not rung; the reconciler will ring it");
             unannounced.push(*request_id);
@@ -513,7 +536,7 @@ async fn control_build(
     Path(build_id): Path<String>,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Response, RpcFailure> {
-    let call = parse_call(&master, body)?;
+    let call = parse_call(body)?;
     let id = call.id.clone();
     let build_id: i64 = parse_id("build id", &build_id).map_err(|error| rpc_error(&id, error))?;
     match call.method.as_str() {

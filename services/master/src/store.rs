@@ -762,6 +762,11 @@ impl Store {
         .await?)
     }
 
+    /// A builder's id by name, including builders no longer configured.
+    pub async fn builder_id(&self, name: &str) -> StoreResult<Option<i32>> {
+        Ok(sqlx::query_scalar("select id from builders where name = $1").bind(name).fetch_optional(&self.pool).await?)
+    }
+
     /// Builder names by id, including builders no longer configured.
     pub async fn builder_names(&self) -> StoreResult<BTreeMap<i32, String>> {
         let rows: Vec<(i32, String)> = sqlx::query_as("select id, name from builders").fetch_all(&self.pool).await?;

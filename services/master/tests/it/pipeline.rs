@@ -54,6 +54,10 @@ async fn a_forced_build_completes_on_a_worker_and_its_log_is_what_the_steps_prin
     let build = stack.wait_for_build(request).await;
     assert_eq!(build["results"], 0, "SUCCESS: {build}");
     assert_eq!(build["number"], 1);
+    let by_name = stack.get("/api/v2/builders/prints/builds/1").await;
+    assert_eq!(by_name["builds"][0]["buildid"], build["buildid"], "a build by builder name and number");
+    let unknown = stack.http.get(format!("{}/api/v2/builders/nope/builds/1", stack.base_url)).send().await.unwrap();
+    assert_eq!(unknown.status(), 404);
 
     let steps = stack.steps(build["buildid"].as_i64().unwrap()).await;
     assert_eq!(ids(&steps, "name"), ["stdout", "stderr", "no-newline", "mixed"]);
@@ -214,9 +218,9 @@ async fn bad_force_requests_get_clear_errors_and_create_nothing() {
     }
     let huge = format!(
         r#"{{"jsonrpc": "2.0", "method": "force", "id": 5, "params": {{"reason": "{}"}}}}"#,
-        // Over the test's 64 KiB limit, yet small enough to be sent whole
-        // before the answer comes.
-        "x".repeat(100 * 1024)
+        // Over the test's 64 KiB limit: answered 413 after the body is read,
+        // not with a reset connection.
+        "x".repeat(512 * 1024)
     );
     let response = stack.http.post(&url).header("content-type", "application/json").body(huge).send().await.unwrap();
     assert_eq!(response.status(), 413);
