@@ -104,10 +104,6 @@ impl Broker {
         self.link().is_usable()
     }
 
-    pub fn namespace(&self) -> &Namespace {
-        &self.namespace
-    }
-
     /// Watches the connection; when it breaks, reconnects with backoff and
     /// jitter, declares the topology again, and lets consumers start over.
     /// Meanwhile `/healthz` fails, so HAProxy sends requests elsewhere.
