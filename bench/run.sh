@@ -3,7 +3,13 @@
 # database buildmaster_bench, namespace `bench`), through HAProxy, and writes
 # bench/results/latest.jsonl and bench/RESULTS.md. Bounded: a few minutes.
 #
-#   bench/run.sh          all scenarios
+#   bench/run.sh                    all scenarios, then bench/RESULTS.md
+#   bench/run.sh live-log crawl     only these (enqueue, throughput, live-log,
+#                                   log-throughput, crawl)
+#
+# The crawler scenario reads a large history, written once into the bench
+# database by bench/seed.sql (BENCH_SEED_BUILDS builds, 2,500,000 unless set;
+# about 7 GB and several minutes the first time, reused afterwards).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -48,6 +54,34 @@ YAML
 
 rss_mb() { awk '/VmRSS/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
 
+# psql as the Postgres superuser over the local socket (the seed skips
+# foreign key checks, which only a superuser may do).
+psql_superuser() {
+    if [[ $(id -un) == postgres ]]; then
+        psql -X -q -v ON_ERROR_STOP=1 "$@"
+    elif [[ $EUID -eq 0 ]]; then
+        (cd / && runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 "$@")
+    else
+        (cd / && sudo -u postgres psql -X -q -v ON_ERROR_STOP=1 "$@")
+    fi
+}
+
+seed_history() {
+    local want=${BENCH_SEED_BUILDS:-2500000} batch=50000 have
+    have=$(psql_superuser -d buildmaster_bench -t -A -c "select count(*) from builds")
+    if ((have >= want)); then
+        say "history already seeded: $have builds"
+        return
+    fi
+    say "seeding a history of $want builds (8 steps each; once, reused by later runs)"
+    while ((have < want)); do
+        psql_superuser -d buildmaster_bench -v batch=$((want - have < batch ? want - have : batch)) <bench/seed.sql
+        have=$(psql_superuser -d buildmaster_bench -t -A -c "select count(*) from builds")
+        say "  $have builds"
+    done
+    psql_superuser -d buildmaster_bench -c "vacuum analyze"
+}
+
 footprint() {
     local master_pid
     master_pid=$(cat "$BUILDMASTER_RUN_DIR/pids/master-1.pid")
@@ -57,24 +91,61 @@ footprint() {
 
 bench() { target/release/bench "$@" | tee -a "$LINES"; }
 
+master_pids() {
+    printf '%s,%s' "$(cat "$BUILDMASTER_RUN_DIR/pids/master-1.pid")" "$(cat "$BUILDMASTER_RUN_DIR/pids/master-2.pid")"
+}
+
+# One function per scenario; `bench/run.sh crawl live-log` runs only those
+# (their results go to bench/results/latest.jsonl, not RESULTS.md).
+scenario_enqueue() {
+    say "enqueue"
+    bench enqueue --concurrency 32 --requests 5000
+    footprint "after enqueue"
+}
+scenario_throughput() {
+    say "throughput, 4 workers"
+    bench throughput --workers 4 --concurrency 16 --builds 2000
+    say "dispatch latency, 4 workers"
+    bench dispatch --per-second 50 --builds 500
+    for n in 5 6 7 8; do start_worker "$n"; done
+    sleep 3
+    say "throughput, 8 workers"
+    bench throughput --workers 8 --concurrency 16 --builds 2000
+    footprint "after throughput"
+}
+scenario_live_log() {
+    say "live log"
+    bench live-log
+    footprint "after the live log"
+}
+scenario_log_throughput() {
+    say "log throughput (100 MB)"
+    bench log-throughput --master-pids "$(master_pids)"
+    footprint "after the 100 MB log"
+}
+scenario_crawl() {
+    seed_history
+    say "crawler reads on the seeded history"
+    bench crawl --seconds 20 --concurrency 64 --dispatch-per-second 50
+    footprint "after the crawler"
+}
+ALL=(enqueue throughput live-log log-throughput crawl)
+chosen=("${@:-${ALL[@]}}")
+for name in "${chosen[@]}"; do
+    declare -F "scenario_${name//-/_}" >/dev/null || { echo "unknown scenario $name (known: ${ALL[*]})" >&2; exit 2; }
+done
+
 say "bringing up the bench stack"
 deploy/stack.sh up
 cargo build --release -p bench --bins
 for n in 1 2 3 4; do start_worker "$n"; done
 sleep 3
 footprint idle
-
-say "enqueue"
-bench enqueue --concurrency 32 --requests 5000
-say "throughput, 4 workers"
-bench throughput --workers 4 --concurrency 16 --builds 2000
-say "dispatch latency, 4 workers"
-bench dispatch --per-second 50 --builds 500
-for n in 5 6 7 8; do start_worker "$n"; done
-sleep 3
-say "throughput, 8 workers"
-bench throughput --workers 8 --concurrency 16 --builds 2000
-footprint "after the scenarios"
+for name in "${chosen[@]}"; do "scenario_${name//-/_}"; done
+if (($# > 0)); then
+    say "partial run: results in $LINES"
+    exit 0
+fi
 
 machine="$(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB; $(psql --version | head -1); RabbitMQ $(rabbitmqctl version 2>/dev/null || echo '?'); $(redis-server --version | sed -E 's/.*v=([0-9.]+).*/Redis \1/'); $(haproxy -v | head -1 | awk '{print "HAProxy", $3}'); $(rustc --version)"
 target/release/bench report --input "$LINES" --output bench/RESULTS.md --machine "$machine"

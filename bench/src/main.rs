@@ -4,8 +4,12 @@
 //! brings up the stack it drives (bench/config) and starts its workers.
 //!
 //! Every scenario is bounded in requests and time and prints one JSON object;
-//! `bench/run.sh` collects them into `bench/results/latest.json` and
+//! `bench/run.sh` collects them into `bench/results/latest.jsonl` and
 //! `bench/RESULTS.md`.
+
+mod crawl;
+mod logs;
+mod report;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -67,13 +71,34 @@ enum Scenario {
         #[arg(long, default_value_t = 500)]
         builds: usize,
     },
+    /// A step printing its clock every few milliseconds, followed through
+    /// HAProxy: printed → arrived at the client.
+    LiveLog,
+    /// A step printing 100 MB: ingest, archive, archived size, and a raw
+    /// download of it with the masters' memory sampled meanwhile.
+    LogThroughput {
+        /// The masters' process ids, whose memory is sampled during the download.
+        #[arg(long, value_delimiter = ',')]
+        master_pids: Vec<u32>,
+    },
+    /// GETs like a crawler's on a seeded database (see bench/seed.sql) while
+    /// builds keep being forced at a moderate rate.
+    Crawl {
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Builds forced per second meanwhile, whose dispatch latency is measured.
+        #[arg(long, default_value_t = 50)]
+        dispatch_per_second: u64,
+    },
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Scenario::Report { input, output, machine } = &cli.scenario {
-        return report(input, output, machine);
+        return report::write(input, output, machine);
     }
     let http = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
     let database = sqlx::PgPool::connect(&cli.database_url)
@@ -88,7 +113,24 @@ async fn main() -> anyhow::Result<()> {
             result["workers"] = json!(workers);
             result
         }
-        Scenario::Dispatch { per_second, builds } => dispatch(&http, &cli.url, &database, per_second, builds).await?,
+        Scenario::Dispatch { per_second, builds } => {
+            let ids = force_steadily(&http, &cli.url, per_second, Limit::Builds(builds)).await?;
+            wait_complete(&database, &ids, Duration::from_secs(300)).await?;
+            json!({
+                "scenario": "dispatch",
+                "per_second": per_second,
+                "builds": builds,
+                "dispatch_latency_ms": dispatch_latencies(&database, &ids).await?,
+            })
+        }
+        Scenario::LiveLog => logs::live_log(&http, &cli.url).await?,
+        Scenario::LogThroughput { master_pids } => {
+            logs::log_throughput(&http, &cli.url, &database, &master_pids).await?
+        }
+        Scenario::Crawl { seconds, concurrency, dispatch_per_second } => {
+            crawl::crawl(&http, &cli.url, &database, Duration::from_secs(seconds), concurrency, dispatch_per_second)
+                .await?
+        }
         Scenario::Report { .. } => unreachable!("handled above"),
     };
     println!("{result}");
@@ -96,7 +138,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// Forces one build of `builder`; returns the request id.
-async fn force(http: &reqwest::Client, url: &str, builder: &str) -> anyhow::Result<i64> {
+pub async fn force(http: &reqwest::Client, url: &str, builder: &str) -> anyhow::Result<i64> {
     let body =
         json!({"jsonrpc": "2.0", "method": "force", "id": 1, "params": {"builderNames": [builder], "reason": "bench"}});
     let response = http.post(format!("{url}/api/v2/forceschedulers/force")).json(&body).send().await?;
@@ -143,7 +185,7 @@ async fn force_many(
     Ok((latencies, started.elapsed(), requests))
 }
 
-fn percentiles_ms(mut samples: Vec<Duration>) -> Value {
+pub fn percentiles_ms(mut samples: Vec<Duration>) -> Value {
     samples.sort();
     let at = |q: f64| {
         let index = ((samples.len() as f64 - 1.0) * q).round() as usize;
@@ -176,7 +218,7 @@ async fn enqueue(
 }
 
 /// Waits until every request is complete; returns when the last completed.
-async fn wait_complete(database: &sqlx::PgPool, ids: &[i64], limit: Duration) -> anyhow::Result<()> {
+pub async fn wait_complete(database: &sqlx::PgPool, ids: &[i64], limit: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + limit;
     loop {
         let pending: i64 =
@@ -218,100 +260,55 @@ async fn throughput(
     }))
 }
 
-async fn dispatch(
+/// How long a steady stream of forces lasts.
+#[derive(Clone, Copy)]
+pub enum Limit {
+    Builds(usize),
+    Duration(Duration),
+}
+
+/// Forces `bench-true` at a steady rate; returns the request ids.
+pub async fn force_steadily(
     http: &reqwest::Client,
     url: &str,
-    database: &sqlx::PgPool,
     per_second: u64,
-    builds: usize,
-) -> anyhow::Result<Value> {
+    limit: Limit,
+) -> anyhow::Result<Vec<i64>> {
     let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 / per_second.max(1)));
+    let started = Instant::now();
     let mut forces = tokio::task::JoinSet::new();
-    for _ in 0..builds {
+    let mut sent = 0;
+    loop {
+        let more = match limit {
+            Limit::Builds(builds) => sent < builds,
+            Limit::Duration(duration) => started.elapsed() < duration,
+        };
+        if !more {
+            break;
+        }
         ticker.tick().await;
         let (http, url) = (http.clone(), url.to_owned());
         forces.spawn(async move { force(&http, &url, "bench-true").await });
+        sent += 1;
     }
-    let mut ids = Vec::with_capacity(builds);
+    let mut ids = Vec::with_capacity(sent);
     while let Some(id) = forces.join_next().await {
         ids.push(id??);
     }
-    wait_complete(database, &ids, Duration::from_secs(300)).await?;
-    // Accepted (the request row's commit) to the first step's process start,
-    // both as the system recorded them.
+    Ok(ids)
+}
+
+/// Accepted (the request row's commit) to the first step's process start,
+/// both as the system recorded them.
+pub async fn dispatch_latencies(database: &sqlx::PgPool, ids: &[i64]) -> anyhow::Result<Value> {
     let waits: Vec<f64> = sqlx::query_scalar(
         r#"select extract(epoch from (s.started_at - r.submitted_at))::float8
            from buildrequests r join builds b on b.buildrequest_id = r.id
                 join steps s on s.build_id = b.id and s.number = 0
            where r.id = any($1)"#,
     )
-    .bind(&ids)
+    .bind(ids)
     .fetch_all(database)
     .await?;
-    let samples = waits.into_iter().map(|seconds| Duration::from_secs_f64(seconds.max(0.0))).collect();
-    Ok(json!({
-        "scenario": "dispatch",
-        "per_second": per_second,
-        "builds": builds,
-        "dispatch_latency_ms": percentiles_ms(samples),
-    }))
-}
-
-/// Writes the results next to the targets, met or not.
-fn report(input: &std::path::Path, output: &std::path::Path, machine: &str) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(input).with_context(|| format!("cannot read {}", input.display()))?;
-    let results: Vec<Value> =
-        text.lines().filter(|l| !l.trim().is_empty()).map(serde_json::from_str).collect::<Result<_, _>>()?;
-    let mut rows = Vec::new();
-    let verdict = |met: bool| if met { "met" } else { "**missed**" };
-    for result in &results {
-        let f = |path: &[&str]| path.iter().fold(result, |v, k| &v[*k]).as_f64().unwrap_or(f64::NAN);
-        match result["scenario"].as_str().unwrap_or("") {
-            "enqueue" => {
-                let rate = f(&["requests_per_second"]);
-                rows.push(format!(
-                    "| Enqueue ({} forces, {} in flight) | {rate:.0} requests/s; latency p50 {} ms, p99 {} ms | ≥ 2,000 requests/s | {} |",
-                    result["requests"], result["concurrency"], f(&["latency_ms", "p50"]), f(&["latency_ms", "p99"]), verdict(rate >= 2000.0)
-                ));
-            }
-            "throughput" => {
-                let rate = f(&["builds_per_second"]);
-                let workers = result["workers"].as_u64().unwrap_or(0);
-                let target = if workers >= 8 { "≥ 300 builds/s (8 workers)" } else { "(no target)" };
-                rows.push(format!(
-                    "| End-to-end, {} trivial builds, {workers} workers | {rate:.0} builds/s ({} not successful) | {target} | {} |",
-                    result["builds"], result["not_successful"], if workers >= 8 { verdict(rate >= 300.0) } else { "" }
-                ));
-            }
-            "dispatch" => {
-                let (p50, p99) = (f(&["dispatch_latency_ms", "p50"]), f(&["dispatch_latency_ms", "p99"]));
-                rows.push(format!(
-                    "| Dispatch latency at {}/s, {} builds | p50 {p50} ms, p95 {} ms, p99 {p99} ms, max {} ms | p50 ≤ 5 ms, p99 ≤ 25 ms | {} |",
-                    result["per_second"], result["builds"], f(&["dispatch_latency_ms", "p95"]), f(&["dispatch_latency_ms", "max"]),
-                    verdict(p50 <= 5.0 && p99 <= 25.0)
-                ));
-            }
-            "footprint" => {
-                let (master, worker) = (f(&["master_rss_mb"]), f(&["worker_rss_mb"]));
-                rows.push(format!(
-                    "| Memory ({}) | master {master:.1} MB RSS, worker {worker:.1} MB RSS | idle: master ≤ 30 MB, worker ≤ 15 MB | {} |",
-                    result["when"].as_str().unwrap_or(""),
-                    if result["when"] == "idle" { verdict(master <= 30.0 && worker <= 15.0) } else { "" }
-                ));
-            }
-            other => bail!("unknown scenario `{other}` in {}", input.display()),
-        }
-    }
-    let markdown = format!(
-        "# Benchmark results\n\nWritten by `bench/run.sh` ({}); raw figures in `bench/results/latest.jsonl`.\n\n\
-         Machine: {machine}\n\nEverything runs on this one machine: two masters behind HAProxy, RabbitMQ, Redis, \
-         Postgres, the workers and the load generator.\n\n\
-         | Scenario | Measured | Target | |\n|---|---|---|---|\n{}\n\n\
-         Not measured yet: live-log latency, log throughput (100 MB step), crawler-like read load on a seeded \
-         database.\n",
-        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
-        rows.join("\n")
-    );
-    std::fs::write(output, markdown).with_context(|| format!("cannot write {}", output.display()))?;
-    Ok(())
+    Ok(percentiles_ms(waits.into_iter().map(|seconds| Duration::from_secs_f64(seconds.max(0.0))).collect()))
 }

@@ -3,6 +3,7 @@
 //! messages, the names of queues and keys, the schema, and telemetry setup.
 //! Nothing here opens a connection.
 
+pub mod amqp;
 pub mod config;
 pub mod model;
 pub mod names;

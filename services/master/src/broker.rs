@@ -28,6 +28,8 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
+    #[error("invalid RabbitMQ URL (amqp_url in settings.yaml): {0}")]
+    BadUrl(String),
     #[error("RabbitMQ error: {0}")]
     Amqp(#[from] lapin::Error),
     #[error("RabbitMQ did not accept the message for `{0}` (negative confirm)")]
@@ -64,7 +66,8 @@ struct Link {
 impl Link {
     async fn open(url: &str, connection_name: &str) -> Result<Link, BrokerError> {
         let properties = ConnectionProperties::default().with_connection_name(connection_name.into());
-        let connection = Connection::connect(url, properties).await?;
+        let uri = shared::amqp::uri(url).map_err(BrokerError::BadUrl)?;
+        let connection = Connection::connect_uri(uri, properties).await?;
         let confirmed = connection.create_channel().await?;
         confirmed.confirm_select(ConfirmSelectOptions::default()).await?;
         let unconfirmed = connection.create_channel().await?;

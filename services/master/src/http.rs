@@ -281,9 +281,22 @@ async fn get_log(State(master): State<AppState>, Path(log_id): Path<String>) -> 
 
 /// What the step printed, byte for byte: from Postgres once archived, from
 /// the live Redis stream before. Streamed, so a log of any size costs one
-/// chunk of memory.
-async fn get_log_raw(State(master): State<AppState>, Path(log_id): Path<String>) -> ApiResult<Response> {
+/// chunk of memory. With `follow=true` the answer stays open and carries the
+/// step's output as it is printed, until the log is archived (`curl -N`
+/// shows it like `tail -f`).
+async fn get_log_raw(
+    State(master): State<AppState>,
+    Path(log_id): Path<String>,
+    Query(query): Query<Vec<(String, String)>>,
+) -> ApiResult<Response> {
     let log_id: i64 = parse_id("log id", &log_id)?;
+    let mut follow = false;
+    for (name, value) in &query {
+        match name.as_str() {
+            "follow" => follow = parse_bool(name, value)?,
+            _ => return Err(ApiError::BadRequest(format!("unknown query parameter `{name}` (known: follow)"))),
+        }
+    }
     let location =
         master.store.log_location(log_id).await?.ok_or_else(|| ApiError::NotFound(format!("log {log_id}")))?;
     let key = master.namespace.log_stream_key(
@@ -292,22 +305,46 @@ async fn get_log_raw(State(master): State<AppState>, Path(log_id): Path<String>)
         location.step_number,
         &location.log.slug,
     );
-    let pieces =
-        logs::raw_bytes(&master.store, master.redis.clone(), log_id, location.log.complete, key).map(move |piece| {
-            piece.map(Bytes::from).map_err(|error| {
-                tracing::error!(%error, log.id = log_id, "log download failed midway");
-                std::io::Error::other(error.to_string())
-            })
-        });
+    let pieces = if follow && !location.log.complete {
+        let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(LIVE_RESPONSE_TIMEOUT));
+        let live = master.redis_client.get_multiplexed_async_connection_with_config(&config).await?;
+        logs::follow(master.store.clone(), live, log_id, key)
+    } else {
+        logs::raw_bytes(&master.store, master.redis.clone(), log_id, location.log.complete, key)
+    };
+    let pieces = pieces.map(move |piece| {
+        piece.map(Bytes::from).map_err(|error| {
+            tracing::error!(%error, log.id = log_id, "log download failed midway");
+            std::io::Error::other(error.to_string())
+        })
+    });
     let filename = format!("build{}_step{}_{}.log", location.build_id, location.step_number, location.log.slug);
+    let disposition = if follow { "inline".to_owned() } else { format!("attachment; filename=\"{filename}\"") };
     Ok((
         [
             (header::CONTENT_TYPE, "text/plain; charset=utf-8".to_owned()),
-            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{filename}\"")),
+            (header::CONTENT_DISPOSITION, disposition),
+            // Tells proxies that buffer (nginx) to pass a live log through.
+            (header::HeaderName::from_static("x-accel-buffering"), "no".to_owned()),
         ],
         Body::from_stream(pieces),
     )
         .into_response())
+}
+
+/// Longer than a follower's wait for new output, so a quiet log is not a
+/// Redis timeout.
+const LIVE_RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Booleans in query strings as Buildbot accepts them.
+fn parse_bool(name: &str, value: &str) -> ApiResult<bool> {
+    match value.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(ApiError::BadRequest(format!(
+            "`{name}={value}` is not a boolean (use true/false, yes/no, on/off or 1/0)"
+        ))),
+    }
 }
 
 async fn get_buildrequest(State(master): State<AppState>, Path(request_id): Path<String>) -> ApiResult<Json<Value>> {

@@ -62,6 +62,9 @@ pub struct Master {
     pub store: Store,
     pub broker: Broker,
     pub redis: ConnectionManager,
+    /// For connections of their own, which live-log followers hold while
+    /// they wait for output.
+    pub redis_client: redis::Client,
     pub namespace: Namespace,
     catalog: RwLock<Arc<Catalog>>,
     worker_ids: Mutex<HashMap<String, i32>>,
@@ -133,7 +136,8 @@ pub async fn connect(config: Config, master_name: &str) -> Result<Arc<Master>, M
     store.check_schema().await?;
     let broker =
         Broker::connect(settings.amqp_url.expose(), namespace.clone(), &format!("buildmaster {master_name}")).await?;
-    let redis = ConnectionManager::new(redis::Client::open(settings.redis_url.expose())?).await?;
+    let redis_client = redis::Client::open(settings.redis_url.expose())?;
+    let redis = ConnectionManager::new(redis_client.clone()).await?;
     let id = store.register_master(master_name).await?;
     let builder_ids = store.sync_builders(&config.master.builders).await?;
     let builder_names: Vec<String> = config.master.builders.iter().map(|b| b.name.clone()).collect();
@@ -144,6 +148,7 @@ pub async fn connect(config: Config, master_name: &str) -> Result<Arc<Master>, M
         store,
         broker,
         redis,
+        redis_client,
         namespace,
         catalog: RwLock::new(Arc::new(Catalog { config, builder_ids })),
         worker_ids: Mutex::new(HashMap::new()),

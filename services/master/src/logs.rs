@@ -8,8 +8,11 @@
 //! log in memory.
 
 use futures_util::StreamExt;
-use redis::aio::ConnectionManager;
-use redis::streams::StreamRangeReply;
+use std::time::Duration;
+
+use futures_util::stream::BoxStream;
+use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
+use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
 use shared::names::{LOG_FIELD_CHANNEL, LOG_FIELD_DATA};
 use shared::wire::LogChannel;
 use sqlx::{Postgres, Transaction};
@@ -18,8 +21,9 @@ use crate::store::{ArchivedChunk, Store, StoreError};
 
 /// Raw bytes gathered before a chunk is compressed and written.
 const CHUNK_RAW_BYTES: usize = 1024 * 1024;
-/// Stream entries read per round trip to Redis.
-const ENTRIES_PER_PAGE: usize = 256;
+/// Entries read per round trip to Redis: at most 2 MiB, as an entry holds
+/// at most 64 KiB.
+const ENTRIES_PER_PAGE: usize = 32;
 const ZSTD_LEVEL: i32 = 3;
 
 #[derive(Debug, thiserror::Error)]
@@ -43,8 +47,8 @@ pub struct LogRecord {
 }
 
 /// Reads entries of a log stream after `after_id` (exclusive; `"-"` for all).
-pub async fn read_stream_page(
-    redis: &mut ConnectionManager,
+pub async fn read_stream_page<C: ConnectionLike + Send>(
+    redis: &mut C,
     key: &str,
     after_id: &str,
     count: usize,
@@ -59,24 +63,47 @@ pub async fn read_stream_page(
         .query_async(redis)
         .await
         .map_err(|source| LogError::Redis { key: key.to_owned(), source })?;
-    let mut records = Vec::with_capacity(reply.ids.len());
-    for entry in reply.ids {
-        let channel = match entry.map.get(LOG_FIELD_CHANNEL) {
-            Some(redis::Value::BulkString(code)) if code.len() == 1 => LogChannel::from_code(code[0]),
-            _ => None,
-        };
-        let data = match entry.map.get(LOG_FIELD_DATA) {
-            Some(redis::Value::BulkString(data)) => Some(data.clone()),
-            _ => None,
-        };
-        match (channel, data) {
-            (Some(channel), Some(data)) => records.push((entry.id, LogRecord { channel, data })),
-            _ => {
-                return Err(LogError::BadEntry { key: key.to_owned(), id: entry.id });
-            }
-        }
+    reply.ids.into_iter().map(|entry| parse_entry(key, entry)).collect()
+}
+
+/// Waits up to `block` for entries of a log stream after `after_id`
+/// (exclusive; `"0-0"` for all). Holds the connection while it waits, so
+/// callers use a connection of their own.
+async fn read_stream_blocking(
+    redis: &mut MultiplexedConnection,
+    key: &str,
+    after_id: &str,
+    count: usize,
+    block: Duration,
+) -> Result<Vec<(String, LogRecord)>, LogError> {
+    let reply: Option<StreamReadReply> = redis::cmd("XREAD")
+        .arg("COUNT")
+        .arg(count)
+        .arg("BLOCK")
+        .arg(block.as_millis() as u64)
+        .arg("STREAMS")
+        .arg(key)
+        .arg(after_id)
+        .query_async(redis)
+        .await
+        .map_err(|source| LogError::Redis { key: key.to_owned(), source })?;
+    let entries = reply.into_iter().flat_map(|reply| reply.keys).flat_map(|stream| stream.ids);
+    entries.map(|entry| parse_entry(key, entry)).collect()
+}
+
+fn parse_entry(key: &str, entry: StreamId) -> Result<(String, LogRecord), LogError> {
+    let channel = match entry.map.get(LOG_FIELD_CHANNEL) {
+        Some(redis::Value::BulkString(code)) if code.len() == 1 => LogChannel::from_code(code[0]),
+        _ => None,
+    };
+    let data = match entry.map.get(LOG_FIELD_DATA) {
+        Some(redis::Value::BulkString(data)) => Some(data.clone()),
+        _ => None,
+    };
+    match (channel, data) {
+        (Some(channel), Some(data)) => Ok((entry.id, LogRecord { channel, data })),
+        _ => Err(LogError::BadEntry { key: key.to_owned(), id: entry.id }),
     }
-    Ok(records)
 }
 
 /// Accumulates records into compressed chunks.
@@ -230,7 +257,7 @@ pub fn raw_bytes(
     log_id: i64,
     archived: bool,
     stream_key: String,
-) -> futures_util::stream::BoxStream<'static, Result<Vec<u8>, LogError>> {
+) -> BoxStream<'static, Result<Vec<u8>, LogError>> {
     if archived {
         store
             .log_chunks(log_id)
@@ -256,6 +283,100 @@ pub fn raw_bytes(
             }
         })
         .boxed()
+    }
+}
+
+/// How long a follower waits on Redis for new output before it asks
+/// Postgres whether the log has ended.
+const FOLLOW_BLOCK: Duration = Duration::from_millis(500);
+
+/// What a step prints, from the first byte, as it prints it, until the log is
+/// archived: the live Redis stream first, then whatever the stream no longer
+/// holds from the archive. The bytes are exactly those of the raw download.
+///
+/// `live` is a connection of the follower's own: waiting for new entries
+/// holds it.
+pub fn follow(
+    store: Store,
+    live: MultiplexedConnection,
+    log_id: i64,
+    stream_key: String,
+) -> BoxStream<'static, Result<Vec<u8>, LogError>> {
+    let follower = Follower { store, live, log_id, key: stream_key, after: "0-0".into(), sent: 0, phase: Phase::Live };
+    futures_util::stream::try_unfold(follower, |mut follower| async move {
+        Ok(follower.next_piece().await?.map(|piece| (piece, follower)))
+    })
+    .boxed()
+}
+
+struct Follower {
+    store: Store,
+    live: MultiplexedConnection,
+    log_id: i64,
+    key: String,
+    /// Id of the last stream entry delivered.
+    after: String,
+    /// Printed bytes delivered so far.
+    sent: u64,
+    phase: Phase,
+}
+
+enum Phase {
+    /// The step may still print: wait for entries.
+    Live,
+    /// The log is archived with `total` printed bytes: deliver the rest from
+    /// the stream while it is still there.
+    Draining { total: u64 },
+    /// The stream is gone (expired or flushed): the rest comes from the
+    /// archive, after the `skip` bytes already delivered.
+    Archive { skip: u64, chunks: BoxStream<'static, Result<Vec<u8>, sqlx::Error>> },
+}
+
+impl Follower {
+    async fn next_piece(&mut self) -> Result<Option<Vec<u8>>, LogError> {
+        loop {
+            let page = match &mut self.phase {
+                Phase::Live => {
+                    let page =
+                        read_stream_blocking(&mut self.live, &self.key, &self.after, ENTRIES_PER_PAGE, FOLLOW_BLOCK)
+                            .await?;
+                    if page.is_empty()
+                        && let Some(total) = self.store.archived_log_bytes(self.log_id).await?
+                    {
+                        self.phase = Phase::Draining { total: total as u64 };
+                    }
+                    page
+                }
+                Phase::Draining { total } => {
+                    if self.sent >= *total {
+                        return Ok(None);
+                    }
+                    let page = read_stream_page(&mut self.live, &self.key, &self.after, ENTRIES_PER_PAGE).await?;
+                    if page.is_empty() {
+                        self.phase = Phase::Archive { skip: self.sent, chunks: self.store.log_chunks(self.log_id) };
+                    }
+                    page
+                }
+                Phase::Archive { skip, chunks } => {
+                    let Some(content) = chunks.next().await else { return Ok(None) };
+                    let mut bytes = printed_bytes(decode_chunk(self.log_id, &content.map_err(StoreError::from)?)?);
+                    let skipped = (*skip).min(bytes.len() as u64);
+                    bytes.drain(..skipped as usize);
+                    *skip -= skipped;
+                    if !bytes.is_empty() {
+                        return Ok(Some(bytes));
+                    }
+                    continue;
+                }
+            };
+            let Some((last_id, _)) = page.last() else { continue };
+            self.after = last_id.clone();
+            let bytes = printed_bytes(page.into_iter().map(|(_, record)| record).collect());
+            self.sent += bytes.len() as u64;
+            if !bytes.is_empty() {
+                return Ok(Some(bytes));
+            }
+        }
     }
 }
 

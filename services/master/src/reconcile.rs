@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use shared::config::BuildSettings;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::DueRequest;
@@ -24,20 +25,20 @@ pub async fn reconcile(master: Arc<Master>, shutdown: CancellationToken) -> Resu
             _ = shutdown.cancelled() => return Ok(()),
             _ = tokio::time::sleep(period) => {}
         }
-        if let Err(error) = reconcile_once(&master, builds.redeliver_after_seconds).await {
+        if let Err(error) = reconcile_once(&master, &builds).await {
             tracing::warn!(%error, "reconciliation pass failed; will try again");
         }
     }
 }
 
-async fn reconcile_once(master: &Master, redeliver_after_seconds: u64) -> Result<(), MasterError> {
+async fn reconcile_once(master: &Master, builds: &BuildSettings) -> Result<(), MasterError> {
     master.store.touch_master(master.id).await?;
-    let requeued = master.store.expire_leases(BATCH).await?;
+    let requeued = master.store.expire_leases(BATCH, builds.max_retries).await?;
     if !requeued.is_empty() {
         tracing::warn!(count = requeued.len(), "builds lost their worker; their requests are pending again");
         ring(master, requeued, true).await;
     }
-    let due = master.store.take_due_requests(redeliver_after_seconds, BATCH).await?;
+    let due = master.store.take_due_requests(builds.redeliver_after_seconds, BATCH).await?;
     if !due.is_empty() {
         ring(master, due, false).await;
     }

@@ -642,7 +642,10 @@ impl Store {
 
     /// Ends builds whose worker stopped sending heartbeats as RETRY and puts
     /// their requests back in the queue. Returns the requeued requests.
-    pub async fn expire_leases(&self, limit: i64) -> StoreResult<Vec<DueRequest>> {
+    /// Ends builds whose lease expired as RETRY. Their requests are pending
+    /// again (returned, to be announced), unless they already lost a worker
+    /// `max_retries` times: those end as EXCEPTION.
+    pub async fn expire_leases(&self, limit: i64, max_retries: u32) -> StoreResult<Vec<DueRequest>> {
         let mut tx = self.pool.begin().await?;
         let expired: Vec<(i64, i64)> = sqlx::query_as(
             r#"with expired as (
@@ -663,15 +666,41 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?;
         let request_ids: Vec<i64> = expired.iter().map(|(_, request)| *request).collect();
-        let requeued: Vec<DueRequest> = sqlx::query_as(
-            r#"update buildrequests
-               set state = 'pending', claimed_at = null, claimed_by_master_id = null, announced_at = now()
-               where id = any($1) and state = 'claimed'
-               returning id, builder_id"#,
+        let updated: Vec<(i64, i32, String, i64)> = sqlx::query_as(
+            r#"with counted as (
+                   select r.id,
+                          (select count(*) from builds b where b.buildrequest_id = r.id and b.results = $3) as lost
+                   from buildrequests r
+                   where r.id = any($1) and r.state = 'claimed'
+               )
+               update buildrequests r
+               set state = case when c.lost > $2 then 'complete' else 'pending' end,
+                   claimed_at = null, claimed_by_master_id = null,
+                   announced_at = now(),
+                   complete_at = case when c.lost > $2 then now() end,
+                   results = case when c.lost > $2 then $4 end
+               from counted c where r.id = c.id
+               returning r.id, r.builder_id, r.state, r.buildset_id"#,
         )
         .bind(&request_ids)
+        .bind(i64::from(max_retries))
+        .bind(Results::Retry.code())
+        .bind(Results::Exception.code())
         .fetch_all(&mut *tx)
         .await?;
+        let mut requeued = Vec::new();
+        for (id, builder_id, state, buildset_id) in updated {
+            if state == "pending" {
+                requeued.push(DueRequest { id, builder_id });
+            } else {
+                tracing::warn!(
+                    buildrequest.id = id,
+                    max_retries,
+                    "request lost its worker too often; it ends as EXCEPTION"
+                );
+                Self::complete_buildset_if_done(&mut tx, buildset_id).await?;
+            }
+        }
         tx.commit().await?;
         Ok(requeued)
     }
@@ -729,6 +758,14 @@ impl Store {
         .bind(step_id)
         .fetch_all(&self.pool)
         .await?)
+    }
+
+    /// The printed size of a log once it is archived; `None` while it is not.
+    pub async fn archived_log_bytes(&self, log_id: i64) -> StoreResult<Option<i64>> {
+        Ok(sqlx::query_scalar("select num_bytes from logs where id = $1 and complete")
+            .bind(log_id)
+            .fetch_optional(&self.pool)
+            .await?)
     }
 
     pub async fn log_location(&self, log_id: i64) -> StoreResult<Option<LogLocation>> {

@@ -37,6 +37,8 @@ use crate::rpc::RpcClient;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
+    #[error("invalid RabbitMQ URL (amqp_url in worker.yaml): {0}")]
+    BadUrl(String),
     #[error("RabbitMQ error: {0}")]
     Amqp(#[from] lapin::Error),
     #[error("Redis error: {0}")]
@@ -120,9 +122,9 @@ pub async fn run(
             Ok(()) => break Ok(()),
             Err(error) => error,
         };
-        // A refusal is final; so is a name in use at the very start (another
-        // worker has it). Anything else may pass: try again.
-        let fatal = matches!(error, WorkerError::Refused(_))
+        // A refusal or a bad URL is final; so is a name in use at the very
+        // start (another worker has it). Anything else may pass: try again.
+        let fatal = matches!(error, WorkerError::Refused(_) | WorkerError::BadUrl(_))
             || (fleet.welcomes == 0 && matches!(error, WorkerError::NameInUse(_)));
         if fatal {
             break Err(error);
@@ -169,7 +171,8 @@ async fn session(
 ) -> Result<(), WorkerError> {
     let properties = ConnectionProperties::default()
         .with_connection_name(format!("buildmaster-worker {} {}", options.namespace, options.name).into());
-    let connection = Connection::connect(&options.amqp_url, properties).await?;
+    let uri = shared::amqp::uri(&options.amqp_url).map_err(WorkerError::BadUrl)?;
+    let connection = Connection::connect_uri(uri, properties).await?;
     let rpc = RpcClient::start(&connection, &context.namespace, &context.name).await?;
     context.events.attach(&connection).await?;
     let welcome = rpc.call(&RpcRequest::Hello { worker: context.name.clone() }, RPC_TIMEOUT).await?;

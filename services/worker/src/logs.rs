@@ -112,8 +112,7 @@ async fn write_stream(
             None => {}
         }
         if !batch.is_empty() {
-            send_batch(&mut redis, &key, &batch, totals.entries).await;
-            spool.append(&batch).await;
+            tokio::join!(send_batch(&mut redis, &key, &batch, totals.entries), spool.append(&batch));
             totals.entries += batch.len() as u64;
             batch.clear();
             batch_bytes = 0;
@@ -148,19 +147,17 @@ impl Spool {
 
     async fn append(&mut self, batch: &[Entry]) {
         let Some(file) = &mut self.file else { return };
+        // One write per batch: each write of a tokio file is a trip to the
+        // blocking thread pool.
+        let mut records = Vec::with_capacity(batch.iter().map(|entry| 5 + entry.data.len()).sum());
         for entry in batch {
-            let mut header = [0u8; 5];
-            header[0] = entry.channel.code();
-            header[1..].copy_from_slice(&(entry.data.len() as u32).to_le_bytes());
-            let written = async {
-                file.write_all(&header).await?;
-                file.write_all(&entry.data).await
-            };
-            if let Err(error) = written.await {
-                tracing::warn!(%error, "spooling a log failed; it will not survive a loss of Redis");
-                self.file = None;
-                return;
-            }
+            records.push(entry.channel.code());
+            records.extend_from_slice(&(entry.data.len() as u32).to_le_bytes());
+            records.extend_from_slice(&entry.data);
+        }
+        if let Err(error) = file.write_all(&records).await {
+            tracing::warn!(%error, "spooling a log failed; it will not survive a loss of Redis");
+            self.file = None;
         }
     }
 

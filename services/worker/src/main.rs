@@ -22,7 +22,9 @@ struct Cli {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     shared::telemetry::init();
-    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime starts");
+    // One thread is plenty: a worker waits on pipes and sockets, its steps
+    // run in processes of their own, and every extra thread costs memory.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime starts");
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

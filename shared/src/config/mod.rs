@@ -214,6 +214,11 @@ pub struct BuildSettings {
     /// for this long (its doorbell may have been lost with a broker).
     #[serde(default = "default_redeliver_after_seconds")]
     pub redeliver_after_seconds: u64,
+    /// How many times a request is built again after its worker was lost;
+    /// after that it ends as EXCEPTION, so a build that kills its worker
+    /// every time cannot take down the fleet one worker after another.
+    #[serde(default = "default_max_retries")]
+    pub max_retries: u32,
 }
 
 fn default_lease_seconds() -> u64 {
@@ -232,6 +237,10 @@ fn default_redeliver_after_seconds() -> u64 {
     60
 }
 
+fn default_max_retries() -> u32 {
+    3
+}
+
 impl Default for BuildSettings {
     fn default() -> Self {
         Self {
@@ -239,6 +248,7 @@ impl Default for BuildSettings {
             heartbeat_seconds: default_heartbeat_seconds(),
             log_linger_seconds: default_log_linger_seconds(),
             redeliver_after_seconds: default_redeliver_after_seconds(),
+            max_retries: default_max_retries(),
         }
     }
 }

@@ -88,6 +88,12 @@ impl From<LogError> for ApiError {
     }
 }
 
+impl From<redis::RedisError> for ApiError {
+    fn from(error: redis::RedisError) -> Self {
+        ApiError::Unavailable(format!("redis: {error}"))
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         self.log();

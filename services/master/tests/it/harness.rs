@@ -89,7 +89,7 @@ impl TestStack {
         let settings = format!(
             "database_url: {database_url}\namqp_url: {amqp}\nredis_url: {redis}\nnamespace: {namespace}\nweb:\n  max_body_bytes: 65536\n\
              workers:\n  - name: w1\n    password: {WORKER_PASSWORD}\n    max_builds: 2\n  - name: w2\n    password: {WORKER_PASSWORD}\n\
-             builds:\n  lease_seconds: 4\n  heartbeat_seconds: 1\n  redeliver_after_seconds: 2\n",
+             builds:\n  lease_seconds: 4\n  heartbeat_seconds: 1\n  redeliver_after_seconds: 2\n  max_retries: 1\n",
             amqp = amqp_url(),
             redis = redis_url(),
         );

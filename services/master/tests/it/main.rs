@@ -4,6 +4,7 @@
 mod checkconfig;
 mod failures;
 mod harness;
+mod live;
 mod numbering;
 mod pipeline;
 mod recording;

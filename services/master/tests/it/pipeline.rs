@@ -186,6 +186,36 @@ async fn a_build_whose_worker_dies_ends_retry_and_runs_again_on_another_worker()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_loses_its_worker_more_often_than_max_retries_ends_as_exception() {
+    let mut stack =
+        TestStack::new(&master_yaml(&[("deadly", "- name: work\n  command: echo begin; sleep 60\n")]), &["deadly"])
+            .await;
+    stack.start_masters_behind_haproxy().await;
+    stack.start_worker("w2");
+    let request = stack.force("deadly").await;
+    stack.wait_for_build_to_start(request).await;
+    stack.kill_worker("w2");
+    // The test settings allow one retry: the rerun may lose its worker too...
+    stack.start_worker("w1");
+    stack.eventually(30, "the rerun", async || (stack.builds_of_request(request).await.len() == 2).then_some(())).await;
+    stack.kill_worker("w1");
+    // ...and then the request ends, instead of taking the next worker down.
+    let ended = stack
+        .eventually(30, "the request to end", async || {
+            let request = stack.get(&format!("/api/v2/buildrequests/{request}")).await;
+            let request = request["buildrequests"][0].clone();
+            (request["complete"] == true).then_some(request)
+        })
+        .await;
+    assert_eq!(ended["results"], 4, "EXCEPTION: {ended}");
+    stack.start_worker("w2");
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    let builds = stack.builds_of_request(request).await;
+    let results: Vec<_> = builds.iter().map(|b| b["results"].clone()).collect();
+    assert_eq!(results, [5, 5], "two lost builds (RETRY), no third: {builds:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_force_requests_get_clear_errors_and_create_nothing() {
     let mut stack =
         TestStack::new(&master_yaml(&[("guarded", "- name: t\n  command: [\"true\"]\n")]), &["guarded"]).await;

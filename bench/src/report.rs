@@ -1,0 +1,88 @@
+//! Turns the JSON lines the scenarios printed into `bench/RESULTS.md`, each
+//! figure next to its target, met or not.
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+/// Writes the results next to the targets, met or not.
+pub fn write(input: &std::path::Path, output: &std::path::Path, machine: &str) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(input).with_context(|| format!("cannot read {}", input.display()))?;
+    let results: Vec<Value> =
+        text.lines().filter(|l| !l.trim().is_empty()).map(serde_json::from_str).collect::<Result<_, _>>()?;
+    let mut rows = Vec::new();
+    let verdict = |met: bool| if met { "met" } else { "**missed**" };
+    for result in &results {
+        let f = |path: &[&str]| path.iter().fold(result, |v, k| &v[*k]).as_f64().unwrap_or(f64::NAN);
+        match result["scenario"].as_str().unwrap_or("") {
+            "enqueue" => {
+                let rate = f(&["requests_per_second"]);
+                rows.push(format!(
+                    "| Enqueue ({} forces, {} in flight) | {rate:.0} requests/s; latency p50 {} ms, p99 {} ms | ≥ 2,000 requests/s | {} |",
+                    result["requests"], result["concurrency"], f(&["latency_ms", "p50"]), f(&["latency_ms", "p99"]), verdict(rate >= 2000.0)
+                ));
+            }
+            "throughput" => {
+                let rate = f(&["builds_per_second"]);
+                let workers = result["workers"].as_u64().unwrap_or(0);
+                let target = if workers >= 8 { "≥ 300 builds/s (8 workers)" } else { "(no target)" };
+                rows.push(format!(
+                    "| End-to-end, {} trivial builds, {workers} workers | {rate:.0} builds/s ({} not successful) | {target} | {} |",
+                    result["builds"], result["not_successful"], if workers >= 8 { verdict(rate >= 300.0) } else { "" }
+                ));
+            }
+            "dispatch" => {
+                let (p50, p99) = (f(&["dispatch_latency_ms", "p50"]), f(&["dispatch_latency_ms", "p99"]));
+                rows.push(format!(
+                    "| Dispatch latency at {}/s, {} builds | p50 {p50} ms, p95 {} ms, p99 {p99} ms, max {} ms | p50 ≤ 5 ms, p99 ≤ 25 ms | {} |",
+                    result["per_second"], result["builds"], f(&["dispatch_latency_ms", "p95"]), f(&["dispatch_latency_ms", "max"]),
+                    verdict(p50 <= 5.0 && p99 <= 25.0)
+                ));
+            }
+            "footprint" => {
+                let (master, worker) = (f(&["master_rss_mb"]), f(&["worker_rss_mb"]));
+                rows.push(format!(
+                    "| Memory ({}) | master {master:.1} MB RSS, worker {worker:.1} MB RSS | idle: master ≤ 30 MB, worker ≤ 15 MB | {} |",
+                    result["when"].as_str().unwrap_or(""),
+                    if result["when"] == "idle" { verdict(master <= 30.0 && worker <= 15.0) } else { "" }
+                ));
+            }
+            "live-log" => {
+                let (p50, p99) = (f(&["latency_ms", "p50"]), f(&["latency_ms", "p99"]));
+                rows.push(format!(
+                    "| Live log, {} lines followed through HAProxy | printed → received p50 {p50} ms, p95 {} ms, p99 {p99} ms, max {} ms | p50 ≤ 50 ms, p99 ≤ 200 ms | {} |",
+                    result["latency_ms"]["samples"], f(&["latency_ms", "p95"]), f(&["latency_ms", "max"]),
+                    verdict(p50 <= 50.0 && p99 <= 200.0)
+                ));
+            }
+            "log-throughput" => {
+                let (ingest, extra) = (f(&["ingest_mb_per_second"]), f(&["master_extra_mb"]));
+                rows.push(format!(
+                    "| Log of {:.0} MB | ingest {ingest:.0} MB/s ({:.2} s); archived in {:.2} s to {:.1} MB; raw download {:.2} s ({:.0} MB/s), master +{extra:.1} MB RSS | ingest ≥ 100 MB/s; download < 20 MB extra master memory | {} |",
+                    f(&["log_mb"]), f(&["ingest_seconds"]), f(&["archive_seconds"]), f(&["archived_mb"]),
+                    f(&["download_seconds"]), f(&["download_mb_per_second"]), verdict(ingest >= 100.0 && extra < 20.0)
+                ));
+            }
+            "crawl" => {
+                let (rate, p99, dispatch_p99) =
+                    (f(&["reads_per_second"]), f(&["read_latency_ms", "p99"]), f(&["dispatch_latency_ms", "p99"]));
+                rows.push(format!(
+                    "| Crawler reads ({} in flight, {:.0} s) on {} builds / {} steps, {} builds/s forced meanwhile | {rate:.0} reads/s ({} failed); read p50 {} ms, p99 {p99} ms; dispatch p50 {} ms, p99 {dispatch_p99} ms | ≥ 5,000 reads/s, p99 ≤ 50 ms; dispatch p99 < 50 ms | {} |",
+                    result["concurrency"], f(&["seconds"]), result["seeded_builds"], result["seeded_steps"],
+                    result["dispatch_per_second"], result["failed_reads"], f(&["read_latency_ms", "p50"]),
+                    f(&["dispatch_latency_ms", "p50"]), verdict(rate >= 5000.0 && p99 <= 50.0 && dispatch_p99 < 50.0)
+                ));
+            }
+            other => bail!("unknown scenario `{other}` in {}", input.display()),
+        }
+    }
+    let markdown = format!(
+        "# Benchmark results\n\nWritten by `bench/run.sh` ({}); raw figures in `bench/results/latest.jsonl`.\n\n\
+         Machine: {machine}\n\nEverything runs on this one machine: two masters behind HAProxy, RabbitMQ, Redis, \
+         Postgres, the workers and the load generator.\n\n\
+         | Scenario | Measured | Target | |\n|---|---|---|---|\n{}\n",
+        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
+        rows.join("\n")
+    );
+    std::fs::write(output, markdown).with_context(|| format!("cannot write {}", output.display()))?;
+    Ok(())
+}
