@@ -79,7 +79,9 @@ pub fn write(input: &std::path::Path, output: &std::path::Path, machine: &str) -
         "# Benchmark results\n\nWritten by `bench/run.sh` ({}); raw figures in `bench/results/latest.jsonl`.\n\n\
          Machine: {machine}\n\nEverything runs on this one machine: two masters behind HAProxy, RabbitMQ, Redis, \
          Postgres, the workers and the load generator.\n\n\
-         | Scenario | Measured | Target | |\n|---|---|---|---|\n{}\n",
+         | Scenario | Measured | Target | |\n|---|---|---|---|\n{}\n\n\
+         Where the time goes, what was changed because of it, and why a missed target is missed: \
+         `bench/PROFILE.md`.\n",
         chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
         rows.join("\n")
     );

@@ -455,7 +455,11 @@ async fn force_scheduler(
     Ok(rpc_result(id, result))
 }
 
-async fn force(master: &Master, scheduler_name: &str, params: &serde_json::Map<String, Value>) -> ApiResult<Value> {
+async fn force(
+    master: &Arc<Master>,
+    scheduler_name: &str,
+    params: &serde_json::Map<String, Value>,
+) -> ApiResult<Value> {
     let catalog = master.catalog();
     let scheduler = catalog
         .config
@@ -546,20 +550,9 @@ async fn force(master: &Master, scheduler_name: &str, params: &serde_json::Map<S
             requests,
         })
         .await?;
-    // All doorbells at once: their confirms arrive together, not one by one.
-    let rings = created.iter().map(|(builder_id, request_id)| master.broker.ring(names_by_id[builder_id], *request_id));
-    let mut unannounced = Vec::new();
-    for ((_, request_id), rung) in created.iter().zip(futures_util::future::join_all(rings).await) {
-        if let Err(error) = rung {
-            tracing::warn!(%error, buildrequest.id = request_id, "doorbell not rung; the reconciler will ring it");
-            unannounced.push(*request_id);
-        }
-    }
-    if !unannounced.is_empty() {
-        // Best effort: if even this fails, the request is rung again once
-        // `redeliver_after_seconds` have passed.
-        let _ = master.store.mark_unannounced(&unannounced).await;
-    }
+    let announcements =
+        created.iter().map(|(builder_id, request_id)| (names_by_id[builder_id].to_owned(), *request_id));
+    master.announce(announcements.collect()).await;
     tracing::info!(buildset.id = buildset_id, builders = ?builder_names, "build forced");
     let requests: serde_json::Map<String, Value> =
         created.iter().map(|(builder_id, request_id)| (builder_id.to_string(), json!(request_id))).collect();

@@ -117,6 +117,30 @@ impl Master {
         }
     }
 
+    /// Rings the doorbells of requests just committed, all at once so their
+    /// confirms arrive together. It runs as a task of its own: a client that
+    /// hangs up must not cancel it half-way, or the requests would wait for
+    /// the reconciler (`redeliver_after_seconds`) instead of running now.
+    pub async fn announce(self: &Arc<Self>, requests: Vec<(String, i64)>) {
+        let master = self.clone();
+        let ringing = tokio::spawn(async move {
+            let rings = requests.iter().map(|(builder, request_id)| master.broker.ring(builder, *request_id));
+            let mut unannounced = Vec::new();
+            for ((_, request_id), rung) in requests.iter().zip(futures_util::future::join_all(rings).await) {
+                if let Err(error) = rung {
+                    tracing::warn!(%error, buildrequest.id = request_id, "doorbell not rung; the reconciler will ring it");
+                    unannounced.push(*request_id);
+                }
+            }
+            if !unannounced.is_empty() {
+                // Best effort: if even this fails, the request is rung again
+                // once `redeliver_after_seconds` have passed.
+                let _ = master.store.mark_unannounced(&unannounced).await;
+            }
+        });
+        let _ = ringing.await;
+    }
+
     async fn worker_id(&self, worker: &str) -> Result<i32, StoreError> {
         if let Some(id) = self.worker_ids.lock().expect("worker id lock poisoned").get(worker) {
             return Ok(*id);
@@ -127,12 +151,20 @@ impl Master {
     }
 }
 
+/// Postgres connections of one master for triggers, claims and events.
+const PIPELINE_CONNECTIONS: u32 = 8;
+/// Postgres connections of one master for API reads. Few on purpose: reads
+/// are short and CPU-bound in Postgres, so more of them at once only queue
+/// inside the database, in front of the claims and events that keep builds
+/// moving (bench/PROFILE.md has the figures).
+const READ_CONNECTIONS: u32 = 2;
+
 /// Connects to Postgres, RabbitMQ and Redis, checks the schema, and prepares
 /// the topology for the configured builders.
 pub async fn connect(config: Config, master_name: &str) -> Result<Arc<Master>, MasterError> {
     let settings = &config.settings;
     let namespace = Namespace::new(&settings.namespace);
-    let store = Store::connect(settings.database_url.expose(), 16).await?;
+    let store = Store::connect(settings.database_url.expose(), PIPELINE_CONNECTIONS, READ_CONNECTIONS).await?;
     store.check_schema().await?;
     let broker =
         Broker::connect(settings.amqp_url.expose(), namespace.clone(), &format!("buildmaster {master_name}")).await?;

@@ -45,9 +45,15 @@ impl StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// Two pools, so that readers never queue in front of the pipeline: a
+/// crawler sending hundreds of GETs at once waits for `reads` connections
+/// while claims, events and triggers keep theirs.
 #[derive(Clone)]
 pub struct Store {
+    /// Triggers, claims, events, reconciliation.
     pool: PgPool,
+    /// The API's reads.
+    reads: PgPool,
 }
 
 /// A request as created by a trigger.
@@ -221,13 +227,19 @@ macro_rules! select_builds {
 }
 
 impl Store {
-    pub async fn connect(url: &str, max_connections: u32) -> StoreResult<Store> {
-        let pool = PgPoolOptions::new()
-            .max_connections(max_connections)
+    /// Connects with up to `connections` for the pipeline and
+    /// `read_connections` for reads.
+    pub async fn connect(url: &str, connections: u32, read_connections: u32) -> StoreResult<Store> {
+        // No ping before each use: it doubles the round trips of every
+        // query, and a broken connection fails its query anyway (a transient
+        // error: 503 to an HTTP client, a retry for an event) and is dropped.
+        let options = PgPoolOptions::new()
+            .max_connections(connections)
             .acquire_timeout(std::time::Duration::from_secs(5))
-            .connect(url)
-            .await?;
-        Ok(Store { pool })
+            .test_before_acquire(false);
+        let pool = options.clone().connect(url).await?;
+        let reads = options.max_connections(read_connections).connect(url).await?;
+        Ok(Store { pool, reads })
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -709,18 +721,18 @@ impl Store {
 
     pub async fn builders(&self) -> StoreResult<Vec<BuilderRow>> {
         Ok(sqlx::query_as("select id, name, description, tags from builders where configured order by name")
-            .fetch_all(&self.pool)
+            .fetch_all(&self.reads)
             .await?)
     }
 
     pub async fn build(&self, id: i64) -> StoreResult<Option<BuildRow>> {
-        Ok(sqlx::query_as(select_builds!("where b.id = $1")).bind(id).fetch_optional(&self.pool).await?)
+        Ok(sqlx::query_as(select_builds!("where b.id = $1")).bind(id).fetch_optional(&self.reads).await?)
     }
 
     pub async fn builds_of_request(&self, buildrequest_id: i64) -> StoreResult<Vec<BuildRow>> {
         Ok(sqlx::query_as(select_builds!("where b.buildrequest_id = $1 order by b.id"))
             .bind(buildrequest_id)
-            .fetch_all(&self.pool)
+            .fetch_all(&self.reads)
             .await?)
     }
 
@@ -728,7 +740,7 @@ impl Store {
         Ok(sqlx::query_as(select_builds!("where b.builder_id = $1 order by b.number desc limit $2"))
             .bind(builder_id)
             .bind(limit)
-            .fetch_all(&self.pool)
+            .fetch_all(&self.reads)
             .await?)
     }
 
@@ -736,7 +748,7 @@ impl Store {
         Ok(sqlx::query_as(select_builds!("where b.builder_id = $1 and b.number = $2"))
             .bind(builder_id)
             .bind(number)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.reads)
             .await?)
     }
 
@@ -746,7 +758,7 @@ impl Store {
                from steps where build_id = $1 order by number"#,
         )
         .bind(build_id)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reads)
         .await?)
     }
 
@@ -756,7 +768,7 @@ impl Store {
                from logs where step_id = $1 order by id"#,
         )
         .bind(step_id)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reads)
         .await?)
     }
 
@@ -764,7 +776,7 @@ impl Store {
     pub async fn archived_log_bytes(&self, log_id: i64) -> StoreResult<Option<i64>> {
         Ok(sqlx::query_scalar("select num_bytes from logs where id = $1 and complete")
             .bind(log_id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.reads)
             .await?)
     }
 
@@ -777,14 +789,14 @@ impl Store {
                where l.id = $1"#,
         )
         .bind(log_id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.reads)
         .await?)
     }
 
     /// The archived chunks of a log in order, one row at a time, so a
     /// download of any size holds one chunk in memory.
     pub fn log_chunks(&self, log_id: i64) -> BoxStream<'static, Result<Vec<u8>, sqlx::Error>> {
-        let pool = self.pool.clone();
+        let pool = self.reads.clone();
         Box::pin(async_stream_chunks(pool, log_id))
     }
 
@@ -795,13 +807,13 @@ impl Store {
                from buildrequests where id = $1"#,
         )
         .bind(id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.reads)
         .await?)
     }
 
     /// A builder's id by name, including builders no longer configured.
     pub async fn builder_id(&self, name: &str) -> StoreResult<Option<i32>> {
-        Ok(sqlx::query_scalar("select id from builders where name = $1").bind(name).fetch_optional(&self.pool).await?)
+        Ok(sqlx::query_scalar("select id from builders where name = $1").bind(name).fetch_optional(&self.reads).await?)
     }
 
     /// Builder names by id, including builders no longer configured.

@@ -18,8 +18,8 @@ async fn two_masters_claiming_at_once_give_unique_gapless_build_numbers() {
         TestStack::new(&master_yaml(&[("numbered", "- name: t\n  command: [\"true\"]\n")]), &["numbered"]).await;
     let config = stack.config();
     // Two masters: two pools, two master rows.
-    let store_a = Store::connect(&stack.database_url, 8).await.unwrap();
-    let store_b = Store::connect(&stack.database_url, 8).await.unwrap();
+    let store_a = Store::connect(&stack.database_url, 8, 1).await.unwrap();
+    let store_b = Store::connect(&stack.database_url, 8, 1).await.unwrap();
     let master_a = store_a.register_master("a").await.unwrap();
     let master_b = store_b.register_master("b").await.unwrap();
     let builder_id = store_a.sync_builders(&config.master.builders).await.unwrap()["numbered"];
@@ -55,7 +55,7 @@ async fn two_masters_claiming_at_once_give_unique_gapless_build_numbers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_retried_with_the_same_token_returns_the_same_build() {
     let stack = TestStack::new(&master_yaml(&[("retried", "- name: t\n  command: [\"true\"]\n")]), &["retried"]).await;
-    let store = Store::connect(&stack.database_url, 4).await.unwrap();
+    let store = Store::connect(&stack.database_url, 4, 1).await.unwrap();
     let master_id = store.register_master("a").await.unwrap();
     let builder_id = store.sync_builders(&stack.config().master.builders).await.unwrap()["retried"];
     let worker_id = store.ensure_worker("w1").await.unwrap();
@@ -71,7 +71,7 @@ async fn a_claim_retried_with_the_same_token_returns_the_same_build() {
 #[tokio::test]
 async fn a_master_refuses_an_out_of_date_schema_and_says_how_to_fix_it() {
     let stack = TestStack::new(&master_yaml(&[("any", "- name: t\n  command: [\"true\"]\n")]), &["any"]).await;
-    let store = Store::connect(&stack.database_url, 2).await.unwrap();
+    let store = Store::connect(&stack.database_url, 2, 1).await.unwrap();
     sqlx::query("delete from _sqlx_migrations").execute(store.pool()).await.unwrap();
     let error = store.check_schema().await.unwrap_err().to_string();
     assert!(error.contains("buildmaster upgrade-master"), "{error}");

@@ -257,7 +257,7 @@ async fn bad_force_requests_get_clear_errors_and_create_nothing() {
     let missing = stack.http.get(format!("{}/api/v2/builds/999999", stack.base_url)).send().await.unwrap();
     assert_eq!(missing.status(), 404);
     assert_eq!(missing.json::<serde_json::Value>().await.unwrap()["error"], "build 999999 not found");
-    let store = master::store::Store::connect(&stack.database_url, 1).await.unwrap();
+    let store = master::store::Store::connect(&stack.database_url, 1, 1).await.unwrap();
     let buildsets: i64 = sqlx::query_scalar("select count(*) from buildsets").fetch_one(store.pool()).await.unwrap();
     assert_eq!(buildsets, 0, "no bad request created anything");
 }

@@ -22,7 +22,7 @@ fn step(number: i32, name: &str, results: Option<Results>) -> StepRecord {
 #[tokio::test]
 async fn an_event_recorded_twice_changes_nothing_and_a_late_start_does_not_undo_a_finish() {
     let stack = TestStack::new(&master_yaml(&[("ledger", "- name: t\n  command: [\"true\"]\n")]), &["ledger"]).await;
-    let store = Store::connect(&stack.database_url, 2).await.unwrap();
+    let store = Store::connect(&stack.database_url, 2, 1).await.unwrap();
     let master_id = store.register_master("a").await.unwrap();
     let builder_id = store.sync_builders(&stack.config().master.builders).await.unwrap()["ledger"];
     let worker_id = store.ensure_worker("w1").await.unwrap();
