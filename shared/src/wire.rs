@@ -138,7 +138,7 @@ impl WorkerEvent {
 /// A step as its worker knows it at the time of an event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepRecord {
-    /// 1-based position in the factory.
+    /// 0-based position in the factory, as Buildbot numbers steps.
     pub number: i32,
     pub name: String,
     pub started_at: Option<DateTime<Utc>>,

@@ -68,3 +68,57 @@ async fn a_log_lost_from_redis_mid_step_is_written_again_from_the_workers_spool(
     let raw = stack.get_bytes(&format!("/api/v2/logs/{}/raw", log["logid"])).await;
     assert_eq!(String::from_utf8_lossy(&raw), "before the loss\nafter", "{}", stack.worker_logs());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_or_impossible_events_are_dead_lettered_and_recording_goes_on() {
+    use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
+    use shared::names::Namespace;
+    use shared::wire::{StepRecord, WorkerEvent};
+
+    let mut stack =
+        TestStack::new(&master_yaml(&[("after", "- name: work\n  command: echo fine\n")]), &["after"]).await;
+    stack.start_masters_behind_haproxy().await;
+    stack.start_worker("w1");
+    let ns = Namespace::new(&stack.namespace);
+    let impossible = WorkerEvent::StepStarted {
+        worker: "w1".into(),
+        build_id: 999_999,
+        seq: 1,
+        step: StepRecord {
+            number: 0,
+            name: "ghost".into(),
+            started_at: None,
+            finished_at: None,
+            results: None,
+            state_string: "running".into(),
+            logs: Vec::new(),
+        },
+    };
+    let bad: [Vec<u8>; 3] =
+        [b"not json at all".to_vec(), br#"{"v":1,"type":"no_such_event"}"#.to_vec(), shared::wire::encode(&impossible)];
+    let connection = lapin::Connection::connect(&crate::harness::amqp_url(), Default::default()).await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    for body in &bad {
+        channel
+            .basic_publish(
+                "".into(),
+                ns.events_queue().into(),
+                BasicPublishOptions::default(),
+                body,
+                Default::default(),
+            )
+            .await
+            .unwrap();
+    }
+    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+    stack
+        .eventually(30, "three dead letters", async || {
+            let queue = channel.queue_declare(ns.dead_letter_queue().into(), passive, Default::default()).await.ok()?;
+            (queue.message_count() == 3).then_some(())
+        })
+        .await;
+    // The masters did not stop or loop on them: the next build is recorded.
+    let request = stack.force("after").await;
+    assert_eq!(stack.wait_for_build(request).await["results"], 0);
+    let _ = connection.close(200, "test done".into()).await;
+}
