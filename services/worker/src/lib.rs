@@ -134,8 +134,10 @@ pub async fn run(
         }
         let wait = with_jitter(delay);
         tracing::warn!(%error, retry_in_ms = wait.as_millis() as u64, "worker lost its connection; reconnecting");
+        // A draining worker still reconnects while builds run: they report
+        // through the connection.
         tokio::select! {
-            _ = drain.cancelled() => break Ok(()),
+            _ = drain.cancelled(), if fleet.builds.is_empty() => break Ok(()),
             _ = tokio::time::sleep(wait) => {}
         }
         delay = (delay * 2).min(LAST_RETRY);
@@ -189,8 +191,16 @@ async fn session(
         fleet.heartbeat = Some(tokio::spawn(send_heartbeats(context.clone(), period, drain.clone())));
     }
     let control = listen_for_control(&connection, context).await?;
-    let outcome =
+    let mut outcome =
         dispatch(&connection, context, &rpc, &builders, max_builds, slots, &mut fleet.builds, drain, stop_builds).await;
+    if outcome.is_ok() {
+        // Draining: no new builds, but the running ones still need this
+        // connection for their events, heartbeats and stop requests.
+        tokio::select! {
+            _ = async { while fleet.builds.join_next().await.is_some() {} } => {}
+            _ = wait_until_closed(&connection) => outcome = Err(WorkerError::ConsumerEnded),
+        }
+    }
     control.abort();
     let _ = connection.close(200, "worker session ends".into()).await;
     outcome

@@ -122,3 +122,31 @@ async fn malformed_or_impossible_events_are_dead_lettered_and_recording_goes_on(
     assert_eq!(stack.wait_for_build(request).await["results"], 0);
     let _ = connection.close(200, "test done".into()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_sent_sigterm_finishes_its_running_build_takes_no_new_one_and_exits() {
+    let mut stack = TestStack::new(
+        &master_yaml(&[("drained", "- name: work\n  command: echo begin; sleep 2; echo end\n")]),
+        &["drained"],
+    )
+    .await;
+    stack.start_masters_behind_haproxy().await;
+    stack.start_worker("w1");
+    let running = stack.force("drained").await;
+    stack.wait_for_build_to_start(running).await;
+    stack.terminate_worker("w1");
+    let waiting = stack.force("drained").await;
+
+    let build = stack.wait_for_build(running).await;
+    assert_eq!(build["results"], 0, "the running build finished normally: {build}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !stack.worker_exited("w1") {
+        assert!(std::time::Instant::now() < deadline, "worker w1 did not exit:\n{}", stack.worker_logs());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let request = stack.get(&format!("/api/v2/buildrequests/{waiting}")).await;
+    assert_eq!(request["buildrequests"][0]["claimed"], false, "a draining worker takes no new build: {request}");
+    // The request waits for a worker that is not draining.
+    stack.start_worker("w2");
+    assert_eq!(stack.wait_for_build(waiting).await["results"], 0);
+}

@@ -197,6 +197,20 @@ impl TestStack {
         drop(self.workers.remove(index));
     }
 
+    /// Sends SIGTERM to a worker process, as a service manager stopping it
+    /// would.
+    pub fn terminate_worker(&self, name: &str) {
+        let (_, worker) = self.workers.iter().find(|(n, _)| n == name).expect("worker was started");
+        let status = Command::new("kill").arg("-TERM").arg(worker.0.id().to_string()).status().expect("kill runs");
+        assert!(status.success(), "SIGTERM to worker {name}");
+    }
+
+    /// Whether a worker process has exited.
+    pub fn worker_exited(&mut self, name: &str) -> bool {
+        let (_, worker) = self.workers.iter_mut().find(|(n, _)| n == name).expect("worker was started");
+        worker.0.try_wait().expect("worker status").is_some()
+    }
+
     /// Asks `check` every 50 ms until it answers; fails the test after
     /// `seconds`, saying what was awaited and what the workers logged.
     pub async fn eventually<T>(&self, seconds: u64, what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
