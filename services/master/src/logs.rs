@@ -17,7 +17,7 @@ use shared::names::{LOG_FIELD_CHANNEL, LOG_FIELD_DATA};
 use shared::wire::LogChannel;
 use sqlx::{Postgres, Transaction};
 
-use crate::store::{ArchivedChunk, Store, StoreError};
+use crate::store::{ArchivedChunk, LogState, Store, StoreError};
 
 /// Raw bytes gathered before a chunk is compressed and written.
 const CHUNK_RAW_BYTES: usize = 1024 * 1024;
@@ -291,7 +291,8 @@ pub fn raw_bytes(
 const FOLLOW_BLOCK: Duration = Duration::from_millis(500);
 
 /// What a step prints, from the first byte, as it prints it, until the log is
-/// archived: the live Redis stream first, then whatever the stream no longer
+/// archived (or its build ended without it, its worker lost): the live Redis
+/// stream first, then whatever the stream no longer
 /// holds from the archive. The bytes are exactly those of the raw download.
 ///
 /// `live` is a connection of the follower's own: waiting for new entries
@@ -340,10 +341,13 @@ impl Follower {
                     let page =
                         read_stream_blocking(&mut self.live, &self.key, &self.after, ENTRIES_PER_PAGE, FOLLOW_BLOCK)
                             .await?;
-                    if page.is_empty()
-                        && let Some(total) = self.store.archived_log_bytes(self.log_id).await?
-                    {
-                        self.phase = Phase::Draining { total: total as u64 };
+                    if page.is_empty() {
+                        match self.store.log_state(self.log_id).await? {
+                            LogState::Running => {}
+                            LogState::Archived { bytes } => self.phase = Phase::Draining { total: bytes as u64 },
+                            // Its worker was lost: nothing more will come.
+                            LogState::Abandoned => return Ok(None),
+                        }
                     }
                     page
                 }

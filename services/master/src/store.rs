@@ -136,6 +136,14 @@ pub struct LogRow {
     pub complete: bool,
 }
 
+/// See [`Store::log_state`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogState {
+    Running,
+    Archived { bytes: i64 },
+    Abandoned,
+}
+
 /// Where a log's live copy is: enough to name its Redis stream.
 #[derive(Debug, FromRow, Clone)]
 pub struct LogLocation {
@@ -772,12 +780,23 @@ impl Store {
         .await?)
     }
 
-    /// The printed size of a log once it is archived; `None` while it is not.
-    pub async fn archived_log_bytes(&self, log_id: i64) -> StoreResult<Option<i64>> {
-        Ok(sqlx::query_scalar("select num_bytes from logs where id = $1 and complete")
-            .bind(log_id)
-            .fetch_optional(&self.reads)
-            .await?)
+    /// Whether more output may still come to a log: `Archived` with its
+    /// printed size, `Abandoned` when its build ended without archiving it
+    /// (the worker was lost), else `Running`.
+    pub async fn log_state(&self, log_id: i64) -> StoreResult<LogState> {
+        let row: Option<(bool, i64, bool)> = sqlx::query_as(
+            r#"select l.complete, l.num_bytes, b.complete_at is not null
+               from logs l join steps s on s.id = l.step_id join builds b on b.id = s.build_id
+               where l.id = $1"#,
+        )
+        .bind(log_id)
+        .fetch_optional(&self.reads)
+        .await?;
+        Ok(match row {
+            Some((true, bytes, _)) => LogState::Archived { bytes },
+            Some((false, _, true)) | None => LogState::Abandoned,
+            Some((false, _, false)) => LogState::Running,
+        })
     }
 
     pub async fn log_location(&self, log_id: i64) -> StoreResult<Option<LogLocation>> {

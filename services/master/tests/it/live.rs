@@ -61,3 +61,33 @@ async fn a_followed_log_arrives_while_the_step_runs_and_ends_with_the_archive() 
         assert_eq!(response.unwrap().status(), 400, "{bad}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn following_a_log_ends_when_its_worker_is_lost() {
+    let mut stack =
+        TestStack::new(&master_yaml(&[("doomed", "- name: hang\n  command: echo begin; sleep 120\n")]), &["doomed"])
+            .await;
+    stack.start_masters_behind_haproxy().await;
+    stack.start_worker("w1");
+    let request = stack.force("doomed").await;
+    let build_id = stack.wait_for_build_to_start(request).await["buildid"].as_i64().unwrap();
+    let log_id = stack
+        .eventually(30, "the step's log", async || {
+            let step = stack.steps(build_id).await.into_iter().next()?;
+            let logs = stack.get(&format!("/api/v2/steps/{}/logs", step["stepid"])).await;
+            logs["logs"][0]["logid"].as_i64()
+        })
+        .await;
+    let url = format!("{}/api/v2/logs/{log_id}/raw?follow=true", stack.base_url);
+    let mut pieces = stack.http.get(&url).send().await.unwrap().bytes_stream();
+    let first = tokio::time::timeout(Duration::from_secs(10), pieces.next()).await.expect("output within 10s");
+    assert_eq!(&first.expect("a first piece").unwrap()[..], b"begin\n");
+
+    stack.kill_worker("w1");
+    // The lease (4 s in tests) expires, the build ends RETRY, and the
+    // follower is told there is nothing more instead of waiting forever.
+    let end = tokio::time::timeout(Duration::from_secs(30), pieces.next()).await;
+    assert!(matches!(end, Ok(None)), "the stream ended: {end:?}");
+    let builds = stack.builds_of_request(request).await;
+    assert_eq!(builds[0]["results"], 5, "RETRY: {builds:?}");
+}
