@@ -150,3 +150,33 @@ async fn a_worker_sent_sigterm_finishes_its_running_build_takes_no_new_one_and_e
     stack.start_worker("w2");
     assert_eq!(stack.wait_for_build(waiting).await["results"], 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_master_that_accepted_a_force_killed_with_sigkill_loses_nothing() {
+    let mut stack = TestStack::new(
+        &master_yaml(&[("survives", "- name: work\n  command: echo begin; sleep 2; echo end\n")]),
+        &["survives"],
+    )
+    .await;
+    let doomed = stack.start_master_process("a").await;
+    stack.start_master_process("b").await;
+    stack.start_haproxy().await;
+    stack.start_worker("w1");
+    let request = stack.force_at(&format!("http://{doomed}"), "survives").await;
+    stack.wait_for_build_to_start(request).await;
+    stack.kill_master_process("a");
+
+    let build = stack.wait_for_build(request).await;
+    assert_eq!(build["results"], 0, "{build}\n{}", stack.worker_logs());
+    let builds = stack.builds_of_request(request).await;
+    assert_eq!(builds.len(), 1, "recorded once, not retried: {builds:?}");
+    let steps = stack.steps(build["buildid"].as_i64().unwrap()).await;
+    assert_eq!(steps.len(), 1);
+    let log = stack.archived_log(steps[0]["stepid"].as_i64().unwrap()).await;
+    assert_eq!(stack.get_bytes(&format!("/api/v2/logs/{}/raw", log["logid"])).await, b"begin\nend\n");
+    // The surviving master takes every new force through HAProxy.
+    for _ in 0..3 {
+        let next = stack.force("survives").await;
+        assert_eq!(stack.wait_for_build(next).await["results"], 0);
+    }
+}

@@ -68,6 +68,8 @@ pub struct TestStack {
     pub settings_path: PathBuf,
     builders: Vec<String>,
     masters: Vec<(CancellationToken, tokio::task::JoinHandle<()>, SocketAddr)>,
+    /// Masters running as `buildmaster start` processes, by name.
+    master_processes: Vec<(String, SocketAddr, ChildGuard)>,
     children: Vec<ChildGuard>,
     workers: Vec<(String, ChildGuard)>,
     pub http: reqwest::Client,
@@ -105,6 +107,7 @@ impl TestStack {
             settings_path,
             builders: builders.iter().map(|b| b.to_string()).collect(),
             masters: Vec::new(),
+            master_processes: Vec::new(),
             children: Vec::new(),
             workers: Vec::new(),
             http: reqwest::Client::new(),
@@ -139,11 +142,38 @@ impl TestStack {
         address
     }
 
+    /// Starts a master as a `buildmaster start` process, which a test can
+    /// kill with SIGKILL (`kill_master_process`).
+    pub async fn start_master_process(&mut self, name: &str) -> SocketAddr {
+        let address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("an address");
+        let log = std::fs::File::create(self.dir.path().join(format!("master-{name}.log"))).expect("master log");
+        let child = Command::new(binary("buildmaster"))
+            .arg("--settings")
+            .arg(&self.settings_path)
+            .args(["start", "--listen", &address.to_string(), "--name", &format!("{}-{name}", self.namespace)])
+            .stdout(log.try_clone().expect("clone log"))
+            .stderr(log)
+            .spawn()
+            .expect("buildmaster starts");
+        self.master_processes.push((name.to_owned(), address, ChildGuard(child)));
+        self.wait_healthy(&format!("http://{address}")).await;
+        address
+    }
+
+    /// Kills a master process with SIGKILL: no graceful anything.
+    pub fn kill_master_process(&mut self, name: &str) {
+        let index = self.master_processes.iter().position(|(n, _, _)| n == name).expect("master was started");
+        drop(self.master_processes.remove(index));
+    }
+
     /// Starts HAProxy with the repository's haproxy.cfg in front of the first
-    /// two masters; requests go through it from now on.
+    /// two masters (in this process, then processes); requests go through it
+    /// from now on.
     pub async fn start_haproxy(&mut self) {
         let port = free_port();
-        let masters: Vec<String> = self.masters.iter().map(|(_, _, address)| address.to_string()).collect();
+        let in_process = self.masters.iter().map(|(_, _, address)| address.to_string());
+        let processes = self.master_processes.iter().map(|(_, address, _)| address.to_string());
+        let masters: Vec<String> = in_process.chain(processes).collect();
         assert!(masters.len() >= 2, "start two masters before HAProxy");
         let child = Command::new("haproxy")
             .args(["-W", "-db", "-f"])
@@ -248,13 +278,18 @@ impl TestStack {
 
     /// Forces one builder with Buildbot's JSON-RPC body; returns the request id.
     pub async fn force(&self, builder: &str) -> i64 {
+        self.force_at(&self.base_url, builder).await
+    }
+
+    /// Forces through the master (or proxy) at `base_url`.
+    pub async fn force_at(&self, base_url: &str, builder: &str) -> i64 {
         let body = json!({
             "jsonrpc": "2.0", "method": "force", "id": 1,
             "params": { "builderNames": [builder], "reason": "test", "owner": "tests" },
         });
         let response = self
             .http
-            .post(format!("{}/api/v2/forceschedulers/force", self.base_url))
+            .post(format!("{base_url}/api/v2/forceschedulers/force"))
             .json(&body)
             .send()
             .await
