@@ -50,6 +50,46 @@ pub fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0").expect("bind port 0").local_addr().expect("local addr").port()
 }
 
+/// A Redis server of one test's own (own port, own directory, nothing kept
+/// on disk), so the test may flush it without touching anyone else.
+pub struct PrivateRedis {
+    port: u16,
+    _server: ChildGuard,
+    _dir: tempfile::TempDir,
+}
+
+impl PrivateRedis {
+    pub async fn start() -> PrivateRedis {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let port = free_port();
+        let server = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts (deploy/services.sh ensure installs it)");
+        let redis = PrivateRedis { port, _server: ChildGuard(server), _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while redis.command("PING").await.is_err() {
+            assert!(Instant::now() < deadline, "private redis-server on port {port} did not answer");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub async fn command(&self, name: &str) -> redis::RedisResult<redis::Value> {
+        let client = redis::Client::open(self.url())?;
+        let mut connection = client.get_multiplexed_async_connection().await?;
+        redis::cmd(name).query_async(&mut connection).await
+    }
+}
+
 /// Kills a child process when dropped.
 pub struct ChildGuard(pub Child);
 
@@ -70,6 +110,7 @@ pub struct TestStack {
     masters: Vec<(CancellationToken, tokio::task::JoinHandle<()>, SocketAddr)>,
     /// Masters running as `buildmaster start` processes, by name.
     master_processes: Vec<(String, SocketAddr, ChildGuard)>,
+    redis_url: String,
     children: Vec<ChildGuard>,
     workers: Vec<(String, ChildGuard)>,
     pub http: reqwest::Client,
@@ -81,6 +122,12 @@ impl TestStack {
     /// Writes settings.yaml and master.yaml (YAML text of `master_yaml`),
     /// creates the database and applies migrations.
     pub async fn new(master_yaml: &str, builders: &[&str]) -> TestStack {
+        Self::with_redis(master_yaml, builders, &redis_url()).await
+    }
+
+    /// Like `new`, with masters and workers on the Redis at `redis_url`
+    /// (a `PrivateRedis` for tests that flush it).
+    pub async fn with_redis(master_yaml: &str, builders: &[&str], redis_url: &str) -> TestStack {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let namespace = format!("t{}", &id[..12]);
         let database = format!("buildmaster_test_{}", &id[..12]);
@@ -93,7 +140,7 @@ impl TestStack {
              workers:\n  - name: w1\n    password: {WORKER_PASSWORD}\n    max_builds: 2\n  - name: w2\n    password: {WORKER_PASSWORD}\n\
              builds:\n  lease_seconds: 4\n  heartbeat_seconds: 1\n  redeliver_after_seconds: 2\n  max_retries: 1\n",
             amqp = amqp_url(),
-            redis = redis_url(),
+            redis = redis_url,
         );
         let settings_path = dir.path().join("settings.yaml");
         std::fs::write(&settings_path, settings).expect("write settings.yaml");
@@ -108,6 +155,7 @@ impl TestStack {
             builders: builders.iter().map(|b| b.to_string()).collect(),
             masters: Vec::new(),
             master_processes: Vec::new(),
+            redis_url: redis_url.to_owned(),
             children: Vec::new(),
             workers: Vec::new(),
             http: reqwest::Client::new(),
@@ -205,7 +253,7 @@ impl TestStack {
         let config = format!(
             "name: {name}\npassword: {WORKER_PASSWORD}\namqp_url: {}\nredis_url: {}\nnamespace: {}\nbasedir: .\n",
             amqp_url(),
-            redis_url(),
+            self.redis_url,
             self.namespace
         );
         let config_path = basedir.join("worker.yaml");
@@ -372,7 +420,7 @@ impl TestStack {
     /// Deletes every Redis key of this installation (as a FLUSHALL would,
     /// without touching anyone else's).
     pub async fn delete_redis_keys(&self) -> usize {
-        let client = redis::Client::open(redis_url()).expect("redis url");
+        let client = redis::Client::open(self.redis_url.as_str()).expect("redis url");
         let mut connection = client.get_multiplexed_async_connection().await.expect("redis connects");
         let keys: Vec<String> =
             redis::cmd("KEYS").arg(format!("{}:*", self.namespace)).query_async(&mut connection).await.expect("KEYS");
