@@ -1,6 +1,6 @@
 //! Breaking things on purpose: what was accepted still runs, exactly once.
 
-use crate::harness::{PrivateRedis, TestStack, master_yaml};
+use crate::harness::{PrivatePostgres, PrivateRedis, TestStack, master_yaml};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn masters_and_workers_reconnect_when_rabbitmq_drops_their_connections() {
@@ -180,4 +180,55 @@ async fn the_master_that_accepted_a_force_killed_with_sigkill_loses_nothing() {
         let next = stack.force("survives").await;
         assert_eq!(stack.wait_for_build(next).await["results"], 0);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restarting_during_a_burst_loses_no_trigger_that_got_a_2xx() {
+    const FORCES: usize = 120;
+    let postgres = PrivatePostgres::start().await;
+    let yaml = master_yaml(&[("burst", "- name: work\n  command: echo ok\n")]);
+    let mut stack =
+        TestStack::with_services(&yaml, &["burst"], &postgres.admin_url(), &crate::harness::redis_url()).await;
+    stack.start_masters_behind_haproxy().await;
+    stack.start_worker("w1");
+    stack.start_worker("w2");
+
+    let body = serde_json::json!({
+        "jsonrpc": "2.0", "method": "force", "id": 1, "params": {"builderNames": ["burst"], "reason": "burst"},
+    });
+    let url = format!("{}/api/v2/forceschedulers/force", stack.base_url);
+    let mut forces = tokio::task::JoinSet::new();
+    for n in 0..FORCES {
+        let (http, url, body) = (stack.http.clone(), url.clone(), body.clone());
+        forces.spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(25 * n as u64)).await;
+            let response = http.post(&url).json(&body).send().await.map_err(|e| e.to_string())?;
+            let status = response.status();
+            let answer: serde_json::Value = response.json().await.map_err(|e| e.to_string())?;
+            if !status.is_success() {
+                return Err(format!("{status}: {answer}"));
+            }
+            answer["result"][1]["1"].as_i64().ok_or_else(|| format!("no request id in {answer}"))
+        });
+    }
+    // A third of the way into the burst, Postgres goes away and comes back.
+    tokio::time::sleep(std::time::Duration::from_millis(25 * FORCES as u64 / 3)).await;
+    tokio::task::block_in_place(|| postgres.restart());
+
+    let (mut accepted, mut refused) = (Vec::new(), Vec::new());
+    while let Some(outcome) = forces.join_next().await {
+        match outcome.unwrap() {
+            Ok(request) => accepted.push(request),
+            Err(error) => refused.push(error),
+        }
+    }
+    assert_eq!(accepted.len() + refused.len(), FORCES);
+    assert!(accepted.len() >= FORCES / 2, "most forces were accepted: refused {refused:?}");
+    for request in &accepted {
+        let build = stack.wait_for_build(*request).await;
+        assert_eq!(build["results"], 0, "request {request}: {build}");
+        let builds = stack.builds_of_request(*request).await;
+        assert_eq!(builds.iter().filter(|b| b["results"] == 0).count(), 1, "built once: {builds:?}");
+    }
+    eprintln!("{FORCES} forces: {} accepted and built once, {} refused: {refused:?}", accepted.len(), refused.len());
 }

@@ -90,6 +90,85 @@ impl PrivateRedis {
     }
 }
 
+/// A Postgres server of one test's own (own port, own data directory), so the
+/// test may restart it without touching anyone else. Run as the `postgres`
+/// user when the tests run as root (Postgres refuses root).
+pub struct PrivatePostgres {
+    port: u16,
+    bin: PathBuf,
+    data: PathBuf,
+    as_postgres: bool,
+    _dir: tempfile::TempDir,
+}
+
+impl PrivatePostgres {
+    pub async fn start() -> PrivatePostgres {
+        let bindir = Command::new("pg_config").arg("--bindir").output().ok().filter(|o| o.status.success());
+        let bin = match bindir {
+            Some(output) => PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()),
+            None => std::fs::read_dir("/usr/lib/postgresql")
+                .expect("Postgres server binaries (deploy/services.sh ensure installs them)")
+                .flatten()
+                .map(|version| version.path().join("bin"))
+                .max()
+                .expect("a Postgres version under /usr/lib/postgresql"),
+        };
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let data = dir.path().join("data");
+        let as_postgres = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+        if as_postgres {
+            let owned = Command::new("chown").args(["-R", "postgres"]).arg(dir.path()).status().expect("chown runs");
+            assert!(owned.success(), "chown the private Postgres directory to postgres");
+        }
+        let postgres = PrivatePostgres { port: free_port(), bin, data, as_postgres, _dir: dir };
+        postgres.run("initdb", &["-A", "trust", "-U", "postgres", "--no-sync", "-D"]);
+        postgres.start_server();
+        postgres
+    }
+
+    /// A Postgres tool, run as the `postgres` user when needed.
+    fn tool(&self, name: &str) -> Command {
+        let path = self.bin.join(name);
+        let mut command = if self.as_postgres {
+            let mut command = Command::new("runuser");
+            command.args(["-u", "postgres", "--"]).arg(path);
+            command
+        } else {
+            Command::new(path)
+        };
+        command.current_dir("/");
+        command
+    }
+
+    /// Runs a tool with `args` and the data directory last.
+    fn run(&self, tool: &str, args: &[&str]) {
+        let output = self.tool(tool).args(args).arg(&self.data).output().expect("Postgres tool runs");
+        assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    }
+
+    fn start_server(&self) {
+        let options = format!("-p {} -k {} -c listen_addresses=127.0.0.1", self.port, self.data.display());
+        let log = self.data.join("server.log");
+        self.run("pg_ctl", &["-w", "-l", &log.to_string_lossy(), "-o", &options, "start", "-D"]);
+    }
+
+    /// Stops the server (fast: open connections are cut) and starts it again.
+    pub fn restart(&self) {
+        self.run("pg_ctl", &["-w", "-m", "fast", "stop", "-D"]);
+        self.start_server();
+    }
+
+    pub fn admin_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = self.tool("pg_ctl").args(["-m", "immediate", "stop", "-D"]).arg(&self.data).output();
+    }
+}
+
 /// Kills a child process when dropped.
 pub struct ChildGuard(pub Child);
 
@@ -122,17 +201,23 @@ impl TestStack {
     /// Writes settings.yaml and master.yaml (YAML text of `master_yaml`),
     /// creates the database and applies migrations.
     pub async fn new(master_yaml: &str, builders: &[&str]) -> TestStack {
-        Self::with_redis(master_yaml, builders, &redis_url()).await
+        Self::with_services(master_yaml, builders, &admin_database_url(), &redis_url()).await
     }
 
     /// Like `new`, with masters and workers on the Redis at `redis_url`
     /// (a `PrivateRedis` for tests that flush it).
     pub async fn with_redis(master_yaml: &str, builders: &[&str], redis_url: &str) -> TestStack {
+        Self::with_services(master_yaml, builders, &admin_database_url(), redis_url).await
+    }
+
+    /// Like `new`, on the Postgres server of `admin_database_url` (a
+    /// `PrivatePostgres` for tests that restart it) and the Redis at
+    /// `redis_url`.
+    pub async fn with_services(master_yaml: &str, builders: &[&str], admin: &str, redis_url: &str) -> TestStack {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let namespace = format!("t{}", &id[..12]);
         let database = format!("buildmaster_test_{}", &id[..12]);
         let dir = tempfile::tempdir().expect("temporary directory");
-        let admin = admin_database_url();
         let (base, _) = admin.rsplit_once('/').expect("database URL has a path");
         let database_url = format!("{base}/{database}");
         let settings = format!(
@@ -355,10 +440,22 @@ impl TestStack {
         builds["builds"].as_array().expect("builds").clone()
     }
 
+    /// The builds of a request, or `None` while the API answers with an
+    /// error (a service restarting), for polling.
+    async fn poll_builds_of_request(&self, buildrequest_id: i64) -> Option<Vec<Value>> {
+        let url = format!("{}/api/v2/builds?buildrequestid={buildrequest_id}", self.base_url);
+        let response = self.http.get(url).send().await.ok()?;
+        if !response.status().is_success() {
+            return None;
+        }
+        let builds: Value = response.json().await.ok()?;
+        builds["builds"].as_array().cloned()
+    }
+
     /// Polls until the build of a request is complete; returns it.
     pub async fn wait_for_build(&self, buildrequest_id: i64) -> Value {
         self.eventually(60, &format!("a complete build of request {buildrequest_id}"), async || {
-            self.builds_of_request(buildrequest_id).await.into_iter().find(|b| b["complete"] == true)
+            self.poll_builds_of_request(buildrequest_id).await?.into_iter().find(|b| b["complete"] == true)
         })
         .await
     }
@@ -366,7 +463,7 @@ impl TestStack {
     /// Polls until a worker has claimed the request; returns its build.
     pub async fn wait_for_build_to_start(&self, buildrequest_id: i64) -> Value {
         self.eventually(30, &format!("a build of request {buildrequest_id}"), async || {
-            self.builds_of_request(buildrequest_id).await.into_iter().next()
+            self.poll_builds_of_request(buildrequest_id).await?.into_iter().next()
         })
         .await
     }
