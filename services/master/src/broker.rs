@@ -61,6 +61,7 @@ struct Link {
     confirmed: Channel,
     /// Publishes whose loss is covered by a retry on the other side (replies).
     unconfirmed: Channel,
+    opened_at: std::time::Instant,
 }
 
 impl Link {
@@ -71,7 +72,7 @@ impl Link {
         let confirmed = connection.create_channel().await?;
         confirmed.confirm_select(ConfirmSelectOptions::default()).await?;
         let unconfirmed = connection.create_channel().await?;
-        Ok(Link { connection, confirmed, unconfirmed })
+        Ok(Link { connection, confirmed, unconfirmed, opened_at: std::time::Instant::now() })
     }
 
     fn is_usable(&self) -> bool {
@@ -105,6 +106,13 @@ impl Broker {
 
     pub fn is_connected(&self) -> bool {
         self.link().is_usable()
+    }
+
+    /// How long the current connection has been up; `None` while there is
+    /// none.
+    pub fn connected_for(&self) -> Option<std::time::Duration> {
+        let link = self.link();
+        link.is_usable().then(|| link.opened_at.elapsed())
     }
 
     /// Watches the connection; when it breaks, reconnects with backoff and

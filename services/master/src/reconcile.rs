@@ -33,10 +33,16 @@ pub async fn reconcile(master: Arc<Master>, shutdown: CancellationToken) -> Resu
 
 async fn reconcile_once(master: &Master, builds: &BuildSettings) -> Result<(), MasterError> {
     master.store.touch_master(master.id).await?;
-    let requeued = master.store.expire_leases(BATCH, builds.max_retries).await?;
-    if !requeued.is_empty() {
-        tracing::warn!(count = requeued.len(), "builds lost their worker; their requests are pending again");
-        ring(master, requeued, true).await;
+    // Heartbeats reach masters through RabbitMQ. A master that has not been
+    // connected for a whole lease cannot tell a lost worker from one that is
+    // still reconnecting after the same outage, so it judges no lease.
+    let lease = Duration::from_secs(builds.lease_seconds);
+    if master.broker.connected_for().is_some_and(|up| up >= lease) {
+        let requeued = master.store.expire_leases(BATCH, builds.max_retries).await?;
+        if !requeued.is_empty() {
+            tracing::warn!(count = requeued.len(), "builds lost their worker; their requests are pending again");
+            ring(master, requeued, true).await;
+        }
     }
     let due = master.store.take_due_requests(builds.redeliver_after_seconds, BATCH).await?;
     if !due.is_empty() {

@@ -26,8 +26,8 @@ use lapin::{Channel, Connection, ConnectionProperties, Consumer};
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use shared::names::Namespace;
-use shared::wire::{self, ControlMessage, Doorbell, RpcReply, RpcRequest, WorkerEvent};
-use tokio::sync::Semaphore;
+use shared::wire::{self, BuildAssignment, ControlMessage, Doorbell, RpcReply, RpcRequest, WorkerEvent};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -86,6 +86,10 @@ struct Context {
     events: EventSender,
     /// Builds running now, with the token that stops each.
     running: Mutex<HashMap<i64, CancellationToken>>,
+    /// A claim sent without an answer (the connection died meanwhile): a
+    /// master may have made it a build, so the next session asks again with
+    /// the same token before anything else, and runs that build.
+    unanswered_claim: Mutex<Option<(String, Uuid)>>,
 }
 
 /// How long to wait for a master's answer before asking again.
@@ -113,6 +117,7 @@ pub async fn run(
         basedir: options.basedir.clone(),
         redis,
         running: Mutex::new(HashMap::new()),
+        unanswered_claim: Mutex::new(None),
     });
     let mut fleet = Fleet { slots: None, builds: JoinSet::new(), heartbeat: None, welcomes: 0 };
     let mut delay = FIRST_RETRY;
@@ -224,10 +229,28 @@ async fn dispatch(
     let mut doorbells: Option<(Channel, SelectAll<Consumer>)> = None;
     let outcome = loop {
         while builds.try_join_next().is_some() {}
+        // At capacity, the running builds may be waiting for a new
+        // connection to report: notice a lost one here too.
         let permit = tokio::select! {
             _ = drain.cancelled() => break Ok(()),
+            _ = wait_until_closed(connection) => break Err(WorkerError::ConsumerEnded),
             permit = slots.clone().acquire_owned() => permit.expect("semaphore never closes"),
         };
+        let unanswered = context.unanswered_claim.lock().expect("claim lock poisoned").clone();
+        if let Some((builder, token)) = unanswered {
+            match claim(context, rpc, &builder, token).await {
+                Ok(RpcReply::Claimed { build }) => {
+                    tracing::info!(
+                        build.id = build.build_id,
+                        "a claim left unanswered by a lost connection was a build"
+                    );
+                    start_build(context, build, permit, builds, stop_builds);
+                    continue;
+                }
+                Ok(_) => {}
+                Err(error) => break Err(error),
+            }
+        }
         if builders.is_empty() {
             tokio::select! {
                 _ = drain.cancelled() => break Ok(()),
@@ -255,22 +278,10 @@ async fn dispatch(
                 continue;
             }
         };
-        match claim(context, rpc, &builder).await {
+        match claim(context, rpc, &builder, Uuid::new_v4()).await {
             Ok(RpcReply::Claimed { build }) => {
                 delivery.ack(BasicAckOptions::default()).await?;
-                let stop = stop_builds.child_token();
-                context.running.lock().expect("running lock poisoned").insert(build.build_id, stop.clone());
-                let context = context.clone();
-                builds.spawn(async move {
-                    let build_id = build.build_id;
-                    tracing::info!(build.id = build_id, builder.name = %build.builder, build.number = build.number, "build starting");
-                    if let Err(error) = build::run_build(&context, build, stop).await {
-                        // Its lease expires and a master retries it.
-                        tracing::error!(%error, build.id = build_id, "build could not report its end");
-                    }
-                    context.running.lock().expect("running lock poisoned").remove(&build_id);
-                    drop(permit);
-                });
+                start_build(context, build, permit, builds, stop_builds);
             }
             Ok(RpcReply::NothingPending) => {
                 delivery.ack(BasicAckOptions::default()).await?;
@@ -339,16 +350,43 @@ async fn open_doorbells(
 
 /// Claims a build of `builder`, asking again with the same token when no
 /// master answers, so a lost answer never makes a second build.
-async fn claim(context: &Context, rpc: &RpcClient, builder: &str) -> Result<RpcReply, WorkerError> {
-    let request =
-        RpcRequest::Claim { worker: context.name.clone(), builder: builder.to_owned(), claim_token: Uuid::new_v4() };
+async fn claim(context: &Context, rpc: &RpcClient, builder: &str, token: Uuid) -> Result<RpcReply, WorkerError> {
+    *context.unanswered_claim.lock().expect("claim lock poisoned") = Some((builder.to_owned(), token));
+    let request = RpcRequest::Claim { worker: context.name.clone(), builder: builder.to_owned(), claim_token: token };
     let mut attempt = 1;
-    loop {
+    let outcome = loop {
         match rpc.call(&request, RPC_TIMEOUT).await {
             Err(WorkerError::NoAnswer(_)) if attempt < CLAIM_ATTEMPTS => attempt += 1,
-            other => return other,
+            other => break other,
         }
+    };
+    if outcome.is_ok() {
+        *context.unanswered_claim.lock().expect("claim lock poisoned") = None;
     }
+    outcome
+}
+
+/// Runs a claimed build in the background, holding its slot until it ends.
+fn start_build(
+    context: &Arc<Context>,
+    build: BuildAssignment,
+    permit: OwnedSemaphorePermit,
+    builds: &mut JoinSet<()>,
+    stop_builds: &CancellationToken,
+) {
+    let stop = stop_builds.child_token();
+    context.running.lock().expect("running lock poisoned").insert(build.build_id, stop.clone());
+    let context = context.clone();
+    builds.spawn(async move {
+        let build_id = build.build_id;
+        tracing::info!(build.id = build_id, builder.name = %build.builder, build.number = build.number, "build starting");
+        if let Err(error) = build::run_build(&context, build, stop).await {
+            // Its lease expires and a master retries it.
+            tracing::error!(%error, build.id = build_id, "build could not report its end");
+        }
+        context.running.lock().expect("running lock poisoned").remove(&build_id);
+        drop(permit);
+    });
 }
 
 /// Receives stop requests on this worker's control queue.

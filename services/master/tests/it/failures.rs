@@ -1,6 +1,6 @@
 //! Breaking things on purpose: what was accepted still runs, exactly once.
 
-use crate::harness::{PrivatePostgres, PrivateRedis, TestStack, master_yaml};
+use crate::harness::{PrivatePostgres, PrivateRabbitMq, PrivateRedis, Services, TestStack, master_yaml};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn masters_and_workers_reconnect_when_rabbitmq_drops_their_connections() {
@@ -34,7 +34,8 @@ async fn masters_and_workers_reconnect_when_rabbitmq_drops_their_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flushall_on_redis_mid_step_leaves_the_archived_log_whole() {
     let redis = PrivateRedis::start().await;
-    let mut stack = TestStack::with_redis("", &["spooled"], &redis.url()).await;
+    let mut stack =
+        TestStack::with_services("", &["spooled"], Services { redis_url: redis.url(), ..Services::shared() }).await;
     let release = stack.dir.path().join("release");
     let step = format!(
         "- name: talk\n  command: printf 'before the loss\\n'; while [ ! -e {} ]; do sleep 0.05; done; printf 'after'\n",
@@ -187,8 +188,8 @@ async fn postgres_restarting_during_a_burst_loses_no_trigger_that_got_a_2xx() {
     const FORCES: usize = 120;
     let postgres = PrivatePostgres::start().await;
     let yaml = master_yaml(&[("burst", "- name: work\n  command: echo ok\n")]);
-    let mut stack =
-        TestStack::with_services(&yaml, &["burst"], &postgres.admin_url(), &crate::harness::redis_url()).await;
+    let services = Services { admin_database_url: postgres.admin_url(), ..Services::shared() };
+    let mut stack = TestStack::with_services(&yaml, &["burst"], services).await;
     stack.start_masters_behind_haproxy().await;
     stack.start_worker("w1");
     stack.start_worker("w2");
@@ -231,4 +232,59 @@ async fn postgres_restarting_during_a_burst_loses_no_trigger_that_got_a_2xx() {
         assert_eq!(builds.iter().filter(|b| b["results"] == 0).count(), 1, "built once: {builds:?}");
     }
     eprintln!("{FORCES} forces: {} accepted and built once, {} refused: {refused:?}", accepted.len(), refused.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_restarting_during_a_burst_of_200_forces_builds_each_exactly_once() {
+    const FORCES: usize = 200;
+    let rabbitmq = PrivateRabbitMq::start().await;
+    let yaml = master_yaml(&[("burst", "- name: work\n  command: echo ok\n")]);
+    let services = Services { amqp_url: rabbitmq.url(), ..Services::shared() };
+    let mut stack = TestStack::with_services(&yaml, &["burst"], services).await;
+    // A lease longer than the restart, as in production (60 s by default):
+    // builds running through the restart must not be taken for lost.
+    let settings = std::fs::read_to_string(&stack.settings_path).unwrap();
+    std::fs::write(&stack.settings_path, settings.replace("lease_seconds: 4", "lease_seconds: 30")).unwrap();
+    stack.start_masters_behind_haproxy().await;
+    stack.start_worker("w1");
+    stack.start_worker("w2");
+
+    let mut forces = tokio::task::JoinSet::new();
+    for n in 0..FORCES {
+        let (http, url) = (stack.http.clone(), stack.base_url.clone());
+        forces.spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(10 * n as u64)).await;
+            let body = serde_json::json!({
+                "jsonrpc": "2.0", "method": "force", "id": 1, "params": {"builderNames": ["burst"], "reason": "burst"},
+            });
+            let response = http.post(format!("{url}/api/v2/forceschedulers/force")).json(&body).send().await;
+            let answer: serde_json::Value =
+                response.map_err(|e| e.to_string())?.json().await.map_err(|e| e.to_string())?;
+            answer["result"][1]["1"].as_i64().ok_or_else(|| format!("no request id in {answer}"))
+        });
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(10 * FORCES as u64 / 3)).await;
+    rabbitmq.restart().await;
+
+    let (mut accepted, mut refused) = (Vec::new(), Vec::new());
+    while let Some(outcome) = forces.join_next().await {
+        match outcome.unwrap() {
+            Ok(request) => accepted.push(request),
+            Err(error) => refused.push(error),
+        }
+    }
+    // Forces are written to Postgres, so a broker restart refuses none.
+    assert_eq!(refused, Vec::<String>::new());
+    assert_eq!(accepted.len(), FORCES);
+    for request in &accepted {
+        let build = stack.wait_for_build(*request).await;
+        assert_eq!(build["results"], 0, "request {request}: {build}\n{}", stack.worker_logs());
+    }
+    let mut duplicates = 0;
+    for request in &accepted {
+        let builds = stack.builds_of_request(*request).await;
+        duplicates += builds.iter().filter(|b| b["results"] == 0).count() - 1;
+    }
+    assert_eq!(duplicates, 0, "each request built exactly once");
+    eprintln!("{FORCES} forces across a RabbitMQ restart: {} built once, 0 duplicates, 0 lost", accepted.len());
 }

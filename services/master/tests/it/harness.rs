@@ -50,6 +50,103 @@ pub fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0").expect("bind port 0").local_addr().expect("local addr").port()
 }
 
+/// Where a test stack's services are: the machine's shared ones, or private
+/// instances of a test's own.
+pub struct Services {
+    /// A database URL on the Postgres server, for creating the test's database.
+    pub admin_database_url: String,
+    pub amqp_url: String,
+    pub redis_url: String,
+}
+
+impl Services {
+    pub fn shared() -> Services {
+        Services { admin_database_url: admin_database_url(), amqp_url: amqp_url(), redis_url: redis_url() }
+    }
+}
+
+/// A RabbitMQ node of one test's own (own port, node name and data
+/// directory), so the test may restart it without touching anyone else.
+pub struct PrivateRabbitMq {
+    port: u16,
+    node: String,
+    dir: tempfile::TempDir,
+    server: Child,
+}
+
+impl PrivateRabbitMq {
+    pub async fn start() -> PrivateRabbitMq {
+        use std::os::unix::process::CommandExt;
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let port = free_port();
+        let node = format!("buildmaster-test-{port}@localhost");
+        std::fs::write(
+            dir.path().join("rabbitmq.conf"),
+            format!("listeners.tcp.default = 127.0.0.1:{port}\nloopback_users = none\n"),
+        )
+        .expect("write rabbitmq.conf");
+        std::fs::write(dir.path().join("enabled_plugins"), "[].\n").expect("write enabled_plugins");
+        let log = std::fs::File::create(dir.path().join("server.log")).expect("server log");
+        let server = Command::new("/usr/lib/rabbitmq/bin/rabbitmq-server")
+            .env("HOME", dir.path())
+            .env("RABBITMQ_NODENAME", &node)
+            .env("RABBITMQ_NODE_PORT", port.to_string())
+            .env("RABBITMQ_DIST_PORT", free_port().to_string())
+            .env("RABBITMQ_MNESIA_BASE", dir.path().join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", dir.path().join("log"))
+            .env("RABBITMQ_CONFIG_FILE", dir.path().join("rabbitmq.conf"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", dir.path().join("enabled_plugins"))
+            .env("RABBITMQ_PID_FILE", dir.path().join("pid"))
+            .current_dir(dir.path())
+            .process_group(0)
+            .stdout(log.try_clone().expect("clone log"))
+            .stderr(log)
+            .spawn()
+            .expect("rabbitmq-server starts (deploy/services.sh ensure installs it)");
+        let rabbitmq = PrivateRabbitMq { port, node, dir, server };
+        rabbitmq.wait_until_serving().await;
+        rabbitmq
+    }
+
+    async fn wait_until_serving(&self) {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while lapin::Connection::connect(&self.url(), Default::default()).await.is_err() {
+            assert!(Instant::now() < deadline, "private RabbitMQ {} did not start; see {:?}", self.node, self.dir);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// Stops the broker application (every connection drops) and starts it
+    /// again; durable queues and persistent messages survive, as in a
+    /// restart of the service.
+    pub async fn restart(&self) {
+        for action in ["stop_app", "start_app"] {
+            // Not the /usr/sbin wrapper: as root it switches to the rabbitmq
+            // user, whose Erlang cookie is not this node's.
+            let output = Command::new("/usr/lib/rabbitmq/bin/rabbitmqctl")
+                .env("HOME", self.dir.path())
+                .args(["-n", &self.node, action])
+                .output()
+                .expect("rabbitmqctl runs");
+            let said = String::from_utf8_lossy(&output.stderr);
+            assert!(output.status.success(), "rabbitmqctl {action} on {}: {said}", self.node);
+        }
+        self.wait_until_serving().await;
+    }
+}
+
+impl Drop for PrivateRabbitMq {
+    fn drop(&mut self) {
+        // The server is a script and the Erlang VM it starts: kill the group.
+        let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", self.server.id())]).status();
+        let _ = self.server.wait();
+    }
+}
+
 /// A Redis server of one test's own (own port, own directory, nothing kept
 /// on disk), so the test may flush it without touching anyone else.
 pub struct PrivateRedis {
@@ -189,6 +286,7 @@ pub struct TestStack {
     masters: Vec<(CancellationToken, tokio::task::JoinHandle<()>, SocketAddr)>,
     /// Masters running as `buildmaster start` processes, by name.
     master_processes: Vec<(String, SocketAddr, ChildGuard)>,
+    amqp_url: String,
     redis_url: String,
     children: Vec<ChildGuard>,
     workers: Vec<(String, ChildGuard)>,
@@ -201,19 +299,13 @@ impl TestStack {
     /// Writes settings.yaml and master.yaml (YAML text of `master_yaml`),
     /// creates the database and applies migrations.
     pub async fn new(master_yaml: &str, builders: &[&str]) -> TestStack {
-        Self::with_services(master_yaml, builders, &admin_database_url(), &redis_url()).await
+        Self::with_services(master_yaml, builders, Services::shared()).await
     }
 
-    /// Like `new`, with masters and workers on the Redis at `redis_url`
-    /// (a `PrivateRedis` for tests that flush it).
-    pub async fn with_redis(master_yaml: &str, builders: &[&str], redis_url: &str) -> TestStack {
-        Self::with_services(master_yaml, builders, &admin_database_url(), redis_url).await
-    }
-
-    /// Like `new`, on the Postgres server of `admin_database_url` (a
-    /// `PrivatePostgres` for tests that restart it) and the Redis at
-    /// `redis_url`.
-    pub async fn with_services(master_yaml: &str, builders: &[&str], admin: &str, redis_url: &str) -> TestStack {
+    /// Like `new`, on the given services (private instances for tests that
+    /// restart or flush them).
+    pub async fn with_services(master_yaml: &str, builders: &[&str], services: Services) -> TestStack {
+        let Services { admin_database_url: admin, amqp_url, redis_url } = services;
         let id = uuid::Uuid::new_v4().simple().to_string();
         let namespace = format!("t{}", &id[..12]);
         let database = format!("buildmaster_test_{}", &id[..12]);
@@ -224,7 +316,7 @@ impl TestStack {
             "database_url: {database_url}\namqp_url: {amqp}\nredis_url: {redis}\nnamespace: {namespace}\nweb:\n  max_body_bytes: 65536\n\
              workers:\n  - name: w1\n    password: {WORKER_PASSWORD}\n    max_builds: 2\n  - name: w2\n    password: {WORKER_PASSWORD}\n\
              builds:\n  lease_seconds: 4\n  heartbeat_seconds: 1\n  redeliver_after_seconds: 2\n  max_retries: 1\n",
-            amqp = amqp_url(),
+            amqp = amqp_url,
             redis = redis_url,
         );
         let settings_path = dir.path().join("settings.yaml");
@@ -240,7 +332,8 @@ impl TestStack {
             builders: builders.iter().map(|b| b.to_string()).collect(),
             masters: Vec::new(),
             master_processes: Vec::new(),
-            redis_url: redis_url.to_owned(),
+            amqp_url,
+            redis_url,
             children: Vec::new(),
             workers: Vec::new(),
             http: reqwest::Client::new(),
@@ -337,9 +430,7 @@ impl TestStack {
         std::fs::create_dir_all(&basedir).expect("worker basedir");
         let config = format!(
             "name: {name}\npassword: {WORKER_PASSWORD}\namqp_url: {}\nredis_url: {}\nnamespace: {}\nbasedir: .\n",
-            amqp_url(),
-            self.redis_url,
-            self.namespace
+            self.amqp_url, self.redis_url, self.namespace
         );
         let config_path = basedir.join("worker.yaml");
         std::fs::write(&config_path, config).expect("write worker.yaml");
