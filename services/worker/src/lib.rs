@@ -53,6 +53,8 @@ pub enum WorkerError {
     EventRefused(String),
     #[error("the doorbell consumer stopped; the connection to RabbitMQ was lost")]
     ConsumerEnded,
+    #[error("the connection to RabbitMQ was lost while waiting for a master's answer")]
+    ConnectionLost,
     #[error("unexpected reply from a master: {0}")]
     UnexpectedReply(String),
 }

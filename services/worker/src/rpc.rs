@@ -92,7 +92,21 @@ impl RpcClient {
             self.pending.lock().expect("rpc routes lock poisoned").remove(&id);
             return Err(error.into());
         }
-        match tokio::time::timeout(timeout, receiver).await {
+        // A reply cannot come over a lost connection: say so at once rather
+        // than after the timeout, so the caller can ask again on a new one.
+        let lost = async {
+            while self.channel.status().connected() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        let answer = tokio::select! {
+            answer = tokio::time::timeout(timeout, receiver) => answer,
+            _ = lost => {
+                self.pending.lock().expect("rpc routes lock poisoned").remove(&id);
+                return Err(WorkerError::ConnectionLost);
+            }
+        };
+        match answer {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(_)) => {
                 Err(WorkerError::UnexpectedReply("a master's reply could not be read (see the warning above)".into()))
