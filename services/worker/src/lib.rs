@@ -53,7 +53,7 @@ pub enum WorkerError {
     EventRefused(String),
     #[error("the doorbell consumer stopped; the connection to RabbitMQ was lost")]
     ConsumerEnded,
-    #[error("the connection to RabbitMQ was lost while waiting for a master's answer")]
+    #[error("the connection to RabbitMQ was lost")]
     ConnectionLost,
     #[error("unexpected reply from a master: {0}")]
     UnexpectedReply(String),
@@ -205,7 +205,7 @@ async fn session(
         // connection for their events, heartbeats and stop requests.
         tokio::select! {
             _ = async { while fleet.builds.join_next().await.is_some() {} } => {}
-            _ = wait_until_closed(&connection) => outcome = Err(WorkerError::ConsumerEnded),
+            _ = wait_until_closed(&connection) => outcome = Err(WorkerError::ConnectionLost),
         }
     }
     control.abort();
@@ -235,7 +235,7 @@ async fn dispatch(
         // connection to report: notice a lost one here too.
         let permit = tokio::select! {
             _ = drain.cancelled() => break Ok(()),
-            _ = wait_until_closed(connection) => break Err(WorkerError::ConsumerEnded),
+            _ = wait_until_closed(connection) => break Err(WorkerError::ConnectionLost),
             permit = slots.clone().acquire_owned() => permit.expect("semaphore never closes"),
         };
         let unanswered = context.unanswered_claim.lock().expect("claim lock poisoned").clone();
@@ -256,7 +256,7 @@ async fn dispatch(
         if builders.is_empty() {
             tokio::select! {
                 _ = drain.cancelled() => break Ok(()),
-                _ = wait_until_closed(connection) => break Err(WorkerError::ConsumerEnded),
+                _ = wait_until_closed(connection) => break Err(WorkerError::ConnectionLost),
             }
         }
         if doorbells.is_none() {

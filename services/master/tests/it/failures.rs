@@ -1,6 +1,6 @@
 //! Breaking things on purpose: what was accepted still runs, exactly once.
 
-use crate::harness::{PrivatePostgres, PrivateRabbitMq, PrivateRedis, Services, TestStack, master_yaml};
+use crate::harness::{PrivatePostgres, PrivateRabbitMq, PrivateRedis, Services, TestStack, burst_outcome, master_yaml};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn masters_and_workers_reconnect_when_rabbitmq_drops_their_connections() {
@@ -50,12 +50,10 @@ async fn flushall_on_redis_mid_step_leaves_the_archived_log_whole() {
 
     // Wait until the first line is in Redis, then lose everything, as
     // FLUSHALL or a restart without persistence would.
+    let (_, log_id) = stack.first_step_log(build_id).await;
     stack
         .eventually(30, "the first line in Redis", async || {
-            let step = stack.steps(build_id).await.into_iter().next()?;
-            let logs = stack.get(&format!("/api/v2/steps/{}/logs", step["stepid"])).await;
-            let log = logs["logs"].as_array()?.first()?.clone();
-            let live = stack.get_bytes(&format!("/api/v2/logs/{}/raw", log["logid"])).await;
+            let live = stack.get_bytes(&format!("/api/v2/logs/{log_id}/raw")).await;
             (live == b"before the loss\n").then_some(())
         })
         .await;
@@ -194,35 +192,12 @@ async fn postgres_restarting_during_a_burst_loses_no_trigger_that_got_a_2xx() {
     stack.start_worker("w1");
     stack.start_worker("w2");
 
-    let body = serde_json::json!({
-        "jsonrpc": "2.0", "method": "force", "id": 1, "params": {"builderNames": ["burst"], "reason": "burst"},
-    });
-    let url = format!("{}/api/v2/forceschedulers/force", stack.base_url);
-    let mut forces = tokio::task::JoinSet::new();
-    for n in 0..FORCES {
-        let (http, url, body) = (stack.http.clone(), url.clone(), body.clone());
-        forces.spawn(async move {
-            tokio::time::sleep(std::time::Duration::from_millis(25 * n as u64)).await;
-            let response = http.post(&url).json(&body).send().await.map_err(|e| e.to_string())?;
-            let status = response.status();
-            let answer: serde_json::Value = response.json().await.map_err(|e| e.to_string())?;
-            if !status.is_success() {
-                return Err(format!("{status}: {answer}"));
-            }
-            answer["result"][1]["1"].as_i64().ok_or_else(|| format!("no request id in {answer}"))
-        });
-    }
+    let spacing = std::time::Duration::from_millis(25);
+    let forces = stack.spawn_forces("burst", FORCES, spacing);
     // A third of the way into the burst, Postgres goes away and comes back.
-    tokio::time::sleep(std::time::Duration::from_millis(25 * FORCES as u64 / 3)).await;
+    tokio::time::sleep(spacing * FORCES as u32 / 3).await;
     tokio::task::block_in_place(|| postgres.restart());
-
-    let (mut accepted, mut refused) = (Vec::new(), Vec::new());
-    while let Some(outcome) = forces.join_next().await {
-        match outcome.unwrap() {
-            Ok(request) => accepted.push(request),
-            Err(error) => refused.push(error),
-        }
-    }
+    let (accepted, refused) = burst_outcome(forces).await;
     assert_eq!(accepted.len() + refused.len(), FORCES);
     assert!(accepted.len() >= FORCES / 2, "most forces were accepted: refused {refused:?}");
     for request in &accepted {
@@ -249,30 +224,11 @@ async fn rabbitmq_restarting_during_a_burst_of_200_forces_builds_each_exactly_on
     stack.start_worker("w1");
     stack.start_worker("w2");
 
-    let mut forces = tokio::task::JoinSet::new();
-    for n in 0..FORCES {
-        let (http, url) = (stack.http.clone(), stack.base_url.clone());
-        forces.spawn(async move {
-            tokio::time::sleep(std::time::Duration::from_millis(10 * n as u64)).await;
-            let body = serde_json::json!({
-                "jsonrpc": "2.0", "method": "force", "id": 1, "params": {"builderNames": ["burst"], "reason": "burst"},
-            });
-            let response = http.post(format!("{url}/api/v2/forceschedulers/force")).json(&body).send().await;
-            let answer: serde_json::Value =
-                response.map_err(|e| e.to_string())?.json().await.map_err(|e| e.to_string())?;
-            answer["result"][1]["1"].as_i64().ok_or_else(|| format!("no request id in {answer}"))
-        });
-    }
-    tokio::time::sleep(std::time::Duration::from_millis(10 * FORCES as u64 / 3)).await;
+    let spacing = std::time::Duration::from_millis(10);
+    let forces = stack.spawn_forces("burst", FORCES, spacing);
+    tokio::time::sleep(spacing * FORCES as u32 / 3).await;
     rabbitmq.restart().await;
-
-    let (mut accepted, mut refused) = (Vec::new(), Vec::new());
-    while let Some(outcome) = forces.join_next().await {
-        match outcome.unwrap() {
-            Ok(request) => accepted.push(request),
-            Err(error) => refused.push(error),
-        }
-    }
+    let (accepted, refused) = burst_outcome(forces).await;
     // Forces are written to Postgres, so a broker restart refuses none.
     assert_eq!(refused, Vec::<String>::new());
     assert_eq!(accepted.len(), FORCES);

@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use shared::config::Config;
 use shared::names::Namespace;
 use tokio::net::TcpListener;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub const WORKER_PASSWORD: &str = "a-test-password-long-enough";
@@ -507,22 +508,32 @@ impl TestStack {
 
     /// Forces through the master (or proxy) at `base_url`.
     pub async fn force_at(&self, base_url: &str, builder: &str) -> i64 {
-        let body = json!({
-            "jsonrpc": "2.0", "method": "force", "id": 1,
-            "params": { "builderNames": [builder], "reason": "test", "owner": "tests" },
-        });
-        let response = self
-            .http
-            .post(format!("{base_url}/api/v2/forceschedulers/force"))
-            .json(&body)
-            .send()
-            .await
-            .expect("POST reaches the stack");
-        let status = response.status();
-        let answer: Value = response.json().await.expect("JSON answer");
-        assert_eq!(status, 200, "force answered {status}: {answer}");
-        let requests = answer["result"][1].as_object().expect("result is [bsid, {builderid: brid}]");
-        requests.values().next().and_then(Value::as_i64).expect("one request")
+        try_force(&self.http, base_url, builder).await.unwrap_or_else(|error| panic!("force of {builder}: {error}"))
+    }
+
+    /// Forces `builder` `count` times through the stack's URL, one every
+    /// `spacing`, in the background; `burst_outcome` collects the answers.
+    pub fn spawn_forces(&self, builder: &str, count: usize, spacing: Duration) -> JoinSet<Result<i64, String>> {
+        let mut forces = JoinSet::new();
+        for n in 0..count {
+            let (http, url, builder) = (self.http.clone(), self.base_url.clone(), builder.to_owned());
+            forces.spawn(async move {
+                tokio::time::sleep(spacing * n as u32).await;
+                try_force(&http, &url, &builder).await
+            });
+        }
+        forces
+    }
+
+    /// Polls until the request's build has a first step with a log;
+    /// returns the step's and the log's ids.
+    pub async fn first_step_log(&self, build_id: i64) -> (i64, i64) {
+        self.eventually(30, &format!("the first step's log of build {build_id}"), async || {
+            let step = self.steps(build_id).await.into_iter().next()?;
+            let logs = self.get(&format!("/api/v2/steps/{}/logs", step["stepid"])).await;
+            Some((step["stepid"].as_i64()?, logs["logs"][0]["logid"].as_i64()?))
+        })
+        .await
     }
 
     /// The builds of a request, oldest first.
@@ -673,6 +684,38 @@ async fn remove_installation(namespace: &str, database: &str, builders: &[String
             let _: Result<(), _> = redis::cmd("DEL").arg(&keys).query_async(&mut connection).await;
         }
     }
+}
+
+/// Forces `builder` with Buildbot's JSON-RPC body; the request id, or what
+/// the stack answered instead.
+pub async fn try_force(http: &reqwest::Client, base_url: &str, builder: &str) -> Result<i64, String> {
+    let body = json!({
+        "jsonrpc": "2.0", "method": "force", "id": 1,
+        "params": { "builderNames": [builder], "reason": "test", "owner": "tests" },
+    });
+    let url = format!("{base_url}/api/v2/forceschedulers/force");
+    let response = http.post(url).json(&body).send().await.map_err(|e| format!("POST failed: {e}"))?;
+    let status = response.status();
+    let answer: Value = response.json().await.map_err(|e| format!("{status} without a JSON answer: {e}"))?;
+    if status != 200 {
+        return Err(format!("force answered {status}: {answer}"));
+    }
+    let requests =
+        answer["result"][1].as_object().ok_or_else(|| format!("not [bsid, {{builderid: brid}}]: {answer}"))?;
+    requests.values().next().and_then(Value::as_i64).ok_or_else(|| format!("no request id in {answer}"))
+}
+
+/// Waits for every force of a burst: the accepted request ids, and what the
+/// others were answered.
+pub async fn burst_outcome(mut forces: JoinSet<Result<i64, String>>) -> (Vec<i64>, Vec<String>) {
+    let (mut accepted, mut refused) = (Vec::new(), Vec::new());
+    while let Some(outcome) = forces.join_next().await {
+        match outcome.expect("a force task does not panic") {
+            Ok(request) => accepted.push(request),
+            Err(error) => refused.push(error),
+        }
+    }
+    (accepted, refused)
 }
 
 /// A master.yaml with one force scheduler over `builders`, each running the

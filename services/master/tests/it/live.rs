@@ -26,13 +26,7 @@ async fn a_followed_log_arrives_while_the_step_runs_and_ends_with_the_archive() 
     let request = stack.force("ticks").await;
     let build = stack.wait_for_build_to_start(request).await;
     let build_id = build["buildid"].as_i64().unwrap();
-    let (step_id, log_id) = stack
-        .eventually(30, "the first step's log", async || {
-            let step = stack.steps(build_id).await.into_iter().next()?;
-            let logs = stack.get(&format!("/api/v2/steps/{}/logs", step["stepid"])).await;
-            Some((step["stepid"].as_i64()?, logs["logs"][0]["logid"].as_i64()?))
-        })
-        .await;
+    let (step_id, log_id) = stack.first_step_log(build_id).await;
 
     let url = format!("{}/api/v2/logs/{log_id}/raw?follow=true", stack.base_url);
     let response = stack.http.get(&url).send().await.unwrap();
@@ -71,13 +65,7 @@ async fn following_a_log_ends_when_its_worker_is_lost() {
     stack.start_worker("w1");
     let request = stack.force("doomed").await;
     let build_id = stack.wait_for_build_to_start(request).await["buildid"].as_i64().unwrap();
-    let log_id = stack
-        .eventually(30, "the step's log", async || {
-            let step = stack.steps(build_id).await.into_iter().next()?;
-            let logs = stack.get(&format!("/api/v2/steps/{}/logs", step["stepid"])).await;
-            logs["logs"][0]["logid"].as_i64()
-        })
-        .await;
+    let (_, log_id) = stack.first_step_log(build_id).await;
     let url = format!("{}/api/v2/logs/{log_id}/raw?follow=true", stack.base_url);
     let mut pieces = stack.http.get(&url).send().await.unwrap().bytes_stream();
     let first = tokio::time::timeout(Duration::from_secs(10), pieces.next()).await.expect("output within 10s");
