@@ -1,11 +1,16 @@
 -- A large history for the crawler scenario: finished builds on 1,000
--- builders `seed-0` .. `seed-999`, each build with 8 steps and one log per
--- step, like years of a busy CI. Each run adds :batch builds; bench/run.sh
--- runs it until the database holds the history it wants, as the Postgres
--- superuser (foreign key checks are skipped for speed; every row written
--- here satisfies them).
+-- builders `seed-0` .. `seed-999`, each build with :steps steps (8 unless
+-- set) and one log per step, like years of a busy CI. Each run adds :batch
+-- builds; bench/run.sh runs it until the database holds the history it
+-- wants, and the API's index test seeds its own database with it, as the
+-- Postgres superuser (foreign key checks are skipped for speed; every row
+-- written here satisfies them).
 --
---   psql -v batch=50000 -f bench/seed.sql
+--   psql -v batch=50000 [-v steps=8] -f bench/seed.sql
+\if :{?steps}
+\else
+\set steps 8
+\endif
 set session_replication_role = replica;
 set synchronous_commit = off;
 
@@ -41,7 +46,7 @@ with sets as (
 ), steps as (
     insert into steps (build_id, number, name, started_at, complete_at, results, state_string)
     select builds.id, n, 'step ' || n, builds.started_at, builds.started_at + interval '30 seconds', 0, 'exit code 0'
-    from builds cross join generate_series(0, 7) n
+    from builds cross join generate_series(0, :steps - 1) n
     returning id
 )
 insert into logs (step_id, name, slug, num_lines, num_bytes, complete)

@@ -43,7 +43,8 @@ usage: deploy/services.sh ensure|check
 
   ensure  install (Debian packages) and start PostgreSQL, RabbitMQ and Redis
           when they are missing, ensure the Postgres role "buildmaster", and
-          install haproxy, socat, git and curl
+          install haproxy, socat, git, curl and python3 (for the example
+          API script and its test)
   check   report what is installed and running; exit 1 if anything is missing
 EOF
 }
@@ -303,6 +304,7 @@ install_missing_packages() {
     local -a packages=()
     find_command git >/dev/null || packages+=(git)
     find_command curl >/dev/null || packages+=(curl)
+    find_command python3 >/dev/null || packages+=(python3)
     find_command haproxy >/dev/null || packages+=(haproxy)
     find_command socat >/dev/null || packages+=(socat)
     find_command psql >/dev/null || packages+=(postgresql-client)
@@ -330,6 +332,7 @@ cmd_ensure() {
     # so that a package which did not provide its command fails clearly.
     ensure_command git git
     ensure_command curl curl
+    ensure_command python3 python3
     ensure_command haproxy haproxy
     # The client for HAProxy's runtime socket (draining during rolling restarts).
     ensure_command socat socat
@@ -345,7 +348,7 @@ cmd_ensure() {
 
 cmd_check() {
     local missing=0 name
-    for name in git curl haproxy socat psql pg_ctlcluster redis-server rabbitmq-server; do
+    for name in git curl python3 haproxy socat psql pg_ctlcluster redis-server rabbitmq-server; do
         if find_command "$name" >/dev/null; then
             say "installed:  $name ($(find_command "$name"))"
         else

@@ -17,7 +17,8 @@
 //!   not read, kept for people to look at.
 //!
 //! Redis keys: `{ns}:worker:{worker}:log:{build}:{step}:{log}` (one stream per
-//! log) and `{ns}:worker:{worker}:presence`; everything a worker writes sits
+//! log), `{ns}:worker:{worker}:presence`, and the pub/sub channel
+//! `{ns}:live` (changes, for live clients); everything a worker writes sits
 //! under its own prefix, so a per-worker ACL can be one key pattern.
 
 /// A validated namespace prefix.
@@ -86,6 +87,12 @@ impl Namespace {
     /// The Redis key that exists while a worker is online.
     pub fn presence_key(&self, worker: &str) -> String {
         format!("{}:worker:{worker}:presence", self.0)
+    }
+
+    /// The Redis pub/sub channel through which masters share what changed,
+    /// for the clients of `/ws` on every master.
+    pub fn live_channel(&self) -> String {
+        format!("{}:live", self.0)
     }
 
     /// The Redis key pattern of everything one worker may write.

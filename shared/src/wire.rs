@@ -62,8 +62,13 @@ pub enum Doorbell {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum RpcRequest {
-    /// Sent at start: which builders should I serve?
-    Hello { worker: String },
+    /// Sent at start: which builders should I serve? `info` (host, version,
+    /// operating system) is shown to users as Buildbot's `workerinfo`.
+    Hello {
+        worker: String,
+        #[serde(default)]
+        info: BTreeMap<String, String>,
+    },
     /// Give me the best pending request of `builder`. Retrying with the same
     /// `claim_token` returns the same build, so a lost reply costs nothing.
     Claim { worker: String, builder: String, claim_token: Uuid },
@@ -72,10 +77,22 @@ pub enum RpcRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum RpcReply {
-    Welcome { builders: Vec<String>, max_builds: u32, heartbeat_seconds: u64 },
-    Claimed { build: BuildAssignment },
+    Welcome {
+        builders: Vec<String>,
+        max_builds: u32,
+        heartbeat_seconds: u64,
+        /// A paused worker keeps its connection and running builds but takes
+        /// no new one until it is unpaused.
+        #[serde(default)]
+        paused: bool,
+    },
+    Claimed {
+        build: BuildAssignment,
+    },
     NothingPending,
-    Refused { reason: String },
+    Refused {
+        reason: String,
+    },
 }
 
 /// Everything a worker needs to run one build; it never reads config itself.
@@ -162,7 +179,17 @@ pub struct LogRecord {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ControlMessage {
-    StopBuild { build_id: i64, reason: String },
+    StopBuild {
+        build_id: i64,
+        reason: String,
+    },
+    /// Take no new builds until `Unpause`; running ones go on.
+    Pause,
+    Unpause,
+    /// Finish the running builds, take no new one, and exit (as on SIGTERM).
+    Shutdown {
+        reason: String,
+    },
 }
 
 /// Which stream of a step a piece of log came from.

@@ -71,7 +71,7 @@ async fn handle_request(master: &Master, delivery: Delivery) {
 
 fn request_worker(request: &RpcRequest) -> &str {
     match request {
-        RpcRequest::Hello { worker } | RpcRequest::Claim { worker, .. } => worker,
+        RpcRequest::Hello { worker, .. } | RpcRequest::Claim { worker, .. } => worker,
     }
 }
 
@@ -87,7 +87,7 @@ async fn answer(master: &Master, request: RpcRequest) -> Result<RpcReply, StoreE
     let catalog = master.catalog();
     let config = &catalog.config;
     match request {
-        RpcRequest::Hello { worker } => {
+        RpcRequest::Hello { worker, info } => {
             let is_local = Master::is_local_worker(&catalog, &worker);
             let max_builds = match config.worker(&worker) {
                 Some(settings) => settings.max_builds,
@@ -100,10 +100,14 @@ async fn answer(master: &Master, request: RpcRequest) -> Result<RpcReply, StoreE
                     });
                 }
             };
-            master.worker_id(&worker).await?;
+            let info = serde_json::to_value(&info).expect("strings serialize");
+            let (worker_id, paused) = master.store.worker_hello(&worker, &info).await?;
+            master.remember_worker(&worker, worker_id);
             let builders = config.builders_for_worker(&worker, is_local).into_iter().map(|b| b.name.clone()).collect();
             tracing::info!(worker.name = %worker, "worker said hello");
-            Ok(RpcReply::Welcome { builders, max_builds, heartbeat_seconds: config.settings.builds.heartbeat_seconds })
+            let heartbeat_seconds = config.settings.builds.heartbeat_seconds;
+            crate::live::publish_worker(master, worker_id, "connected").await;
+            Ok(RpcReply::Welcome { builders, max_builds, heartbeat_seconds, paused })
         }
         RpcRequest::Claim { worker, builder, claim_token } => {
             let is_local = Master::is_local_worker(&catalog, &worker);
@@ -128,6 +132,8 @@ async fn answer(master: &Master, request: RpcRequest) -> Result<RpcReply, StoreE
                 return Ok(RpcReply::NothingPending);
             };
             tracing::info!(build.id = claimed.id, build.number = claimed.number, builder.name = %builder, worker.name = %worker, "build claimed");
+            crate::live::publish_build(master, claimed.id, "new").await;
+            crate::live::publish_request(master, claimed.buildrequest_id, "claimed").await;
             let properties = match claimed.properties {
                 serde_json::Value::Object(map) => map
                     .into_iter()

@@ -12,6 +12,7 @@ use redis::AsyncCommands;
 use shared::wire::{self, WorkerEvent};
 use tokio_util::sync::CancellationToken;
 
+use crate::live;
 use crate::logs::{self, LogError};
 use crate::store::{RecordError, Recorded, Store, StoreError};
 use crate::{Master, MasterError, RETRY_DELAY};
@@ -89,18 +90,23 @@ async fn record(master: &Master, event: &WorkerEvent) -> Result<Recorded, EventE
             let Some(mut tx) = master.store.begin_event(*build_id, *seq, worker).await? else {
                 return Ok(Recorded::Duplicate);
             };
-            Store::upsert_step(&mut tx, *build_id, step).await?;
+            let (step_id, log_rows) = Store::upsert_step(&mut tx, *build_id, step).await?;
             Store::set_build_state(&mut tx, *build_id, &step.name).await?;
             tx.commit().await?;
+            live::publish_step(master, step_id, "started").await;
+            for log in log_rows {
+                live::publish_log(master, log.id, "new").await;
+            }
             Ok(Recorded::Applied)
         }
         WorkerEvent::StepFinished { worker, build_id, seq, step } => {
             let Some(mut tx) = master.store.begin_event(*build_id, *seq, worker).await? else {
                 return Ok(Recorded::Duplicate);
             };
-            let (_, log_rows) = Store::upsert_step(&mut tx, *build_id, step).await?;
+            let (step_id, log_rows) = Store::upsert_step(&mut tx, *build_id, step).await?;
             let mut redis = master.redis.clone();
             let mut archived_keys = Vec::new();
+            let mut archived_logs = Vec::new();
             for (record, row) in step.logs.iter().zip(&log_rows) {
                 if row.complete {
                     continue;
@@ -108,6 +114,7 @@ async fn record(master: &Master, event: &WorkerEvent) -> Result<Recorded, EventE
                 let key = master.namespace.log_stream_key(worker, *build_id, step.number, &record.slug);
                 logs::archive(&mut redis, &mut tx, row.id, &key, record.chunks).await?;
                 archived_keys.push(key);
+                archived_logs.push(row.id);
             }
             tx.commit().await?;
             let linger = master.catalog().config.settings.builds.log_linger_seconds as i64;
@@ -120,6 +127,10 @@ async fn record(master: &Master, event: &WorkerEvent) -> Result<Recorded, EventE
                 }
             }
             tracing::debug!(build.id = build_id, step.number = step.number, "step finished and archived");
+            live::publish_step(master, step_id, "finished").await;
+            for log_id in archived_logs {
+                live::publish_log(master, log_id, "finished").await;
+            }
             Ok(Recorded::Applied)
         }
         WorkerEvent::BuildFinished { worker, build_id, seq, results, state_string, finished_at, steps } => {
@@ -132,6 +143,11 @@ async fn record(master: &Master, event: &WorkerEvent) -> Result<Recorded, EventE
             Store::finish_build(&mut tx, *build_id, *results, state_string, *finished_at).await?;
             tx.commit().await?;
             tracing::info!(build.id = build_id, worker.name = %worker, build.results = %results, "build finished");
+            if let Some(build) = live::publish_build(master, *build_id, "finished").await
+                && let Some(request_id) = build.get("buildrequestid").and_then(serde_json::Value::as_i64)
+            {
+                live::publish_request(master, request_id, "complete").await;
+            }
             Ok(Recorded::Applied)
         }
     }

@@ -8,6 +8,7 @@ pub mod broker;
 mod dispatch;
 mod events;
 pub mod http;
+pub mod live;
 pub mod logs;
 mod reconcile;
 pub mod store;
@@ -66,6 +67,8 @@ pub struct Master {
     /// they wait for output.
     pub redis_client: redis::Client,
     pub namespace: Namespace,
+    /// Live events for this master's `/ws` clients, relayed from Redis.
+    pub live: tokio::sync::broadcast::Sender<Arc<live::LiveEvent>>,
     catalog: RwLock<Arc<Catalog>>,
     worker_ids: Mutex<HashMap<String, i32>>,
 }
@@ -82,7 +85,7 @@ impl Master {
     }
 
     /// Whether `worker` is some master's local worker.
-    fn is_local_worker(catalog: &Catalog, worker: &str) -> bool {
+    pub(crate) fn is_local_worker(catalog: &Catalog, worker: &str) -> bool {
         let settings = &catalog.config.settings;
         settings.use_local_worker
             && worker.starts_with(&format!("{}-", settings.local_worker.name))
@@ -141,12 +144,16 @@ impl Master {
         let _ = ringing.await;
     }
 
+    fn remember_worker(&self, worker: &str, id: i32) {
+        self.worker_ids.lock().expect("worker id lock poisoned").insert(worker.to_owned(), id);
+    }
+
     async fn worker_id(&self, worker: &str) -> Result<i32, StoreError> {
         if let Some(id) = self.worker_ids.lock().expect("worker id lock poisoned").get(worker) {
             return Ok(*id);
         }
         let id = self.store.ensure_worker(worker).await?;
-        self.worker_ids.lock().expect("worker id lock poisoned").insert(worker.to_owned(), id);
+        self.remember_worker(worker, id);
         Ok(id)
     }
 }
@@ -182,6 +189,7 @@ pub async fn connect(config: Config, master_name: &str) -> Result<Arc<Master>, M
         redis,
         redis_client,
         namespace,
+        live: live::channel(),
         catalog: RwLock::new(Arc::new(Catalog { config, builder_ids })),
         worker_ids: Mutex::new(HashMap::new()),
     }))
@@ -222,6 +230,7 @@ pub async fn run(
     tasks.spawn(dispatch::serve_rpc(master.clone(), stopping.clone()));
     tasks.spawn(events::record_events(master.clone(), stopping.clone()));
     tasks.spawn(reconcile::reconcile(master.clone(), stopping.clone()));
+    tasks.spawn(live::relay(master.clone(), stopping.clone()));
     tasks.spawn({
         let master = master.clone();
         let stopping = stopping.clone();

@@ -384,6 +384,126 @@ impl Follower {
     }
 }
 
+/// One line of a log, as `contents` serves it: the channel it started on
+/// and its bytes without the newline.
+pub struct LogLine {
+    pub channel: LogChannel,
+    pub text: Vec<u8>,
+}
+
+/// Lines `offset .. offset + limit` of a log. Archived logs start at the
+/// chunk holding line `offset` (chunks know their first line), so reading
+/// the end of a large log does not decompress its beginning; a live log is
+/// read from its stream's start.
+pub async fn lines(
+    store: &Store,
+    mut redis: ConnectionManager,
+    log_id: i64,
+    archived: bool,
+    stream_key: String,
+    offset: i64,
+    limit: i64,
+) -> Result<Vec<LogLine>, LogError> {
+    let mut splitter =
+        LineSplitter { wanted: offset..offset.saturating_add(limit), next_line: 0, current: None, out: Vec::new() };
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    if archived {
+        let Some((seq, first_line)) = store.chunk_holding_line(log_id, offset).await? else {
+            return Ok(Vec::new());
+        };
+        // Whether the chunk starts inside a line begun in the one before.
+        let mid_line = match seq.checked_sub(1) {
+            Some(previous) => match store.log_chunk(log_id, previous).await? {
+                Some(content) => {
+                    decode_chunk(log_id, &content)?.iter().rev().find_map(|r| r.data.last().copied()) != Some(b'\n')
+                }
+                None => false,
+            },
+            None => false,
+        };
+        splitter.next_line = first_line;
+        if mid_line {
+            // The continued line is before `offset`: it is skipped.
+            splitter.current = Some((first_line - 1, LogLine { channel: LogChannel::Stdout, text: Vec::new() }));
+        }
+        let mut chunks = store.log_chunks_from(log_id, seq);
+        while let Some(content) = chunks.next().await {
+            for record in decode_chunk(log_id, &content.map_err(StoreError::from)?)? {
+                if splitter.push(&record) {
+                    return Ok(splitter.out);
+                }
+            }
+        }
+    } else {
+        let mut after = String::from("-");
+        loop {
+            let page = read_stream_page(&mut redis, &stream_key, &after, ENTRIES_PER_PAGE).await?;
+            let Some((last_id, _)) = page.last() else { break };
+            after = last_id.clone();
+            let full = page.len() == ENTRIES_PER_PAGE;
+            for (_, record) in page {
+                if splitter.push(&record) {
+                    return Ok(splitter.out);
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+    }
+    splitter.finish();
+    Ok(splitter.out)
+}
+
+/// Cuts records into numbered lines, keeping those wanted.
+struct LineSplitter {
+    wanted: std::ops::Range<i64>,
+    /// Number the next line to start gets.
+    next_line: i64,
+    /// The line being read, with its number.
+    current: Option<(i64, LogLine)>,
+    out: Vec<LogLine>,
+}
+
+impl LineSplitter {
+    /// Returns true once every wanted line is out.
+    fn push(&mut self, record: &LogRecord) -> bool {
+        for piece in record.data.split_inclusive(|&b| b == b'\n') {
+            let (number, line) = self.current.get_or_insert_with(|| {
+                let number = self.next_line;
+                self.next_line += 1;
+                (number, LogLine { channel: record.channel, text: Vec::new() })
+            });
+            let number = *number;
+            let ends = piece.last() == Some(&b'\n');
+            if self.wanted.contains(&number) {
+                line.text.extend_from_slice(piece.strip_suffix(b"\n").unwrap_or(piece));
+            }
+            if ends {
+                let (number, line) = self.current.take().expect("a line is being read");
+                if self.wanted.contains(&number) {
+                    self.out.push(line);
+                }
+                if number + 1 >= self.wanted.end {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// A last line without a newline still counts.
+    fn finish(&mut self) {
+        if let Some((number, line)) = self.current.take()
+            && self.wanted.contains(&number)
+        {
+            self.out.push(line);
+        }
+    }
+}
+
 fn printed_bytes(records: Vec<LogRecord>) -> Vec<u8> {
     let mut bytes = Vec::new();
     for record in records {
@@ -409,5 +529,38 @@ mod tests {
         assert_eq!(builder.total_bytes, 13, "headers are not counted as printed bytes");
         let records = decode_chunk(1, &chunk.content).unwrap();
         assert_eq!(printed_bytes(records), b"one\ntwo\nthree");
+    }
+
+    #[test]
+    fn lines_are_numbered_where_they_start_and_keep_their_first_channel() {
+        let records = [
+            LogRecord { channel: LogChannel::Header, data: b"$ make\n".to_vec() },
+            LogRecord { channel: LogChannel::Stdout, data: b"one\ntw".to_vec() },
+            LogRecord { channel: LogChannel::Stderr, data: b"o\nthree".to_vec() },
+        ];
+        let split = |offset: i64, limit: i64| {
+            let mut splitter =
+                LineSplitter { wanted: offset..offset + limit, next_line: 0, current: None, out: Vec::new() };
+            for record in &records {
+                if splitter.push(record) {
+                    return splitter.out;
+                }
+            }
+            splitter.finish();
+            splitter.out
+        };
+        let all: Vec<(u8, Vec<u8>)> = split(0, 10).into_iter().map(|l| (l.channel.code(), l.text)).collect();
+        assert_eq!(
+            all,
+            vec![
+                (b'h', b"$ make".to_vec()),
+                (b'o', b"one".to_vec()),
+                (b'o', b"two".to_vec()),
+                (b'e', b"three".to_vec())
+            ]
+        );
+        let middle: Vec<Vec<u8>> = split(1, 2).into_iter().map(|l| l.text).collect();
+        assert_eq!(middle, vec![b"one".to_vec(), b"two".to_vec()]);
+        assert!(split(4, 5).is_empty(), "past the end");
     }
 }

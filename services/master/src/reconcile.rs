@@ -38,7 +38,11 @@ async fn reconcile_once(master: &Master, builds: &BuildSettings) -> Result<(), M
     // still reconnecting after the same outage, so it judges no lease.
     let lease = Duration::from_secs(builds.lease_seconds);
     if master.broker.connected_for().is_some_and(|up| up >= lease) {
-        let requeued = master.store.expire_leases(BATCH, builds.max_retries).await?;
+        let expired = master.store.expire_leases(BATCH, builds.max_retries).await?;
+        for build_id in &expired.builds {
+            crate::live::publish_build(master, *build_id, "finished").await;
+        }
+        let requeued = expired.requeued;
         if !requeued.is_empty() {
             tracing::warn!(count = requeued.len(), "builds lost their worker; their requests are pending again");
             ring(master, requeued, true).await;

@@ -14,6 +14,8 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{FromRow, Postgres, Transaction};
 use uuid::Uuid;
 
+pub mod resources;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error: {0}")]
@@ -154,28 +156,6 @@ pub struct LogLocation {
     pub worker_name: String,
 }
 
-#[derive(Debug, FromRow, Clone)]
-pub struct BuildRequestRow {
-    pub id: i64,
-    pub buildset_id: i64,
-    pub builder_id: i32,
-    pub priority: i32,
-    pub state: String,
-    pub submitted_at: DateTime<Utc>,
-    pub claimed_at: Option<DateTime<Utc>>,
-    pub claimed_by_master_id: Option<i32>,
-    pub complete_at: Option<DateTime<Utc>>,
-    pub results: Option<i16>,
-}
-
-#[derive(Debug, FromRow, Clone)]
-pub struct BuilderRow {
-    pub id: i32,
-    pub name: String,
-    pub description: Option<String>,
-    pub tags: Vec<String>,
-}
-
 /// One archived piece of a log, ready to insert.
 pub struct ArchivedChunk {
     pub seq: i32,
@@ -192,11 +172,39 @@ pub struct DueRequest {
     pub builder_id: i32,
 }
 
+/// What [`Store::expire_leases`] did: builds ended as RETRY, and the
+/// requests pending again.
+#[derive(Debug)]
+pub struct Expired {
+    pub builds: Vec<i64>,
+    pub requeued: Vec<DueRequest>,
+}
+
 /// The outcome of recording one event.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Recorded {
     Applied,
     Duplicate,
+}
+
+#[derive(Debug, FromRow)]
+pub struct RebuildSource {
+    pub builder_id: i32,
+    pub reason: String,
+    pub owner: Option<String>,
+    pub scheduler: String,
+    pub properties: serde_json::Value,
+    pub priority: i32,
+    pub number: i32,
+}
+
+/// See [`Store::cancel_request`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum CancelOutcome {
+    Cancelled,
+    Running { build_id: i64, worker_name: String },
+    AlreadyComplete,
+    NotFound,
 }
 
 /// Why an event cannot be recorded, ever.
@@ -400,6 +408,8 @@ impl Store {
             r#"with picked as (
                    select id from buildrequests
                    where builder_id = $1 and state = 'pending'
+                     -- A paused worker takes no new build.
+                     and not exists (select 1 from workers w where w.id = $2 and w.paused)
                    order by priority desc, submitted_at, id
                    limit 1
                    for update skip locked
@@ -665,7 +675,7 @@ impl Store {
     /// Ends builds whose lease expired as RETRY. Their requests are pending
     /// again (returned, to be announced), unless they already lost a worker
     /// `max_retries` times: those end as EXCEPTION.
-    pub async fn expire_leases(&self, limit: i64, max_retries: u32) -> StoreResult<Vec<DueRequest>> {
+    pub async fn expire_leases(&self, limit: i64, max_retries: u32) -> StoreResult<Expired> {
         let mut tx = self.pool.begin().await?;
         let expired: Vec<(i64, i64)> = sqlx::query_as(
             r#"with expired as (
@@ -722,16 +732,110 @@ impl Store {
             }
         }
         tx.commit().await?;
-        Ok(requeued)
+        Ok(Expired { builds: expired.iter().map(|(build, _)| *build).collect(), requeued })
+    }
+
+    // --- control -----------------------------------------------------------
+
+    /// What a rebuild of a build needs: its builder and its buildset's
+    /// reason, owner, properties and the request's priority.
+    pub async fn rebuild_source(&self, build_id: i64) -> StoreResult<Option<RebuildSource>> {
+        Ok(sqlx::query_as(
+            r#"select b.builder_id, s.reason, s.owner, s.scheduler, s.properties, r.priority, b.number
+               from builds b join buildrequests r on r.id = b.buildrequest_id join buildsets s on s.id = r.buildset_id
+               where b.id = $1"#,
+        )
+        .bind(build_id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Cancels a build request: a pending one ends CANCELLED at once (and
+    /// its buildset, if that was the last); for a claimed one the running
+    /// build is returned, to be stopped.
+    pub async fn cancel_request(&self, request_id: i64) -> StoreResult<CancelOutcome> {
+        let mut tx = self.pool.begin().await?;
+        let row: Option<(String, i64)> =
+            sqlx::query_as("select state, buildset_id from buildrequests where id = $1 for update")
+                .bind(request_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let outcome = match row {
+            None => CancelOutcome::NotFound,
+            Some((state, _)) if state == "complete" => CancelOutcome::AlreadyComplete,
+            Some((state, buildset_id)) if state == "pending" => {
+                sqlx::query(
+                    "update buildrequests set state = 'complete', complete_at = now(), results = $2 where id = $1",
+                )
+                .bind(request_id)
+                .bind(Results::Cancelled.code())
+                .execute(&mut *tx)
+                .await?;
+                Self::complete_buildset_if_done(&mut tx, buildset_id).await?;
+                CancelOutcome::Cancelled
+            }
+            Some(_) => {
+                let running: Option<(i64, String)> = sqlx::query_as(
+                    r#"select b.id, w.name from builds b join workers w on w.id = b.worker_id
+                       where b.buildrequest_id = $1 and b.complete_at is null order by b.id desc limit 1"#,
+                )
+                .bind(request_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                match running {
+                    Some((build_id, worker_name)) => CancelOutcome::Running { build_id, worker_name },
+                    None => CancelOutcome::AlreadyComplete,
+                }
+            }
+        };
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    /// Sets the priority of a request that is not complete; false when
+    /// there is none.
+    pub async fn set_priority(&self, request_id: i64, priority: i32) -> StoreResult<bool> {
+        let updated = sqlx::query("update buildrequests set priority = $2 where id = $1 and state <> 'complete'")
+            .bind(request_id)
+            .bind(priority)
+            .execute(&self.pool)
+            .await?;
+        Ok(updated.rows_affected() == 1)
+    }
+
+    /// Pauses or unpauses a worker (by id), returning its name.
+    pub async fn set_worker_paused(&self, worker_id: i64, paused: bool) -> StoreResult<Option<String>> {
+        Ok(sqlx::query_scalar("update workers set paused = $2 where id = $1 returning name")
+            .bind(worker_id)
+            .bind(paused)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// Marks a worker as shutting down (until its next hello), returning its
+    /// name.
+    pub async fn set_worker_graceful(&self, worker_id: i64) -> StoreResult<Option<String>> {
+        Ok(sqlx::query_scalar("update workers set graceful = true where id = $1 returning name")
+            .bind(worker_id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// A worker said hello: what it tells about itself is kept, a shutdown
+    /// it was asked for is over, and whether it is paused is returned.
+    pub async fn worker_hello(&self, name: &str, info: &serde_json::Value) -> StoreResult<(i32, bool)> {
+        Ok(sqlx::query_as(
+            r#"insert into workers (name, info, last_seen_at) values ($1, $2, now())
+               on conflict (name) do update set info = excluded.info, graceful = false, last_seen_at = now()
+               returning id, paused"#,
+        )
+        .bind(name)
+        .bind(info)
+        .fetch_one(&self.pool)
+        .await?)
     }
 
     // --- reads -------------------------------------------------------------
-
-    pub async fn builders(&self) -> StoreResult<Vec<BuilderRow>> {
-        Ok(sqlx::query_as("select id, name, description, tags from builders where configured order by name")
-            .fetch_all(&self.reads)
-            .await?)
-    }
 
     pub async fn build(&self, id: i64) -> StoreResult<Option<BuildRow>> {
         Ok(sqlx::query_as(select_builds!("where b.id = $1")).bind(id).fetch_optional(&self.reads).await?)
@@ -744,38 +848,12 @@ impl Store {
             .await?)
     }
 
-    pub async fn builds_of_builder(&self, builder_id: i32, limit: i64) -> StoreResult<Vec<BuildRow>> {
-        Ok(sqlx::query_as(select_builds!("where b.builder_id = $1 order by b.number desc limit $2"))
-            .bind(builder_id)
-            .bind(limit)
-            .fetch_all(&self.reads)
-            .await?)
-    }
-
-    pub async fn build_by_number(&self, builder_id: i32, number: i32) -> StoreResult<Option<BuildRow>> {
-        Ok(sqlx::query_as(select_builds!("where b.builder_id = $1 and b.number = $2"))
-            .bind(builder_id)
-            .bind(number)
-            .fetch_optional(&self.reads)
-            .await?)
-    }
-
     pub async fn steps_of_build(&self, build_id: i64) -> StoreResult<Vec<StepRow>> {
         Ok(sqlx::query_as(
             r#"select id, build_id, number, name, started_at, complete_at, results, state_string, hidden, urls
                from steps where build_id = $1 order by number"#,
         )
         .bind(build_id)
-        .fetch_all(&self.reads)
-        .await?)
-    }
-
-    pub async fn logs_of_step(&self, step_id: i64) -> StoreResult<Vec<LogRow>> {
-        Ok(sqlx::query_as(
-            r#"select id, step_id, name, slug, type, num_lines, num_bytes, complete
-               from logs where step_id = $1 order by id"#,
-        )
-        .bind(step_id)
         .fetch_all(&self.reads)
         .await?)
     }
@@ -815,24 +893,34 @@ impl Store {
     /// The archived chunks of a log in order, one row at a time, so a
     /// download of any size holds one chunk in memory.
     pub fn log_chunks(&self, log_id: i64) -> BoxStream<'static, Result<Vec<u8>, sqlx::Error>> {
-        let pool = self.reads.clone();
-        Box::pin(async_stream_chunks(pool, log_id))
+        self.log_chunks_from(log_id, 0)
     }
 
-    pub async fn buildrequest(&self, id: i64) -> StoreResult<Option<BuildRequestRow>> {
+    /// The archived chunks of a log from chunk `seq` on.
+    pub fn log_chunks_from(&self, log_id: i64, seq: i32) -> BoxStream<'static, Result<Vec<u8>, sqlx::Error>> {
+        Box::pin(async_stream_chunks(self.reads.clone(), log_id, seq))
+    }
+
+    /// The chunk in which line `line` of an archived log starts, as
+    /// `(seq, first_line)`; none for a line past the end.
+    pub async fn chunk_holding_line(&self, log_id: i64, line: i64) -> StoreResult<Option<(i32, i64)>> {
         Ok(sqlx::query_as(
-            r#"select id, buildset_id, builder_id, priority, state, submitted_at, claimed_at,
-                      claimed_by_master_id, complete_at, results
-               from buildrequests where id = $1"#,
+            r#"select seq, first_line from log_chunks
+               where log_id = $1 and first_line <= $2 and first_line + num_lines > $2
+               order by seq limit 1"#,
         )
-        .bind(id)
+        .bind(log_id)
+        .bind(line)
         .fetch_optional(&self.reads)
         .await?)
     }
 
-    /// A builder's id by name, including builders no longer configured.
-    pub async fn builder_id(&self, name: &str) -> StoreResult<Option<i32>> {
-        Ok(sqlx::query_scalar("select id from builders where name = $1").bind(name).fetch_optional(&self.reads).await?)
+    pub async fn log_chunk(&self, log_id: i64, seq: i32) -> StoreResult<Option<Vec<u8>>> {
+        Ok(sqlx::query_scalar("select content from log_chunks where log_id = $1 and seq = $2")
+            .bind(log_id)
+            .bind(seq)
+            .fetch_optional(&self.reads)
+            .await?)
     }
 
     /// Builder names by id, including builders no longer configured.
@@ -846,9 +934,10 @@ impl Store {
 fn async_stream_chunks(
     pool: PgPool,
     log_id: i64,
+    from_seq: i32,
 ) -> impl futures_util::Stream<Item = Result<Vec<u8>, sqlx::Error>> + Send + 'static {
     const ROWS_PER_FETCH: i64 = 4;
-    futures_util::stream::try_unfold(Some(0i32), move |next_seq| {
+    futures_util::stream::try_unfold(Some(from_seq), move |next_seq| {
         let pool = pool.clone();
         async move {
             let Some(next_seq) = next_seq else { return Ok::<_, sqlx::Error>(None) };

@@ -92,6 +92,12 @@ struct Context {
     /// master may have made it a build, so the next session asks again with
     /// the same token before anything else, and runs that build.
     unanswered_claim: Mutex<Option<(String, Uuid)>>,
+    /// Cancelled by SIGTERM or by a master's `Shutdown`: no new builds, exit
+    /// once the running ones have reported.
+    drain: CancellationToken,
+    /// Whether the masters paused this worker (from the welcome, then from
+    /// `Pause`/`Unpause` on the control queue).
+    paused: tokio::sync::watch::Sender<bool>,
 }
 
 /// How long to wait for a master's answer before asking again.
@@ -111,6 +117,10 @@ pub async fn run(
     stop_builds: CancellationToken,
 ) -> Result<(), WorkerError> {
     let namespace = Namespace::new(&options.namespace);
+    // A master's `Shutdown` drains this worker only, never what `drain`
+    // belongs to (a master running a local worker).
+    let drain = drain.child_token();
+    let drain = &drain;
     let redis = ConnectionManager::new(redis::Client::open(options.redis_url.as_str())?).await?;
     let context = Arc::new(Context {
         name: options.name.clone(),
@@ -120,12 +130,14 @@ pub async fn run(
         redis,
         running: Mutex::new(HashMap::new()),
         unanswered_claim: Mutex::new(None),
+        drain: drain.clone(),
+        paused: tokio::sync::watch::Sender::new(false),
     });
     let mut fleet = Fleet { slots: None, builds: JoinSet::new(), heartbeat: None, welcomes: 0 };
     let mut delay = FIRST_RETRY;
     let outcome = loop {
         let welcomes_before = fleet.welcomes;
-        let error = match session(&options, &context, &mut fleet, &drain, &stop_builds).await {
+        let error = match session(&options, &context, &mut fleet, drain, &stop_builds).await {
             Ok(()) => break Ok(()),
             Err(error) => error,
         };
@@ -184,13 +196,18 @@ async fn session(
     let connection = Connection::connect_uri(uri, properties).await?;
     let rpc = RpcClient::start(&connection, &context.namespace, &context.name).await?;
     context.events.attach(&connection).await?;
-    let welcome = rpc.call(&RpcRequest::Hello { worker: context.name.clone() }, RPC_TIMEOUT).await?;
+    let hello = RpcRequest::Hello { worker: context.name.clone(), info: worker_info() };
+    let welcome = rpc.call(&hello, RPC_TIMEOUT).await?;
     let (builders, max_builds, heartbeat_seconds) = match welcome {
-        RpcReply::Welcome { builders, max_builds, heartbeat_seconds } => (builders, max_builds, heartbeat_seconds),
+        RpcReply::Welcome { builders, max_builds, heartbeat_seconds, paused } => {
+            context.paused.send_replace(paused);
+            (builders, max_builds, heartbeat_seconds)
+        }
         RpcReply::Refused { reason } => return Err(WorkerError::Refused(reason)),
         other => return Err(WorkerError::UnexpectedReply(format!("{other:?}"))),
     };
-    tracing::info!(worker.name = %context.name, builders = builders.len(), max_builds, "worker connected");
+    let paused = *context.paused.borrow();
+    tracing::info!(worker.name = %context.name, builders = builders.len(), max_builds, paused, "worker connected");
     fleet.welcomes += 1;
     let slots = fleet.slots.get_or_insert_with(|| Arc::new(Semaphore::new(max_builds as usize))).clone();
     if fleet.heartbeat.is_none() {
@@ -229,8 +246,24 @@ async fn dispatch(
     stop_builds: &CancellationToken,
 ) -> Result<(), WorkerError> {
     let mut doorbells: Option<(Channel, SelectAll<Consumer>)> = None;
+    let mut paused = context.paused.subscribe();
     let outcome = loop {
         while builds.try_join_next().is_some() {}
+        if *paused.borrow_and_update() {
+            // Paused: hand every held doorbell back for other workers, and
+            // wait to be unpaused.
+            if let Some((channel, _)) = doorbells.take() {
+                channel.close(200, "worker paused".into()).await?;
+            }
+            tracing::info!(worker.name = %context.name, "paused: taking no new builds");
+            tokio::select! {
+                _ = drain.cancelled() => break Ok(()),
+                _ = wait_until_closed(connection) => break Err(WorkerError::ConnectionLost),
+                _ = paused.wait_for(|paused| !*paused) => {}
+            }
+            tracing::info!(worker.name = %context.name, "unpaused");
+            continue;
+        }
         // At capacity, the running builds may be waiting for a new
         // connection to report: notice a lost one here too.
         let permit = tokio::select! {
@@ -265,6 +298,7 @@ async fn dispatch(
         let (_, consumers) = doorbells.as_mut().expect("opened above");
         let delivery = tokio::select! {
             _ = drain.cancelled() => break Ok(()),
+            _ = paused.changed() => continue,
             delivery = consumers.next() => delivery,
         };
         let delivery = match delivery {
@@ -312,6 +346,20 @@ async fn dispatch(
         let _ = channel.close(200, "worker draining".into()).await;
     }
     outcome
+}
+
+/// What users see of this worker as Buildbot's `workerinfo`.
+fn worker_info() -> std::collections::BTreeMap<String, String> {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_owned();
+    [
+        ("host", host),
+        ("version", env!("CARGO_PKG_VERSION").to_owned()),
+        ("os", std::env::consts::OS.to_owned()),
+        ("arch", std::env::consts::ARCH.to_owned()),
+    ]
+    .into_iter()
+    .map(|(key, value)| (key.to_owned(), value))
+    .collect()
 }
 
 async fn wait_until_closed(connection: &Connection) {
@@ -437,6 +485,16 @@ async fn listen_for_control(
                         }
                         None => tracing::info!(build.id = build_id, "stop request for a build not running here"),
                     }
+                }
+                Ok(ControlMessage::Pause) => {
+                    context.paused.send_replace(true);
+                }
+                Ok(ControlMessage::Unpause) => {
+                    context.paused.send_replace(false);
+                }
+                Ok(ControlMessage::Shutdown { reason }) => {
+                    tracing::info!(%reason, "shutdown asked by a master: finishing the running builds, then exiting");
+                    context.drain.cancel();
                 }
                 Err(error) => tracing::warn!(%error, "unreadable control message"),
             }

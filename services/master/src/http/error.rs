@@ -17,6 +17,9 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     BadRequest(String),
+    /// A JSON-RPC parameter (or body field) that is missing or wrong.
+    #[error("`{field}`: {message}")]
+    InvalidField { field: String, message: String },
     #[error("{0}")]
     Conflict(String),
     #[error("request body is larger than {0} bytes")]
@@ -33,7 +36,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::BadRequest(_) | ApiError::InvalidField { .. } => StatusCode::BAD_REQUEST,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -60,6 +63,10 @@ impl ApiError {
             _ => {}
         }
     }
+}
+
+pub fn invalid(field: &str, message: impl Into<String>) -> ApiError {
+    ApiError::InvalidField { field: field.to_owned(), message: message.into() }
 }
 
 impl From<StoreError> for ApiError {

@@ -139,11 +139,7 @@ async fn a_worker_sent_sigterm_finishes_its_running_build_takes_no_new_one_and_e
 
     let build = stack.wait_for_build(running).await;
     assert_eq!(build["results"], 0, "the running build finished normally: {build}");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !stack.worker_exited("w1") {
-        assert!(std::time::Instant::now() < deadline, "worker w1 did not exit:\n{}", stack.worker_logs());
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    stack.wait_for_worker_exit("w1").await;
     let request = stack.get(&format!("/api/v2/buildrequests/{waiting}")).await;
     assert_eq!(request["buildrequests"][0]["claimed"], false, "a draining worker takes no new build: {request}");
     // The request waits for a worker that is not draining.

@@ -42,7 +42,7 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-fn repository_root() -> PathBuf {
+pub fn repository_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repository root exists")
 }
 
@@ -259,6 +259,14 @@ impl PrivatePostgres {
     pub fn admin_url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
+
+    /// `psql` on `database` of this server, as its superuser.
+    pub fn psql(&self, database: &str) -> Command {
+        let mut command = Command::new(self.bin.join("psql"));
+        command.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres", "-d", database]);
+        command.arg("-p").arg(self.port.to_string());
+        command
+    }
 }
 
 impl Drop for PrivatePostgres {
@@ -464,6 +472,15 @@ impl TestStack {
     pub fn worker_exited(&mut self, name: &str) -> bool {
         let (_, worker) = self.workers.iter_mut().find(|(n, _)| n == name).expect("worker was started");
         worker.0.try_wait().expect("worker status").is_some()
+    }
+
+    /// Waits until a worker process has exited; fails the test after 30 s.
+    pub async fn wait_for_worker_exit(&mut self, name: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.worker_exited(name) {
+            assert!(Instant::now() < deadline, "worker {name} did not exit:\n{}", self.worker_logs());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Asks `check` every 50 ms until it answers; fails the test after

@@ -1,6 +1,8 @@
 //! Integration tests of buildmaster against the real services. Each test
 //! builds its own installation (see `harness`), so they run in parallel.
 
+mod api;
+mod api_scale;
 mod checkconfig;
 mod failures;
 mod harness;

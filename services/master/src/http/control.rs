@@ -1,0 +1,417 @@
+//! The control side of `/api/v2`: JSON-RPC 2.0 posted to a resource, as
+//! Buildbot does it. `force` on a force scheduler; `stop` and `rebuild` on a
+//! build; `cancel` and `set_priority` on a build request; `pause`, `unpause`
+//! and `stop` on a worker. Every action that creates work commits before it
+//! answers, so an acknowledged request is never lost. Authorization, when it
+//! comes, slots in here as one extractor on these handlers.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use shared::config::SchedulerConfig;
+use shared::wire::ControlMessage;
+
+use super::error::invalid;
+use super::{ApiError, ApiResult, parse_id};
+use crate::Master;
+use crate::broker::BrokerError;
+use crate::live;
+use crate::store::{CancelOutcome, NewBuildset, NewRequest};
+
+type AppState = Arc<Master>;
+
+#[derive(Deserialize)]
+struct RpcCall {
+    jsonrpc: Option<String>,
+    method: String,
+    #[serde(default)]
+    params: serde_json::Map<String, Value>,
+    #[serde(default)]
+    id: Value,
+}
+
+/// A JSON-RPC error answer, with the HTTP status Buildbot uses for it.
+pub struct RpcFailure {
+    id: Value,
+    code: i64,
+    error: ApiError,
+}
+
+impl IntoResponse for RpcFailure {
+    fn into_response(self) -> Response {
+        self.error.log();
+        let status = self.error.status();
+        let mut error = json!({ "code": self.code, "message": self.error.public_message() });
+        if let ApiError::InvalidField { field, message } = &self.error {
+            error["data"] = json!({ field: message });
+        }
+        let body = json!({ "jsonrpc": "2.0", "id": self.id, "error": error });
+        (status, Json(body)).into_response()
+    }
+}
+
+const RPC_PARSE_ERROR: i64 = -32700;
+const RPC_INVALID_REQUEST: i64 = -32600;
+const RPC_METHOD_NOT_FOUND: i64 = -32601;
+const RPC_INVALID_PARAMS: i64 = -32602;
+const RPC_INTERNAL_ERROR: i64 = -32603;
+
+/// Parses a call and checks its method is one of `methods` (of `what`).
+fn parse_call(body: Result<Json<Value>, JsonRejection>, methods: &[&str], what: &str) -> Result<RpcCall, RpcFailure> {
+    let Json(value) = body.map_err(|rejection| RpcFailure {
+        id: Value::Null,
+        code: RPC_PARSE_ERROR,
+        error: ApiError::BadRequest(format!("body is not JSON: {}", rejection.body_text())),
+    })?;
+    let id = value.get("id").cloned().unwrap_or(Value::Null);
+    let call: RpcCall = serde_json::from_value(value).map_err(|error| RpcFailure {
+        id: id.clone(),
+        code: RPC_INVALID_REQUEST,
+        error: ApiError::BadRequest(format!("not a JSON-RPC 2.0 request: {error}")),
+    })?;
+    if call.jsonrpc.as_deref().is_some_and(|v| v != "2.0") {
+        return Err(RpcFailure {
+            id,
+            code: RPC_INVALID_REQUEST,
+            error: ApiError::BadRequest("jsonrpc must be \"2.0\"".into()),
+        });
+    }
+    if !methods.contains(&call.method.as_str()) {
+        return Err(RpcFailure {
+            id,
+            code: RPC_METHOD_NOT_FOUND,
+            error: ApiError::BadRequest(format!(
+                "method `{}` does not exist on {what}; use {}",
+                call.method,
+                methods.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", ")
+            )),
+        });
+    }
+    Ok(call)
+}
+
+/// The JSON-RPC answer to a call's outcome.
+fn answer(id: Value, outcome: ApiResult<Value>) -> Result<Response, RpcFailure> {
+    match outcome {
+        Ok(result) => Ok(rpc_result(id, result)),
+        Err(error) => Err(rpc_error(&id, error)),
+    }
+}
+
+fn rpc_result(id: Value, result: Value) -> Response {
+    Json(json!({ "jsonrpc": "2.0", "id": id, "result": result })).into_response()
+}
+
+fn rpc_error(id: &Value, error: ApiError) -> RpcFailure {
+    let code = match error {
+        ApiError::BadRequest(_) | ApiError::InvalidField { .. } | ApiError::NotFound(_) | ApiError::Conflict(_) => {
+            RPC_INVALID_PARAMS
+        }
+        ApiError::PayloadTooLarge(_) => RPC_INVALID_REQUEST,
+        ApiError::Unavailable(_) | ApiError::Internal(_) => RPC_INTERNAL_ERROR,
+    };
+    RpcFailure { id: id.clone(), code, error }
+}
+
+/// Parameters of `force` that are not custom properties.
+const FORCE_FIELDS: [&str; 6] = ["builderNames", "builderid", "reason", "owner", "priority", "properties"];
+
+/// `force` on a force scheduler: writes the buildset and its requests, then
+/// rings the builders' doorbells. The answer comes after the commit, so an
+/// acknowledged request is never lost; a doorbell that cannot be rung now is
+/// rung later by the reconciler.
+pub async fn force_scheduler(
+    State(master): State<AppState>,
+    Path(scheduler_name): Path<String>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> Result<Response, RpcFailure> {
+    let call = parse_call(body, &["force"], "force schedulers")?;
+    let result = force(&master, &scheduler_name, &call.params).await;
+    answer(call.id, result)
+}
+
+async fn force(
+    master: &Arc<Master>,
+    scheduler_name: &str,
+    params: &serde_json::Map<String, Value>,
+) -> ApiResult<Value> {
+    let catalog = master.catalog();
+    let scheduler = catalog
+        .config
+        .master
+        .schedulers
+        .iter()
+        .find(|s| s.name() == scheduler_name)
+        .ok_or_else(|| ApiError::NotFound(format!("force scheduler `{scheduler_name}`")))?;
+    let SchedulerConfig::Force { builders: allowed, .. } = scheduler;
+
+    let builder_names: Vec<String> = match (params.get("builderNames"), params.get("builderid")) {
+        (Some(names), _) => serde_json::from_value(names.clone())
+            .map_err(|_| invalid("builderNames", "must be a list of builder names"))?,
+        (None, Some(id)) => {
+            let id = id.as_i64().ok_or_else(|| invalid("builderid", "must be a number"))?;
+            let name = catalog
+                .builder_ids
+                .iter()
+                .find_map(|(name, builder_id)| (i64::from(*builder_id) == id).then(|| name.clone()))
+                .ok_or_else(|| ApiError::NotFound(format!("builder {id}")))?;
+            vec![name]
+        }
+        (None, None) => {
+            return Err(invalid("builderNames", "give builderNames (a list) or builderid"));
+        }
+    };
+    if builder_names.is_empty() {
+        return Err(invalid("builderNames", "is empty"));
+    }
+    let text_param = |name: &str| -> ApiResult<Option<String>> {
+        match params.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(text)) => Ok(Some(text.clone())),
+            Some(_) => Err(invalid(name, "must be a string")),
+        }
+    };
+    let reason = text_param("reason")?.unwrap_or_else(|| format!("forced by the {scheduler_name} scheduler"));
+    let owner = text_param("owner")?;
+    let priority = match params.get("priority") {
+        None | Some(Value::Null) => 0,
+        Some(value) => value
+            .as_i64()
+            .and_then(|p| i32::try_from(p).ok())
+            .ok_or_else(|| invalid("priority", "must be a whole number"))?,
+    };
+
+    let mut requests = Vec::with_capacity(builder_names.len());
+    let mut names_by_id = HashMap::with_capacity(builder_names.len());
+    for name in &builder_names {
+        let (_, builder_id) = catalog.builder(name).ok_or_else(|| ApiError::NotFound(format!("builder `{name}`")))?;
+        if !allowed.contains(name) {
+            return Err(invalid("builderNames", format!("scheduler `{scheduler_name}` cannot force builder `{name}`")));
+        }
+        requests.push(NewRequest { builder_id, priority });
+        names_by_id.insert(builder_id, name.as_str());
+    }
+
+    let source = "Force Build Form";
+    let mut properties: BTreeMap<String, Value> = BTreeMap::new();
+    properties.insert("reason".into(), json!([reason, source]));
+    properties.insert("scheduler".into(), json!([scheduler_name, "Scheduler"]));
+    if let Some(owner) = &owner {
+        properties.insert("owner".into(), json!([owner, source]));
+    }
+    match params.get("properties") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(custom)) => {
+            for (name, value) in custom {
+                properties.insert(name.clone(), json!([value, source]));
+            }
+        }
+        Some(_) => return Err(invalid("properties", "must be an object of name: value")),
+    }
+    for (name, value) in params {
+        if !FORCE_FIELDS.contains(&name.as_str()) {
+            properties.insert(name.clone(), json!([value, source]));
+        }
+    }
+    let properties = serde_json::to_value(properties).expect("properties serialize");
+
+    let buildset = NewBuildset {
+        reason: &reason,
+        owner: owner.as_deref(),
+        scheduler: scheduler_name,
+        properties: &properties,
+        requests,
+    };
+    let submitted = submit(master, buildset, &names_by_id).await?;
+    tracing::info!(builders = ?builder_names, "build forced");
+    Ok(submitted)
+}
+
+/// Commits a buildset, rings its builders' doorbells and tells live
+/// clients; answers Buildbot's `[bsid, {"<builderid>": brid}]`.
+async fn submit(master: &Arc<Master>, buildset: NewBuildset<'_>, names_by_id: &HashMap<i32, &str>) -> ApiResult<Value> {
+    let (buildset_id, created) = master.store.create_buildset(buildset).await?;
+    let announcements =
+        created.iter().map(|(builder_id, request_id)| (names_by_id[builder_id].to_owned(), *request_id));
+    master.announce(announcements.collect()).await;
+    tracing::info!(buildset.id = buildset_id, "buildset submitted");
+    live::publish_buildset(master, buildset_id, "new").await;
+    for (_, request_id) in &created {
+        live::publish_request(master, *request_id, "new").await;
+    }
+    let requests: serde_json::Map<String, Value> =
+        created.iter().map(|(builder_id, request_id)| (builder_id.to_string(), json!(request_id))).collect();
+    Ok(json!([buildset_id, requests]))
+}
+
+fn reason_param(params: &serde_json::Map<String, Value>, default: &str) -> ApiResult<String> {
+    match params.get("reason") {
+        None | Some(Value::Null) => Ok(default.to_owned()),
+        Some(Value::String(reason)) => Ok(reason.clone()),
+        Some(_) => Err(invalid("reason", "must be a string")),
+    }
+}
+
+// --- builds -------------------------------------------------------------------
+
+/// `stop` (a running build: its worker kills it and reports CANCELLED) and
+/// `rebuild` (a new request of the same builder, with the build's reason,
+/// owner, priority and properties).
+pub async fn control_build(
+    State(master): State<AppState>,
+    Path(build_id): Path<String>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> Result<Response, RpcFailure> {
+    let call = parse_call(body, &["stop", "rebuild"], "builds")?;
+    let outcome = async {
+        let build_id: i64 = parse_id("build id", &build_id)?;
+        match call.method.as_str() {
+            "stop" => {
+                let reason = reason_param(&call.params, "stopped by a user")?;
+                stop_build(&master, build_id, reason).await.map(|()| Value::Null)
+            }
+            _ => rebuild(&master, build_id).await,
+        }
+    };
+    let outcome = outcome.await;
+    answer(call.id, outcome)
+}
+
+async fn stop_build(master: &Master, build_id: i64, reason: String) -> ApiResult<()> {
+    let build = master.store.build(build_id).await?.ok_or_else(|| ApiError::NotFound(format!("build {build_id}")))?;
+    if build.complete_at.is_some() {
+        return Err(ApiError::Conflict(format!("build {build_id} has already finished")));
+    }
+    match master.broker.send_control(&build.worker_name, &ControlMessage::StopBuild { build_id, reason }).await {
+        Ok(()) => {}
+        Err(BrokerError::Unroutable(_)) => {
+            return Err(ApiError::Conflict(format!(
+                "worker `{}` is not connected; build {build_id} ends as RETRY when its lease expires",
+                build.worker_name
+            )));
+        }
+        Err(error) => return Err(error.into()),
+    }
+    tracing::info!(build.id = build_id, worker.name = %build.worker_name, "stop requested");
+    Ok(())
+}
+
+async fn rebuild(master: &Arc<Master>, build_id: i64) -> ApiResult<Value> {
+    let source =
+        master.store.rebuild_source(build_id).await?.ok_or_else(|| ApiError::NotFound(format!("build {build_id}")))?;
+    let catalog = master.catalog();
+    let Some(name) =
+        catalog.builder_ids.iter().find_map(|(name, id)| (*id == source.builder_id).then_some(name.as_str()))
+    else {
+        return Err(ApiError::Conflict(format!("the builder of build {build_id} is no longer configured")));
+    };
+    let reason = format!("rebuild of build {} ({})", source.number, source.reason);
+    let buildset = NewBuildset {
+        reason: &reason,
+        owner: source.owner.as_deref(),
+        scheduler: &source.scheduler,
+        properties: &source.properties,
+        requests: vec![NewRequest { builder_id: source.builder_id, priority: source.priority }],
+    };
+    let names_by_id = HashMap::from([(source.builder_id, name)]);
+    let submitted = submit(master, buildset, &names_by_id).await?;
+    tracing::info!(build.id = build_id, "rebuild requested");
+    Ok(submitted)
+}
+
+// --- build requests -------------------------------------------------------------
+
+/// `cancel` (a pending request ends CANCELLED; a claimed one has its build
+/// stopped) and `set_priority` (`priority`: a whole number, higher first).
+pub async fn control_buildrequest(
+    State(master): State<AppState>,
+    Path(request_id): Path<String>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> Result<Response, RpcFailure> {
+    let call = parse_call(body, &["cancel", "set_priority"], "build requests")?;
+    let outcome = async {
+        let request_id: i64 = parse_id("buildrequest id", &request_id)?;
+        match call.method.as_str() {
+            "cancel" => {
+                let reason = reason_param(&call.params, "cancelled by a user")?;
+                match master.store.cancel_request(request_id).await? {
+                    CancelOutcome::Cancelled => {
+                        tracing::info!(buildrequest.id = request_id, %reason, "request cancelled");
+                        live::publish_request(&master, request_id, "cancelled").await;
+                        Ok(Value::Null)
+                    }
+                    CancelOutcome::Running { build_id, .. } => {
+                        stop_build(&master, build_id, reason).await.map(|()| Value::Null)
+                    }
+                    CancelOutcome::AlreadyComplete => {
+                        Err(ApiError::Conflict(format!("buildrequest {request_id} is already complete")))
+                    }
+                    CancelOutcome::NotFound => Err(ApiError::NotFound(format!("buildrequest {request_id}"))),
+                }
+            }
+            _ => {
+                let priority = call
+                    .params
+                    .get("priority")
+                    .and_then(Value::as_i64)
+                    .and_then(|p| i32::try_from(p).ok())
+                    .ok_or_else(|| invalid("priority", "must be a whole number"))?;
+                if !master.store.set_priority(request_id, priority).await? {
+                    return Err(ApiError::Conflict(format!("buildrequest {request_id} does not exist or is complete")));
+                }
+                live::publish_request(&master, request_id, "update").await;
+                Ok(Value::Null)
+            }
+        }
+    };
+    let outcome = outcome.await;
+    answer(call.id, outcome)
+}
+
+// --- workers --------------------------------------------------------------------
+
+/// `pause` (no new builds; running ones go on), `unpause`, and `stop` (the
+/// worker finishes its running builds and exits, as on SIGTERM). A worker
+/// that is not connected learns its paused state when it says hello.
+pub async fn control_worker(
+    State(master): State<AppState>,
+    Path(worker): Path<String>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> Result<Response, RpcFailure> {
+    let call = parse_call(body, &["pause", "unpause", "stop"], "workers")?;
+    let outcome = async {
+        let worker_id: i64 = parse_id("worker id", &worker)?;
+        let not_found = || ApiError::NotFound(format!("worker {worker_id}"));
+        let (name, message, event) = match call.method.as_str() {
+            "pause" => {
+                let name = master.store.set_worker_paused(worker_id, true).await?.ok_or_else(not_found)?;
+                (name, ControlMessage::Pause, "paused")
+            }
+            "unpause" => {
+                let name = master.store.set_worker_paused(worker_id, false).await?.ok_or_else(not_found)?;
+                (name, ControlMessage::Unpause, "unpaused")
+            }
+            _ => {
+                let reason = reason_param(&call.params, "stopped by a user")?;
+                let name = master.store.set_worker_graceful(worker_id).await?.ok_or_else(not_found)?;
+                (name, ControlMessage::Shutdown { reason }, "stopping")
+            }
+        };
+        match master.broker.send_control(&name, &message).await {
+            // Not connected: the state is in Postgres for its next hello.
+            Ok(()) | Err(BrokerError::Unroutable(_)) => {}
+            Err(error) => return Err(error.into()),
+        }
+        tracing::info!(worker.name = %name, action = %call.method, "worker control");
+        live::publish_worker(&master, worker_id as i32, event).await;
+        Ok(Value::Null)
+    };
+    let outcome = outcome.await;
+    answer(call.id, outcome)
+}

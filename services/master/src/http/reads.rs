@@ -1,0 +1,629 @@
+//! The read side of `/api/v2`: every Buildbot resource, as a collection and
+//! one by one, under the paths Buildbot serves them. A handler turns its path
+//! into filters (`builders/3/builds` is builds with `builderid=3`), lets
+//! [`query::parse`] add the client's own, and asks the store for one page.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use shared::config::SchedulerConfig;
+
+use super::query::{self, Parsed};
+use super::{ApiError, ApiResult, parse_bool, parse_id};
+use crate::Master;
+use crate::logs;
+use crate::store::resources::{
+    BUILDERS, BUILDREQUESTS, BUILDS, BUILDSETS, CHANGES, FORCESCHEDULERS, Filter, LOGS, MASTERS, Resource, STEPS,
+    Scalar, WORKERS,
+};
+
+type AppState = Arc<Master>;
+type Params = Query<Vec<(String, String)>>;
+
+/// `{"<plural>": [...], "meta": {"total": n}}`, Buildbot's envelope.
+fn envelope(plural: &str, items: Vec<Value>, total: i64) -> Json<Value> {
+    Json(json!({ plural: items, "meta": { "total": total } }))
+}
+
+/// One page of `resource` within `scope`, shaped for the client.
+async fn page(
+    master: &Master,
+    resource: &'static Resource,
+    params: &[(String, String)],
+    scope: Vec<Filter>,
+) -> ApiResult<(Vec<Value>, i64)> {
+    let Parsed { spec, properties } = query::parse(resource, params, scope)?;
+    let page = master.store.list(resource, &spec).await?;
+    let mut items = page.items;
+    if let Some(wanted) = properties.filter(|wanted| !wanted.is_empty()) {
+        for item in &mut items {
+            if let Some(Value::Object(all)) = item.get_mut("properties") {
+                all.retain(|name, _| wanted.contains(name));
+            }
+        }
+    }
+    if std::ptr::eq(resource, &WORKERS) {
+        fill_worker_connections(master, &mut items).await?;
+    }
+    Ok((items, page.total))
+}
+
+async fn collection(
+    master: &Master,
+    resource: &'static Resource,
+    params: &[(String, String)],
+    scope: Vec<Filter>,
+) -> ApiResult<Json<Value>> {
+    let (items, total) = page(master, resource, params, scope).await?;
+    Ok(envelope(resource.plural, items, total))
+}
+
+/// A single resource: a list of one, or 404 naming what was asked for.
+async fn single(
+    master: &Master,
+    resource: &'static Resource,
+    params: &[(String, String)],
+    scope: Vec<Filter>,
+    what: impl FnOnce() -> String,
+) -> ApiResult<Json<Value>> {
+    let (items, _) = page(master, resource, params, scope).await?;
+    if items.is_empty() {
+        return Err(ApiError::NotFound(what()));
+    }
+    let total = items.len() as i64;
+    Ok(envelope(resource.plural, items, total))
+}
+
+/// One item by its numeric id (`builds/{build_id}`).
+async fn by_id(
+    master: &Master,
+    resource: &'static Resource,
+    id_field: &str,
+    text: &str,
+    params: &[(String, String)],
+) -> ApiResult<Json<Value>> {
+    let what = resource.plural.trim_end_matches('s');
+    let id: i64 = parse_id(&format!("{what} id"), text)?;
+    single(master, resource, params, vec![by(resource, id_field, Scalar::Int(id))], || format!("{what} {id}")).await
+}
+
+/// The items of `resource` under a parent given by its numeric id
+/// (`builds/{build_id}/steps`).
+async fn children(
+    master: &Master,
+    resource: &'static Resource,
+    parent_field: &str,
+    parent: &str,
+    text: &str,
+    params: &[(String, String)],
+) -> ApiResult<Json<Value>> {
+    let id: i64 = parse_id(&format!("{parent} id"), text)?;
+    collection(master, resource, params, vec![by(resource, parent_field, Scalar::Int(id))]).await
+}
+
+fn by(resource: &'static Resource, field: &str, value: Scalar) -> Filter {
+    Filter::eq(resource.field(field).expect("resource tables name their fields"), value)
+}
+
+/// The id of the only item matching `scope`, if any.
+async fn find_id(
+    master: &Master,
+    resource: &'static Resource,
+    id_field: &str,
+    scope: Vec<Filter>,
+) -> ApiResult<Option<i64>> {
+    let params = [("field".to_owned(), id_field.to_owned()), ("limit".to_owned(), "1".to_owned())];
+    let (items, _) = page(master, resource, &params, scope).await?;
+    Ok(items.first().and_then(|item| item.get(id_field)).and_then(Value::as_i64))
+}
+
+/// A number is an id, anything else a name, as Buildbot accepts both.
+fn id_or_name(resource: &'static Resource, id_field: &str, text: &str) -> Filter {
+    match text.parse::<i64>() {
+        Ok(id) => by(resource, id_field, Scalar::Int(id)),
+        Err(_) => by(resource, "name", Scalar::Text(text.to_owned())),
+    }
+}
+
+async fn builder_id(master: &Master, builder: &str) -> ApiResult<i64> {
+    find_id(master, &BUILDERS, "builderid", vec![id_or_name(&BUILDERS, "builderid", builder)])
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("builder `{builder}`")))
+}
+
+async fn build_id_by_number(master: &Master, builder: &str, number: &str) -> ApiResult<i64> {
+    let builder_id = builder_id(master, builder).await?;
+    let number: i64 = parse_id("build number", number)?;
+    let scope = vec![by(&BUILDS, "builderid", Scalar::Int(builder_id)), by(&BUILDS, "number", Scalar::Int(number))];
+    find_id(master, &BUILDS, "buildid", scope)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("build {number} of builder `{builder}`")))
+}
+
+/// A step of a build by number or by name.
+async fn step_id(master: &Master, build_id: i64, step: &str) -> ApiResult<i64> {
+    let which = match step.parse::<i64>() {
+        Ok(number) => by(&STEPS, "number", Scalar::Int(number)),
+        Err(_) => by(&STEPS, "name", Scalar::Text(step.to_owned())),
+    };
+    find_id(master, &STEPS, "stepid", vec![by(&STEPS, "buildid", Scalar::Int(build_id)), which])
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("step `{step}` of build {build_id}")))
+}
+
+fn log_scope(step_id: i64, slug: &str) -> Vec<Filter> {
+    vec![by(&LOGS, "stepid", Scalar::Int(step_id)), by(&LOGS, "slug", Scalar::Text(slug.to_owned()))]
+}
+
+// --- builders -----------------------------------------------------------------
+
+pub async fn list_builders(State(master): State<AppState>, Query(params): Params) -> ApiResult<Json<Value>> {
+    collection(&master, &BUILDERS, &params, vec![]).await
+}
+
+pub async fn get_builder(
+    State(master): State<AppState>,
+    Path(builder): Path<String>,
+    Query(params): Params,
+) -> ApiResult<Json<Value>> {
+    let scope = vec![id_or_name(&BUILDERS, "builderid", &builder)];
+    single(&master, &BUILDERS, &params, scope, || format!("builder `{builder}`")).await
+}
+
+pub async fn list_builder_builds(
+    State(master): State<AppState>,
+    Path(builder): Path<String>,
+    Query(params): Params,
+) -> ApiResult<Json<Value>> {
+    let builder_id = builder_id(&master, &builder).await?;
+    collection(&master, &BUILDS, &params, vec![by(&BUILDS, "builderid", Scalar::Int(builder_id))]).await
+}
+
+pub async fn list_builder_buildrequests(
+    State(master): State<AppState>,
+    Path(builder): Path<String>,
+    Query(params): Params,
+) -> ApiResult<Json<Value>> {
+    let builder_id = builder_id(&master, &builder).await?;
+    collection(&master, &BUILDREQUESTS, &params, vec![by(&BUILDREQUESTS, "builderid", Scalar::Int(builder_id))]).await
+}
+
+pub async fn get_builder_build(
+    State(master): State<AppState>,
+    Path((builder, number)): Path<(String, String)>,
+    Query(params): Params,
+) -> ApiResult<Json<Value>> {
+    let build_id = build_id_by_number(&master, &builder, &number).await?;
+    single(&master, &BUILDS, &params, vec![by(&BUILDS, "buildid", Scalar::Int(build_id))], || {
+        format!("build {build_id}")
+    })
+    .await
+}
+
+pub async fn list_builder_build_steps(
+    State(master): State<AppState>,
+    Path((builder, number)): Path<(String, String)>,
+    Query(params): Params,
+) -> ApiResult<Json<Value>> {
+    let build_id = build_id_by_number(&master, &builder, &number).await?;
+    collection(&master, &STEPS, &params, vec![by(&STEPS, "buildid", Scalar::Int(build_id))]).await
+}
+
+pub async fn get_builder_build_step(
+    State(master): State<AppState>,
+    Path((builder, number, step)): Path<(String, String, String)>,
+    Query(params): Params,
+) -> ApiResult<Json<Value>> {
+    let build_id = build_id_by_number(&master, &builder, &number).await?;
+    let step_id = step_id(&master, build_id, &step).await?;
+    single(&master, &STEPS, &params, vec![by(&STEPS, "stepid", Scalar::Int(step_id))], || format!("step {step_id}"))
+        .await
+}
+
+pub async fn list_builder_build_step_logs(
+    State(master): State<AppState>,
+    Path((builder, number, step)): Path<(String, String, String)>,
+    Query(params): Params,
+) -> ApiResult<Json<Value>> {
+    let build_id = build_id_by_number(&master, &builder, &number).await?;
+    let step_id = step_id(&master, build_id, &step).await?;
+    collection(&master, &LOGS, &params, vec![by(&LOGS, "stepid", Scalar::Int(step_id))]).await
+}
+
+pub async fn get_builder_build_step_log(
+    State(master): State<AppState>,
+    Path((builder, number, step, slug)): Path<(String, String, String, String)>,
+    Query(params): Params,
+) -> ApiResult<Json<Value>> {
+    let build_id = build_id_by_number(&master, &builder, &number).await?;
+    let step_id = step_id(&master, build_id, &step).await?;
+    single(&master, &LOGS, &params, log_scope(step_id, &slug), || format!("log `{slug}` of step {step_id}")).await
+}
+
+// --- builds -------------------------------------------------------------------
+
+pub async fn list_builds(State(master): State<AppState>, Query(params): Params) -> ApiResult<Json<Value>> {
+    collection(&master, &BUILDS, &params, vec![]).await
+}
+
+pub async fn get_build(
+    State(master): State<AppState>,
+    Path(build_id): Path<String>,
+    Query(params): Params,
+) -> ApiResult<Json<Value>> {
+    by_id(&master, &BUILDS, "buildid", &build_id, &params).await
+}
+
+pub async fn list_build_steps(
+    State(master): State<AppState>,
+    Path(build_id): Path<String>,
+    Query(params): Params,
+) -> ApiResult<Json<Value>> {
+    children(&master, &STEPS, "buildid", "build", &build_id, &params).await
+}
+
+pub async fn get_build_step(
+    State(master): State<AppState>,
+    Path((build_id, step)): Path<(String, String)>,
+    Query(params): Params,
+) -> ApiResult<Json<Value>> {
+    let build_id: i64 = parse_id("build id", &build_id)?;
+    let step_id = step_id(&master, build_id, &step).await?;
+    single(&master, &STEPS, &params, vec![by(&STEPS, "stepid", Scalar::Int(step_id))], || format!("step {step_id}"))
+        .await
+}
+
+pub async fn list_build_step_logs(
+    State(master): State<AppState>,
+    Path((build_id, step)): Path<(String, String)>,
+    Query(params): Params,
+) -> ApiResult<Json<Value>> {
+    let build_id: i64 = parse_id("build id", &build_id)?;
+    let step_id = step_id(&master, build_id, &step).await?;
+    collection(&master, &LOGS, &params, vec![by(&LOGS, "stepid", Scalar::Int(step_id))]).await
+}
+
+pub async fn get_build_step_log(
+    State(master): State<AppState>,
+    Path((build_id, step, slug)): Path<(String, String, String)>,
+    Query(params): Params,
+) -> ApiResult<Json<Value>> {
+    let build_id: i64 = parse_id("build id", &build_id)?;
+    let step_id = step_id(&master, build_id, &step).await?;
+    single(&master, &LOGS, &params, log_scope(step_id, &slug), || format!("log `{slug}` of step {step_id}")).await
+}
+
+// --- steps and logs -----------------------------------------------------------
+
+pub async fn get_step(
+    State(master): State<AppState>,
+    Path(step_id): Path<String>,
+    Query(params): Params,
+) -> ApiResult<Json<Value>> {
+    by_id(&master, &STEPS, "stepid", &step_id, &params).await
+}
+
+pub async fn list_step_logs(
+    State(master): State<AppState>,
+    Path(step_id): Path<String>,
+    Query(params): Params,
+) -> ApiResult<Json<Value>> {
+    children(&master, &LOGS, "stepid", "step", &step_id, &params).await
+}
+
+pub async fn get_step_log(
+    State(master): State<AppState>,
+    Path((step_id, slug)): Path<(String, String)>,
+    Query(params): Params,
+) -> ApiResult<Json<Value>> {
+    let step_id: i64 = parse_id("step id", &step_id)?;
+    single(&master, &LOGS, &params, log_scope(step_id, &slug), || format!("log `{slug}` of step {step_id}")).await
+}
+
+pub async fn get_log(
+    State(master): State<AppState>,
+    Path(log_id): Path<String>,
+    Query(params): Params,
+) -> ApiResult<Json<Value>> {
+    by_id(&master, &LOGS, "logid", &log_id, &params).await
+}
+
+/// The most lines one `contents` answer holds.
+const MAX_LINES: i64 = 10_000;
+
+/// Lines of a log as Buildbot serves them: `{"logchunks": [{"logid",
+/// "firstline", "content"}]}`, each line of a stdio log prefixed with its
+/// channel (`o` stdout, `e` stderr, `h` header).
+pub async fn get_log_contents(
+    State(master): State<AppState>,
+    Path(log_id): Path<String>,
+    Query(params): Params,
+) -> ApiResult<Json<Value>> {
+    let log_id: i64 = parse_id("log id", &log_id)?;
+    let mut offset = 0i64;
+    let mut limit = 1000i64;
+    for (name, value) in &params {
+        let number = || {
+            value.parse::<i64>().map_err(|_| ApiError::BadRequest(format!("`{name}={value}` is not a whole number")))
+        };
+        match name.as_str() {
+            "offset" => offset = number()?,
+            "limit" => limit = number()?,
+            _ => return Err(ApiError::BadRequest(format!("unknown query parameter `{name}` (known: offset, limit)"))),
+        }
+    }
+    if offset < 0 || !(0..=MAX_LINES).contains(&limit) {
+        return Err(ApiError::BadRequest(format!("offset must be at least 0 and limit between 0 and {MAX_LINES}")));
+    }
+    let location =
+        master.store.log_location(log_id).await?.ok_or_else(|| ApiError::NotFound(format!("log {log_id}")))?;
+    let key = master.namespace.log_stream_key(
+        &location.worker_name,
+        location.build_id,
+        location.step_number,
+        &location.log.slug,
+    );
+    let lines =
+        logs::lines(&master.store, master.redis.clone(), log_id, location.log.complete, key, offset, limit).await?;
+    let with_channels = location.log.log_type == "s";
+    let mut content = String::new();
+    for line in &lines {
+        if with_channels {
+            content.push(char::from(line.channel.code()));
+        }
+        content.push_str(&String::from_utf8_lossy(&line.text));
+        content.push('\n');
+    }
+    let chunks = if lines.is_empty() {
+        vec![]
+    } else {
+        vec![json!({ "logid": log_id, "firstline": offset, "content": content })]
+    };
+    let total = chunks.len() as i64;
+    Ok(envelope("logchunks", chunks, total))
+}
+
+/// What the step printed, byte for byte: from Postgres once archived, from
+/// the live Redis stream before. Streamed, so a log of any size costs one
+/// chunk of memory. With `follow=true` the answer stays open and carries the
+/// step's output as it is printed, until the log is archived (`curl -N`
+/// shows it like `tail -f`).
+pub async fn get_log_raw(
+    State(master): State<AppState>,
+    Path(log_id): Path<String>,
+    Query(params): Params,
+) -> ApiResult<Response> {
+    raw(master, log_id, params, true).await
+}
+
+/// The same bytes, shown by the browser instead of saved.
+pub async fn get_log_raw_inline(
+    State(master): State<AppState>,
+    Path(log_id): Path<String>,
+    Query(params): Params,
+) -> ApiResult<Response> {
+    raw(master, log_id, params, false).await
+}
+
+async fn raw(
+    master: Arc<Master>,
+    log_id: String,
+    params: Vec<(String, String)>,
+    attachment: bool,
+) -> ApiResult<Response> {
+    let log_id: i64 = parse_id("log id", &log_id)?;
+    let mut follow = false;
+    for (name, value) in &params {
+        match name.as_str() {
+            "follow" => follow = parse_bool(name, value)?,
+            _ => return Err(ApiError::BadRequest(format!("unknown query parameter `{name}` (known: follow)"))),
+        }
+    }
+    let location =
+        master.store.log_location(log_id).await?.ok_or_else(|| ApiError::NotFound(format!("log {log_id}")))?;
+    let key = master.namespace.log_stream_key(
+        &location.worker_name,
+        location.build_id,
+        location.step_number,
+        &location.log.slug,
+    );
+    let pieces = if follow && !location.log.complete {
+        let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(LIVE_RESPONSE_TIMEOUT));
+        let live = master.redis_client.get_multiplexed_async_connection_with_config(&config).await?;
+        logs::follow(master.store.clone(), live, log_id, key)
+    } else {
+        logs::raw_bytes(&master.store, master.redis.clone(), log_id, location.log.complete, key)
+    };
+    let pieces = pieces.map(move |piece| {
+        piece.map(Bytes::from).map_err(|error| {
+            tracing::error!(%error, log.id = log_id, "log download failed midway");
+            std::io::Error::other(error.to_string())
+        })
+    });
+    let filename = format!("build{}_step{}_{}.log", location.build_id, location.step_number, location.log.slug);
+    let disposition =
+        if attachment && !follow { format!("attachment; filename=\"{filename}\"") } else { "inline".to_owned() };
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8".to_owned()),
+            (header::CONTENT_DISPOSITION, disposition),
+            // Tells proxies that buffer (nginx) to pass a live log through.
+            (header::HeaderName::from_static("x-accel-buffering"), "no".to_owned()),
+        ],
+        Body::from_stream(pieces),
+    )
+        .into_response())
+}
+
+/// Longer than a follower's wait for new output, so a quiet log is not a
+/// Redis timeout.
+const LIVE_RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+// --- requests, buildsets ------------------------------------------------------
+
+pub async fn list_buildrequests(State(master): State<AppState>, Query(params): Params) -> ApiResult<Json<Value>> {
+    collection(&master, &BUILDREQUESTS, &params, vec![]).await
+}
+
+pub async fn get_buildrequest(
+    State(master): State<AppState>,
+    Path(id): Path<String>,
+    Query(params): Params,
+) -> ApiResult<Json<Value>> {
+    by_id(&master, &BUILDREQUESTS, "buildrequestid", &id, &params).await
+}
+
+pub async fn list_buildrequest_builds(
+    State(master): State<AppState>,
+    Path(id): Path<String>,
+    Query(params): Params,
+) -> ApiResult<Json<Value>> {
+    children(&master, &BUILDS, "buildrequestid", "buildrequest", &id, &params).await
+}
+
+pub async fn list_buildsets(State(master): State<AppState>, Query(params): Params) -> ApiResult<Json<Value>> {
+    collection(&master, &BUILDSETS, &params, vec![]).await
+}
+
+pub async fn get_buildset(
+    State(master): State<AppState>,
+    Path(id): Path<String>,
+    Query(params): Params,
+) -> ApiResult<Json<Value>> {
+    by_id(&master, &BUILDSETS, "bsid", &id, &params).await
+}
+
+// --- workers, masters ---------------------------------------------------------
+
+pub async fn list_workers(State(master): State<AppState>, Query(params): Params) -> ApiResult<Json<Value>> {
+    collection(&master, &WORKERS, &params, vec![]).await
+}
+
+pub async fn get_worker(
+    State(master): State<AppState>,
+    Path(worker): Path<String>,
+    Query(params): Params,
+) -> ApiResult<Json<Value>> {
+    let scope = vec![id_or_name(&WORKERS, "workerid", &worker)];
+    single(&master, &WORKERS, &params, scope, || format!("worker `{worker}`")).await
+}
+
+/// `connected_to` and `configured_on` come out of Postgres as the worker's
+/// name (see `WORKERS`): replaced here by its presence in Redis (a worker is
+/// reachable through every master; the answering one is named) and by the
+/// builders the configuration gives it.
+async fn fill_worker_connections(master: &Master, items: &mut [Value]) -> ApiResult<()> {
+    let catalog = master.catalog();
+    let names: Vec<String> =
+        items.iter().filter_map(|item| item.get("connected_to").and_then(Value::as_str).map(str::to_owned)).collect();
+    let online: Vec<bool> = if names.is_empty() {
+        Vec::new()
+    } else {
+        let mut pipe = redis::pipe();
+        for name in &names {
+            pipe.exists(master.namespace.presence_key(name));
+        }
+        pipe.query_async(&mut master.redis.clone()).await?
+    };
+    let mut online = names.into_iter().zip(online).collect::<std::collections::HashMap<_, _>>();
+    for item in items {
+        let Value::Object(fields) = item else { continue };
+        if let Some(Value::String(name)) = fields.get("connected_to").cloned() {
+            let connected = online.remove(&name).unwrap_or(false);
+            let masters = if connected { json!([{ "masterid": master.id }]) } else { json!([]) };
+            fields.insert("connected_to".into(), masters);
+        }
+        if let Some(Value::String(name)) = fields.get("configured_on").cloned() {
+            let is_local = crate::Master::is_local_worker(&catalog, &name);
+            let builders: Vec<Value> = catalog
+                .config
+                .builders_for_worker(&name, is_local)
+                .into_iter()
+                .filter_map(|b| catalog.builder_ids.get(&b.name))
+                .map(|id| json!({ "builderid": id, "masterid": master.id }))
+                .collect();
+            fields.insert("configured_on".into(), Value::Array(builders));
+        }
+    }
+    Ok(())
+}
+
+pub async fn list_masters(State(master): State<AppState>, Query(params): Params) -> ApiResult<Json<Value>> {
+    collection(&master, &MASTERS, &params, vec![]).await
+}
+
+pub async fn get_master(
+    State(master): State<AppState>,
+    Path(id): Path<String>,
+    Query(params): Params,
+) -> ApiResult<Json<Value>> {
+    by_id(&master, &MASTERS, "masterid", &id, &params).await
+}
+
+// --- from the configuration ---------------------------------------------------
+
+fn force_schedulers(master: &Master) -> Vec<Value> {
+    let catalog = master.catalog();
+    catalog
+        .config
+        .master
+        .schedulers
+        .iter()
+        .map(|scheduler| {
+            let SchedulerConfig::Force { name, builders } = scheduler;
+            json!({
+                "name": name,
+                "label": name,
+                "button_name": name,
+                "builder_names": builders,
+                "enabled": true,
+                "all_fields": [
+                    { "name": "reason", "fullName": "reason", "type": "text", "label": "reason", "default": "force build" },
+                    { "name": "owner", "fullName": "owner", "type": "text", "label": "your name", "default": "" },
+                    { "name": "priority", "fullName": "priority", "type": "int", "label": "priority", "default": 0 },
+                    { "name": "branch", "fullName": "branch", "type": "text", "label": "branch", "default": "" },
+                    { "name": "revision", "fullName": "revision", "type": "text", "label": "revision", "default": "" },
+                ],
+            })
+        })
+        .collect()
+}
+
+pub async fn list_forceschedulers(State(master): State<AppState>, Query(params): Params) -> ApiResult<Json<Value>> {
+    let Parsed { spec, .. } = query::parse(&FORCESCHEDULERS, &params, vec![])?;
+    let (items, total) = query::apply_in_memory(force_schedulers(&master), &spec);
+    Ok(envelope(FORCESCHEDULERS.plural, items, total))
+}
+
+pub async fn get_forcescheduler(
+    State(master): State<AppState>,
+    Path(name): Path<String>,
+    Query(params): Params,
+) -> ApiResult<Json<Value>> {
+    let scope = vec![by(&FORCESCHEDULERS, "name", Scalar::Text(name.clone()))];
+    let Parsed { spec, .. } = query::parse(&FORCESCHEDULERS, &params, scope)?;
+    let (items, total) = query::apply_in_memory(force_schedulers(&master), &spec);
+    if items.is_empty() {
+        return Err(ApiError::NotFound(format!("force scheduler `{name}`")));
+    }
+    Ok(envelope(FORCESCHEDULERS.plural, items, total))
+}
+
+/// Changes come with change sources; until then the collection is empty,
+/// but its parameters are still checked.
+pub async fn list_changes(Query(params): Params) -> ApiResult<Json<Value>> {
+    query::parse(&CHANGES, &params, vec![])?;
+    Ok(envelope(CHANGES.plural, vec![], 0))
+}
+
+pub async fn get_change(Path(id): Path<String>, Query(params): Params) -> ApiResult<Json<Value>> {
+    let id: i64 = parse_id("change id", &id)?;
+    query::parse(&CHANGES, &params, vec![])?;
+    Err(ApiError::NotFound(format!("change {id}")))
+}
