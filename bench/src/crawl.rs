@@ -49,7 +49,7 @@ fn pick(random: &mut Random, history: &History) -> (&'static str, String) {
         }
         _ => {
             let builder = history.builders[random.below(history.builders.len() as u64) as usize];
-            ("builder page", format!("/api/v2/builders/{builder}/builds?limit=20"))
+            ("builder page", format!("/api/v2/builders/{builder}/builds?order=-number&limit=20"))
         }
     }
 }

@@ -464,12 +464,16 @@ async fn control_actions_stop_rebuild_cancel_prioritize_pause_and_stop_workers()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_websocket_on_one_master_sees_what_happens_through_the_other() {
+async fn a_websocket_through_haproxy_sees_what_happens_on_either_master() {
     let mut stack = TestStack::new(YAML, &["hello", "slow"]).await;
     let master_a = stack.start_master("a").await;
     let master_b = stack.start_master("b").await;
+    stack.start_haproxy().await;
     stack.start_worker("w1");
-    let (mut socket, _) = tokio_tungstenite::connect_async(format!("ws://{master_a}/ws")).await.expect("WebSocket");
+    // The socket lands on one master; one force goes to each, so one of
+    // them reaches it only through the other master and Redis.
+    let url = stack.base_url.replace("http://", "ws://");
+    let (mut socket, _) = tokio_tungstenite::connect_async(format!("{url}/ws")).await.expect("WebSocket");
     use tokio_tungstenite::tungstenite::Message;
     for (id, path) in [(1, "builds/*/*"), (2, "buildrequests/*/*"), (3, "steps/*/*")] {
         let command = json!({ "cmd": "startConsuming", "path": path, "_id": id });
@@ -480,28 +484,38 @@ async fn a_websocket_on_one_master_sees_what_happens_through_the_other() {
             json!({ "_id": id, "code": 200 })
         );
     }
-    let request = stack.force_at(&format!("http://{master_b}"), "hello").await;
+    let requests = [
+        stack.force_at(&format!("http://{master_a}"), "hello").await,
+        stack.force_at(&format!("http://{master_b}"), "hello").await,
+    ];
 
     let mut keys = Vec::new();
-    let finished = tokio::time::timeout(Duration::from_secs(30), async {
+    let mut finished = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), async {
         while let Some(Ok(message)) = socket.next().await {
             let Ok(text) = message.to_text() else { continue };
             let event: Value = serde_json::from_str(text).unwrap();
             let key = event["k"].as_str().unwrap().to_owned();
             keys.push(key.clone());
             if key.starts_with("builds/") && key.ends_with("/finished") {
-                return event;
+                finished.push(event);
+                if finished.len() == requests.len() {
+                    return;
+                }
             }
         }
         panic!("the socket closed; events so far: {keys:?}");
     })
     .await
-    .unwrap_or_else(|_| panic!("no builds/*/finished within 30s; events: {keys:?}"));
-    assert_eq!(finished["m"]["results"], 0, "{finished}");
-    assert_eq!(finished["m"]["buildrequestid"], request);
-    let build_id = finished["m"]["buildid"].as_i64().unwrap();
-    for wanted in [format!("buildrequests/{request}/new"), format!("builds/{build_id}/new")] {
-        assert!(keys.contains(&wanted), "{wanted} in {keys:?}");
+    .unwrap_or_else(|_| panic!("not both builds/*/finished within 30s; events: {keys:?}"));
+    for request in requests {
+        let event =
+            finished.iter().find(|e| e["m"]["buildrequestid"] == request).expect("each request's build finished");
+        assert_eq!(event["m"]["results"], 0, "{event}");
+        let build_id = event["m"]["buildid"].as_i64().unwrap();
+        for wanted in [format!("buildrequests/{request}/new"), format!("builds/{build_id}/new")] {
+            assert!(keys.contains(&wanted), "{wanted} in {keys:?}");
+        }
     }
     assert!(keys.iter().any(|k| k.starts_with("steps/") && k.ends_with("/finished")), "{keys:?}");
     assert!(!keys.iter().any(|k| k.starts_with("logs/")), "logs/* was not asked for: {keys:?}");
