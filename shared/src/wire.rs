@@ -85,6 +85,9 @@ pub enum RpcReply {
         /// no new one until it is unpaused.
         #[serde(default)]
         paused: bool,
+        /// The version of `paused`; see [`ControlMessage::SetPaused`].
+        #[serde(default)]
+        pause_version: i64,
     },
     Claimed {
         build: BuildAssignment,
@@ -183,9 +186,13 @@ pub enum ControlMessage {
         build_id: i64,
         reason: String,
     },
-    /// Take no new builds until `Unpause`; running ones go on.
-    Pause,
-    Unpause,
+    /// Take no new builds while `paused`; running ones go on. Versions grow
+    /// with every change in Postgres: a worker ignores one older than what
+    /// it has, so two masters sending at once cannot leave it wrong.
+    SetPaused {
+        paused: bool,
+        version: i64,
+    },
     /// Finish the running builds, take no new one, and exit (as on SIGTERM).
     Shutdown {
         reason: String,

@@ -101,13 +101,13 @@ async fn answer(master: &Master, request: RpcRequest) -> Result<RpcReply, StoreE
                 }
             };
             let info = serde_json::to_value(&info).expect("strings serialize");
-            let (worker_id, paused) = master.store.worker_hello(&worker, &info).await?;
+            let (worker_id, paused, pause_version) = master.store.worker_hello(&worker, &info).await?;
             master.remember_worker(&worker, worker_id);
             let builders = config.builders_for_worker(&worker, is_local).into_iter().map(|b| b.name.clone()).collect();
             tracing::info!(worker.name = %worker, "worker said hello");
             let heartbeat_seconds = config.settings.builds.heartbeat_seconds;
             crate::live::publish_worker(master, worker_id, "connected").await;
-            Ok(RpcReply::Welcome { builders, max_builds, heartbeat_seconds, paused })
+            Ok(RpcReply::Welcome { builders, max_builds, heartbeat_seconds, paused, pause_version })
         }
         RpcRequest::Claim { worker, builder, claim_token } => {
             let is_local = Master::is_local_worker(&catalog, &worker);

@@ -12,7 +12,7 @@ mod control;
 mod error;
 mod openapi;
 pub mod query;
-mod reads;
+pub(crate) mod reads;
 
 use std::sync::Arc;
 

@@ -20,9 +20,8 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::resources::{
-    BUILDREQUESTS, BUILDS, BUILDSETS, Filter, LOGS, ListSpec, Resource, STEPS, Scalar, WORKERS,
-};
+use crate::http::reads;
+use crate::store::resources::{BUILDREQUESTS, BUILDS, BUILDSETS, LOGS, Resource, STEPS, Scalar, WORKERS};
 use crate::{Master, MasterError};
 
 /// One event, as received from the channel.
@@ -54,19 +53,11 @@ async fn publish(
     id: i64,
     keys: impl Fn(&Value) -> Vec<String>,
 ) -> Option<Value> {
-    let field = resource.field(id_field).expect("resource tables name their id fields");
-    let spec = ListSpec {
-        filters: vec![Filter::eq(field, Scalar::Int(id))],
-        order: Vec::new(),
-        fields: resource.fields.iter().filter(|f| !f.on_request).collect(),
-        limit: 1,
-        offset: 0,
-    };
-    let item = match master.store.list(resource, &spec).await {
-        Ok(page) => match page.items.into_iter().next() {
-            Some(item) => item,
-            None => return None,
-        },
+    let scope = vec![reads::by(resource, id_field, Scalar::Int(id))];
+    // Shaped by the API's own lookup, so an event's item is what a GET serves.
+    let item = match reads::lookup(master, resource, &[], scope).await {
+        Ok(Some(item)) => item,
+        Ok(None) => return None,
         Err(error) => {
             tracing::debug!(%error, resource = resource.plural, id, "live event not published");
             return None;

@@ -436,7 +436,10 @@ pub async fn lines(
                 }
             }
         }
+        splitter.finish();
     } else {
+        // A running log's last line may still grow: only whole lines are
+        // served, as Buildbot does.
         let mut after = String::from("-");
         loop {
             let page = read_stream_page(&mut redis, &stream_key, &after, ENTRIES_PER_PAGE).await?;
@@ -453,7 +456,6 @@ pub async fn lines(
             }
         }
     }
-    splitter.finish();
     Ok(splitter.out)
 }
 
@@ -494,7 +496,7 @@ impl LineSplitter {
         false
     }
 
-    /// A last line without a newline still counts.
+    /// The last line of a finished log counts even without a newline.
     fn finish(&mut self) {
         if let Some((number, line)) = self.current.take()
             && self.wanted.contains(&number)

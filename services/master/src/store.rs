@@ -45,6 +45,15 @@ impl StoreError {
     }
 }
 
+impl StoreError {
+    /// Postgres refused a value the request carried (a data exception: a
+    /// NUL in a text, a time out of range), so the client is at fault.
+    pub fn bad_input(&self) -> Option<String> {
+        let StoreError::Database(sqlx::Error::Database(db)) = self else { return None };
+        db.code().is_some_and(|code| code.starts_with("22")).then(|| db.message().to_owned())
+    }
+}
+
 pub type StoreResult<T> = Result<T, StoreError>;
 
 /// Two pools, so that readers never queue in front of the pipeline: a
@@ -792,20 +801,33 @@ impl Store {
         Ok(outcome)
     }
 
-    /// Sets the priority of a request that is not complete; false when
-    /// there is none.
-    pub async fn set_priority(&self, request_id: i64, priority: i32) -> StoreResult<bool> {
-        let updated = sqlx::query("update buildrequests set priority = $2 where id = $1 and state <> 'complete'")
-            .bind(request_id)
-            .bind(priority)
-            .execute(&self.pool)
-            .await?;
-        Ok(updated.rows_affected() == 1)
+    /// Sets the priority of a request that is not complete. Returns the
+    /// request's state before (`None`: no such request); a complete one is
+    /// left as it is.
+    pub async fn set_priority(&self, request_id: i64, priority: i32) -> StoreResult<Option<String>> {
+        Ok(sqlx::query_scalar(
+            r#"with found as (select id, state from buildrequests where id = $1 for update)
+               update buildrequests r set priority = case when found.state = 'complete' then r.priority else $2 end
+               from found where r.id = found.id
+               returning found.state"#,
+        )
+        .bind(request_id)
+        .bind(priority)
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
-    /// Pauses or unpauses a worker (by id), returning its name.
-    pub async fn set_worker_paused(&self, worker_id: i64, paused: bool) -> StoreResult<Option<String>> {
-        Ok(sqlx::query_scalar("update workers set paused = $2 where id = $1 returning name")
+    /// A worker's id by name.
+    pub async fn worker_id_by_name(&self, name: &str) -> StoreResult<Option<i32>> {
+        Ok(sqlx::query_scalar("select id from workers where name = $1").bind(name).fetch_optional(&self.reads).await?)
+    }
+
+    /// Pauses or unpauses a worker (by id), returning its name and the
+    /// change's version (workers apply only newer versions).
+    pub async fn set_worker_paused(&self, worker_id: i64, paused: bool) -> StoreResult<Option<(String, i64)>> {
+        Ok(sqlx::query_as(
+            "update workers set paused = $2, pause_version = pause_version + 1 where id = $1 returning name, pause_version",
+        )
             .bind(worker_id)
             .bind(paused)
             .fetch_optional(&self.pool)
@@ -822,12 +844,13 @@ impl Store {
     }
 
     /// A worker said hello: what it tells about itself is kept, a shutdown
-    /// it was asked for is over, and whether it is paused is returned.
-    pub async fn worker_hello(&self, name: &str, info: &serde_json::Value) -> StoreResult<(i32, bool)> {
+    /// it was asked for is over, and whether it is paused (with the pause's
+    /// version) is returned.
+    pub async fn worker_hello(&self, name: &str, info: &serde_json::Value) -> StoreResult<(i32, bool, i64)> {
         Ok(sqlx::query_as(
             r#"insert into workers (name, info, last_seen_at) values ($1, $2, now())
                on conflict (name) do update set info = excluded.info, graceful = false, last_seen_at = now()
-               returning id, paused"#,
+               returning id, paused, pause_version"#,
         )
         .bind(name)
         .bind(info)

@@ -96,8 +96,20 @@ struct Context {
     /// once the running ones have reported.
     drain: CancellationToken,
     /// Whether the masters paused this worker (from the welcome, then from
-    /// `Pause`/`Unpause` on the control queue).
+    /// `SetPaused` on the control queue).
     paused: tokio::sync::watch::Sender<bool>,
+    /// The version of `paused`: older news is ignored.
+    pause_version: Mutex<i64>,
+}
+
+impl Context {
+    fn set_paused(&self, paused: bool, version: i64) {
+        let mut seen = self.pause_version.lock().expect("pause lock poisoned");
+        if version >= *seen {
+            *seen = version;
+            self.paused.send_replace(paused);
+        }
+    }
 }
 
 /// How long to wait for a master's answer before asking again.
@@ -132,6 +144,7 @@ pub async fn run(
         unanswered_claim: Mutex::new(None),
         drain: drain.clone(),
         paused: tokio::sync::watch::Sender::new(false),
+        pause_version: Mutex::new(0),
     });
     let mut fleet = Fleet { slots: None, builds: JoinSet::new(), heartbeat: None, welcomes: 0 };
     let mut delay = FIRST_RETRY;
@@ -196,11 +209,14 @@ async fn session(
     let connection = Connection::connect_uri(uri, properties).await?;
     let rpc = RpcClient::start(&connection, &context.namespace, &context.name).await?;
     context.events.attach(&connection).await?;
+    // Bound before the hello, so a control message sent after the masters
+    // read this worker's state waits in the queue instead of being lost.
+    let control = bind_control_queue(&connection, context).await?;
     let hello = RpcRequest::Hello { worker: context.name.clone(), info: worker_info() };
     let welcome = rpc.call(&hello, RPC_TIMEOUT).await?;
     let (builders, max_builds, heartbeat_seconds) = match welcome {
-        RpcReply::Welcome { builders, max_builds, heartbeat_seconds, paused } => {
-            context.paused.send_replace(paused);
+        RpcReply::Welcome { builders, max_builds, heartbeat_seconds, paused, pause_version } => {
+            context.set_paused(paused, pause_version);
             (builders, max_builds, heartbeat_seconds)
         }
         RpcReply::Refused { reason } => return Err(WorkerError::Refused(reason)),
@@ -214,7 +230,7 @@ async fn session(
         let period = Duration::from_secs(heartbeat_seconds.max(1));
         fleet.heartbeat = Some(tokio::spawn(send_heartbeats(context.clone(), period, drain.clone())));
     }
-    let control = listen_for_control(&connection, context).await?;
+    let control = listen_for_control(control, context).await?;
     let mut outcome =
         dispatch(&connection, context, &rpc, &builders, max_builds, slots, &mut fleet.builds, drain, stop_builds).await;
     if outcome.is_ok() {
@@ -440,10 +456,9 @@ fn start_build(
 }
 
 /// Receives stop requests on this worker's control queue.
-async fn listen_for_control(
-    connection: &Connection,
-    context: &Arc<Context>,
-) -> Result<tokio::task::JoinHandle<()>, WorkerError> {
+/// Declares this worker's control queue and binds it (an exclusive queue:
+/// a second worker with the same name is refused here).
+async fn bind_control_queue(connection: &Connection, context: &Arc<Context>) -> Result<Channel, WorkerError> {
     let channel = connection.create_channel().await?;
     let queue = context.namespace.worker_control_queue(&context.name);
     channel
@@ -463,6 +478,16 @@ async fn listen_for_control(
             FieldTable::default(),
         )
         .await?;
+    Ok(channel)
+}
+
+/// Handles control messages (stop a build, pause, shut down) from the
+/// masters.
+async fn listen_for_control(
+    channel: Channel,
+    context: &Arc<Context>,
+) -> Result<tokio::task::JoinHandle<()>, WorkerError> {
+    let queue = context.namespace.worker_control_queue(&context.name);
     let mut messages = channel
         .basic_consume(
             queue.into(),
@@ -486,12 +511,7 @@ async fn listen_for_control(
                         None => tracing::info!(build.id = build_id, "stop request for a build not running here"),
                     }
                 }
-                Ok(ControlMessage::Pause) => {
-                    context.paused.send_replace(true);
-                }
-                Ok(ControlMessage::Unpause) => {
-                    context.paused.send_replace(false);
-                }
+                Ok(ControlMessage::SetPaused { paused, version }) => context.set_paused(paused, version),
                 Ok(ControlMessage::Shutdown { reason }) => {
                     tracing::info!(%reason, "shutdown asked by a master: finishing the running builds, then exiting");
                     context.drain.cancel();

@@ -362,8 +362,12 @@ pub async fn control_buildrequest(
                     .and_then(Value::as_i64)
                     .and_then(|p| i32::try_from(p).ok())
                     .ok_or_else(|| invalid("priority", "must be a whole number"))?;
-                if !master.store.set_priority(request_id, priority).await? {
-                    return Err(ApiError::Conflict(format!("buildrequest {request_id} does not exist or is complete")));
+                match master.store.set_priority(request_id, priority).await?.as_deref() {
+                    None => return Err(ApiError::NotFound(format!("buildrequest {request_id}"))),
+                    Some("complete") => {
+                        return Err(ApiError::Conflict(format!("buildrequest {request_id} is already complete")));
+                    }
+                    Some(_) => {}
                 }
                 live::publish_request(&master, request_id, "update").await;
                 Ok(Value::Null)
@@ -377,8 +381,9 @@ pub async fn control_buildrequest(
 // --- workers --------------------------------------------------------------------
 
 /// `pause` (no new builds; running ones go on), `unpause`, and `stop` (the
-/// worker finishes its running builds and exits, as on SIGTERM). A worker
-/// that is not connected learns its paused state when it says hello.
+/// worker finishes its running builds and exits, as on SIGTERM), on a worker
+/// by id or name. A worker that is not connected learns its paused state
+/// when it says hello.
 pub async fn control_worker(
     State(master): State<AppState>,
     Path(worker): Path<String>,
@@ -386,16 +391,22 @@ pub async fn control_worker(
 ) -> Result<Response, RpcFailure> {
     let call = parse_call(body, &["pause", "unpause", "stop"], "workers")?;
     let outcome = async {
-        let worker_id: i64 = parse_id("worker id", &worker)?;
+        let worker_id = match worker.parse::<i64>() {
+            Ok(id) => id,
+            Err(_) => i64::from(
+                master
+                    .store
+                    .worker_id_by_name(&worker)
+                    .await?
+                    .ok_or_else(|| ApiError::NotFound(format!("worker `{worker}`")))?,
+            ),
+        };
         let not_found = || ApiError::NotFound(format!("worker {worker_id}"));
         let (name, message, event) = match call.method.as_str() {
-            "pause" => {
-                let name = master.store.set_worker_paused(worker_id, true).await?.ok_or_else(not_found)?;
-                (name, ControlMessage::Pause, "paused")
-            }
-            "unpause" => {
-                let name = master.store.set_worker_paused(worker_id, false).await?.ok_or_else(not_found)?;
-                (name, ControlMessage::Unpause, "unpaused")
+            "pause" | "unpause" => {
+                let paused = call.method == "pause";
+                let (name, version) = master.store.set_worker_paused(worker_id, paused).await?.ok_or_else(not_found)?;
+                (name, ControlMessage::SetPaused { paused, version }, if paused { "paused" } else { "unpaused" })
             }
             _ => {
                 let reason = reason_param(&call.params, "stopped by a user")?;

@@ -71,7 +71,9 @@ pub fn invalid(field: &str, message: impl Into<String>) -> ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
-        if error.is_transient() {
+        if let Some(reason) = error.bad_input() {
+            ApiError::BadRequest(format!("a value in the request is not valid: {reason}"))
+        } else if error.is_transient() {
             ApiError::Unavailable(error.to_string())
         } else {
             ApiError::Internal(error.to_string())

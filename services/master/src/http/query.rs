@@ -23,6 +23,10 @@ pub struct Parsed {
 /// Parses `query` for a listing of `resource`. `scope` are the filters the
 /// path implies (`builders/3/builds` is `builderid=3`).
 pub fn parse(resource: &'static Resource, query: &[(String, String)], scope: Vec<Filter>) -> ApiResult<Parsed> {
+    // The path's own filters stay as they are: a client filter is added
+    // beside them, never merged into them (`builders/3/builds?builderid=4`
+    // is empty, not builders 3 and 4).
+    let scoped = scope.len();
     let mut filters = scope;
     let mut order = Vec::new();
     let mut fields: Vec<&'static Field> = Vec::new();
@@ -76,7 +80,7 @@ pub fn parse(resource: &'static Resource, query: &[(String, String)], scope: Vec
                     asked.push("*".into());
                 }
             }
-            _ => add_filter(resource, &mut filters, name, value)?,
+            _ => add_filter(resource, &mut filters, scoped, name, value)?,
         }
     }
     if fields.is_empty() {
@@ -89,7 +93,7 @@ pub fn parse(resource: &'static Resource, query: &[(String, String)], scope: Vec
         fields.push(field);
     }
     let properties = properties.map(|asked| if asked.iter().any(|p| p == "*") { Vec::new() } else { asked });
-    let spec = ListSpec { filters, order, fields, limit: limit.unwrap_or(MAX_PAGE), offset };
+    let spec = ListSpec { filters, order, fields, limit: limit.unwrap_or(MAX_PAGE), offset, count: true };
     Ok(Parsed { spec, properties })
 }
 
@@ -111,7 +115,13 @@ fn parse_number(name: &str, value: &str) -> ApiResult<i64> {
 /// Adds `{field}[__{op}]={value}`, merging repeated `eq`/`ne`/`in`/`notin`
 /// of one field into one condition, as Buildbot does
 /// (`builderid=1&builderid=2` is either builder).
-fn add_filter(resource: &'static Resource, filters: &mut Vec<Filter>, name: &str, value: &str) -> ApiResult<()> {
+fn add_filter(
+    resource: &'static Resource,
+    filters: &mut Vec<Filter>,
+    scoped: usize,
+    name: &str,
+    value: &str,
+) -> ApiResult<()> {
     let (field_name, op_name) = name.split_once("__").unwrap_or((name, "eq"));
     let Some(field) = resource.field(field_name) else {
         let mut known: Vec<String> = ["field", "order", "limit", "offset"].iter().map(|s| (*s).to_owned()).collect();
@@ -156,20 +166,28 @@ fn add_filter(resource: &'static Resource, filters: &mut Vec<Filter>, name: &str
     let texts: Vec<&str> = if many { value.split(',').collect() } else { vec![value] };
     let values = texts.iter().map(|text| typed_value(field, name, text)).collect::<ApiResult<Vec<_>>>()?;
     let merges = matches!(op, Op::Eq | Op::Ne | Op::Contains);
-    match filters.iter_mut().find(|f| merges && std::ptr::eq(f.field, field) && f.op == op) {
+    match filters[scoped..].iter_mut().find(|f| merges && std::ptr::eq(f.field, field) && f.op == op) {
         Some(existing) => existing.values.extend(values),
         None => filters.push(Filter { field, op, values }),
     }
     Ok(())
 }
 
+/// Times Postgres can hold, in epoch seconds (years 1 to 9999).
+const TIMES: std::ops::RangeInclusive<f64> = -62_135_596_800.0..=253_402_300_799.0;
+
 fn typed_value(field: &Field, name: &str, text: &str) -> ApiResult<Scalar> {
+    if text.contains('\0') {
+        return Err(ApiError::BadRequest(format!("`{name}` holds a NUL character")));
+    }
     Ok(match field.kind {
         Kind::Int => Scalar::Int(parse_number(name, text)?),
         Kind::Time => {
             let seconds: f64 = text
                 .parse()
-                .map_err(|_| ApiError::BadRequest(format!("`{name}={text}` is not a time in epoch seconds")))?;
+                .ok()
+                .filter(|seconds| TIMES.contains(seconds))
+                .ok_or_else(|| ApiError::BadRequest(format!("`{name}={text}` is not a time in epoch seconds")))?;
             Scalar::Time(seconds.floor() as i64)
         }
         Kind::Bool | Kind::Present => Scalar::Bool(parse_bool(name, text)?),

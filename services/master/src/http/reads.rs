@@ -19,8 +19,8 @@ use super::{ApiError, ApiResult, parse_bool, parse_id};
 use crate::Master;
 use crate::logs;
 use crate::store::resources::{
-    BUILDERS, BUILDREQUESTS, BUILDS, BUILDSETS, CHANGES, FORCESCHEDULERS, Filter, LOGS, MASTERS, Resource, STEPS,
-    Scalar, WORKERS,
+    BUILDERS, BUILDREQUESTS, BUILDS, BUILDSETS, CHANGES, FORCESCHEDULERS, Filter, LOGS, ListSpec, MASTERS, Resource,
+    STEPS, Scalar, WORKERS,
 };
 
 type AppState = Arc<Master>;
@@ -107,20 +107,41 @@ async fn children(
     collection(master, resource, params, vec![by(resource, parent_field, Scalar::Int(id))]).await
 }
 
-fn by(resource: &'static Resource, field: &str, value: Scalar) -> Filter {
+pub(crate) fn by(resource: &'static Resource, field: &str, value: Scalar) -> Filter {
     Filter::eq(resource.field(field).expect("resource tables name their fields"), value)
 }
 
-/// The id of the only item matching `scope`, if any.
+/// The first item matching `scope` with the `fields` given (all but those
+/// served on request when empty), shaped as the API serves it; for lookups
+/// of one item by the handlers and by live events.
+pub(crate) async fn lookup(
+    master: &Master,
+    resource: &'static Resource,
+    fields: &[&str],
+    scope: Vec<Filter>,
+) -> ApiResult<Option<Value>> {
+    let fields = if fields.is_empty() {
+        resource.fields.iter().filter(|f| !f.on_request).collect()
+    } else {
+        fields.iter().map(|name| resource.field(name).expect("resource tables name their fields")).collect()
+    };
+    let spec = ListSpec { filters: scope, order: Vec::new(), fields, limit: 1, offset: 0, count: false };
+    let mut items = master.store.list(resource, &spec).await?.items;
+    if std::ptr::eq(resource, &WORKERS) {
+        fill_worker_connections(master, &mut items).await?;
+    }
+    Ok(items.into_iter().next())
+}
+
+/// The id of the first item matching `scope`, if any.
 async fn find_id(
     master: &Master,
     resource: &'static Resource,
     id_field: &str,
     scope: Vec<Filter>,
 ) -> ApiResult<Option<i64>> {
-    let params = [("field".to_owned(), id_field.to_owned()), ("limit".to_owned(), "1".to_owned())];
-    let (items, _) = page(master, resource, &params, scope).await?;
-    Ok(items.first().and_then(|item| item.get(id_field)).and_then(Value::as_i64))
+    let item = lookup(master, resource, &[id_field], scope).await?;
+    Ok(item.and_then(|item| item.get(id_field).and_then(Value::as_i64)))
 }
 
 /// A number is an id, anything else a name, as Buildbot accepts both.

@@ -321,6 +321,9 @@ pub struct ListSpec {
     pub fields: Vec<&'static Field>,
     pub limit: i64,
     pub offset: i64,
+    /// Whether `total` must count every match (a client's listing), or may
+    /// be the page's length (lookups by id).
+    pub count: bool,
 }
 
 /// One page of a listing and how many items match in all.
@@ -345,7 +348,7 @@ impl Store {
         push_order(&mut query, resource, spec);
         query.push(" limit ").push_bind(spec.limit).push(" offset ").push_bind(spec.offset);
         let items: Vec<Value> = query.build_query_scalar().fetch_all(&self.reads).await?;
-        let total = if spec.offset == 0 && (items.len() as i64) < spec.limit {
+        let total = if !spec.count || (spec.offset == 0 && (items.len() as i64) < spec.limit) {
             items.len() as i64
         } else {
             let mut count = QueryBuilder::<Postgres>::new("select count(*) from ");
@@ -444,6 +447,9 @@ fn push_condition(query: &mut QueryBuilder<Postgres>, filter: &Filter) {
                     query.push("exists (select 1 from unnest(").push_bind(texts).push("::text[]) as n where strpos(");
                     query.push(column).push("::text, n) > 0)");
                 }
+                Op::Eq | Op::Ne | Op::Lt | Op::Le | Op::Gt | Op::Ge if field.kind == Kind::Time => {
+                    push_time_condition(query, field, *op, values);
+                }
                 // One value as `x = $1`, which Postgres can read in index
                 // order; several as `x = any($1)`.
                 Op::Eq | Op::Ne if values.len() == 1 => {
@@ -473,6 +479,33 @@ fn push_condition(query: &mut QueryBuilder<Postgres>, filter: &Filter) {
     }
 }
 
+/// A time condition on whole seconds, as times are served (`started_at`
+/// 1700000000 is any instant of that second), written as ranges of the
+/// column so that an index on it serves.
+fn push_time_condition(query: &mut QueryBuilder<Postgres>, field: &Field, op: Op, values: &[Scalar]) {
+    let seconds: Vec<f64> =
+        values.iter().filter_map(|v| if let Scalar::Time(t) = v { Some(*t as f64) } else { None }).collect();
+    let at = |query: &mut QueryBuilder<Postgres>, second: f64| {
+        query.push("to_timestamp(").push_bind(second).push("::float8)");
+    };
+    let column = field.sql;
+    match op {
+        Op::Lt | Op::Ge => {
+            query.push(column).push(if op == Op::Lt { " < " } else { " >= " });
+            at(query, seconds[0]);
+        }
+        Op::Le | Op::Gt => {
+            query.push(column).push(if op == Op::Le { " < " } else { " >= " });
+            at(query, seconds[0] + 1.0);
+        }
+        _ => {
+            // Any (or, for `ne`, none) of the listed seconds.
+            query.push("floor(extract(epoch from ").push(column).push("))");
+            query.push(if op == Op::Ne { " <> all(" } else { " = any(" }).push_bind(seconds).push("::float8[])");
+        }
+    }
+}
+
 /// `field` is true (or false), written as Postgres can match it against a
 /// partial index: `x is null`, `not (a <> b)` (which it reads as `a = b`).
 fn push_truth(query: &mut QueryBuilder<Postgres>, field: &Field, wanted: bool) {
@@ -495,11 +528,6 @@ fn push_values(query: &mut QueryBuilder<Postgres>, kind: Kind, values: &[Scalar]
                 values.iter().filter_map(|v| if let Scalar::Int(i) = v { Some(*i) } else { None }).collect();
             query.push_bind(ints).push("::bigint[]");
         }
-        Kind::Time => {
-            let times: Vec<f64> =
-                values.iter().filter_map(|v| if let Scalar::Time(t) = v { Some(*t as f64) } else { None }).collect();
-            query.push("array(select to_timestamp(unnest(").push_bind(times).push("::float8[])))");
-        }
         _ => {
             let texts: Vec<String> = values.iter().map(scalar_text).collect();
             query.push_bind(texts).push("::text[]");
@@ -511,9 +539,6 @@ fn push_value(query: &mut QueryBuilder<Postgres>, kind: Kind, value: &Scalar) {
     match (kind, value) {
         (Kind::Int, Scalar::Int(i)) => {
             query.push_bind(*i).push("::bigint");
-        }
-        (Kind::Time, Scalar::Time(t)) => {
-            query.push("to_timestamp(").push_bind(*t as f64).push("::float8)");
         }
         (_, other) => {
             query.push_bind(scalar_text(other)).push("::text");

@@ -195,7 +195,14 @@ async fn every_read_endpoint_serves_buildbot_shapes_filters_and_errors() {
     assert_eq!(ids(&stack.get("/api/v2/builds?complete=yes").await, "builds", "number").len(), 2);
     assert!(ids(&stack.get("/api/v2/builds?complete=off").await, "builds", "number").is_empty());
     assert_eq!(ids(&stack.get("/api/v2/builds?state_string__contains=success").await, "builds", "buildid").len(), 2);
+    let other_builder = builder_id + 1;
+    let widened = stack.get(&format!("/api/v2/builders/hello/builds?builderid={other_builder}")).await;
+    assert!(list(&widened, "builds").is_empty(), "a query filter narrows the path, never widens it: {widened}");
     let since = first["started_at"].as_i64().unwrap();
+    let same_second = stack.get(&format!("/api/v2/builds?started_at={since}&buildid={build_id}")).await;
+    assert_eq!(ids(&same_second, "builds", "buildid"), [build_id], "times compare in the whole seconds served");
+    let up_to = stack.get(&format!("/api/v2/builds?started_at__le={since}&buildid={build_id}")).await;
+    assert_eq!(ids(&up_to, "builds", "buildid"), [build_id]);
     assert_eq!(ids(&stack.get(&format!("/api/v2/builds?started_at__ge={since}")).await, "builds", "buildid").len(), 2);
     assert!(ids(&stack.get(&format!("/api/v2/builds?started_at__lt={since}")).await, "builds", "buildid").is_empty());
     assert_eq!(
@@ -351,6 +358,10 @@ async fn every_read_endpoint_serves_buildbot_shapes_filters_and_errors() {
     bad_request(&stack, "/api/v2/builds?properties=x", "properties").await;
     bad_request(&stack, "/api/v2/builders?tags__gt=a", "tags").await;
     bad_request(&stack, "/api/v2/builds/abc", "build id").await;
+    bad_request(&stack, "/api/v2/builds?started_at__gt=inf", "started_at").await;
+    bad_request(&stack, "/api/v2/builds?started_at__gt=1e300", "started_at").await;
+    bad_request(&stack, "/api/v2/builds?state_string=a%00b", "NUL").await;
+    bad_request(&stack, "/api/v2/builders/a%00b", "not valid").await;
     bad_request(&stack, &format!("/api/v2/logs/{log_id}/raw?tail=1"), "tail").await;
     for missing in
         ["/api/v2/builds/999999", "/api/v2/builders/nope", "/api/v2/builders/hello/builds/99", "/api/v2/nothing"]
@@ -375,6 +386,8 @@ async fn control_actions_stop_rebuild_cancel_prioritize_pause_and_stop_workers()
         .await;
     let worker_id = worker["workerid"].as_i64().unwrap();
     let worker_path = format!("/api/v2/workers/{worker_id}");
+    let (status, answer) = rpc(&stack, "/api/v2/workers/w1", "unpause", json!({})).await;
+    assert_eq!(status, 200, "a worker by name: {answer}");
 
     // stop: a running build ends CANCELLED.
     let slow = stack.force("slow").await;
@@ -461,6 +474,8 @@ async fn control_actions_stop_rebuild_cancel_prioritize_pause_and_stop_workers()
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, _) = rpc(&stack, "/api/v2/workers/999999", "pause", json!({})).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = rpc(&stack, "/api/v2/buildrequests/999999", "set_priority", json!({ "priority": 1 })).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -475,7 +490,7 @@ async fn a_websocket_through_haproxy_sees_what_happens_on_either_master() {
     let url = stack.base_url.replace("http://", "ws://");
     let (mut socket, _) = tokio_tungstenite::connect_async(format!("{url}/ws")).await.expect("WebSocket");
     use tokio_tungstenite::tungstenite::Message;
-    for (id, path) in [(1, "builds/*/*"), (2, "buildrequests/*/*"), (3, "steps/*/*")] {
+    for (id, path) in [(1, "builds/*/*"), (2, "buildrequests/*/*"), (3, "steps/*/*"), (4, "workers/*/paused")] {
         let command = json!({ "cmd": "startConsuming", "path": path, "_id": id });
         socket.send(Message::Text(command.to_string().into())).await.unwrap();
         let answer = socket.next().await.unwrap().unwrap();
@@ -519,6 +534,24 @@ async fn a_websocket_through_haproxy_sees_what_happens_on_either_master() {
     }
     assert!(keys.iter().any(|k| k.starts_with("steps/") && k.ends_with("/finished")), "{keys:?}");
     assert!(!keys.iter().any(|k| k.starts_with("logs/")), "logs/* was not asked for: {keys:?}");
+
+    // A worker's event carries the worker as the API serves it.
+    let (status, answer) = rpc(&stack, "/api/v2/workers/w1", "pause", json!({})).await;
+    assert_eq!(status, 200, "{answer}");
+    let paused = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(message)) = socket.next().await {
+            let event: Value = serde_json::from_str(message.to_text().unwrap_or("{}")).unwrap_or_default();
+            if event["k"].as_str().is_some_and(|k| k.starts_with("workers/")) {
+                return event;
+            }
+        }
+        panic!("the socket closed");
+    })
+    .await
+    .expect("workers/*/paused within 10s");
+    assert_eq!(paused["m"]["name"], "w1", "{paused}");
+    assert_eq!(paused["m"]["paused"], true, "{paused}");
+    assert_eq!(paused["m"]["connected_to"].as_array().map(Vec::len), Some(1), "{paused}");
 }
 
 /// The README's script, run as a user would: force through HAProxy with
