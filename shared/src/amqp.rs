@@ -1,5 +1,5 @@
-//! How masters and workers connect to RabbitMQ, so both make the same
-//! choices.
+//! How masters and workers connect to RabbitMQ and carry trace context in
+//! message headers, so both make the same choices.
 
 use lapin::uri::AMQPUri;
 
@@ -15,4 +15,28 @@ pub fn uri(url: &str) -> Result<AMQPUri, String> {
     let mut uri: AMQPUri = url.parse()?;
     uri.query.frame_max.get_or_insert(FRAME_MAX);
     Ok(uri)
+}
+
+/// Message properties carrying the current span's trace context, so the
+/// consumer's span continues the producer's trace.
+pub fn traced(properties: lapin::BasicProperties) -> lapin::BasicProperties {
+    match crate::telemetry::traceparent() {
+        Some(traceparent) => {
+            let mut headers = lapin::types::FieldTable::default();
+            headers
+                .insert(crate::telemetry::TRACEPARENT.into(), lapin::types::AMQPValue::LongString(traceparent.into()));
+            properties.with_headers(headers)
+        }
+        None => properties,
+    }
+}
+
+/// The trace context a message carries, if any.
+pub fn traceparent_of(properties: &lapin::BasicProperties) -> Option<String> {
+    let headers = properties.headers().as_ref()?;
+    match headers.inner().get(crate::telemetry::TRACEPARENT)? {
+        lapin::types::AMQPValue::LongString(value) => Some(value.to_string()),
+        lapin::types::AMQPValue::ShortString(value) => Some(value.as_str().to_owned()),
+        _ => None,
+    }
 }

@@ -108,6 +108,10 @@ pub struct BuildAssignment {
     pub worker: String,
     pub properties: BTreeMap<String, serde_json::Value>,
     pub steps: Vec<StepSpec>,
+    /// The trace of the request (W3C traceparent): the build's span is its
+    /// child.
+    #[serde(default)]
+    pub traceparent: Option<String>,
 }
 
 /// Worker → masters, through the events queue.
@@ -145,6 +149,26 @@ pub enum WorkerEvent {
 }
 
 impl WorkerEvent {
+    /// The build it is about; none for a heartbeat.
+    pub fn build_id(&self) -> Option<i64> {
+        match self {
+            WorkerEvent::StepStarted { build_id, .. }
+            | WorkerEvent::StepFinished { build_id, .. }
+            | WorkerEvent::BuildFinished { build_id, .. } => Some(*build_id),
+            WorkerEvent::Heartbeat { .. } => None,
+        }
+    }
+
+    /// Its name on the wire, for logs and spans.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            WorkerEvent::StepStarted { .. } => "step_started",
+            WorkerEvent::StepFinished { .. } => "step_finished",
+            WorkerEvent::BuildFinished { .. } => "build_finished",
+            WorkerEvent::Heartbeat { .. } => "heartbeat",
+        }
+    }
+
     pub fn worker(&self) -> &str {
         match self {
             WorkerEvent::StepStarted { worker, .. }
@@ -255,6 +279,7 @@ mod tests {
             worker: "w".into(),
             properties: BTreeMap::new(),
             steps: vec![step],
+            traceparent: None,
         };
         let reply = RpcReply::Claimed { build: assignment };
         assert_eq!(decode::<RpcReply>(&encode(&reply)).unwrap(), reply);

@@ -25,6 +25,7 @@ use shared::names::{EVENTS_ROUTING_KEY, Namespace, RPC_ROUTING_KEY};
 use shared::wire::{self, ControlMessage, Doorbell};
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -216,10 +217,27 @@ impl Broker {
     }
 
     /// Tells the workers of `builder` that it has work, and waits until
-    /// RabbitMQ has the doorbell safely in the builder's queue.
-    pub async fn ring(&self, builder: &str, buildrequest_id: i64) -> Result<(), BrokerError> {
+    /// RabbitMQ has the doorbell safely in the builder's queue. The doorbell
+    /// continues the request's trace (`traceparent`, else the current span).
+    pub async fn ring(
+        &self,
+        builder: &str,
+        buildrequest_id: i64,
+        traceparent: Option<&str>,
+    ) -> Result<(), BrokerError> {
+        let exchange = self.namespace.doorbell_exchange();
+        let span = tracing::info_span!(
+            "publish",
+            otel.name = format!("publish {exchange}"),
+            otel.kind = "producer",
+            messaging.system = "rabbitmq",
+            messaging.destination.name = %exchange,
+            messaging.rabbitmq.destination.routing_key = %builder,
+            buildrequest.id = buildrequest_id,
+        );
+        shared::telemetry::continue_from(&span, traceparent);
         let doorbell = Doorbell::Ring { builder: builder.to_owned(), buildrequest_id };
-        self.publish_confirmed(&self.namespace.doorbell_exchange(), builder, &doorbell).await
+        self.publish_confirmed(&exchange, builder, &doorbell).instrument(span).await
     }
 
     /// Sends a control message (e.g. stop a build) to one worker.
@@ -241,7 +259,11 @@ impl Broker {
                 routing_key.into(),
                 BasicPublishOptions { mandatory: true, ..Default::default() },
                 &wire::encode(body),
-                BasicProperties::default().with_delivery_mode(PERSISTENT).with_content_type("application/json".into()),
+                shared::amqp::traced(
+                    BasicProperties::default()
+                        .with_delivery_mode(PERSISTENT)
+                        .with_content_type("application/json".into()),
+                ),
             )
             .await?
             .await?;

@@ -47,7 +47,16 @@ async fn handle_request(master: &Master, delivery: Delivery) {
         }
     };
     let (reply_to, correlation_id, request) = request;
-    let span = tracing::info_span!("rpc", worker.name = request_worker(&request), rpc.kind = request_kind(&request));
+    let span = tracing::info_span!(
+        "rpc",
+        otel.name = format!("process {}", master.namespace.rpc_queue()),
+        otel.kind = "consumer",
+        messaging.system = "rabbitmq",
+        messaging.operation.type = "process",
+        worker.name = request_worker(&request),
+        rpc.kind = request_kind(&request),
+    );
+    shared::telemetry::continue_from(&span, shared::amqp::traceparent_of(&delivery.properties).as_deref());
     async {
         match answer(master, request).await {
             Ok(reply) => {
@@ -132,6 +141,8 @@ async fn answer(master: &Master, request: RpcRequest) -> Result<RpcReply, StoreE
                 return Ok(RpcReply::NothingPending);
             };
             tracing::info!(build.id = claimed.id, build.number = claimed.number, builder.name = %builder, worker.name = %worker, "build claimed");
+            let waited = (chrono::Utc::now() - claimed.submitted_at).to_std().unwrap_or_default();
+            master.metrics.build_started(&builder, waited);
             crate::live::publish_build(master, claimed.id, "new").await;
             crate::live::publish_request(master, claimed.buildrequest_id, "claimed").await;
             let properties = match claimed.properties {
@@ -153,6 +164,7 @@ async fn answer(master: &Master, request: RpcRequest) -> Result<RpcReply, StoreE
                     worker,
                     properties,
                     steps: config.factory_of(builder_config).steps.clone(),
+                    traceparent: claimed.traceparent,
                 },
             })
         }

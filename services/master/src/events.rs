@@ -11,6 +11,7 @@ use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use redis::AsyncCommands;
 use shared::wire::{self, WorkerEvent};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::live;
 use crate::logs::{self, LogError};
@@ -59,19 +60,34 @@ async fn handle_event(master: &Master, delivery: Delivery) {
         Ok(event) => event,
         Err(error) => {
             tracing::warn!(%error, "dead-lettering an unreadable event");
+            master.metrics.event("dead_lettered");
             let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;
             return;
         }
     };
-    match record(master, &event).await {
-        Ok(_) => {
+    let span = tracing::info_span!(
+        "event",
+        otel.name = format!("process {}", master.namespace.events_queue()),
+        otel.kind = "consumer",
+        messaging.system = "rabbitmq",
+        messaging.operation.type = "process",
+        worker.name = event.worker(),
+        build.id = event.build_id(),
+        event.kind = event.kind(),
+    );
+    shared::telemetry::continue_from(&span, shared::amqp::traceparent_of(&delivery.properties).as_deref());
+    match record(master, &event).instrument(span).await {
+        Ok(recorded) => {
+            master.metrics.event(if recorded == Recorded::Duplicate { "duplicate" } else { "recorded" });
             let _ = delivery.ack(BasicAckOptions::default()).await;
         }
         Err(EventError::Record(RecordError::Rejected(error))) => {
+            master.metrics.event("dead_lettered");
             tracing::warn!(%error, worker.name = event.worker(), "dead-lettering an event that cannot be recorded");
             let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;
         }
         Err(error) => {
+            master.metrics.event("retried");
             tracing::warn!(%error, worker.name = event.worker(), "could not record an event now; it will be retried");
             tokio::time::sleep(RETRY_DELAY).await;
             let _ = delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
@@ -93,6 +109,13 @@ async fn record(master: &Master, event: &WorkerEvent) -> Result<Recorded, EventE
             let (step_id, log_rows) = Store::upsert_step(&mut tx, *build_id, step).await?;
             Store::set_build_state(&mut tx, *build_id, &step.name).await?;
             tx.commit().await?;
+            if step.number == 0 {
+                // The first step runs: the request is dispatched.
+                if let Some((builder, accepted)) = master.store.build_origin(*build_id).await? {
+                    let since = (chrono::Utc::now() - accepted).to_std().unwrap_or_default();
+                    master.metrics.first_step_running(&builder, since);
+                }
+            }
             live::publish_step(master, step_id, "started").await;
             for log in log_rows {
                 live::publish_log(master, log.id, "new").await;
@@ -107,16 +130,20 @@ async fn record(master: &Master, event: &WorkerEvent) -> Result<Recorded, EventE
             let mut redis = master.redis.clone();
             let mut archived_keys = Vec::new();
             let mut archived_logs = Vec::new();
+            let mut archived_sizes = Vec::new();
             for (record, row) in step.logs.iter().zip(&log_rows) {
                 if row.complete {
                     continue;
                 }
                 let key = master.namespace.log_stream_key(worker, *build_id, step.number, &record.slug);
-                logs::archive(&mut redis, &mut tx, row.id, &key, record.chunks).await?;
+                archived_sizes.push(logs::archive(&mut redis, &mut tx, row.id, &key, record.chunks).await?);
                 archived_keys.push(key);
                 archived_logs.push(row.id);
             }
             tx.commit().await?;
+            for (bytes, lines) in archived_sizes {
+                master.metrics.log_archived(bytes, lines);
+            }
             let linger = master.catalog().config.settings.builds.log_linger_seconds as i64;
             for key in archived_keys {
                 // People watching live still see the end; afterwards the copy
@@ -142,6 +169,9 @@ async fn record(master: &Master, event: &WorkerEvent) -> Result<Recorded, EventE
             }
             Store::finish_build(&mut tx, *build_id, *results, state_string, *finished_at).await?;
             tx.commit().await?;
+            if let Some((builder, _)) = master.store.build_origin(*build_id).await? {
+                master.metrics.build_finished(&builder, results.name());
+            }
             tracing::info!(build.id = build_id, worker.name = %worker, build.results = %results, "build finished");
             if let Some(build) = live::publish_build(master, *build_id, "finished").await
                 && let Some(request_id) = build.get("buildrequestid").and_then(serde_json::Value::as_i64)

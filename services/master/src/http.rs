@@ -19,12 +19,13 @@ use std::sync::Arc;
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
+use tracing::Instrument;
 
 pub use error::ApiError;
 pub use query::MAX_PAGE;
@@ -151,6 +152,7 @@ pub fn router(master: Arc<Master>) -> Router {
     let max_body_bytes = master.catalog().config.settings.web.max_body_bytes;
     let mut router = Router::new()
         .route("/healthz", get(get_health))
+        .route("/metrics", get(get_metrics))
         .route("/ws", get(crate::live::websocket))
         .route("/api/v2/openapi.json", get(get_openapi));
     for (doc, handlers) in api() {
@@ -159,8 +161,43 @@ pub fn router(master: Arc<Master>) -> Router {
     router
         .fallback(|| async { ApiError::NotFound("no such resource".into()) })
         .layer(axum::middleware::from_fn(move |request, next| limit_body(max_body_bytes, request, next)))
+        .layer(axum::middleware::from_fn_with_state(master.clone(), observe))
         .layer(DefaultBodyLimit::disable())
         .with_state(master)
+}
+
+/// One span per request, continuing the caller's trace (`traceparent`) and
+/// named by OpenTelemetry's HTTP conventions, and the request's metrics.
+async fn observe(
+    State(master): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", |path| path.as_str()).to_owned();
+    let method = request.method().as_str().to_owned();
+    let span = tracing::info_span!(
+        "http",
+        otel.name = format!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = %route,
+        url.path = %request.uri().path(),
+        http.response.status_code = tracing::field::Empty,
+    );
+    let traceparent = request.headers().get(shared::telemetry::TRACEPARENT).and_then(|v| v.to_str().ok());
+    shared::telemetry::continue_from(&span, traceparent);
+    let started = std::time::Instant::now();
+    let response = next.run(request).instrument(span.clone()).await;
+    let status = response.status().as_u16();
+    span.record("http.response.status_code", status);
+    master.metrics.http(&route, &method, status, started.elapsed());
+    response
+}
+
+/// Prometheus' text format.
+async fn get_metrics(State(master): State<AppState>) -> Response {
+    let text = crate::metrics::render(&master).await;
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 
 async fn get_openapi() -> Json<Value> {

@@ -10,6 +10,7 @@ mod events;
 pub mod http;
 pub mod live;
 pub mod logs;
+pub mod metrics;
 mod reconcile;
 pub mod store;
 
@@ -24,6 +25,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::broker::{Broker, BrokerError};
 use crate::store::{Store, StoreError};
@@ -67,6 +69,7 @@ pub struct Master {
     /// they wait for output.
     pub redis_client: redis::Client,
     pub namespace: Namespace,
+    pub metrics: metrics::Metrics,
     /// Live events for this master's `/ws` clients, relayed from Redis.
     pub live: tokio::sync::broadcast::Sender<Arc<live::LiveEvent>>,
     catalog: RwLock<Arc<Catalog>>,
@@ -126,8 +129,9 @@ impl Master {
     /// the reconciler (`redeliver_after_seconds`) instead of running now.
     pub async fn announce(self: &Arc<Self>, requests: Vec<(String, i64)>) {
         let master = self.clone();
-        let ringing = tokio::spawn(async move {
-            let rings = requests.iter().map(|(builder, request_id)| master.broker.ring(builder, *request_id));
+        let ringing = tokio::spawn(
+            async move {
+            let rings = requests.iter().map(|(builder, request_id)| master.broker.ring(builder, *request_id, None));
             let mut unannounced = Vec::new();
             for ((_, request_id), rung) in requests.iter().zip(futures_util::future::join_all(rings).await) {
                 if let Err(error) = rung {
@@ -140,7 +144,10 @@ impl Master {
                 // once `redeliver_after_seconds` have passed.
                 let _ = master.store.mark_unannounced(&unannounced).await;
             }
-        });
+        }
+            // The doorbells belong to the trace of the request that rang them.
+            .instrument(tracing::Span::current()),
+        );
         let _ = ringing.await;
     }
 
@@ -190,6 +197,7 @@ pub async fn connect(config: Config, master_name: &str) -> Result<Arc<Master>, M
         redis_client,
         namespace,
         live: live::channel(),
+        metrics: metrics::Metrics::new(),
         catalog: RwLock::new(Arc::new(Catalog { config, builder_ids })),
         worker_ids: Mutex::new(HashMap::new()),
     }))

@@ -184,14 +184,15 @@ impl ChunkBuilder {
 
 /// Copies a finished log from its Redis stream into Postgres inside the
 /// caller's transaction, after checking that every entry its worker wrote
-/// (`expected_entries`) is there.
+/// (`expected_entries`) is there. Returns the printed bytes and the lines.
+#[tracing::instrument(name = "archive", skip_all, fields(otel.name = "archive log", log.id = log_id))]
 pub async fn archive(
     redis: &mut ConnectionManager,
     tx: &mut Transaction<'static, Postgres>,
     log_id: i64,
     key: &str,
     expected_entries: u64,
-) -> Result<(), LogError> {
+) -> Result<(u64, u64), LogError> {
     let mut builder = ChunkBuilder::new();
     let mut after = String::from("-");
     let mut found = 0u64;
@@ -225,7 +226,7 @@ pub async fn archive(
         Store::insert_log_chunk(tx, log_id, &chunk).await?;
     }
     Store::complete_log(tx, log_id, builder.total_lines, builder.total_bytes).await?;
-    Ok(())
+    Ok((builder.total_bytes as u64, builder.total_lines as u64))
 }
 
 /// Splits an archived chunk back into its records.

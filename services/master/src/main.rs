@@ -38,11 +38,12 @@ enum Command {
     },
 }
 
+/// The `service.name` of a master's spans.
+const SERVICE: &str = "buildmaster-master";
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    shared::telemetry::init();
-    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime starts");
-    match runtime.block_on(run(cli)) {
+    match start(cli) {
         Ok(code) => code,
         Err(error) => {
             eprintln!("buildmaster: {error:#}");
@@ -51,11 +52,29 @@ fn main() -> ExitCode {
     }
 }
 
+/// Telemetry is set up and shut down outside the async runtime: its exporter
+/// runs on a thread of its own with a blocking HTTP client.
+fn start(cli: Cli) -> anyhow::Result<ExitCode> {
+    // `start` reads its configuration first, for the telemetry settings;
+    // the other commands export no spans.
+    let config = match &cli.command {
+        Command::Start { .. } => Some(load(cli.settings.clone())?),
+        _ => None,
+    };
+    let settings = config.as_ref().map(|c| c.settings.telemetry.clone()).unwrap_or_default();
+    let telemetry = shared::telemetry::init(SERVICE, &settings)?;
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime starts");
+    let outcome = runtime.block_on(run(cli, config));
+    drop(runtime);
+    telemetry.shutdown();
+    outcome
+}
+
 fn load(settings: Option<PathBuf>) -> Result<Config, config::ConfigErrors> {
     Config::load(&config::settings_path(settings)?)
 }
 
-async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+async fn run(cli: Cli, config: Option<Config>) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Checkconfig => match load(cli.settings) {
             Ok(config) => {
@@ -75,7 +94,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Start { listen, name } => {
-            let config = load(cli.settings)?;
+            let config = match config {
+                Some(config) => config,
+                None => load(cli.settings)?,
+            };
             let address = listen.unwrap_or(config.settings.web.listen);
             let listener = tokio::net::TcpListener::bind(address)
                 .await

@@ -39,8 +39,12 @@ async fn reconcile_once(master: &Master, builds: &BuildSettings) -> Result<(), M
     let lease = Duration::from_secs(builds.lease_seconds);
     if master.broker.connected_for().is_some_and(|up| up >= lease) {
         let expired = master.store.expire_leases(BATCH, builds.max_retries).await?;
+        master.metrics.reconciled("lease_expired", expired.builds.len() as u64);
         for build_id in &expired.builds {
             crate::live::publish_build(master, *build_id, "finished").await;
+            if let Some((builder, _)) = master.store.build_origin(*build_id).await? {
+                master.metrics.build_finished(&builder, shared::model::Results::Retry.name());
+            }
         }
         let requeued = expired.requeued;
         if !requeued.is_empty() {
@@ -66,11 +70,11 @@ async fn ring(master: &Master, requests: Vec<DueRequest>, always: bool) {
             return;
         }
     };
-    let mut by_builder: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+    let mut by_builder: BTreeMap<i32, Vec<DueRequest>> = BTreeMap::new();
     for request in requests {
-        by_builder.entry(request.builder_id).or_default().push(request.id);
+        by_builder.entry(request.builder_id).or_default().push(request);
     }
-    for (builder_id, request_ids) in by_builder {
+    for (builder_id, requests) in by_builder {
         let Some(builder) = names.get(&builder_id) else {
             continue;
         };
@@ -84,9 +88,10 @@ async fn ring(master: &Master, requests: Vec<DueRequest>, always: bool) {
                 }
             }
         }
-        for request_id in request_ids {
-            match master.broker.ring(builder, request_id).await {
+        for DueRequest { id: request_id, traceparent, .. } in requests {
+            match master.broker.ring(builder, request_id, traceparent.as_deref()).await {
                 Ok(()) => {
+                    master.metrics.reconciled("doorbell_rung", 1);
                     tracing::info!(buildrequest.id = request_id, builder.name = %builder, "doorbell rung again")
                 }
                 Err(error) => {

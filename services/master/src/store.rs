@@ -80,6 +80,8 @@ pub struct NewBuildset<'a> {
     /// Buildbot-shaped: `{"name": [value, "source"]}`.
     pub properties: &'a serde_json::Value,
     pub requests: Vec<NewRequest>,
+    /// The trace asking for it, which its builds join.
+    pub traceparent: Option<String>,
 }
 
 /// Who claims a build of which builder.
@@ -102,6 +104,10 @@ pub struct ClaimedBuild {
     pub number: i32,
     pub buildrequest_id: i64,
     pub properties: serde_json::Value,
+    /// The trace of the request, which the build joins.
+    pub traceparent: Option<String>,
+    /// When the request was accepted.
+    pub submitted_at: DateTime<Utc>,
 }
 
 #[derive(Debug, FromRow, Clone)]
@@ -179,6 +185,8 @@ pub struct ArchivedChunk {
 pub struct DueRequest {
     pub id: i64,
     pub builder_id: i32,
+    /// The trace that asked for the request, which its doorbell continues.
+    pub traceparent: Option<String>,
 }
 
 /// What [`Store::expire_leases`] did: builds ended as RETRY, and the
@@ -361,6 +369,10 @@ impl Store {
     /// The requests are marked announced now: the caller rings their
     /// doorbells right after the commit, and the reconciler rings again only
     /// if nobody claims them.
+    #[tracing::instrument(
+        name = "db", skip_all,
+        fields(otel.name = "INSERT buildsets, buildrequests", otel.kind = "client", db.system.name = "postgresql")
+    )]
     pub async fn create_buildset(&self, new: NewBuildset<'_>) -> StoreResult<(i64, Vec<(i32, i64)>)> {
         let builder_ids: Vec<i32> = new.requests.iter().map(|r| r.builder_id).collect();
         let priorities: Vec<i32> = new.requests.iter().map(|r| r.priority).collect();
@@ -370,8 +382,8 @@ impl Store {
                    insert into buildsets (reason, owner, scheduler, properties)
                    values ($1, $2, $3, $4) returning id
                )
-               insert into buildrequests (buildset_id, builder_id, priority, announced_at)
-               select buildset.id, t.builder_id, t.priority, now()
+               insert into buildrequests (buildset_id, builder_id, priority, announced_at, traceparent)
+               select buildset.id, t.builder_id, t.priority, now(), $7
                from buildset, unnest($5::int[], $6::int[]) with ordinality as t(builder_id, priority, n)
                order by t.n
                returning buildset_id, builder_id, id"#,
@@ -382,6 +394,7 @@ impl Store {
         .bind(new.properties)
         .bind(&builder_ids)
         .bind(&priorities)
+        .bind(&new.traceparent)
         .fetch_all(&self.pool)
         .await?;
         let buildset_id = rows.first().map(|(buildset, _, _)| *buildset).unwrap_or_default();
@@ -405,11 +418,13 @@ impl Store {
     /// returns the build it already made.
     pub async fn claim(&self, claim: &Claim<'_>) -> StoreResult<Option<ClaimedBuild>> {
         let Claim { builder_id, builder_name, worker_id, worker_name, master_id, claim_token, lease_seconds } = *claim;
-        let existing: Option<ClaimedBuild> =
-            sqlx::query_as("select id, number, buildrequest_id, properties from builds where claim_token = $1")
-                .bind(claim_token)
-                .fetch_optional(&self.pool)
-                .await?;
+        let existing: Option<ClaimedBuild> = sqlx::query_as(
+            r#"select b.id, b.number, b.buildrequest_id, b.properties, r.traceparent, r.submitted_at
+                   from builds b join buildrequests r on r.id = b.buildrequest_id where b.claim_token = $1"#,
+        )
+        .bind(claim_token)
+        .fetch_optional(&self.pool)
+        .await?;
         if existing.is_some() {
             return Ok(existing);
         }
@@ -426,23 +441,27 @@ impl Store {
                    update buildrequests r
                    set state = 'claimed', claimed_at = now(), claimed_by_master_id = $3
                    from picked where r.id = picked.id
-                   returning r.id, r.buildset_id
+                   returning r.id, r.buildset_id, r.traceparent, r.submitted_at
                ), numbered as (
                    update builders set next_build_number = next_build_number + 1
                    where id = $1 and exists (select 1 from claimed)
                    returning next_build_number - 1 as number
+               ), inserted as (
+                   insert into builds (builder_id, number, buildrequest_id, worker_id, master_id, claim_token,
+                                       lease_expires_at, state_string, properties)
+                   select $1, numbered.number, claimed.id, $2, $3, $4,
+                          now() + make_interval(secs => $5), 'building',
+                          s.properties || jsonb_build_object(
+                              'buildername', jsonb_build_array($6::text, 'Builder'),
+                              'buildnumber', jsonb_build_array(numbered.number, 'Build'),
+                              'workername', jsonb_build_array($7::text, 'Worker'))
+                   from claimed, numbered, buildsets s
+                   where s.id = claimed.buildset_id
+                   returning id, number, buildrequest_id, properties
                )
-               insert into builds (builder_id, number, buildrequest_id, worker_id, master_id, claim_token,
-                                   lease_expires_at, state_string, properties)
-               select $1, numbered.number, claimed.id, $2, $3, $4,
-                      now() + make_interval(secs => $5), 'building',
-                      s.properties || jsonb_build_object(
-                          'buildername', jsonb_build_array($6::text, 'Builder'),
-                          'buildnumber', jsonb_build_array(numbered.number, 'Build'),
-                          'workername', jsonb_build_array($7::text, 'Worker'))
-               from claimed, numbered, buildsets s
-               where s.id = claimed.buildset_id
-               returning id, number, buildrequest_id, properties"#,
+               select inserted.id, inserted.number, inserted.buildrequest_id, inserted.properties,
+                      claimed.traceparent, claimed.submitted_at
+               from inserted, claimed"#,
         )
         .bind(builder_id)
         .bind(worker_id)
@@ -671,7 +690,7 @@ impl Store {
                )
                update buildrequests r set announced_at = now()
                from due where r.id = due.id
-               returning r.id, r.builder_id"#,
+               returning r.id, r.builder_id, r.traceparent"#,
         )
         .bind(older_than_seconds as f64)
         .bind(limit)
@@ -705,7 +724,7 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?;
         let request_ids: Vec<i64> = expired.iter().map(|(_, request)| *request).collect();
-        let updated: Vec<(i64, i32, String, i64)> = sqlx::query_as(
+        let updated: Vec<(i64, i32, String, i64, Option<String>)> = sqlx::query_as(
             r#"with counted as (
                    select r.id,
                           (select count(*) from builds b where b.buildrequest_id = r.id and b.results = $3) as lost
@@ -719,7 +738,7 @@ impl Store {
                    complete_at = case when c.lost > $2 then now() end,
                    results = case when c.lost > $2 then $4 end
                from counted c where r.id = c.id
-               returning r.id, r.builder_id, r.state, r.buildset_id"#,
+               returning r.id, r.builder_id, r.state, r.buildset_id, r.traceparent"#,
         )
         .bind(&request_ids)
         .bind(i64::from(max_retries))
@@ -728,9 +747,9 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?;
         let mut requeued = Vec::new();
-        for (id, builder_id, state, buildset_id) in updated {
+        for (id, builder_id, state, buildset_id, traceparent) in updated {
             if state == "pending" {
-                requeued.push(DueRequest { id, builder_id });
+                requeued.push(DueRequest { id, builder_id, traceparent });
             } else {
                 tracing::warn!(
                     buildrequest.id = id,
@@ -944,6 +963,28 @@ impl Store {
             .bind(seq)
             .fetch_optional(&self.reads)
             .await?)
+    }
+
+    /// Pending requests per builder name, for the metrics.
+    pub async fn pending_by_builder(&self) -> StoreResult<Vec<(String, i64)>> {
+        Ok(sqlx::query_as(
+            r#"select b.name, count(*) from buildrequests r join builders b on b.id = r.builder_id
+               where r.state = 'pending' group by b.name"#,
+        )
+        .fetch_all(&self.reads)
+        .await?)
+    }
+
+    /// A build's builder name and when its request was accepted.
+    pub async fn build_origin(&self, build_id: i64) -> StoreResult<Option<(String, DateTime<Utc>)>> {
+        Ok(sqlx::query_as(
+            r#"select bu.name, r.submitted_at
+               from builds b join buildrequests r on r.id = b.buildrequest_id join builders bu on bu.id = b.builder_id
+               where b.id = $1"#,
+        )
+        .bind(build_id)
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     /// Builder names by id, including builders no longer configured.

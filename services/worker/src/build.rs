@@ -4,9 +4,11 @@
 use std::path::PathBuf;
 
 use chrono::Utc;
+use shared::config::StepSpec;
 use shared::model::{Results, build_result_contribution, halts_build};
 use shared::wire::{BuildAssignment, LogRecord, STDIO_LOG, StepRecord, WorkerEvent};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::logs::LogWriter;
 use crate::{Context, WorkerError, step};
@@ -41,46 +43,17 @@ pub async fn run_build(
             });
             continue;
         }
-        let mut record = StepRecord {
-            number,
-            name: spec.name.clone(),
-            started_at: Some(Utc::now()),
-            finished_at: None,
-            results: None,
-            state_string: "running".into(),
-            logs: vec![LogRecord { slug: STDIO_LOG.into(), name: STDIO_LOG.into(), chunks: 0, bytes: 0 }],
-        };
-        context
-            .events
-            .send(&WorkerEvent::StepStarted {
-                worker: context.name.clone(),
-                build_id: build.build_id,
-                seq: next_seq(),
-                step: record.clone(),
-            })
+        let span = tracing::info_span!(
+            "step",
+            otel.name = format!("step {}", spec.name),
+            step.number = number,
+            step.name = %spec.name,
+            step.results = tracing::field::Empty,
+        );
+        let (record, outcome) = run_step(context, &build, spec, number, &builder_dir, &stop, &mut next_seq)
+            .instrument(span.clone())
             .await?;
-
-        let key = context.namespace.log_stream_key(&context.name, build.build_id, number, STDIO_LOG);
-        let spool = context.basedir.join(".spool").join(format!("{}-{number}-{STDIO_LOG}", build.build_id));
-        let log = LogWriter::start(context.redis.clone(), key, spool);
-        let outcome = step::run_step(spec, &builder_dir, &log, &stop).await;
-        let totals = log.finish().await;
-
-        record.finished_at = Some(Utc::now());
-        record.results = Some(outcome.results);
-        record.state_string = outcome.state_string;
-        record.logs[0].chunks = totals.entries;
-        record.logs[0].bytes = totals.bytes;
-        context
-            .events
-            .send(&WorkerEvent::StepFinished {
-                worker: context.name.clone(),
-                build_id: build.build_id,
-                seq: next_seq(),
-                step: record.clone(),
-            })
-            .await?;
-        tracing::info!(build.id = build.build_id, step.name = %spec.name, step.results = %outcome.results, "step finished");
+        span.record("step.results", outcome.results.name());
 
         let contribution = build_result_contribution(outcome.results, spec.flags());
         if contribution != Results::Success {
@@ -121,4 +94,59 @@ fn directory_name(builder: &str) -> PathBuf {
         .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' })
         .collect::<String>()
         .into()
+}
+
+/// One step: reported started, run with its log streaming, reported
+/// finished.
+async fn run_step(
+    context: &Context,
+    build: &BuildAssignment,
+    spec: &StepSpec,
+    number: i32,
+    builder_dir: &std::path::Path,
+    stop: &CancellationToken,
+    next_seq: &mut impl FnMut() -> i64,
+) -> Result<(StepRecord, step::StepOutcome), WorkerError> {
+    let mut record = StepRecord {
+        number,
+        name: spec.name.clone(),
+        started_at: Some(Utc::now()),
+        finished_at: None,
+        results: None,
+        state_string: "running".into(),
+        logs: vec![LogRecord { slug: STDIO_LOG.into(), name: STDIO_LOG.into(), chunks: 0, bytes: 0 }],
+    };
+    context
+        .events
+        .send(&WorkerEvent::StepStarted {
+            worker: context.name.clone(),
+            build_id: build.build_id,
+            seq: next_seq(),
+            step: record.clone(),
+        })
+        .await?;
+
+    let key = context.namespace.log_stream_key(&context.name, build.build_id, number, STDIO_LOG);
+    let spool = context.basedir.join(".spool").join(format!("{}-{number}-{STDIO_LOG}", build.build_id));
+    let log = LogWriter::start(context.redis.clone(), key, spool);
+    let outcome = step::run_step(spec, builder_dir, &log, stop).await;
+    let totals = log.finish().await;
+
+    record.finished_at = Some(Utc::now());
+    record.results = Some(outcome.results);
+    record.state_string = outcome.state_string.clone();
+    record.logs[0].chunks = totals.entries;
+    record.logs[0].bytes = totals.bytes;
+    context
+        .events
+        .send(&WorkerEvent::StepFinished {
+            worker: context.name.clone(),
+            build_id: build.build_id,
+            seq: next_seq(),
+            step: record.clone(),
+        })
+        .await?;
+    tracing::info!(build.id = build.build_id, step.name = %spec.name, step.results = %outcome.results, "step finished");
+
+    Ok((record, outcome))
 }

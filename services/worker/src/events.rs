@@ -47,7 +47,10 @@ impl EventSender {
         let mut attempts_when_stopping = 0;
         loop {
             let error = match self.publish_once(&payload).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    crate::metrics::METRICS.events_published.inc();
+                    return Ok(());
+                }
                 Err(error) => error,
             };
             if self.give_up.is_cancelled() {
@@ -71,7 +74,9 @@ impl EventSender {
                 EVENTS_ROUTING_KEY.into(),
                 BasicPublishOptions { mandatory: true, ..Default::default() },
                 payload,
-                BasicProperties::default().with_delivery_mode(2).with_content_type("application/json".into()),
+                shared::amqp::traced(
+                    BasicProperties::default().with_delivery_mode(2).with_content_type("application/json".into()),
+                ),
             )
             .await?
             .await?;

@@ -8,6 +8,7 @@
 mod build;
 mod events;
 mod logs;
+pub mod metrics;
 mod rpc;
 mod step;
 
@@ -30,6 +31,7 @@ use shared::wire::{self, BuildAssignment, ControlMessage, Doorbell, RpcReply, Rp
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::events::EventSender;
@@ -224,6 +226,7 @@ async fn session(
     };
     let paused = *context.paused.borrow();
     tracing::info!(worker.name = %context.name, builders = builders.len(), max_builds, paused, "worker connected");
+    metrics::METRICS.connections.inc();
     fleet.welcomes += 1;
     let slots = fleet.slots.get_or_insert_with(|| Arc::new(Semaphore::new(max_builds as usize))).clone();
     if fleet.heartbeat.is_none() {
@@ -330,7 +333,18 @@ async fn dispatch(
                 continue;
             }
         };
-        match claim(context, rpc, &builder, Uuid::new_v4()).await {
+        // The doorbell continues the trace of the request that rang it; the
+        // claim is its child, on whichever master answers.
+        let span = tracing::info_span!(
+            "doorbell",
+            otel.name = format!("process {}", context.namespace.builder_queue(&builder)),
+            otel.kind = "consumer",
+            messaging.system = "rabbitmq",
+            messaging.operation.type = "process",
+            builder.name = %builder,
+        );
+        shared::telemetry::continue_from(&span, shared::amqp::traceparent_of(&delivery.properties).as_deref());
+        match claim(context, rpc, &builder, Uuid::new_v4()).instrument(span).await {
             Ok(RpcReply::Claimed { build }) => {
                 delivery.ack(BasicAckOptions::default()).await?;
                 start_build(context, build, permit, builds, stop_builds);
@@ -443,19 +457,39 @@ fn start_build(
     let stop = stop_builds.child_token();
     context.running.lock().expect("running lock poisoned").insert(build.build_id, stop.clone());
     let context = context.clone();
-    builds.spawn(async move {
-        let build_id = build.build_id;
-        tracing::info!(build.id = build_id, builder.name = %build.builder, build.number = build.number, "build starting");
-        if let Err(error) = build::run_build(&context, build, stop).await {
-            // Its lease expires and a master retries it.
-            tracing::error!(%error, build.id = build_id, "build could not report its end");
+    // The build joins the trace of its request (the force, the schedule).
+    let span = tracing::info_span!(
+        "build",
+        otel.name = format!("build {} #{}", build.builder, build.number),
+        build.id = build.build_id,
+        build.number = build.number,
+        builder.name = %build.builder,
+        worker.name = %build.worker,
+        build.results = tracing::field::Empty,
+    );
+    shared::telemetry::continue_from(&span, build.traceparent.as_deref());
+    builds.spawn(
+        async move {
+            let build_id = build.build_id;
+            tracing::info!(build.id = build_id, builder.name = %build.builder, build.number = build.number, "build starting");
+            metrics::METRICS.builds_running.inc();
+            let outcome = build::run_build(&context, build, stop).await;
+            metrics::METRICS.builds_running.dec();
+            match outcome {
+                Ok(results) => {
+                    tracing::Span::current().record("build.results", results.name());
+                    metrics::METRICS.builds_finished.with_label_values(&[results.name()]).inc();
+                }
+                // Its lease expires and a master retries it.
+                Err(error) => tracing::error!(%error, build.id = build_id, "build could not report its end"),
+            }
+            context.running.lock().expect("running lock poisoned").remove(&build_id);
+            drop(permit);
         }
-        context.running.lock().expect("running lock poisoned").remove(&build_id);
-        drop(permit);
-    });
+        .instrument(span),
+    );
 }
 
-/// Receives stop requests on this worker's control queue.
 /// Declares this worker's control queue and binds it (an exclusive queue:
 /// a second worker with the same name is refused here).
 async fn bind_control_queue(connection: &Connection, context: &Arc<Context>) -> Result<Channel, WorkerError> {

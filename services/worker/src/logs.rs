@@ -100,6 +100,8 @@ async fn write_stream(
             Some(Some((channel, data))) => {
                 if channel != LogChannel::Header {
                     totals.bytes += data.len() as u64;
+                    crate::metrics::METRICS.log_bytes.inc_by(data.len() as u64);
+                    crate::metrics::METRICS.log_lines.inc_by(data.iter().filter(|&&b| b == b'\n').count() as u64);
                 }
                 batch_bytes += data.len();
                 append(&mut batch, channel, &data);

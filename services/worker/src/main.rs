@@ -21,11 +21,7 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    shared::telemetry::init();
-    // One thread is plenty: a worker waits on pipes and sockets, its steps
-    // run in processes of their own, and every extra thread costs memory.
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime starts");
-    match runtime.block_on(run(cli)) {
+    match start(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("buildmaster-worker: {error:#}");
@@ -34,8 +30,31 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+/// Telemetry is set up and shut down outside the async runtime: its exporter
+/// runs on a thread of its own with a blocking HTTP client.
+fn start(cli: Cli) -> anyhow::Result<()> {
     let file = shared::config::load_worker_file(&cli.config)?;
+    let telemetry = shared::telemetry::init("buildmaster-worker", &file.telemetry)?;
+    // One thread is plenty: a worker waits on pipes and sockets, its steps
+    // run in processes of their own, and every extra thread costs memory.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime starts");
+    let outcome = runtime.block_on(run_worker(cli, file));
+    drop(runtime);
+    telemetry.shutdown();
+    outcome
+}
+
+async fn run_worker(cli: Cli, file: shared::config::WorkerFile) -> anyhow::Result<()> {
+    if let Some(address) = file.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(address).await.map_err(|error| {
+            anyhow::anyhow!("cannot serve metrics on {address} (metrics_listen in worker.yaml): {error}")
+        })?;
+        tokio::spawn(async move {
+            if let Err(error) = worker::metrics::serve(listener).await {
+                tracing::error!(%error, %address, "metrics endpoint stopped");
+            }
+        });
+    }
     let options = worker::WorkerOptions {
         amqp_url: file.amqp_url.expose().to_owned(),
         redis_url: file.redis_url.expose().to_owned(),

@@ -82,10 +82,12 @@ impl RpcClient {
                 RPC_ROUTING_KEY.into(),
                 BasicPublishOptions::default(),
                 &wire::encode(request),
-                BasicProperties::default()
-                    .with_reply_to(self.reply_queue.clone().into())
-                    .with_correlation_id(id.clone().into())
-                    .with_content_type("application/json".into()),
+                shared::amqp::traced(
+                    BasicProperties::default()
+                        .with_reply_to(self.reply_queue.clone().into())
+                        .with_correlation_id(id.clone().into())
+                        .with_content_type("application/json".into()),
+                ),
             )
             .await;
         if let Err(error) = published {

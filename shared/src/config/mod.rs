@@ -94,6 +94,8 @@ pub struct Settings {
     pub local_worker: LocalWorkerSettings,
     #[serde(default)]
     pub builds: BuildSettings,
+    #[serde(default)]
+    pub telemetry: TelemetrySettings,
 }
 
 fn default_namespace() -> String {
@@ -106,6 +108,51 @@ fn default_master_config() -> PathBuf {
 
 fn default_local_worker_buildfactory() -> String {
     "UnixBuild".into()
+}
+
+/// Traces, exported with OpenTelemetry's protocol (OTLP) over HTTP to a
+/// collector (the OpenTelemetry Collector, Jaeger, Tempo...). Off without an
+/// endpoint. The same block is read from settings.yaml and worker.yaml.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// Base URL of the collector's OTLP/HTTP receiver, e.g.
+    /// `http://127.0.0.1:4318`; spans go to `{endpoint}/v1/traces`.
+    pub otlp_endpoint: Option<String>,
+    /// `http/protobuf` (the default) or `http/json`.
+    #[serde(default)]
+    pub protocol: OtlpProtocol,
+    /// Share of traces kept, from 0.0 to 1.0, decided where a trace starts
+    /// and followed by every part of it.
+    #[serde(default = "default_sampling_ratio")]
+    pub sampling_ratio: f64,
+    /// `service.name` of the spans; default `buildmaster-master` or
+    /// `buildmaster-worker`.
+    pub service_name: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum OtlpProtocol {
+    #[default]
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+    #[serde(rename = "http/json")]
+    HttpJson,
+}
+
+fn default_sampling_ratio() -> f64 {
+    1.0
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            protocol: OtlpProtocol::default(),
+            sampling_ratio: default_sampling_ratio(),
+            service_name: None,
+        }
+    }
 }
 
 /// The web server.
@@ -521,6 +568,11 @@ pub struct WorkerFile {
     /// Where builds run, relative to this file's folder.
     #[serde(default = "default_worker_basedir")]
     pub basedir: PathBuf,
+    /// Serve Prometheus metrics at `http://{metrics_listen}/metrics`; off
+    /// when unset.
+    pub metrics_listen: Option<SocketAddr>,
+    #[serde(default)]
+    pub telemetry: TelemetrySettings,
 }
 
 fn default_worker_basedir() -> PathBuf {
@@ -903,6 +955,7 @@ fn validate_settings(file: &mut SourceFile, settings: &Settings) {
             file.error_at_value(&root.key("local_worker").key("max_builds"), "max_builds must be at least 1", None);
         }
     }
+    validate_telemetry(file, &root.key("telemetry"), &settings.telemetry);
     let builds = &settings.builds;
     if builds.heartbeat_seconds == 0 || builds.lease_seconds < 2 * builds.heartbeat_seconds {
         file.error_at_value(
@@ -1034,10 +1087,32 @@ fn validate_master(file: &mut SourceFile, master: &MasterConfig, settings: &Sett
     }
 }
 
+fn validate_telemetry(file: &mut SourceFile, at: &YamlPath, telemetry: &TelemetrySettings) {
+    if let Some(endpoint) = &telemetry.otlp_endpoint
+        && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+    {
+        file.error_at_value(
+            &at.key("otlp_endpoint"),
+            format!("otlp_endpoint `{endpoint}` is not an http:// or https:// URL"),
+            Some("give the collector's OTLP/HTTP address, e.g. http://127.0.0.1:4318".into()),
+        );
+    }
+    if !(0.0..=1.0).contains(&telemetry.sampling_ratio) {
+        file.error_at_value(
+            &at.key("sampling_ratio"),
+            format!("sampling_ratio {} is not between 0.0 and 1.0", telemetry.sampling_ratio),
+            Some("1.0 keeps every trace, 0.1 one in ten".into()),
+        );
+    }
+}
+
 /// Loads worker.yaml; relative paths are resolved against its folder.
 pub fn load_worker_file(path: &Path) -> Result<WorkerFile, ConfigErrors> {
     let (mut file, text) = SourceFile::read(path).map_err(|e| ConfigErrors(vec![e]))?;
     let worker = file.parse_yaml(&text).and_then(|value| file.deserialize::<WorkerFile>(&YamlPath::root(), value));
+    if let Some(worker) = &worker {
+        validate_telemetry(&mut file, &YamlPath::root().key("telemetry"), &worker.telemetry);
+    }
     if let Some(worker) = &worker
         && !is_valid_worker_name(&worker.name)
     {

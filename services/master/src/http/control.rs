@@ -227,6 +227,7 @@ async fn force(
         scheduler: scheduler_name,
         properties: &properties,
         requests,
+        traceparent: shared::telemetry::traceparent(),
     };
     let submitted = submit(master, buildset, &names_by_id).await?;
     tracing::info!(builders = ?builder_names, "build forced");
@@ -318,6 +319,7 @@ async fn rebuild(master: &Arc<Master>, build_id: i64) -> ApiResult<Value> {
         scheduler: &source.scheduler,
         properties: &source.properties,
         requests: vec![NewRequest { builder_id: source.builder_id, priority: source.priority }],
+        traceparent: shared::telemetry::traceparent(),
     };
     let names_by_id = HashMap::from([(source.builder_id, name)]);
     let submitted = submit(master, buildset, &names_by_id).await?;

@@ -302,6 +302,10 @@ pub struct TestStack {
     pub http: reqwest::Client,
     /// Where requests go: HAProxy once started, else the first master.
     pub base_url: String,
+    /// YAML appended to every worker.yaml this stack writes.
+    pub worker_yaml_extra: String,
+    /// Environment of the master and worker processes this stack starts.
+    pub process_env: Vec<(String, String)>,
 }
 
 impl TestStack {
@@ -347,7 +351,16 @@ impl TestStack {
             workers: Vec::new(),
             http: reqwest::Client::new(),
             base_url: String::new(),
+            worker_yaml_extra: String::new(),
+            process_env: Vec::new(),
         }
+    }
+
+    /// Appends YAML to settings.yaml (before masters start).
+    pub fn append_settings(&self, yaml: &str) {
+        let mut settings = std::fs::read_to_string(&self.settings_path).expect("read settings.yaml");
+        settings.push_str(yaml);
+        std::fs::write(&self.settings_path, settings).expect("write settings.yaml");
     }
 
     pub fn config(&self) -> Config {
@@ -386,6 +399,7 @@ impl TestStack {
             .arg("--settings")
             .arg(&self.settings_path)
             .args(["start", "--listen", &address.to_string(), "--name", &format!("{}-{name}", self.namespace)])
+            .envs(self.process_env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone().expect("clone log"))
             .stderr(log)
             .spawn()
@@ -438,8 +452,8 @@ impl TestStack {
         let basedir = self.dir.path().join(format!("worker-{name}"));
         std::fs::create_dir_all(&basedir).expect("worker basedir");
         let config = format!(
-            "name: {name}\npassword: {WORKER_PASSWORD}\namqp_url: {}\nredis_url: {}\nnamespace: {}\nbasedir: .\n",
-            self.amqp_url, self.redis_url, self.namespace
+            "name: {name}\npassword: {WORKER_PASSWORD}\namqp_url: {}\nredis_url: {}\nnamespace: {}\nbasedir: .\n{}",
+            self.amqp_url, self.redis_url, self.namespace, self.worker_yaml_extra
         );
         let config_path = basedir.join("worker.yaml");
         std::fs::write(&config_path, config).expect("write worker.yaml");
@@ -447,6 +461,7 @@ impl TestStack {
         let child = Command::new(binary("buildmaster-worker"))
             .arg("--config")
             .arg(&config_path)
+            .envs(self.process_env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone().expect("clone log"))
             .stderr(log)
             .spawn()
@@ -758,7 +773,13 @@ pub fn master_yaml(factories: &[(&str, &str)]) -> String {
 pub async fn queue_requests(store: &master::store::Store, builder_id: i32, count: usize) {
     let properties = json!({});
     let requests = (0..count).map(|_| master::store::NewRequest { builder_id, priority: 0 }).collect();
-    let buildset =
-        master::store::NewBuildset { reason: "r", owner: None, scheduler: "force", properties: &properties, requests };
+    let buildset = master::store::NewBuildset {
+        reason: "r",
+        owner: None,
+        scheduler: "force",
+        properties: &properties,
+        requests,
+        traceparent: None,
+    };
     store.create_buildset(buildset).await.unwrap();
 }

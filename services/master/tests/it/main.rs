@@ -10,3 +10,4 @@ mod live;
 mod numbering;
 mod pipeline;
 mod recording;
+mod telemetry;
