@@ -82,3 +82,13 @@ fn a_yaml_syntax_error_is_reported_at_its_line() {
     assert!(!ok);
     assert!(stderr.contains("master.yaml:3:1: not valid YAML"), "{stderr}");
 }
+
+#[test]
+fn a_telemetry_endpoint_without_a_scheme_and_a_ratio_above_one_are_reported_at_their_lines() {
+    let settings = format!("{SETTINGS}telemetry:\n  otlp_endpoint: 127.0.0.1:4318\n  sampling_ratio: 2\n");
+    let (ok, stderr) = checkconfig(&settings, VALID_MASTER);
+    assert!(!ok);
+    let endpoint = "settings.yaml:8:18: otlp_endpoint `127.0.0.1:4318` is not an http:// or https:// URL";
+    assert!(stderr.contains(endpoint), "{stderr}");
+    assert!(stderr.contains("settings.yaml:9:19: sampling_ratio 2 is not between 0.0 and 1.0"), "{stderr}");
+}
