@@ -8,6 +8,7 @@ mod failures;
 mod harness;
 mod live;
 mod numbering;
+mod operations;
 mod pipeline;
 mod recording;
 mod telemetry;
