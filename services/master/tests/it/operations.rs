@@ -124,3 +124,96 @@ async fn a_rolling_restart_under_load_fails_no_request_and_loses_no_build() {
         assert_eq!(builds.len(), 1, "request {request} built once: {builds:?}");
     }
 }
+
+const BACKED_UP: &str = r#"
+factories:
+  talk:
+    steps:
+      - name: say
+        command: printf 'hello\nworld\n'; echo uh-oh >&2
+      - name: bye
+        command: echo bye
+builders:
+  - name: talk
+    factory: talk
+    workers: [w1]
+  - name: later
+    factory: talk
+    workers: [w2]
+schedulers:
+  - type: force
+    name: force
+    builders: [talk, later]
+"#;
+
+fn backup(args: &[&str]) {
+    let output = Command::new("bash")
+        .arg(repository_root().join("deploy/backup.sh"))
+        .args(args)
+        .output()
+        .expect("bash runs deploy/backup.sh");
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "deploy/backup.sh {args:?} failed:\n{text}");
+}
+
+/// Everything the API says about a build: the build, its steps, each log's
+/// record and bytes.
+async fn build_record(stack: &TestStack, build_id: i64) -> serde_json::Value {
+    let build = stack.get(&format!("/api/v2/builds/{build_id}?property=*")).await["builds"][0].clone();
+    let mut steps = Vec::new();
+    for step in stack.steps(build_id).await {
+        let logs = stack.get(&format!("/api/v2/steps/{}/logs", step["stepid"])).await["logs"].clone();
+        let mut contents = Vec::new();
+        for log in logs.as_array().unwrap() {
+            let raw = stack.get_bytes(&format!("/api/v2/logs/{}/raw", log["logid"])).await;
+            let lines = stack.get(&format!("/api/v2/logs/{}/contents", log["logid"])).await["logchunks"].clone();
+            contents.push(serde_json::json!({ "raw": String::from_utf8_lossy(&raw), "lines": lines }));
+        }
+        steps.push(serde_json::json!({ "step": step, "logs": logs, "contents": contents }));
+    }
+    serde_json::json!({ "build": build, "steps": steps })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_restored_into_a_fresh_installation_serves_the_same_history_and_runs_what_was_pending() {
+    let mut original = TestStack::new(BACKED_UP, &["talk", "later"]).await;
+    original.start_masters_behind_haproxy().await;
+    original.start_worker("w1");
+    let mut built = Vec::new();
+    for _ in 0..3 {
+        let request = original.force("talk").await;
+        built.push(original.wait_for_build(request).await["buildid"].as_i64().unwrap());
+    }
+    // Nobody serves `later` yet: it is pending in the backup.
+    let pending = original.force("later").await;
+    let mut records = Vec::new();
+    for build_id in &built {
+        records.push(build_record(&original, *build_id).await);
+    }
+    let backups = tempfile::tempdir().unwrap();
+    let dump = backups.path().join("buildmaster.dump");
+    backup(&["dump", &original.database_url, dump.to_str().unwrap()]);
+    drop(original);
+
+    // A new installation: its own (empty) database, namespace, queues, keys.
+    let mut restored = TestStack::new(BACKED_UP, &["talk", "later"]).await;
+    let admin = crate::harness::admin_database_url();
+    let mut connection = <sqlx::PgConnection as sqlx::Connection>::connect(&admin).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("drop database \"{}\"", restored.database)))
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    backup(&["restore", dump.to_str().unwrap(), &restored.database_url]);
+    restored.start_masters_behind_haproxy().await;
+    for (build_id, record) in built.iter().zip(&records) {
+        assert_eq!(&build_record(&restored, *build_id).await, record, "build {build_id} as it was");
+    }
+    // The reconciler announces the pending request on the new queues.
+    restored.start_worker("w2");
+    let build = restored.wait_for_build(pending).await;
+    assert_eq!(build["results"], 0, "{build}");
+    assert_eq!(build["number"], 1);
+    restored.start_worker("w1");
+    let next = restored.force("talk").await;
+    assert_eq!(restored.wait_for_build_to_start(next).await["number"], 4, "numbering goes on after the restore");
+}
