@@ -221,6 +221,7 @@ pub async fn run(
             redis_url: settings.redis_url.expose().to_owned(),
             namespace: settings.namespace.clone(),
             basedir: settings.local_worker.basedir.join(&master.name),
+            admin: None,
         })
     };
     tracing::info!(master.name = %master.name, master.id = master.id, address = %listener.local_addr()?, "master started");

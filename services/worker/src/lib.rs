@@ -79,6 +79,8 @@ pub struct WorkerOptions {
     pub redis_url: String,
     pub namespace: String,
     pub basedir: PathBuf,
+    /// Who looks after it, shown in `workerinfo`.
+    pub admin: Option<String>,
 }
 
 /// What the parts of a running worker share, across connections.
@@ -214,7 +216,7 @@ async fn session(
     // Bound before the hello, so a control message sent after the masters
     // read this worker's state waits in the queue instead of being lost.
     let control = bind_control_queue(&connection, context).await?;
-    let hello = RpcRequest::Hello { worker: context.name.clone(), info: worker_info() };
+    let hello = RpcRequest::Hello { worker: context.name.clone(), info: worker_info(options.admin.as_deref()) };
     let welcome = rpc.call(&hello, RPC_TIMEOUT).await?;
     let (builders, max_builds, heartbeat_seconds) = match welcome {
         RpcReply::Welcome { builders, max_builds, heartbeat_seconds, paused, pause_version } => {
@@ -379,15 +381,19 @@ async fn dispatch(
 }
 
 /// What users see of this worker as Buildbot's `workerinfo`.
-fn worker_info() -> std::collections::BTreeMap<String, String> {
+fn worker_info(admin: Option<&str>) -> std::collections::BTreeMap<String, String> {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_owned();
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from).to_string();
+    let admin = admin.map(|admin| ("admin", admin.to_owned()));
     [
         ("host", host),
         ("version", env!("CARGO_PKG_VERSION").to_owned()),
         ("os", std::env::consts::OS.to_owned()),
         ("arch", std::env::consts::ARCH.to_owned()),
+        ("cpus", cpus),
     ]
     .into_iter()
+    .chain(admin)
     .map(|(key, value)| (key.to_owned(), value))
     .collect()
 }

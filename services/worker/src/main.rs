@@ -1,26 +1,71 @@
-//! `buildmaster-worker`: runs a remote worker from its worker.yaml.
+//! `buildmaster-worker`: runs a remote worker from its worker.yaml, or
+//! writes one (`create-worker`, as Buildbot's volunteers know it).
 //! SIGTERM drains (no new builds, running ones finish); a second SIGTERM or
 //! Ctrl-C stops the running builds, which end CANCELLED.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::Parser;
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(name = "buildmaster-worker", version, about = "buildmaster worker")]
 struct Cli {
-    /// worker.yaml
-    #[arg(long, env = "BUILDMASTER_WORKER_CONFIG")]
-    config: PathBuf,
+    /// worker.yaml (to run a worker)
+    #[arg(long, env = "BUILDMASTER_WORKER_CONFIG", required = false)]
+    config: Option<PathBuf>,
     /// Stop running builds at the first SIGTERM instead of letting them finish.
     #[arg(long)]
     now: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write BASEDIR/worker.yaml for a worker the masters know by NAME and
+    /// PASSWORD (from their settings.yaml), then run it with
+    /// `buildmaster-worker --config BASEDIR/worker.yaml`.
+    CreateWorker {
+        basedir: PathBuf,
+        /// RabbitMQ URL with credentials, e.g. amqp://user:password@host:5672/%2f
+        amqp_url: String,
+        name: String,
+        password: String,
+        /// Redis URL; default redis://HOST:6379/ with the RabbitMQ URL's host.
+        #[arg(long)]
+        redis_url: Option<String>,
+        /// Must equal the masters' `namespace`.
+        #[arg(long, default_value = "buildmaster")]
+        namespace: String,
+        /// Who looks after this worker, e.g. "Jane Doe <jane@example.org>".
+        #[arg(long)]
+        admin: Option<String>,
+        /// Replace an existing worker.yaml.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::CreateWorker { basedir, amqp_url, name, password, redis_url, namespace, admin, force }) =
+        cli.command
+    {
+        let created = create_worker(&basedir, &amqp_url, &name, &password, redis_url, &namespace, admin, force);
+        return match created {
+            Ok(path) => {
+                println!("wrote {}; run: buildmaster-worker --config {}", path.display(), path.display());
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("buildmaster-worker: {error:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match start(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -33,7 +78,10 @@ fn main() -> ExitCode {
 /// Telemetry is set up and shut down outside the async runtime: its exporter
 /// runs on a thread of its own with a blocking HTTP client.
 fn start(cli: Cli) -> anyhow::Result<()> {
-    let file = shared::config::load_worker_file(&cli.config)?;
+    let Some(config) = &cli.config else {
+        anyhow::bail!("give --config worker.yaml (or BUILDMASTER_WORKER_CONFIG); `create-worker` writes one");
+    };
+    let file = shared::config::load_worker_file(config)?;
     let telemetry = shared::telemetry::init("buildmaster-worker", &file.telemetry)?;
     // One thread is plenty: a worker waits on pipes and sockets, its steps
     // run in processes of their own, and every extra thread costs memory.
@@ -61,6 +109,7 @@ async fn run_worker(cli: Cli, file: shared::config::WorkerFile) -> anyhow::Resul
         name: file.name,
         namespace: file.namespace,
         basedir: file.basedir,
+        admin: file.admin,
     };
     let drain = CancellationToken::new();
     let stop_builds = CancellationToken::new();
@@ -89,4 +138,47 @@ async fn on_signals(drain: CancellationToken, stop_builds: CancellationToken) {
     }
     tracing::info!("stopping the running builds");
     stop_builds.cancel();
+}
+
+/// Writes `basedir/worker.yaml` (readable by its owner only: it holds the
+/// password) and checks it loads.
+#[expect(clippy::too_many_arguments, reason = "one call site: the command line's arguments")]
+fn create_worker(
+    basedir: &Path,
+    amqp_url: &str,
+    name: &str,
+    password: &str,
+    redis_url: Option<String>,
+    namespace: &str,
+    admin: Option<String>,
+    force: bool,
+) -> anyhow::Result<PathBuf> {
+    let uri = shared::amqp::uri(amqp_url).map_err(|error| anyhow::anyhow!("invalid RabbitMQ URL `{amqp_url}`: {error}"))?;
+    let redis_url = redis_url.unwrap_or_else(|| format!("redis://{}:6379/", uri.authority.host));
+    std::fs::create_dir_all(basedir).with_context(|| format!("cannot create {}", basedir.display()))?;
+    let path = basedir.join("worker.yaml");
+    if path.exists() && !force {
+        anyhow::bail!("{} exists; pass --force to replace it", path.display());
+    }
+    let quote = |text: &str| serde_json::to_string(text).expect("strings serialize");
+    let mut yaml = format!(
+        "# Written by `buildmaster-worker create-worker`. Run: buildmaster-worker --config {path}\n\
+         name: {name}\npassword: {password}\namqp_url: {amqp}\nredis_url: {redis}\nnamespace: {namespace}\nbasedir: .\n",
+        path = path.display(),
+        name = quote(name),
+        password = quote(password),
+        amqp = quote(amqp_url),
+        redis = quote(&redis_url),
+        namespace = quote(namespace),
+    );
+    if let Some(admin) = admin {
+        yaml.push_str(&format!("admin: {}\n", quote(&admin)));
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&path).with_context(|| format!("cannot write {}", path.display()))?;
+    std::io::Write::write_all(&mut file, yaml.as_bytes())?;
+    shared::config::load_worker_file(&path).map_err(|errors| anyhow::anyhow!("the written file is invalid:\n{errors}"))?;
+    Ok(path)
 }

@@ -568,6 +568,9 @@ pub struct WorkerFile {
     /// Where builds run, relative to this file's folder.
     #[serde(default = "default_worker_basedir")]
     pub basedir: PathBuf,
+    /// Who looks after this worker (e.g. `Jane Doe <jane@example.org>`),
+    /// shown to users as Buildbot's `workerinfo.admin`.
+    pub admin: Option<String>,
     /// Serve Prometheus metrics at `http://{metrics_listen}/metrics`; off
     /// when unset.
     pub metrics_listen: Option<SocketAddr>,

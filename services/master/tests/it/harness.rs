@@ -356,6 +356,14 @@ impl TestStack {
         }
     }
 
+    pub fn amqp_url(&self) -> &str {
+        &self.amqp_url
+    }
+
+    pub fn redis_url(&self) -> &str {
+        &self.redis_url
+    }
+
     /// Appends YAML to settings.yaml (before masters start).
     pub fn append_settings(&self, yaml: &str) {
         let mut settings = std::fs::read_to_string(&self.settings_path).expect("read settings.yaml");

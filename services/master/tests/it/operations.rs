@@ -217,3 +217,47 @@ async fn a_backup_restored_into_a_fresh_installation_serves_the_same_history_and
     let next = restored.force("talk").await;
     assert_eq!(restored.wait_for_build_to_start(next).await["number"], 4, "numbering goes on after the restore");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_worker_writes_a_config_a_volunteer_can_run_and_the_worker_tells_who_looks_after_it() {
+    let mut stack = TestStack::new(&master_yaml(&[("quick", "- name: hi\n  command: echo hi\n")]), &["quick"]).await;
+    stack.start_masters_behind_haproxy().await;
+    let basedir = stack.dir.path().join("volunteer");
+    let created = Command::new(binary("buildmaster-worker"))
+        .arg("create-worker")
+        .arg(&basedir)
+        .args([stack.amqp_url(), "w1", crate::harness::WORKER_PASSWORD])
+        .args(["--redis-url", stack.redis_url(), "--namespace", &stack.namespace])
+        .args(["--admin", "Jane Doe <jane@example.org>"])
+        .output()
+        .unwrap();
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    let config = basedir.join("worker.yaml");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&config).unwrap().permissions().mode() & 0o777, 0o600, "it holds a password");
+    let again = Command::new(binary("buildmaster-worker"))
+        .arg("create-worker")
+        .arg(&basedir)
+        .args([stack.amqp_url(), "w1", "x"])
+        .output()
+        .unwrap();
+    assert!(!again.status.success(), "an existing worker.yaml is not overwritten without --force");
+
+    let _worker = crate::harness::ChildGuard(
+        Command::new(binary("buildmaster-worker")).arg("--config").arg(&config).spawn().expect("the worker runs"),
+    );
+    let worker = stack
+        .eventually(30, "w1 connected", async || {
+            let body: serde_json::Value =
+                stack.http.get(format!("{}/api/v2/workers/w1", stack.base_url)).send().await.ok()?.json().await.ok()?;
+            let worker = body["workers"][0].clone();
+            worker["connected_to"].as_array().is_some_and(|c| !c.is_empty()).then_some(worker)
+        })
+        .await;
+    assert_eq!(worker["workerinfo"]["admin"], "Jane Doe <jane@example.org>");
+    let cpus: usize = worker["workerinfo"]["cpus"].as_str().unwrap().parse().unwrap();
+    assert!(cpus >= 1);
+    assert!(!worker["workerinfo"]["host"].as_str().unwrap().is_empty());
+    let request = stack.force("quick").await;
+    assert_eq!(stack.wait_for_build(request).await["results"], 0);
+}
