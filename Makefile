@@ -18,7 +18,7 @@ BUILDMASTER_TEST_REDIS_URL ?= redis://127.0.0.1:6379/
 export BUILDMASTER_TEST_DATABASE_URL BUILDMASTER_TEST_AMQP_URL BUILDMASTER_TEST_REDIS_URL
 
 .PHONY: help update-master stop-master restart-master status checkconfig \
-	upgrade-master logs services test fmt lint
+	upgrade-master logs services test fmt lint update-deps
 
 help: ## list the targets
 	@awk -F':.*## ' '/^[a-z-]+:.*## / { printf "  make %-16s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -66,3 +66,6 @@ fmt: ## format the code
 lint: ## rustfmt check and clippy with warnings as errors
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+update-deps: ## update Cargo.lock on a branch update-deps-DATE, run lint and tests, commit there
+	deploy/update-deps.sh
