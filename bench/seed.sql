@@ -6,10 +6,15 @@
 -- Postgres superuser (foreign key checks are skipped for speed; every row
 -- written here satisfies them).
 --
---   psql -v batch=50000 [-v steps=8] -f bench/seed.sql
+--   psql -v batch=50000 [-v steps=8] [-v age='1 day'] -f bench/seed.sql
 \if :{?steps}
 \else
 \set steps 8
+\endif
+-- How old the history is (`-v age='3 days'`).
+\if :{?age}
+\else
+\set age '1 day'
 \endif
 set session_replication_role = replica;
 set synchronous_commit = off;
@@ -23,7 +28,7 @@ insert into masters (name) values ('seed') on conflict (name) do nothing;
 
 with sets as (
     insert into buildsets (reason, scheduler, submitted_at, complete, complete_at, results)
-    select 'seed', 'seed', now() - interval '1 day', true, now() - interval '1 day', 0
+    select 'seed', 'seed', now() - interval :'age', true, now() - interval :'age', 0
     from generate_series(1, :batch)
     returning id, submitted_at
 ), seed_builders as (

@@ -12,6 +12,7 @@ pub mod live;
 pub mod logs;
 pub mod metrics;
 mod reconcile;
+mod retention;
 pub mod store;
 
 use std::collections::HashMap;
@@ -240,6 +241,7 @@ pub async fn run(
     tasks.spawn(events::record_events(master.clone(), stopping.clone()));
     tasks.spawn(reconcile::reconcile(master.clone(), stopping.clone()));
     tasks.spawn(live::relay(master.clone(), stopping.clone()));
+    tasks.spawn(retention::retain(master.clone(), stopping.clone()));
     tasks.spawn({
         let master = master.clone();
         let stopping = stopping.clone();

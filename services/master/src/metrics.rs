@@ -29,6 +29,9 @@ pub struct Metrics {
     pending_requests: IntGaugeVec,
     doorbells_waiting: IntGaugeVec,
     workers_online: IntGauge,
+    retention_deleted: IntCounterVec,
+    retention_batch: HistogramVec,
+    retention_longest_batch: prometheus::Gauge,
 }
 
 /// Seconds from 1 ms to about 70 minutes.
@@ -113,6 +116,26 @@ impl Metrics {
                 registry.register(Box::new(metric.clone())).expect("registered once");
                 metric
             },
+            retention_deleted: counter(
+                "retention_deleted_total",
+                "What retention deleted: log_chunks (log contents), buildsets (with their builds)",
+                &["what"],
+            ),
+            retention_batch: histogram(
+                "retention_batch_seconds",
+                "Duration of one retention delete transaction",
+                &[],
+                exponential_buckets(0.001, 2.0, 16).expect("valid buckets"),
+            ),
+            retention_longest_batch: {
+                let metric = prometheus::Gauge::new(
+                    "retention_longest_batch_seconds",
+                    "The longest retention delete transaction since this master started",
+                )
+                .expect("valid gauge");
+                registry.register(Box::new(metric.clone())).expect("registered once");
+                metric
+            },
             registry,
         }
     }
@@ -142,6 +165,19 @@ impl Metrics {
 
     pub fn reconciled(&self, action: &str, count: u64) {
         self.reconciler_actions.with_label_values(&[action]).inc_by(count);
+    }
+
+    pub fn retained(&self, what: &str, count: u64) {
+        self.retention_deleted.with_label_values(&[what]).inc_by(count);
+    }
+
+    /// Records one retention batch's duration; returns it.
+    pub fn retention_batch(&self, took: Duration) -> Duration {
+        self.retention_batch.with_label_values(&[] as &[&str]).observe(took.as_secs_f64());
+        if took.as_secs_f64() > self.retention_longest_batch.get() {
+            self.retention_longest_batch.set(took.as_secs_f64());
+        }
+        took
     }
 
     pub fn event(&self, outcome: &str) {

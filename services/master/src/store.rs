@@ -151,6 +151,8 @@ pub struct LogRow {
     pub num_lines: i64,
     pub num_bytes: i64,
     pub complete: bool,
+    /// When retention deleted its contents.
+    pub deleted_at: Option<DateTime<Utc>>,
 }
 
 /// See [`Store::log_state`].
@@ -539,7 +541,7 @@ impl Store {
             let row: LogRow = sqlx::query_as(
                 r#"insert into logs (step_id, name, slug) values ($1, $2, $3)
                    on conflict (step_id, slug) do update set name = excluded.name
-                   returning id, step_id, name, slug, type, num_lines, num_bytes, complete"#,
+                   returning id, step_id, name, slug, type, num_lines, num_bytes, complete, deleted_at"#,
             )
             .bind(step_id)
             .bind(&log.name)
@@ -877,6 +879,79 @@ impl Store {
         .await?)
     }
 
+    // --- retention ---------------------------------------------------------
+
+    /// One batch of log pruning: the archived contents of the logs of up to
+    /// `batch` builds finished more than `older_than_seconds` ago are
+    /// deleted, the logs marked. Returns (builds, chunks deleted), or `None`
+    /// when another master is pruning (one at a time).
+    pub async fn prune_logs(&self, older_than_seconds: u64, batch: i64) -> StoreResult<Option<(u64, u64)>> {
+        let mut tx = self.pool.begin().await?;
+        if !Self::retention_lock(&mut tx).await? {
+            return Ok(None);
+        }
+        let builds: Vec<i64> = sqlx::query_scalar(
+            r#"with picked as (
+                   select id from builds
+                   where not logs_pruned and complete_at < now() - make_interval(secs => $1)
+                   order by complete_at limit $2
+                   for update skip locked
+               )
+               update builds b set logs_pruned = true from picked where b.id = picked.id returning b.id"#,
+        )
+        .bind(older_than_seconds as f64)
+        .bind(batch)
+        .fetch_all(&mut *tx)
+        .await?;
+        let chunks = sqlx::query(
+            r#"with doomed as (
+                   update logs l set deleted_at = now()
+                   from steps s where s.build_id = any($1) and l.step_id = s.id and l.deleted_at is null
+                   returning l.id
+               )
+               delete from log_chunks where log_id in (select id from doomed)"#,
+        )
+        .bind(&builds)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(Some((builds.len() as u64, chunks)))
+    }
+
+    /// One batch of build pruning: up to `batch` complete buildsets
+    /// finished more than `older_than_seconds` ago are deleted, with their
+    /// requests, builds, steps, logs and events. Returns how many, or
+    /// `None` when another master is pruning.
+    pub async fn prune_builds(&self, older_than_seconds: u64, batch: i64) -> StoreResult<Option<u64>> {
+        let mut tx = self.pool.begin().await?;
+        if !Self::retention_lock(&mut tx).await? {
+            return Ok(None);
+        }
+        let deleted = sqlx::query(
+            r#"delete from buildsets where id in (
+                   select id from buildsets
+                   where complete and complete_at < now() - make_interval(secs => $1)
+                   order by complete_at limit $2
+                   for update skip locked
+               )"#,
+        )
+        .bind(older_than_seconds as f64)
+        .bind(batch)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(Some(deleted))
+    }
+
+    /// Taken by each retention batch, for its transaction: one master
+    /// prunes at a time.
+    async fn retention_lock(tx: &mut Transaction<'static, Postgres>) -> StoreResult<bool> {
+        const RETENTION_LOCK: i64 = 0x6275_696c_6472_6574; // "buildret"
+        Ok(sqlx::query_scalar("select pg_try_advisory_xact_lock($1)").bind(RETENTION_LOCK).fetch_one(&mut **tx).await?)
+    }
+
     // --- reads -------------------------------------------------------------
 
     pub async fn build(&self, id: i64) -> StoreResult<Option<BuildRow>> {
@@ -921,7 +996,7 @@ impl Store {
 
     pub async fn log_location(&self, log_id: i64) -> StoreResult<Option<LogLocation>> {
         Ok(sqlx::query_as(
-            r#"select l.id, l.step_id, l.name, l.slug, l.type, l.num_lines, l.num_bytes, l.complete,
+            r#"select l.id, l.step_id, l.name, l.slug, l.type, l.num_lines, l.num_bytes, l.complete, l.deleted_at,
                       s.build_id, s.number as step_number, w.name as worker_name
                from logs l join steps s on s.id = l.step_id join builds b on b.id = s.build_id
                     join workers w on w.id = b.worker_id

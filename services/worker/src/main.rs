@@ -153,7 +153,8 @@ fn create_worker(
     admin: Option<String>,
     force: bool,
 ) -> anyhow::Result<PathBuf> {
-    let uri = shared::amqp::uri(amqp_url).map_err(|error| anyhow::anyhow!("invalid RabbitMQ URL `{amqp_url}`: {error}"))?;
+    let uri =
+        shared::amqp::uri(amqp_url).map_err(|error| anyhow::anyhow!("invalid RabbitMQ URL `{amqp_url}`: {error}"))?;
     let redis_url = redis_url.unwrap_or_else(|| format!("redis://{}:6379/", uri.authority.host));
     std::fs::create_dir_all(basedir).with_context(|| format!("cannot create {}", basedir.display()))?;
     let path = basedir.join("worker.yaml");
@@ -179,6 +180,7 @@ fn create_worker(
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut file = options.open(&path).with_context(|| format!("cannot write {}", path.display()))?;
     std::io::Write::write_all(&mut file, yaml.as_bytes())?;
-    shared::config::load_worker_file(&path).map_err(|errors| anyhow::anyhow!("the written file is invalid:\n{errors}"))?;
+    shared::config::load_worker_file(&path)
+        .map_err(|errors| anyhow::anyhow!("the written file is invalid:\n{errors}"))?;
     Ok(path)
 }

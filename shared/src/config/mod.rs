@@ -96,6 +96,47 @@ pub struct Settings {
     pub builds: BuildSettings,
     #[serde(default)]
     pub telemetry: TelemetrySettings,
+    #[serde(default)]
+    pub retention: RetentionSettings,
+}
+
+/// How long history is kept. Unset horizons keep everything. Deleting runs
+/// in small batches, one master at a time.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// Log contents of builds finished longer ago than this are deleted; the
+    /// log's record stays and says so.
+    pub logs_days: Option<u32>,
+    /// Builds finished longer ago than this are deleted, with their steps,
+    /// logs, requests and buildsets.
+    pub builds_days: Option<u32>,
+    /// Builds (or buildsets) per delete transaction: small, so no lock is
+    /// held for long.
+    #[serde(default = "default_retention_batch")]
+    pub batch: u32,
+    /// Time between passes.
+    #[serde(default = "default_retention_interval_seconds")]
+    pub interval_seconds: u64,
+}
+
+fn default_retention_batch() -> u32 {
+    500
+}
+
+fn default_retention_interval_seconds() -> u64 {
+    300
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        Self {
+            logs_days: None,
+            builds_days: None,
+            batch: default_retention_batch(),
+            interval_seconds: default_retention_interval_seconds(),
+        }
+    }
 }
 
 fn default_namespace() -> String {
@@ -959,6 +1000,23 @@ fn validate_settings(file: &mut SourceFile, settings: &Settings) {
         }
     }
     validate_telemetry(file, &root.key("telemetry"), &settings.telemetry);
+    let retention = &settings.retention;
+    if retention.batch == 0 || retention.batch > 100_000 {
+        file.error_at_value(
+            &root.key("retention").key("batch"),
+            format!("batch {} is not between 1 and 100000", retention.batch),
+            Some("a few hundred keeps each delete short".into()),
+        );
+    }
+    if let (Some(logs), Some(builds)) = (retention.logs_days, retention.builds_days)
+        && builds < logs
+    {
+        file.error_at_value(
+            &root.key("retention").key("builds_days"),
+            format!("builds_days ({builds}) is shorter than logs_days ({logs})"),
+            Some("builds are deleted with their logs; keep builds at least as long as logs".into()),
+        );
+    }
     let builds = &settings.builds;
     if builds.heartbeat_seconds == 0 || builds.lease_seconds < 2 * builds.heartbeat_seconds {
         file.error_at_value(

@@ -110,9 +110,11 @@ fn rpc_result(id: Value, result: Value) -> Response {
 
 fn rpc_error(id: &Value, error: ApiError) -> RpcFailure {
     let code = match error {
-        ApiError::BadRequest(_) | ApiError::InvalidField { .. } | ApiError::NotFound(_) | ApiError::Conflict(_) => {
-            RPC_INVALID_PARAMS
-        }
+        ApiError::BadRequest(_)
+        | ApiError::InvalidField { .. }
+        | ApiError::NotFound(_)
+        | ApiError::Conflict(_)
+        | ApiError::Gone(_) => RPC_INVALID_PARAMS,
         ApiError::PayloadTooLarge(_) => RPC_INVALID_REQUEST,
         ApiError::Unavailable(_) | ApiError::Internal(_) => RPC_INTERNAL_ERROR,
     };

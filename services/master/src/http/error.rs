@@ -22,6 +22,9 @@ pub enum ApiError {
     InvalidField { field: String, message: String },
     #[error("{0}")]
     Conflict(String),
+    /// It existed and was deleted on purpose (retention).
+    #[error("{0}")]
+    Gone(String),
     #[error("request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
     /// A dependency is down; the client may retry (HAProxy may already route
@@ -38,6 +41,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::BadRequest(_) | ApiError::InvalidField { .. } => StatusCode::BAD_REQUEST,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Gone(_) => StatusCode::GONE,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

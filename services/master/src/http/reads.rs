@@ -382,8 +382,7 @@ pub async fn get_log_contents(
     if offset < 0 || !(0..=MAX_LINES).contains(&limit) {
         return Err(ApiError::BadRequest(format!("offset must be at least 0 and limit between 0 and {MAX_LINES}")));
     }
-    let location =
-        master.store.log_location(log_id).await?.ok_or_else(|| ApiError::NotFound(format!("log {log_id}")))?;
+    let location = log_with_contents(&master, log_id).await?;
     let key = master.namespace.log_stream_key(
         &location.worker_name,
         location.build_id,
@@ -446,8 +445,7 @@ async fn raw(
             _ => return Err(ApiError::BadRequest(format!("unknown query parameter `{name}` (known: follow)"))),
         }
     }
-    let location =
-        master.store.log_location(log_id).await?.ok_or_else(|| ApiError::NotFound(format!("log {log_id}")))?;
+    let location = log_with_contents(&master, log_id).await?;
     let key = master.namespace.log_stream_key(
         &location.worker_name,
         location.build_id,
@@ -480,6 +478,20 @@ async fn raw(
         Body::from_stream(pieces),
     )
         .into_response())
+}
+
+/// A log whose contents are still kept: 404 when there is no such log, 410
+/// when retention deleted its contents (the log's record is still served).
+async fn log_with_contents(master: &Master, log_id: i64) -> ApiResult<crate::store::LogLocation> {
+    let location =
+        master.store.log_location(log_id).await?.ok_or_else(|| ApiError::NotFound(format!("log {log_id}")))?;
+    if let Some(deleted_at) = location.log.deleted_at {
+        return Err(ApiError::Gone(format!(
+            "the contents of log {log_id} were deleted on {} by the retention policy (retention.logs_days)",
+            deleted_at.format("%Y-%m-%d %H:%M UTC")
+        )));
+    }
+    Ok(location)
 }
 
 /// Longer than a follower's wait for new output, so a quiet log is not a

@@ -261,3 +261,120 @@ async fn create_worker_writes_a_config_a_volunteer_can_run_and_the_worker_tells_
     let request = stack.force("quick").await;
     assert_eq!(stack.wait_for_build(request).await["results"], 0);
 }
+
+/// Sums a metric over Prometheus texts (no labels asked), or takes its
+/// largest value.
+fn metric(texts: &[String], name: &str, combine: fn(f64, f64) -> f64) -> f64 {
+    texts
+        .iter()
+        .flat_map(|text| text.lines())
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            (series == name || series.starts_with(&format!("{name}{{"))).then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .fold(0.0, combine)
+}
+
+async fn scrape(stack: &TestStack, masters: &[std::net::SocketAddr]) -> Vec<String> {
+    let mut texts = Vec::new();
+    for master in masters {
+        texts.push(stack.http.get(format!("http://{master}/metrics")).send().await.unwrap().text().await.unwrap());
+    }
+    texts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_deleted_by_retention_says_so_and_its_record_stays() {
+    let mut stack = TestStack::new(&master_yaml(&[("quick", "- name: hi\n  command: echo hi\n")]), &["quick"]).await;
+    stack.append_settings("retention:\n  logs_days: 0\n  interval_seconds: 1\n");
+    let master = stack.start_master("a").await;
+    stack.start_worker("w1");
+    let request = stack.force("quick").await;
+    let build = stack.wait_for_build(request).await;
+    let (_, log_id) = stack.first_step_log(build["buildid"].as_i64().unwrap()).await;
+    let raw = format!("{}/api/v2/logs/{log_id}/raw", stack.base_url);
+    let answer = stack
+        .eventually(30, "the log's contents pruned", async || {
+            let response = stack.http.get(&raw).send().await.ok()?;
+            (response.status() == 410).then_some(response)
+        })
+        .await;
+    let body: serde_json::Value = answer.json().await.unwrap();
+    let error = body["error"].as_str().unwrap();
+    assert!(error.contains("deleted") && error.contains("retention.logs_days"), "{error}");
+    let contents = stack.http.get(format!("{}/api/v2/logs/{log_id}/contents", stack.base_url)).send().await.unwrap();
+    assert_eq!(contents.status(), 410);
+    let log = stack.get(&format!("/api/v2/logs/{log_id}")).await;
+    assert_eq!(log["logs"][0]["complete"], true, "the record stays: {log}");
+    assert_eq!(stack.get(&format!("/api/v2/builds/{}", build["buildid"])).await["builds"][0]["results"], 0);
+    let texts = scrape(&stack, &[master]).await;
+    assert!(metric(&texts, "buildmaster_retention_deleted_total", |a, b| a + b) >= 1.0, "{}", texts[0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_deletes_a_million_old_builds_in_short_batches_while_new_builds_complete() {
+    const SEEDED: i64 = 1_000_000;
+    let postgres = crate::harness::PrivatePostgres::start().await;
+    let services = crate::harness::Services {
+        admin_database_url: postgres.admin_url(),
+        amqp_url: crate::harness::amqp_url(),
+        redis_url: crate::harness::redis_url(),
+    };
+    let yaml = master_yaml(&[("quick", "- name: hi\n  command: echo hi\n")]);
+    let mut stack = TestStack::with_services(&yaml, &["quick"], services).await;
+    for _ in 0..4 {
+        let output = postgres
+            .psql(&stack.database)
+            .args(["-v", "batch=250000", "-v", "steps=1", "-v", "age=3 days", "-f"])
+            .arg(repository_root().join("bench/seed.sql"))
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "seeding: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    let store = master::store::Store::connect(&stack.database_url, 2, 2).await.unwrap();
+    sqlx::query("analyze").execute(store.pool()).await.unwrap();
+    let old_builds = async || -> i64 {
+        sqlx::query_scalar("select count(*) from builds where started_at < now() - interval '2 days'")
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+    };
+    assert_eq!(old_builds().await, SEEDED);
+
+    stack.append_settings("retention:\n  builds_days: 2\n  batch: 1000\n  interval_seconds: 1\n");
+    let a = stack.start_master("a").await;
+    let b = stack.start_master("b").await;
+    stack.start_haproxy().await;
+    stack.start_worker("w1");
+    let started = std::time::Instant::now();
+    let forces = stack.spawn_forces("quick", 60, Duration::from_millis(500));
+    let (accepted, refused) = crate::harness::burst_outcome(forces).await;
+    assert!(refused.is_empty(), "{refused:?}");
+    for request in &accepted {
+        assert_eq!(stack.wait_for_build(*request).await["results"], 0);
+    }
+    let left_while_forcing = old_builds().await;
+    let mut left = left_while_forcing;
+    let deadline = std::time::Instant::now() + Duration::from_secs(600);
+    while left > 0 {
+        assert!(std::time::Instant::now() < deadline, "{left} old builds left after 10 minutes");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        left = old_builds().await;
+    }
+    let took = started.elapsed();
+    let texts = scrape(&stack, &[a, b]).await;
+    let deleted = metric(&texts, "buildmaster_retention_deleted_total", |x, y| x + y);
+    let longest = metric(&texts, "buildmaster_retention_longest_batch_seconds", f64::max);
+    let batches = metric(&texts, "buildmaster_retention_batch_seconds_count", |x, y| x + y);
+    println!(
+        "retention: {SEEDED} old builds deleted in {:.0} s ({batches} batches, longest {:.3} s); \
+         {} forced builds completed meanwhile ({} old builds were left when they had)",
+        took.as_secs_f64(),
+        longest,
+        accepted.len(),
+        left_while_forcing,
+    );
+    assert_eq!(deleted, SEEDED as f64, "every old buildset, each counted once");
+    let kept: i64 = sqlx::query_scalar("select count(*) from builds").fetch_one(store.pool()).await.unwrap();
+    assert_eq!(kept, accepted.len() as i64, "the new builds are kept");
+}
