@@ -240,3 +240,29 @@ async fn rabbitmq_restarting_during_a_burst_of_200_forces_builds_each_exactly_on
     assert_eq!(duplicates, 0, "each request built exactly once");
     eprintln!("{FORCES} forces across a RabbitMQ restart: {} built once, 0 duplicates, 0 lost", accepted.len());
 }
+
+/// Redis over TLS (`rediss://`), trusted through `SSL_CERT_FILE`: a build's
+/// log streams through it live and is archived whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_stream_through_a_redis_that_speaks_only_tls() {
+    let redis = PrivateRedis::start_tls().await;
+    let services = Services { redis_url: redis.url(), ..Services::shared() };
+    let mut stack = TestStack::with_services(
+        &master_yaml(&[("secure", "- name: hi\n  command: echo over tls\n")]),
+        &["secure"],
+        services,
+    )
+    .await;
+    let ca = redis.ca_file().expect("a TLS Redis has a CA").display().to_string();
+    stack.process_env.push(("SSL_CERT_FILE".into(), ca));
+    stack.start_master_process("a").await;
+    stack.start_master_process("b").await;
+    stack.start_haproxy().await;
+    stack.start_worker("w1");
+    let request = stack.force("secure").await;
+    let build = stack.wait_for_build(request).await;
+    assert_eq!(build["results"], 0, "{build}");
+    let (step_id, log_id) = stack.first_step_log(build["buildid"].as_i64().unwrap()).await;
+    stack.archived_log(step_id).await;
+    assert_eq!(stack.get_bytes(&format!("/api/v2/logs/{log_id}/raw")).await, b"over tls\n");
+}

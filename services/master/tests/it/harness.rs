@@ -152,23 +152,43 @@ impl Drop for PrivateRabbitMq {
 /// on disk), so the test may flush it without touching anyone else.
 pub struct PrivateRedis {
     port: u16,
+    /// The CA that signed the server's certificate, when it speaks TLS.
+    ca_file: Option<PathBuf>,
     _server: ChildGuard,
     _dir: tempfile::TempDir,
 }
 
 impl PrivateRedis {
     pub async fn start() -> PrivateRedis {
+        Self::start_with(false).await
+    }
+
+    /// A Redis that speaks only TLS, with a certificate for `localhost` from
+    /// a CA of its own (`ca_file`).
+    pub async fn start_tls() -> PrivateRedis {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(tls: bool) -> PrivateRedis {
         let dir = tempfile::tempdir().expect("temporary directory");
         let port = free_port();
-        let server = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir.path())
+        let mut command = Command::new("redis-server");
+        command.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]).arg("--dir").arg(dir.path());
+        let ca_file = if tls {
+            let (ca, cert, key) = make_certificates(dir.path());
+            command.args(["--port", "0", "--tls-port", &port.to_string(), "--tls-auth-clients", "no"]);
+            command.arg("--tls-cert-file").arg(cert).arg("--tls-key-file").arg(key).arg("--tls-ca-cert-file").arg(&ca);
+            Some(ca)
+        } else {
+            command.args(["--port", &port.to_string()]);
+            None
+        };
+        let server = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server starts (deploy/services.sh ensure installs it)");
-        let redis = PrivateRedis { port, _server: ChildGuard(server), _dir: dir };
+        let redis = PrivateRedis { port, ca_file, _server: ChildGuard(server), _dir: dir };
         let deadline = Instant::now() + Duration::from_secs(10);
         while redis.command("PING").await.is_err() {
             assert!(Instant::now() < deadline, "private redis-server on port {port} did not answer");
@@ -178,14 +198,86 @@ impl PrivateRedis {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        match self.ca_file {
+            Some(_) => format!("rediss://localhost:{}/", self.port),
+            None => format!("redis://127.0.0.1:{}/", self.port),
+        }
+    }
+
+    pub fn ca_file(&self) -> Option<&Path> {
+        self.ca_file.as_deref()
     }
 
     pub async fn command(&self, name: &str) -> redis::RedisResult<redis::Value> {
-        let client = redis::Client::open(self.url())?;
+        let client = match &self.ca_file {
+            Some(ca) => {
+                let root_cert = Some(std::fs::read(ca).expect("read the CA"));
+                redis::Client::build_with_tls(self.url(), redis::TlsCertificates { client_tls: None, root_cert })?
+            }
+            None => redis::Client::open(self.url())?,
+        };
         let mut connection = client.get_multiplexed_async_connection().await?;
         redis::cmd(name).query_async(&mut connection).await
     }
+}
+
+/// Makes a CA and a certificate for `localhost` it signed, with openssl;
+/// returns the CA's, the certificate's and its key's paths.
+fn make_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let (ca, ca_key) = (dir.join("ca.pem"), dir.join("ca.key"));
+    let (cert, key, request) = (dir.join("server.pem"), dir.join("server.key"), dir.join("server.csr"));
+    let extensions = dir.join("server.ext");
+    std::fs::write(&extensions, "subjectAltName = DNS:localhost, IP:127.0.0.1\n").expect("write extensions");
+    let openssl = |args: &[&std::ffi::OsStr]| {
+        let output = Command::new("openssl").args(args).output().expect("openssl runs");
+        assert!(output.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    };
+    let os = |text: &'static str| std::ffi::OsStr::new(text);
+    openssl(&[
+        os("req"),
+        os("-x509"),
+        os("-newkey"),
+        os("rsa:2048"),
+        os("-nodes"),
+        os("-days"),
+        os("2"),
+        os("-subj"),
+        os("/CN=buildmaster test CA"),
+        os("-keyout"),
+        ca_key.as_os_str(),
+        os("-out"),
+        ca.as_os_str(),
+    ]);
+    openssl(&[
+        os("req"),
+        os("-newkey"),
+        os("rsa:2048"),
+        os("-nodes"),
+        os("-subj"),
+        os("/CN=localhost"),
+        os("-keyout"),
+        key.as_os_str(),
+        os("-out"),
+        request.as_os_str(),
+    ]);
+    openssl(&[
+        os("x509"),
+        os("-req"),
+        os("-in"),
+        request.as_os_str(),
+        os("-CA"),
+        ca.as_os_str(),
+        os("-CAkey"),
+        ca_key.as_os_str(),
+        os("-CAcreateserial"),
+        os("-days"),
+        os("2"),
+        os("-extfile"),
+        extensions.as_os_str(),
+        os("-out"),
+        cert.as_os_str(),
+    ]);
+    (ca, cert, key)
 }
 
 /// A Postgres server of one test's own (own port, own data directory), so the
