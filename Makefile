@@ -23,7 +23,7 @@ export BUILDMASTER_TEST_DATABASE_URL BUILDMASTER_TEST_AMQP_URL BUILDMASTER_TEST_
 help: ## list the targets
 	@awk -F':.*## ' '/^[a-z-]+:.*## / { printf "  make %-16s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 
-update-master: ## check config, migrate, start the stack or reload it (SIGHUP)
+update-master: ## check config, migrate, start the stack, reload it (SIGHUP), roll out a new binary
 	deploy/stack.sh up
 
 stop-master: ## stop the masters and HAProxy started by update-master

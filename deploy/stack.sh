@@ -3,8 +3,10 @@
 # using the PostgreSQL, RabbitMQ and Redis that deploy/services.sh provides.
 #
 #   deploy/stack.sh up             services, build, checkconfig, upgrade-master,
-#                                  then start what is not running and reload
-#                                  (SIGHUP) the masters that are
+#                                  then start what is not running, reload
+#                                  (SIGHUP) the masters that are, and restart
+#                                  one at a time (drained) those whose binary
+#                                  was rebuilt
 #   deploy/stack.sh down           stop what `up` started (by pid file)
 #   deploy/stack.sh restart        like up, but restart running masters one at
 #                                  a time (drained in HAProxy first) so the
@@ -311,9 +313,6 @@ reload_master() {
     local name="$1" pid="$2"
     say "$name runs (pid $pid): reloading its configuration (SIGHUP)"
     kill -HUP "$pid"
-    if [[ $BIN -nt $(pid_file "$name") ]]; then
-        say "note: $BIN is newer than the running $name; SIGHUP reloads configuration only. Run 'make restart-master' to run the new code."
-    fi
     wait_master_healthy "$name" "$pid"
 }
 
@@ -462,6 +461,10 @@ cmd_up() {
     for name in "${MASTERS[@]}"; do
         if pid="$(running_pid "$name")"; then
             if [[ $mode == restart ]]; then
+                restart_master "$name"
+            elif [[ $BIN -nt $(pid_file "$name") ]]; then
+                # A new binary: roll it out, one drained master at a time.
+                say "$BIN is newer than the running $name: restarting it"
                 restart_master "$name"
             else
                 reload_master "$name" "$pid"

@@ -1,6 +1,7 @@
 //! Operating the stack as its operators do, through `deploy/stack.sh` (what
 //! `make update-master` and `make restart-master` run): a rolling restart
-//! under load fails no request and loses no build.
+//! under load fails no request and loses no build; backups restore; a
+//! volunteer's worker set-up; retention.
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -104,6 +105,12 @@ async fn a_rolling_restart_under_load_fails_no_request_and_loses_no_build() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let restart = deployed.run_ok("restart").await;
     assert!(restart.contains("draining master-1") && restart.contains("draining master-2"), "{restart}");
+    // A rebuilt binary: `make update-master` rolls it out the same way.
+    let installed = stack.dir.path().join("bin/buildmaster");
+    std::fs::remove_file(&installed).unwrap();
+    std::fs::copy(binary("buildmaster"), &installed).unwrap();
+    let update = deployed.run_ok("up").await;
+    assert!(update.contains("is newer than the running master-2: restarting it"), "{update}");
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Relaxed);
 
@@ -115,7 +122,7 @@ async fn a_rolling_restart_under_load_fails_no_request_and_loses_no_build() {
         reads += r;
     }
     println!("rolling restart under load: {} forces, {reads} reads, {} failed", forced.len(), failed.len());
-    assert!(failed.is_empty(), "requests failed during the rolling restart: {failed:#?}\n{restart}");
+    assert!(failed.is_empty(), "requests failed during the rolling restarts: {failed:#?}\n{restart}\n{update}");
     assert!(forced.len() >= 20, "the load ran through the restart: {} forces", forced.len());
     for request in &forced {
         let build = stack.wait_for_build(*request).await;
