@@ -112,6 +112,23 @@ pub struct BuildAssignment {
     /// child.
     #[serde(default)]
     pub traceparent: Option<String>,
+    /// The secrets the steps' env uses (`%(secret:NAME)s`), by name.
+    #[serde(default)]
+    pub secrets: SecretValues,
+    /// The size cap of each log (settings' `builds.max_log_bytes`).
+    #[serde(default)]
+    pub max_log_bytes: Option<u64>,
+}
+
+/// Secret values by name; never printed by `Debug`.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SecretValues(pub BTreeMap<String, String>);
+
+impl std::fmt::Debug for SecretValues {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "{} secret(s)", self.0.len())
+    }
 }
 
 /// Worker → masters, through the events queue.
@@ -280,6 +297,8 @@ mod tests {
             properties: BTreeMap::new(),
             steps: vec![step],
             traceparent: None,
+            secrets: SecretValues::default(),
+            max_log_bytes: None,
         };
         let reply = RpcReply::Claimed { build: assignment };
         assert_eq!(decode::<RpcReply>(&encode(&reply)).unwrap(), reply);

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
-use shared::wire::{self, BuildAssignment, RpcReply, RpcRequest};
+use shared::wire::{self, BuildAssignment, RpcReply, RpcRequest, SecretValues};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -155,6 +155,14 @@ async fn answer(master: &Master, request: RpcRequest) -> Result<RpcReply, StoreE
                     .collect(),
                 _ => Default::default(),
             };
+            let steps = &config.factory_of(builder_config).steps;
+            // Only the secrets this build's steps use travel to the worker.
+            let secrets = steps
+                .iter()
+                .flat_map(|step| step.env.values())
+                .flat_map(|value| shared::config::secret_references(value))
+                .filter_map(|name| Some((name.to_owned(), config.settings.secrets.get(name)?.expose().to_owned())))
+                .collect();
             Ok(RpcReply::Claimed {
                 build: BuildAssignment {
                     build_id: claimed.id,
@@ -163,8 +171,10 @@ async fn answer(master: &Master, request: RpcRequest) -> Result<RpcReply, StoreE
                     number: claimed.number,
                     worker,
                     properties,
-                    steps: config.factory_of(builder_config).steps.clone(),
+                    steps: steps.clone(),
                     traceparent: claimed.traceparent,
+                    secrets: SecretValues(secrets),
+                    max_log_bytes: config.settings.builds.max_log_bytes,
                 },
             })
         }

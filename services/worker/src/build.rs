@@ -10,6 +10,7 @@ use shared::wire::{BuildAssignment, LogRecord, STDIO_LOG, StepRecord, WorkerEven
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::filter::LogFilter;
 use crate::logs::LogWriter;
 use crate::{Context, WorkerError, step};
 
@@ -128,8 +129,9 @@ async fn run_step(
 
     let key = context.namespace.log_stream_key(&context.name, build.build_id, number, STDIO_LOG);
     let spool = context.basedir.join(".spool").join(format!("{}-{number}-{STDIO_LOG}", build.build_id));
-    let log = LogWriter::start(context.redis.clone(), key, spool);
-    let outcome = step::run_step(spec, builder_dir, &log, stop).await;
+    let filter = LogFilter::new(build.secrets.0.values().cloned(), build.max_log_bytes);
+    let log = LogWriter::start(context.redis.clone(), key, spool, filter);
+    let outcome = step::run_step(spec, &build.secrets.0, builder_dir, &log, stop).await;
     let totals = log.finish().await;
 
     record.finished_at = Some(Utc::now());

@@ -7,6 +7,7 @@
 
 mod build;
 mod events;
+mod filter;
 mod logs;
 pub mod metrics;
 mod rpc;

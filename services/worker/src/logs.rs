@@ -21,6 +21,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::filter::LogFilter;
+
 /// Largest entry; a longer run of output (even one huge line) is split.
 const ENTRY_BYTES: usize = 64 * 1024;
 /// Output waits at most this long before it is sent, so live viewers see
@@ -49,9 +51,10 @@ pub struct LogWriter {
 impl LogWriter {
     /// Starts writing the stream `key`, spooling to `spool` (a file path
     /// that the writer creates and removes).
-    pub fn start(redis: ConnectionManager, key: String, spool: PathBuf) -> Self {
+    /// `filter` masks secrets and caps the log before anything is written.
+    pub fn start(redis: ConnectionManager, key: String, spool: PathBuf, filter: LogFilter) -> Self {
         let (sender, receiver) = mpsc::channel(64);
-        let task = tokio::spawn(write_stream(redis, key, spool, receiver));
+        let task = tokio::spawn(write_stream(redis, key, spool, receiver, filter));
         Self { sender, task }
     }
 
@@ -80,6 +83,7 @@ async fn write_stream(
     key: String,
     spool_path: PathBuf,
     mut receiver: mpsc::Receiver<(LogChannel, Vec<u8>)>,
+    mut filter: LogFilter,
 ) -> LogTotals {
     let mut spool = Spool::create(&spool_path).await;
     let mut totals = LogTotals::default();
@@ -96,22 +100,29 @@ async fn write_stream(
         } else {
             None
         };
-        match piece {
-            Some(Some((channel, data))) => {
-                if channel != LogChannel::Header {
-                    totals.bytes += data.len() as u64;
-                    crate::metrics::METRICS.log_bytes.inc_by(data.len() as u64);
-                    crate::metrics::METRICS.log_lines.inc_by(data.iter().filter(|&&b| b == b'\n').count() as u64);
-                }
-                batch_bytes += data.len();
-                append(&mut batch, channel, &data);
-                flush_at.get_or_insert_with(|| Instant::now() + FLUSH_AFTER);
-                if batch_bytes < BATCH_BYTES {
-                    continue;
-                }
+        // A read: wait for more unless the batch is full. The end of the
+        // output or the flush timer: send what there is.
+        let read = matches!(piece, Some(Some(_)));
+        let kept = match piece {
+            Some(Some((channel, data))) => filter.push(channel, &data),
+            Some(None) => {
+                open = false;
+                filter.finish()
             }
-            Some(None) => open = false,
-            None => {}
+            None => Vec::new(),
+        };
+        for (channel, data) in kept {
+            if channel != LogChannel::Header {
+                totals.bytes += data.len() as u64;
+                crate::metrics::METRICS.log_bytes.inc_by(data.len() as u64);
+                crate::metrics::METRICS.log_lines.inc_by(data.iter().filter(|&&b| b == b'\n').count() as u64);
+            }
+            batch_bytes += data.len();
+            append(&mut batch, channel, &data);
+            flush_at.get_or_insert_with(|| Instant::now() + FLUSH_AFTER);
+        }
+        if read && batch_bytes < BATCH_BYTES {
+            continue;
         }
         if !batch.is_empty() {
             tokio::join!(send_batch(&mut redis, &key, &batch, totals.entries), spool.append(&batch));

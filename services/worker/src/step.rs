@@ -4,6 +4,7 @@
 //! killed with its whole group (SIGTERM, then SIGKILL after `kill_grace`), so
 //! nothing it started is left behind.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
@@ -36,7 +37,13 @@ enum KillReason {
 
 const READ_BUFFER: usize = 64 * 1024;
 
-pub async fn run_step(spec: &StepSpec, builder_dir: &Path, log: &LogWriter, stop: &CancellationToken) -> StepOutcome {
+pub async fn run_step(
+    spec: &StepSpec,
+    secrets: &BTreeMap<String, String>,
+    builder_dir: &Path,
+    log: &LogWriter,
+    stop: &CancellationToken,
+) -> StepOutcome {
     let workdir = builder_dir.join(&spec.workdir);
     let argv = spec.command.argv();
     log.write(LogChannel::Header, format!("{}\n in dir {}\n", shell_words(&argv), workdir.display()).into_bytes())
@@ -46,10 +53,23 @@ pub async fn run_step(spec: &StepSpec, builder_dir: &Path, log: &LogWriter, stop
         log.write(LogChannel::Header, message.into_bytes()).await;
         return StepOutcome { results: Results::Exception, state_string: "cannot create workdir".into() };
     }
+    let mut env = BTreeMap::new();
+    for (name, value) in &spec.env {
+        match shared::config::interpolate_secrets(value, secrets) {
+            Ok(value) => {
+                env.insert(name, value);
+            }
+            Err(missing) => {
+                let message = format!("secret `{missing}` (in env {name}) was not sent by the masters\n");
+                log.write(LogChannel::Header, message.into_bytes()).await;
+                return StepOutcome { results: Results::Exception, state_string: "missing secret".into() };
+            }
+        }
+    }
     let spawned = Command::new(&argv[0])
         .args(&argv[1..])
         .current_dir(&workdir)
-        .envs(&spec.env)
+        .envs(&env)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

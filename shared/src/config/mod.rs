@@ -98,6 +98,10 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
     #[serde(default)]
     pub retention: RetentionSettings,
+    /// Values steps may use in their environment as `%(secret:NAME)s`,
+    /// never written in master.yaml; masked as `***` in logs.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, Secret>,
 }
 
 /// How long history is kept. Unset horizons keep everything. Deleting runs
@@ -307,6 +311,14 @@ pub struct BuildSettings {
     /// every time cannot take down the fleet one worker after another.
     #[serde(default = "default_max_retries")]
     pub max_retries: u32,
+    /// A log is cut after this many bytes, with a marker saying so; the
+    /// step goes on. None: no cap.
+    #[serde(default = "default_max_log_bytes")]
+    pub max_log_bytes: Option<u64>,
+}
+
+fn default_max_log_bytes() -> Option<u64> {
+    Some(256 * 1024 * 1024)
 }
 
 fn default_lease_seconds() -> u64 {
@@ -337,6 +349,7 @@ impl Default for BuildSettings {
             log_linger_seconds: default_log_linger_seconds(),
             redeliver_after_seconds: default_redeliver_after_seconds(),
             max_retries: default_max_retries(),
+            max_log_bytes: default_max_log_bytes(),
         }
     }
 }
@@ -1032,6 +1045,23 @@ fn validate_settings(file: &mut SourceFile, settings: &Settings) {
 
 fn validate_master(file: &mut SourceFile, master: &MasterConfig, settings: &Settings) {
     let root = YamlPath::root();
+    for (factory_name, factory) in &master.factories {
+        for (index, step) in factory.steps.iter().enumerate() {
+            for (variable, value) in &step.env {
+                for secret in secret_references(value) {
+                    if !settings.secrets.contains_key(secret) {
+                        let at =
+                            root.key("factories").key(factory_name).key("steps").index(index).key("env").key(variable);
+                        file.error_at_value(
+                            &at,
+                            format!("secret `{secret}` is not defined"),
+                            Some(format!("add it under `secrets:` in settings.yaml ({secret}: ...)")),
+                        );
+                    }
+                }
+            }
+        }
+    }
     let mut workers: BTreeSet<&str> = settings.workers.iter().map(|w| w.name.as_str()).collect();
     if settings.use_local_worker {
         workers.insert(settings.local_worker.name.as_str());
@@ -1167,6 +1197,31 @@ fn validate_telemetry(file: &mut SourceFile, at: &YamlPath, telemetry: &Telemetr
     }
 }
 
+/// The names of the secrets a value uses, as `%(secret:NAME)s`
+/// (Buildbot's interpolation syntax).
+pub fn secret_references(value: &str) -> Vec<&str> {
+    let mut names = Vec::new();
+    let mut rest = value;
+    while let Some(start) = rest.find("%(secret:") {
+        let after = &rest[start + "%(secret:".len()..];
+        let Some(end) = after.find(")s") else { break };
+        names.push(&after[..end]);
+        rest = &after[end + 2..];
+    }
+    names
+}
+
+/// `value` with every `%(secret:NAME)s` replaced by the secret's value;
+/// the name of an unknown secret as the error.
+pub fn interpolate_secrets(value: &str, secrets: &BTreeMap<String, String>) -> Result<String, String> {
+    let mut out = value.to_owned();
+    for name in secret_references(value) {
+        let secret = secrets.get(name).ok_or_else(|| name.to_owned())?;
+        out = out.replace(&format!("%(secret:{name})s"), secret);
+    }
+    Ok(out)
+}
+
 /// Loads worker.yaml; relative paths are resolved against its folder.
 pub fn load_worker_file(path: &Path) -> Result<WorkerFile, ConfigErrors> {
     let (mut file, text) = SourceFile::read(path).map_err(|e| ConfigErrors(vec![e]))?;
@@ -1200,6 +1255,16 @@ mod tests {
     fn the_closest_field_is_suggested_for_a_typo() {
         let hint = hint_for("unknown field `comand`, expected one of `name`, `command`, `env`");
         assert_eq!(hint.as_deref(), Some("did you mean `command`?"));
+    }
+
+    #[test]
+    fn secrets_are_found_and_interpolated_where_referenced() {
+        let value = "token=%(secret:pypi)s;again=%(secret:pypi)s;%(secret:other)s";
+        assert_eq!(secret_references(value), ["pypi", "pypi", "other"]);
+        let secrets = BTreeMap::from([("pypi".to_owned(), "s3cr3t".to_owned()), ("other".to_owned(), "x".to_owned())]);
+        assert_eq!(interpolate_secrets(value, &secrets).unwrap(), "token=s3cr3t;again=s3cr3t;x");
+        assert_eq!(interpolate_secrets("%(secret:nope)s", &secrets), Err("nope".to_owned()));
+        assert!(secret_references("100%(not a secret)").is_empty());
     }
 
     #[test]

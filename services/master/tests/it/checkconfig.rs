@@ -92,3 +92,15 @@ fn a_telemetry_endpoint_without_a_scheme_and_a_ratio_above_one_are_reported_at_t
     assert!(stderr.contains(endpoint), "{stderr}");
     assert!(stderr.contains("settings.yaml:9:19: sampling_ratio 2 is not between 0.0 and 1.0"), "{stderr}");
 }
+
+#[test]
+fn a_step_using_an_undefined_secret_is_reported_at_its_env_line() {
+    let master = VALID_MASTER.replace(
+        "        command: [\"true\"]\n",
+        "        command: [\"true\"]\n        env:\n          TOKEN: \"%(secret:nope)s\"\n",
+    );
+    let (ok, stderr) = checkconfig(SETTINGS, &master);
+    assert!(!ok);
+    assert!(stderr.contains("master.yaml:7:18: secret `nope` is not defined"), "{stderr}");
+    assert!(stderr.contains("add it under `secrets:` in settings.yaml"), "{stderr}");
+}

@@ -261,3 +261,37 @@ async fn bad_force_requests_get_clear_errors_and_create_nothing() {
     let buildsets: i64 = sqlx::query_scalar("select count(*) from buildsets").fetch_one(store.pool()).await.unwrap();
     assert_eq!(buildsets, 0, "no bad request created anything");
 }
+
+const SECRETIVE: &str = r#"- name: use
+  env: {TOKEN: "%(secret:deploy_token)s"}
+  command: printf 'token=%s\n' "$TOKEN"; printf '%s' "$TOKEN" | head -c 5; sleep 0.3; printf '%s\n' "$TOKEN" | tail -c +6; echo done
+- name: flood
+  command: head -c 100000 /dev/zero | tr '\0' x; echo; echo after
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_in_a_steps_env_is_masked_in_its_log_and_a_log_is_cut_at_its_cap() {
+    let mut stack = TestStack::new(&master_yaml(&[("secretive", SECRETIVE)]), &["secretive"]).await;
+    // settings.yaml ends with its `builds:` block: the cap joins it.
+    stack.append_settings("  max_log_bytes: 4096\nsecrets:\n  deploy_token: tok-3f9a8b7c6d5e\n");
+    stack.start_master("a").await;
+    stack.start_worker("w1");
+    let request = stack.force("secretive").await;
+    let build = stack.wait_for_build(request).await;
+    assert_eq!(build["results"], 0, "{build}");
+    let steps = stack.steps(build["buildid"].as_i64().unwrap()).await;
+
+    let used = stack.archived_log(steps[0]["stepid"].as_i64().unwrap()).await;
+    let raw = stack.get_bytes(&format!("/api/v2/logs/{}/raw", used["logid"])).await;
+    assert_eq!(String::from_utf8_lossy(&raw), "token=***\n***\ndone\n", "masked, also when split across reads");
+    assert!(!stack.worker_logs().contains("tok-3f9a8b7c6d5e"), "nor in the worker's own log");
+
+    let flood = stack.archived_log(steps[1]["stepid"].as_i64().unwrap()).await;
+    let raw = stack.get_bytes(&format!("/api/v2/logs/{}/raw", flood["logid"])).await;
+    assert_eq!(raw.len(), 4096, "cut at the cap");
+    assert!(raw.iter().all(|b| *b == b'x'));
+    let lines = stack.get(&format!("/api/v2/logs/{}/contents", flood["logid"])).await;
+    let content = lines["logchunks"][0]["content"].as_str().unwrap();
+    assert!(content.contains("h[buildmaster: this log was cut at 4096 bytes (builds.max_log_bytes)"), "{content}");
+    assert_eq!(steps[1]["results"], 0, "the step itself went on and succeeded");
+}
