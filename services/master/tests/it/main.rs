@@ -3,6 +3,7 @@
 
 mod api;
 mod api_scale;
+mod bad_input;
 mod checkconfig;
 mod failures;
 mod harness;
