@@ -258,9 +258,21 @@ pub async fn run(
         let master = master.clone();
         let stopping = stopping.clone();
         async move {
-            axum::serve(listener, http::router(master))
-                .with_graceful_shutdown(async move { stopping.cancelled().await })
-                .await?;
+            let serving = axum::serve(listener, http::router(master))
+                .with_graceful_shutdown({
+                    let stopping = stopping.clone();
+                    async move { stopping.cancelled().await }
+                })
+                .into_future();
+            // Requests in flight get a grace period to finish; a live log
+            // followed for hours must not hold the master up, so what is
+            // still open then is cut (its client reconnects elsewhere).
+            tokio::select! {
+                served = serving => served?,
+                _ = async { stopping.cancelled().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
+                    tracing::warn!(grace_seconds = SHUTDOWN_GRACE.as_secs(), "connections still open after the grace period are closed");
+                }
+            }
             Ok(())
         }
     });
@@ -285,6 +297,10 @@ pub async fn run(
     tracing::info!(master.name = %master.name, "master stopped");
     outcome
 }
+
+/// How long HTTP requests in flight may take to finish once a master is
+/// told to stop.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// How long to wait before retrying after a failure that may pass.
 pub(crate) const RETRY_DELAY: Duration = Duration::from_millis(500);

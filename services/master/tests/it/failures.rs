@@ -266,3 +266,43 @@ async fn logs_stream_through_a_redis_that_speaks_only_tls() {
     stack.archived_log(step_id).await;
     assert_eq!(stack.get_bytes(&format!("/api/v2/logs/{log_id}/raw")).await, b"over tls\n");
 }
+
+/// SIGTERM to a master while a client follows a long step's log through it:
+/// the master stops within its grace period instead of waiting for the step,
+/// and the follower's stream is cut (so it can reconnect elsewhere), while
+/// the build itself goes on untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_told_to_stop_does_not_wait_for_a_followed_log_and_the_build_goes_on() {
+    let long = "- name: long\n  command: for i in $(seq 1 60); do echo \"tick $i\"; sleep 0.5; done\n";
+    let mut stack = TestStack::new(&master_yaml(&[("long", long)]), &["long"]).await;
+    let a = stack.start_master_process("a").await;
+    stack.start_master("b").await;
+    stack.start_worker("w1");
+    let request = stack.force_at(&format!("http://{a}"), "long").await;
+    let build = stack.wait_for_build_to_start(request).await;
+    let (_, log_id) = stack.first_step_log(build["buildid"].as_i64().unwrap()).await;
+    let follow = stack.http.get(format!("http://{a}/api/v2/logs/{log_id}/raw?follow=true")).send().await.unwrap();
+    assert_eq!(follow.status(), 200);
+    let mut pieces = follow.bytes_stream();
+    use futures_util::StreamExt;
+    assert!(pieces.next().await.is_some(), "the follow is streaming");
+
+    let stopped_at = std::time::Instant::now();
+    stack.terminate_master_process("a");
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while let Some(Ok(_)) = pieces.next().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the followed stream was not cut within 30 s");
+    while !stack.master_process_exited("a") {
+        assert!(stopped_at.elapsed() < std::time::Duration::from_secs(30), "master a did not exit within 30 s");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let exited = stopped_at.elapsed();
+    println!("master stopped {:.1} s after SIGTERM with a log followed through it", exited.as_secs_f64());
+    let running = stack.builds_of_request(request).await;
+    assert_eq!(running[0]["complete"], false, "the master stopped before the 30 s step ended: {running:?}");
+    // The build did not need master a: master b records it.
+    let build = stack.wait_for_build(request).await;
+    assert_eq!(build["results"], 0, "{build}");
+}

@@ -515,6 +515,20 @@ impl TestStack {
         drop(self.master_processes.remove(index));
     }
 
+    /// Sends SIGTERM to a master process, as a service manager stopping it
+    /// would.
+    pub fn terminate_master_process(&self, name: &str) {
+        let (_, _, master) = self.master_processes.iter().find(|(n, _, _)| n == name).expect("master was started");
+        let status = Command::new("kill").arg("-TERM").arg(master.0.id().to_string()).status().expect("kill runs");
+        assert!(status.success(), "SIGTERM to master {name}");
+    }
+
+    /// Whether a master process has exited.
+    pub fn master_process_exited(&mut self, name: &str) -> bool {
+        let (_, _, master) = self.master_processes.iter_mut().find(|(n, _, _)| n == name).expect("master was started");
+        master.0.try_wait().expect("master status").is_some()
+    }
+
     /// Starts HAProxy with the repository's haproxy.cfg in front of the first
     /// two masters (in this process, then processes); requests go through it
     /// from now on.
