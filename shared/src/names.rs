@@ -11,7 +11,8 @@
 //!   requests, answered by any master into the worker's reply queue
 //!   `{ns}.worker.{worker}.replies`.
 //! - `{ns}.events` (direct) → durable queue `{ns}.events`: what workers report.
-//! - `{ns}.control` (direct): stop requests, routed by worker name to the
+//! - `{ns}.control` (direct): control messages (stop a build, pause,
+//!   shut down), routed by worker name to the
 //!   worker's queue `{ns}.worker.{worker}.control`.
 //! - `{ns}.dead-letter` (fanout) → `{ns}.dead-letter`: messages masters could
 //!   not read, kept for people to look at.
