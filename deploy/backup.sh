@@ -27,19 +27,25 @@ need() {
 # split_url URL : prints the URL of the server's `postgres` database and the
 # database name, tab-separated.
 split_url() {
-    local url="$1" base name
+    local url="$1" base name query=""
     base="${url%%\?*}"
+    [[ $url == *\?* ]] && query="?${url#*\?}"
     name="${base##*/}"
     [[ -n $name && $name != "$base" ]] || die "$url names no database (postgres://user:password@host:port/DATABASE)."
-    printf '%s/postgres\t%s\n' "${base%/*}" "$name"
+    # The same server and options (sslmode...), its `postgres` database.
+    printf '%s/postgres%s\t%s\n' "${base%/*}" "$query" "$name"
 }
 
 dump() {
     local url="$1" file="$2" started=$SECONDS
     need pg_dump
     say "dumping $(split_url "$url" | cut -f2) to $file"
-    pg_dump --format=custom --no-owner --no-privileges --file="$file" "$url" ||
-        die "pg_dump failed (above); no backup was written to $file."
+    # Into a new file first: a failed dump never truncates the last good one.
+    pg_dump --format=custom --no-owner --no-privileges --file="$file.partial" "$url" || {
+        rm -f "$file.partial"
+        die "pg_dump failed (above); $file was not touched."
+    }
+    mv -f "$file.partial" "$file"
     say "done in $((SECONDS - started))s: $(du -h "$file" | cut -f1) in $file"
 }
 

@@ -462,9 +462,10 @@ cmd_up() {
         if pid="$(running_pid "$name")"; then
             if [[ $mode == restart ]]; then
                 restart_master "$name"
-            elif [[ $BIN -nt $(pid_file "$name") ]]; then
-                # A new binary: roll it out, one drained master at a time.
-                say "$BIN is newer than the running $name: restarting it"
+            elif ! [[ /proc/$pid/exe -ef $BIN ]]; then
+                # A new binary (another file than the one running, whatever
+                # its mtime): roll it out, one drained master at a time.
+                say "$BIN is not what $name runs: restarting it"
                 restart_master "$name"
             else
                 reload_master "$name" "$pid"

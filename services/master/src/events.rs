@@ -111,7 +111,9 @@ async fn record(master: &Master, event: &WorkerEvent) -> Result<Recorded, EventE
             tx.commit().await?;
             if step.number == 0 {
                 // The first step runs: the request is dispatched.
-                if let Some((builder, accepted)) = master.store.build_origin(*build_id).await? {
+                // For the metrics only: a failure here must not undo the
+                // recorded event.
+                if let Ok(Some((builder, accepted))) = master.store.build_origin(*build_id).await {
                     let since = (chrono::Utc::now() - accepted).to_std().unwrap_or_default();
                     master.metrics.first_step_running(&builder, since);
                 }
@@ -169,7 +171,7 @@ async fn record(master: &Master, event: &WorkerEvent) -> Result<Recorded, EventE
             }
             Store::finish_build(&mut tx, *build_id, *results, state_string, *finished_at).await?;
             tx.commit().await?;
-            if let Some((builder, _)) = master.store.build_origin(*build_id).await? {
+            if let Ok(Some((builder, _))) = master.store.build_origin(*build_id).await {
                 master.metrics.build_finished(&builder, results.name());
             }
             tracing::info!(build.id = build_id, worker.name = %worker, build.results = %results, "build finished");

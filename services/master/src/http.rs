@@ -174,7 +174,12 @@ async fn observe(
     next: axum::middleware::Next,
 ) -> Response {
     let route = request.extensions().get::<MatchedPath>().map_or("unmatched", |path| path.as_str()).to_owned();
-    let method = request.method().as_str().to_owned();
+    // Any other method is one label, so clients cannot grow the metrics.
+    let method = match request.method().as_str() {
+        known @ ("GET" | "POST" | "PUT" | "DELETE" | "HEAD" | "OPTIONS" | "PATCH") => known,
+        _ => "_OTHER",
+    }
+    .to_owned();
     let span = tracing::info_span!(
         "http",
         otel.name = format!("{method} {route}"),

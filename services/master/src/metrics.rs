@@ -195,9 +195,11 @@ impl Default for Metrics {
 pub async fn render(master: &Master) -> String {
     let metrics = &master.metrics;
     let catalog = master.catalog();
-    metrics.pending_requests.reset();
     match master.store.pending_by_builder().await {
         Ok(pending) => {
+            // Reset and set with no await between: a scrape running at the
+            // same time never sees the series gone.
+            metrics.pending_requests.reset();
             for (builder, count) in pending {
                 metrics.pending_requests.with_label_values(&[builder.as_str()]).set(count);
             }

@@ -42,7 +42,7 @@ async fn reconcile_once(master: &Master, builds: &BuildSettings) -> Result<(), M
         master.metrics.reconciled("lease_expired", expired.builds.len() as u64);
         for build_id in &expired.builds {
             crate::live::publish_build(master, *build_id, "finished").await;
-            if let Some((builder, _)) = master.store.build_origin(*build_id).await? {
+            if let Ok(Some((builder, _))) = master.store.build_origin(*build_id).await {
                 master.metrics.build_finished(&builder, shared::model::Results::Retry.name());
             }
         }

@@ -40,7 +40,10 @@ async fn prune(
 ) -> Result<(), StoreError> {
     let batch = i64::from(retention.batch);
     let (mut logs, mut chunks, mut buildsets, mut longest) = (0u64, 0u64, 0u64, Duration::ZERO);
-    if let Some(days) = retention.logs_days {
+    // Log contents go first, also when only builds have a horizon, so that
+    // deleting a build never deletes its log chunks in the same (then long)
+    // transaction. checkconfig keeps logs_days ≤ builds_days.
+    if let Some(days) = retention.logs_days.or(retention.builds_days) {
         while !shutdown.is_cancelled() {
             let started = Instant::now();
             let Some((builds, deleted)) = master.store.prune_logs(u64::from(days) * DAY, batch).await? else { break };

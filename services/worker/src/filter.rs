@@ -30,45 +30,58 @@ impl LogFilter {
         let slot = match channel {
             LogChannel::Stdout => 0,
             LogChannel::Stderr => 1,
-            // buildmaster's own lines arrive whole and do not count.
-            LogChannel::Header => return vec![(channel, self.mask(data.to_vec()))],
+            // buildmaster's own lines arrive whole and do not count; what is
+            // held of the step's output goes first, to keep the order.
+            LogChannel::Header => {
+                let mut out = self.finish();
+                let (masked, _) = self.mask(data, true);
+                out.push((channel, masked));
+                return out;
+            }
         };
         let mut buffer = std::mem::take(&mut self.held[slot]);
         buffer.extend_from_slice(data);
-        let mut buffer = self.mask(buffer);
-        let hold = self.partial_secret_at_end(&buffer);
-        self.held[slot] = buffer.split_off(buffer.len() - hold);
-        self.limit(channel, buffer)
+        let (masked, held) = self.mask(&buffer, false);
+        self.held[slot] = buffer[held..].to_vec();
+        self.limit(channel, masked)
     }
 
-    /// What is still held, at the end of the step.
+    /// What is still held, at the end of the step (or before a header).
     pub fn finish(&mut self) -> Vec<(LogChannel, Vec<u8>)> {
         let stdout = std::mem::take(&mut self.held[0]);
         let stderr = std::mem::take(&mut self.held[1]);
+        let (stdout, _) = self.mask(&stdout, true);
+        let (stderr, _) = self.mask(&stderr, true);
         let mut out = self.limit(LogChannel::Stdout, stdout);
         out.extend(self.limit(LogChannel::Stderr, stderr));
         out
     }
 
-    fn mask(&self, mut data: Vec<u8>) -> Vec<u8> {
-        for secret in &self.secrets {
-            let mut at = 0;
-            while let Some(found) = find(&data[at..], secret) {
-                let start = at + found;
-                data.splice(start..start + secret.len(), MASK.iter().copied());
-                at = start + MASK.len();
+    /// `data` with every secret replaced by `***`, scanning from the start:
+    /// a secret matching at a position is masked whole (longest first). At
+    /// the first position from which the rest could still become a secret,
+    /// scanning stops unless `all`: the rest is held for the next read, and
+    /// its offset returned. Deciding on the raw bytes, never on masked
+    /// ones, keeps a secret that contains another from leaking.
+    fn mask(&self, data: &[u8], all: bool) -> (Vec<u8>, usize) {
+        if self.secrets.is_empty() {
+            return (data.to_vec(), data.len());
+        }
+        let mut out = Vec::with_capacity(data.len());
+        let mut at = 0;
+        while at < data.len() {
+            let rest = &data[at..];
+            if let Some(secret) = self.secrets.iter().find(|secret| rest.starts_with(secret)) {
+                out.extend_from_slice(MASK);
+                at += secret.len();
+            } else if !all && self.secrets.iter().any(|secret| secret.len() > rest.len() && secret.starts_with(rest)) {
+                return (out, at);
+            } else {
+                out.push(data[at]);
+                at += 1;
             }
         }
-        data
-    }
-
-    /// The length of the longest end of `data` that begins some secret.
-    fn partial_secret_at_end(&self, data: &[u8]) -> usize {
-        let longest = self.secrets.first().map_or(0, Vec::len).saturating_sub(1).min(data.len());
-        (1..=longest)
-            .rev()
-            .find(|&len| self.secrets.iter().any(|secret| secret.starts_with(&data[data.len() - len..])))
-            .unwrap_or(0)
+        (out, data.len())
     }
 
     fn limit(&mut self, channel: LogChannel, data: Vec<u8>) -> Vec<(LogChannel, Vec<u8>)> {
@@ -97,13 +110,6 @@ impl LogFilter {
     }
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    if needle.len() > haystack.len() {
-        return None;
-    }
-    haystack.windows(needle.len()).position(|window| window == needle)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,6 +127,23 @@ mod tests {
         }
         out.push_str(&printed(filter.finish()));
         assert_eq!(out, "key=*** and ***; hunting");
+    }
+
+    #[test]
+    fn a_secret_containing_another_is_masked_whole_across_reads() {
+        let mut filter = LogFilter::new(["https://deploy:pw@host".to_owned(), "deploy".to_owned()], None);
+        let mut out = printed(filter.push(LogChannel::Stdout, b"url=https://deploy:p"));
+        out.push_str(&printed(filter.push(LogChannel::Stdout, b"w@host and deploy")));
+        out.push_str(&printed(filter.finish()));
+        assert_eq!(out, "url=*** and ***");
+    }
+
+    #[test]
+    fn held_output_comes_before_a_header() {
+        let mut filter = LogFilter::new(["secret".to_owned()], None);
+        let mut pieces = filter.push(LogChannel::Stdout, b"done s");
+        pieces.extend(filter.push(LogChannel::Header, b"exit 0\n"));
+        assert_eq!(printed(pieces), "done sexit 0\n");
     }
 
     #[test]

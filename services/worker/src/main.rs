@@ -175,12 +175,21 @@ fn create_worker(
     if let Some(admin) = admin {
         yaml.push_str(&format!("admin: {}\n", quote(&admin)));
     }
+    // Written whole to a new owner-only file, checked, then renamed over
+    // the old one: a bad value never replaces a working worker.yaml, and
+    // the password is never readable by others, not even for a moment.
+    let draft = basedir.join(".worker.yaml.new");
+    let _ = std::fs::remove_file(&draft);
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(&path).with_context(|| format!("cannot write {}", path.display()))?;
+    let mut file = options.open(&draft).with_context(|| format!("cannot write {}", draft.display()))?;
     std::io::Write::write_all(&mut file, yaml.as_bytes())?;
-    shared::config::load_worker_file(&path)
-        .map_err(|errors| anyhow::anyhow!("the written file is invalid:\n{errors}"))?;
+    drop(file);
+    if let Err(errors) = shared::config::load_worker_file(&draft) {
+        let _ = std::fs::remove_file(&draft);
+        anyhow::bail!("these values do not make a valid worker.yaml; nothing was written:\n{errors}");
+    }
+    std::fs::rename(&draft, &path).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(path)
 }
