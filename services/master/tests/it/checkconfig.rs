@@ -104,3 +104,12 @@ fn a_step_using_an_undefined_secret_is_reported_at_its_env_line() {
     assert!(stderr.contains("master.yaml:7:18: secret `nope` is not defined"), "{stderr}");
     assert!(stderr.contains("add it under `secrets:` in settings.yaml"), "{stderr}");
 }
+
+#[test]
+fn a_retention_batch_of_zero_and_builds_kept_shorter_than_logs_are_reported_at_their_lines() {
+    let settings = format!("{SETTINGS}retention:\n  logs_days: 30\n  builds_days: 7\n  batch: 0\n");
+    let (ok, stderr) = checkconfig(&settings, VALID_MASTER);
+    assert!(!ok);
+    assert!(stderr.contains("settings.yaml:9:16: builds_days (7) is shorter than logs_days (30)"), "{stderr}");
+    assert!(stderr.contains("settings.yaml:10:10: batch 0 is not between 1 and 100000"), "{stderr}");
+}
