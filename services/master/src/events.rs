@@ -171,14 +171,16 @@ async fn record(master: &Master, event: &WorkerEvent) -> Result<Recorded, EventE
             }
             Store::finish_build(&mut tx, *build_id, *results, state_string, *finished_at).await?;
             tx.commit().await?;
-            if let Ok(Some((builder, _))) = master.store.build_origin(*build_id).await {
-                master.metrics.build_finished(&builder, results.name());
-            }
             tracing::info!(build.id = build_id, worker.name = %worker, build.results = %results, "build finished");
-            if let Some(build) = live::publish_build(master, *build_id, "finished").await
-                && let Some(request_id) = build.get("buildrequestid").and_then(serde_json::Value::as_i64)
-            {
-                live::publish_request(master, request_id, "complete").await;
+            // The build as just published names its builder: no second read
+            // for the metrics.
+            if let Some(build) = live::publish_build(master, *build_id, "finished").await {
+                if let Some(builder) = master.builder_name_of(&build) {
+                    master.metrics.build_finished(&builder, results.name());
+                }
+                if let Some(request_id) = build.get("buildrequestid").and_then(serde_json::Value::as_i64) {
+                    live::publish_request(master, request_id, "complete").await;
+                }
             }
             Ok(Recorded::Applied)
         }

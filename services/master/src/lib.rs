@@ -152,6 +152,14 @@ impl Master {
         let _ = ringing.await;
     }
 
+    /// The configured name of the builder of an item the API served (a
+    /// build, a request), from the catalog.
+    pub(crate) fn builder_name_of(&self, item: &serde_json::Value) -> Option<String> {
+        let id = item.get("builderid")?.as_i64()?;
+        let catalog = self.catalog();
+        catalog.builder_ids.iter().find(|(_, builder_id)| i64::from(**builder_id) == id).map(|(name, _)| name.clone())
+    }
+
     fn remember_worker(&self, worker: &str, id: i32) {
         self.worker_ids.lock().expect("worker id lock poisoned").insert(worker.to_owned(), id);
     }

@@ -41,8 +41,8 @@ async fn reconcile_once(master: &Master, builds: &BuildSettings) -> Result<(), M
         let expired = master.store.expire_leases(BATCH, builds.max_retries).await?;
         master.metrics.reconciled("lease_expired", expired.builds.len() as u64);
         for build_id in &expired.builds {
-            crate::live::publish_build(master, *build_id, "finished").await;
-            if let Ok(Some((builder, _))) = master.store.build_origin(*build_id).await {
+            let published = crate::live::publish_build(master, *build_id, "finished").await;
+            if let Some(builder) = published.as_ref().and_then(|build| master.builder_name_of(build)) {
                 master.metrics.build_finished(&builder, shared::model::Results::Retry.name());
             }
         }

@@ -453,12 +453,12 @@ fn push_condition(query: &mut QueryBuilder<Postgres>, filter: &Filter) {
                 // One value as `x = $1`, which Postgres can read in index
                 // order; several as `x = any($1)`.
                 Op::Eq | Op::Ne if values.len() == 1 => {
-                    push_column(query, field);
+                    query.push(field.sql);
                     query.push(if *op == Op::Ne { " <> " } else { " = " });
                     push_value(query, field.kind, &values[0]);
                 }
                 Op::Eq | Op::Ne => {
-                    push_column(query, field);
+                    query.push(field.sql);
                     query.push(if *op == Op::Ne { " <> all(" } else { " = any(" });
                     push_values(query, field.kind, values);
                     query.push(")");
@@ -470,7 +470,7 @@ fn push_condition(query: &mut QueryBuilder<Postgres>, filter: &Filter) {
                         Op::Gt => " > ",
                         _ => " >= ",
                     };
-                    push_column(query, field);
+                    query.push(field.sql);
                     query.push(symbol);
                     push_value(query, field.kind, &values[0]);
                 }
@@ -515,10 +515,6 @@ fn push_truth(query: &mut QueryBuilder<Postgres>, field: &Field, wanted: bool) {
         (_, true) => query.push("(").push(field.sql).push(")"),
         (_, false) => query.push("not (").push(field.sql).push(")"),
     };
-}
-
-fn push_column(query: &mut QueryBuilder<Postgres>, field: &Field) {
-    query.push(field.sql);
 }
 
 fn push_values(query: &mut QueryBuilder<Postgres>, kind: Kind, values: &[Scalar]) {
