@@ -19,6 +19,8 @@
 #   postgres://buildmaster:buildmaster@127.0.0.1:5432/<db>  (role with LOGIN,
 #                                                           CREATEDB)
 #   amqp://guest:guest@127.0.0.1:5672/%2f
+#   http://guest:guest@127.0.0.1:15672/  (RabbitMQ's management API, with
+#                                         which masters make worker accounts)
 #   redis://127.0.0.1:6379/
 #   /usr/sbin/haproxy (not started here: deploy/stack.sh and the tests run
 #                      their own instances)
@@ -26,7 +28,7 @@ set -euo pipefail
 
 readonly PG_HOST=127.0.0.1 PG_PORT=5432
 readonly PG_ROLE=buildmaster PG_PASSWORD=buildmaster
-readonly AMQP_HOST=127.0.0.1 AMQP_PORT=5672
+readonly AMQP_HOST=127.0.0.1 AMQP_PORT=5672 MANAGEMENT_PORT=15672
 readonly REDIS_HOST=127.0.0.1 REDIS_PORT=6379
 readonly TIMEOUT_SECONDS="${BUILDMASTER_SERVICES_TIMEOUT:-120}"
 
@@ -294,6 +296,24 @@ ensure_rabbitmq() {
         die "RabbitMQ did not open $AMQP_HOST:$AMQP_PORT within ${TIMEOUT_SECONDS}s. See /var/log/rabbitmq/ (a hostname that does not resolve is a common cause: check /etc/hosts), then start it with: rabbitmq-server -detached"
 }
 
+# Masters make each worker's own RabbitMQ account through the management API
+# (settings.yaml `worker_accounts`), so the plugin is turned on.
+ensure_rabbitmq_management() {
+    if port_open "$AMQP_HOST" "$MANAGEMENT_PORT"; then
+        say "RabbitMQ's management API answers on $AMQP_HOST:$MANAGEMENT_PORT (reusing it)"
+        return 0
+    fi
+    if ! find_command rabbitmq-plugins >/dev/null; then
+        warn "RabbitMQ's management API is closed and rabbitmq-plugins is not here; enable the rabbitmq_management plugin on the broker, or remove worker_accounts from settings.yaml"
+        return 0
+    fi
+    say "enabling RabbitMQ's management plugin (rabbitmq-plugins enable rabbitmq_management)"
+    as_root "$(find_command rabbitmq-plugins)" enable rabbitmq_management >/dev/null ||
+        die "rabbitmq-plugins could not enable rabbitmq_management; see /var/log/rabbitmq/, or run it yourself: rabbitmq-plugins enable rabbitmq_management"
+    wait_until "RabbitMQ's management API on $AMQP_HOST:$MANAGEMENT_PORT" port_open "$AMQP_HOST" "$MANAGEMENT_PORT" ||
+        die "RabbitMQ's management API did not open $AMQP_HOST:$MANAGEMENT_PORT within ${TIMEOUT_SECONDS}s; see /var/log/rabbitmq/"
+}
+
 # ---------------------------------------------------------------------------
 # Verbs
 
@@ -338,10 +358,12 @@ cmd_ensure() {
     ensure_command socat socat
     ensure_postgres
     ensure_rabbitmq
+    ensure_rabbitmq_management
     ensure_redis
     say "all services ready in $((SECONDS - started))s:"
     say "  postgres://$PG_ROLE:$PG_PASSWORD@$PG_HOST:$PG_PORT/postgres"
     say "  amqp://guest:guest@$AMQP_HOST:$AMQP_PORT/%2f"
+    say "  http://guest:guest@$AMQP_HOST:$MANAGEMENT_PORT/ (RabbitMQ management)"
     say "  redis://$REDIS_HOST:$REDIS_PORT/"
     say "  haproxy: $(find_command haproxy)"
 }
@@ -372,6 +394,12 @@ cmd_check() {
         say "running:    RabbitMQ on $AMQP_HOST:$AMQP_PORT"
     else
         say "NOT RUNNING: RabbitMQ on $AMQP_HOST:$AMQP_PORT"
+        missing=1
+    fi
+    if port_open "$AMQP_HOST" "$MANAGEMENT_PORT"; then
+        say "running:    RabbitMQ management API on $AMQP_HOST:$MANAGEMENT_PORT"
+    else
+        say "NOT RUNNING: RabbitMQ management API on $AMQP_HOST:$MANAGEMENT_PORT (rabbitmq-plugins enable rabbitmq_management)"
         missing=1
     fi
     if redis_ready; then

@@ -11,9 +11,10 @@
 //!   requests, answered by any master into the worker's reply queue
 //!   `{ns}.worker.{worker}.replies`.
 //! - `{ns}.events` (direct) → durable queue `{ns}.events`: what workers report.
-//! - `{ns}.control` (direct): control messages (stop a build, pause,
-//!   shut down), routed by worker name to the
-//!   worker's queue `{ns}.worker.{worker}.control`.
+//! - control messages (stop a build, pause, shut down) go through the
+//!   default exchange straight to the worker's exclusive queue
+//!   `{ns}.worker.{worker}.control`, so a worker binds nothing and may read
+//!   no exchange.
 //! - `{ns}.dead-letter` (fanout) → `{ns}.dead-letter`: messages masters could
 //!   not read, kept for people to look at.
 //!
@@ -21,6 +22,9 @@
 //! log), `{ns}:worker:{worker}:presence`, and the pub/sub channel
 //! `{ns}:live` (changes, for live clients); everything a worker writes sits
 //! under its own prefix, so a per-worker ACL can be one key pattern.
+//!
+//! Accounts: a worker's own RabbitMQ user and Redis ACL user are both
+//! `{ns}.worker.{worker}`; `worker_permissions` says what it may touch.
 
 /// A validated namespace prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,10 +64,6 @@ impl Namespace {
         format!("{}.events", self.0)
     }
 
-    pub fn control_exchange(&self) -> String {
-        format!("{}.control", self.0)
-    }
-
     pub fn dead_letter_exchange(&self) -> String {
         format!("{}.dead-letter", self.0)
     }
@@ -100,6 +100,66 @@ impl Namespace {
     pub fn worker_key_pattern(&self, worker: &str) -> String {
         format!("{}:worker:{worker}:*", self.0)
     }
+
+    /// The RabbitMQ and Redis user a worker logs in as.
+    pub fn worker_account(&self, worker: &str) -> String {
+        format!("{}{worker}", self.worker_account_prefix())
+    }
+
+    /// What every worker account of this namespace starts with (namespaces
+    /// hold no `.`, so no other namespace's accounts share it).
+    pub fn worker_account_prefix(&self) -> String {
+        format!("{}.worker.", self.0)
+    }
+
+    /// The worker that `account` belongs to, if it is a worker account of
+    /// this namespace.
+    pub fn worker_of_account<'a>(&self, account: &'a str) -> Option<&'a str> {
+        account.strip_prefix(&self.worker_account_prefix()).filter(|worker| !worker.is_empty())
+    }
+
+    /// A worker account's RabbitMQ permissions (regular expressions over
+    /// resource names): it may declare its own reply and control queues,
+    /// publish to the RPC and events exchanges, and read its own queues and
+    /// the doorbell queues of the builders it serves. Nothing else.
+    pub fn worker_permissions(&self, worker: &str, builders: &[&str]) -> WorkerPermissions {
+        let own_queues = format!(
+            "{}|{}",
+            regex_literal(&self.worker_reply_queue(worker)),
+            regex_literal(&self.worker_control_queue(worker))
+        );
+        let exchanges = format!("{}|{}", regex_literal(&self.rpc_exchange()), regex_literal(&self.events_exchange()));
+        let doorbells: Vec<String> =
+            builders.iter().map(|builder| regex_literal(&self.builder_queue(builder))).collect();
+        let readable =
+            if doorbells.is_empty() { own_queues.clone() } else { format!("{own_queues}|{}", doorbells.join("|")) };
+        WorkerPermissions {
+            configure: format!("^({own_queues})$"),
+            write: format!("^({exchanges})$"),
+            read: format!("^({readable})$"),
+        }
+    }
+}
+
+/// RabbitMQ permissions of one user in one virtual host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerPermissions {
+    pub configure: String,
+    pub write: String,
+    pub read: String,
+}
+
+/// `text` as a regular expression matching exactly it: every character
+/// but letters and digits escaped (builder names may hold `.`, `(`, spaces).
+fn regex_literal(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 2);
+    for c in text.chars() {
+        if !c.is_ascii_alphanumeric() && c.is_ascii() {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// Routing keys on the RPC and events exchanges.

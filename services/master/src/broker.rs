@@ -240,9 +240,11 @@ impl Broker {
         self.publish_confirmed(&exchange, builder, &doorbell).instrument(span).await
     }
 
-    /// Sends a control message (e.g. stop a build) to one worker.
+    /// Sends a control message (e.g. stop a build) to one worker, through
+    /// the default exchange into its control queue; a worker not connected
+    /// has none, and the message is unroutable.
     pub async fn send_control(&self, worker: &str, message: &ControlMessage) -> Result<(), BrokerError> {
-        self.publish_confirmed(&self.namespace.control_exchange(), worker, message).await
+        self.publish_confirmed("", &self.namespace.worker_control_queue(worker), message).await
     }
 
     async fn publish_confirmed<T: Serialize>(
@@ -325,7 +327,7 @@ fn with_jitter(delay: Duration) -> Duration {
 async fn declare(connection: &Connection, ns: &Namespace, builders: &[String]) -> Result<(), BrokerError> {
     let channel = connection.create_channel().await?;
     let durable_exchange = ExchangeDeclareOptions { durable: true, ..Default::default() };
-    for exchange in [ns.doorbell_exchange(), ns.rpc_exchange(), ns.events_exchange(), ns.control_exchange()] {
+    for exchange in [ns.doorbell_exchange(), ns.rpc_exchange(), ns.events_exchange()] {
         channel
             .exchange_declare(exchange.into(), ExchangeKind::Direct, durable_exchange, FieldTable::default())
             .await?;

@@ -47,6 +47,14 @@ async fn handle_request(master: &Master, delivery: Delivery) {
         }
     };
     let (reply_to, correlation_id, request) = request;
+    let user_id = delivery.properties.user_id().as_ref().map(|user| user.as_str());
+    if let Err(error) = master.check_sender(user_id, request_worker(&request)) {
+        tracing::warn!(%error, "refusing an RPC request");
+        let refused = RpcReply::Refused { reason: error.to_string() };
+        let _ = master.broker.reply(&reply_to, &correlation_id, &refused).await;
+        let _ = delivery.ack(BasicAckOptions::default()).await;
+        return;
+    }
     let span = tracing::info_span!(
         "rpc",
         otel.name = format!("process {}", master.namespace.rpc_queue()),

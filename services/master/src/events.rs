@@ -65,6 +65,13 @@ async fn handle_event(master: &Master, delivery: Delivery) {
             return;
         }
     };
+    let user_id = delivery.properties.user_id().as_ref().map(|user| user.as_str());
+    if let Err(error) = master.check_sender(user_id, event.worker()) {
+        tracing::warn!(%error, event.kind = event.kind(), "dead-lettering an event from the wrong account");
+        master.metrics.event("dead_lettered");
+        let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;
+        return;
+    }
     let span = tracing::info_span!(
         "event",
         otel.name = format!("process {}", master.namespace.events_queue()),

@@ -4,6 +4,7 @@
 //! can be killed at any moment. `run` is the whole node; `main` only parses
 //! the command line, and tests call `run` on port 0.
 
+pub mod accounts;
 pub mod broker;
 mod dispatch;
 mod events;
@@ -73,8 +74,24 @@ pub struct Master {
     pub metrics: metrics::Metrics,
     /// Live events for this master's `/ws` clients, relayed from Redis.
     pub live: tokio::sync::broadcast::Sender<Arc<live::LiveEvent>>,
+    /// The RabbitMQ user masters log in as (from `amqp_url`); messages it
+    /// published come from a master's own local worker.
+    amqp_user: String,
     catalog: RwLock<Arc<Catalog>>,
     worker_ids: Mutex<HashMap<String, i32>>,
+}
+
+/// A message that speaks for a worker was published by an account that may
+/// not.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "a message for worker `{worker}` was published by {}; only the account `{expected}` may speak for it",
+    published_by.as_deref().map_or("no stated user".to_owned(), |user| format!("`{user}`"))
+)]
+pub struct ImpersonationError {
+    worker: String,
+    published_by: Option<String>,
+    expected: String,
 }
 
 impl Master {
@@ -96,6 +113,26 @@ impl Master {
             && catalog.config.worker(worker).is_none()
     }
 
+    /// Whether a message speaking for `worker` may be believed, from the
+    /// `user_id` RabbitMQ validated against the publisher's login. With
+    /// `worker_accounts`, only the worker's own account (or the masters',
+    /// for their local workers) may speak for it. Without, workers share
+    /// credentials and cannot be told apart: every message is believed.
+    pub(crate) fn check_sender(&self, user_id: Option<&str>, worker: &str) -> Result<(), ImpersonationError> {
+        if self.catalog().config.settings.worker_accounts.is_none() {
+            return Ok(());
+        }
+        let expected = self.namespace.worker_account(worker);
+        match user_id {
+            Some(user) if user == expected || user == self.amqp_user => Ok(()),
+            _ => Err(ImpersonationError {
+                worker: worker.to_owned(),
+                published_by: user_id.map(str::to_owned),
+                expected,
+            }),
+        }
+    }
+
     /// Applies a new configuration: builders synced to Postgres, their queues
     /// declared, then the catalog swapped whole. Requests and builds in
     /// flight are untouched; a removed builder keeps its history. Service
@@ -107,6 +144,9 @@ impl Master {
         let summary = config.summary();
         *self.catalog.write().expect("catalog lock poisoned") = Arc::new(Catalog { config, builder_ids });
         tracing::info!(master.name = %self.name, %summary, "configuration applied");
+        if let Err(error) = accounts::sync(self).await {
+            tracing::error!(%error, "worker accounts not synced; retrying every sync_seconds");
+        }
         Ok(())
     }
 
@@ -191,6 +231,8 @@ pub async fn connect(config: Config, master_name: &str) -> Result<Arc<Master>, M
     store.check_schema().await?;
     let broker =
         Broker::connect(settings.amqp_url.expose(), namespace.clone(), &format!("buildmaster {master_name}")).await?;
+    let amqp_user =
+        shared::amqp::uri(settings.amqp_url.expose()).map_err(BrokerError::BadUrl)?.authority.userinfo.username;
     let redis_client = redis::Client::open(settings.redis_url.expose())?;
     let redis = ConnectionManager::new(redis_client.clone()).await?;
     let id = store.register_master(master_name).await?;
@@ -207,6 +249,7 @@ pub async fn connect(config: Config, master_name: &str) -> Result<Arc<Master>, M
         namespace,
         live: live::channel(),
         metrics: metrics::Metrics::new(),
+        amqp_user,
         catalog: RwLock::new(Arc::new(Catalog { config, builder_ids })),
         worker_ids: Mutex::new(HashMap::new()),
     }))
@@ -222,6 +265,11 @@ pub async fn run(
     reload: Arc<Notify>,
 ) -> Result<(), MasterError> {
     let master = connect(config, &master_name).await?;
+    // Workers cannot log in before their accounts exist; a master that
+    // cannot make them still serves (and retries every sync_seconds).
+    if let Err(error) = accounts::sync(&master).await {
+        tracing::error!(%error, "worker accounts not synced; retrying every sync_seconds");
+    }
     let local_worker = {
         let settings = &master.catalog().config.settings;
         settings.use_local_worker.then(|| worker::WorkerOptions {
@@ -231,6 +279,8 @@ pub async fn run(
             namespace: settings.namespace.clone(),
             basedir: settings.local_worker.basedir.join(&master.name),
             admin: None,
+            // The local worker logs in as the master does, and is trusted.
+            account: None,
         })
     };
     tracing::info!(master.name = %master.name, master.id = master.id, address = %listener.local_addr()?, "master started");
@@ -250,6 +300,7 @@ pub async fn run(
     tasks.spawn(reconcile::reconcile(master.clone(), stopping.clone()));
     tasks.spawn(live::relay(master.clone(), stopping.clone()));
     tasks.spawn(retention::retain(master.clone(), stopping.clone()));
+    tasks.spawn(accounts::keep_in_sync(master.clone(), stopping.clone()));
     tasks.spawn({
         let master = master.clone();
         let stopping = stopping.clone();

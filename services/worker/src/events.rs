@@ -18,6 +18,8 @@ use crate::WorkerError;
 pub struct EventSender {
     channel: RwLock<Option<Channel>>,
     exchange: String,
+    /// The RabbitMQ user this worker logs in as, stated on every event.
+    user: String,
     /// Once cancelled (the worker is stopping its builds), a send that keeps
     /// failing gives up after `ATTEMPTS_WHEN_STOPPING`; the build's lease then
     /// expires and a master retries it.
@@ -28,8 +30,8 @@ const ATTEMPTS_WHEN_STOPPING: u32 = 3;
 const LONGEST_WAIT: Duration = Duration::from_secs(5);
 
 impl EventSender {
-    pub fn new(namespace: &Namespace, give_up: CancellationToken) -> Self {
-        Self { channel: RwLock::new(None), exchange: namespace.events_exchange(), give_up }
+    pub fn new(namespace: &Namespace, user: &str, give_up: CancellationToken) -> Self {
+        Self { channel: RwLock::new(None), exchange: namespace.events_exchange(), user: user.to_owned(), give_up }
     }
 
     /// Publishes on a new connection from now on.
@@ -75,7 +77,10 @@ impl EventSender {
                 BasicPublishOptions { mandatory: true, ..Default::default() },
                 payload,
                 shared::amqp::traced(
-                    BasicProperties::default().with_delivery_mode(2).with_content_type("application/json".into()),
+                    BasicProperties::default()
+                        .with_delivery_mode(2)
+                        .with_content_type("application/json".into())
+                        .with_user_id(self.user.clone().into()),
                 ),
             )
             .await?

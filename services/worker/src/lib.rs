@@ -20,13 +20,12 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::stream::SelectAll;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
+use lapin::uri::{AMQPUri, AMQPUserInfo};
 use lapin::{Channel, Connection, ConnectionProperties, Consumer};
-use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, IntoConnectionInfo};
 use shared::names::Namespace;
 use shared::wire::{self, BuildAssignment, ControlMessage, Doorbell, RpcReply, RpcRequest, WorkerEvent};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -46,6 +45,12 @@ pub enum WorkerError {
     Amqp(#[from] lapin::Error),
     #[error("Redis error: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error(
+        "{service} refused the login of `{user}`: the password in worker.yaml must equal this worker's in the \
+         masters' settings.yaml, whose `worker_accounts` makes the account (or, with `login: from_urls`, the \
+         URLs must carry working credentials)"
+    )]
+    LoginRefused { service: &'static str, user: String },
     #[error("another worker named `{0}` is already connected; each worker needs its own name")]
     NameInUse(String),
     #[error("no master answered within {0:?}; are masters running with the same namespace?")]
@@ -63,6 +68,22 @@ pub enum WorkerError {
 }
 
 impl WorkerError {
+    fn from_amqp_login(error: lapin::Error, user: &str) -> Self {
+        if error.to_string().contains("ACCESS_REFUSED") {
+            WorkerError::LoginRefused { service: "RabbitMQ", user: user.to_owned() }
+        } else {
+            WorkerError::Amqp(error)
+        }
+    }
+
+    fn from_redis_login(error: redis::RedisError, user: &str) -> Self {
+        if error.kind() == redis::ErrorKind::AuthenticationFailed {
+            WorkerError::LoginRefused { service: "Redis", user: user.to_owned() }
+        } else {
+            WorkerError::Redis(error)
+        }
+    }
+
     fn from_declare(error: lapin::Error, worker: &str) -> Self {
         if error.to_string().contains("RESOURCE_LOCKED") {
             WorkerError::NameInUse(worker.to_owned())
@@ -82,12 +103,31 @@ pub struct WorkerOptions {
     pub basedir: PathBuf,
     /// Who looks after it, shown in `workerinfo`.
     pub admin: Option<String>,
+    /// Log in to RabbitMQ and Redis as this account instead of with the
+    /// URLs' credentials.
+    pub account: Option<Account>,
+}
+
+/// A worker's own account: `{ns}.worker.{name}` and its password.
+#[derive(Clone)]
+pub struct Account {
+    pub user: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Account {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Account").field("user", &self.user).finish_non_exhaustive()
+    }
 }
 
 /// What the parts of a running worker share, across connections.
 struct Context {
     name: String,
     namespace: Namespace,
+    /// Where and as whom to connect to RabbitMQ; the user is also every
+    /// message's `user_id`, which RabbitMQ checks and masters trust.
+    amqp: AMQPUri,
     basedir: PathBuf,
     redis: ConnectionManager,
     events: EventSender,
@@ -138,11 +178,22 @@ pub async fn run(
     // belongs to (a master running a local worker).
     let drain = drain.child_token();
     let drain = &drain;
-    let redis = ConnectionManager::new(redis::Client::open(options.redis_url.as_str())?).await?;
+    let mut amqp = shared::amqp::uri(&options.amqp_url).map_err(WorkerError::BadUrl)?;
+    let mut redis_info = options.redis_url.as_str().into_connection_info()?;
+    if let Some(account) = &options.account {
+        amqp.authority.userinfo = AMQPUserInfo { username: account.user.clone(), password: account.password.clone() };
+        let login = redis_info.redis_settings().clone().set_username(&account.user).set_password(&account.password);
+        redis_info = redis_info.set_redis_settings(login);
+    }
+    let user = amqp.authority.userinfo.username.clone();
+    let redis = ConnectionManager::new(redis::Client::open(redis_info)?)
+        .await
+        .map_err(|error| WorkerError::from_redis_login(error, &user))?;
     let context = Arc::new(Context {
         name: options.name.clone(),
-        events: EventSender::new(&namespace, stop_builds.clone()),
+        events: EventSender::new(&namespace, &user, stop_builds.clone()),
         namespace,
+        amqp,
         basedir: options.basedir.clone(),
         redis,
         running: Mutex::new(HashMap::new()),
@@ -159,10 +210,12 @@ pub async fn run(
             Ok(()) => break Ok(()),
             Err(error) => error,
         };
-        // A refusal or a bad URL is final; so is a name in use at the very
-        // start (another worker has it). Anything else may pass: try again.
-        let fatal = matches!(error, WorkerError::Refused(_) | WorkerError::BadUrl(_))
-            || (fleet.welcomes == 0 && matches!(error, WorkerError::NameInUse(_)));
+        // A refusal, a refused login or a bad URL is final; so is a name in
+        // use at the very start (another worker has it). Anything else may
+        // pass: try again.
+        let fatal =
+            matches!(error, WorkerError::Refused(_) | WorkerError::LoginRefused { .. } | WorkerError::BadUrl(_))
+                || (fleet.welcomes == 0 && matches!(error, WorkerError::NameInUse(_)));
         if fatal {
             break Err(error);
         }
@@ -210,13 +263,16 @@ async fn session(
 ) -> Result<(), WorkerError> {
     let properties = ConnectionProperties::default()
         .with_connection_name(format!("buildmaster-worker {} {}", options.namespace, options.name).into());
-    let uri = shared::amqp::uri(&options.amqp_url).map_err(WorkerError::BadUrl)?;
-    let connection = Connection::connect_uri(uri, properties).await?;
-    let rpc = RpcClient::start(&connection, &context.namespace, &context.name).await?;
+    let user = &context.amqp.authority.userinfo.username;
+    let connection = Connection::connect_uri(context.amqp.clone(), properties)
+        .await
+        .map_err(|error| WorkerError::from_amqp_login(error, user))?;
+    let rpc = RpcClient::start(&connection, &context.namespace, &context.name, user).await?;
     context.events.attach(&connection).await?;
-    // Bound before the hello, so a control message sent after the masters
-    // read this worker's state waits in the queue instead of being lost.
-    let control = bind_control_queue(&connection, context).await?;
+    // Declared before the hello, so a control message sent after the
+    // masters read this worker's state waits in the queue instead of being
+    // lost.
+    let control = declare_control_queue(&connection, context).await?;
     let hello = RpcRequest::Hello { worker: context.name.clone(), info: worker_info(options.admin.as_deref()) };
     let welcome = rpc.call(&hello, RPC_TIMEOUT).await?;
     let (builders, max_builds, heartbeat_seconds) = match welcome {
@@ -497,9 +553,10 @@ fn start_build(
     );
 }
 
-/// Declares this worker's control queue and binds it (an exclusive queue:
-/// a second worker with the same name is refused here).
-async fn bind_control_queue(connection: &Connection, context: &Arc<Context>) -> Result<Channel, WorkerError> {
+/// Declares this worker's control queue (exclusive: a second worker with
+/// the same name is refused here). Masters publish to it by name through
+/// the default exchange, so it needs no binding.
+async fn declare_control_queue(connection: &Connection, context: &Arc<Context>) -> Result<Channel, WorkerError> {
     let channel = connection.create_channel().await?;
     let queue = context.namespace.worker_control_queue(&context.name);
     channel
@@ -510,15 +567,6 @@ async fn bind_control_queue(connection: &Connection, context: &Arc<Context>) -> 
         )
         .await
         .map_err(|error| WorkerError::from_declare(error, &context.name))?;
-    channel
-        .queue_bind(
-            queue.clone().into(),
-            context.namespace.control_exchange().into(),
-            context.name.clone().into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
     Ok(channel)
 }
 

@@ -30,7 +30,8 @@ enum Command {
     /// `buildmaster-worker --config BASEDIR/worker.yaml`.
     CreateWorker {
         basedir: PathBuf,
-        /// RabbitMQ URL with credentials, e.g. amqp://user:password@host:5672/%2f
+        /// RabbitMQ URL, e.g. amqp://host:5672/%2f (with credentials only
+        /// with --shared-login)
         amqp_url: String,
         name: String,
         password: String,
@@ -43,6 +44,11 @@ enum Command {
         /// Who looks after this worker, e.g. "Jane Doe <jane@example.org>".
         #[arg(long)]
         admin: Option<String>,
+        /// Log in with the credentials in the URLs, shared by all workers,
+        /// instead of as this worker's own account (for masters without
+        /// `worker_accounts` in settings.yaml).
+        #[arg(long)]
+        shared_login: bool,
         /// Replace an existing worker.yaml.
         #[arg(long)]
         force: bool,
@@ -51,10 +57,20 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::CreateWorker { basedir, amqp_url, name, password, redis_url, namespace, admin, force }) =
-        cli.command
+    if let Some(Command::CreateWorker {
+        basedir,
+        amqp_url,
+        name,
+        password,
+        redis_url,
+        namespace,
+        admin,
+        shared_login,
+        force,
+    }) = cli.command
     {
-        let created = create_worker(&basedir, &amqp_url, &name, &password, redis_url, &namespace, admin, force);
+        let created =
+            create_worker(&basedir, &amqp_url, &name, &password, redis_url, &namespace, admin, shared_login, force);
         return match created {
             Ok(path) => {
                 println!("wrote {}; run: buildmaster-worker --config {}", path.display(), path.display());
@@ -103,9 +119,14 @@ async fn run_worker(cli: Cli, file: shared::config::WorkerFile) -> anyhow::Resul
             }
         });
     }
+    let account = (file.login == shared::config::WorkerLogin::OwnAccount).then(|| worker::Account {
+        user: shared::names::Namespace::new(&file.namespace).worker_account(&file.name),
+        password: file.password.expose().to_owned(),
+    });
     let options = worker::WorkerOptions {
         amqp_url: file.amqp_url.expose().to_owned(),
         redis_url: file.redis_url.expose().to_owned(),
+        account,
         name: file.name,
         namespace: file.namespace,
         basedir: file.basedir,
@@ -151,6 +172,7 @@ fn create_worker(
     redis_url: Option<String>,
     namespace: &str,
     admin: Option<String>,
+    shared_login: bool,
     force: bool,
 ) -> anyhow::Result<PathBuf> {
     let uri =
@@ -172,6 +194,9 @@ fn create_worker(
         redis = quote(&redis_url),
         namespace = quote(namespace),
     );
+    if shared_login {
+        yaml.push_str("login: from_urls\n");
+    }
     if let Some(admin) = admin {
         yaml.push_str(&format!("admin: {}\n", quote(&admin)));
     }

@@ -23,13 +23,20 @@ pub struct RpcClient {
     channel: Channel,
     exchange: String,
     reply_queue: String,
+    /// The RabbitMQ user this worker logs in as, stated on every request.
+    user: String,
     pending: Pending,
 }
 
 impl RpcClient {
     /// Declares the worker's reply queue (exclusive: a second worker with the
     /// same name is refused here) and starts routing replies.
-    pub async fn start(connection: &Connection, namespace: &Namespace, worker: &str) -> Result<Self, WorkerError> {
+    pub async fn start(
+        connection: &Connection,
+        namespace: &Namespace,
+        worker: &str,
+        user: &str,
+    ) -> Result<Self, WorkerError> {
         let channel = connection.create_channel().await?;
         let reply_queue = namespace.worker_reply_queue(worker);
         channel
@@ -67,7 +74,7 @@ impl RpcClient {
                 }
             }
         });
-        Ok(Self { channel, exchange: namespace.rpc_exchange(), reply_queue, pending })
+        Ok(Self { channel, exchange: namespace.rpc_exchange(), reply_queue, user: user.to_owned(), pending })
     }
 
     /// Sends a request and waits for its answer, up to `timeout`.
@@ -86,7 +93,8 @@ impl RpcClient {
                     BasicProperties::default()
                         .with_reply_to(self.reply_queue.clone().into())
                         .with_correlation_id(id.clone().into())
-                        .with_content_type("application/json".into()),
+                        .with_content_type("application/json".into())
+                        .with_user_id(self.user.clone().into()),
                 ),
             )
             .await;

@@ -84,6 +84,10 @@ pub struct Settings {
     /// Remote workers allowed to connect, with their passwords.
     #[serde(default)]
     pub workers: Vec<WorkerSettings>,
+    /// When set, masters give every worker in `workers` an account of its
+    /// own in RabbitMQ and Redis, limited to what that worker needs, and
+    /// trust a worker's identity only from RabbitMQ's validated `user_id`.
+    pub worker_accounts: Option<WorkerAccountsSettings>,
     /// Run a worker inside every master, consuming like any other worker.
     #[serde(default)]
     pub use_local_worker: bool,
@@ -232,6 +236,24 @@ impl Default for WebSettings {
     fn default() -> Self {
         Self { port: default_public_port(), listen: default_listen(), max_body_bytes: default_max_body_bytes() }
     }
+}
+
+/// Per-worker accounts, kept in sync by every master.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerAccountsSettings {
+    /// RabbitMQ's management API, with an administrator's credentials, e.g.
+    /// `http://guest:guest@127.0.0.1:15672/`.
+    pub rabbitmq_management_url: Secret,
+    /// How often each master checks the accounts (they are also synced at
+    /// start and on every reload), so a broker or Redis that lost them gets
+    /// them back.
+    #[serde(default = "default_accounts_sync_seconds")]
+    pub sync_seconds: u64,
+}
+
+fn default_accounts_sync_seconds() -> u64 {
+    60
 }
 
 /// A remote worker.
@@ -608,14 +630,15 @@ impl SchedulerConfig {
 pub struct WorkerFile {
     /// Its name, as listed in the masters' settings.yaml.
     pub name: String,
-    /// Its password, as listed in the masters' settings.yaml. (The masters do
-    /// not provision per-worker RabbitMQ and Redis accounts from it yet; until
-    /// they do, the URLs below carry the credentials the worker logs in with.)
+    /// Its password, as listed in the masters' settings.yaml.
     pub password: Secret,
-    /// RabbitMQ URL, with credentials, e.g. `amqp://user:pw@host:5672/%2f`.
+    /// RabbitMQ URL, e.g. `amqp://host:5672/%2f`.
     pub amqp_url: Secret,
     /// Redis URL, e.g. `redis://host:6379/`.
     pub redis_url: Secret,
+    /// Which credentials the worker logs in with.
+    #[serde(default)]
+    pub login: WorkerLogin,
     /// Must equal the masters' `namespace`.
     #[serde(default = "default_namespace")]
     pub namespace: String,
@@ -630,6 +653,20 @@ pub struct WorkerFile {
     pub metrics_listen: Option<SocketAddr>,
     #[serde(default)]
     pub telemetry: TelemetrySettings,
+}
+
+/// How a worker logs in to RabbitMQ and Redis.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerLogin {
+    /// As its own account, `{namespace}.worker.{name}`, with its password:
+    /// the account the masters create when settings.yaml has
+    /// `worker_accounts`. The URLs carry no credentials.
+    #[default]
+    OwnAccount,
+    /// With the credentials in the URLs, shared by every worker, for
+    /// installations whose masters do not manage accounts.
+    FromUrls,
 }
 
 fn default_worker_basedir() -> PathBuf {
@@ -1013,6 +1050,20 @@ fn validate_settings(file: &mut SourceFile, settings: &Settings) {
         }
     }
     validate_telemetry(file, &root.key("telemetry"), &settings.telemetry);
+    if let Some(accounts) = &settings.worker_accounts {
+        let at = root.key("worker_accounts");
+        let url = accounts.rabbitmq_management_url.expose();
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            file.error_at_value(
+                &at.key("rabbitmq_management_url"),
+                "rabbitmq_management_url is not an http:// or https:// URL",
+                Some("give the management API with an administrator, e.g. http://admin:pw@127.0.0.1:15672/".into()),
+            );
+        }
+        if accounts.sync_seconds == 0 {
+            file.error_at_value(&at.key("sync_seconds"), "sync_seconds must be at least 1", None);
+        }
+    }
     let retention = &settings.retention;
     if retention.batch == 0 || retention.batch > 100_000 {
         file.error_at_value(
@@ -1222,6 +1273,13 @@ pub fn interpolate_secrets(value: &str, secrets: &BTreeMap<String, String>) -> R
     Ok(out)
 }
 
+/// Whether a URL names a user or a password (`scheme://user:pw@host/`).
+fn url_has_credentials(url: &str) -> bool {
+    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = after_scheme.split(['/', '?', '#']).next().unwrap_or_default();
+    authority.contains('@')
+}
+
 /// Loads worker.yaml; relative paths are resolved against its folder.
 pub fn load_worker_file(path: &Path) -> Result<WorkerFile, ConfigErrors> {
     let (mut file, text) = SourceFile::read(path).map_err(|e| ConfigErrors(vec![e]))?;
@@ -1237,6 +1295,23 @@ pub fn load_worker_file(path: &Path) -> Result<WorkerFile, ConfigErrors> {
             format!("worker name `{}` is not allowed", worker.name),
             Some("use 1 to 64 letters, digits, `.`, `_` and `-`".into()),
         );
+    }
+    if let Some(worker) = &worker
+        && worker.login == WorkerLogin::OwnAccount
+    {
+        for (key, url) in [("amqp_url", &worker.amqp_url), ("redis_url", &worker.redis_url)] {
+            if url_has_credentials(url.expose()) {
+                file.error_at_value(
+                    &YamlPath::root().key(key),
+                    format!("{key} carries credentials, but this worker logs in as its own account"),
+                    Some(
+                        "remove `user:password@` from the URL (the worker logs in with its name and password), \
+                         or set `login: from_urls` to use the URL's credentials"
+                            .into(),
+                    ),
+                );
+            }
+        }
     }
     match worker {
         Some(mut worker) if file.errors.is_empty() => {

@@ -113,3 +113,36 @@ fn a_retention_batch_of_zero_and_builds_kept_shorter_than_logs_are_reported_at_t
     assert!(stderr.contains("settings.yaml:9:16: builds_days (7) is shorter than logs_days (30)"), "{stderr}");
     assert!(stderr.contains("settings.yaml:10:10: batch 0 is not between 1 and 100000"), "{stderr}");
 }
+
+#[test]
+fn the_shipped_example_configurations_load() {
+    let root = crate::harness::repository_root();
+    if let Err(errors) = shared::config::Config::load(&root.join("deploy/example/settings.yaml")) {
+        panic!("deploy/example:\n{errors}");
+    }
+    // The compose file mounts the example's master.yaml beside its settings.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(root.join("deploy/compose/settings.yaml"), dir.path().join("settings.yaml")).unwrap();
+    std::fs::copy(root.join("deploy/example/master.yaml"), dir.path().join("master.yaml")).unwrap();
+    if let Err(errors) = shared::config::Config::load(&dir.path().join("settings.yaml")) {
+        panic!("deploy/compose:\n{errors}");
+    }
+    if let Err(errors) = shared::config::load_worker_file(&root.join("deploy/compose/worker.yaml")) {
+        panic!("deploy/compose/worker.yaml:\n{errors}");
+    }
+}
+
+#[test]
+fn a_worker_that_logs_in_as_its_own_account_must_not_carry_credentials_in_its_urls() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("worker.yaml");
+    let yaml = "name: w1\npassword: long-enough-password\namqp_url: amqp://guest:guest@127.0.0.1:5672/%2f\n\
+                redis_url: redis://127.0.0.1:6379/\n";
+    std::fs::write(&path, yaml).unwrap();
+    let errors = shared::config::load_worker_file(&path).unwrap_err().to_string();
+    assert!(errors.contains("worker.yaml:3:11: amqp_url carries credentials"), "{errors}");
+    assert!(errors.contains("login: from_urls"), "{errors}");
+    std::fs::write(&path, format!("{yaml}login: from_urls\n")).unwrap();
+    let loaded = shared::config::load_worker_file(&path).expect("shared credentials are allowed when asked for");
+    assert_eq!(loaded.login, shared::config::WorkerLogin::FromUrls);
+}

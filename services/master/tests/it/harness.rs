@@ -7,6 +7,7 @@
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
@@ -17,7 +18,16 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+/// w1's password in every test stack's settings.yaml.
 pub const WORKER_PASSWORD: &str = "a-test-password-long-enough";
+/// w2's: workers must not share one, or a test of one worker using
+/// another's password proves nothing.
+pub const OTHER_WORKER_PASSWORD: &str = "another-test-password-long-enough";
+
+/// The password settings.yaml gives the worker `name`.
+pub fn password_of(name: &str) -> &'static str {
+    if name == "w2" { OTHER_WORKER_PASSWORD } else { WORKER_PASSWORD }
+}
 
 fn env_or(var: &str, default: &str) -> String {
     std::env::var(var).unwrap_or_else(|_| default.to_owned())
@@ -70,6 +80,8 @@ impl Services {
 /// directory), so the test may restart it without touching anyone else.
 pub struct PrivateRabbitMq {
     port: u16,
+    /// The management API's port, when the plugin is on.
+    management_port: Option<u16>,
     node: String,
     dir: tempfile::TempDir,
     server: Child,
@@ -77,16 +89,28 @@ pub struct PrivateRabbitMq {
 
 impl PrivateRabbitMq {
     pub async fn start() -> PrivateRabbitMq {
+        Self::start_with(false).await
+    }
+
+    /// With the management plugin, which masters use to make per-worker
+    /// accounts.
+    pub async fn start_with_management() -> PrivateRabbitMq {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(management: bool) -> PrivateRabbitMq {
         use std::os::unix::process::CommandExt;
         let dir = tempfile::tempdir().expect("temporary directory");
         let port = free_port();
+        let management_port = management.then(free_port);
         let node = format!("buildmaster-test-{port}@localhost");
-        std::fs::write(
-            dir.path().join("rabbitmq.conf"),
-            format!("listeners.tcp.default = 127.0.0.1:{port}\nloopback_users = none\n"),
-        )
-        .expect("write rabbitmq.conf");
-        std::fs::write(dir.path().join("enabled_plugins"), "[].\n").expect("write enabled_plugins");
+        let mut conf = format!("listeners.tcp.default = 127.0.0.1:{port}\nloopback_users = none\n");
+        if let Some(management_port) = management_port {
+            conf.push_str(&format!("management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = {management_port}\n"));
+        }
+        std::fs::write(dir.path().join("rabbitmq.conf"), conf).expect("write rabbitmq.conf");
+        let plugins = if management { "[rabbitmq_management].\n" } else { "[].\n" };
+        std::fs::write(dir.path().join("enabled_plugins"), plugins).expect("write enabled_plugins");
         let log = std::fs::File::create(dir.path().join("server.log")).expect("server log");
         let server = Command::new("/usr/lib/rabbitmq/bin/rabbitmq-server")
             .env("HOME", dir.path())
@@ -104,9 +128,26 @@ impl PrivateRabbitMq {
             .stderr(log)
             .spawn()
             .expect("rabbitmq-server starts (deploy/services.sh ensure installs it)");
-        let rabbitmq = PrivateRabbitMq { port, node, dir, server };
+        let rabbitmq = PrivateRabbitMq { port, management_port, node, dir, server };
         rabbitmq.wait_until_serving().await;
+        if let Some(url) = rabbitmq.management_url() {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let http = reqwest::Client::new();
+            while !http.get(format!("{url}api/overview")).send().await.is_ok_and(|r| r.status().is_success()) {
+                assert!(
+                    Instant::now() < deadline,
+                    "private RabbitMQ's management API did not start; see {:?}",
+                    rabbitmq.dir
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
         rabbitmq
+    }
+
+    /// The management API, with the administrator's credentials.
+    pub fn management_url(&self) -> Option<String> {
+        self.management_port.map(|port| format!("http://guest:guest@127.0.0.1:{port}/"))
     }
 
     async fn wait_until_serving(&self) {
@@ -385,6 +426,8 @@ pub struct TestStack {
     pub settings_path: PathBuf,
     builders: Vec<String>,
     masters: Vec<(CancellationToken, tokio::task::JoinHandle<()>, SocketAddr)>,
+    /// Notified to make the in-process masters reload their configuration.
+    reloads: Vec<Arc<tokio::sync::Notify>>,
     /// Masters running as `buildmaster start` processes, by name.
     master_processes: Vec<(String, SocketAddr, ChildGuard)>,
     amqp_url: String,
@@ -396,6 +439,9 @@ pub struct TestStack {
     pub base_url: String,
     /// YAML appended to every worker.yaml this stack writes.
     pub worker_yaml_extra: String,
+    /// Whether workers log in as their own accounts (settings.yaml then
+    /// needs `worker_accounts`) instead of with the URLs' credentials.
+    pub worker_own_accounts: bool,
     /// Environment of the master and worker processes this stack starts.
     pub process_env: Vec<(String, String)>,
 }
@@ -419,7 +465,7 @@ impl TestStack {
         let database_url = format!("{base}/{database}");
         let settings = format!(
             "database_url: {database_url}\namqp_url: {amqp}\nredis_url: {redis}\nnamespace: {namespace}\nweb:\n  max_body_bytes: 65536\n\
-             workers:\n  - name: w1\n    password: {WORKER_PASSWORD}\n    max_builds: 2\n  - name: w2\n    password: {WORKER_PASSWORD}\n\
+             workers:\n  - name: w1\n    password: {WORKER_PASSWORD}\n    max_builds: 2\n  - name: w2\n    password: {OTHER_WORKER_PASSWORD}\n\
              builds:\n  lease_seconds: 4\n  heartbeat_seconds: 1\n  redeliver_after_seconds: 2\n  max_retries: 1\n",
             amqp = amqp_url,
             redis = redis_url,
@@ -436,6 +482,7 @@ impl TestStack {
             settings_path,
             builders: builders.iter().map(|b| b.to_string()).collect(),
             masters: Vec::new(),
+            reloads: Vec::new(),
             master_processes: Vec::new(),
             amqp_url,
             redis_url,
@@ -444,6 +491,7 @@ impl TestStack {
             http: reqwest::Client::new(),
             base_url: String::new(),
             worker_yaml_extra: String::new(),
+            worker_own_accounts: false,
             process_env: Vec::new(),
         }
     }
@@ -474,10 +522,12 @@ impl TestStack {
         let shutdown = CancellationToken::new();
         let config = self.config();
         let master_name = format!("{}-{name}", self.namespace);
+        let reload = Arc::new(tokio::sync::Notify::new());
+        self.reloads.push(reload.clone());
         let task = tokio::spawn({
             let shutdown = shutdown.clone();
             async move {
-                if let Err(error) = master::run(config, master_name, listener, shutdown, Default::default()).await {
+                if let Err(error) = master::run(config, master_name, listener, shutdown, reload).await {
                     panic!("master failed: {error}");
                 }
             }
@@ -488,6 +538,14 @@ impl TestStack {
             self.base_url = format!("http://{address}");
         }
         address
+    }
+
+    /// Makes every in-process master reload its configuration files, as
+    /// SIGHUP does.
+    pub fn reload_masters(&self) {
+        for reload in &self.reloads {
+            reload.notify_one();
+        }
     }
 
     /// Starts a master as a `buildmaster start` process, which a test can
@@ -563,11 +621,22 @@ impl TestStack {
 
     /// Starts a `buildmaster-worker` process with its own worker.yaml.
     pub fn start_worker(&mut self, name: &str) {
+        self.start_worker_with_password(name, password_of(name));
+    }
+
+    /// Starts a `buildmaster-worker` process named `name` that logs in with
+    /// `password`.
+    pub fn start_worker_with_password(&mut self, name: &str, password: &str) {
         let basedir = self.dir.path().join(format!("worker-{name}"));
         std::fs::create_dir_all(&basedir).expect("worker basedir");
+        let (amqp, redis, login) = if self.worker_own_accounts {
+            (without_credentials(&self.amqp_url), without_credentials(&self.redis_url), "")
+        } else {
+            (self.amqp_url.clone(), self.redis_url.clone(), "login: from_urls\n")
+        };
         let config = format!(
-            "name: {name}\npassword: {WORKER_PASSWORD}\namqp_url: {}\nredis_url: {}\nnamespace: {}\nbasedir: .\n{}",
-            self.amqp_url, self.redis_url, self.namespace, self.worker_yaml_extra
+            "name: {name}\npassword: {password}\namqp_url: {amqp}\nredis_url: {redis}\nnamespace: {}\nbasedir: .\n{login}{}",
+            self.namespace, self.worker_yaml_extra
         );
         let config_path = basedir.join("worker.yaml");
         std::fs::write(&config_path, config).expect("write worker.yaml");
@@ -809,13 +878,8 @@ async fn remove_installation(namespace: &str, database: &str, builders: &[String
             for queue in queues {
                 let _ = channel.queue_delete(queue.into(), QueueDeleteOptions::default()).await;
             }
-            for exchange in [
-                ns.doorbell_exchange(),
-                ns.rpc_exchange(),
-                ns.events_exchange(),
-                ns.control_exchange(),
-                ns.dead_letter_exchange(),
-            ] {
+            for exchange in [ns.doorbell_exchange(), ns.rpc_exchange(), ns.events_exchange(), ns.dead_letter_exchange()]
+            {
                 let _ = channel.exchange_delete(exchange.into(), ExchangeDeleteOptions::default()).await;
             }
         }
@@ -829,6 +893,20 @@ async fn remove_installation(namespace: &str, database: &str, builders: &[String
         if !keys.is_empty() {
             let _: Result<(), _> = redis::cmd("DEL").arg(&keys).query_async(&mut connection).await;
         }
+    }
+}
+
+/// `url` without its `user:password@`.
+pub fn without_credentials(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            match rest[..authority_end].rfind('@') {
+                Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+                None => url.to_owned(),
+            }
+        }
+        None => url.to_owned(),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Integration tests of buildmaster against the real services. Each test
 //! builds its own installation (see `harness`), so they run in parallel.
 
+mod accounts;
 mod api;
 mod api_scale;
 mod bad_input;

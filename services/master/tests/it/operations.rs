@@ -235,7 +235,7 @@ async fn create_worker_writes_a_config_a_volunteer_can_run_and_the_worker_tells_
         .arg(&basedir)
         .args([stack.amqp_url(), "w1", crate::harness::WORKER_PASSWORD])
         .args(["--redis-url", stack.redis_url(), "--namespace", &stack.namespace])
-        .args(["--admin", "Jane Doe <jane@example.org>"])
+        .args(["--admin", "Jane Doe <jane@example.org>", "--shared-login"])
         .output()
         .unwrap();
     assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
