@@ -4,12 +4,14 @@ Buildbot's API does it, unchanged against buildmaster.
 
     deploy/example/force-and-wait.py http://127.0.0.1:9011 passing --reason "release check"
 
-Exits 0 when the build ends SUCCESS or WARNINGS, 1 otherwise. Only the
-standard library: runs wherever Python 3 does.
+Exits 0 when the build ends SUCCESS or WARNINGS, 1 otherwise. Where the
+masters require a login, set BUILDMASTER_TOKEN to an API token (see the
+README, "Log in"). Only the standard library: runs wherever Python 3 does.
 """
 
 import argparse
 import json
+import os
 import sys
 import time
 import urllib.request
@@ -19,7 +21,10 @@ RESULTS = ["SUCCESS", "WARNINGS", "FAILURE", "SKIPPED", "EXCEPTION", "RETRY", "C
 
 def call(url, body=None):
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    if os.environ.get("BUILDMASTER_TOKEN"):
+        headers["Authorization"] = "Bearer " + os.environ["BUILDMASTER_TOKEN"]
+    request = urllib.request.Request(url, data=data, headers=headers)
     with urllib.request.urlopen(request, timeout=30) as response:
         payload = response.read()
     return payload if url.endswith("/raw") else json.loads(payload)

@@ -8,6 +8,7 @@
 //! with what it serves: the router and the OpenAPI document are both made
 //! from that list, so they cannot disagree.
 
+pub mod auth;
 mod control;
 mod error;
 mod openapi;
@@ -154,7 +155,10 @@ pub fn router(master: Arc<Master>) -> Router {
         .route("/healthz", get(get_health))
         .route("/metrics", get(get_metrics))
         .route("/ws", get(crate::live::websocket))
-        .route("/api/v2/openapi.json", get(get_openapi));
+        .route("/api/v2/openapi.json", get(get_openapi))
+        .route("/auth/login", axum::routing::post(auth::login))
+        .route("/auth/logout", axum::routing::post(auth::logout))
+        .route("/auth/me", get(auth::me));
     for (doc, handlers) in api() {
         router = router.route(doc.path, handlers);
     }

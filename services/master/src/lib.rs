@@ -284,6 +284,9 @@ pub async fn run(
         })
     };
     tracing::info!(master.name = %master.name, master.id = master.id, address = %listener.local_addr()?, "master started");
+    if master.catalog().config.settings.users.is_empty() {
+        tracing::warn!("no users in settings.yaml: anyone who reaches the masters may force, stop and cancel builds");
+    }
 
     let stopping = shutdown.child_token();
     let mut tasks: JoinSet<Result<(), MasterError>> = JoinSet::new();

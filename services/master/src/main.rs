@@ -1,5 +1,6 @@
 //! `buildmaster`: the master node's command line, as buildbot.python.org's
-//! admins know it: `start`, `checkconfig`, `upgrade-master`.
+//! admins know it: `start`, `checkconfig`, `upgrade-master`, and the two
+//! helpers for settings.yaml's `users`: `hash-password`, `new-token`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,6 +28,12 @@ enum Command {
     Checkconfig,
     /// Create the database if needed and apply the schema migrations.
     UpgradeMaster,
+    /// Read a password from standard input and print its argon2 hash, for a
+    /// user's `password_hash` in settings.yaml.
+    HashPassword,
+    /// Print a new API token (for the script) and its SHA-256 (for a user's
+    /// `token_sha256` in settings.yaml).
+    NewToken,
     /// Run a master until SIGTERM or Ctrl-C.
     Start {
         /// Address to serve HTTP on; default `web.listen` from settings.yaml.
@@ -87,6 +94,27 @@ async fn run(cli: Cli, config: Option<Config>) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         },
+        Command::HashPassword => {
+            let mut password = String::new();
+            std::io::stdin().read_line(&mut password).context("cannot read the password from standard input")?;
+            let password = password.trim_end_matches(['\r', '\n']);
+            if password.is_empty() {
+                anyhow::bail!(
+                    "no password on standard input; e.g. `read -rs pw && echo \"$pw\" | buildmaster hash-password`"
+                );
+            }
+            println!("{}", master::http::auth::hash_password(password));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::NewToken => {
+            let (token, sha256) = master::http::auth::new_token();
+            println!("token: {token}");
+            println!("token_sha256: {sha256}");
+            eprintln!(
+                "Give the token to the script (it is shown only now); list the SHA-256 under the user's token_sha256."
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::UpgradeMaster => {
             let config = load(cli.settings)?;
             let applied = master::store::upgrade(config.settings.database_url.expose()).await?;

@@ -879,6 +879,45 @@ impl Store {
         .await?)
     }
 
+    // --- sessions ----------------------------------------------------------
+
+    /// Keeps a new login, and forgets expired ones on the way.
+    pub async fn create_session(
+        &self,
+        token_sha256: &[u8],
+        user: &str,
+        csrf_token: &str,
+        lifetime_seconds: i64,
+    ) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("delete from sessions where expires_at < now()").execute(&mut *tx).await?;
+        sqlx::query(
+            r#"insert into sessions (token_sha256, user_name, csrf_token, expires_at)
+               values ($1, $2, $3, now() + make_interval(secs => $4))"#,
+        )
+        .bind(token_sha256)
+        .bind(user)
+        .bind(csrf_token)
+        .bind(lifetime_seconds as f64)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The user and CSRF token of a login that has not expired.
+    pub async fn find_session(&self, token_sha256: &[u8]) -> StoreResult<Option<(String, String)>> {
+        Ok(sqlx::query_as("select user_name, csrf_token from sessions where token_sha256 = $1 and expires_at > now()")
+            .bind(token_sha256)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    pub async fn delete_session(&self, token_sha256: &[u8]) -> StoreResult<()> {
+        sqlx::query("delete from sessions where token_sha256 = $1").bind(token_sha256).execute(&self.pool).await?;
+        Ok(())
+    }
+
     // --- retention ---------------------------------------------------------
 
     /// One batch of log pruning: the archived contents of the logs of up to

@@ -106,6 +106,78 @@ pub struct Settings {
     /// never written in master.yaml; masked as `***` in logs.
     #[serde(default)]
     pub secrets: BTreeMap<String, Secret>,
+    /// People and scripts who may log in. With none, control actions
+    /// (force, stop, ...) are open to anyone who reaches the masters.
+    #[serde(default)]
+    pub users: Vec<UserSettings>,
+    /// Which roles may do what, once `users` has anyone.
+    #[serde(default)]
+    pub authorization: AuthorizationSettings,
+}
+
+/// Someone who may log in (with a password, on the web) or send an API
+/// token (scripts).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserSettings {
+    pub name: String,
+    /// An argon2 hash (`buildmaster hash-password` makes one); without it
+    /// the user cannot log in with a password, only use tokens.
+    pub password_hash: Option<Secret>,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// SHA-256 (hex) of each API token the user's scripts send as
+    /// `Authorization: Bearer <token>` (`buildmaster new-token` makes one).
+    #[serde(default)]
+    pub token_sha256: Vec<String>,
+}
+
+/// The roles allowed each control action. A user may act when one of their
+/// roles is listed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorizationSettings {
+    #[serde(default = "admins_only")]
+    pub force: Vec<String>,
+    #[serde(default = "admins_only")]
+    pub stop_build: Vec<String>,
+    #[serde(default = "admins_only")]
+    pub rebuild: Vec<String>,
+    #[serde(default = "admins_only")]
+    pub cancel: Vec<String>,
+    #[serde(default = "admins_only")]
+    pub set_priority: Vec<String>,
+    /// Pause, unpause and stop workers.
+    #[serde(default = "admins_only")]
+    pub manage_workers: Vec<String>,
+}
+
+fn admins_only() -> Vec<String> {
+    vec!["admins".into()]
+}
+
+impl Default for AuthorizationSettings {
+    fn default() -> Self {
+        Self {
+            force: admins_only(),
+            stop_build: admins_only(),
+            rebuild: admins_only(),
+            cancel: admins_only(),
+            set_priority: admins_only(),
+            manage_workers: admins_only(),
+        }
+    }
+}
+
+impl Settings {
+    /// The user an API token belongs to.
+    pub fn user_of_token_sha256(&self, token_sha256: &str) -> Option<&UserSettings> {
+        self.users.iter().find(|user| user.token_sha256.iter().any(|hash| hash.eq_ignore_ascii_case(token_sha256)))
+    }
+
+    pub fn user(&self, name: &str) -> Option<&UserSettings> {
+        self.users.iter().find(|user| user.name == name)
+    }
 }
 
 /// How long history is kept. Unset horizons keep everything. Deleting runs
@@ -218,6 +290,11 @@ pub struct WebSettings {
     /// Largest request body accepted, in bytes; larger ones get 413.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
+    /// Mark login cookies `Secure` (sent over HTTPS only; browsers also
+    /// accept them from http://localhost). Turn off only to log in over
+    /// plain HTTP on another address.
+    #[serde(default = "default_true")]
+    pub secure_cookies: bool,
 }
 
 fn default_public_port() -> u16 {
@@ -234,7 +311,12 @@ fn default_max_body_bytes() -> usize {
 
 impl Default for WebSettings {
     fn default() -> Self {
-        Self { port: default_public_port(), listen: default_listen(), max_body_bytes: default_max_body_bytes() }
+        Self {
+            port: default_public_port(),
+            listen: default_listen(),
+            max_body_bytes: default_max_body_bytes(),
+            secure_cookies: true,
+        }
     }
 }
 
@@ -1050,6 +1132,7 @@ fn validate_settings(file: &mut SourceFile, settings: &Settings) {
         }
     }
     validate_telemetry(file, &root.key("telemetry"), &settings.telemetry);
+    validate_users(file, settings);
     if let Some(accounts) = &settings.worker_accounts {
         let at = root.key("worker_accounts");
         let url = accounts.rabbitmq_management_url.expose();
@@ -1224,6 +1307,44 @@ fn validate_master(file: &mut SourceFile, master: &MasterConfig, settings: &Sett
                         );
                     }
                 }
+            }
+        }
+    }
+}
+
+fn validate_users(file: &mut SourceFile, settings: &Settings) {
+    let mut names = BTreeSet::new();
+    let mut tokens = BTreeSet::new();
+    for (index, user) in settings.users.iter().enumerate() {
+        let at = YamlPath::root().key("users").index(index);
+        if !is_valid_worker_name(&user.name) {
+            file.error_at_value(
+                &at.key("name"),
+                format!("user name `{}` is not allowed", user.name),
+                Some("use 1 to 64 letters, digits, `.`, `_` and `-`".into()),
+            );
+        }
+        if !names.insert(user.name.as_str()) {
+            file.error_at_value(&at.key("name"), format!("user `{}` is listed twice", user.name), None);
+        }
+        if let Some(hash) = &user.password_hash
+            && !hash.expose().starts_with("$argon2")
+        {
+            file.error_at_value(
+                &at.key("password_hash"),
+                format!("the password_hash of user `{}` is not an argon2 hash", user.name),
+                Some("make one with `buildmaster hash-password` (it reads the password from stdin)".into()),
+            );
+        }
+        for (token_index, token) in user.token_sha256.iter().enumerate() {
+            if token.len() != 64 || !token.chars().all(|c| c.is_ascii_hexdigit()) {
+                file.error_at_value(
+                    &at.key("token_sha256").index(token_index),
+                    "not the SHA-256 of a token (64 hexadecimal digits)",
+                    Some("`buildmaster new-token` prints a token and the line to put here".into()),
+                );
+            } else if !tokens.insert(token.to_ascii_lowercase()) {
+                file.error_at_value(&at.key("token_sha256").index(token_index), "this token is listed twice", None);
             }
         }
     }

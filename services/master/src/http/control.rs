@@ -2,8 +2,8 @@
 //! Buildbot does it. `force` on a force scheduler; `stop` and `rebuild` on a
 //! build; `cancel` and `set_priority` on a build request; `pause`, `unpause`
 //! and `stop` on a worker. Every action that creates work commits before it
-//! answers, so an acknowledged request is never lost. Authorization, when it
-//! comes, slots in here as one extractor on these handlers.
+//! answers, so an acknowledged request is never lost. Each handler takes the
+//! `Caller` and asks `auth::authorize` before anything else.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use shared::config::SchedulerConfig;
 use shared::wire::ControlMessage;
 
+use super::auth::{self, Action, Caller};
 use super::error::invalid;
 use super::{ApiError, ApiResult, parse_id};
 use crate::Master;
@@ -61,6 +62,8 @@ const RPC_INVALID_REQUEST: i64 = -32600;
 const RPC_METHOD_NOT_FOUND: i64 = -32601;
 const RPC_INVALID_PARAMS: i64 = -32602;
 const RPC_INTERNAL_ERROR: i64 = -32603;
+/// A server-defined code: not logged in, or not allowed (HTTP 401 or 403 says which).
+const RPC_NOT_ALLOWED: i64 = -32001;
 
 /// Parses a call and checks its method is one of `methods` (of `what`).
 fn parse_call(body: Result<Json<Value>, JsonRejection>, methods: &[&str], what: &str) -> Result<RpcCall, RpcFailure> {
@@ -96,6 +99,11 @@ fn parse_call(body: Result<Json<Value>, JsonRejection>, methods: &[&str], what: 
     Ok(call)
 }
 
+/// Whether `caller` may make `call`, as a JSON-RPC error if not.
+fn authorize(master: &Master, caller: &Caller, call: &RpcCall, action: Action) -> Result<(), RpcFailure> {
+    auth::authorize(&master.catalog().config.settings, caller, action).map_err(|error| rpc_error(&call.id, error))
+}
+
 /// The JSON-RPC answer to a call's outcome.
 fn answer(id: Value, outcome: ApiResult<Value>) -> Result<Response, RpcFailure> {
     match outcome {
@@ -116,6 +124,7 @@ fn rpc_error(id: &Value, error: ApiError) -> RpcFailure {
         | ApiError::Conflict(_)
         | ApiError::Gone(_) => RPC_INVALID_PARAMS,
         ApiError::PayloadTooLarge(_) => RPC_INVALID_REQUEST,
+        ApiError::Unauthorized(_) | ApiError::Forbidden(_) => RPC_NOT_ALLOWED,
         ApiError::Unavailable(_) | ApiError::Internal(_) => RPC_INTERNAL_ERROR,
     };
     RpcFailure { id: id.clone(), code, error }
@@ -131,9 +140,17 @@ const FORCE_FIELDS: [&str; 6] = ["builderNames", "builderid", "reason", "owner",
 pub async fn force_scheduler(
     State(master): State<AppState>,
     Path(scheduler_name): Path<String>,
+    caller: Caller,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Response, RpcFailure> {
-    let call = parse_call(body, &["force"], "force schedulers")?;
+    let mut call = parse_call(body, &["force"], "force schedulers")?;
+    authorize(&master, &caller, &call, Action::Force)?;
+    // A logged-in user owns what they force, unless they name someone.
+    if let Some(user) = caller.user()
+        && !call.params.contains_key("owner")
+    {
+        call.params.insert("owner".into(), Value::String(user.to_owned()));
+    }
     let result = force(&master, &scheduler_name, &call.params).await;
     answer(call.id, result)
 }
@@ -269,9 +286,12 @@ fn reason_param(params: &serde_json::Map<String, Value>, default: &str) -> ApiRe
 pub async fn control_build(
     State(master): State<AppState>,
     Path(build_id): Path<String>,
+    caller: Caller,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Response, RpcFailure> {
     let call = parse_call(body, &["stop", "rebuild"], "builds")?;
+    let action = if call.method == "stop" { Action::StopBuild } else { Action::Rebuild };
+    authorize(&master, &caller, &call, action)?;
     let outcome = async {
         let build_id: i64 = parse_id("build id", &build_id)?;
         match call.method.as_str() {
@@ -336,9 +356,12 @@ async fn rebuild(master: &Arc<Master>, build_id: i64) -> ApiResult<Value> {
 pub async fn control_buildrequest(
     State(master): State<AppState>,
     Path(request_id): Path<String>,
+    caller: Caller,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Response, RpcFailure> {
     let call = parse_call(body, &["cancel", "set_priority"], "build requests")?;
+    let action = if call.method == "cancel" { Action::Cancel } else { Action::SetPriority };
+    authorize(&master, &caller, &call, action)?;
     let outcome = async {
         let request_id: i64 = parse_id("buildrequest id", &request_id)?;
         match call.method.as_str() {
@@ -391,9 +414,11 @@ pub async fn control_buildrequest(
 pub async fn control_worker(
     State(master): State<AppState>,
     Path(worker): Path<String>,
+    caller: Caller,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Response, RpcFailure> {
     let call = parse_call(body, &["pause", "unpause", "stop"], "workers")?;
+    authorize(&master, &caller, &call, Action::ManageWorkers)?;
     let outcome = async {
         let worker_id = match worker.parse::<i64>() {
             Ok(id) => id,

@@ -20,6 +20,12 @@ pub enum ApiError {
     /// A JSON-RPC parameter (or body field) that is missing or wrong.
     #[error("`{field}`: {message}")]
     InvalidField { field: String, message: String },
+    /// Nobody is logged in, and the action needs someone.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Someone is, but may not do this (or the CSRF token is missing).
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     Conflict(String),
     /// It existed and was deleted on purpose (retention).
@@ -40,6 +46,8 @@ impl ApiError {
         match self {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::BadRequest(_) | ApiError::InvalidField { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Gone(_) => StatusCode::GONE,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,

@@ -146,3 +146,15 @@ fn a_worker_that_logs_in_as_its_own_account_must_not_carry_credentials_in_its_ur
     let loaded = shared::config::load_worker_file(&path).expect("shared credentials are allowed when asked for");
     assert_eq!(loaded.login, shared::config::WorkerLogin::FromUrls);
 }
+
+#[test]
+fn a_password_that_is_not_an_argon2_hash_and_a_malformed_token_are_reported_at_their_lines() {
+    let settings = format!(
+        "{SETTINGS}users:\n  - name: alice\n    password_hash: hunter2\n    roles: [admins]\n    token_sha256: [abc]\n"
+    );
+    let (ok, stderr) = checkconfig(&settings, VALID_MASTER);
+    assert!(!ok);
+    assert!(stderr.contains("settings.yaml:9:20: the password_hash of user `alice` is not an argon2 hash"), "{stderr}");
+    assert!(stderr.contains("buildmaster hash-password"), "{stderr}");
+    assert!(stderr.contains("settings.yaml:11:20: not the SHA-256 of a token"), "{stderr}");
+}

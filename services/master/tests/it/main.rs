@@ -4,6 +4,7 @@
 mod accounts;
 mod api;
 mod api_scale;
+mod auth;
 mod bad_input;
 mod checkconfig;
 mod failures;
