@@ -295,3 +295,22 @@ async fn a_secret_in_a_steps_env_is_masked_in_its_log_and_a_log_is_cut_at_its_ca
     assert!(content.contains("h[buildmaster: this log was cut at 4096 bytes (builds.max_log_bytes)"), "{content}");
     assert_eq!(steps[1]["results"], 0, "the step itself went on and succeeded");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_printing_one_line_of_ten_megabytes_is_stored_exactly() {
+    // The numbers 1 to 1,600,000 written one after the other: one line, in
+    // an order any reshuffled or lost piece would break.
+    let stack =
+        two_masters_haproxy_and_a_worker(&[("long-line", "- name: line\n  command: seq 1 1600000 | tr -d '\\n'\n")])
+            .await;
+    let request = stack.force("long-line").await;
+    let build = stack.wait_for_build(request).await;
+    assert_eq!(build["results"], 0, "{build}");
+    let steps = stack.steps(build["buildid"].as_i64().unwrap()).await;
+    let log = stack.archived_log(steps[0]["stepid"].as_i64().unwrap()).await;
+    let raw = stack.get_bytes(&format!("/api/v2/logs/{}/raw", log["logid"])).await;
+    let expected: String = (1..=1_600_000).map(|n: u32| n.to_string()).collect();
+    assert!(expected.len() > 10_000_000);
+    assert_eq!(raw.len(), expected.len());
+    assert!(raw == expected.as_bytes(), "the archived line differs from what the step printed");
+}
