@@ -413,12 +413,52 @@ impl Store {
         Ok(())
     }
 
-    /// Claims the best pending request of a builder for a worker, in one
-    /// statement: picks it (priority, then age; skipping rows another master
-    /// is claiming), marks it claimed, takes the builder's next number under
-    /// the builder row's lock, and creates the build. A retried claim token
-    /// returns the build it already made.
+    /// Claims the best pending request of a builder for a worker.
+    ///
+    /// The claim statement sees the requests committed when it started and
+    /// skips those another transaction holds, so it can find nothing while
+    /// a request waits: one committed a moment after it started, whose
+    /// doorbell a concurrent claim answered by taking an older request; or
+    /// one a cancel or a reconciler pass holds for a moment. Answering
+    /// "nothing" then would leave that request to `redeliver_after_seconds`.
+    /// So a claim that found nothing looks again (a new statement sees what
+    /// is committed now) while the builder has a pending request, and if one
+    /// is still out of reach after a few looks, it is marked unannounced:
+    /// the reconciler rings for it within seconds.
     pub async fn claim(&self, claim: &Claim<'_>) -> StoreResult<Option<ClaimedBuild>> {
+        const LOOKS: u32 = 3;
+        for look in 1..=LOOKS {
+            if let Some(build) = self.claim_once(claim).await? {
+                return Ok(Some(build));
+            }
+            let waiting: bool = sqlx::query_scalar(
+                r#"select exists (select 1 from buildrequests where builder_id = $1 and state = 'pending')
+                          and not exists (select 1 from workers where id = $2 and paused)"#,
+            )
+            .bind(claim.builder_id)
+            .bind(claim.worker_id)
+            .fetch_one(&self.pool)
+            .await?;
+            if !waiting {
+                return Ok(None);
+            }
+            if look < LOOKS {
+                tokio::time::sleep(std::time::Duration::from_millis(10 * u64::from(look))).await;
+            }
+        }
+        sqlx::query("update buildrequests set announced_at = null where builder_id = $1 and state = 'pending'")
+            .bind(claim.builder_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(None)
+    }
+
+    /// One claim statement: picks the best pending request (priority, then
+    /// age; skipping rows another transaction holds), marks it claimed,
+    /// takes the builder's next number under the builder row's lock, and
+    /// creates the build. A retried claim token returns the build it
+    /// already made.
+    async fn claim_once(&self, claim: &Claim<'_>) -> StoreResult<Option<ClaimedBuild>> {
         let Claim { builder_id, builder_name, worker_id, worker_name, master_id, claim_token, lease_seconds } = *claim;
         let existing: Option<ClaimedBuild> = sqlx::query_as(
             r#"select b.id, b.number, b.buildrequest_id, b.properties, r.traceparent, r.submitted_at
@@ -639,8 +679,12 @@ impl Store {
     }
 
     async fn complete_buildset_if_done(tx: &mut Transaction<'static, Postgres>, buildset_id: i64) -> StoreResult<()> {
+        // The buildset row's lock makes the last two requests to finish see
+        // each other; locking the requests instead would hide the pending
+        // ones of the set from claims, which skip locked rows.
+        sqlx::query("select 1 from buildsets where id = $1 for update").bind(buildset_id).execute(&mut **tx).await?;
         let states: Vec<(String, Option<i16>)> =
-            sqlx::query_as("select state, results from buildrequests where buildset_id = $1 for update")
+            sqlx::query_as("select state, results from buildrequests where buildset_id = $1")
                 .bind(buildset_id)
                 .fetch_all(&mut **tx)
                 .await?;

@@ -76,3 +76,62 @@ async fn a_master_refuses_an_out_of_date_schema_and_says_how_to_fix_it() {
     let error = store.check_schema().await.unwrap_err().to_string();
     assert!(error.contains("buildmaster upgrade-master"), "{error}");
 }
+
+/// A store, a master row, the builder `held` with `count` pending requests in
+/// one buildset, and worker w1.
+async fn one_builder_with_requests(stack: &TestStack, count: usize) -> (Store, i32, i32, i32) {
+    let store = Store::connect(&stack.database_url, 4, 1).await.unwrap();
+    let master_id = store.register_master("a").await.unwrap();
+    let builder_id = store.sync_builders(&stack.config().master.builders).await.unwrap()["held"];
+    let worker_id = store.ensure_worker("w1").await.unwrap();
+    queue_requests(&store, builder_id, count).await;
+    (store, master_id, builder_id, worker_id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_buildset_finishing_one_build_does_not_hide_its_pending_request_from_claims() {
+    let stack = TestStack::new(&master_yaml(&[("held", "- name: t\n  command: [\"true\"]\n")]), &["held"]).await;
+    let (store, master_id, builder_id, worker_id) = one_builder_with_requests(&stack, 2).await;
+    let first = store.claim(&claim("held", builder_id, worker_id, master_id, uuid::Uuid::new_v4())).await.unwrap();
+    let first = first.expect("the first request is claimed");
+    // The first build's end is being recorded (its buildset checked for
+    // completion) while the second request is claimed.
+    let mut recording = store.pool().begin().await.unwrap();
+    Store::finish_build(&mut recording, first.id, shared::model::Results::Success, "done", chrono::Utc::now())
+        .await
+        .unwrap();
+    let second = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        store.claim(&claim("held", builder_id, worker_id, master_id, uuid::Uuid::new_v4())),
+    )
+    .await
+    .expect("the claim does not wait for the recording transaction")
+    .unwrap();
+    assert!(second.is_some(), "the pending request of the same buildset is claimable meanwhile");
+    recording.commit().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_that_cannot_reach_a_pending_request_has_it_announced_again_soon() {
+    let stack = TestStack::new(&master_yaml(&[("held", "- name: t\n  command: [\"true\"]\n")]), &["held"]).await;
+    let (store, master_id, builder_id, worker_id) = one_builder_with_requests(&stack, 1).await;
+    // Another transaction holds the only request (as a cancel does for a
+    // moment) while a worker's claim runs.
+    let mut holder = store.pool().begin().await.unwrap();
+    let (request_id,): (i64,) =
+        sqlx::query_as("select id from buildrequests for update").fetch_one(&mut *holder).await.unwrap();
+    let claiming = tokio::spawn({
+        let store = store.clone();
+        async move { store.claim(&claim("held", builder_id, worker_id, master_id, uuid::Uuid::new_v4())).await.unwrap() }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    holder.commit().await.unwrap();
+    assert!(claiming.await.unwrap().is_none(), "the request was out of reach");
+    let announced: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("select announced_at from buildrequests where id = $1")
+            .bind(request_id)
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(announced, None, "marked unannounced: the reconciler rings for it within seconds");
+}
