@@ -43,7 +43,7 @@ start_worker() {
     cat >"$dir/worker.yaml" <<YAML
 name: bench-$1
 password: bench-password-000$1
-amqp_url: amqp://guest:guest@127.0.0.1:5672/%2f
+amqp_url: amqp://127.0.0.1:5672/%2f
 redis_url: redis://127.0.0.1:6379/
 namespace: bench
 basedir: .
