@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The backing services buildmaster needs on this machine: PostgreSQL, RabbitMQ
-# and Redis, plus haproxy, socat, git and curl.
+# and Redis, plus haproxy, socat, git and curl, and Chromium with chromedriver
+# for the web UI's tests.
 #
 #   deploy/services.sh ensure   install what is missing (Debian packages),
 #                               start what is not running, wait until ready,
@@ -339,6 +340,9 @@ install_missing_packages() {
         packages+=(redis-server)
     fi
     find_command redis-cli >/dev/null || packages+=(redis-tools)
+    # The web UI's tests drive a real browser.
+    find_command chromium >/dev/null || packages+=(chromium)
+    find_command chromedriver >/dev/null || packages+=(chromium-driver)
     if ((${#packages[@]} > 0)); then
         say "missing: ${packages[*]}"
         apt_install "${packages[@]}"
@@ -356,6 +360,9 @@ cmd_ensure() {
     ensure_command haproxy haproxy
     # The client for HAProxy's runtime socket (draining during rolling restarts).
     ensure_command socat socat
+    # The browser and its WebDriver, for the web UI's tests.
+    ensure_command chromium chromium
+    ensure_command chromedriver chromium-driver
     ensure_postgres
     ensure_rabbitmq
     ensure_rabbitmq_management
@@ -370,7 +377,7 @@ cmd_ensure() {
 
 cmd_check() {
     local missing=0 name
-    for name in git curl python3 haproxy socat psql pg_ctlcluster redis-server rabbitmq-server; do
+    for name in git curl python3 haproxy socat psql pg_ctlcluster redis-server rabbitmq-server chromium chromedriver; do
         if find_command "$name" >/dev/null; then
             say "installed:  $name ($(find_command "$name"))"
         else

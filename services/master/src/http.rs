@@ -158,7 +158,8 @@ pub fn router(master: Arc<Master>) -> Router {
         .route("/api/v2/openapi.json", get(get_openapi))
         .route("/auth/login", axum::routing::post(auth::login))
         .route("/auth/logout", axum::routing::post(auth::logout))
-        .route("/auth/me", get(auth::me));
+        .route("/auth/me", get(auth::me))
+        .merge(crate::web::routes());
     for (doc, handlers) in api() {
         router = router.route(doc.path, handlers);
     }

@@ -15,6 +15,7 @@ pub mod metrics;
 mod reconcile;
 mod retention;
 pub mod store;
+pub mod web;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};

@@ -304,6 +304,82 @@ pub fn follow(
     log_id: i64,
     stream_key: String,
 ) -> BoxStream<'static, Result<Vec<u8>, LogError>> {
+    follow_records(store, live, log_id, stream_key)
+        .map(|records| records.map(printed_bytes))
+        .filter(|bytes| std::future::ready(!matches!(bytes, Ok(bytes) if bytes.is_empty())))
+        .boxed()
+}
+
+/// Like `follow`, as `contents` serves lines (each prefixed with its
+/// channel, `o`, `e` or `h`, when `with_channels`), from line `offset` on.
+/// A line is sent once it ends (or the log does).
+pub fn follow_lines(
+    store: Store,
+    live: MultiplexedConnection,
+    log_id: i64,
+    stream_key: String,
+    offset: i64,
+    with_channels: bool,
+) -> BoxStream<'static, Result<String, LogError>> {
+    let records = follow_records(store, live, log_id, stream_key);
+    let splitter = LineSplitter { wanted: offset..i64::MAX, next_line: 0, current: None, out: Vec::new() };
+    futures_util::stream::try_unfold((records, splitter, false), move |(mut records, mut splitter, ended)| async move {
+        if ended {
+            return Ok(None);
+        }
+        let ended = match records.next().await {
+            Some(batch) => {
+                for record in batch? {
+                    splitter.push(&record);
+                }
+                false
+            }
+            None => {
+                splitter.finish();
+                true
+            }
+        };
+        let mut text = String::new();
+        for line in splitter.out.drain(..) {
+            if with_channels {
+                text.push(char::from(line.channel.code()));
+            }
+            text.push_str(&String::from_utf8_lossy(&line.text));
+            text.push('\n');
+        }
+        Ok(Some((text, (records, splitter, ended))))
+    })
+    .filter(|text| std::future::ready(!matches!(text, Ok(text) if text.is_empty())))
+    .boxed()
+}
+
+/// How many lines a running log's stream holds so far (a last line not yet
+/// ended counts).
+pub async fn live_line_count(redis: &mut ConnectionManager, stream_key: &str) -> Result<i64, LogError> {
+    let mut splitter = LineSplitter { wanted: i64::MAX..i64::MAX, next_line: 0, current: None, out: Vec::new() };
+    let mut after = String::from("-");
+    loop {
+        let page = read_stream_page(redis, stream_key, &after, ENTRIES_PER_PAGE).await?;
+        let Some((last_id, _)) = page.last() else { break };
+        after = last_id.clone();
+        let full = page.len() == ENTRIES_PER_PAGE;
+        for (_, record) in page {
+            splitter.push(&record);
+        }
+        if !full {
+            break;
+        }
+    }
+    Ok(splitter.next_line)
+}
+
+/// The records of a log as they are written; see `follow`.
+fn follow_records(
+    store: Store,
+    live: MultiplexedConnection,
+    log_id: i64,
+    stream_key: String,
+) -> BoxStream<'static, Result<Vec<LogRecord>, LogError>> {
     let follower = Follower { store, live, log_id, key: stream_key, after: "0-0".into(), sent: 0, phase: Phase::Live };
     futures_util::stream::try_unfold(follower, |mut follower| async move {
         Ok(follower.next_piece().await?.map(|piece| (piece, follower)))
@@ -330,12 +406,12 @@ enum Phase {
     /// the stream while it is still there.
     Draining { total: u64 },
     /// The stream is gone (expired or flushed): the rest comes from the
-    /// archive, after the `skip` bytes already delivered.
+    /// archive, after the `skip` printed bytes already delivered.
     Archive { skip: u64, chunks: BoxStream<'static, Result<Vec<u8>, sqlx::Error>> },
 }
 
 impl Follower {
-    async fn next_piece(&mut self) -> Result<Option<Vec<u8>>, LogError> {
+    async fn next_piece(&mut self) -> Result<Option<Vec<LogRecord>>, LogError> {
         loop {
             let page = match &mut self.phase {
                 Phase::Live => {
@@ -364,25 +440,45 @@ impl Follower {
                 }
                 Phase::Archive { skip, chunks } => {
                     let Some(content) = chunks.next().await else { return Ok(None) };
-                    let mut bytes = printed_bytes(decode_chunk(self.log_id, &content.map_err(StoreError::from)?)?);
-                    let skipped = (*skip).min(bytes.len() as u64);
-                    bytes.drain(..skipped as usize);
-                    *skip -= skipped;
-                    if !bytes.is_empty() {
-                        return Ok(Some(bytes));
+                    let records = skip_printed(decode_chunk(self.log_id, &content.map_err(StoreError::from)?)?, skip);
+                    if !records.is_empty() {
+                        return Ok(Some(records));
                     }
                     continue;
                 }
             };
             let Some((last_id, _)) = page.last() else { continue };
             self.after = last_id.clone();
-            let bytes = printed_bytes(page.into_iter().map(|(_, record)| record).collect());
-            self.sent += bytes.len() as u64;
-            if !bytes.is_empty() {
-                return Ok(Some(bytes));
+            let records: Vec<LogRecord> = page.into_iter().map(|(_, record)| record).collect();
+            self.sent +=
+                records.iter().filter(|r| r.channel != LogChannel::Header).map(|r| r.data.len() as u64).sum::<u64>();
+            if !records.is_empty() {
+                return Ok(Some(records));
             }
         }
     }
+}
+
+/// `records` without their first `skip` printed bytes (and the headers
+/// among them), which were delivered before; `skip` is what remains.
+fn skip_printed(records: Vec<LogRecord>, skip: &mut u64) -> Vec<LogRecord> {
+    let mut out = Vec::new();
+    for mut record in records {
+        if *skip == 0 {
+            out.push(record);
+            continue;
+        }
+        if record.channel == LogChannel::Header {
+            continue;
+        }
+        let skipped = (*skip).min(record.data.len() as u64);
+        record.data.drain(..skipped as usize);
+        *skip -= skipped;
+        if !record.data.is_empty() {
+            out.push(record);
+        }
+    }
+    out
 }
 
 /// One line of a log, as `contents` serves it: the channel it started on

@@ -98,6 +98,16 @@ pub struct Claim<'a> {
 }
 
 /// What a claim produced: a new or (for a retried token) existing build.
+/// One build in the overview grid.
+#[derive(Debug, FromRow)]
+pub struct GridCell {
+    pub builder_id: i32,
+    pub id: i64,
+    pub number: i32,
+    pub results: Option<i16>,
+    pub complete: bool,
+}
+
 #[derive(Debug, FromRow)]
 pub struct ClaimedBuild {
     pub id: i64,
@@ -921,6 +931,48 @@ impl Store {
         .bind(info)
         .fetch_one(&self.pool)
         .await?)
+    }
+
+    // --- web pages ---------------------------------------------------------
+
+    /// The newest `per_builder` builds of each builder, newest first, one
+    /// index scan per builder (for the overview grid); with `branch`, only
+    /// builds of that branch.
+    pub async fn recent_builds(
+        &self,
+        builder_ids: &[i32],
+        per_builder: i64,
+        branch: Option<&str>,
+    ) -> StoreResult<Vec<GridCell>> {
+        Ok(sqlx::query_as(
+            r#"select b.builder_id, x.id, x.number, x.results, x.complete_at is not null as complete
+               from unnest($1::int[]) as b(builder_id)
+               cross join lateral (
+                   select id, number, results, complete_at from builds
+                   where builder_id = b.builder_id
+                     and ($3::text is null or properties -> 'branch' ->> 0 = $3)
+                   order by number desc
+                   limit $2
+               ) x"#,
+        )
+        .bind(builder_ids)
+        .bind(per_builder)
+        .bind(branch)
+        .fetch_all(&self.reads)
+        .await?)
+    }
+
+    /// Pending requests per builder id, and how many workers run a build now.
+    pub async fn queue_summary(&self) -> StoreResult<(HashMap<i32, i64>, i64)> {
+        let pending: Vec<(i32, i64)> = sqlx::query_as(
+            "select builder_id, count(*) from buildrequests where state = 'pending' group by builder_id",
+        )
+        .fetch_all(&self.reads)
+        .await?;
+        let busy: i64 = sqlx::query_scalar("select count(distinct worker_id) from builds where complete_at is null")
+            .fetch_one(&self.reads)
+            .await?;
+        Ok((pending.into_iter().collect(), busy))
     }
 
     // --- sessions ----------------------------------------------------------

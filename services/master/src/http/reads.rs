@@ -54,6 +54,18 @@ async fn page(
     Ok((items, page.total))
 }
 
+/// Items of `resource` for Buildbot query parameters, as the API serves
+/// them: the web pages read through the same checked path as clients do.
+pub(crate) async fn api_items(
+    master: &Master,
+    resource: &'static Resource,
+    params: &[(&str, String)],
+) -> ApiResult<(Vec<Value>, i64)> {
+    let params: Vec<(String, String)> =
+        params.iter().map(|(name, value)| ((*name).to_owned(), value.clone())).collect();
+    page(master, resource, &params, Vec::new()).await
+}
+
 async fn collection(
     master: &Master,
     resource: &'static Resource,
@@ -358,17 +370,22 @@ pub async fn get_log(
 /// The most lines one `contents` answer holds.
 const MAX_LINES: i64 = 10_000;
 
-/// Lines of a log as Buildbot serves them: `{"logchunks": [{"logid",
-/// "firstline", "content"}]}`, each line of a stdio log prefixed with its
-/// channel (`o` stdout, `e` stderr, `h` header).
+/// Lines of a log as Buildbot's `logchunks`, each prefixed with its channel
+/// (`o`, `e`, `h`) for stdio logs: `offset` and `limit`, or `tail` (the last
+/// lines so far). With `follow=true` the answer is `text/plain` instead, the
+/// same prefixed lines from `offset` (or the tail) on, kept open while the
+/// step prints, as the web UI shows a running log; `X-First-Line` says which
+/// line comes first.
 pub async fn get_log_contents(
     State(master): State<AppState>,
     Path(log_id): Path<String>,
     Query(params): Params,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     let log_id: i64 = parse_id("log id", &log_id)?;
     let mut offset = 0i64;
     let mut limit = 1000i64;
+    let mut tail = None;
+    let mut follow = false;
     for (name, value) in &params {
         let number = || {
             value.parse::<i64>().map_err(|_| ApiError::BadRequest(format!("`{name}={value}` is not a whole number")))
@@ -376,11 +393,19 @@ pub async fn get_log_contents(
         match name.as_str() {
             "offset" => offset = number()?,
             "limit" => limit = number()?,
-            _ => return Err(ApiError::BadRequest(format!("unknown query parameter `{name}` (known: offset, limit)"))),
+            "tail" => tail = Some(number()?),
+            "follow" => follow = parse_bool(name, value)?,
+            _ => {
+                return Err(ApiError::BadRequest(format!(
+                    "unknown query parameter `{name}` (known: offset, limit, tail, follow)"
+                )));
+            }
         }
     }
-    if offset < 0 || !(0..=MAX_LINES).contains(&limit) {
-        return Err(ApiError::BadRequest(format!("offset must be at least 0 and limit between 0 and {MAX_LINES}")));
+    if offset < 0 || !(0..=MAX_LINES).contains(&limit) || tail.is_some_and(|tail| !(0..=MAX_LINES).contains(&tail)) {
+        return Err(ApiError::BadRequest(format!(
+            "offset must be at least 0, and limit and tail between 0 and {MAX_LINES}"
+        )));
     }
     let location = log_with_contents(&master, log_id).await?;
     let key = master.namespace.log_stream_key(
@@ -389,9 +414,38 @@ pub async fn get_log_contents(
         location.step_number,
         &location.log.slug,
     );
+    if let Some(tail) = tail {
+        let count = if location.log.complete {
+            location.log.num_lines
+        } else {
+            logs::live_line_count(&mut master.redis.clone(), &key).await?
+        };
+        offset = (count - tail).max(0);
+        limit = tail;
+    }
+    let with_channels = location.log.log_type == "s";
+    if follow {
+        let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(LIVE_RESPONSE_TIMEOUT));
+        let live = master.redis_client.get_multiplexed_async_connection_with_config(&config).await?;
+        let lines =
+            logs::follow_lines(master.store.clone(), live, log_id, key, offset, with_channels).map(move |text| {
+                text.map(Bytes::from).map_err(|error| {
+                    tracing::error!(%error, log.id = log_id, "following a log's lines failed midway");
+                    std::io::Error::other(error.to_string())
+                })
+            });
+        return Ok((
+            [
+                (header::CONTENT_TYPE, "text/plain; charset=utf-8".to_owned()),
+                (header::HeaderName::from_static("x-first-line"), offset.to_string()),
+                (header::HeaderName::from_static("x-accel-buffering"), "no".to_owned()),
+            ],
+            Body::from_stream(lines),
+        )
+            .into_response());
+    }
     let lines =
         logs::lines(&master.store, master.redis.clone(), log_id, location.log.complete, key, offset, limit).await?;
-    let with_channels = location.log.log_type == "s";
     let mut content = String::new();
     for line in &lines {
         if with_channels {
@@ -406,7 +460,7 @@ pub async fn get_log_contents(
         vec![json!({ "logid": log_id, "firstline": offset, "content": content })]
     };
     let total = chunks.len() as i64;
-    Ok(envelope("logchunks", chunks, total))
+    Ok(envelope("logchunks", chunks, total).into_response())
 }
 
 /// What the step printed, byte for byte: from Postgres once archived, from

@@ -6,6 +6,7 @@ mod api;
 mod api_scale;
 mod auth;
 mod bad_input;
+mod browser;
 mod checkconfig;
 mod failures;
 mod harness;

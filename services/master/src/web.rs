@@ -1,0 +1,607 @@
+//! The web UI: what people look at all day. Every master serves it on the
+//! same port as the API. Pages are rendered here, in one round trip to
+//! Postgres or a few, and read through the same checked paths as the API
+//! (`reads::api_items`); `web/app.js` (plain JavaScript, embedded in the
+//! binary like `web/style.css`) makes them live from `/ws`, follows running
+//! logs, and sends the control actions as JSON-RPC, so the one authorization
+//! check (`http::auth::authorize`) covers the pages too.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use maud::{DOCTYPE, Markup, html};
+use serde::Deserialize;
+use serde_json::Value;
+use shared::config::SchedulerConfig;
+use shared::model::Results;
+
+use crate::Master;
+use crate::http::ApiError;
+use crate::http::reads::api_items;
+use crate::store::resources::{BUILDREQUESTS, BUILDS, BUILDSETS, LOGS, STEPS, WORKERS};
+
+type AppState = Arc<Master>;
+type Page = Result<Response, PageError>;
+
+/// An API error shown to a person: the same status and message, as a page.
+pub struct PageError(ApiError);
+
+impl<E: Into<ApiError>> From<E> for PageError {
+    fn from(error: E) -> Self {
+        PageError(error.into())
+    }
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        self.0.log();
+        let status = self.0.status();
+        let body = html! {
+            h1 { (status.canonical_reason().unwrap_or("Error")) }
+            p { (self.0.public_message()) }
+            p { a href="/" { "All builders" } }
+        };
+        let mut response = page("Error", "error", &[], body);
+        *response.status_mut() = status;
+        response
+    }
+}
+
+/// Builds shown per builder on the overview.
+const GRID_CELLS: i64 = 12;
+/// Builds per page on a builder's page.
+const BUILDS_PER_PAGE: i64 = 50;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/", get(overview))
+        .route("/builders/{builder}", get(builder_page))
+        .route("/builders/{builder}/builds/{number}", get(build_page))
+        .route("/workers", get(workers_page))
+        .route("/queue", get(queue_page))
+        .route("/login", get(login_page))
+        .route("/static/app.js", get(|| asset(include_str!("web/app.js"), "text/javascript; charset=utf-8")))
+        .route("/static/style.css", get(|| asset(include_str!("web/style.css"), "text/css; charset=utf-8")))
+}
+
+async fn asset(body: &'static str, content_type: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+            (header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300")),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+fn page(title: &str, kind: &str, data: &[(&str, String)], body: Markup) -> Response {
+    let markup = html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · buildmaster" }
+                link rel="stylesheet" href="/static/style.css";
+                script src="/static/app.js" defer {}
+            }
+            body data-page=(kind) {
+                header.top {
+                    nav {
+                        a.brand href="/" { "buildmaster" }
+                        a href="/" { "Builders" }
+                        a href="/queue" { "Queue" }
+                        a href="/workers" { "Workers" }
+                    }
+                    span #who {}
+                }
+                main #main {
+                    @for (name, value) in data { span hidden data-name=(name) data-value=(value) {} }
+                    (body)
+                }
+            }
+        }
+    };
+    Html(markup.into_string()).into_response()
+}
+
+fn not_found(what: String) -> PageError {
+    PageError(ApiError::NotFound(what))
+}
+
+// --- small views ----------------------------------------------------------------
+
+fn result_class(build: &Value) -> String {
+    match build.get("results").and_then(Value::as_i64) {
+        Some(code) => format!("r{code}"),
+        None => "running".into(),
+    }
+}
+
+fn result_name(build: &Value) -> &'static str {
+    match build.get("results").and_then(Value::as_i64) {
+        Some(code) => Results::from_code(code as i16).map_or("UNKNOWN", Results::name),
+        None => "running",
+    }
+}
+
+fn int(value: &Value, field: &str) -> i64 {
+    value.get(field).and_then(Value::as_i64).unwrap_or_default()
+}
+
+fn text<'a>(value: &'a Value, field: &str) -> &'a str {
+    value.get(field).and_then(Value::as_str).unwrap_or_default()
+}
+
+/// Epoch seconds as UTC; the page script shows them in the reader's zone.
+fn time(value: &Value, field: &str) -> Markup {
+    match value.get(field).and_then(Value::as_i64) {
+        Some(seconds) => {
+            let shown = chrono::DateTime::from_timestamp(seconds, 0)
+                .map_or_else(String::new, |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string());
+            html! { time datetime=(seconds) { (shown) } }
+        }
+        None => html! { "–" },
+    }
+}
+
+fn duration_text(seconds: i64) -> String {
+    match seconds {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m {}s", s / 60, s % 60),
+        s => format!("{}h {}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+fn duration(item: &Value) -> Markup {
+    let started = item.get("started_at").and_then(Value::as_i64);
+    let ended = item.get("complete_at").and_then(Value::as_i64);
+    match (started, ended) {
+        (Some(start), Some(end)) => html! { (duration_text(end - start)) },
+        (Some(start), None) => html! { span.elapsed data-since=(start) { "running" } },
+        _ => html! { "–" },
+    }
+}
+
+fn build_href(builder: &str, number: i64) -> String {
+    format!("/builders/{}/builds/{number}", path_segment(builder))
+}
+
+fn builder_href(builder: &str) -> String {
+    format!("/builders/{}", path_segment(builder))
+}
+
+/// A name as one URL path segment.
+fn path_segment(text: &str) -> String {
+    text.bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (byte as char).to_string(),
+            _ => format!("%{byte:02X}"),
+        })
+        .collect()
+}
+
+// --- overview -----------------------------------------------------------------
+
+#[derive(Deserialize)]
+struct OverviewQuery {
+    tag: Option<String>,
+    branch: Option<String>,
+}
+
+/// Every builder as a row of its newest builds; filter by tag and branch.
+async fn overview(State(master): State<AppState>, Query(query): Query<OverviewQuery>) -> Page {
+    let catalog = master.catalog();
+    let tag = query.tag.filter(|tag| !tag.is_empty());
+    let branch = query.branch.filter(|branch| !branch.is_empty());
+    let mut builders: Vec<_> = catalog
+        .config
+        .master
+        .builders
+        .iter()
+        .filter(|builder| tag.as_ref().is_none_or(|tag| builder.tags.contains(tag)))
+        .filter_map(|builder| Some((builder, *catalog.builder_ids.get(&builder.name)?)))
+        .collect();
+    builders.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+    let ids: Vec<i32> = builders.iter().map(|(_, id)| *id).collect();
+    let cells = master.store.recent_builds(&ids, GRID_CELLS, branch.as_deref()).await?;
+    let (pending, busy_workers) = master.store.queue_summary().await?;
+    let mut by_builder: HashMap<i32, Vec<_>> = HashMap::new();
+    for cell in cells {
+        by_builder.entry(cell.builder_id).or_default().push(cell);
+    }
+    let tags: BTreeSet<&str> =
+        catalog.config.master.builders.iter().flat_map(|b| b.tags.iter().map(String::as_str)).collect();
+    let pending_total: i64 = pending.values().sum();
+    let body = html! {
+        h1 { "Builders" }
+        form.filters method="get" action="/" {
+            label { "Tag "
+                select name="tag" {
+                    option value="" { "all" }
+                    @for known in &tags { option value=(known) selected[tag.as_deref() == Some(*known)] { (known) } }
+                }
+            }
+            label { "Branch " input name="branch" value=(branch.as_deref().unwrap_or_default()) placeholder="any"; }
+            button type="submit" { "Filter" }
+        }
+        p.summary {
+            span #builders-shown { (builders.len()) } " builders · "
+            span #pending-total { (pending_total) } " pending requests · "
+            span #busy-workers { (busy_workers) } " busy workers"
+        }
+        table.grid {
+            thead { tr { th { "Builder" } th { "Pending" } th { "Recent builds (newest first)" } } }
+            tbody {
+                @for (builder, id) in &builders {
+                    tr data-builderid=(id) data-builder=(builder.name) {
+                        th.name {
+                            a href=(builder_href(&builder.name)) { (builder.name) }
+                            @for t in &builder.tags { " " span.tag { (t) } }
+                        }
+                        td.pending { (pending.get(id).copied().unwrap_or_default()) }
+                        td.cells {
+                            @for cell in by_builder.get(id).map(Vec::as_slice).unwrap_or_default() {
+                                @let class = match (cell.complete, cell.results) {
+                                    (true, Some(code)) => format!("cell r{code}"),
+                                    _ => "cell running".to_owned(),
+                                };
+                                @let result = cell.results.and_then(Results::from_code).map_or("running", Results::name);
+                                a class=(class) data-buildid=(cell.id)
+                                    href=(build_href(&builder.name, i64::from(cell.number)))
+                                    title=(format!("#{} {result}", cell.number)) { (cell.number) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    let data = [("cells", GRID_CELLS.to_string()), ("branch", branch.unwrap_or_default())];
+    Ok(page("Builders", "overview", &data, body))
+}
+
+// --- builder ------------------------------------------------------------------
+
+#[derive(Deserialize)]
+struct BuilderQuery {
+    /// Keyset pagination: builds numbered below this.
+    before: Option<i64>,
+}
+
+async fn builder_page(
+    State(master): State<AppState>,
+    Path(name): Path<String>,
+    Query(query): Query<BuilderQuery>,
+) -> Page {
+    let catalog = master.catalog();
+    let (builder, builder_id) = catalog.builder(&name).ok_or_else(|| not_found(format!("builder `{name}`")))?;
+    let mut params = vec![("builderid", builder_id.to_string()), ("order", "-number".into())];
+    params.push(("limit", BUILDS_PER_PAGE.to_string()));
+    if let Some(before) = query.before {
+        params.push(("number__lt", before.to_string()));
+    }
+    let (builds, total) = api_items(&master, &BUILDS, &params).await?;
+    let (pending, _) = api_items(
+        &master,
+        &BUILDREQUESTS,
+        &[
+            ("builderid", builder_id.to_string()),
+            ("claimed", "false".into()),
+            ("order", "-priority".into()),
+            ("order", "submitted_at".into()),
+            ("limit", "500".into()),
+        ],
+    )
+    .await?;
+    let (workers, _) = api_items(&master, &WORKERS, &[("order", "name".into()), ("limit", "10000".into())]).await?;
+    let workers: Vec<&Value> =
+        workers.iter().filter(|w| builder.workers.iter().any(|n| n == text(w, "name"))).collect();
+    let schedulers: Vec<&str> = catalog
+        .config
+        .master
+        .schedulers
+        .iter()
+        .filter_map(|scheduler| match scheduler {
+            SchedulerConfig::Force { name, builders } if builders.contains(&builder.name) => Some(name.as_str()),
+            _ => None,
+        })
+        .collect();
+    let oldest_shown = builds.last().map(|b| int(b, "number"));
+    let body = html! {
+        h1 { "Builder " (builder.name) }
+        @if let Some(description) = &builder.description { p.description { (description) } }
+        p { @for t in &builder.tags { span.tag { (t) } " " } }
+        section.columns {
+            div {
+                h2 { "Recent builds" }
+                table.builds #builds {
+                    thead { tr { th { "#" } th { "Result" } th { "Started" } th { "Duration" } th { "State" } } }
+                    tbody {
+                        @for build in &builds { (build_row(&builder.name, build)) }
+                    }
+                }
+                @if let Some(oldest) = oldest_shown.filter(|_| builds.len() as i64 == BUILDS_PER_PAGE && total > 0) {
+                    p { a href=(format!("{}?before={oldest}", builder_href(&builder.name))) { "Older builds →" } }
+                }
+                @if query.before.is_some() { p { a href=(builder_href(&builder.name)) { "← Newest builds" } } }
+            }
+            div {
+                h2 { "Force a build" }
+                @if let Some(scheduler) = schedulers.first() {
+                    form #force data-scheduler=(scheduler) data-builder=(builder.name) {
+                        label { "Reason" input name="reason" value="forced from the web"; }
+                        label { "Branch" input name="branch" placeholder="default"; }
+                        label { "Revision" input name="revision" placeholder="latest"; }
+                        label { "Properties (name=value, one per line)" textarea name="properties" rows="3" {} }
+                        button type="submit" { "Force" }
+                        p.error role="alert" {}
+                    }
+                } @else {
+                    p { "No force scheduler lists this builder." }
+                }
+                h2 { "Pending requests (" span #pending-count { (pending.len()) } ")" }
+                ul.pending #pending {
+                    @for request in &pending {
+                        li data-requestid=(int(request, "buildrequestid")) {
+                            "request " (int(request, "buildrequestid")) ", priority " (int(request, "priority"))
+                            ", submitted " (time(request, "submitted_at")) " "
+                            button.action data-method="cancel" data-path=(format!("/buildrequests/{}", int(request, "buildrequestid"))) { "Cancel" }
+                        }
+                    }
+                }
+                h2 { "Workers" }
+                ul.workers {
+                    @for worker in &workers { li { (worker_state(worker)) } }
+                    @if workers.is_empty() { li { "none connected yet" } }
+                }
+            }
+        }
+    };
+    let data = [("builderid", builder_id.to_string()), ("builder", builder.name.clone())];
+    Ok(page(&format!("Builder {}", builder.name), "builder", &data, body))
+}
+
+fn build_row(builder: &str, build: &Value) -> Markup {
+    let number = int(build, "number");
+    html! {
+        tr data-buildid=(int(build, "buildid")) class=(result_class(build)) {
+            td { a href=(build_href(builder, number)) { "#" (number) } }
+            td.result { (result_name(build)) }
+            td { (time(build, "started_at")) }
+            td { (duration(build)) }
+            td.state { (text(build, "state_string")) }
+        }
+    }
+}
+
+fn worker_state(worker: &Value) -> Markup {
+    let online = worker.get("connected_to").and_then(Value::as_array).is_some_and(|c| !c.is_empty());
+    let paused = worker.get("paused").and_then(Value::as_bool).unwrap_or_default();
+    html! {
+        span class=(if online { "online" } else { "offline" }) { (text(worker, "name")) }
+        " " (if online { "online" } else { "offline" })
+        @if paused { " · paused" }
+    }
+}
+
+// --- build --------------------------------------------------------------------
+
+async fn build_page(State(master): State<AppState>, Path((name, number)): Path<(String, String)>) -> Page {
+    let catalog = master.catalog();
+    let (_, builder_id) = catalog.builder(&name).ok_or_else(|| not_found(format!("builder `{name}`")))?;
+    let number: i64 =
+        number.parse().map_err(|_| PageError(ApiError::BadRequest(format!("`{number}` is not a build number"))))?;
+    let (builds, _) = api_items(
+        &master,
+        &BUILDS,
+        &[("builderid", builder_id.to_string()), ("number", number.to_string()), ("property", "*".into())],
+    )
+    .await?;
+    let build = builds.into_iter().next().ok_or_else(|| not_found(format!("build {name} #{number}")))?;
+    let build_id = int(&build, "buildid");
+    let (steps, _) =
+        api_items(&master, &STEPS, &[("buildid", build_id.to_string()), ("order", "number".into())]).await?;
+    let mut logs_by_step: HashMap<i64, Vec<Value>> = HashMap::new();
+    for step in &steps {
+        let step_id = int(step, "stepid");
+        let (logs, _) = api_items(&master, &LOGS, &[("stepid", step_id.to_string())]).await?;
+        logs_by_step.insert(step_id, logs);
+    }
+    let (workers, _) = api_items(&master, &WORKERS, &[("workerid", int(&build, "workerid").to_string())]).await?;
+    let worker = workers.first().map(|w| text(w, "name").to_owned()).unwrap_or_default();
+    let (requests, _) =
+        api_items(&master, &BUILDREQUESTS, &[("buildrequestid", int(&build, "buildrequestid").to_string())]).await?;
+    let buildset_id = requests.first().map(|r| int(r, "buildsetid")).unwrap_or_default();
+    let (buildsets, _) = api_items(&master, &BUILDSETS, &[("bsid", buildset_id.to_string())]).await?;
+    let reason = buildsets.first().map(|s| text(s, "reason").to_owned()).unwrap_or_default();
+    let complete = build.get("complete").and_then(Value::as_bool).unwrap_or_default();
+    let properties = build.get("properties").and_then(Value::as_object).cloned().unwrap_or_default();
+    let body = html! {
+        p.crumbs { a href=(builder_href(&name)) { (name) } " / build #" (number) }
+        h1 {
+            (name) " #" (number) " "
+            span #result class=(format!("badge {}", result_class(&build))) { (result_name(&build)) }
+        }
+        p.actions {
+            button.action #stop data-method="stop" data-path=(format!("/builds/{build_id}")) hidden[complete] { "Stop" }
+            button.action #rebuild data-method="rebuild" data-path=(format!("/builds/{build_id}")) hidden[!complete] { "Rebuild" }
+            span.error role="alert" {}
+        }
+        table.info {
+            tr { th { "Worker" } td { (worker) } }
+            tr { th { "Reason" } td { (reason) } }
+            tr { th { "Started" } td { (time(&build, "started_at")) } }
+            tr { th { "Finished" } td #finished { (time(&build, "complete_at")) } }
+            tr { th { "Duration" } td #duration { (duration(&build)) } }
+            tr { th { "State" } td #state { (text(&build, "state_string")) } }
+        }
+        details.properties {
+            summary { "Properties (" (properties.len()) ")" }
+            table {
+                @for (key, value) in &properties {
+                    tr {
+                        th { (key) }
+                        td { (value.get(0).map_or_else(String::new, |v| match v { Value::String(s) => s.clone(), other => other.to_string() })) }
+                        td.source { (value.get(1).and_then(Value::as_str).unwrap_or_default()) }
+                    }
+                }
+            }
+        }
+        h2 { "Steps" }
+        ol.steps #steps {
+            @for step in &steps { (step_view(step, logs_by_step.get(&int(step, "stepid")).map(Vec::as_slice).unwrap_or_default())) }
+        }
+    };
+    let data = [("buildid", build_id.to_string()), ("builder", name.clone()), ("number", number.to_string())];
+    Ok(page(&format!("{name} #{number}"), "build", &data, body))
+}
+
+fn step_view(step: &Value, logs: &[Value]) -> Markup {
+    let complete = step.get("complete").and_then(Value::as_bool).unwrap_or_default();
+    let class = if complete {
+        result_class(step)
+    } else if step.get("started_at").is_some_and(|v| !v.is_null()) {
+        "running".into()
+    } else {
+        "pending".into()
+    };
+    html! {
+        li.step data-stepid=(int(step, "stepid")) class=(class) {
+            details open[!complete || step.get("results").and_then(Value::as_i64).is_some_and(|r| r >= 2)] {
+                summary {
+                    span.name { (text(step, "name")) }
+                    " "
+                    span.result { (if complete { result_name(step) } else { "running" }) }
+                    " "
+                    span.duration { (duration(step)) }
+                    " "
+                    span.state { (text(step, "state_string")) }
+                }
+                @for log in logs { (log_view(log)) }
+            }
+        }
+    }
+}
+
+fn log_view(log: &Value) -> Markup {
+    let id = int(log, "logid");
+    html! {
+        div.log data-logid=(id) data-complete=(log.get("complete").and_then(Value::as_bool).unwrap_or_default())
+            data-lines=(int(log, "num_lines")) {
+            div.log-bar {
+                span.log-name { (text(log, "name")) }
+                " "
+                a href=(format!("/api/v2/logs/{id}/raw")) { "raw" }
+                " "
+                a href=(format!("/api/v2/logs/{id}/raw_inline")) { "view" }
+                " "
+                label { input.follow type="checkbox" checked; " follow" }
+            }
+            button.earlier hidden { "Load earlier lines" }
+            pre.lines {}
+        }
+    }
+}
+
+// --- workers and queue --------------------------------------------------------
+
+async fn workers_page(State(master): State<AppState>) -> Page {
+    let catalog = master.catalog();
+    let (workers, _) = api_items(&master, &WORKERS, &[("order", "name".into()), ("limit", "10000".into())]).await?;
+    let (running, _) = api_items(&master, &BUILDS, &[("complete", "false".into()), ("limit", "10000".into())]).await?;
+    let names: HashMap<i32, &str> = catalog.builder_ids.iter().map(|(name, id)| (*id, name.as_str())).collect();
+    let mut current: HashMap<i64, Vec<&Value>> = HashMap::new();
+    for build in &running {
+        current.entry(int(build, "workerid")).or_default().push(build);
+    }
+    let body = html! {
+        h1 { "Workers" }
+        table.workers {
+            thead { tr { th { "Worker" } th { "State" } th { "Running" } th { "Last seen" } th { "Builders" } th {} } }
+            tbody {
+                @for worker in &workers {
+                    @let id = int(worker, "workerid");
+                    @let paused = worker.get("paused").and_then(Value::as_bool).unwrap_or_default();
+                    @let served = catalog.config.builders_for_worker(text(worker, "name"), false);
+                    tr data-workerid=(id) {
+                        th { (text(worker, "name")) }
+                        td { (worker_state(worker)) }
+                        td {
+                            @for build in current.get(&id).map(Vec::as_slice).unwrap_or_default() {
+                                @let builder = names.get(&(int(build, "builderid") as i32)).copied().unwrap_or("?");
+                                a href=(build_href(builder, int(build, "number"))) { (builder) " #" (int(build, "number")) } " "
+                            }
+                        }
+                        td { (time(worker, "last_connection")) }
+                        td { (served.len()) }
+                        td {
+                            button.action data-method=(if paused { "unpause" } else { "pause" }) data-path=(format!("/workers/{id}")) {
+                                (if paused { "Unpause" } else { "Pause" })
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    Ok(page("Workers", "workers", &[], body))
+}
+
+async fn queue_page(State(master): State<AppState>) -> Page {
+    let catalog = master.catalog();
+    let (pending, _) = api_items(
+        &master,
+        &BUILDREQUESTS,
+        &[("claimed", "false".into()), ("order", "submitted_at".into()), ("limit", "10000".into())],
+    )
+    .await?;
+    let names: HashMap<i32, &str> = catalog.builder_ids.iter().map(|(name, id)| (*id, name.as_str())).collect();
+    let mut by_builder: Vec<(i64, Vec<&Value>)> = Vec::new();
+    for request in &pending {
+        let builder = int(request, "builderid");
+        match by_builder.iter_mut().find(|(id, _)| *id == builder) {
+            Some((_, requests)) => requests.push(request),
+            None => by_builder.push((builder, vec![request])),
+        }
+    }
+    let now = chrono::Utc::now().timestamp();
+    let body = html! {
+        h1 { "Queue" }
+        p.summary { (pending.len()) " pending requests on " (by_builder.len()) " builders, oldest first" }
+        @for (builder, requests) in &by_builder {
+            @let name = names.get(&(*builder as i32)).copied().unwrap_or("?");
+            section.queue {
+                h2 { a href=(builder_href(name)) { (name) } " (" (requests.len()) ")" }
+                ul {
+                    @for request in requests {
+                        li {
+                            "request " (int(request, "buildrequestid")) ", priority " (int(request, "priority"))
+                            ", waiting " (duration_text(now - int(request, "submitted_at")))
+                        }
+                    }
+                }
+            }
+        }
+    };
+    Ok(page("Queue", "queue", &[], body))
+}
+
+async fn login_page() -> Response {
+    let body = html! {
+        h1 { "Log in" }
+        form #login {
+            label { "User name" input name="username" autocomplete="username" required; }
+            label { "Password" input name="password" type="password" autocomplete="current-password" required; }
+            button type="submit" { "Log in" }
+            p.error role="alert" {}
+        }
+    };
+    page("Log in", "login", &[], body)
+}

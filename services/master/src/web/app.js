@@ -1,0 +1,525 @@
+// buildmaster's pages, made live. Plain JavaScript, no build step: the pages
+// are rendered by the masters; this script subscribes to live events (/ws),
+// follows running logs, and sends control actions as JSON-RPC with the
+// session's CSRF token.
+"use strict";
+
+const RESULTS = ["success", "warnings", "failure", "skipped", "exception", "retry", "cancelled"];
+/// Lines of a log shown at first, and loaded per "earlier" click.
+const LOG_PAGE = 1000;
+
+const data = (name) => document.querySelector(`[data-name="${name}"]`)?.dataset.value ?? "";
+let me = { user: null };
+
+// --- who is logged in, and control actions -----------------------------------------
+
+async function whoAmI() {
+  try {
+    me = await (await fetch("/auth/me", { credentials: "same-origin" })).json();
+  } catch (_) {
+    me = { user: null };
+  }
+  const who = document.getElementById("who");
+  if (!who) return;
+  who.textContent = "";
+  if (me.user) {
+    who.append(`${me.user} · `);
+    const out = document.createElement("a");
+    out.href = "#";
+    out.textContent = "log out";
+    out.addEventListener("click", async (event) => {
+      event.preventDefault();
+      await fetch("/auth/logout", { method: "POST", credentials: "same-origin" });
+      location.reload();
+    });
+    who.append(out);
+  } else if (me.login_required) {
+    const login = document.createElement("a");
+    login.href = `/login?next=${encodeURIComponent(location.pathname + location.search)}`;
+    login.textContent = "log in";
+    who.append(login);
+  }
+}
+
+/// A JSON-RPC call on `/api/v2{path}`; resolves to its result, rejects with
+/// the error's message.
+async function rpc(path, method, params = {}) {
+  const headers = { "Content-Type": "application/json" };
+  if (me.csrf_token) headers["X-CSRF-Token"] = me.csrf_token;
+  const response = await fetch(`/api/v2${path}`, {
+    method: "POST",
+    credentials: "same-origin",
+    headers,
+    body: JSON.stringify({ jsonrpc: "2.0", id: 1, method, params }),
+  });
+  const body = await response.json().catch(() => ({}));
+  if (body.error) {
+    const message = body.error.message || `HTTP ${response.status}`;
+    if (response.status === 401) throw new Error(`${message} — log in first`);
+    throw new Error(message);
+  }
+  return body.result;
+}
+
+function showError(near, error) {
+  const slot = near.closest("form, p, li, td")?.querySelector(".error") || near.parentElement?.querySelector(".error");
+  if (slot) slot.textContent = error.message;
+  else alert(error.message);
+}
+
+function wireActions(root = document) {
+  for (const button of root.querySelectorAll("button.action")) {
+    if (button.dataset.wired) continue;
+    button.dataset.wired = "1";
+    button.addEventListener("click", async () => {
+      button.disabled = true;
+      try {
+        const result = await rpc(button.dataset.path, button.dataset.method, {});
+        if (button.dataset.method === "rebuild" && Array.isArray(result)) {
+          await goToBuildOf(Object.values(result[1])[0], data("builder"));
+          return;
+        }
+        if (document.body.dataset.page === "workers") location.reload();
+        if (button.dataset.method === "cancel") button.closest("li")?.remove();
+      } catch (error) {
+        showError(button, error);
+      } finally {
+        button.disabled = false;
+      }
+    });
+  }
+}
+
+/// Waits for the build of request `requestId` and opens its page.
+async function goToBuildOf(requestId, builder) {
+  for (let attempt = 0; attempt < 600; attempt++) {
+    const body = await (await fetch(`/api/v2/builds?buildrequestid=${requestId}`)).json();
+    const build = body.builds?.[0];
+    if (build) {
+      location.href = `/builders/${encodeURIComponent(builder)}/builds/${build.number}`;
+      return;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 250));
+  }
+}
+
+function wireForce() {
+  const form = document.getElementById("force");
+  if (!form) return;
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const fields = new FormData(form);
+    const params = { builderNames: [form.dataset.builder], reason: fields.get("reason") || "forced from the web" };
+    for (const name of ["branch", "revision"]) {
+      if (fields.get(name)) params[name] = fields.get(name);
+    }
+    const properties = {};
+    for (const line of String(fields.get("properties") || "").split("\n")) {
+      const at = line.indexOf("=");
+      if (at > 0) properties[line.slice(0, at).trim()] = line.slice(at + 1).trim();
+    }
+    if (Object.keys(properties).length) params.properties = properties;
+    const button = form.querySelector("button");
+    button.disabled = true;
+    form.querySelector(".error").textContent = "";
+    try {
+      const result = await rpc(`/forceschedulers/${encodeURIComponent(form.dataset.scheduler)}`, "force", params);
+      await goToBuildOf(Object.values(result[1])[0], form.dataset.builder);
+    } catch (error) {
+      showError(button, error);
+    } finally {
+      button.disabled = false;
+    }
+  });
+}
+
+function wireLogin() {
+  const form = document.getElementById("login");
+  if (!form) return;
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const fields = new FormData(form);
+    const response = await fetch("/auth/login", {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ username: fields.get("username"), password: fields.get("password") }),
+    });
+    const body = await response.json().catch(() => ({}));
+    if (!response.ok) {
+      form.querySelector(".error").textContent = body.error || `HTTP ${response.status}`;
+      return;
+    }
+    const next = new URLSearchParams(location.search).get("next");
+    location.href = next && next.startsWith("/") ? next : "/";
+  });
+}
+
+// --- live events ------------------------------------------------------------------
+
+/// Subscribes to `paths` on /ws and calls `handle(key, message)` for each
+/// event; reconnects with backoff.
+function live(paths, handle) {
+  let delay = 500;
+  const connect = () => {
+    const socket = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`);
+    socket.addEventListener("open", () => {
+      delay = 500;
+      paths.forEach((path, i) => socket.send(JSON.stringify({ cmd: "startConsuming", path, _id: i + 1 })));
+    });
+    socket.addEventListener("message", (event) => {
+      const frame = JSON.parse(event.data);
+      if (frame.k) handle(frame.k, frame.m);
+    });
+    socket.addEventListener("close", () => {
+      setTimeout(connect, delay);
+      delay = Math.min(delay * 2, 10000);
+    });
+  };
+  connect();
+}
+
+const resultClass = (build) => (build.results === null || build.results === undefined ? "running" : `r${build.results}`);
+const resultName = (build) => (build.results === null || build.results === undefined ? "running" : RESULTS[build.results] || "unknown");
+
+function overviewLive() {
+  const cells = Number(data("cells")) || 12;
+  const branchFiltered = data("branch") !== "";
+  live(["builds/*/*", "buildrequests/*/*"], (key, m) => {
+    const row = document.querySelector(`tr[data-builderid="${m.builderid}"]`);
+    if (!row) return;
+    if (key.startsWith("buildrequests/")) {
+      const pending = row.querySelector("td.pending");
+      const total = document.getElementById("pending-total");
+      const change = key.endsWith("/new") ? 1 : key.endsWith("/claimed") || key.endsWith("/cancelled") ? -1 : 0;
+      if (change) {
+        pending.textContent = Math.max(0, Number(pending.textContent) + change);
+        total.textContent = Math.max(0, Number(total.textContent) + change);
+      }
+      return;
+    }
+    let cell = row.querySelector(`a[data-buildid="${m.buildid}"]`);
+    if (!cell) {
+      if (branchFiltered) return; // the event does not say which branch
+      cell = document.createElement("a");
+      cell.dataset.buildid = m.buildid;
+      cell.href = `/builders/${encodeURIComponent(row.dataset.builder)}/builds/${m.number}`;
+      cell.textContent = m.number;
+      const container = row.querySelector("td.cells");
+      container.prepend(cell);
+      while (container.children.length > cells) container.lastElementChild.remove();
+    }
+    cell.className = `cell ${resultClass(m)}`;
+    cell.title = `#${m.number} ${resultName(m)}`;
+  });
+}
+
+function builderLive() {
+  const builderId = data("builderid");
+  const builder = data("builder");
+  live([`builders/${builderId}/builds/*/*`, `builders/${builderId}/buildrequests/*/*`], (key, m) => {
+    if (key.includes("/buildrequests/")) {
+      if (!key.endsWith("/new")) document.querySelector(`#pending li[data-requestid="${m.buildrequestid}"]`)?.remove();
+      else if (!document.querySelector(`#pending li[data-requestid="${m.buildrequestid}"]`)) {
+        const item = document.createElement("li");
+        item.dataset.requestid = m.buildrequestid;
+        item.textContent = `request ${m.buildrequestid}, priority ${m.priority} `;
+        const cancel = document.createElement("button");
+        cancel.className = "action";
+        cancel.dataset.method = "cancel";
+        cancel.dataset.path = `/buildrequests/${m.buildrequestid}`;
+        cancel.textContent = "Cancel";
+        item.append(cancel);
+        document.getElementById("pending").append(item);
+        wireActions(item);
+      }
+      document.getElementById("pending-count").textContent = document.querySelectorAll("#pending li").length;
+      return;
+    }
+    const body = document.querySelector("#builds tbody");
+    let row = body.querySelector(`tr[data-buildid="${m.buildid}"]`);
+    if (!row) {
+      row = document.createElement("tr");
+      row.dataset.buildid = m.buildid;
+      for (let i = 0; i < 5; i++) row.append(document.createElement("td"));
+      const link = document.createElement("a");
+      link.href = `/builders/${encodeURIComponent(builder)}/builds/${m.number}`;
+      link.textContent = `#${m.number}`;
+      row.cells[0].append(link);
+      row.cells[1].className = "result";
+      row.cells[4].className = "state";
+      body.prepend(row);
+    }
+    row.className = resultClass(m);
+    row.cells[1].textContent = resultName(m);
+    row.cells[2].textContent = m.started_at ? new Date(m.started_at * 1000).toLocaleString() : "–";
+    row.cells[3].textContent = m.complete_at && m.started_at ? formatDuration(m.complete_at - m.started_at) : "running";
+    row.cells[4].textContent = m.state_string || "";
+  });
+}
+
+function formatDuration(seconds) {
+  if (seconds < 60) return `${seconds}s`;
+  if (seconds < 3600) return `${Math.floor(seconds / 60)}m ${seconds % 60}s`;
+  return `${Math.floor(seconds / 3600)}h ${Math.floor((seconds % 3600) / 60)}m`;
+}
+
+// --- logs ------------------------------------------------------------------------------
+
+const ANSI_COLOURS = ["black", "red", "green", "yellow", "blue", "magenta", "cyan", "white"];
+
+/// Appends `text` to `into` as spans, turning ANSI SGR colour codes into
+/// classes; nothing in the text is ever parsed as HTML.
+function appendAnsi(into, text, state) {
+  const parts = text.split(/\x1b\[([0-9;]*)m/);
+  for (let i = 0; i < parts.length; i++) {
+    if (i % 2 === 1) {
+      for (const code of (parts[i] || "0").split(";").map(Number)) {
+        if (code === 0) { state.fg = null; state.bold = false; }
+        else if (code === 1) state.bold = true;
+        else if (code === 22) state.bold = false;
+        else if (code >= 30 && code <= 37) state.fg = ANSI_COLOURS[code - 30];
+        else if (code >= 90 && code <= 97) state.fg = `bright-${ANSI_COLOURS[code - 90]}`;
+        else if (code === 39) state.fg = null;
+      }
+      continue;
+    }
+    if (!parts[i]) continue;
+    if (!state.fg && !state.bold) { into.append(parts[i]); continue; }
+    const span = document.createElement("span");
+    if (state.fg) span.classList.add(`ansi-${state.fg}`);
+    if (state.bold) span.classList.add("ansi-bold");
+    span.textContent = parts[i];
+    into.append(span);
+  }
+}
+
+/// One line element: a linkable number and the text, classed by channel.
+function lineElement(logId, number, channel, text) {
+  const line = document.createElement("span");
+  line.className = `line ch-${channel}`;
+  line.id = `log${logId}-L${number + 1}`;
+  const anchor = document.createElement("a");
+  anchor.className = "ln";
+  anchor.href = `#${line.id}`;
+  anchor.textContent = number + 1;
+  line.append(anchor);
+  const body = document.createElement("span");
+  body.className = "text";
+  appendAnsi(body, text, {});
+  line.append(body);
+  line.append("\n");
+  return line;
+}
+
+/// Parses `contents`' prefixed lines ("o..." stdout, "e..." stderr, "h..." header).
+function* prefixedLines(content) {
+  const lines = content.split("\n");
+  if (lines[lines.length - 1] === "") lines.pop();
+  for (const line of lines) {
+    const channel = "oeh".includes(line[0]) ? line[0] : "o";
+    yield [channel, "oeh".includes(line[0]) ? line.slice(1) : line];
+  }
+}
+
+class LogView {
+  constructor(element) {
+    this.element = element;
+    this.id = element.dataset.logid;
+    this.pre = element.querySelector("pre.lines");
+    this.earlier = element.querySelector("button.earlier");
+    this.follow = element.querySelector("input.follow");
+    this.first = 0; // number of the first line shown
+    this.next = 0; // number the next line gets
+    this.earlier.addEventListener("click", () => this.loadEarlier());
+  }
+
+  async start() {
+    if (this.element.dataset.complete === "true") {
+      const lines = Number(this.element.dataset.lines) || 0;
+      this.first = this.next = Math.max(0, lines - LOG_PAGE);
+      await this.load(this.first, LOG_PAGE, false);
+      this.earlier.hidden = this.first === 0;
+      this.jumpToHash();
+    } else {
+      await this.stream();
+    }
+  }
+
+  async load(offset, limit, before) {
+    const body = await (await fetch(`/api/v2/logs/${this.id}/contents?offset=${offset}&limit=${limit}`)).json();
+    const fragment = document.createDocumentFragment();
+    let number = offset;
+    for (const chunk of body.logchunks || []) {
+      for (const [channel, text] of prefixedLines(chunk.content)) {
+        fragment.append(lineElement(this.id, number++, channel, text));
+      }
+    }
+    if (before) this.pre.prepend(fragment);
+    else { this.pre.append(fragment); this.next = number; }
+  }
+
+  async loadEarlier() {
+    const offset = Math.max(0, this.first - LOG_PAGE);
+    await this.load(offset, this.first - offset, true);
+    this.first = offset;
+    this.earlier.hidden = this.first === 0;
+  }
+
+  /// Follows a running log: the last lines first, then each line as it is
+  /// printed, until the log ends.
+  async stream() {
+    const response = await fetch(`/api/v2/logs/${this.id}/contents?follow=true&tail=${LOG_PAGE}`);
+    this.first = this.next = Number(response.headers.get("X-First-Line")) || 0;
+    this.earlier.hidden = this.first === 0;
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    let pending = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      pending += decoder.decode(value, { stream: true });
+      const end = pending.lastIndexOf("\n");
+      if (end < 0) continue;
+      const fragment = document.createDocumentFragment();
+      for (const [channel, text] of prefixedLines(pending.slice(0, end + 1))) {
+        fragment.append(lineElement(this.id, this.next++, channel, text));
+      }
+      pending = pending.slice(end + 1);
+      this.pre.append(fragment);
+      if (this.follow.checked) this.pre.lastElementChild?.scrollIntoView({ block: "nearest" });
+    }
+    this.element.dataset.complete = "true";
+  }
+
+  jumpToHash() {
+    const target = location.hash && document.getElementById(location.hash.slice(1));
+    if (target && this.pre.contains(target)) {
+      target.classList.add("target");
+      target.scrollIntoView({ block: "center" });
+    }
+  }
+}
+
+function startLogs(root = document) {
+  for (const element of root.querySelectorAll("div.log")) {
+    if (element.dataset.started) continue;
+    element.dataset.started = "1";
+    new LogView(element).start();
+  }
+}
+
+function buildLive() {
+  const buildId = data("buildid");
+  live([`builds/${buildId}/*`, `builds/${buildId}/steps/*/*`], async (key, m) => {
+    if (key.startsWith("builds/") && !key.includes("/steps/")) {
+      const badge = document.getElementById("result");
+      badge.className = `badge ${resultClass(m)}`;
+      badge.textContent = resultName(m);
+      document.getElementById("state").textContent = m.state_string || "";
+      if (m.complete) {
+        document.getElementById("stop").hidden = true;
+        document.getElementById("rebuild").hidden = false;
+        if (m.complete_at) {
+          document.getElementById("finished").textContent = new Date(m.complete_at * 1000).toLocaleString();
+          if (m.started_at) document.getElementById("duration").textContent = formatDuration(m.complete_at - m.started_at);
+        }
+      }
+      return;
+    }
+    await showStep(m);
+  });
+}
+
+/// Adds or updates a step of the build page from its API shape.
+async function showStep(step) {
+  let item = document.querySelector(`li.step[data-stepid="${step.stepid}"]`);
+  if (!item) {
+    item = document.createElement("li");
+    item.className = "step";
+    item.dataset.stepid = step.stepid;
+    const details = document.createElement("details");
+    details.open = true;
+    const summary = document.createElement("summary");
+    for (const part of ["name", "result", "duration", "state"]) {
+      const span = document.createElement("span");
+      span.className = part;
+      summary.append(span, " ");
+    }
+    details.append(summary);
+    item.append(details);
+    document.getElementById("steps").append(item);
+  }
+  const complete = step.complete === true;
+  item.className = `step ${complete ? resultClass(step) : "running"}`;
+  item.querySelector(".name").textContent = step.name;
+  item.querySelector(".result").textContent = complete ? resultName(step) : "running";
+  item.querySelector(".duration").textContent =
+    complete && step.started_at && step.complete_at ? formatDuration(step.complete_at - step.started_at) : "";
+  item.querySelector(".state").textContent = step.state_string || "";
+  if (!item.querySelector("div.log")) {
+    const body = await (await fetch(`/api/v2/steps/${step.stepid}/logs`)).json();
+    const details = item.querySelector("details");
+    for (const log of body.logs || []) {
+      if (details.querySelector(`div.log[data-logid="${log.logid}"]`)) continue;
+      details.append(logElement(log));
+    }
+    startLogs(item);
+  }
+}
+
+function logElement(log) {
+  const element = document.createElement("div");
+  element.className = "log";
+  element.dataset.logid = log.logid;
+  element.dataset.complete = String(log.complete);
+  element.dataset.lines = log.num_lines;
+  const bar = document.createElement("div");
+  bar.className = "log-bar";
+  const name = document.createElement("span");
+  name.className = "log-name";
+  name.textContent = log.name;
+  const raw = document.createElement("a");
+  raw.href = `/api/v2/logs/${log.logid}/raw`;
+  raw.textContent = "raw";
+  const label = document.createElement("label");
+  const follow = document.createElement("input");
+  follow.type = "checkbox";
+  follow.className = "follow";
+  follow.checked = true;
+  label.append(follow, " follow");
+  bar.append(name, " ", raw, " ", label);
+  const earlier = document.createElement("button");
+  earlier.className = "earlier";
+  earlier.hidden = true;
+  earlier.textContent = "Load earlier lines";
+  const pre = document.createElement("pre");
+  pre.className = "lines";
+  element.append(bar, earlier, pre);
+  return element;
+}
+
+/// Running durations tick; times show in the reader's zone.
+function tick() {
+  const now = Date.now() / 1000;
+  for (const span of document.querySelectorAll("span.elapsed[data-since]")) {
+    span.textContent = formatDuration(Math.max(0, Math.round(now - Number(span.dataset.since))));
+  }
+}
+
+document.addEventListener("DOMContentLoaded", async () => {
+  for (const time of document.querySelectorAll("time[datetime]")) {
+    time.title = time.textContent;
+    time.textContent = new Date(Number(time.getAttribute("datetime")) * 1000).toLocaleString();
+  }
+  setInterval(tick, 1000);
+  await whoAmI();
+  wireActions();
+  wireForce();
+  wireLogin();
+  switch (document.body.dataset.page) {
+    case "overview": overviewLive(); break;
+    case "builder": builderLive(); break;
+    case "build": startLogs(); buildLive(); break;
+  }
+});

@@ -1,0 +1,281 @@
+//! The web UI in a real browser: Debian's Chromium, driven over WebDriver by
+//! chromedriver, through HAProxy with two masters. Each test writes
+//! screenshots of the pages it visits to `target/screenshots/` (or
+//! `$BUILDMASTER_SCREENSHOTS`), the artefacts CI keeps.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use serde_json::{Value, json};
+
+use crate::harness::{ChildGuard, TestStack, free_port, repository_root};
+
+/// A browser session over the W3C WebDriver protocol.
+struct Browser {
+    http: reqwest::Client,
+    session: String,
+    _driver: ChildGuard,
+    name: String,
+}
+
+impl Browser {
+    async fn start(name: &str) -> Browser {
+        let port = free_port();
+        let driver = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver runs (deploy/services.sh ensure installs chromium-driver)");
+        let driver = ChildGuard(driver);
+        let http = reqwest::Client::new();
+        let base = format!("http://127.0.0.1:{port}");
+        let capabilities = json!({ "capabilities": { "alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": "/usr/bin/chromium",
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                         "--window-size=1280,900"]
+            }
+        }}});
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let session = loop {
+            match http.post(format!("{base}/session")).json(&capabilities).send().await {
+                Ok(response) => {
+                    let body: Value = response.json().await.expect("a WebDriver answer");
+                    let id = body["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("no session: {body}"));
+                    break id.to_owned();
+                }
+                Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
+                Err(error) => panic!("chromedriver did not answer: {error}"),
+            }
+        };
+        Browser { http, session: format!("{base}/session/{session}"), _driver: driver, name: name.to_owned() }
+    }
+
+    async fn command(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let mut request = self.http.request(method, format!("{}{path}", self.session));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let answer: Value = request.send().await.expect("chromedriver answers").json().await.expect("JSON");
+        assert!(answer["value"].get("error").is_none(), "WebDriver {path}: {answer}");
+        answer["value"].clone()
+    }
+
+    async fn goto(&self, url: &str) {
+        self.command(reqwest::Method::POST, "/url", Some(json!({ "url": url }))).await;
+    }
+
+    async fn url(&self) -> String {
+        self.command(reqwest::Method::GET, "/url", None).await.as_str().unwrap_or_default().to_owned()
+    }
+
+    /// Runs `script` in the page (a function body; `arguments` are `args`).
+    async fn run(&self, script: &str, args: Value) -> Value {
+        self.command(reqwest::Method::POST, "/execute/sync", Some(json!({ "script": script, "args": args }))).await
+    }
+
+    async fn click(&self, css: &str) {
+        let element = self
+            .command(reqwest::Method::POST, "/element", Some(json!({ "using": "css selector", "value": css })))
+            .await;
+        let id = element.as_object().and_then(|o| o.values().next()).and_then(Value::as_str).expect("element id");
+        self.command(reqwest::Method::POST, &format!("/element/{id}/click"), Some(json!({}))).await;
+    }
+
+    async fn text(&self, css: &str) -> String {
+        let text =
+            self.run("const e = document.querySelector(arguments[0]); return e ? e.textContent : null;", json!([css]));
+        text.await.as_str().unwrap_or_default().to_owned()
+    }
+
+    /// Waits until `script` returns something truthy; fails after `seconds`.
+    async fn wait_for(&self, seconds: u64, what: &str, script: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        loop {
+            let value = self.run(script, json!([])).await;
+            let truthy = !(value.is_null() || value == json!(false) || value == json!("") || value == json!(0));
+            if truthy {
+                return value;
+            }
+            assert!(Instant::now() < deadline, "{what}: not within {seconds}s (at {})", self.url().await);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Saves what the browser shows as `<screenshots>/<test>-<page>.png`.
+    async fn screenshot(&self, page: &str) -> PathBuf {
+        let png = self.command(reqwest::Method::GET, "/screenshot", None).await;
+        let bytes = base64::engine::general_purpose::STANDARD.decode(png.as_str().unwrap()).unwrap();
+        let dir = std::env::var_os("BUILDMASTER_SCREENSHOTS")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repository_root().join("target/screenshots"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{}-{page}.png", self.name));
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let http = self.http.clone();
+        let session = self.session.clone();
+        // Best effort: the driver process is killed right after anyway.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async { http.delete(session).send().await.ok() });
+        })
+        .join();
+    }
+}
+
+const LIVE_YAML: &str = "factories:\n  slow:\n    steps:\n      - name: print\n        command: \
+    for i in 1 2 3 4 5 6 7 8; do printf 'line %s\\n' $i; if [ $i = 2 ]; then printf 'oops\\n' >&2; fi; sleep 0.5; done\n\
+  \x20 sleeper:\n    steps:\n      - name: sleep\n        command: echo started; sleep 300\n\
+    builders:\n  - name: slow\n    factory: slow\n    workers: [w1]\n    tags: [stable]\n\
+  \x20 - name: sleeper\n    factory: sleeper\n    workers: [w1]\n\
+  \x20 - name: waiting\n    factory: slow\n    workers: [w2]\n\
+    schedulers:\n  - type: force\n    name: force\n    builders: [slow, sleeper, waiting]\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_from_the_builder_page_shows_the_log_live_and_the_result_without_reloading() {
+    let mut stack = TestStack::new(LIVE_YAML, &["slow", "sleeper", "waiting"]).await;
+    stack.start_masters_behind_haproxy().await;
+    stack.start_worker("w1");
+    let base = stack.base_url.clone();
+    let browser = Browser::start("force").await;
+
+    browser.goto(&format!("{base}/builders/slow")).await;
+    browser.wait_for(10, "the force form", "return document.querySelector('#force button')").await;
+    browser.screenshot("builder").await;
+    browser.click("#force button").await;
+    browser.wait_for(30, "the build page", "return location.pathname === '/builders/slow/builds/1'").await;
+    // The page must not reload from here on: a marker would be lost.
+    browser.run("window.stayed = true;", json!([])).await;
+    let seen = browser
+        .wait_for(
+            30,
+            "line 2 while the step runs",
+            "const text = document.querySelector('pre.lines')?.textContent || ''; \
+             const result = document.getElementById('result').textContent; \
+             return text.includes('line 2') ? result : null;",
+        )
+        .await;
+    assert_eq!(seen, "running", "the line arrived while the build was running");
+    let stderr = browser.text("pre.lines .ch-e .text").await;
+    assert_eq!(stderr, "oops", "stderr is told apart from stdout");
+    browser.screenshot("build-running").await;
+    browser
+        .wait_for(
+            30,
+            "the result to turn to success",
+            "return document.getElementById('result').textContent === 'success'",
+        )
+        .await;
+    assert_eq!(browser.run("return window.stayed === true", json!([])).await, true, "no reload happened");
+    let counts = browser
+        .run(
+            "return [document.querySelectorAll('pre.lines .ch-o').length, document.querySelectorAll('pre.lines .ch-e').length]",
+            json!([]),
+        )
+        .await;
+    assert_eq!(counts, json!([8, 1]), "8 lines of stdout and one of stderr, each once");
+    browser.screenshot("build-finished").await;
+
+    // A linkable line number.
+    browser.goto(&format!("{}#{}", browser.url().await.split('#').next().unwrap(), "log1-L3")).await;
+    browser.run("location.reload()", json!([])).await;
+    browser.wait_for(10, "line 3 marked", "return document.querySelector('.line.target')?.id").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_on_a_running_build_kills_it_and_the_page_shows_cancelled() {
+    let mut stack = TestStack::new(LIVE_YAML, &["slow", "sleeper", "waiting"]).await;
+    stack.start_masters_behind_haproxy().await;
+    stack.start_worker("w1");
+    let request = stack.force("sleeper").await;
+    let build = stack.wait_for_build_to_start(request).await;
+    let base = stack.base_url.clone();
+    let browser = Browser::start("stop").await;
+    browser.goto(&format!("{base}/builders/sleeper/builds/{}", build["number"])).await;
+    browser
+        .wait_for(
+            30,
+            "the step's first line",
+            "return (document.querySelector('pre.lines')?.textContent || '').includes('started')",
+        )
+        .await;
+    browser.click("#stop").await;
+    browser.wait_for(30, "CANCELLED", "return document.getElementById('result').textContent === 'cancelled'").await;
+    assert_eq!(stack.wait_for_build(request).await["results"], 6, "the build ended CANCELLED");
+    browser.wait_for(10, "the Rebuild button", "return !document.getElementById('rebuild').hidden").await;
+    browser.screenshot("build-cancelled").await;
+
+    // The other pages, for the artefacts: workers, the queue (a request for
+    // a worker that is not running waits there), the login form.
+    stack.force("waiting").await;
+    for (path, page, ready) in [
+        ("/workers", "workers", "return document.querySelector('table.workers tbody tr')"),
+        ("/queue", "queue", "return document.querySelector('section.queue li')"),
+        ("/login", "login", "return document.querySelector('#login')"),
+    ] {
+        browser.goto(&format!("{base}{path}")).await;
+        browser.wait_for(10, page, ready).await;
+        browser.screenshot(page).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_overview_of_a_thousand_builders_renders_and_its_cells_link_to_real_builds() {
+    const BUILDERS: usize = 1000;
+    let names: Vec<String> = (0..BUILDERS).map(|i| format!("builder-{i:04}")).collect();
+    let mut yaml =
+        String::from("factories:\n  quick:\n    steps:\n      - name: hi\n        command: echo hi\nbuilders:\n");
+    for (i, name) in names.iter().enumerate() {
+        // A few served by the running worker, the rest by one never started.
+        let worker = if i % 250 == 0 { "w1" } else { "w2" };
+        let tag = if i % 2 == 0 { "tier-1" } else { "tier-2" };
+        yaml.push_str(&format!("  - name: {name}\n    factory: quick\n    workers: [{worker}]\n    tags: [{tag}]\n"));
+    }
+    yaml.push_str(&format!("schedulers:\n  - type: force\n    name: force\n    builders: [{}]\n", names.join(", ")));
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut stack = TestStack::new(&yaml, &refs).await;
+    stack.start_masters_behind_haproxy().await;
+    stack.start_worker("w1");
+    let mut built = Vec::new();
+    for name in ["builder-0000", "builder-0250", "builder-0500"] {
+        let request = stack.force(name).await;
+        built.push((name, stack.wait_for_build(request).await));
+    }
+    let base = stack.base_url.clone();
+    let browser = Browser::start("overview").await;
+    let started = Instant::now();
+    browser.goto(&format!("{base}/")).await;
+    let rows = browser.wait_for(30, "the grid", "return document.querySelectorAll('table.grid tbody tr').length").await;
+    eprintln!("overview of {BUILDERS} builders loaded in the browser in {:?}", started.elapsed());
+    assert_eq!(rows, BUILDERS);
+    browser.screenshot("overview").await;
+    for (name, build) in &built {
+        let href = browser
+            .run(
+                "const row = document.querySelector(`tr[data-builder='${arguments[0]}']`); \
+                 return row.querySelector('a.cell').getAttribute('href');",
+                json!([name]),
+            )
+            .await;
+        assert_eq!(href, format!("/builders/{name}/builds/{}", build["number"]));
+    }
+    browser.click("tr[data-builder='builder-0250'] a.cell").await;
+    browser.wait_for(10, "the build page", "return document.getElementById('result')?.textContent === 'success'").await;
+    assert_eq!(browser.url().await, format!("{base}/builders/builder-0250/builds/1"));
+    // The tag filter keeps half.
+    browser.goto(&format!("{base}/?tag=tier-1")).await;
+    let rows = browser
+        .wait_for(30, "the filtered grid", "return document.querySelectorAll('table.grid tbody tr').length")
+        .await;
+    assert_eq!(rows, BUILDERS / 2);
+}
