@@ -5,7 +5,7 @@
 #
 #   bench/run.sh                    all scenarios, then bench/RESULTS.md
 #   bench/run.sh live-log crawl     only these (enqueue, throughput, live-log,
-#                                   log-throughput, crawl)
+#                                   log-throughput, crawl, pages)
 #
 # The crawler scenario reads a large history, written once into the bench
 # database by bench/seed.sql (BENCH_SEED_BUILDS builds, 2,500,000 unless set;
@@ -129,7 +129,12 @@ scenario_crawl() {
     bench crawl --seconds 20 --concurrency 64 --dispatch-per-second 50
     footprint "after the crawler"
 }
-ALL=(enqueue throughput live-log log-throughput crawl)
+scenario_pages() {
+    seed_history
+    say "web pages on the seeded history"
+    bench pages --rounds 50
+}
+ALL=(enqueue throughput live-log log-throughput crawl pages)
 chosen=("${@:-${ALL[@]}}")
 for name in "${chosen[@]}"; do
     declare -F "scenario_${name//-/_}" >/dev/null || { echo "unknown scenario $name (known: ${ALL[*]})" >&2; exit 2; }

@@ -8,6 +8,7 @@
 //! `bench/RESULTS.md`.
 
 mod crawl;
+mod pages;
 mod logs;
 mod report;
 
@@ -81,6 +82,11 @@ enum Scenario {
         #[arg(long, value_delimiter = ',')]
         master_pids: Vec<u32>,
     },
+    /// The web UI's heaviest pages on the seeded history, one at a time.
+    Pages {
+        #[arg(long, default_value_t = 50)]
+        rounds: usize,
+    },
     /// GETs like a crawler's on a seeded database (see bench/seed.sql) while
     /// builds keep being forced at a moderate rate.
     Crawl {
@@ -131,6 +137,7 @@ async fn main() -> anyhow::Result<()> {
             crawl::crawl(&http, &cli.url, &database, Duration::from_secs(seconds), concurrency, dispatch_per_second)
                 .await?
         }
+        Scenario::Pages { rounds } => pages::pages(&http, &cli.url, &database, rounds).await?,
         Scenario::Report { .. } => unreachable!("handled above"),
     };
     println!("{result}");

@@ -72,6 +72,17 @@ pub fn write(input: &std::path::Path, output: &std::path::Path, machine: &str) -
                     f(&["dispatch_latency_ms", "p50"]), verdict(rate >= 5000.0 && p99 <= 50.0 && dispatch_p99 < 50.0)
                 ));
             }
+            "pages" => {
+                let p50 = |name: &str| f(&[name, "p50"]);
+                let p99 = |name: &str| f(&[name, "p99"]);
+                rows.push(format!(
+                    "| Web pages, one at a time, on {} builds | overview of {} builders p50 {} ms, p99 {} ms ({:.0} KB); builder page p50 {} ms, p99 {} ms (deep in its history p50 {} ms); build page p50 {} ms, p99 {} ms | (no target) | {} |",
+                    result["seeded_builds"], result["builders"], p50("overview_ms"), p99("overview_ms"), f(&["overview_kb"]),
+                    p50("builder_page_ms"), p99("builder_page_ms"), p50("builder_deep_page_ms"), p50("build_page_ms"),
+                    p99("build_page_ms"), ""
+
+                ));
+            }
             other => bail!("unknown scenario `{other}` in {}", input.display()),
         }
     }
