@@ -8,8 +8,8 @@
 //! `bench/RESULTS.md`.
 
 mod crawl;
-mod pages;
 mod logs;
+mod pages;
 mod report;
 
 use std::sync::Arc;

@@ -279,3 +279,43 @@ async fn the_overview_of_a_thousand_builders_renders_and_its_cells_link_to_real_
         .await;
     assert_eq!(rows, BUILDERS / 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifty_megabyte_log_opens_at_its_tail_and_pages_back() {
+    // 50 MB in 625,000 numbered lines of 80 bytes.
+    let yaml = "factories:\n  big:\n    steps:\n      - name: print\n        command: \
+                seq -f '%079g' 1 625000\nbuilders:\n  - name: big\n    factory: big\n    workers: [w1]\n\
+                schedulers:\n  - type: force\n    name: force\n    builders: [big]\n";
+    let mut stack = TestStack::new(yaml, &["big"]).await;
+    stack.start_masters_behind_haproxy().await;
+    stack.start_worker("w1");
+    let request = stack.force("big").await;
+    let build = stack.wait_for_build(request).await;
+    assert_eq!(build["results"], 0, "{build}");
+    let base = stack.base_url.clone();
+    let browser = Browser::start("big-log").await;
+    browser.goto(&format!("{base}/builders/big/builds/1")).await;
+    browser.run("document.querySelector('li.step details').open = true;", json!([])).await;
+    let shown =
+        browser.wait_for(30, "the log's tail", "return document.querySelectorAll('pre.lines .line').length").await;
+    assert_eq!(shown, 1000, "only the last 1,000 lines are in the page");
+    let last = browser
+        .run("return [...document.querySelectorAll('pre.lines .ch-o .text')].pop().textContent", json!([]))
+        .await;
+    assert_eq!(last, format!("{:079}", 625000), "the tail is the log's end");
+    browser.click("button.earlier").await;
+    browser
+        .wait_for(30, "1,000 earlier lines", "return document.querySelectorAll('pre.lines .line').length === 2000")
+        .await;
+    // The printed lines shown are consecutive and end with the last one.
+    let found = browser
+        .run(
+            "const lines = document.querySelectorAll('pre.lines .ch-o .text'); \
+             return [Number(lines[0].textContent), lines.length];",
+            json!([]),
+        )
+        .await;
+    let (first, count) = (found[0].as_i64().unwrap(), found[1].as_i64().unwrap());
+    assert_eq!(first + count - 1, 625000, "earlier lines come before, in order, none missing");
+    browser.screenshot("build").await;
+}
