@@ -48,7 +48,15 @@ async fn handle_request(master: &Master, delivery: Delivery) {
     };
     let (reply_to, correlation_id, request) = request;
     let user_id = delivery.properties.user_id().as_ref().map(|user| user.as_str());
-    if let Err(error) = master.check_sender(user_id, request_worker(&request)) {
+    // Replies go only to the asking worker's own reply queue: a worker must
+    // not make masters publish into queues it may not write itself.
+    let worker = request_worker(&request);
+    if reply_to != master.namespace.worker_reply_queue(worker) {
+        tracing::warn!(worker.name = worker, %reply_to, "dead-lettering an RPC request whose reply_to is not its worker's");
+        let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;
+        return;
+    }
+    if let Err(error) = master.check_sender(user_id, worker) {
         tracing::warn!(%error, "refusing an RPC request");
         let refused = RpcReply::Refused { reason: error.to_string() };
         let _ = master.broker.reply(&reply_to, &correlation_id, &refused).await;

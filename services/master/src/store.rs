@@ -98,6 +98,9 @@ pub struct Claim<'a> {
 }
 
 /// What a claim produced: a new or (for a retried token) existing build.
+/// How far back the overview looks for builds of a branch.
+pub const BRANCH_SCAN_BUILDS: i64 = 500;
+
 /// One build in the overview grid.
 #[derive(Debug, FromRow)]
 pub struct GridCell {
@@ -937,7 +940,9 @@ impl Store {
 
     /// The newest `per_builder` builds of each builder, newest first, one
     /// index scan per builder (for the overview grid); with `branch`, only
-    /// builds of that branch.
+    /// builds of that branch among each builder's newest
+    /// `BRANCH_SCAN_BUILDS`, so a rare branch cannot make the page read
+    /// every builder's whole history.
     pub async fn recent_builds(
         &self,
         builder_ids: &[i32],
@@ -948,9 +953,13 @@ impl Store {
             r#"select b.builder_id, x.id, x.number, x.results, x.complete_at is not null as complete
                from unnest($1::int[]) as b(builder_id)
                cross join lateral (
-                   select id, number, results, complete_at from builds
-                   where builder_id = b.builder_id
-                     and ($3::text is null or properties -> 'branch' ->> 0 = $3)
+                   select id, number, results, complete_at from (
+                       select id, number, results, complete_at, properties from builds
+                       where builder_id = b.builder_id
+                       order by number desc
+                       limit $4
+                   ) newest
+                   where $3::text is null or properties -> 'branch' ->> 0 = $3
                    order by number desc
                    limit $2
                ) x"#,
@@ -958,6 +967,7 @@ impl Store {
         .bind(builder_ids)
         .bind(per_builder)
         .bind(branch)
+        .bind(if branch.is_some() { BRANCH_SCAN_BUILDS } else { per_builder })
         .fetch_all(&self.reads)
         .await?)
     }
@@ -982,17 +992,19 @@ impl Store {
         &self,
         token_sha256: &[u8],
         user: &str,
+        password_fingerprint: &str,
         csrf_token: &str,
         lifetime_seconds: i64,
     ) -> StoreResult<()> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("delete from sessions where expires_at < now()").execute(&mut *tx).await?;
         sqlx::query(
-            r#"insert into sessions (token_sha256, user_name, csrf_token, expires_at)
-               values ($1, $2, $3, now() + make_interval(secs => $4))"#,
+            r#"insert into sessions (token_sha256, user_name, password_fingerprint, csrf_token, expires_at)
+               values ($1, $2, $3, $4, now() + make_interval(secs => $5))"#,
         )
         .bind(token_sha256)
         .bind(user)
+        .bind(password_fingerprint)
         .bind(csrf_token)
         .bind(lifetime_seconds as f64)
         .execute(&mut *tx)
@@ -1001,12 +1013,16 @@ impl Store {
         Ok(())
     }
 
-    /// The user and CSRF token of a login that has not expired.
-    pub async fn find_session(&self, token_sha256: &[u8]) -> StoreResult<Option<(String, String)>> {
-        Ok(sqlx::query_as("select user_name, csrf_token from sessions where token_sha256 = $1 and expires_at > now()")
-            .bind(token_sha256)
-            .fetch_optional(&self.pool)
-            .await?)
+    /// The user, password fingerprint and CSRF token of a login that has
+    /// not expired.
+    pub async fn find_session(&self, token_sha256: &[u8]) -> StoreResult<Option<(String, String, String)>> {
+        Ok(sqlx::query_as(
+            r#"select user_name, password_fingerprint, csrf_token from sessions
+               where token_sha256 = $1 and expires_at > now()"#,
+        )
+        .bind(token_sha256)
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     pub async fn delete_session(&self, token_sha256: &[u8]) -> StoreResult<()> {

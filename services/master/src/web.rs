@@ -287,8 +287,8 @@ async fn builder_page(
     if let Some(before) = query.before {
         params.push(("number__lt", before.to_string()));
     }
-    let (builds, total) = api_items(&master, &BUILDS, &params).await?;
-    let (pending, _) = api_items(
+    let builds = api_items(&master, &BUILDS, &params).await?;
+    let pending = api_items(
         &master,
         &BUILDREQUESTS,
         &[
@@ -300,7 +300,7 @@ async fn builder_page(
         ],
     )
     .await?;
-    let (workers, _) = api_items(&master, &WORKERS, &[("order", "name".into()), ("limit", "10000".into())]).await?;
+    let workers = api_items(&master, &WORKERS, &[("order", "name".into()), ("limit", "10000".into())]).await?;
     let workers: Vec<&Value> =
         workers.iter().filter(|w| builder.workers.iter().any(|n| n == text(w, "name"))).collect();
     let schedulers: Vec<&str> = catalog
@@ -327,7 +327,7 @@ async fn builder_page(
                         @for build in &builds { (build_row(&builder.name, build)) }
                     }
                 }
-                @if let Some(oldest) = oldest_shown.filter(|_| builds.len() as i64 == BUILDS_PER_PAGE && total > 0) {
+                @if let Some(oldest) = oldest_shown.filter(|_| builds.len() as i64 == BUILDS_PER_PAGE) {
                     p { a href=(format!("{}?before={oldest}", builder_href(&builder.name))) { "Older builds →" } }
                 }
                 @if query.before.is_some() { p { a href=(builder_href(&builder.name)) { "← Newest builds" } } }
@@ -398,7 +398,7 @@ async fn build_page(State(master): State<AppState>, Path((name, number)): Path<(
     let (_, builder_id) = catalog.builder(&name).ok_or_else(|| not_found(format!("builder `{name}`")))?;
     let number: i64 =
         number.parse().map_err(|_| PageError(ApiError::BadRequest(format!("`{number}` is not a build number"))))?;
-    let (builds, _) = api_items(
+    let builds = api_items(
         &master,
         &BUILDS,
         &[("builderid", builder_id.to_string()), ("number", number.to_string()), ("property", "*".into())],
@@ -406,20 +406,19 @@ async fn build_page(State(master): State<AppState>, Path((name, number)): Path<(
     .await?;
     let build = builds.into_iter().next().ok_or_else(|| not_found(format!("build {name} #{number}")))?;
     let build_id = int(&build, "buildid");
-    let (steps, _) =
-        api_items(&master, &STEPS, &[("buildid", build_id.to_string()), ("order", "number".into())]).await?;
+    let steps = api_items(&master, &STEPS, &[("buildid", build_id.to_string()), ("order", "number".into())]).await?;
     let mut logs_by_step: HashMap<i64, Vec<Value>> = HashMap::new();
     for step in &steps {
         let step_id = int(step, "stepid");
-        let (logs, _) = api_items(&master, &LOGS, &[("stepid", step_id.to_string())]).await?;
+        let logs = api_items(&master, &LOGS, &[("stepid", step_id.to_string())]).await?;
         logs_by_step.insert(step_id, logs);
     }
-    let (workers, _) = api_items(&master, &WORKERS, &[("workerid", int(&build, "workerid").to_string())]).await?;
+    let workers = api_items(&master, &WORKERS, &[("workerid", int(&build, "workerid").to_string())]).await?;
     let worker = workers.first().map(|w| text(w, "name").to_owned()).unwrap_or_default();
-    let (requests, _) =
+    let requests =
         api_items(&master, &BUILDREQUESTS, &[("buildrequestid", int(&build, "buildrequestid").to_string())]).await?;
     let buildset_id = requests.first().map(|r| int(r, "buildsetid")).unwrap_or_default();
-    let (buildsets, _) = api_items(&master, &BUILDSETS, &[("bsid", buildset_id.to_string())]).await?;
+    let buildsets = api_items(&master, &BUILDSETS, &[("bsid", buildset_id.to_string())]).await?;
     let reason = buildsets.first().map(|s| text(s, "reason").to_owned()).unwrap_or_default();
     let complete = build.get("complete").and_then(Value::as_bool).unwrap_or_default();
     let properties = build.get("properties").and_then(Value::as_object).cloned().unwrap_or_default();
@@ -514,8 +513,8 @@ fn log_view(log: &Value) -> Markup {
 
 async fn workers_page(State(master): State<AppState>) -> Page {
     let catalog = master.catalog();
-    let (workers, _) = api_items(&master, &WORKERS, &[("order", "name".into()), ("limit", "10000".into())]).await?;
-    let (running, _) = api_items(&master, &BUILDS, &[("complete", "false".into()), ("limit", "10000".into())]).await?;
+    let workers = api_items(&master, &WORKERS, &[("order", "name".into()), ("limit", "10000".into())]).await?;
+    let running = api_items(&master, &BUILDS, &[("complete", "false".into()), ("limit", "10000".into())]).await?;
     let names: HashMap<i32, &str> = catalog.builder_ids.iter().map(|(name, id)| (*id, name.as_str())).collect();
     let mut current: HashMap<i64, Vec<&Value>> = HashMap::new();
     for build in &running {
@@ -556,7 +555,7 @@ async fn workers_page(State(master): State<AppState>) -> Page {
 
 async fn queue_page(State(master): State<AppState>) -> Page {
     let catalog = master.catalog();
-    let (pending, _) = api_items(
+    let pending = api_items(
         &master,
         &BUILDREQUESTS,
         &[("claimed", "false".into()), ("order", "submitted_at".into()), ("limit", "10000".into())],

@@ -210,12 +210,12 @@ pub async fn run(
             Ok(()) => break Ok(()),
             Err(error) => error,
         };
-        // A refusal, a refused login or a bad URL is final; so is a name in
-        // use at the very start (another worker has it). Anything else may
-        // pass: try again.
-        let fatal =
-            matches!(error, WorkerError::Refused(_) | WorkerError::LoginRefused { .. } | WorkerError::BadUrl(_))
-                || (fleet.welcomes == 0 && matches!(error, WorkerError::NameInUse(_)));
+        // A refusal or a bad URL is final; so are a name in use (another
+        // worker has it) and a refused login, at the very start. Later, a
+        // refused login is accounts being restored (a broker or Redis that
+        // lost them, synced again within `sync_seconds`): try again.
+        let fatal = matches!(error, WorkerError::Refused(_) | WorkerError::BadUrl(_))
+            || (fleet.welcomes == 0 && matches!(error, WorkerError::NameInUse(_) | WorkerError::LoginRefused { .. }));
         if fatal {
             break Err(error);
         }

@@ -25,7 +25,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use shared::config::{AuthorizationSettings, Settings};
+use shared::config::{AuthorizationSettings, Settings, UserSettings};
 
 use super::ApiError;
 use crate::Master;
@@ -118,10 +118,16 @@ impl FromRequestParts<Arc<Master>> for Caller {
         let Some(token) = session_token(&parts.headers) else {
             return Ok(Caller::Anonymous);
         };
-        let Some((user, csrf_token)) = master.store.find_session(&Sha256::digest(token.as_bytes())).await? else {
+        let session = master.store.find_session(&Sha256::digest(token.as_bytes())).await?;
+        let Some((user, fingerprint, csrf_token)) = session else {
             // Expired or logged out: as if no cookie came.
             return Ok(Caller::Anonymous);
         };
+        // A password changed since the login ends the session.
+        let current = master.catalog().config.settings.user(&user).and_then(password_fingerprint);
+        if current.as_deref() != Some(fingerprint.as_str()) {
+            return Ok(Caller::Anonymous);
+        }
         let sent = parts.headers.get(CSRF_HEADER).map(HeaderValue::as_bytes).unwrap_or_default();
         let csrf_ok = same_bytes(sent, csrf_token.as_bytes());
         Ok(Caller::Session { user, csrf_token, csrf_ok })
@@ -188,7 +194,11 @@ async fn log_in(master: &Master, body: Result<Json<Login>, JsonRejection>) -> Re
     let settings = &catalog.config.settings;
     let user = settings.user(&login.username);
     let hash = user.and_then(|user| user.password_hash.as_ref()).map(|hash| hash.expose().to_owned());
-    // argon2 is slow on purpose: off the async threads.
+    // argon2 is slow and takes memory on purpose: off the async threads,
+    // and only a few at once, so a flood of logins cannot exhaust a master.
+    let Ok(_checking) = PASSWORD_CHECKS.try_acquire() else {
+        return Err(ApiError::TooManyRequests("too many logins at once; try again in a moment".into()));
+    };
     let verified = tokio::task::spawn_blocking(move || verify_password(hash.as_deref(), &login.password))
         .await
         .map_err(|error| ApiError::Internal(format!("password check failed: {error}")))?;
@@ -197,7 +207,9 @@ async fn log_in(master: &Master, body: Result<Json<Login>, JsonRejection>) -> Re
     };
     let token = random_token();
     let csrf_token = random_token();
-    master.store.create_session(&Sha256::digest(token.as_bytes()), &user.name, &csrf_token, SESSION_SECONDS).await?;
+    let fingerprint = password_fingerprint(user).unwrap_or_default();
+    let token_sha256 = Sha256::digest(token.as_bytes());
+    master.store.create_session(&token_sha256, &user.name, &fingerprint, &csrf_token, SESSION_SECONDS).await?;
     tracing::info!(user = %user.name, "logged in");
     let secure = if settings.web.secure_cookies { "; Secure" } else { "" };
     let cookie = format!("{COOKIE_NAME}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={SESSION_SECONDS}{secure}");
@@ -229,6 +241,14 @@ pub async fn me(State(master): State<Arc<Master>>, caller: Caller) -> Response {
         _ => json!({ "user": null, "login_required": !catalog.config.settings.users.is_empty() }),
     };
     Json(body).into_response()
+}
+
+/// Password checks running at once on one master.
+static PASSWORD_CHECKS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+
+/// What a session remembers of the password hash it was opened with.
+fn password_fingerprint(user: &UserSettings) -> Option<String> {
+    user.password_hash.as_ref().map(|hash| sha256_hex(hash.expose())[..16].to_owned())
 }
 
 /// An argon2id hash of `password`, for settings.yaml's `password_hash`.

@@ -53,7 +53,9 @@ impl IntoResponse for RpcFailure {
             error["data"] = json!({ field: message });
         }
         let body = json!({ "jsonrpc": "2.0", "id": self.id, "error": error });
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        super::error::add_challenge(&mut response);
+        response
     }
 }
 
@@ -123,7 +125,7 @@ fn rpc_error(id: &Value, error: ApiError) -> RpcFailure {
         | ApiError::NotFound(_)
         | ApiError::Conflict(_)
         | ApiError::Gone(_) => RPC_INVALID_PARAMS,
-        ApiError::PayloadTooLarge(_) => RPC_INVALID_REQUEST,
+        ApiError::PayloadTooLarge(_) | ApiError::TooManyRequests(_) => RPC_INVALID_REQUEST,
         ApiError::Unauthorized(_) | ApiError::Forbidden(_) => RPC_NOT_ALLOWED,
         ApiError::Unavailable(_) | ApiError::Internal(_) => RPC_INTERNAL_ERROR,
     };

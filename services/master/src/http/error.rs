@@ -20,6 +20,9 @@ pub enum ApiError {
     /// A JSON-RPC parameter (or body field) that is missing or wrong.
     #[error("`{field}`: {message}")]
     InvalidField { field: String, message: String },
+    /// A limited resource is busy (password checks); try again soon.
+    #[error("{0}")]
+    TooManyRequests(String),
     /// Nobody is logged in, and the action needs someone.
     #[error("{0}")]
     Unauthorized(String),
@@ -46,6 +49,7 @@ impl ApiError {
         match self {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::BadRequest(_) | ApiError::InvalidField { .. } => StatusCode::BAD_REQUEST,
+            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
@@ -118,6 +122,16 @@ impl From<redis::RedisError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         self.log();
-        (self.status(), Json(json!({ "error": self.public_message() }))).into_response()
+        let mut response = (self.status(), Json(json!({ "error": self.public_message() }))).into_response();
+        add_challenge(&mut response);
+        response
+    }
+}
+
+/// A 401 says how to authenticate (RFC 9110): with an API token.
+pub fn add_challenge(response: &mut Response) {
+    if response.status() == StatusCode::UNAUTHORIZED {
+        let challenge = axum::http::HeaderValue::from_static("Bearer realm=\"buildmaster\"");
+        response.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, challenge);
     }
 }

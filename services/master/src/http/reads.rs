@@ -31,14 +31,17 @@ fn envelope(plural: &str, items: Vec<Value>, total: i64) -> Json<Value> {
     Json(json!({ plural: items, "meta": { "total": total } }))
 }
 
-/// One page of `resource` within `scope`, shaped for the client.
+/// One page of `resource` within `scope`, shaped for the client; `count`
+/// says whether `total` must count every match or may be the page's length.
 async fn page(
     master: &Master,
     resource: &'static Resource,
     params: &[(String, String)],
     scope: Vec<Filter>,
+    count: bool,
 ) -> ApiResult<(Vec<Value>, i64)> {
-    let Parsed { spec, properties } = query::parse(resource, params, scope)?;
+    let Parsed { mut spec, properties } = query::parse(resource, params, scope)?;
+    spec.count = count;
     let page = master.store.list(resource, &spec).await?;
     let mut items = page.items;
     if let Some(wanted) = properties.filter(|wanted| !wanted.is_empty()) {
@@ -55,15 +58,16 @@ async fn page(
 }
 
 /// Items of `resource` for Buildbot query parameters, as the API serves
-/// them: the web pages read through the same checked path as clients do.
+/// them: the web pages read through the same checked path as clients do
+/// (without counting every match, which pages do not show).
 pub(crate) async fn api_items(
     master: &Master,
     resource: &'static Resource,
     params: &[(&str, String)],
-) -> ApiResult<(Vec<Value>, i64)> {
+) -> ApiResult<Vec<Value>> {
     let params: Vec<(String, String)> =
         params.iter().map(|(name, value)| ((*name).to_owned(), value.clone())).collect();
-    page(master, resource, &params, Vec::new()).await
+    Ok(page(master, resource, &params, Vec::new(), false).await?.0)
 }
 
 async fn collection(
@@ -72,7 +76,7 @@ async fn collection(
     params: &[(String, String)],
     scope: Vec<Filter>,
 ) -> ApiResult<Json<Value>> {
-    let (items, total) = page(master, resource, params, scope).await?;
+    let (items, total) = page(master, resource, params, scope, true).await?;
     Ok(envelope(resource.plural, items, total))
 }
 
@@ -84,7 +88,7 @@ async fn single(
     scope: Vec<Filter>,
     what: impl FnOnce() -> String,
 ) -> ApiResult<Json<Value>> {
-    let (items, _) = page(master, resource, params, scope).await?;
+    let (items, _) = page(master, resource, params, scope, true).await?;
     if items.is_empty() {
         return Err(ApiError::NotFound(what()));
     }

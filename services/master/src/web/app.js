@@ -150,8 +150,9 @@ function wireLogin() {
       form.querySelector(".error").textContent = body.error || `HTTP ${response.status}`;
       return;
     }
-    const next = new URLSearchParams(location.search).get("next");
-    location.href = next && next.startsWith("/") ? next : "/";
+    // Only a page of this site: `//host` and `/\host` lead elsewhere.
+    const next = new URL(new URLSearchParams(location.search).get("next") || "/", location.origin);
+    location.href = next.origin === location.origin ? next.pathname + next.search + next.hash : "/";
   });
 }
 
@@ -159,13 +160,18 @@ function wireLogin() {
 
 /// Subscribes to `paths` on /ws and calls `handle(key, message)` for each
 /// event; reconnects with backoff.
-function live(paths, handle) {
+/// `resync` runs when a lost connection is back, as events may have been
+/// missed meanwhile.
+function live(paths, handle, resync = () => {}) {
   let delay = 500;
+  let connected = false;
   const connect = () => {
     const socket = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`);
     socket.addEventListener("open", () => {
       delay = 500;
       paths.forEach((path, i) => socket.send(JSON.stringify({ cmd: "startConsuming", path, _id: i + 1 })));
+      if (connected) resync();
+      connected = true;
     });
     socket.addEventListener("message", (event) => {
       const frame = JSON.parse(event.data);
@@ -219,8 +225,10 @@ function builderLive() {
   const builder = data("builder");
   live([`builders/${builderId}/builds/*/*`, `builders/${builderId}/buildrequests/*/*`], (key, m) => {
     if (key.includes("/buildrequests/")) {
-      if (!key.endsWith("/new")) document.querySelector(`#pending li[data-requestid="${m.buildrequestid}"]`)?.remove();
-      else if (!document.querySelector(`#pending li[data-requestid="${m.buildrequestid}"]`)) {
+      const listed = document.querySelector(`#pending li[data-requestid="${m.buildrequestid}"]`);
+      if (/\/(claimed|cancelled|complete)$/.test(key)) listed?.remove();
+      else if (key.endsWith("/update") && listed) listed.firstChild.textContent = `request ${m.buildrequestid}, priority ${m.priority} `;
+      else if (key.endsWith("/new") && !listed) {
         const item = document.createElement("li");
         item.dataset.requestid = m.buildrequestid;
         item.textContent = `request ${m.buildrequestid}, priority ${m.priority} `;
@@ -367,17 +375,38 @@ class LogView {
   }
 
   /// Follows a running log: the last lines first, then each line as it is
-  /// printed, until the log ends.
+  /// printed, until the log ends. A stream cut early (a master restarting)
+  /// is taken up again where it stopped, through any master.
   async stream() {
-    const response = await fetch(`/api/v2/logs/${this.id}/contents?follow=true&tail=${LOG_PAGE}`);
-    this.first = this.next = Number(response.headers.get("X-First-Line")) || 0;
-    this.earlier.hidden = this.first === 0;
-    const reader = response.body.getReader();
+    let query = `tail=${LOG_PAGE}`;
+    let delay = 500;
+    for (;;) {
+      try {
+        const response = await fetch(`/api/v2/logs/${this.id}/contents?follow=true&${query}`);
+        if (!response.ok) throw new Error(`HTTP ${response.status}`);
+        if (query.startsWith("tail")) {
+          this.first = this.next = Number(response.headers.get("X-First-Line")) || 0;
+          this.earlier.hidden = this.first === 0;
+        }
+        await this.read(response.body.getReader());
+        const log = (await (await fetch(`/api/v2/logs/${this.id}`)).json()).logs?.[0];
+        if (!log || log.complete) break;
+      } catch (_) {
+        // Cut or refused: ask again below.
+      }
+      query = `offset=${this.next}`;
+      await new Promise((resolve) => setTimeout(resolve, delay));
+      delay = Math.min(delay * 2, 5000);
+    }
+    this.element.dataset.complete = "true";
+  }
+
+  async read(reader) {
     const decoder = new TextDecoder();
     let pending = "";
     for (;;) {
       const { value, done } = await reader.read();
-      if (done) break;
+      if (done) return;
       pending += decoder.decode(value, { stream: true });
       const end = pending.lastIndexOf("\n");
       if (end < 0) continue;
@@ -389,7 +418,6 @@ class LogView {
       this.pre.append(fragment);
       if (this.follow.checked) this.pre.lastElementChild?.scrollIntoView({ block: "nearest" });
     }
-    this.element.dataset.complete = "true";
   }
 
   jumpToHash() {
@@ -411,24 +439,33 @@ function startLogs(root = document) {
 
 function buildLive() {
   const buildId = data("buildid");
+  const resync = async () => {
+    const build = (await (await fetch(`/api/v2/builds/${buildId}`)).json()).builds?.[0];
+    if (build) showBuild(build);
+    for (const step of (await (await fetch(`/api/v2/builds/${buildId}/steps`)).json()).steps || []) await showStep(step);
+  };
   live([`builds/${buildId}/*`, `builds/${buildId}/steps/*/*`], async (key, m) => {
     if (key.startsWith("builds/") && !key.includes("/steps/")) {
-      const badge = document.getElementById("result");
-      badge.className = `badge ${resultClass(m)}`;
-      badge.textContent = resultName(m);
-      document.getElementById("state").textContent = m.state_string || "";
-      if (m.complete) {
-        document.getElementById("stop").hidden = true;
-        document.getElementById("rebuild").hidden = false;
-        if (m.complete_at) {
-          document.getElementById("finished").textContent = new Date(m.complete_at * 1000).toLocaleString();
-          if (m.started_at) document.getElementById("duration").textContent = formatDuration(m.complete_at - m.started_at);
-        }
-      }
+      showBuild(m);
       return;
     }
     await showStep(m);
-  });
+  }, resync);
+}
+
+/// Shows the build's result, state and times from its API shape.
+function showBuild(m) {
+  const badge = document.getElementById("result");
+  badge.className = `badge ${resultClass(m)}`;
+  badge.textContent = resultName(m);
+  document.getElementById("state").textContent = m.state_string || "";
+  if (!m.complete) return;
+  document.getElementById("stop").hidden = true;
+  document.getElementById("rebuild").hidden = false;
+  if (m.complete_at) {
+    document.getElementById("finished").textContent = new Date(m.complete_at * 1000).toLocaleString();
+    if (m.started_at) document.getElementById("duration").textContent = formatDuration(m.complete_at - m.started_at);
+  }
 }
 
 /// Adds or updates a step of the build page from its API shape.

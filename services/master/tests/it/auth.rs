@@ -64,6 +64,14 @@ async fn control_actions_need_a_login_or_a_token_and_a_role_that_allows_them() {
 
     // Reading is public; forcing is not, and nothing is written.
     assert_eq!(stack.get("/api/v2/builds").await["meta"]["total"], 0);
+    let anonymous = stack
+        .http
+        .post(format!("{base}/api/v2/forceschedulers/force"))
+        .json(&json!({ "jsonrpc": "2.0", "method": "force", "params": force, "id": 1 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.headers()["www-authenticate"], "Bearer realm=\"buildmaster\"");
     let (status, body) = call(&stack, &base, "/forceschedulers/force", "force", force.clone(), &[]).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
     assert_eq!(body["error"]["code"], -32001, "{body}");
@@ -141,6 +149,29 @@ async fn control_actions_need_a_login_or_a_token_and_a_role_that_allows_them() {
     assert_eq!((me["user"].as_str(), me["csrf_token"].as_str()), (Some("alice"), Some(csrf.as_str())));
     let logout = stack.http.post(format!("{base}/auth/logout")).header(COOKIE, &session).send().await.unwrap();
     assert_eq!(logout.status(), StatusCode::OK);
-    let (status, body) = call(&stack, &base, "/forceschedulers/force", "force", force, &with_csrf).await;
+    let (status, body) = call(&stack, &base, "/forceschedulers/force", "force", force.clone(), &with_csrf).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+
+    // A password changed in settings.yaml ends the sessions opened with the
+    // old one, on every master, once they reload.
+    let (status, _) = call(&stack, &base, "/workers/w1", "pause", json!({}), &as_root).await;
+    assert_eq!(status, StatusCode::OK, "root's session works before the change");
+    let settings = std::fs::read_to_string(&stack.settings_path).unwrap();
+    let root_hash = settings.lines().find(|l| l.contains("password_hash")).map(str::to_owned);
+    let mut lines: Vec<String> = settings.lines().map(str::to_owned).collect();
+    let root_line = lines.iter().rposition(|l| l.contains("password_hash")).unwrap();
+    assert_ne!(Some(&lines[root_line]), root_hash.as_ref(), "root's is the second hash");
+    lines[root_line] = format!("    password_hash: '{}'", master::http::auth::hash_password("root-password-new"));
+    std::fs::write(&stack.settings_path, lines.join("\n") + "\n").unwrap();
+    stack.reload_masters();
+    for base in [&a, &b] {
+        stack
+            .eventually(10, "root's old session refused", async || {
+                let (status, _) = call(&stack, base, "/workers/w1", "unpause", json!({}), &as_root).await;
+                (status == StatusCode::UNAUTHORIZED).then_some(())
+            })
+            .await;
+    }
+    let (status, _, _) = log_in(&stack, "root", "root-password-new").await;
+    assert_eq!(status, StatusCode::OK, "the new password logs in");
 }
