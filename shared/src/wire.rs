@@ -238,6 +238,12 @@ pub enum ControlMessage {
     Shutdown {
         reason: String,
     },
+    /// The builders this worker serves now, after a master applied a
+    /// changed configuration: it consumes these builders' doorbells from
+    /// now on.
+    SetBuilders {
+        builders: Vec<String>,
+    },
 }
 
 /// Which stream of a step a piece of log came from.

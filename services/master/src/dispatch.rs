@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
+use shared::config::interpolate::{self, Quoting};
+use shared::config::{BuilderConfig, StepCommand, StepSpec, WorkerSettings};
 use shared::wire::{self, BuildAssignment, RpcReply, RpcRequest, SecretValues};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -151,6 +153,7 @@ async fn answer(master: &Master, request: RpcRequest) -> Result<RpcReply, StoreE
                 master_id: master.id,
                 claim_token,
                 lease_seconds: config.settings.builds.lease_seconds,
+                configured_properties: &configured_properties(builder_config, config.worker(&worker)),
             };
             let claimed = master.store.claim(&claim).await?;
             let Some(claimed) = claimed else {
@@ -161,7 +164,7 @@ async fn answer(master: &Master, request: RpcRequest) -> Result<RpcReply, StoreE
             master.metrics.build_started(&builder, waited);
             crate::live::publish_build(master, claimed.id, "new").await;
             crate::live::publish_request(master, claimed.buildrequest_id, "claimed").await;
-            let properties = match claimed.properties {
+            let properties = match claimed.properties.clone() {
                 serde_json::Value::Object(map) => map
                     .into_iter()
                     .map(|(name, value)| match value {
@@ -171,7 +174,7 @@ async fn answer(master: &Master, request: RpcRequest) -> Result<RpcReply, StoreE
                     .collect(),
                 _ => Default::default(),
             };
-            let steps = &config.factory_of(builder_config).steps;
+            let steps = with_properties(&config.factory_of(builder_config).steps, &claimed.properties);
             // Only the secrets this build's steps use travel to the worker.
             let secrets = steps
                 .iter()
@@ -187,7 +190,7 @@ async fn answer(master: &Master, request: RpcRequest) -> Result<RpcReply, StoreE
                     number: claimed.number,
                     worker,
                     properties,
-                    steps: steps.clone(),
+                    steps,
                     traceparent: claimed.traceparent,
                     secrets: SecretValues(secrets),
                     max_log_bytes: config.settings.builds.max_log_bytes,
@@ -195,4 +198,43 @@ async fn answer(master: &Master, request: RpcRequest) -> Result<RpcReply, StoreE
             })
         }
     }
+}
+
+/// The builder's and worker's configured properties, in Buildbot's shape
+/// (`{"name": [value, source]}`); the worker's win.
+fn configured_properties(builder: &BuilderConfig, worker: Option<&WorkerSettings>) -> serde_json::Value {
+    let mut properties = serde_json::Map::new();
+    let worker = worker.map(|worker| &worker.properties);
+    for (source, values) in [("Builder", Some(&builder.properties)), ("Worker", worker)] {
+        for (name, value) in values.into_iter().flatten() {
+            let value = serde_json::to_value(value).unwrap_or(serde_json::Value::Null);
+            properties.insert(name.clone(), serde_json::json!([value, source]));
+        }
+    }
+    serde_json::Value::Object(properties)
+}
+
+/// The steps as this build runs them: its properties put into commands,
+/// environments and working directories (`%(prop:NAME)s`).
+fn with_properties(steps: &[StepSpec], properties: &serde_json::Value) -> Vec<StepSpec> {
+    let empty = serde_json::Map::new();
+    let properties = properties.as_object().unwrap_or(&empty);
+    let put = |text: &str, quoting| interpolate::properties(text, properties, quoting);
+    steps
+        .iter()
+        .map(|step| {
+            let mut step = step.clone();
+            step.command = match &step.command {
+                StepCommand::Argv(argv) => {
+                    StepCommand::Argv(argv.iter().map(|word| put(word, Quoting::None)).collect())
+                }
+                StepCommand::Shell(script) => StepCommand::Shell(put(script, Quoting::Shell)),
+            };
+            for value in step.env.values_mut() {
+                *value = put(value, Quoting::None);
+            }
+            step.workdir = put(&step.workdir, Quoting::None);
+            step
+        })
+        .collect()
 }

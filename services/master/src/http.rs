@@ -11,6 +11,7 @@
 pub mod auth;
 mod control;
 mod error;
+mod github;
 mod openapi;
 pub mod query;
 pub(crate) mod reads;
@@ -159,6 +160,7 @@ pub fn router(master: Arc<Master>) -> Router {
         .route("/auth/login", axum::routing::post(auth::login))
         .route("/auth/logout", axum::routing::post(auth::logout))
         .route("/auth/me", get(auth::me))
+        .route("/change_hook/github", axum::routing::post(github::hook))
         .merge(crate::web::routes());
     for (doc, handlers) in api() {
         router = router.route(doc.path, handlers);

@@ -14,6 +14,7 @@ pub mod logs;
 pub mod metrics;
 mod reconcile;
 mod retention;
+mod schedulers;
 pub mod store;
 pub mod web;
 
@@ -31,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::broker::{Broker, BrokerError};
-use crate::store::{Store, StoreError};
+use crate::store::{NewBuildset, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MasterError {
@@ -148,20 +149,131 @@ impl Master {
         if let Err(error) = accounts::sync(self).await {
             tracing::error!(%error, "worker accounts not synced; retrying every sync_seconds");
         }
+        self.announce_builders().await;
         Ok(())
     }
 
+    /// Tells each connected worker which builders it serves now (after its
+    /// account may read their queues); one not connected learns it at its
+    /// hello.
+    async fn announce_builders(&self) {
+        let catalog = self.catalog();
+        let config = &catalog.config;
+        let mut workers: Vec<(String, bool)> =
+            config.settings.workers.iter().map(|w| (w.name.clone(), false)).collect();
+        if config.settings.use_local_worker {
+            workers.push((self.local_worker_name(), true));
+        }
+        for (worker, is_local) in workers {
+            let builders = config.builders_for_worker(&worker, is_local).into_iter().map(|b| b.name.clone()).collect();
+            match self.broker.send_control(&worker, &shared::wire::ControlMessage::SetBuilders { builders }).await {
+                Ok(()) | Err(BrokerError::Unroutable(_)) => {}
+                Err(error) => tracing::warn!(%error, worker.name = %worker, "could not tell a worker its builders"),
+            }
+        }
+    }
+
     /// Reloads both files from disk; a configuration with errors is not
-    /// applied, and the errors are logged.
+    /// applied, and the errors are logged and recorded for the API and the
+    /// web UI (`masters.config_error`) until a reload succeeds.
     async fn reload(&self) {
         let path = self.catalog().config.settings_path.clone();
-        match Config::load(&path) {
-            Ok(config) => {
-                if let Err(error) = self.apply(config).await {
+        let refused = match Config::load(&path) {
+            Ok(config) => match self.apply(config).await {
+                Ok(()) => None,
+                Err(error) => {
                     tracing::error!(%error, "configuration valid but not applied; will apply on the next reload");
+                    Some(format!("valid but not applied: {error}"))
                 }
+            },
+            Err(errors) => {
+                tracing::error!(errors = %errors, "configuration has errors; keeping the current one");
+                Some(errors.to_string())
             }
-            Err(errors) => tracing::error!(errors = %errors, "configuration has errors; keeping the current one"),
+        };
+        if let Err(error) = self.store.set_config_error(self.id, refused.as_deref()).await {
+            tracing::warn!(%error, "could not record the outcome of the reload");
+        }
+    }
+
+    /// Reloads when settings.yaml or master.yaml changes on disk, as SIGHUP
+    /// and `make update-master` do: an edit reaches every master within
+    /// seconds, with no restart.
+    async fn watch_config(&self, shutdown: CancellationToken) {
+        let mut seen = self.config_stamps();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(CONFIG_POLL) => {}
+            }
+            let now = self.config_stamps();
+            if now != seen {
+                seen = now;
+                tracing::info!("configuration files changed on disk: reloading");
+                self.reload().await;
+            }
+        }
+    }
+
+    /// When and how big the configuration files are, to notice edits.
+    fn config_stamps(&self) -> Vec<Option<(std::time::SystemTime, u64)>> {
+        let catalog = self.catalog();
+        [&catalog.config.settings_path, &catalog.config.master_config_path]
+            .iter()
+            .map(|path| std::fs::metadata(path).ok().and_then(|m| Some((m.modified().ok()?, m.len()))))
+            .collect()
+    }
+
+    /// Commits a buildset, then collapses the queue behind it (builders
+    /// with `collapse_requests`), rings the builders' doorbells and tells
+    /// live clients. The one way builds are asked for: forces, rebuilds and
+    /// schedulers all come here. A tick already fired creates nothing.
+    pub async fn submit(self: &Arc<Self>, buildset: NewBuildset<'_>) -> Result<(i64, Vec<(i32, i64)>), StoreError> {
+        let (buildset_id, created) = self.store.create_buildset(buildset).await?;
+        self.announce_buildset(buildset_id, &created).await;
+        Ok((buildset_id, created))
+    }
+
+    /// What follows the commit of a buildset's requests (see `submit`).
+    pub async fn announce_buildset(self: &Arc<Self>, buildset_id: i64, created: &[(i32, i64)]) {
+        if created.is_empty() {
+            return;
+        }
+        let catalog = self.catalog();
+        let name_of =
+            |id: i32| catalog.builder_ids.iter().find(|(_, known)| **known == id).map(|(name, _)| name.as_str());
+        let collapsing: Vec<i32> = created
+            .iter()
+            .map(|(builder_id, _)| *builder_id)
+            .filter(|id| {
+                name_of(*id).and_then(|name| catalog.config.builder(name)).is_some_and(|b| b.collapse_requests)
+            })
+            .collect();
+        if !collapsing.is_empty() {
+            // The new requests are committed either way; collapsing tidies.
+            match self.store.collapse_older(buildset_id, &collapsing).await {
+                Ok(skipped) => {
+                    for request_id in skipped {
+                        tracing::info!(
+                            buildrequest.id = request_id,
+                            buildset.id = buildset_id,
+                            "request superseded: SKIPPED"
+                        );
+                        live::publish_request(self, request_id, "complete").await;
+                    }
+                }
+                Err(error) => tracing::warn!(%error, buildset.id = buildset_id, "older requests not collapsed"),
+            }
+        }
+        let announcements = created
+            .iter()
+            .filter_map(|(builder_id, request_id)| Some((name_of(*builder_id)?.to_owned(), *request_id)))
+            .collect();
+        self.announce(announcements).await;
+        tracing::info!(buildset.id = buildset_id, "buildset submitted");
+        live::publish_buildset(self, buildset_id, "new").await;
+        for (_, request_id) in created {
+            live::publish_request(self, *request_id, "new").await;
         }
     }
 
@@ -266,6 +378,8 @@ pub async fn run(
     reload: Arc<Notify>,
 ) -> Result<(), MasterError> {
     let master = connect(config, &master_name).await?;
+    // Started from the files on disk: whatever an earlier run refused is over.
+    master.store.set_config_error(master.id, None).await?;
     // Workers cannot log in before their accounts exist; a master that
     // cannot make them still serves (and retries every sync_seconds).
     if let Err(error) = accounts::sync(&master).await {
@@ -305,6 +419,15 @@ pub async fn run(
     tasks.spawn(live::relay(master.clone(), stopping.clone()));
     tasks.spawn(retention::retain(master.clone(), stopping.clone()));
     tasks.spawn(accounts::keep_in_sync(master.clone(), stopping.clone()));
+    tasks.spawn(schedulers::run(master.clone(), stopping.clone()));
+    tasks.spawn({
+        let master = master.clone();
+        let stopping = stopping.clone();
+        async move {
+            master.watch_config(stopping).await;
+            Ok(())
+        }
+    });
     tasks.spawn({
         let master = master.clone();
         let stopping = stopping.clone();
@@ -360,6 +483,9 @@ pub async fn run(
     tracing::info!(master.name = %master.name, "master stopped");
     outcome
 }
+
+/// How often a master looks at its configuration files for edits.
+const CONFIG_POLL: Duration = Duration::from_secs(2);
 
 /// How long HTTP requests in flight may take to finish once a master is
 /// told to stop.

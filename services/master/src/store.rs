@@ -3,7 +3,7 @@
 //! a build gets, whether an event was already recorded) is made here, in one
 //! statement or one transaction, never in a master's memory.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 use futures_util::stream::BoxStream;
@@ -68,6 +68,7 @@ pub struct Store {
 }
 
 /// A request as created by a trigger.
+#[derive(Debug, Clone, Copy)]
 pub struct NewRequest {
     pub builder_id: i32,
     pub priority: i32,
@@ -82,6 +83,24 @@ pub struct NewBuildset<'a> {
     pub requests: Vec<NewRequest>,
     /// The trace asking for it, which its builds join.
     pub traceparent: Option<String>,
+    /// For a timed scheduler: the tick it fires for. The buildset is made
+    /// only if this tick was not fired before, by any master.
+    pub tick: Option<DateTime<Utc>>,
+}
+
+/// A change a change source reported.
+pub struct NewChange<'a> {
+    /// The source's id of the delivery (GitHub's `X-GitHub-Delivery`).
+    pub delivery: Option<&'a str>,
+    pub source: &'a str,
+    pub repository: &'a str,
+    pub branch: &'a str,
+    pub revision: &'a str,
+    pub author: &'a str,
+    pub comments: &'a str,
+    pub files: &'a [String],
+    /// `push`, `pull_request`, `comment`.
+    pub category: &'a str,
 }
 
 /// Who claims a build of which builder.
@@ -95,9 +114,11 @@ pub struct Claim<'a> {
     /// Chosen by the worker; retrying with it returns the same build.
     pub claim_token: Uuid,
     pub lease_seconds: u64,
+    /// Properties from the builder's and the worker's configuration
+    /// (`{"name": [value, source]}`); those of the request win over them.
+    pub configured_properties: &'a serde_json::Value,
 }
 
-/// What a claim produced: a new or (for a retried token) existing build.
 /// How far back the overview looks for builds of a branch.
 pub const BRANCH_SCAN_BUILDS: i64 = 500;
 
@@ -111,6 +132,7 @@ pub struct GridCell {
     pub complete: bool,
 }
 
+/// What a claim produced: a new or (for a retried token) existing build.
 #[derive(Debug, FromRow)]
 pub struct ClaimedBuild {
     pub id: i64,
@@ -388,14 +410,30 @@ impl Store {
         name = "db", skip_all,
         fields(otel.name = "INSERT buildsets, buildrequests", otel.kind = "client", db.system.name = "postgresql")
     )]
+    /// Writes a buildset and its requests; for a tick already fired (see
+    /// `NewBuildset::tick`), writes nothing and returns no requests.
     pub async fn create_buildset(&self, new: NewBuildset<'_>) -> StoreResult<(i64, Vec<(i32, i64)>)> {
+        Self::create_buildset_on(&self.pool, new).await
+    }
+
+    async fn create_buildset_on<'e>(
+        executor: impl sqlx::PgExecutor<'e>,
+        new: NewBuildset<'_>,
+    ) -> StoreResult<(i64, Vec<(i32, i64)>)> {
         let builder_ids: Vec<i32> = new.requests.iter().map(|r| r.builder_id).collect();
         let priorities: Vec<i32> = new.requests.iter().map(|r| r.priority).collect();
-        // One statement, so one round trip and its own transaction.
+        // One statement, so one round trip and its own transaction: a tick
+        // and its buildset are written together or not at all.
         let rows: Vec<(i64, i32, i64)> = sqlx::query_as(
-            r#"with buildset as (
+            r#"with tick as (
+                   insert into scheduler_ticks (scheduler, tick)
+                   select $3, $8 where $8::timestamptz is not null
+                   on conflict do nothing
+                   returning 1
+               ), buildset as (
                    insert into buildsets (reason, owner, scheduler, properties)
-                   values ($1, $2, $3, $4) returning id
+                   select $1, $2, $3, $4 where $8::timestamptz is null or exists (select 1 from tick)
+                   returning id
                )
                insert into buildrequests (buildset_id, builder_id, priority, announced_at, traceparent)
                select buildset.id, t.builder_id, t.priority, now(), $7
@@ -410,10 +448,81 @@ impl Store {
         .bind(&builder_ids)
         .bind(&priorities)
         .bind(&new.traceparent)
-        .fetch_all(&self.pool)
+        .bind(new.tick)
+        .fetch_all(executor)
         .await?;
         let buildset_id = rows.first().map(|(buildset, _, _)| *buildset).unwrap_or_default();
         Ok((buildset_id, rows.into_iter().map(|(_, builder, request)| (builder, request)).collect()))
+    }
+
+    /// Records a change and the buildsets it causes, in one transaction,
+    /// so a change acknowledged to its source is never lost and never
+    /// half-scheduled. A delivery recorded before changes nothing (`None`).
+    pub async fn record_change(
+        &self,
+        change: &NewChange<'_>,
+        buildsets: Vec<NewBuildset<'_>>,
+    ) -> StoreResult<Option<(i64, Vec<(i64, Vec<(i32, i64)>)>)>> {
+        let mut tx = self.pool.begin().await?;
+        let change_id: Option<i64> = sqlx::query_scalar(
+            r#"insert into changes (delivery, source, repository, branch, revision, author, comments, files, category)
+               values ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+               on conflict (delivery) do nothing
+               returning id"#,
+        )
+        .bind(change.delivery)
+        .bind(change.source)
+        .bind(change.repository)
+        .bind(change.branch)
+        .bind(change.revision)
+        .bind(change.author)
+        .bind(change.comments)
+        .bind(serde_json::json!(change.files))
+        .bind(change.category)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(change_id) = change_id else {
+            return Ok(None);
+        };
+        let mut created = Vec::with_capacity(buildsets.len());
+        for buildset in buildsets {
+            created.push(Self::create_buildset_on(&mut *tx, buildset).await?);
+        }
+        tx.commit().await?;
+        Ok(Some((change_id, created)))
+    }
+
+    /// Collapses the queue: pending requests older than this buildset's,
+    /// of the same builder (among `builder_ids`) and the same branch, are
+    /// superseded and end SKIPPED, so a builder builds the newest change of
+    /// a branch rather than every one. Returns the requests skipped.
+    pub async fn collapse_older(&self, buildset_id: i64, builder_ids: &[i32]) -> StoreResult<Vec<i64>> {
+        let mut tx = self.pool.begin().await?;
+        let skipped: Vec<(i64, i64)> = sqlx::query_as(
+            r#"with mine as (
+                   select r.id, r.builder_id, coalesce(s.properties -> 'branch' ->> 0, '') as branch
+                   from buildrequests r join buildsets s on s.id = r.buildset_id
+                   where r.buildset_id = $1 and r.builder_id = any($2)
+               )
+               update buildrequests old
+               set state = 'complete', complete_at = now(), results = $3
+               from buildsets older_set, mine
+               where old.buildset_id = older_set.id and old.state = 'pending'
+                 and old.builder_id = mine.builder_id and old.id < mine.id
+                 and coalesce(older_set.properties -> 'branch' ->> 0, '') = mine.branch
+               returning old.id, old.buildset_id"#,
+        )
+        .bind(buildset_id)
+        .bind(builder_ids)
+        .bind(Results::Skipped.code())
+        .fetch_all(&mut *tx)
+        .await?;
+        let buildsets: BTreeSet<i64> = skipped.iter().map(|(_, buildset)| *buildset).collect();
+        for buildset in buildsets {
+            Self::complete_buildset_if_done(&mut tx, buildset).await?;
+        }
+        tx.commit().await?;
+        Ok(skipped.into_iter().map(|(request, _)| request).collect())
     }
 
     /// Forgets that these requests were announced, so the reconciler rings
@@ -472,7 +581,16 @@ impl Store {
     /// creates the build. A retried claim token returns the build it
     /// already made.
     async fn claim_once(&self, claim: &Claim<'_>) -> StoreResult<Option<ClaimedBuild>> {
-        let Claim { builder_id, builder_name, worker_id, worker_name, master_id, claim_token, lease_seconds } = *claim;
+        let Claim {
+            builder_id,
+            builder_name,
+            worker_id,
+            worker_name,
+            master_id,
+            claim_token,
+            lease_seconds,
+            configured_properties,
+        } = *claim;
         let existing: Option<ClaimedBuild> = sqlx::query_as(
             r#"select b.id, b.number, b.buildrequest_id, b.properties, r.traceparent, r.submitted_at
                    from builds b join buildrequests r on r.id = b.buildrequest_id where b.claim_token = $1"#,
@@ -506,7 +624,7 @@ impl Store {
                                        lease_expires_at, state_string, properties)
                    select $1, numbered.number, claimed.id, $2, $3, $4,
                           now() + make_interval(secs => $5), 'building',
-                          s.properties || jsonb_build_object(
+                          $8::jsonb || s.properties || jsonb_build_object(
                               'buildername', jsonb_build_array($6::text, 'Builder'),
                               'buildnumber', jsonb_build_array(numbered.number, 'Build'),
                               'workername', jsonb_build_array($7::text, 'Worker'))
@@ -525,6 +643,7 @@ impl Store {
         .bind(lease_seconds as f64)
         .bind(builder_name)
         .bind(worker_name)
+        .bind(configured_properties)
         .fetch_optional(&self.pool)
         .await?;
         Ok(claimed)
@@ -936,7 +1055,29 @@ impl Store {
         .await?)
     }
 
+    /// Records why this master's last reload was refused, or that the
+    /// files on disk are applied (`None`).
+    pub async fn set_config_error(&self, master_id: i32, error: Option<&str>) -> StoreResult<()> {
+        sqlx::query("update masters set config_error = $2 where id = $1")
+            .bind(master_id)
+            .bind(error)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     // --- web pages ---------------------------------------------------------
+
+    /// Masters seen lately whose last reload was refused, with why.
+    pub async fn config_errors(&self) -> StoreResult<Vec<(String, String)>> {
+        Ok(sqlx::query_as(
+            r#"select name, config_error from masters
+               where config_error is not null and last_seen_at > now() - interval '1 minute'
+               order by name"#,
+        )
+        .fetch_all(&self.reads)
+        .await?)
+    }
 
     /// The newest `per_builder` builds of each builder, newest first, one
     /// index scan per builder (for the overview grid); with `branch`, only

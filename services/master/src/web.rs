@@ -212,6 +212,7 @@ async fn overview(State(master): State<AppState>, Query(query): Query<OverviewQu
     let ids: Vec<i32> = builders.iter().map(|(_, id)| *id).collect();
     let cells = master.store.recent_builds(&ids, GRID_CELLS, branch.as_deref()).await?;
     let (pending, busy_workers) = master.store.queue_summary().await?;
+    let refused = master.store.config_errors().await?;
     let mut by_builder: HashMap<i32, Vec<_>> = HashMap::new();
     for cell in cells {
         by_builder.entry(cell.builder_id).or_default().push(cell);
@@ -220,6 +221,12 @@ async fn overview(State(master): State<AppState>, Query(query): Query<OverviewQu
         catalog.config.master.builders.iter().flat_map(|b| b.tags.iter().map(String::as_str)).collect();
     let pending_total: i64 = pending.values().sum();
     let body = html! {
+        @for (name, error) in &refused {
+            div.alert role="alert" {
+                "Master " strong { (name) } " refused its last configuration reload and runs the one before:"
+                pre { (error) }
+            }
+        }
         h1 { "Builders" }
         form.filters method="get" action="/" {
             label { "Tag "

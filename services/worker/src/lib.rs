@@ -145,6 +145,9 @@ struct Context {
     paused: tokio::sync::watch::Sender<bool>,
     /// The version of `paused`: older news is ignored.
     pause_version: Mutex<i64>,
+    /// The builders whose doorbells it consumes: from the welcome, then
+    /// from `SetBuilders` when the masters' configuration changes.
+    builders: tokio::sync::watch::Sender<Vec<String>>,
 }
 
 impl Context {
@@ -201,6 +204,7 @@ pub async fn run(
         drain: drain.clone(),
         paused: tokio::sync::watch::Sender::new(false),
         pause_version: Mutex::new(0),
+        builders: tokio::sync::watch::Sender::new(Vec::new()),
     });
     let mut fleet = Fleet { slots: None, builds: JoinSet::new(), heartbeat: None, welcomes: 0 };
     let mut delay = FIRST_RETRY;
@@ -285,6 +289,7 @@ async fn session(
     };
     let paused = *context.paused.borrow();
     tracing::info!(worker.name = %context.name, builders = builders.len(), max_builds, paused, "worker connected");
+    context.builders.send_replace(builders);
     metrics::METRICS.connections.inc();
     fleet.welcomes += 1;
     let slots = fleet.slots.get_or_insert_with(|| Arc::new(Semaphore::new(max_builds as usize))).clone();
@@ -294,7 +299,7 @@ async fn session(
     }
     let control = listen_for_control(control, context).await?;
     let mut outcome =
-        dispatch(&connection, context, &rpc, &builders, max_builds, slots, &mut fleet.builds, drain, stop_builds).await;
+        dispatch(&connection, context, &rpc, max_builds, slots, &mut fleet.builds, drain, stop_builds).await;
     if outcome.is_ok() {
         // Draining: no new builds, but the running ones still need this
         // connection for their events, heartbeats and stop requests.
@@ -316,7 +321,6 @@ async fn dispatch(
     connection: &Connection,
     context: &Arc<Context>,
     rpc: &RpcClient,
-    builders: &[String],
     max_builds: u32,
     slots: Arc<Semaphore>,
     builds: &mut JoinSet<()>,
@@ -325,6 +329,9 @@ async fn dispatch(
 ) -> Result<(), WorkerError> {
     let mut doorbells: Option<(Channel, SelectAll<Consumer>)> = None;
     let mut paused = context.paused.subscribe();
+    let mut served = context.builders.subscribe();
+    // The builders the open doorbell channel consumes.
+    let mut consuming: Vec<String> = Vec::new();
     let outcome = loop {
         while builds.try_join_next().is_some() {}
         if *paused.borrow_and_update() {
@@ -364,19 +371,29 @@ async fn dispatch(
                 Err(error) => break Err(error),
             }
         }
+        let builders = served.borrow_and_update().clone();
+        if builders != consuming
+            && let Some((channel, _)) = doorbells.take()
+        {
+            // Other builders now: hand back what was held, consume anew.
+            channel.close(200, "builders changed".into()).await?;
+        }
         if builders.is_empty() {
             tokio::select! {
                 _ = drain.cancelled() => break Ok(()),
                 _ = wait_until_closed(connection) => break Err(WorkerError::ConnectionLost),
+                _ = served.changed() => continue,
             }
         }
         if doorbells.is_none() {
-            doorbells = Some(open_doorbells(connection, context, builders, max_builds).await?);
+            doorbells = Some(open_doorbells(connection, context, &builders, max_builds).await?);
+            consuming = builders;
         }
         let (_, consumers) = doorbells.as_mut().expect("opened above");
         let delivery = tokio::select! {
             _ = drain.cancelled() => break Ok(()),
             _ = paused.changed() => continue,
+            _ = served.changed() => continue,
             delivery = consumers.next() => delivery,
         };
         let delivery = match delivery {
@@ -601,6 +618,13 @@ async fn listen_for_control(
                     }
                 }
                 Ok(ControlMessage::SetPaused { paused, version }) => context.set_paused(paused, version),
+                Ok(ControlMessage::SetBuilders { builders }) => {
+                    tracing::info!(
+                        builders = builders.len(),
+                        "the masters' configuration changed: serving its builders"
+                    );
+                    context.builders.send_replace(builders);
+                }
                 Ok(ControlMessage::Shutdown { reason }) => {
                     tracing::info!(%reason, "shutdown asked by a master: finishing the running builds, then exiting");
                     context.drain.cancel();

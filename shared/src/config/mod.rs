@@ -10,6 +10,7 @@
 //! problem: it collects every error with its file, line, column and a hint,
 //! so `buildmaster checkconfig` can show them all at once.
 
+pub mod interpolate;
 mod source_map;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -17,6 +18,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use chrono::{DateTime, Utc};
 use serde::de::{self, DeserializeOwned};
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -113,6 +115,27 @@ pub struct Settings {
     /// Which roles may do what, once `users` has anyone.
     #[serde(default)]
     pub authorization: AuthorizationSettings,
+    /// GitHub's webhook (`/change_hook/github`); off while unset.
+    pub github: Option<GitHubSettings>,
+}
+
+/// The GitHub webhook and the API it asks who may trigger builds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GitHubSettings {
+    /// The webhook's secret: every delivery must be signed with it
+    /// (`X-Hub-Signature-256`); others get 401 and change nothing.
+    pub webhook_secret: Secret,
+    /// GitHub's REST API, asked whether a commenter may write to the
+    /// repository.
+    #[serde(default = "default_github_api")]
+    pub api_url: String,
+    /// A token for that API.
+    pub api_token: Option<Secret>,
+}
+
+fn default_github_api() -> String {
+    "https://api.github.com".into()
 }
 
 /// Someone who may log in (with a password, on the web) or send an API
@@ -349,6 +372,10 @@ pub struct WorkerSettings {
     /// How many builds it runs at once.
     #[serde(default = "default_max_builds")]
     pub max_builds: u32,
+    /// Properties of every build it runs (e.g. `parallel_tests: 4`),
+    /// source `Worker`.
+    #[serde(default)]
+    pub properties: BTreeMap<String, serde_yaml::Value>,
 }
 
 fn default_max_builds() -> u32 {
@@ -501,6 +528,26 @@ pub struct BuilderConfig {
     pub tags: Vec<String>,
     #[serde(default)]
     pub description: Option<String>,
+    /// A new request supersedes this builder's older pending requests of
+    /// the same branch, which end SKIPPED: build the newest, not each one.
+    #[serde(default)]
+    pub collapse_requests: bool,
+    /// Properties of every build of this builder, source `Builder`; a
+    /// matrix adds its axes' values.
+    #[serde(default)]
+    pub properties: BTreeMap<String, serde_yaml::Value>,
+    /// Axes to expand this definition over, one builder per combination:
+    /// `matrix: {branch: [main, "3.14"]}` with `name: "Fedora {branch}"`.
+    /// Each value is also a tag and a property of its builder; `{axis}` is
+    /// replaced in the name, the factory and the workers.
+    #[serde(default)]
+    pub matrix: BTreeMap<String, Vec<String>>,
+    /// Combinations left out, e.g. `[{branch: "3.13", arch: arm64}]`.
+    #[serde(default)]
+    pub exclude: Vec<BTreeMap<String, String>>,
+    /// Index of the definition in master.yaml's `builders:` (for errors).
+    #[serde(skip)]
+    pub definition: usize,
 }
 
 /// A named list of steps.
@@ -691,12 +738,131 @@ pub enum SchedulerConfig {
         /// Builders it may force.
         builders: Vec<String>,
     },
+    /// At the times a cron expression gives, in a time zone, like
+    /// Buildbot's `Nightly`. Six fields, seconds first: `0 0 3 * * *` is
+    /// 03:00 every day.
+    Nightly {
+        name: String,
+        cron: String,
+        /// An IANA time zone, e.g. `Europe/Amsterdam`; default UTC.
+        #[serde(default = "default_timezone")]
+        timezone: String,
+        builders: Vec<String>,
+        /// The `branch` property of its builds.
+        branch: Option<String>,
+        #[serde(default)]
+        properties: BTreeMap<String, serde_yaml::Value>,
+    },
+    /// Builds each push to `branch` (GitHub webhook), like Buildbot's
+    /// `SingleBranchScheduler`; a push touching only `ignore_files`
+    /// patterns (e.g. `Doc/*`, `*.rst`) builds nothing.
+    SingleBranch {
+        name: String,
+        branch: String,
+        builders: Vec<String>,
+        #[serde(default)]
+        ignore_files: Vec<String>,
+    },
+    /// Builds pull requests, as buildbot.python.org does: adding the label
+    /// `label` builds the builders tagged `label_tag`; a comment
+    /// `!buildbot REGEX` from someone who may write to the repository
+    /// builds those whose name matches.
+    PullRequest {
+        name: String,
+        builders: Vec<String>,
+        #[serde(default = "default_pr_label")]
+        label: String,
+        #[serde(default = "default_pr_label_tag")]
+        label_tag: String,
+    },
+    /// Every `every_seconds`, counted from the Unix epoch (so every master
+    /// agrees on the ticks), like Buildbot's `Periodic`.
+    Periodic {
+        name: String,
+        every_seconds: u64,
+        builders: Vec<String>,
+        branch: Option<String>,
+        #[serde(default)]
+        properties: BTreeMap<String, serde_yaml::Value>,
+    },
+}
+
+fn default_timezone() -> String {
+    "UTC".into()
+}
+
+fn default_pr_label() -> String {
+    ":hammer: test-with-buildbots".into()
+}
+
+fn default_pr_label_tag() -> String {
+    "stable".into()
+}
+
+/// Whether `path` matches the glob `pattern` (`*` any run of characters,
+/// `/` included; `?` one character), for `ignore_files`.
+pub fn path_matches(pattern: &str, path: &str) -> bool {
+    fn matches(pattern: &[u8], path: &[u8]) -> bool {
+        match (pattern.first(), path.first()) {
+            (None, None) => true,
+            (Some(b'*'), _) => matches(&pattern[1..], path) || (!path.is_empty() && matches(pattern, &path[1..])),
+            (Some(b'?'), Some(_)) => matches(&pattern[1..], &path[1..]),
+            (Some(p), Some(c)) if p == c => matches(&pattern[1..], &path[1..]),
+            _ => false,
+        }
+    }
+    matches(pattern.as_bytes(), path.as_bytes())
 }
 
 impl SchedulerConfig {
     pub fn name(&self) -> &str {
         match self {
-            SchedulerConfig::Force { name, .. } => name,
+            SchedulerConfig::Force { name, .. }
+            | SchedulerConfig::Nightly { name, .. }
+            | SchedulerConfig::SingleBranch { name, .. }
+            | SchedulerConfig::PullRequest { name, .. }
+            | SchedulerConfig::Periodic { name, .. } => name,
+        }
+    }
+
+    pub fn builders(&self) -> &[String] {
+        match self {
+            SchedulerConfig::Force { builders, .. }
+            | SchedulerConfig::Nightly { builders, .. }
+            | SchedulerConfig::SingleBranch { builders, .. }
+            | SchedulerConfig::PullRequest { builders, .. }
+            | SchedulerConfig::Periodic { builders, .. } => builders,
+        }
+    }
+
+    /// A timed scheduler's ticks in `(after, until]`, oldest first; none
+    /// for the others (or for a cron expression `checkconfig` refuses).
+    pub fn ticks(&self, after: DateTime<Utc>, until: DateTime<Utc>) -> Vec<DateTime<Utc>> {
+        match self {
+            SchedulerConfig::Force { .. }
+            | SchedulerConfig::SingleBranch { .. }
+            | SchedulerConfig::PullRequest { .. } => Vec::new(),
+            SchedulerConfig::Nightly { cron, timezone, .. } => {
+                let (Ok(schedule), Ok(zone)) = (cron.parse::<cron::Schedule>(), timezone.parse::<chrono_tz::Tz>())
+                else {
+                    return Vec::new();
+                };
+                schedule
+                    .after(&after.with_timezone(&zone))
+                    .map(|tick| tick.with_timezone(&Utc))
+                    .take_while(|tick| *tick <= until)
+                    .collect()
+            }
+            SchedulerConfig::Periodic { every_seconds, .. } => {
+                let every = (*every_seconds).max(1) as i64;
+                let mut tick = (after.timestamp().div_euclid(every) + 1) * every;
+                let mut ticks = Vec::new();
+                while tick <= until.timestamp() {
+                    ticks.extend(DateTime::from_timestamp(tick, 0));
+                    tick += every;
+                }
+                ticks
+            }
         }
     }
 }
@@ -1025,8 +1191,15 @@ fn parse_master_config(file: &mut SourceFile, text: &str) -> Option<MasterConfig
     let mut config = MasterConfig::default();
     let mut complete = true;
     for (index, value) in top.builders.into_iter().enumerate() {
-        match file.deserialize(&root.key("builders").index(index), value) {
-            Some(builder) => config.builders.push(builder),
+        let at = root.key("builders").index(index);
+        match file.deserialize::<BuilderConfig>(&at, value) {
+            Some(mut builder) => {
+                builder.definition = index;
+                match expand_matrix(file, &at, builder) {
+                    Some(builders) => config.builders.extend(builders),
+                    None => complete = false,
+                }
+            }
             None => complete = false,
         }
     }
@@ -1036,7 +1209,13 @@ fn parse_master_config(file: &mut SourceFile, text: &str) -> Option<MasterConfig
             Some(factory) => {
                 let mut steps = Vec::new();
                 for (index, step) in factory.steps.into_iter().enumerate() {
-                    match file.deserialize(&at.key("steps").index(index), step) {
+                    let step_at = at.key("steps").index(index);
+                    let parsed = if step.get("git").is_some() {
+                        file.deserialize::<GitStepFile>(&step_at, step).map(GitStepFile::into_step)
+                    } else {
+                        file.deserialize(&step_at, step)
+                    };
+                    match parsed {
                         Some(step) => steps.push(step),
                         None => complete = false,
                     }
@@ -1053,6 +1232,251 @@ fn parse_master_config(file: &mut SourceFile, text: &str) -> Option<MasterConfig
         }
     }
     complete.then_some(config)
+}
+
+/// The builders one definition stands for: itself, or one per combination
+/// of its matrix's axes (less the excluded ones), each named from the
+/// template with `{axis}` replaced, tagged and given a property per axis.
+fn expand_matrix(file: &mut SourceFile, at: &YamlPath, builder: BuilderConfig) -> Option<Vec<BuilderConfig>> {
+    if builder.matrix.is_empty() {
+        if !builder.exclude.is_empty() {
+            file.error_at_value(&at.key("exclude"), "`exclude` needs a `matrix`", None);
+            return None;
+        }
+        return Some(vec![builder]);
+    }
+    let mut ok = true;
+    for (axis, values) in &builder.matrix {
+        if values.is_empty() {
+            file.error_at_value(
+                &at.key("matrix").key(axis.clone()),
+                format!("matrix axis `{axis}` has no values"),
+                None,
+            );
+            ok = false;
+        }
+        if !builder.name.contains(&format!("{{{axis}}}")) {
+            file.error_at_value(
+                &at.key("name"),
+                format!("the name `{}` does not use matrix axis `{axis}`", builder.name),
+                Some(format!("put `{{{axis}}}` in the name, so each combination gets a name of its own")),
+            );
+            ok = false;
+        }
+    }
+    for (index, excluded) in builder.exclude.iter().enumerate() {
+        for (axis, value) in excluded {
+            let known = builder.matrix.get(axis).is_some_and(|values| values.contains(value));
+            if !known {
+                file.error_at_value(
+                    &at.key("exclude").index(index).key(axis.clone()),
+                    format!("`{axis}: {value}` is not a value of this builder's matrix"),
+                    None,
+                );
+                ok = false;
+            }
+        }
+    }
+    if !ok {
+        return None;
+    }
+    let mut combinations: Vec<BTreeMap<&str, &str>> = vec![BTreeMap::new()];
+    for (axis, values) in &builder.matrix {
+        combinations = combinations
+            .into_iter()
+            .flat_map(|combination| {
+                values.iter().map(move |value| {
+                    let mut next = combination.clone();
+                    next.insert(axis.as_str(), value.as_str());
+                    next
+                })
+            })
+            .collect();
+    }
+    let excluded = |combination: &BTreeMap<&str, &str>| {
+        builder
+            .exclude
+            .iter()
+            .any(|rule| rule.iter().all(|(axis, value)| combination.get(axis.as_str()) == Some(&value.as_str())))
+    };
+    let expanded = combinations
+        .into_iter()
+        .filter(|combination| !excluded(combination))
+        .map(|combination| {
+            let mut one = builder.clone();
+            for (axis, value) in &combination {
+                let placeholder = format!("{{{axis}}}");
+                one.name = one.name.replace(&placeholder, value);
+                one.factory = one.factory.replace(&placeholder, value);
+                for worker in &mut one.workers {
+                    *worker = worker.replace(&placeholder, value);
+                }
+                if !one.tags.iter().any(|tag| tag == value) {
+                    one.tags.push((*value).to_owned());
+                }
+                one.properties.insert((*axis).to_owned(), serde_yaml::Value::String((*value).to_owned()));
+            }
+            one.matrix.clear();
+            one.exclude.clear();
+            one
+        })
+        .collect();
+    Some(expanded)
+}
+
+/// A source checkout step: `git:` instead of `command:`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GitStepFile {
+    name: String,
+    git: GitStep,
+    #[serde(default = "default_workdir")]
+    workdir: String,
+    #[serde(default = "default_timeout")]
+    timeout: u64,
+    #[serde(default = "default_true")]
+    halt_on_failure: bool,
+    #[serde(default)]
+    always_run: bool,
+}
+
+/// Where the source comes from and how to check it out, like Buildbot's
+/// `Git` step. Every text may use `%(prop:...)s`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GitStep {
+    repourl: String,
+    /// Branch to check out; default the build's `branch` property, else `main`.
+    #[serde(default = "default_git_branch")]
+    branch: String,
+    /// Revision to check out; default the build's `revision` property,
+    /// else the branch's head.
+    #[serde(default = "default_git_revision")]
+    revision: String,
+    #[serde(default)]
+    mode: GitMode,
+    /// With `mode: full`: `fresh` removes untracked and ignored files,
+    /// `clobber` starts from an empty directory.
+    #[serde(default)]
+    method: GitMethod,
+    /// A shallow fetch of this many commits.
+    shallow: Option<u32>,
+    /// A partial clone, e.g. `blob:none`.
+    filter: Option<String>,
+    /// Attempts after the first when fetching fails (a network blip).
+    #[serde(default = "default_git_retries")]
+    retries: u32,
+    /// `warnings` marks a failed checkout WARNINGS instead of FAILURE.
+    #[serde(default)]
+    on_failure: GitFailure,
+}
+
+#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum GitMode {
+    /// Keep the working tree; fetch and check out.
+    #[default]
+    Incremental,
+    /// Also clean the tree, per `method`.
+    Full,
+}
+
+#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum GitMethod {
+    #[default]
+    Fresh,
+    Clobber,
+}
+
+#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum GitFailure {
+    #[default]
+    Failure,
+    Warnings,
+}
+
+fn default_git_branch() -> String {
+    "%(prop:branch:-main)s".into()
+}
+
+fn default_git_revision() -> String {
+    "%(prop:revision)s".into()
+}
+
+fn default_git_retries() -> u32 {
+    2
+}
+
+/// What a `git` step runs: a script that takes everything from its
+/// environment, so no value (a branch name from a webhook) is ever parsed
+/// by the shell.
+const GIT_SCRIPT: &str = r#"set -eu
+retry() {
+    n=0
+    until "$@"; do
+        n=$((n + 1))
+        if [ "$n" -gt "$BM_GIT_RETRIES" ]; then return 1; fi
+        echo "attempt $n failed; retrying in $((n * 2))s: $*" >&2
+        sleep $((n * 2))
+    done
+}
+set --
+if [ -n "$BM_GIT_DEPTH" ]; then set -- "$@" --depth "$BM_GIT_DEPTH"; fi
+if [ -n "$BM_GIT_FILTER" ]; then set -- "$@" --filter="$BM_GIT_FILTER"; fi
+if [ "$BM_GIT_MODE" = full ] && [ "$BM_GIT_METHOD" = clobber ]; then
+    find . -mindepth 1 -maxdepth 1 -exec rm -rf {} +
+fi
+if [ -d .git ]; then
+    git remote set-url origin "$BM_GIT_REPOURL"
+else
+    git init -q .
+    git remote add origin "$BM_GIT_REPOURL"
+fi
+# A revision is fetched by itself where the server allows it; else the
+# branch, which must contain it.
+if [ -n "$BM_GIT_REVISION" ] && git fetch -q --no-tags "$@" origin "$BM_GIT_REVISION" 2>/dev/null; then
+    :
+else
+    retry git fetch --no-tags "$@" origin "$BM_GIT_BRANCH"
+fi
+git checkout -q -f --detach FETCH_HEAD
+if [ -n "$BM_GIT_REVISION" ]; then git checkout -q -f --detach "$BM_GIT_REVISION"; fi
+if [ "$BM_GIT_MODE" = full ]; then git clean -q -f -f -d -x; fi
+git log -1 --format='checked out %H (%s)'
+"#;
+
+impl GitStepFile {
+    fn into_step(self) -> StepSpec {
+        let GitStep { repourl, branch, revision, mode, method, shallow, filter, retries, on_failure } = self.git;
+        let env = [
+            ("BM_GIT_REPOURL", repourl),
+            ("BM_GIT_BRANCH", branch),
+            ("BM_GIT_REVISION", revision),
+            ("BM_GIT_MODE", if mode == GitMode::Full { "full" } else { "incremental" }.to_owned()),
+            ("BM_GIT_METHOD", if method == GitMethod::Clobber { "clobber" } else { "fresh" }.to_owned()),
+            ("BM_GIT_DEPTH", shallow.map(|depth| depth.to_string()).unwrap_or_default()),
+            ("BM_GIT_FILTER", filter.unwrap_or_default()),
+            ("BM_GIT_RETRIES", retries.to_string()),
+        ];
+        let warnings = on_failure == GitFailure::Warnings;
+        StepSpec {
+            name: self.name,
+            command: StepCommand::Shell(GIT_SCRIPT.to_owned()),
+            env: env.into_iter().map(|(name, value)| (name.to_owned(), value)).collect(),
+            workdir: self.workdir,
+            timeout: self.timeout,
+            max_time: None,
+            kill_grace: default_kill_grace(),
+            halt_on_failure: self.halt_on_failure && !warnings,
+            flunk_on_failure: !warnings,
+            warn_on_failure: warnings,
+            warn_on_warnings: true,
+            always_run: self.always_run,
+            decode_rc: default_decode_rc(),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -1201,8 +1625,9 @@ fn validate_master(file: &mut SourceFile, master: &MasterConfig, settings: &Sett
         workers.insert(settings.local_worker.name.as_str());
     }
     let mut builder_names = BTreeSet::new();
-    for (index, builder) in master.builders.iter().enumerate() {
-        let at = root.key("builders").index(index);
+    let mut definitions_checked = BTreeSet::new();
+    for builder in &master.builders {
+        let at = root.key("builders").index(builder.definition);
         if !is_valid_builder_name(&builder.name) {
             file.error_at_value(
                 &at.key("name"),
@@ -1216,6 +1641,11 @@ fn validate_master(file: &mut SourceFile, master: &MasterConfig, settings: &Sett
                 format!("builder `{}` is defined twice", builder.name),
                 Some("builder names must be unique".into()),
             );
+        }
+        // What a matrix's builders share is checked once per definition
+        // (and per factory and workers, which `{axis}` may vary).
+        if !definitions_checked.insert((builder.definition, &builder.factory, &builder.workers)) {
+            continue;
         }
         if !master.factories.contains_key(&builder.factory) {
             file.error_at_value(
@@ -1260,6 +1690,19 @@ fn validate_master(file: &mut SourceFile, master: &MasterConfig, settings: &Sett
         let mut step_names = BTreeSet::new();
         for (index, step) in factory.steps.iter().enumerate() {
             let step_at = at.key("steps").index(index);
+            let mut texts: Vec<(YamlPath, &str)> = match &step.command {
+                StepCommand::Argv(argv) => {
+                    argv.iter().enumerate().map(|(i, word)| (step_at.key("command").index(i), word.as_str())).collect()
+                }
+                StepCommand::Shell(script) => vec![(step_at.key("command"), script.as_str())],
+            };
+            texts.extend(step.env.iter().map(|(name, value)| (step_at.key("env").key(name.clone()), value.as_str())));
+            texts.push((step_at.key("workdir"), step.workdir.as_str()));
+            for (text_at, text) in texts {
+                if let Err(problem) = interpolate::check(text) {
+                    file.error_at_value(&text_at, problem, None);
+                }
+            }
             if !step_names.insert(step.name.as_str()) {
                 file.error_at_value(
                     &step_at.key("name"),
@@ -1296,18 +1739,36 @@ fn validate_master(file: &mut SourceFile, master: &MasterConfig, settings: &Sett
         if !scheduler_names.insert(scheduler.name()) {
             file.error_at_value(&at.key("name"), format!("scheduler `{}` is defined twice", scheduler.name()), None);
         }
+        for (builder_index, builder) in scheduler.builders().iter().enumerate() {
+            if !builder_names.contains(builder.as_str()) {
+                file.error_at_value(
+                    &at.key("builders").index(builder_index),
+                    format!("scheduler `{}` names builder `{builder}`, which is not defined", scheduler.name()),
+                    None,
+                );
+            }
+        }
         match scheduler {
-            SchedulerConfig::Force { builders, .. } => {
-                for (builder_index, builder) in builders.iter().enumerate() {
-                    if !builder_names.contains(builder.as_str()) {
-                        file.error_at_value(
-                            &at.key("builders").index(builder_index),
-                            format!("scheduler `{}` names builder `{builder}`, which is not defined", scheduler.name()),
-                            None,
-                        );
-                    }
+            SchedulerConfig::Nightly { cron, timezone, .. } => {
+                if let Err(error) = cron.parse::<cron::Schedule>() {
+                    file.error_at_value(
+                        &at.key("cron"),
+                        format!("`{cron}` is not a cron expression: {error}"),
+                        Some("six fields, seconds first: `0 0 3 * * *` is 03:00 every day".into()),
+                    );
+                }
+                if timezone.parse::<chrono_tz::Tz>().is_err() {
+                    file.error_at_value(
+                        &at.key("timezone"),
+                        format!("`{timezone}` is not a time zone"),
+                        Some("use an IANA name, e.g. UTC or Europe/Amsterdam".into()),
+                    );
                 }
             }
+            SchedulerConfig::Periodic { every_seconds: 0, .. } => {
+                file.error_at_value(&at.key("every_seconds"), "every_seconds must be at least 1", None);
+            }
+            _ => {}
         }
     }
 }

@@ -5,7 +5,7 @@
 //! answers, so an acknowledged request is never lost. Each handler takes the
 //! `Caller` and asks `auth::authorize` before anything else.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Json;
@@ -168,9 +168,12 @@ async fn force(
         .master
         .schedulers
         .iter()
-        .find(|s| s.name() == scheduler_name)
+        .find_map(|scheduler| match scheduler {
+            SchedulerConfig::Force { name, builders } if name == scheduler_name => Some(builders),
+            _ => None,
+        })
         .ok_or_else(|| ApiError::NotFound(format!("force scheduler `{scheduler_name}`")))?;
-    let SchedulerConfig::Force { builders: allowed, .. } = scheduler;
+    let allowed = scheduler;
 
     let builder_names: Vec<String> = match (params.get("builderNames"), params.get("builderid")) {
         (Some(names), _) => serde_json::from_value(names.clone())
@@ -209,14 +212,12 @@ async fn force(
     };
 
     let mut requests = Vec::with_capacity(builder_names.len());
-    let mut names_by_id = HashMap::with_capacity(builder_names.len());
     for name in &builder_names {
         let (_, builder_id) = catalog.builder(name).ok_or_else(|| ApiError::NotFound(format!("builder `{name}`")))?;
         if !allowed.contains(name) {
             return Err(invalid("builderNames", format!("scheduler `{scheduler_name}` cannot force builder `{name}`")));
         }
         requests.push(NewRequest { builder_id, priority });
-        names_by_id.insert(builder_id, name.as_str());
     }
 
     let source = "Force Build Form";
@@ -249,24 +250,16 @@ async fn force(
         properties: &properties,
         requests,
         traceparent: shared::telemetry::traceparent(),
+        tick: None,
     };
-    let submitted = submit(master, buildset, &names_by_id).await?;
+    let submitted = submit(master, buildset).await?;
     tracing::info!(builders = ?builder_names, "build forced");
     Ok(submitted)
 }
 
-/// Commits a buildset, rings its builders' doorbells and tells live
-/// clients; answers Buildbot's `[bsid, {"<builderid>": brid}]`.
-async fn submit(master: &Arc<Master>, buildset: NewBuildset<'_>, names_by_id: &HashMap<i32, &str>) -> ApiResult<Value> {
-    let (buildset_id, created) = master.store.create_buildset(buildset).await?;
-    let announcements =
-        created.iter().map(|(builder_id, request_id)| (names_by_id[builder_id].to_owned(), *request_id));
-    master.announce(announcements.collect()).await;
-    tracing::info!(buildset.id = buildset_id, "buildset submitted");
-    live::publish_buildset(master, buildset_id, "new").await;
-    for (_, request_id) in &created {
-        live::publish_request(master, *request_id, "new").await;
-    }
+/// Submits a buildset; answers Buildbot's `[bsid, {"<builderid>": brid}]`.
+async fn submit(master: &Arc<Master>, buildset: NewBuildset<'_>) -> ApiResult<Value> {
+    let (buildset_id, created) = master.submit(buildset).await?;
     let requests: serde_json::Map<String, Value> =
         created.iter().map(|(builder_id, request_id)| (builder_id.to_string(), json!(request_id))).collect();
     Ok(json!([buildset_id, requests]))
@@ -331,11 +324,9 @@ async fn rebuild(master: &Arc<Master>, build_id: i64) -> ApiResult<Value> {
     let source =
         master.store.rebuild_source(build_id).await?.ok_or_else(|| ApiError::NotFound(format!("build {build_id}")))?;
     let catalog = master.catalog();
-    let Some(name) =
-        catalog.builder_ids.iter().find_map(|(name, id)| (*id == source.builder_id).then_some(name.as_str()))
-    else {
+    if !catalog.builder_ids.values().any(|id| *id == source.builder_id) {
         return Err(ApiError::Conflict(format!("the builder of build {build_id} is no longer configured")));
-    };
+    }
     let reason = format!("rebuild of build {} ({})", source.number, source.reason);
     let buildset = NewBuildset {
         reason: &reason,
@@ -344,9 +335,9 @@ async fn rebuild(master: &Arc<Master>, build_id: i64) -> ApiResult<Value> {
         properties: &source.properties,
         requests: vec![NewRequest { builder_id: source.builder_id, priority: source.priority }],
         traceparent: shared::telemetry::traceparent(),
+        tick: None,
     };
-    let names_by_id = HashMap::from([(source.builder_id, name)]);
-    let submitted = submit(master, buildset, &names_by_id).await?;
+    let submitted = submit(master, buildset).await?;
     tracing::info!(build.id = build_id, "rebuild requested");
     Ok(submitted)
 }

@@ -666,8 +666,11 @@ fn force_schedulers(master: &Master) -> Vec<Value> {
         .master
         .schedulers
         .iter()
-        .map(|scheduler| {
-            let SchedulerConfig::Force { name, builders } = scheduler;
+        .filter_map(|scheduler| match scheduler {
+            SchedulerConfig::Force { name, builders } => Some((name, builders)),
+            _ => None,
+        })
+        .map(|(name, builders)| {
             json!({
                 "name": name,
                 "label": name,
@@ -708,13 +711,14 @@ pub async fn get_forcescheduler(
 
 /// Changes come with change sources; until then the collection is empty,
 /// but its parameters are still checked.
-pub async fn list_changes(Query(params): Params) -> ApiResult<Json<Value>> {
-    query::parse(&CHANGES, &params, vec![])?;
-    Ok(envelope(CHANGES.plural, vec![], 0))
+pub async fn list_changes(State(master): State<AppState>, Query(params): Params) -> ApiResult<Json<Value>> {
+    collection(&master, &CHANGES, &params, vec![]).await
 }
 
-pub async fn get_change(Path(id): Path<String>, Query(params): Params) -> ApiResult<Json<Value>> {
-    let id: i64 = parse_id("change id", &id)?;
-    query::parse(&CHANGES, &params, vec![])?;
-    Err(ApiError::NotFound(format!("change {id}")))
+pub async fn get_change(
+    State(master): State<AppState>,
+    Path(id): Path<String>,
+    Query(params): Params,
+) -> ApiResult<Json<Value>> {
+    by_id(&master, &CHANGES, "changeid", &id, &params).await
 }

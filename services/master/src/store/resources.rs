@@ -227,6 +227,8 @@ pub static MASTERS: Resource = Resource {
         field("name", "m.name", Kind::Text),
         field("active", master_is_active!("m"), Kind::Bool),
         field("last_active", "m.last_seen_at", Kind::Time),
+        // Why its last configuration reload was refused; null when applied.
+        field("config_error", "m.config_error", Kind::Text),
     ],
 };
 
@@ -246,28 +248,32 @@ pub static FORCESCHEDULERS: Resource = Resource {
     ],
 };
 
-/// Empty until change sources exist.
+/// What change sources (the GitHub webhook) recorded.
 pub static CHANGES: Resource = Resource {
     plural: "changes",
-    from: "",
-    key: "",
+    from: "changes c",
+    key: "c.id",
     unique: &[&["changeid"]],
     fields: &[
-        field("changeid", "", Kind::Int),
-        field("author", "", Kind::Text),
-        field("committer", "", Kind::Text),
-        field("files", "", Kind::Json),
-        field("comments", "", Kind::Text),
-        field("revision", "", Kind::Text),
-        field("when_timestamp", "", Kind::Time),
-        field("branch", "", Kind::Text),
-        field("category", "", Kind::Text),
-        field("revlink", "", Kind::Text),
-        field("properties", "", Kind::Json),
-        field("repository", "", Kind::Text),
-        field("project", "", Kind::Text),
-        field("codebase", "", Kind::Text),
-        field("sourcestamp", "", Kind::Json),
+        field("changeid", "c.id", Kind::Int),
+        field("author", "c.author", Kind::Text),
+        field("committer", "c.author", Kind::Text),
+        field("files", "c.files", Kind::Json),
+        field("comments", "c.comments", Kind::Text),
+        field("revision", "c.revision", Kind::Text),
+        field("when_timestamp", "c.created_at", Kind::Time),
+        field("branch", "c.branch", Kind::Text),
+        field("category", "c.category", Kind::Text),
+        field("revlink", "''", Kind::Text),
+        field("properties", "'{}'::jsonb", Kind::Json),
+        field("repository", "c.repository", Kind::Text),
+        field("project", "''", Kind::Text),
+        field("codebase", "''", Kind::Text),
+        field(
+            "sourcestamp",
+            "jsonb_build_object('branch', c.branch, 'revision', c.revision, 'repository', c.repository)",
+            Kind::Json,
+        ),
     ],
 };
 

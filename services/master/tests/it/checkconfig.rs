@@ -13,16 +13,22 @@ builders:\n  - name: b\n    factory: F\n    workers: [w1]\n";
 
 /// Runs checkconfig on the two files; returns (exit success, stderr).
 fn checkconfig(settings: &str, master: &str) -> (bool, String) {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("settings.yaml"), settings).unwrap();
-    std::fs::write(dir.path().join("master.yaml"), master).unwrap();
     let output = Command::new(binary("buildmaster"))
         .arg("--settings")
-        .arg(dir.path().join("settings.yaml"))
+        .arg(write_pair(settings, master))
         .arg("checkconfig")
         .output()
         .unwrap();
     (output.status.success(), String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+/// Writes settings.yaml and master.yaml into a directory of their own (kept
+/// for the test's life); returns settings.yaml's path.
+fn write_pair(settings: &str, master: &str) -> std::path::PathBuf {
+    let dir = tempfile::tempdir().unwrap().keep();
+    std::fs::write(dir.join("settings.yaml"), settings).unwrap();
+    std::fs::write(dir.join("master.yaml"), master).unwrap();
+    dir.join("settings.yaml")
 }
 
 #[test]
@@ -157,4 +163,48 @@ fn a_password_that_is_not_an_argon2_hash_and_a_malformed_token_are_reported_at_t
     assert!(stderr.contains("settings.yaml:9:20: the password_hash of user `alice` is not an argon2 hash"), "{stderr}");
     assert!(stderr.contains("buildmaster hash-password"), "{stderr}");
     assert!(stderr.contains("settings.yaml:11:20: not the SHA-256 of a token"), "{stderr}");
+}
+
+#[test]
+fn matrix_and_interpolation_mistakes_are_reported_at_their_lines_and_the_expanded_count_is_printed() {
+    let master = "factories:\n  F:\n    steps:\n      - name: s\n        command: make %(props:target)s\n\
+                  builders:\n  - name: Fedora\n    factory: F\n    workers: [w1]\n    matrix:\n      branch: [main, \"3.14\"]\n\
+                  \x20   exclude:\n      - {branch: \"2.7\"}\n";
+    let (ok, stderr) = checkconfig(SETTINGS, master);
+    assert!(!ok);
+    assert!(stderr.contains("master.yaml:7:11: the name `Fedora` does not use matrix axis `branch`"), "{stderr}");
+    assert!(stderr.contains("put `{branch}` in the name"), "{stderr}");
+    assert!(stderr.contains("master.yaml:13:18: `branch: 2.7` is not a value of this builder's matrix"), "{stderr}");
+
+    let expanded = master.replace("Fedora", "Fedora {branch}").replace("2.7", "3.14");
+    let (ok, stderr) = checkconfig(SETTINGS, &expanded);
+    assert!(!ok);
+    assert!(stderr.contains("master.yaml:5:18: `%(props:target)s`: unknown kind `props`"), "{stderr}");
+
+    let good = expanded.replace("%(props:target)s", "%(prop:target:-all)s");
+    let output = Command::new(binary("buildmaster"))
+        .arg("--settings")
+        .arg(write_pair(SETTINGS, &good))
+        .arg("checkconfig")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(said.contains("config is valid: 1 builders"), "one of two combinations is excluded: {said}");
+}
+
+#[test]
+fn the_python_org_scale_example_expands_to_a_thousand_builders() {
+    let root = crate::harness::repository_root();
+    let output = Command::new(binary("buildmaster"))
+        .arg("--settings")
+        .arg(root.join("deploy/example/python-org/settings.yaml"))
+        .arg("checkconfig")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{said}{}", String::from_utf8_lossy(&output.stderr));
+    let builders: usize =
+        said.split("valid: ").nth(1).and_then(|rest| rest.split(' ').next()).unwrap().parse().unwrap();
+    assert!((1000..1100).contains(&builders), "{said}");
+    assert!(said.contains(" 60 workers"), "{said}");
 }

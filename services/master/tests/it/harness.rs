@@ -540,6 +540,15 @@ impl TestStack {
         address
     }
 
+    /// Stops the in-process master at `address` (graceful, as on SIGTERM)
+    /// and waits until it has.
+    pub async fn stop_master(&mut self, address: SocketAddr) {
+        let index = self.masters.iter().position(|(_, _, at)| *at == address).expect("a master of this stack");
+        let (shutdown, task, _) = self.masters.remove(index);
+        shutdown.cancel();
+        let _ = task.await;
+    }
+
     /// Makes every in-process master reload its configuration files, as
     /// SIGHUP does.
     pub fn reload_masters(&self) {
@@ -972,6 +981,7 @@ pub async fn queue_requests(store: &master::store::Store, builder_id: i32, count
         properties: &properties,
         requests,
         traceparent: None,
+        tick: None,
     };
     store.create_buildset(buildset).await.unwrap();
 }

@@ -8,8 +8,19 @@ use master::store::{Claim, Store};
 
 use crate::harness::{TestStack, master_yaml, queue_requests};
 
+static NO_PROPERTIES: std::sync::LazyLock<serde_json::Value> = std::sync::LazyLock::new(|| serde_json::json!({}));
+
 fn claim(builder_name: &str, builder_id: i32, worker_id: i32, master_id: i32, claim_token: uuid::Uuid) -> Claim<'_> {
-    Claim { builder_id, builder_name, worker_id, worker_name: "w1", master_id, claim_token, lease_seconds: 60 }
+    Claim {
+        builder_id,
+        builder_name,
+        worker_id,
+        worker_name: "w1",
+        master_id,
+        claim_token,
+        lease_seconds: 60,
+        configured_properties: &NO_PROPERTIES,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -35,6 +35,7 @@ async fn an_event_recorded_twice_changes_nothing_and_a_late_start_does_not_undo_
         master_id,
         claim_token: uuid::Uuid::new_v4(),
         lease_seconds: 60,
+        configured_properties: &serde_json::json!({}),
     };
     let build = store.claim(&claim).await.unwrap().unwrap();
 

@@ -1,0 +1,95 @@
+//! Timed schedulers (`nightly` with a cron expression and a time zone,
+//! `periodic`) run on every master at once, with no leader. Each master
+//! looks at the recent ticks of each scheduler every second and submits a
+//! buildset for each; the tick is written with its buildset in one
+//! statement under a unique key (`scheduler_ticks`), so exactly one master
+//! fires each tick, and ticks keep firing while any master is up.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use shared::config::SchedulerConfig;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{NewBuildset, NewRequest};
+use crate::{Master, MasterError};
+
+/// How often each master looks for due ticks.
+const LOOK_EVERY: Duration = Duration::from_secs(1);
+/// How far back a master looks: a tick missed for longer than this (every
+/// master down, or a reload that removed the scheduler) is not fired late.
+const CATCH_UP: chrono::Duration = chrono::Duration::seconds(10);
+
+pub async fn run(master: Arc<Master>, shutdown: CancellationToken) -> Result<(), MasterError> {
+    // The last tick of each scheduler this master has seen through (fired
+    // by it or by another): later looks start after it.
+    let mut done: HashMap<String, DateTime<Utc>> = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(LOOK_EVERY) => {}
+        }
+        let now = Utc::now();
+        let catalog = master.catalog();
+        for scheduler in &catalog.config.master.schedulers {
+            let since = done.get(scheduler.name()).copied().unwrap_or(now - CATCH_UP).max(now - CATCH_UP);
+            for tick in scheduler.ticks(since, now) {
+                match fire(&master, scheduler, tick).await {
+                    Ok(()) => {
+                        done.insert(scheduler.name().to_owned(), tick);
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, scheduler = scheduler.name(), %tick, "tick not fired now; retrying");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Submits the buildset of one tick, unless a master already did.
+async fn fire(master: &Arc<Master>, scheduler: &SchedulerConfig, tick: DateTime<Utc>) -> Result<(), MasterError> {
+    let catalog = master.catalog();
+    let (branch, configured) = match scheduler {
+        SchedulerConfig::Nightly { branch, properties, .. } | SchedulerConfig::Periodic { branch, properties, .. } => {
+            (branch, properties)
+        }
+        _ => return Ok(()),
+    };
+    let requests: Vec<NewRequest> = scheduler
+        .builders()
+        .iter()
+        .filter_map(|name| catalog.builder(name))
+        .map(|(_, builder_id)| NewRequest { builder_id, priority: 0 })
+        .collect();
+    let source = format!("Scheduler {}", scheduler.name());
+    let mut properties: BTreeMap<String, serde_json::Value> = configured
+        .iter()
+        .map(|(name, value)| (name.clone(), json!([serde_json::to_value(value).unwrap_or_default(), source])))
+        .collect();
+    properties.insert("scheduler".into(), json!([scheduler.name(), "Scheduler"]));
+    properties.insert("scheduled_for".into(), json!([tick.to_rfc3339(), source]));
+    if let Some(branch) = branch {
+        properties.insert("branch".into(), json!([branch, source]));
+    }
+    let properties = serde_json::to_value(properties).expect("properties serialize");
+    let reason = format!("The {} scheduler fired for {}", scheduler.name(), tick.format("%Y-%m-%d %H:%M:%S UTC"));
+    let buildset = NewBuildset {
+        reason: &reason,
+        owner: None,
+        scheduler: scheduler.name(),
+        properties: &properties,
+        requests,
+        traceparent: None,
+        tick: Some(tick),
+    };
+    let (buildset_id, created) = master.submit(buildset).await?;
+    if !created.is_empty() {
+        tracing::info!(scheduler = scheduler.name(), %tick, buildset.id = buildset_id, "scheduler fired");
+    }
+    Ok(())
+}

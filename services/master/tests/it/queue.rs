@@ -1,0 +1,91 @@
+//! The fair queue: priorities decide which pending request runs next, and
+//! a builder that collapses requests builds only the newest of a branch.
+
+use serde_json::{Value, json};
+
+use crate::harness::TestStack;
+
+async fn force(stack: &TestStack, builder: &str, params: Value) -> i64 {
+    let mut params = params;
+    params["builderNames"] = json!([builder]);
+    let body = json!({ "jsonrpc": "2.0", "method": "force", "id": 1, "params": params });
+    let answer: Value = stack
+        .http
+        .post(format!("{}/api/v2/forceschedulers/force", stack.base_url))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    answer["result"][1].as_object().and_then(|ids| ids.values().next()?.as_i64()).unwrap_or_else(|| panic!("{answer}"))
+}
+
+async fn worker_rpc(stack: &TestStack, worker: &str, method: &str) {
+    let body = json!({ "jsonrpc": "2.0", "method": method, "id": 1, "params": {} });
+    let answer: Value = stack
+        .http
+        .post(format!("{}/api/v2/workers/{worker}", stack.base_url))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(answer.get("error").is_none(), "{method}: {answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collapsing_keeps_the_newest_request_of_each_branch_and_priorities_order_the_rest() {
+    let yaml = "factories:\n  quick:\n    steps:\n      - name: hi\n        command: echo hi\n\
+                builders:\n  - {name: collapsing, factory: quick, workers: [w2], collapse_requests: true}\n\
+                \x20 - {name: ordered, factory: quick, workers: [w2]}\n\
+                schedulers:\n  - {type: force, name: force, builders: [collapsing, ordered]}\n";
+    let mut stack = TestStack::new(yaml, &["collapsing", "ordered"]).await;
+    stack.start_masters_behind_haproxy().await;
+    stack.start_worker("w2");
+    stack
+        .eventually(30, "w2 connected", async || {
+            let body: Value =
+                stack.http.get(format!("{}/api/v2/workers/w2", stack.base_url)).send().await.ok()?.json().await.ok()?;
+            body["workers"][0]["connected_to"].as_array().is_some_and(|c| !c.is_empty()).then_some(())
+        })
+        .await;
+    worker_rpc(&stack, "w2", "pause").await;
+
+    let main: Vec<i64> = {
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            ids.push(force(&stack, "collapsing", json!({ "branch": "main" })).await);
+        }
+        ids
+    };
+    let other = force(&stack, "collapsing", json!({ "branch": "3.14" })).await;
+    for superseded in &main[..2] {
+        let request = &stack.get(&format!("/api/v2/buildrequests/{superseded}")).await["buildrequests"][0];
+        assert_eq!((request["complete"].as_bool(), request["results"].as_i64()), (Some(true), Some(3)), "{request}");
+    }
+    let low = force(&stack, "ordered", json!({ "priority": 0 })).await;
+    let high = force(&stack, "ordered", json!({ "priority": 5 })).await;
+    let last = force(&stack, "ordered", json!({ "priority": 0 })).await;
+
+    worker_rpc(&stack, "w2", "unpause").await;
+    for request in [main[2], other, low, high, last] {
+        assert_eq!(stack.wait_for_build(request).await["results"], 0);
+    }
+    for superseded in &main[..2] {
+        let builds = stack.get(&format!("/api/v2/builds?buildrequestid={superseded}")).await;
+        assert_eq!(builds["meta"]["total"], 0, "a superseded request never runs");
+    }
+    let number = |request: i64| {
+        let stack = &stack;
+        async move { stack.get(&format!("/api/v2/builds?buildrequestid={request}")).await["builds"][0]["number"].clone() }
+    };
+    assert_eq!(
+        [number(high).await, number(low).await, number(last).await],
+        [json!(1), json!(2), json!(3)],
+        "the higher priority first, then oldest first"
+    );
+}

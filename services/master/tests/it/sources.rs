@@ -1,0 +1,122 @@
+//! Builds that start from source: the `git` step checks out a branch and a
+//! revision of a local repository, builder matrices expand one definition
+//! into a builder per branch, and properties (from the matrix, the worker,
+//! the force) reach step commands as `%(prop:NAME)s`.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::harness::TestStack;
+
+fn git(repo: &Path, args: &[&str]) -> String {
+    let output = Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(["-c", "user.name=Tests", "-c", "user.email=tests@example.org", "-c", "init.defaultBranch=main"])
+        .args(args)
+        .output()
+        .expect("git runs (deploy/services.sh ensure installs it)");
+    assert!(output.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// A repository whose `version` file says `one`, then `two` on main, and
+/// `feature` on the branch `feature`; returns it and the first commit.
+fn repository(dir: &Path) -> (std::path::PathBuf, String) {
+    let repo = dir.join("cpython");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q"]);
+    std::fs::write(repo.join("version"), "one\n").unwrap();
+    git(&repo, &["add", "version"]);
+    git(&repo, &["commit", "-q", "-m", "one"]);
+    let first = git(&repo, &["rev-parse", "HEAD"]);
+    std::fs::write(repo.join("version"), "two\n").unwrap();
+    git(&repo, &["commit", "-q", "-am", "two"]);
+    git(&repo, &["checkout", "-q", "-b", "feature"]);
+    std::fs::write(repo.join("version"), "feature\n").unwrap();
+    git(&repo, &["commit", "-q", "-am", "feature"]);
+    git(&repo, &["checkout", "-q", "main"]);
+    (repo, first)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_matrix_of_git_builders_checks_out_each_branch_and_the_forced_revision_with_properties_in_commands() {
+    let scratch = tempfile::tempdir().unwrap();
+    let (repo, first) = repository(scratch.path());
+    let yaml = format!(
+        "factories:\n  source:\n    steps:\n\
+         \x20     - name: checkout\n        git:\n          repourl: file://{}\n          mode: full\n          shallow: 10\n\
+         \x20     - name: show\n        command: cat version; echo %(prop:branch)s -j%(prop:parallel_tests:-1)s %(prop:owner)s\n\
+         builders:\n  - name: \"src {{branch}}\"\n    factory: source\n    workers: [w1]\n    tags: [tier-1]\n\
+         \x20   matrix:\n      branch: [main, feature, gone]\n    exclude:\n      - {{branch: gone}}\n\
+         schedulers:\n  - type: force\n    name: force\n    builders: [\"src main\", \"src feature\"]\n",
+        repo.display()
+    );
+    let mut stack = TestStack::new(&yaml, &["src main", "src feature"]).await;
+    // The worker's own property, as buildbot.python.org gives its workers.
+    let settings = std::fs::read_to_string(&stack.settings_path).unwrap();
+    let settings =
+        settings.replacen("    max_builds: 2\n", "    max_builds: 2\n    properties: {parallel_tests: 3}\n", 1);
+    std::fs::write(&stack.settings_path, settings).unwrap();
+    let builders = stack.config().master.builders;
+    let names: Vec<&str> = builders.iter().map(|b| b.name.as_str()).collect();
+    assert_eq!(names, ["src main", "src feature"], "one builder per branch, `gone` excluded");
+    assert!(builders[1].tags.contains(&"feature".to_owned()), "each axis value is a tag");
+    stack.start_masters_behind_haproxy().await;
+    stack.start_worker("w1");
+
+    let show = async |stack: &TestStack, request: i64| {
+        let build = stack.wait_for_build(request).await;
+        assert_eq!(build["results"], 0, "{build}\n{}", stack.worker_logs());
+        let steps = stack.steps(build["buildid"].as_i64().unwrap()).await;
+        let log = stack.archived_log(steps[1]["stepid"].as_i64().unwrap()).await;
+        String::from_utf8(stack.get_bytes(&format!("/api/v2/logs/{}/raw", log["logid"])).await).unwrap()
+    };
+    let feature = stack.force("src feature").await;
+    assert_eq!(show(&stack, feature).await, "feature\nfeature -j3 tests\n");
+    let main = stack.force("src main").await;
+    assert_eq!(show(&stack, main).await, "two\nmain -j3 tests\n");
+
+    // A forced revision of the branch.
+    let body = serde_json::json!({
+        "jsonrpc": "2.0", "method": "force", "id": 1,
+        "params": { "builderNames": ["src main"], "owner": "someone", "revision": first },
+    });
+    let answer: serde_json::Value = stack
+        .http
+        .post(format!("{}/api/v2/forceschedulers/force", stack.base_url))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let request = answer["result"][1].as_object().unwrap().values().next().unwrap().as_i64().unwrap();
+    assert_eq!(show(&stack, request).await, "one\nmain -j3 someone\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_git_step_that_cannot_fetch_retries_then_fails_or_warns_as_configured() {
+    let yaml = "factories:\n  strict:\n    steps:\n      - name: checkout\n        git: {repourl: file:///nonexistent/repo, retries: 1}\n\
+                \x20     - name: after\n        command: echo must not run\n\
+                \x20 lenient:\n    steps:\n      - name: checkout\n        git: {repourl: file:///nonexistent/repo, retries: 0, on_failure: warnings}\n\
+                \x20     - name: after\n        command: echo still runs\n\
+                builders:\n  - {name: strict, factory: strict, workers: [w1]}\n  - {name: lenient, factory: lenient, workers: [w1]}\n\
+                schedulers:\n  - {type: force, name: force, builders: [strict, lenient]}\n";
+    let mut stack = TestStack::new(yaml, &["strict", "lenient"]).await;
+    stack.start_masters_behind_haproxy().await;
+    stack.start_worker("w1");
+    let strict = stack.force("strict").await;
+    let build = stack.wait_for_build(strict).await;
+    assert_eq!(build["results"], 2, "FAILURE: {build}");
+    let steps = stack.steps(build["buildid"].as_i64().unwrap()).await;
+    assert_eq!(steps[1]["results"], 3, "the checkout halts the build: the next step is SKIPPED");
+    let log = stack.archived_log(steps[0]["stepid"].as_i64().unwrap()).await;
+    let text =
+        String::from_utf8_lossy(&stack.get_bytes(&format!("/api/v2/logs/{}/raw", log["logid"])).await).into_owned();
+    assert!(text.contains("attempt 1 failed; retrying"), "{text}");
+    let lenient = stack.force("lenient").await;
+    let build = stack.wait_for_build(lenient).await;
+    assert_eq!(build["results"], 1, "WARNINGS: {build}");
+}
