@@ -9,6 +9,7 @@ mod bad_input;
 mod browser;
 mod checkconfig;
 mod failures;
+mod github;
 mod harness;
 mod live;
 mod numbering;

@@ -1,0 +1,214 @@
+//! GitHub's webhook as buildbot.python.org uses it: a signed push builds the
+//! pushed revision through the git step; a bad signature changes nothing;
+//! the pull-request label builds only the stable builders; a `!buildbot`
+//! comment from someone who may write builds the matching ones. The
+//! permission lookup is served by a local stand-in for GitHub's API.
+
+use std::path::Path;
+use std::process::Command;
+
+use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+use crate::harness::TestStack;
+
+const SECRET: &str = "a-webhook-secret";
+
+fn git(repo: &Path, args: &[&str]) -> String {
+    let output = Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(["-c", "user.name=Tests", "-c", "user.email=tests@example.org", "-c", "init.defaultBranch=main"])
+        .args(args)
+        .output()
+        .expect("git runs");
+    assert!(output.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+fn sign(body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(body);
+    let digest: String = mac.finalize().into_bytes().iter().map(|byte| format!("{byte:02x}")).collect();
+    format!("sha256={digest}")
+}
+
+/// Sends one delivery; (status, answer).
+async fn deliver(
+    stack: &TestStack,
+    event: &str,
+    delivery: &str,
+    payload: &Value,
+    signature: Option<&str>,
+) -> (u16, Value) {
+    let body = serde_json::to_vec(payload).unwrap();
+    let signature = signature.map(str::to_owned).unwrap_or_else(|| sign(&body));
+    let response = stack
+        .http
+        .post(format!("{}/change_hook/github", stack.base_url))
+        .header("x-github-event", event)
+        .header("x-github-delivery", delivery)
+        .header("x-hub-signature-256", signature)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
+}
+
+/// A stand-in for GitHub's permission API: `core-dev` may write.
+async fn permission_api() -> String {
+    use axum::extract::Path as UrlPath;
+    let app = axum::Router::new().route(
+        "/repos/{owner}/{repo}/collaborators/{user}/permission",
+        axum::routing::get(|UrlPath((_, _, user)): UrlPath<(String, String, String)>| async move {
+            axum::Json(json!({ "permission": if user == "core-dev" { "write" } else { "read" } }))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{address}")
+}
+
+async fn requests_total(stack: &TestStack) -> i64 {
+    stack.get("/api/v2/buildrequests").await["meta"]["total"].as_i64().unwrap()
+}
+
+/// The builders of the buildsets a delivery made.
+async fn built_by(stack: &TestStack, answer: &Value) -> Vec<String> {
+    let mut names = Vec::new();
+    for buildset in answer["buildsets"].as_array().unwrap() {
+        let requests = stack.get(&format!("/api/v2/buildrequests?buildsetid={buildset}")).await;
+        for request in requests["buildrequests"].as_array().unwrap() {
+            let builder = stack.get(&format!("/api/v2/builders/{}", request["builderid"])).await;
+            names.push(builder["builders"][0]["name"].as_str().unwrap().to_owned());
+        }
+    }
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_pushes_labels_and_comments_build_what_buildbot_python_org_would() {
+    let scratch = tempfile::tempdir().unwrap();
+    let repo = scratch.path().join("cpython");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q"]);
+    std::fs::write(repo.join("version"), "one\n").unwrap();
+    git(&repo, &["add", "version"]);
+    git(&repo, &["commit", "-q", "-m", "one"]);
+    std::fs::write(repo.join("version"), "two\n").unwrap();
+    git(&repo, &["commit", "-q", "-am", "two"]);
+    let pushed = git(&repo, &["rev-parse", "HEAD"]);
+    // A pull request's merge ref, as GitHub keeps it.
+    git(&repo, &["checkout", "-q", "-b", "pr"]);
+    std::fs::write(repo.join("version"), "pull request\n").unwrap();
+    git(&repo, &["commit", "-q", "-am", "pr"]);
+    let merge = git(&repo, &["rev-parse", "HEAD"]);
+    git(&repo, &["update-ref", "refs/pull/7/merge", &merge]);
+    git(&repo, &["checkout", "-q", "main"]);
+
+    let steps = "    steps:\n      - name: checkout\n        git: {repourl: \"%(prop:repository)s\", mode: full}\n\
+                 \x20     - name: show\n        command: cat version; echo %(prop:branch)s\n";
+    let yaml = format!(
+        "factories:\n  source:\n{steps}builders:\n\
+         \x20 - {{name: stable-a, factory: source, workers: [w1], tags: [stable]}}\n\
+         \x20 - {{name: stable-b, factory: source, workers: [w1], tags: [stable]}}\n\
+         \x20 - {{name: unstable-c, factory: source, workers: [w1], tags: [unstable]}}\n\
+         schedulers:\n  - {{type: single_branch, name: main, branch: main, builders: [stable-a], ignore_files: [\"Doc/*\", \"*.rst\"]}}\n\
+         \x20 - {{type: pull_request, name: pulls, builders: [stable-a, stable-b, unstable-c]}}\n"
+    );
+    let mut stack = TestStack::new(&yaml, &["stable-a", "stable-b", "unstable-c"]).await;
+    let api = permission_api().await;
+    stack.append_settings(&format!("github:\n  webhook_secret: {SECRET}\n  api_url: {api}\n"));
+    stack.start_masters_behind_haproxy().await;
+    stack.start_worker("w1");
+    let repository = json!({ "clone_url": format!("file://{}", repo.display()), "full_name": "python/cpython" });
+
+    let (status, answer) = deliver(&stack, "ping", "d-0", &json!({ "zen": "Keep it logically awesome." }), None).await;
+    assert_eq!((status, answer["ok"].as_str()), (200, Some("pong")));
+
+    // A push with a good signature builds the pushed revision.
+    let push = json!({
+        "ref": "refs/heads/main", "after": pushed, "repository": repository,
+        "pusher": { "name": "guido" }, "head_commit": { "message": "two" },
+        "commits": [{ "added": [], "modified": ["version"], "removed": [] }],
+    });
+    let (status, answer) = deliver(&stack, "push", "d-1", &push, None).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(built_by(&stack, &answer).await, ["stable-a"]);
+    let request = stack.get(&format!("/api/v2/buildrequests?buildsetid={}", answer["buildsets"][0])).await;
+    let build = stack.wait_for_build(request["buildrequests"][0]["buildrequestid"].as_i64().unwrap()).await;
+    assert_eq!(build["results"], 0, "{build}\n{}", stack.worker_logs());
+    let steps = stack.steps(build["buildid"].as_i64().unwrap()).await;
+    let log = stack.archived_log(steps[1]["stepid"].as_i64().unwrap()).await;
+    assert_eq!(stack.get_bytes(&format!("/api/v2/logs/{}/raw", log["logid"])).await, b"two\nmain\n");
+    let change = stack.get(&format!("/api/v2/changes/{}", answer["change"])).await;
+    assert_eq!(change["changes"][0]["revision"], pushed.as_str());
+
+    // The same delivery again, a wrong signature and none: nothing changes.
+    let before = requests_total(&stack).await;
+    let (status, again) = deliver(&stack, "push", "d-1", &push, None).await;
+    assert_eq!((status, again["ignored"].as_str()), (200, Some("this delivery was recorded before")));
+    let (status, _) = deliver(&stack, "push", "d-2", &push, Some("sha256=00ff")).await;
+    assert_eq!(status, 401);
+    let unsigned = stack
+        .http
+        .post(format!("{}/change_hook/github", stack.base_url))
+        .header("x-github-event", "push")
+        .json(&push)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unsigned.status(), 401);
+    assert_eq!(requests_total(&stack).await, before);
+    assert_eq!(stack.get("/api/v2/changes").await["meta"]["total"], 1, "refused deliveries record no change");
+
+    // A push touching only documentation builds nothing.
+    let docs = json!({
+        "ref": "refs/heads/main", "after": pushed, "repository": repository, "pusher": { "name": "guido" },
+        "commits": [{ "added": ["Doc/whatsnew.rst"], "modified": ["README.rst"], "removed": [] }],
+    });
+    let (status, answer) = deliver(&stack, "push", "d-3", &docs, None).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(requests_total(&stack).await, before, "{answer}");
+
+    // The label builds the stable builders on the pull request's merge ref.
+    let labeled = json!({
+        "action": "labeled", "label": { "name": ":hammer: test-with-buildbots" },
+        "pull_request": { "number": 7, "title": "Fix it" }, "repository": repository, "sender": { "login": "core-dev" },
+    });
+    let (status, answer) = deliver(&stack, "pull_request", "d-4", &labeled, None).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(built_by(&stack, &answer).await, ["stable-a", "stable-b"]);
+    let requests = stack.get(&format!("/api/v2/buildrequests?buildsetid={}", answer["buildsets"][0])).await;
+    for request in requests["buildrequests"].as_array().unwrap() {
+        let build = stack.wait_for_build(request["buildrequestid"].as_i64().unwrap()).await;
+        assert_eq!(build["results"], 0, "{build}");
+        let steps = stack.steps(build["buildid"].as_i64().unwrap()).await;
+        let log = stack.archived_log(steps[1]["stepid"].as_i64().unwrap()).await;
+        let printed = stack.get_bytes(&format!("/api/v2/logs/{}/raw", log["logid"])).await;
+        assert_eq!(printed, b"pull request\nrefs/pull/7/merge\n");
+    }
+
+    // `!buildbot REGEX` from someone who may write builds the matching
+    // builders; from someone who may not, nothing.
+    let comment = |user: &str, body: &str| {
+        json!({
+            "action": "created", "issue": { "number": 7, "pull_request": { "url": "..." } },
+            "comment": { "body": body, "user": { "login": user } }, "repository": repository,
+        })
+    };
+    let (status, answer) =
+        deliver(&stack, "issue_comment", "d-5", &comment("core-dev", "!buildbot unstable|-b$"), None).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(built_by(&stack, &answer).await, ["stable-b", "unstable-c"]);
+    let before = requests_total(&stack).await;
+    let (status, answer) = deliver(&stack, "issue_comment", "d-6", &comment("random", "!buildbot .*"), None).await;
+    assert_eq!(status, 200);
+    assert!(answer["ignored"].as_str().unwrap().contains("`random` may not write"), "{answer}");
+    assert_eq!(requests_total(&stack).await, before);
+}
