@@ -763,6 +763,14 @@ pub enum SchedulerConfig {
         #[serde(default)]
         ignore_files: Vec<String>,
     },
+    /// Builds each push to any branch, like Buildbot's `AnyBranchScheduler`;
+    /// builds get the pushed branch as their `branch` property.
+    AnyBranch {
+        name: String,
+        builders: Vec<String>,
+        #[serde(default)]
+        ignore_files: Vec<String>,
+    },
     /// Builds pull requests, as buildbot.python.org does: adding the label
     /// `label` builds the builders tagged `label_tag`; a comment
     /// `!buildbot REGEX` from someone who may write to the repository
@@ -820,6 +828,7 @@ impl SchedulerConfig {
             SchedulerConfig::Force { name, .. }
             | SchedulerConfig::Nightly { name, .. }
             | SchedulerConfig::SingleBranch { name, .. }
+            | SchedulerConfig::AnyBranch { name, .. }
             | SchedulerConfig::PullRequest { name, .. }
             | SchedulerConfig::Periodic { name, .. } => name,
         }
@@ -830,6 +839,7 @@ impl SchedulerConfig {
             SchedulerConfig::Force { builders, .. }
             | SchedulerConfig::Nightly { builders, .. }
             | SchedulerConfig::SingleBranch { builders, .. }
+            | SchedulerConfig::AnyBranch { builders, .. }
             | SchedulerConfig::PullRequest { builders, .. }
             | SchedulerConfig::Periodic { builders, .. } => builders,
         }
@@ -841,6 +851,7 @@ impl SchedulerConfig {
         match self {
             SchedulerConfig::Force { .. }
             | SchedulerConfig::SingleBranch { .. }
+            | SchedulerConfig::AnyBranch { .. }
             | SchedulerConfig::PullRequest { .. } => Vec::new(),
             SchedulerConfig::Nightly { cron, timezone, .. } => {
                 let (Ok(schedule), Ok(zone)) = (cron.parse::<cron::Schedule>(), timezone.parse::<chrono_tz::Tz>())

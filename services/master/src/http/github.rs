@@ -197,12 +197,13 @@ fn push(config: &Config, payload: &Value) -> Plan {
     let mut builds = Vec::new();
     let mut skipped = Vec::new();
     for scheduler in &config.master.schedulers {
-        let SchedulerConfig::SingleBranch { name, branch: wanted, builders, ignore_files } = scheduler else {
-            continue;
+        let (name, builders, ignore_files) = match scheduler {
+            SchedulerConfig::SingleBranch { name, branch: wanted, builders, ignore_files } if wanted == branch => {
+                (name, builders, ignore_files)
+            }
+            SchedulerConfig::AnyBranch { name, builders, ignore_files } => (name, builders, ignore_files),
+            _ => continue,
         };
-        if wanted != branch {
-            continue;
-        }
         let all_ignored = !files.is_empty()
             && files.iter().all(|file| ignore_files.iter().any(|pattern| path_matches(pattern, file)));
         if all_ignored {

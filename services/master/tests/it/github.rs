@@ -119,6 +119,7 @@ async fn signed_pushes_labels_and_comments_build_what_buildbot_python_org_would(
          \x20 - {{name: stable-b, factory: source, workers: [w1], tags: [stable]}}\n\
          \x20 - {{name: unstable-c, factory: source, workers: [w1], tags: [unstable]}}\n\
          schedulers:\n  - {{type: single_branch, name: main, branch: main, builders: [stable-a], ignore_files: [\"Doc/*\", \"*.rst\"]}}\n\
+         \x20 - {{type: any_branch, name: everything, builders: [unstable-c], ignore_files: [\"Doc/*\", \"*.rst\"]}}\n\
          \x20 - {{type: pull_request, name: pulls, builders: [stable-a, stable-b, unstable-c]}}\n"
     );
     let mut stack = TestStack::new(&yaml, &["stable-a", "stable-b", "unstable-c"]).await;
@@ -139,7 +140,7 @@ async fn signed_pushes_labels_and_comments_build_what_buildbot_python_org_would(
     });
     let (status, answer) = deliver(&stack, "push", "d-1", &push, None).await;
     assert_eq!(status, 200, "{answer}");
-    assert_eq!(built_by(&stack, &answer).await, ["stable-a"]);
+    assert_eq!(built_by(&stack, &answer).await, ["stable-a", "unstable-c"], "single-branch and any-branch");
     let request = stack.get(&format!("/api/v2/buildrequests?buildsetid={}", answer["buildsets"][0])).await;
     let build = stack.wait_for_build(request["buildrequests"][0]["buildrequestid"].as_i64().unwrap()).await;
     assert_eq!(build["results"], 0, "{build}\n{}", stack.worker_logs());
@@ -175,6 +176,17 @@ async fn signed_pushes_labels_and_comments_build_what_buildbot_python_org_would(
     let (status, answer) = deliver(&stack, "push", "d-3", &docs, None).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(requests_total(&stack).await, before, "{answer}");
+
+    // Another branch: only the any-branch scheduler builds it, on that branch.
+    let other = json!({
+        "ref": "refs/heads/3.14", "after": pushed, "repository": repository, "pusher": { "name": "guido" },
+        "commits": [{ "added": [], "modified": ["version"], "removed": [] }],
+    });
+    let (status, answer) = deliver(&stack, "push", "d-3b", &other, None).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(built_by(&stack, &answer).await, ["unstable-c"]);
+    let set = stack.get(&format!("/api/v2/buildsets/{}", answer["buildsets"][0])).await;
+    assert_eq!(set["buildsets"][0]["reason"], "GitHub push of 3.14 by guido");
 
     // The label builds the stable builders on the pull request's merge ref.
     let labeled = json!({
