@@ -17,7 +17,7 @@ use axum::routing::get;
 use maud::{DOCTYPE, Markup, html};
 use serde::Deserialize;
 use serde_json::Value;
-use shared::config::SchedulerConfig;
+use shared::config::{ForceParameter, SchedulerConfig};
 use shared::model::Results;
 
 use crate::Master;
@@ -310,13 +310,15 @@ async fn builder_page(
     let workers = api_items(&master, &WORKERS, &[("order", "name".into()), ("limit", "10000".into())]).await?;
     let workers: Vec<&Value> =
         workers.iter().filter(|w| builder.workers.iter().any(|n| n == text(w, "name"))).collect();
-    let schedulers: Vec<&str> = catalog
+    let schedulers: Vec<(&str, &[ForceParameter])> = catalog
         .config
         .master
         .schedulers
         .iter()
         .filter_map(|scheduler| match scheduler {
-            SchedulerConfig::Force { name, builders } if builders.contains(&builder.name) => Some(name.as_str()),
+            SchedulerConfig::Force { name, builders, parameters } if builders.contains(&builder.name) => {
+                Some((name.as_str(), parameters.as_slice()))
+            }
             _ => None,
         })
         .collect();
@@ -341,11 +343,26 @@ async fn builder_page(
             }
             div {
                 h2 { "Force a build" }
-                @if let Some(scheduler) = schedulers.first() {
+                @if let Some((scheduler, parameters)) = schedulers.first() {
                     form #force data-scheduler=(scheduler) data-builder=(builder.name) {
                         label { "Reason" input name="reason" value="forced from the web"; }
                         label { "Branch" input name="branch" placeholder="default"; }
                         label { "Revision" input name="revision" placeholder="latest"; }
+                        @for parameter in *parameters {
+                            @let field = format!("parameter:{}", parameter.name);
+                            label {
+                                (parameter.label.as_deref().unwrap_or(&parameter.name))
+                                @if parameter.choices.is_empty() {
+                                    input name=(field) value=(parameter.default);
+                                } @else {
+                                    select name=(field) {
+                                        @for choice in &parameter.choices {
+                                            option value=(choice) selected[*choice == parameter.default] { (choice) }
+                                        }
+                                    }
+                                }
+                            }
+                        }
                         label { "Properties (name=value, one per line)" textarea name="properties" rows="3" {} }
                         button type="submit" { "Force" }
                         p.error role="alert" {}

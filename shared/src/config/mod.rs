@@ -737,6 +737,10 @@ pub enum SchedulerConfig {
         name: String,
         /// Builders it may force.
         builders: Vec<String>,
+        /// Parameters of its form, each a build property: a default, and
+        /// optionally the only values allowed.
+        #[serde(default)]
+        parameters: Vec<ForceParameter>,
     },
     /// At the times a cron expression gives, in a time zone, like
     /// Buildbot's `Nightly`. Six fields, seconds first: `0 0 3 * * *` is
@@ -793,6 +797,20 @@ pub enum SchedulerConfig {
         #[serde(default)]
         properties: BTreeMap<String, serde_yaml::Value>,
     },
+}
+
+/// One parameter of a force scheduler's form.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForceParameter {
+    pub name: String,
+    /// Shown to people; default the name.
+    pub label: Option<String>,
+    #[serde(default)]
+    pub default: String,
+    /// The only values allowed (a drop-down in the form); any when empty.
+    #[serde(default)]
+    pub choices: Vec<String>,
 }
 
 fn default_timezone() -> String {
@@ -1774,6 +1792,17 @@ fn validate_master(file: &mut SourceFile, master: &MasterConfig, settings: &Sett
                         format!("`{timezone}` is not a time zone"),
                         Some("use an IANA name, e.g. UTC or Europe/Amsterdam".into()),
                     );
+                }
+            }
+            SchedulerConfig::Force { parameters, .. } => {
+                for (parameter_index, parameter) in parameters.iter().enumerate() {
+                    if !parameter.choices.is_empty() && !parameter.choices.contains(&parameter.default) {
+                        file.error_at_value(
+                            &at.key("parameters").index(parameter_index).key("default"),
+                            format!("the default `{}` is not one of the choices", parameter.default),
+                            Some(format!("use one of: {}", parameter.choices.join(", "))),
+                        );
+                    }
                 }
             }
             SchedulerConfig::Periodic { every_seconds: 0, .. } => {

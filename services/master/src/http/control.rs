@@ -169,11 +169,13 @@ async fn force(
         .schedulers
         .iter()
         .find_map(|scheduler| match scheduler {
-            SchedulerConfig::Force { name, builders } if name == scheduler_name => Some(builders),
+            SchedulerConfig::Force { name, builders, parameters } if name == scheduler_name => {
+                Some((builders, parameters))
+            }
             _ => None,
         })
         .ok_or_else(|| ApiError::NotFound(format!("force scheduler `{scheduler_name}`")))?;
-    let allowed = scheduler;
+    let (allowed, parameters) = scheduler;
 
     let builder_names: Vec<String> = match (params.get("builderNames"), params.get("builderid")) {
         (Some(names), _) => serde_json::from_value(names.clone())
@@ -240,6 +242,18 @@ async fn force(
         if !FORCE_FIELDS.contains(&name.as_str()) {
             properties.insert(name.clone(), json!([value, source]));
         }
+    }
+    // The scheduler's own parameters: their defaults, and their choices.
+    for parameter in parameters {
+        let given = properties.get(&parameter.name).map(|pair| pair[0].clone());
+        let value = match given {
+            None | Some(Value::Null) => Value::String(parameter.default.clone()),
+            Some(value) => value,
+        };
+        if !parameter.choices.is_empty() && !parameter.choices.iter().any(|choice| value == json!(choice)) {
+            return Err(invalid(&parameter.name, format!("must be one of: {}", parameter.choices.join(", "))));
+        }
+        properties.insert(parameter.name.clone(), json!([value, source]));
     }
     let properties = serde_json::to_value(properties).expect("properties serialize");
 

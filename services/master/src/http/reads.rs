@@ -667,23 +667,32 @@ fn force_schedulers(master: &Master) -> Vec<Value> {
         .schedulers
         .iter()
         .filter_map(|scheduler| match scheduler {
-            SchedulerConfig::Force { name, builders } => Some((name, builders)),
+            SchedulerConfig::Force { name, builders, parameters } => Some((name, builders, parameters)),
             _ => None,
         })
-        .map(|(name, builders)| {
+        .map(|(name, builders, parameters)| {
+            let mut fields = vec![
+                json!({ "name": "reason", "fullName": "reason", "type": "text", "label": "reason", "default": "force build" }),
+                json!({ "name": "owner", "fullName": "owner", "type": "text", "label": "your name", "default": "" }),
+                json!({ "name": "priority", "fullName": "priority", "type": "int", "label": "priority", "default": 0 }),
+                json!({ "name": "branch", "fullName": "branch", "type": "text", "label": "branch", "default": "" }),
+                json!({ "name": "revision", "fullName": "revision", "type": "text", "label": "revision", "default": "" }),
+            ];
+            for parameter in parameters {
+                let label = parameter.label.clone().unwrap_or_else(|| parameter.name.clone());
+                let kind = if parameter.choices.is_empty() { "text" } else { "list" };
+                fields.push(json!({
+                    "name": parameter.name, "fullName": parameter.name, "type": kind, "label": label,
+                    "default": parameter.default, "choices": parameter.choices,
+                }));
+            }
             json!({
                 "name": name,
                 "label": name,
                 "button_name": name,
                 "builder_names": builders,
                 "enabled": true,
-                "all_fields": [
-                    { "name": "reason", "fullName": "reason", "type": "text", "label": "reason", "default": "force build" },
-                    { "name": "owner", "fullName": "owner", "type": "text", "label": "your name", "default": "" },
-                    { "name": "priority", "fullName": "priority", "type": "int", "label": "priority", "default": 0 },
-                    { "name": "branch", "fullName": "branch", "type": "text", "label": "branch", "default": "" },
-                    { "name": "revision", "fullName": "revision", "type": "text", "label": "revision", "default": "" },
-                ],
+                "all_fields": fields,
             })
         })
         .collect()

@@ -118,6 +118,9 @@ function wireForce() {
       const at = line.indexOf("=");
       if (at > 0) properties[line.slice(0, at).trim()] = line.slice(at + 1).trim();
     }
+    for (const [name, value] of fields) {
+      if (name.startsWith("parameter:")) properties[name.slice("parameter:".length)] = value;
+    }
     if (Object.keys(properties).length) params.properties = properties;
     const button = form.querySelector("button");
     button.disabled = true;

@@ -89,3 +89,43 @@ async fn collapsing_keeps_the_newest_request_of_each_branch_and_priorities_order
         "the higher priority first, then oldest first"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_force_schedulers_parameters_have_defaults_and_choices() {
+    let yaml = "factories:\n  quick:\n    steps:\n      - name: hi\n        command: echo %(prop:compiler)s %(prop:test_options)s\n\
+                builders:\n  - {name: params, factory: quick, workers: [w1]}\n\
+                schedulers:\n  - type: force\n    name: force\n    builders: [params]\n    parameters:\n\
+                \x20     - {name: compiler, label: Compiler, choices: [gcc, clang], default: gcc}\n\
+                \x20     - {name: test_options, default: \"-j4\"}\n";
+    let mut stack = TestStack::new(yaml, &["params"]).await;
+    stack.start_masters_behind_haproxy().await;
+    stack.start_worker("w1");
+    let fields = stack.get("/api/v2/forceschedulers/force").await["forceschedulers"][0]["all_fields"].clone();
+    let compiler = fields.as_array().unwrap().iter().find(|f| f["name"] == "compiler").unwrap().clone();
+    assert_eq!((compiler["type"].as_str(), compiler["choices"].clone()), (Some("list"), json!(["gcc", "clang"])));
+
+    let printed = async |stack: &TestStack, request: i64| {
+        let build = stack.wait_for_build(request).await;
+        let steps = stack.steps(build["buildid"].as_i64().unwrap()).await;
+        let log = stack.archived_log(steps[0]["stepid"].as_i64().unwrap()).await;
+        String::from_utf8(stack.get_bytes(&format!("/api/v2/logs/{}/raw", log["logid"])).await).unwrap()
+    };
+    let defaults = force(&stack, "params", json!({})).await;
+    assert_eq!(printed(&stack, defaults).await, "gcc -j4\n");
+    let chosen = force(&stack, "params", json!({ "properties": { "compiler": "clang" } })).await;
+    assert_eq!(printed(&stack, chosen).await, "clang -j4\n");
+    let body = json!({ "jsonrpc": "2.0", "method": "force", "id": 1,
+                       "params": { "builderNames": ["params"], "properties": { "compiler": "icc" } } });
+    let refused: Value = stack
+        .http
+        .post(format!("{}/api/v2/forceschedulers/force", stack.base_url))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(refused["error"]["code"], -32602, "{refused}");
+    assert_eq!(refused["error"]["data"]["compiler"], "must be one of: gcc, clang");
+}
