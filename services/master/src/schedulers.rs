@@ -1,9 +1,14 @@
-//! Timed schedulers (`nightly` with a cron expression and a time zone,
-//! `periodic`) run on every master at once, with no leader. Each master
-//! looks at the recent ticks of each scheduler every second and submits a
-//! buildset for each; the tick is written with its buildset in one
-//! statement under a unique key (`scheduler_ticks`), so exactly one master
-//! fires each tick, and ticks keep firing while any master is up.
+//! Schedulers that fire by themselves run on every master at once, with no
+//! leader. Timed ones (`nightly` with a cron expression and a time zone,
+//! `periodic`): each master looks at the recent ticks of each every second
+//! and submits a buildset for each; the tick is written with its buildset in
+//! one statement under a unique key (`scheduler_ticks`), so exactly one
+//! master fires each tick, and ticks keep firing while any master is up.
+//! `dependent` ones: each master looks every second for buildsets of the
+//! upstream scheduler that finished well and are not followed yet; the
+//! follower is made once per upstream buildset (a unique key again), so a
+//! master that dies between the upstream's end and the follower loses
+//! nothing.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -35,6 +40,11 @@ pub async fn run(master: Arc<Master>, shutdown: CancellationToken) -> Result<(),
         let now = Utc::now();
         let catalog = master.catalog();
         for scheduler in &catalog.config.master.schedulers {
+            if let SchedulerConfig::Dependent { name, upstream, builders } = scheduler
+                && let Err(error) = follow(&master, name, upstream, builders).await
+            {
+                tracing::warn!(%error, scheduler = %name, "dependent builds not started now; retrying");
+            }
             let since = done.get(scheduler.name()).copied().unwrap_or(now - CATCH_UP).max(now - CATCH_UP);
             for tick in scheduler.ticks(since, now) {
                 match fire(&master, scheduler, tick).await {
@@ -49,6 +59,36 @@ pub async fn run(master: Arc<Master>, shutdown: CancellationToken) -> Result<(),
             }
         }
     }
+}
+
+/// Starts a buildset after each finished, unfollowed upstream one.
+async fn follow(master: &Arc<Master>, name: &str, upstream: &str, builders: &[String]) -> Result<(), MasterError> {
+    let catalog = master.catalog();
+    for (upstream_id, upstream_properties) in master.store.unfollowed_buildsets(upstream, name).await? {
+        let mut properties = upstream_properties.as_object().cloned().unwrap_or_default();
+        properties.insert("scheduler".into(), json!([name, "Scheduler"]));
+        let properties = serde_json::Value::Object(properties);
+        let reason = format!("The {name} scheduler follows buildset {upstream_id} of {upstream}");
+        let buildset = NewBuildset {
+            reason: &reason,
+            owner: None,
+            scheduler: name,
+            properties: &properties,
+            requests: builders
+                .iter()
+                .filter_map(|builder| catalog.builder(builder))
+                .map(|(_, builder_id)| NewRequest { builder_id, priority: 0 })
+                .collect(),
+            traceparent: None,
+            tick: None,
+            triggered_by: Some(upstream_id),
+        };
+        let (buildset_id, created) = master.submit(buildset).await?;
+        if !created.is_empty() {
+            tracing::info!(scheduler = %name, upstream.buildset = upstream_id, buildset.id = buildset_id, "dependent builds started");
+        }
+    }
+    Ok(())
 }
 
 /// Submits the buildset of one tick, unless a master already did.
@@ -86,6 +126,7 @@ async fn fire(master: &Arc<Master>, scheduler: &SchedulerConfig, tick: DateTime<
         requests,
         traceparent: None,
         tick: Some(tick),
+        triggered_by: None,
     };
     let (buildset_id, created) = master.submit(buildset).await?;
     if !created.is_empty() {

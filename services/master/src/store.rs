@@ -86,6 +86,9 @@ pub struct NewBuildset<'a> {
     /// For a timed scheduler: the tick it fires for. The buildset is made
     /// only if this tick was not fired before, by any master.
     pub tick: Option<DateTime<Utc>>,
+    /// For a dependent scheduler: the upstream buildset it follows. Made
+    /// only once per scheduler and upstream buildset.
+    pub triggered_by: Option<i64>,
 }
 
 /// A change a change source reported.
@@ -431,8 +434,9 @@ impl Store {
                    on conflict do nothing
                    returning 1
                ), buildset as (
-                   insert into buildsets (reason, owner, scheduler, properties)
-                   select $1, $2, $3, $4 where $8::timestamptz is null or exists (select 1 from tick)
+                   insert into buildsets (reason, owner, scheduler, properties, triggered_by)
+                   select $1, $2, $3, $4, $9 where $8::timestamptz is null or exists (select 1 from tick)
+                   on conflict (scheduler, triggered_by) where triggered_by is not null do nothing
                    returning id
                )
                insert into buildrequests (buildset_id, builder_id, priority, announced_at, traceparent)
@@ -449,6 +453,7 @@ impl Store {
         .bind(&priorities)
         .bind(&new.traceparent)
         .bind(new.tick)
+        .bind(new.triggered_by)
         .fetch_all(executor)
         .await?;
         let buildset_id = rows.first().map(|(buildset, _, _)| *buildset).unwrap_or_default();
@@ -490,6 +495,26 @@ impl Store {
         }
         tx.commit().await?;
         Ok(Some((change_id, created)))
+    }
+
+    /// Buildsets of `upstream` finished in the last hour with SUCCESS or
+    /// WARNINGS that `scheduler` has not followed yet: (id, properties).
+    pub async fn unfollowed_buildsets(
+        &self,
+        upstream: &str,
+        scheduler: &str,
+    ) -> StoreResult<Vec<(i64, serde_json::Value)>> {
+        Ok(sqlx::query_as(
+            r#"select s.id, s.properties from buildsets s
+               where s.complete and s.complete_at > now() - interval '1 hour'
+                 and s.scheduler = $1 and s.results in (0, 1)
+                 and not exists (select 1 from buildsets d where d.triggered_by = s.id and d.scheduler = $2)
+               order by s.id"#,
+        )
+        .bind(upstream)
+        .bind(scheduler)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// Collapses the queue: pending requests older than this buildset's,

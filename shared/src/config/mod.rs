@@ -787,6 +787,10 @@ pub enum SchedulerConfig {
         #[serde(default = "default_pr_label_tag")]
         label_tag: String,
     },
+    /// Builds after each buildset of the scheduler `upstream` finished
+    /// with SUCCESS or WARNINGS, with its properties, like Buildbot's
+    /// `Dependent`.
+    Dependent { name: String, upstream: String, builders: Vec<String> },
     /// Every `every_seconds`, counted from the Unix epoch (so every master
     /// agrees on the ticks), like Buildbot's `Periodic`.
     Periodic {
@@ -847,6 +851,7 @@ impl SchedulerConfig {
             | SchedulerConfig::Nightly { name, .. }
             | SchedulerConfig::SingleBranch { name, .. }
             | SchedulerConfig::AnyBranch { name, .. }
+            | SchedulerConfig::Dependent { name, .. }
             | SchedulerConfig::PullRequest { name, .. }
             | SchedulerConfig::Periodic { name, .. } => name,
         }
@@ -858,6 +863,7 @@ impl SchedulerConfig {
             | SchedulerConfig::Nightly { builders, .. }
             | SchedulerConfig::SingleBranch { builders, .. }
             | SchedulerConfig::AnyBranch { builders, .. }
+            | SchedulerConfig::Dependent { builders, .. }
             | SchedulerConfig::PullRequest { builders, .. }
             | SchedulerConfig::Periodic { builders, .. } => builders,
         }
@@ -870,6 +876,7 @@ impl SchedulerConfig {
             SchedulerConfig::Force { .. }
             | SchedulerConfig::SingleBranch { .. }
             | SchedulerConfig::AnyBranch { .. }
+            | SchedulerConfig::Dependent { .. }
             | SchedulerConfig::PullRequest { .. } => Vec::new(),
             SchedulerConfig::Nightly { cron, timezone, .. } => {
                 let (Ok(schedule), Ok(zone)) = (cron.parse::<cron::Schedule>(), timezone.parse::<chrono_tz::Tz>())
@@ -1803,6 +1810,15 @@ fn validate_master(file: &mut SourceFile, master: &MasterConfig, settings: &Sett
                             Some(format!("use one of: {}", parameter.choices.join(", "))),
                         );
                     }
+                }
+            }
+            SchedulerConfig::Dependent { upstream, .. } => {
+                if !master.schedulers.iter().any(|other| other.name() == upstream) {
+                    file.error_at_value(
+                        &at.key("upstream"),
+                        format!("scheduler `{}` follows `{upstream}`, which is not defined", scheduler.name()),
+                        None,
+                    );
                 }
             }
             SchedulerConfig::Periodic { every_seconds: 0, .. } => {

@@ -265,6 +265,7 @@ async fn force(
         requests,
         traceparent: shared::telemetry::traceparent(),
         tick: None,
+        triggered_by: None,
     };
     let submitted = submit(master, buildset).await?;
     tracing::info!(builders = ?builder_names, "build forced");
@@ -350,6 +351,7 @@ async fn rebuild(master: &Arc<Master>, build_id: i64) -> ApiResult<Value> {
         requests: vec![NewRequest { builder_id: source.builder_id, priority: source.priority }],
         traceparent: shared::telemetry::traceparent(),
         tick: None,
+        triggered_by: None,
     };
     let submitted = submit(master, buildset).await?;
     tracing::info!(build.id = build_id, "rebuild requested");

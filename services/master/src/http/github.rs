@@ -73,6 +73,7 @@ pub async fn hook(State(master): State<Arc<Master>>, headers: HeaderMap, body: B
             requests: buildset.requests.clone(),
             traceparent: traceparent.clone(),
             tick: None,
+            triggered_by: None,
         })
         .collect();
     let Some((change_id, created)) = master.store.record_change(&new_change, buildsets).await? else {

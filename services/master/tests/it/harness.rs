@@ -982,6 +982,7 @@ pub async fn queue_requests(store: &master::store::Store, builder_id: i32, count
         requests,
         traceparent: None,
         tick: None,
+        triggered_by: None,
     };
     store.create_buildset(buildset).await.unwrap();
 }

@@ -129,3 +129,49 @@ async fn a_force_schedulers_parameters_have_defaults_and_choices() {
     assert_eq!(refused["error"]["code"], -32602, "{refused}");
     assert_eq!(refused["error"]["data"]["compiler"], "must be one of: gcc, clang");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dependent_scheduler_builds_once_after_each_successful_upstream_buildset_only() {
+    let yaml = "factories:\n  good:\n    steps:\n      - {name: ok, command: echo ok}\n  bad:\n    steps:\n      - {name: no, command: exit 1}\n\
+                builders:\n  - {name: upper, factory: good, workers: [w1]}\n  - {name: failing, factory: bad, workers: [w1]}\n\
+                \x20 - {name: lower, factory: good, workers: [w1]}\n\
+                schedulers:\n  - {type: force, name: force, builders: [upper, failing]}\n\
+                \x20 - {type: dependent, name: after, upstream: force, builders: [lower]}\n";
+    let mut stack = TestStack::new(yaml, &["upper", "failing", "lower"]).await;
+    stack.start_masters_behind_haproxy().await;
+    stack.start_worker("w1");
+    let pool = sqlx::PgPool::connect(&stack.database_url).await.unwrap();
+    let followers = async || -> Vec<(i64, Option<i64>)> {
+        sqlx::query_as("select id, triggered_by from buildsets where scheduler = 'after' order by id")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+    };
+    let upper = force(&stack, "upper", json!({ "branch": "main" })).await;
+    assert_eq!(stack.wait_for_build(upper).await["results"], 0);
+    let failing = force(&stack, "failing", json!({})).await;
+    assert_eq!(stack.wait_for_build(failing).await["results"], 2);
+    let follower = stack
+        .eventually(20, "the dependent buildset", async || {
+            let found = followers().await;
+            (!found.is_empty()).then_some(found)
+        })
+        .await;
+    // Both masters look every second: still exactly one, and none for the
+    // failed upstream.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert_eq!(followers().await, follower);
+    assert_eq!(follower.len(), 1);
+    let upstream: i64 = sqlx::query_scalar("select buildset_id from buildrequests where id = $1")
+        .bind(upper)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(follower[0].1, Some(upstream));
+    let requests = stack.get(&format!("/api/v2/buildrequests?buildsetid={}", follower[0].0)).await;
+    let lower = requests["buildrequests"][0]["buildrequestid"].as_i64().unwrap();
+    let build = stack.wait_for_build(lower).await;
+    assert_eq!(build["results"], 0);
+    let branch = stack.get(&format!("/api/v2/builds/{}?property=branch", build["buildid"])).await;
+    assert_eq!(branch["builds"][0]["properties"]["branch"][0], "main", "the upstream's properties carry over");
+}
