@@ -1812,14 +1812,14 @@ fn validate_master(file: &mut SourceFile, master: &MasterConfig, settings: &Sett
                     }
                 }
             }
-            SchedulerConfig::Dependent { upstream, .. } => {
-                if !master.schedulers.iter().any(|other| other.name() == upstream) {
-                    file.error_at_value(
-                        &at.key("upstream"),
-                        format!("scheduler `{}` follows `{upstream}`, which is not defined", scheduler.name()),
-                        None,
-                    );
-                }
+            SchedulerConfig::Dependent { upstream, .. }
+                if !master.schedulers.iter().any(|other| other.name() == upstream) =>
+            {
+                file.error_at_value(
+                    &at.key("upstream"),
+                    format!("scheduler `{}` follows `{upstream}`, which is not defined", scheduler.name()),
+                    None,
+                );
             }
             SchedulerConfig::Periodic { every_seconds: 0, .. } => {
                 file.error_at_value(&at.key("every_seconds"), "every_seconds must be at least 1", None);
