@@ -71,7 +71,14 @@ pub fn api() -> Vec<(RouteDoc, MethodRouter<AppState>)> {
     use Serves::{Collection, LogBytes, LogLines, Single};
     vec![
         (reading("/api/v2/builders", Collection(&BUILDERS)), get(reads::list_builders)),
-        (reading("/api/v2/builders/{builder}", Single(&BUILDERS)), get(reads::get_builder)),
+        (
+            RouteDoc {
+                path: "/api/v2/builders/{builder}",
+                get: Some(Single(&BUILDERS)),
+                methods: &["pause", "unpause"],
+            },
+            get(reads::get_builder).post(control::control_builder),
+        ),
         (reading("/api/v2/builders/{builder}/builds", Collection(&BUILDS)), get(reads::list_builder_builds)),
         (reading("/api/v2/builders/{builder}/builds/{number}", Single(&BUILDS)), get(reads::get_builder_build)),
         (

@@ -630,8 +630,10 @@ impl Store {
             r#"with picked as (
                    select id from buildrequests
                    where builder_id = $1 and state = 'pending'
-                     -- A paused worker takes no new build.
+                     -- A paused worker takes no new build, and a paused
+                     -- builder starts none.
                      and not exists (select 1 from workers w where w.id = $2 and w.paused)
+                     and not exists (select 1 from builders pb where pb.id = $1 and pb.paused)
                    order by priority desc, submitted_at, id
                    limit 1
                    for update skip locked
@@ -1046,14 +1048,53 @@ impl Store {
 
     /// Pauses or unpauses a worker (by id), returning its name and the
     /// change's version (workers apply only newer versions).
-    pub async fn set_worker_paused(&self, worker_id: i64, paused: bool) -> StoreResult<Option<(String, i64)>> {
+    pub async fn set_worker_paused(
+        &self,
+        worker_id: i64,
+        paused: bool,
+        reason: Option<&str>,
+    ) -> StoreResult<Option<(String, i64)>> {
         Ok(sqlx::query_as(
-            "update workers set paused = $2, pause_version = pause_version + 1 where id = $1 returning name, pause_version",
+            r#"update workers set paused = $2, pause_reason = case when $2 then $3 end, pause_version = pause_version + 1
+               where id = $1 returning name, pause_version"#,
         )
-            .bind(worker_id)
-            .bind(paused)
-            .fetch_optional(&self.pool)
-            .await?)
+        .bind(worker_id)
+        .bind(paused)
+        .bind(reason)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Pauses or unpauses a builder; returns its name and, when unpaused,
+    /// its pending requests (to ring their doorbells again).
+    pub async fn set_builder_paused(
+        &self,
+        builder_id: i64,
+        paused: bool,
+        reason: Option<&str>,
+    ) -> StoreResult<Option<(String, Vec<i64>)>> {
+        let mut tx = self.pool.begin().await?;
+        let name: Option<String> = sqlx::query_scalar(
+            "update builders set paused = $2, pause_reason = case when $2 then $3 end where id = $1 returning name",
+        )
+        .bind(builder_id)
+        .bind(paused)
+        .bind(reason)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(name) = name else {
+            return Ok(None);
+        };
+        let pending: Vec<i64> = if paused {
+            Vec::new()
+        } else {
+            sqlx::query_scalar("select id from buildrequests where builder_id = $1 and state = 'pending' order by id")
+                .bind(builder_id)
+                .fetch_all(&mut *tx)
+                .await?
+        };
+        tx.commit().await?;
+        Ok(Some((name, pending)))
     }
 
     /// Marks a worker as shutting down (until its next hello), returning its

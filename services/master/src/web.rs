@@ -23,7 +23,7 @@ use shared::model::Results;
 use crate::Master;
 use crate::http::ApiError;
 use crate::http::reads::api_items;
-use crate::store::resources::{BUILDREQUESTS, BUILDS, BUILDSETS, LOGS, STEPS, WORKERS};
+use crate::store::resources::{BUILDERS, BUILDREQUESTS, BUILDS, BUILDSETS, LOGS, STEPS, WORKERS};
 
 type AppState = Arc<Master>;
 type Page = Result<Response, PageError>;
@@ -323,8 +323,20 @@ async fn builder_page(
         })
         .collect();
     let oldest_shown = builds.last().map(|b| int(b, "number"));
+    let state = api_items(&master, &BUILDERS, &[("builderid", builder_id.to_string())]).await?;
+    let paused = state.first().and_then(|b| b.get("paused")).and_then(Value::as_bool).unwrap_or_default();
+    let pause_reason = state.first().map(|b| text(b, "pause_reason").to_owned()).unwrap_or_default();
     let body = html! {
         h1 { "Builder " (builder.name) }
+        p.actions {
+            @if paused {
+                span.alert { "Paused: " (pause_reason) } " "
+                button.action data-method="unpause" data-path=(format!("/builders/{builder_id}")) { "Unpause" }
+            } @else {
+                button.action data-method="pause" data-path=(format!("/builders/{builder_id}")) { "Pause" }
+            }
+            span.error role="alert" {}
+        }
         @if let Some(description) = &builder.description { p.description { (description) } }
         p { @for t in &builder.tags { span.tag { (t) } " " } }
         section.columns {
@@ -411,7 +423,11 @@ fn worker_state(worker: &Value) -> Markup {
     html! {
         span class=(if online { "online" } else { "offline" }) { (text(worker, "name")) }
         " " (if online { "online" } else { "offline" })
-        @if paused { " · paused" }
+        @if paused {
+            " · paused"
+            @let reason = text(worker, "pause_reason");
+            @if !reason.is_empty() { ": " (reason) }
+        }
     }
 }
 

@@ -173,6 +173,9 @@ pub struct AuthorizationSettings {
     /// Pause, unpause and stop workers.
     #[serde(default = "admins_only")]
     pub manage_workers: Vec<String>,
+    /// Pause and unpause builders.
+    #[serde(default = "admins_only")]
+    pub manage_builders: Vec<String>,
 }
 
 fn admins_only() -> Vec<String> {
@@ -188,6 +191,7 @@ impl Default for AuthorizationSettings {
             cancel: admins_only(),
             set_priority: admins_only(),
             manage_workers: admins_only(),
+            manage_builders: admins_only(),
         }
     }
 }

@@ -46,6 +46,7 @@ pub enum Action {
     Cancel,
     SetPriority,
     ManageWorkers,
+    ManageBuilders,
 }
 
 impl Action {
@@ -57,6 +58,7 @@ impl Action {
             Action::Cancel => &authorization.cancel,
             Action::SetPriority => &authorization.set_priority,
             Action::ManageWorkers => &authorization.manage_workers,
+            Action::ManageBuilders => &authorization.manage_builders,
         }
     }
 
@@ -68,6 +70,7 @@ impl Action {
             Action::Cancel => "cancel build requests",
             Action::SetPriority => "change priorities",
             Action::ManageWorkers => "pause, unpause or stop workers",
+            Action::ManageBuilders => "pause or unpause builders",
         }
     }
 }

@@ -443,7 +443,9 @@ pub async fn control_worker(
         let (name, message, event) = match call.method.as_str() {
             "pause" | "unpause" => {
                 let paused = call.method == "pause";
-                let (name, version) = master.store.set_worker_paused(worker_id, paused).await?.ok_or_else(not_found)?;
+                let reason = reason_param(&call.params, "paused by a user")?;
+                let (name, version) =
+                    master.store.set_worker_paused(worker_id, paused, Some(&reason)).await?.ok_or_else(not_found)?;
                 (name, ControlMessage::SetPaused { paused, version }, if paused { "paused" } else { "unpaused" })
             }
             _ => {
@@ -459,6 +461,47 @@ pub async fn control_worker(
         }
         tracing::info!(worker.name = %name, action = %call.method, "worker control");
         live::publish_worker(&master, worker_id as i32, event).await;
+        Ok(Value::Null)
+    };
+    let outcome = outcome.await;
+    answer(call.id, outcome)
+}
+
+// --- builders -----------------------------------------------------------------
+
+/// `pause` (its pending requests wait; running builds go on; `reason` is
+/// shown) and `unpause` (they are announced again), on a builder by id or
+/// name.
+pub async fn control_builder(
+    State(master): State<AppState>,
+    Path(builder): Path<String>,
+    caller: Caller,
+    body: Result<Json<Value>, JsonRejection>,
+) -> Result<Response, RpcFailure> {
+    let call = parse_call(body, &["pause", "unpause"], "builders")?;
+    authorize(&master, &caller, &call, Action::ManageBuilders)?;
+    let outcome = async {
+        let catalog = master.catalog();
+        let builder_id = match builder.parse::<i64>() {
+            Ok(id) => id,
+            Err(_) => i64::from(
+                catalog
+                    .builder(&builder)
+                    .map(|(_, id)| id)
+                    .ok_or_else(|| ApiError::NotFound(format!("builder `{builder}`")))?,
+            ),
+        };
+        let paused = call.method == "pause";
+        let reason = reason_param(&call.params, "paused by a user")?;
+        let (name, pending) = master
+            .store
+            .set_builder_paused(builder_id, paused, Some(&reason))
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("builder {builder_id}")))?;
+        tracing::info!(builder.name = %name, action = %call.method, %reason, "builder control");
+        if !pending.is_empty() {
+            master.announce(pending.into_iter().map(|request| (name.clone(), request)).collect()).await;
+        }
         Ok(Value::Null)
     };
     let outcome = outcome.await;

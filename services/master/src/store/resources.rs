@@ -87,6 +87,8 @@ pub static BUILDERS: Resource = Resource {
         field("name", "b.name", Kind::Text),
         field("description", "b.description", Kind::Text),
         field("tags", "b.tags", Kind::TextList),
+        field("paused", "b.paused", Kind::Bool),
+        field("pause_reason", "b.pause_reason", Kind::Text),
         field(
             "masterids",
             concat!(
@@ -210,6 +212,7 @@ pub static WORKERS: Resource = Resource {
         field("name", "w.name", Kind::Text),
         field("workerinfo", "w.info", Kind::Json),
         field("paused", "w.paused", Kind::Bool),
+        field("pause_reason", "w.pause_reason", Kind::Text),
         field("graceful", "w.graceful", Kind::Bool),
         field("connected_to", "w.name", Kind::Json),
         field("configured_on", "w.name", Kind::Json),

@@ -79,7 +79,9 @@ function wireActions(root = document) {
           await goToBuildOf(Object.values(result[1])[0], data("builder"));
           return;
         }
-        if (document.body.dataset.page === "workers") location.reload();
+        if (["workers", "builder"].includes(document.body.dataset.page) && /pause/.test(button.dataset.method)) {
+          location.reload();
+        }
         if (button.dataset.method === "cancel") button.closest("li")?.remove();
       } catch (error) {
         showError(button, error);

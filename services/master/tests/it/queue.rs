@@ -175,3 +175,47 @@ async fn a_dependent_scheduler_builds_once_after_each_successful_upstream_builds
     let branch = stack.get(&format!("/api/v2/builds/{}?property=branch", build["buildid"])).await;
     assert_eq!(branch["builds"][0]["properties"]["branch"][0], "main", "the upstream's properties carry over");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_builder_starts_nothing_until_unpaused_and_pauses_say_why() {
+    let yaml = "factories:\n  quick:\n    steps:\n      - {name: hi, command: echo hi}\n\
+                builders:\n  - {name: held, factory: quick, workers: [w1]}\n\
+                schedulers:\n  - {type: force, name: force, builders: [held]}\n";
+    let mut stack = TestStack::new(yaml, &["held"]).await;
+    stack.start_masters_behind_haproxy().await;
+    stack.start_worker("w1");
+    let rpc = async |path: &str, method: &str, params: Value| {
+        let body = json!({ "jsonrpc": "2.0", "method": method, "id": 1, "params": params });
+        let answer: Value = stack
+            .http
+            .post(format!("{}/api/v2{path}", stack.base_url))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(answer.get("error").is_none(), "{method} {path}: {answer}");
+    };
+    rpc("/builders/held", "pause", json!({ "reason": "the lab is being rewired" })).await;
+    let builder = stack.get("/api/v2/builders/held").await["builders"][0].clone();
+    assert_eq!(
+        (builder["paused"].as_bool(), builder["pause_reason"].as_str()),
+        (Some(true), Some("the lab is being rewired"))
+    );
+    let page = stack.http.get(format!("{}/builders/held", stack.base_url)).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("Paused: the lab is being rewired"), "the builder page says so");
+    let request = force(&stack, "held", json!({})).await;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let builds = stack.get(&format!("/api/v2/builds?buildrequestid={request}")).await;
+    assert_eq!(builds["meta"]["total"], 0, "a paused builder starts nothing");
+    rpc("/builders/held", "unpause", json!({})).await;
+    assert_eq!(stack.wait_for_build(request).await["results"], 0, "and builds once unpaused");
+
+    rpc("/workers/w1", "pause", json!({ "reason": "quarantined for the night" })).await;
+    let worker = stack.get("/api/v2/workers/w1").await["workers"][0].clone();
+    assert_eq!(worker["pause_reason"], "quarantined for the night");
+    rpc("/workers/w1", "unpause", json!({})).await;
+    assert!(stack.get("/api/v2/workers/w1").await["workers"][0]["pause_reason"].is_null());
+}
