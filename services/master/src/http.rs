@@ -11,7 +11,7 @@
 pub mod auth;
 mod control;
 mod error;
-mod github;
+pub(crate) mod github;
 mod openapi;
 pub mod query;
 pub(crate) mod reads;

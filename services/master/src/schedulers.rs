@@ -19,6 +19,7 @@ use serde_json::json;
 use shared::config::SchedulerConfig;
 use tokio_util::sync::CancellationToken;
 
+use crate::http::github::{ChangeFacts, change_buildset};
 use crate::store::{NewBuildset, NewRequest};
 use crate::{Master, MasterError};
 
@@ -36,6 +37,9 @@ pub async fn run(master: Arc<Master>, shutdown: CancellationToken) -> Result<(),
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             _ = tokio::time::sleep(LOOK_EVERY) => {}
+        }
+        if let Err(error) = build_stable_changes(&master).await {
+            tracing::warn!(%error, "changes of quiet branches not built now; retrying");
         }
         let now = Utc::now();
         let catalog = master.catalog();
@@ -59,6 +63,40 @@ pub async fn run(master: Arc<Master>, shutdown: CancellationToken) -> Result<(),
             }
         }
     }
+}
+
+/// Builds the newest change of each branch that has been quiet for its
+/// scheduler's `tree_stable_seconds`.
+async fn build_stable_changes(master: &Arc<Master>) -> Result<(), MasterError> {
+    let catalog = master.catalog();
+    let created = master
+        .store
+        .build_stable_changes(|change| {
+            let builders = catalog.config.master.schedulers.iter().find_map(|scheduler| match scheduler {
+                SchedulerConfig::SingleBranch { name, builders, .. }
+                | SchedulerConfig::AnyBranch { name, builders, .. }
+                    if *name == change.scheduler =>
+                {
+                    Some(builders)
+                }
+                _ => None,
+            })?;
+            let facts = ChangeFacts {
+                repository: &change.repository,
+                branch: &change.branch,
+                revision: &change.revision,
+                author: &change.author,
+                category: &change.category,
+            };
+            let buildset = change_buildset(&catalog, &change.scheduler, builders, facts);
+            (!buildset.requests.is_empty()).then_some(buildset)
+        })
+        .await?;
+    for (buildset_id, requests) in created {
+        tracing::info!(buildset.id = buildset_id, "a quiet branch's newest change is built");
+        master.announce_buildset(buildset_id, &requests).await;
+    }
+    Ok(())
 }
 
 /// Starts a buildset after each finished, unfollowed upstream one.

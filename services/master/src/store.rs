@@ -106,6 +106,43 @@ pub struct NewChange<'a> {
     pub category: &'a str,
 }
 
+/// A buildset's values, owned, for those made from data that does not
+/// outlive the call (changes, webhooks).
+pub struct OwnedBuildset {
+    pub reason: String,
+    pub owner: String,
+    pub scheduler: String,
+    pub properties: serde_json::Value,
+    pub requests: Vec<NewRequest>,
+}
+
+impl OwnedBuildset {
+    pub fn as_new(&self, traceparent: Option<String>) -> NewBuildset<'_> {
+        NewBuildset {
+            reason: &self.reason,
+            owner: Some(&self.owner),
+            scheduler: &self.scheduler,
+            properties: &self.properties,
+            requests: self.requests.clone(),
+            traceparent,
+            tick: None,
+            triggered_by: None,
+        }
+    }
+}
+
+/// A change whose branch became quiet for its scheduler.
+#[derive(Debug, FromRow)]
+pub struct StableChange {
+    pub scheduler: String,
+    pub change_id: i64,
+    pub repository: String,
+    pub branch: String,
+    pub revision: String,
+    pub author: String,
+    pub category: String,
+}
+
 /// Who claims a build of which builder.
 #[derive(Debug, Clone, Copy)]
 pub struct Claim<'a> {
@@ -467,6 +504,7 @@ impl Store {
         &self,
         change: &NewChange<'_>,
         buildsets: Vec<NewBuildset<'_>>,
+        deferred: &[(String, u64)],
     ) -> StoreResult<Option<(i64, Vec<(i64, Vec<(i32, i64)>)>)>> {
         let mut tx = self.pool.begin().await?;
         let change_id: Option<i64> = sqlx::query_scalar(
@@ -493,8 +531,60 @@ impl Store {
         for buildset in buildsets {
             created.push(Self::create_buildset_on(&mut *tx, buildset).await?);
         }
+        // Schedulers waiting for a quiet branch hold the newest change, and
+        // wait again from now.
+        for (scheduler, seconds) in deferred {
+            sqlx::query(
+                r#"insert into scheduler_pending_changes (scheduler, branch, change_id, due_at)
+                   values ($1, $2, $3, now() + make_interval(secs => $4))
+                   on conflict (scheduler, branch)
+                   do update set change_id = excluded.change_id, due_at = excluded.due_at"#,
+            )
+            .bind(scheduler)
+            .bind(change.branch)
+            .bind(change_id)
+            .bind(*seconds as f64)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok(Some((change_id, created)))
+    }
+
+    /// Changes whose branch has been quiet for their scheduler's
+    /// `tree_stable_seconds`, taken (skip locked) in a transaction that
+    /// deletes them: `build` makes each one's buildset in the same
+    /// transaction, so each is built exactly once by one master.
+    pub async fn build_stable_changes(
+        &self,
+        build: impl Fn(&StableChange) -> Option<OwnedBuildset>,
+    ) -> StoreResult<Vec<(i64, Vec<(i32, i64)>)>> {
+        let mut tx = self.pool.begin().await?;
+        let due: Vec<StableChange> = sqlx::query_as(
+            r#"with due as (
+                   select scheduler, branch from scheduler_pending_changes
+                   where due_at <= now()
+                   order by due_at
+                   limit 100
+                   for update skip locked
+               ), taken as (
+                   delete from scheduler_pending_changes p using due
+                   where p.scheduler = due.scheduler and p.branch = due.branch
+                   returning p.scheduler, p.change_id
+               )
+               select taken.scheduler, c.id as change_id, c.repository, c.branch, c.revision, c.author, c.category
+               from taken join changes c on c.id = taken.change_id"#,
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut created = Vec::new();
+        for change in &due {
+            if let Some(buildset) = build(change) {
+                created.push(Self::create_buildset_on(&mut *tx, buildset.as_new(None)).await?);
+            }
+        }
+        tx.commit().await?;
+        Ok(created)
     }
 
     /// Buildsets of `upstream` finished in the last hour with SUCCESS or

@@ -770,6 +770,10 @@ pub enum SchedulerConfig {
         builders: Vec<String>,
         #[serde(default)]
         ignore_files: Vec<String>,
+        /// Wait until no change came for this long, then build the newest
+        /// (Buildbot's `treeStableTimer`); 0 builds each push at once.
+        #[serde(default)]
+        tree_stable_seconds: u64,
     },
     /// Builds each push to any branch, like Buildbot's `AnyBranchScheduler`;
     /// builds get the pushed branch as their `branch` property.
@@ -778,6 +782,9 @@ pub enum SchedulerConfig {
         builders: Vec<String>,
         #[serde(default)]
         ignore_files: Vec<String>,
+        /// As for `single_branch`, per branch.
+        #[serde(default)]
+        tree_stable_seconds: u64,
     },
     /// Builds pull requests, as buildbot.python.org does: adding the label
     /// `label` builds the builders tagged `label_tag`; a comment

@@ -22,7 +22,7 @@ use sha2::Sha256;
 use shared::config::{Config, GitHubSettings, SchedulerConfig, path_matches};
 
 use super::{ApiError, ApiResult};
-use crate::store::{NewBuildset, NewChange, NewRequest};
+use crate::store::{NewChange, NewRequest, OwnedBuildset};
 use crate::{Catalog, Master};
 
 pub async fn hook(State(master): State<Arc<Master>>, headers: HeaderMap, body: Bytes) -> ApiResult<Json<Value>> {
@@ -60,23 +60,14 @@ pub async fn hook(State(master): State<Arc<Master>>, headers: HeaderMap, body: B
         files: &change.files,
         category: &change.category,
     };
-    let prepared: Vec<Prepared> = plan.builds.iter().map(|build| build.prepare(&catalog, &change)).collect();
+    let prepared: Vec<OwnedBuildset> = plan.builds.iter().map(|build| build.prepare(&catalog, &change)).collect();
     let traceparent = shared::telemetry::traceparent();
     let buildsets = prepared
         .iter()
         .filter(|buildset| !buildset.requests.is_empty())
-        .map(|buildset| NewBuildset {
-            reason: &buildset.reason,
-            owner: Some(&buildset.owner),
-            scheduler: &buildset.scheduler,
-            properties: &buildset.properties,
-            requests: buildset.requests.clone(),
-            traceparent: traceparent.clone(),
-            tick: None,
-            triggered_by: None,
-        })
+        .map(|buildset| buildset.as_new(traceparent.clone()))
         .collect();
-    let Some((change_id, created)) = master.store.record_change(&new_change, buildsets).await? else {
+    let Some((change_id, created)) = master.store.record_change(&new_change, buildsets, &plan.deferred).await? else {
         return Ok(Json(json!({ "ignored": "this delivery was recorded before" })));
     };
     let mut buildset_ids = Vec::new();
@@ -112,12 +103,14 @@ fn decode_hex(text: &str) -> Option<Vec<u8>> {
 struct Plan {
     change: Option<Change>,
     builds: Vec<Wanted>,
+    /// Schedulers that build once the branch is quiet: (name, seconds).
+    deferred: Vec<(String, u64)>,
     why: String,
 }
 
 impl Plan {
     fn ignored(why: String) -> Plan {
-        Plan { change: None, builds: Vec::new(), why }
+        Plan { change: None, builds: Vec::new(), deferred: Vec::new(), why }
     }
 }
 
@@ -137,37 +130,55 @@ struct Wanted {
     builders: Vec<String>,
 }
 
-/// A buildset's values, owned, for `NewBuildset` to borrow.
-struct Prepared {
-    reason: String,
-    owner: String,
-    scheduler: String,
-    properties: Value,
-    requests: Vec<NewRequest>,
+impl Wanted {
+    fn prepare(&self, catalog: &Catalog, change: &Change) -> OwnedBuildset {
+        let facts = ChangeFacts {
+            repository: &change.repository,
+            branch: &change.branch,
+            revision: &change.revision,
+            author: &change.author,
+            category: &change.category,
+        };
+        change_buildset(catalog, &self.scheduler, &self.builders, facts)
+    }
 }
 
-impl Wanted {
-    fn prepare(&self, catalog: &Catalog, change: &Change) -> Prepared {
-        let source = "GitHub";
-        Prepared {
-            reason: format!("GitHub {} of {} by {}", change.category, change.branch, change.author),
-            owner: change.author.clone(),
-            scheduler: self.scheduler.clone(),
-            properties: json!({
-                "branch": [change.branch, source],
-                "revision": [change.revision, source],
-                "repository": [change.repository, source],
-                "event": [change.category, source],
-                "scheduler": [self.scheduler, "Scheduler"],
-                "owner": [change.author, source],
-            }),
-            requests: self
-                .builders
-                .iter()
-                .filter_map(|name| catalog.builder(name))
-                .map(|(_, builder_id)| NewRequest { builder_id, priority: 0 })
-                .collect(),
-        }
+/// What a buildset started by a change knows of it.
+pub(crate) struct ChangeFacts<'a> {
+    pub repository: &'a str,
+    pub branch: &'a str,
+    pub revision: &'a str,
+    pub author: &'a str,
+    pub category: &'a str,
+}
+
+/// The buildset a scheduler starts for a change: its builders, with the
+/// change's branch, revision and repository as properties (for the git
+/// step).
+pub(crate) fn change_buildset(
+    catalog: &Catalog,
+    scheduler: &str,
+    builders: &[String],
+    change: ChangeFacts<'_>,
+) -> OwnedBuildset {
+    let source = "GitHub";
+    OwnedBuildset {
+        reason: format!("GitHub {} of {} by {}", change.category, change.branch, change.author),
+        owner: change.author.to_owned(),
+        scheduler: scheduler.to_owned(),
+        properties: json!({
+            "branch": [change.branch, source],
+            "revision": [change.revision, source],
+            "repository": [change.repository, source],
+            "event": [change.category, source],
+            "scheduler": [scheduler, "Scheduler"],
+            "owner": [change.author, source],
+        }),
+        requests: builders
+            .iter()
+            .filter_map(|name| catalog.builder(name))
+            .map(|(_, builder_id)| NewRequest { builder_id, priority: 0 })
+            .collect(),
     }
 }
 
@@ -196,13 +207,18 @@ fn push(config: &Config, payload: &Value) -> Plan {
         }
     }
     let mut builds = Vec::new();
+    let mut deferred = Vec::new();
     let mut skipped = Vec::new();
     for scheduler in &config.master.schedulers {
-        let (name, builders, ignore_files) = match scheduler {
-            SchedulerConfig::SingleBranch { name, branch: wanted, builders, ignore_files } if wanted == branch => {
-                (name, builders, ignore_files)
+        let (name, builders, ignore_files, stable) = match scheduler {
+            SchedulerConfig::SingleBranch { name, branch: wanted, builders, ignore_files, tree_stable_seconds }
+                if wanted == branch =>
+            {
+                (name, builders, ignore_files, *tree_stable_seconds)
             }
-            SchedulerConfig::AnyBranch { name, builders, ignore_files } => (name, builders, ignore_files),
+            SchedulerConfig::AnyBranch { name, builders, ignore_files, tree_stable_seconds } => {
+                (name, builders, ignore_files, *tree_stable_seconds)
+            }
             _ => continue,
         };
         let all_ignored = !files.is_empty()
@@ -211,9 +227,13 @@ fn push(config: &Config, payload: &Value) -> Plan {
             skipped.push(name.clone());
             continue;
         }
+        if stable > 0 {
+            deferred.push((name.clone(), stable));
+            continue;
+        }
         builds.push(Wanted { scheduler: name.clone(), builders: builders.clone() });
     }
-    let why = match (builds.is_empty(), skipped.is_empty()) {
+    let why = match (builds.is_empty() && deferred.is_empty(), skipped.is_empty()) {
         (false, _) => format!("a push to {branch}"),
         (true, false) => format!("only ignored files changed (schedulers {})", skipped.join(", ")),
         (true, true) => format!("no scheduler builds branch `{branch}`"),
@@ -227,7 +247,7 @@ fn push(config: &Config, payload: &Value) -> Plan {
         files,
         category: "push".into(),
     };
-    Plan { change: Some(change), builds, why }
+    Plan { change: Some(change), builds, deferred, why }
 }
 
 fn repository(payload: &Value) -> String {
@@ -274,7 +294,12 @@ fn labeled(config: &Config, payload: &Value) -> Plan {
     }
     let number = payload["pull_request"]["number"].as_i64().unwrap_or_default();
     let change = pull_request_change(payload, number, text(payload, &["sender", "login"]), "pull_request");
-    Plan { change: Some(change), builds, why: format!("label `{label}` on pull request {number}") }
+    Plan {
+        change: Some(change),
+        builds,
+        deferred: Vec::new(),
+        why: format!("label `{label}` on pull request {number}"),
+    }
 }
 
 /// `!buildbot REGEX` on a pull request, from someone who may write.
@@ -314,7 +339,12 @@ async fn comment(config: &Config, github: &GitHubSettings, payload: &Value) -> A
     }
     let number = payload["issue"]["number"].as_i64().unwrap_or_default();
     let change = pull_request_change(payload, number, user, "comment");
-    Ok(Plan { change: Some(change), builds, why: format!("`!buildbot {pattern}` on pull request {number}") })
+    Ok(Plan {
+        change: Some(change),
+        builds,
+        deferred: Vec::new(),
+        why: format!("`!buildbot {pattern}` on pull request {number}"),
+    })
 }
 
 /// Asks GitHub whether `user` may write to `repository` (`owner/name`).

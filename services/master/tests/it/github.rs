@@ -119,6 +119,7 @@ async fn signed_pushes_labels_and_comments_build_what_buildbot_python_org_would(
          \x20 - {{name: stable-b, factory: source, workers: [w1], tags: [stable]}}\n\
          \x20 - {{name: unstable-c, factory: source, workers: [w1], tags: [unstable]}}\n\
          schedulers:\n  - {{type: single_branch, name: main, branch: main, builders: [stable-a], ignore_files: [\"Doc/*\", \"*.rst\"]}}\n\
+         \x20 - {{type: single_branch, name: quiet, branch: stable, builders: [stable-b], tree_stable_seconds: 2}}\n\
          \x20 - {{type: any_branch, name: everything, builders: [unstable-c], ignore_files: [\"Doc/*\", \"*.rst\"]}}\n\
          \x20 - {{type: pull_request, name: pulls, builders: [stable-a, stable-b, unstable-c]}}\n"
     );
@@ -187,6 +188,34 @@ async fn signed_pushes_labels_and_comments_build_what_buildbot_python_org_would(
     assert_eq!(built_by(&stack, &answer).await, ["unstable-c"]);
     let set = stack.get(&format!("/api/v2/buildsets/{}", answer["buildsets"][0])).await;
     assert_eq!(set["buildsets"][0]["reason"], "GitHub push of 3.14 by guido");
+
+    // A scheduler with a tree-stable timer builds only the newest of quick
+    // pushes, once the branch has been quiet for its seconds.
+    let pool = sqlx::PgPool::connect(&stack.database_url).await.unwrap();
+    let quiet = async || -> Vec<String> {
+        sqlx::query_scalar("select properties -> 'revision' ->> 0 from buildsets where scheduler = 'quiet'")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+    };
+    for (delivery, revision) in [("d-q1", "0123456789abcdef"), ("d-q2", pushed.as_str())] {
+        let quick = json!({
+            "ref": "refs/heads/stable", "after": revision, "repository": repository, "pusher": { "name": "guido" },
+            "commits": [{ "added": [], "modified": ["version"], "removed": [] }],
+        });
+        let (status, answer) = deliver(&stack, "push", delivery, &quick, None).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    assert!(quiet().await.is_empty(), "nothing while the branch is busy");
+    let built = stack
+        .eventually(15, "the quiet branch built", async || {
+            let found = quiet().await;
+            (!found.is_empty()).then_some(found)
+        })
+        .await;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(quiet().await, built, "once");
+    assert_eq!(built, [pushed.clone()], "the newest change");
 
     // The label builds the stable builders on the pull request's merge ref.
     let labeled = json!({
