@@ -215,7 +215,7 @@ async fn signed_pushes_labels_and_comments_build_what_buildbot_python_org_would(
         .await;
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     assert_eq!(quiet().await, built, "once");
-    assert_eq!(built, [pushed.clone()], "the newest change");
+    assert_eq!(built, std::slice::from_ref(&pushed), "the newest change");
 
     // The label builds the stable builders on the pull request's merge ref.
     let labeled = json!({
