@@ -12,6 +12,7 @@ pub mod http;
 pub mod live;
 pub mod logs;
 pub mod metrics;
+mod pollers;
 mod reconcile;
 mod retention;
 mod schedulers;
@@ -420,6 +421,7 @@ pub async fn run(
     tasks.spawn(retention::retain(master.clone(), stopping.clone()));
     tasks.spawn(accounts::keep_in_sync(master.clone(), stopping.clone()));
     tasks.spawn(schedulers::run(master.clone(), stopping.clone()));
+    tasks.spawn(pollers::run(master.clone(), stopping.clone()));
     tasks.spawn({
         let master = master.clone();
         let stopping = stopping.clone();

@@ -607,6 +607,25 @@ impl Store {
         .await?)
     }
 
+    /// The revision of the newest change `source` recorded for a branch of
+    /// a repository (a poller's last look).
+    pub async fn last_change_revision(
+        &self,
+        source: &str,
+        repository: &str,
+        branch: &str,
+    ) -> StoreResult<Option<String>> {
+        Ok(sqlx::query_scalar(
+            r#"select revision from changes where source = $1 and repository = $2 and branch = $3
+               order by id desc limit 1"#,
+        )
+        .bind(source)
+        .bind(repository)
+        .bind(branch)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
     /// Collapses the queue: pending requests older than this buildset's,
     /// of the same builder (among `builder_ids`) and the same branch, are
     /// superseded and end SKIPPED, so a builder builds the newest change of

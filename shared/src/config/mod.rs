@@ -500,6 +500,24 @@ pub struct MasterConfig {
     /// Named step lists, shared by builders.
     pub factories: BTreeMap<String, FactoryConfig>,
     pub schedulers: Vec<SchedulerConfig>,
+    /// Repositories polled for new commits (for those that send no
+    /// webhook).
+    pub pollers: Vec<PollerConfig>,
+}
+
+/// A git repository whose branches any master polls; each new commit
+/// becomes one change, handed to the branch schedulers like a push.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PollerConfig {
+    pub repourl: String,
+    pub branches: Vec<String>,
+    #[serde(default = "default_poll_seconds")]
+    pub poll_seconds: u64,
+}
+
+fn default_poll_seconds() -> u64 {
+    60
 }
 
 /// The top level of master.yaml; each item is parsed on its own so that one
@@ -513,6 +531,8 @@ struct MasterConfigFile {
     factories: BTreeMap<String, serde_yaml::Value>,
     #[serde(default)]
     schedulers: Vec<serde_yaml::Value>,
+    #[serde(default)]
+    pollers: Vec<serde_yaml::Value>,
 }
 
 /// A builder: a name people see, the factory it runs, who may run it.
@@ -1275,6 +1295,22 @@ fn parse_master_config(file: &mut SourceFile, text: &str) -> Option<MasterConfig
     for (index, value) in top.schedulers.into_iter().enumerate() {
         match file.deserialize(&root.key("schedulers").index(index), value) {
             Some(scheduler) => config.schedulers.push(scheduler),
+            None => complete = false,
+        }
+    }
+    for (index, value) in top.pollers.into_iter().enumerate() {
+        let at = root.key("pollers").index(index);
+        match file.deserialize::<PollerConfig>(&at, value) {
+            Some(poller) if poller.poll_seconds == 0 || poller.branches.is_empty() => {
+                let problem = if poller.branches.is_empty() {
+                    "a poller needs branches"
+                } else {
+                    "poll_seconds must be at least 1"
+                };
+                file.error_at(&at, problem, None);
+                complete = false;
+            }
+            Some(poller) => config.pollers.push(poller),
             None => complete = false,
         }
     }

@@ -46,12 +46,42 @@ pub async fn hook(State(master): State<Arc<Master>>, headers: HeaderMap, body: B
         "issue_comment" => comment(&catalog.config, github, &payload).await?,
         other => Plan::ignored(format!("event `{other}` is not used")),
     };
-    let Some(change) = plan.change else {
-        return Ok(Json(json!({ "ignored": plan.why })));
+    match record(&master, &catalog, "github", delivery, &plan).await? {
+        Recorded::Ignored => Ok(Json(json!({ "ignored": plan.why }))),
+        Recorded::Before => Ok(Json(json!({ "ignored": "this delivery was recorded before" }))),
+        Recorded::New { change, buildsets } => {
+            Ok(Json(json!({ "change": change, "buildsets": buildsets, "why": plan.why })))
+        }
+    }
+}
+
+/// What became of a plan.
+pub(crate) enum Recorded {
+    /// It asked for nothing to be recorded.
+    Ignored,
+    /// Its delivery was recorded before: nothing changed.
+    Before,
+    New {
+        change: i64,
+        buildsets: Vec<i64>,
+    },
+}
+
+/// Records a plan's change and its buildsets in one transaction, then rings
+/// their doorbells. `delivery` makes it happen once.
+pub(crate) async fn record(
+    master: &Arc<Master>,
+    catalog: &Catalog,
+    source: &str,
+    delivery: Option<&str>,
+    plan: &Plan,
+) -> ApiResult<Recorded> {
+    let Some(change) = &plan.change else {
+        return Ok(Recorded::Ignored);
     };
     let new_change = NewChange {
         delivery,
-        source: "github",
+        source,
         repository: &change.repository,
         branch: &change.branch,
         revision: &change.revision,
@@ -60,7 +90,7 @@ pub async fn hook(State(master): State<Arc<Master>>, headers: HeaderMap, body: B
         files: &change.files,
         category: &change.category,
     };
-    let prepared: Vec<OwnedBuildset> = plan.builds.iter().map(|build| build.prepare(&catalog, &change)).collect();
+    let prepared: Vec<OwnedBuildset> = plan.builds.iter().map(|build| build.prepare(catalog, change)).collect();
     let traceparent = shared::telemetry::traceparent();
     let buildsets = prepared
         .iter()
@@ -68,15 +98,15 @@ pub async fn hook(State(master): State<Arc<Master>>, headers: HeaderMap, body: B
         .map(|buildset| buildset.as_new(traceparent.clone()))
         .collect();
     let Some((change_id, created)) = master.store.record_change(&new_change, buildsets, &plan.deferred).await? else {
-        return Ok(Json(json!({ "ignored": "this delivery was recorded before" })));
+        return Ok(Recorded::Before);
     };
     let mut buildset_ids = Vec::new();
     for (buildset_id, requests) in &created {
         master.announce_buildset(*buildset_id, requests).await;
         buildset_ids.push(*buildset_id);
     }
-    tracing::info!(change.id = change_id, category = %change.category, buildsets = ?buildset_ids, "GitHub change recorded");
-    Ok(Json(json!({ "change": change_id, "buildsets": buildset_ids, "why": plan.why })))
+    tracing::info!(change.id = change_id, %source, category = %change.category, buildsets = ?buildset_ids, "change recorded");
+    Ok(Recorded::New { change: change_id, buildsets: buildset_ids })
 }
 
 /// HMAC-SHA256 of `body`, compared in constant time with `sha256=<hex>`.
@@ -100,7 +130,7 @@ fn decode_hex(text: &str) -> Option<Vec<u8>> {
 }
 
 /// What a delivery asks for: the change to record and the builds to start.
-struct Plan {
+pub(crate) struct Plan {
     change: Option<Change>,
     builds: Vec<Wanted>,
     /// Schedulers that build once the branch is quiet: (name, seconds).
@@ -112,16 +142,21 @@ impl Plan {
     fn ignored(why: String) -> Plan {
         Plan { change: None, builds: Vec::new(), deferred: Vec::new(), why }
     }
+
+    /// A change to record that builds nothing.
+    pub(crate) fn record_only(change: Change, why: &str) -> Plan {
+        Plan { change: Some(change), builds: Vec::new(), deferred: Vec::new(), why: why.to_owned() }
+    }
 }
 
-struct Change {
-    repository: String,
-    branch: String,
-    revision: String,
-    author: String,
-    comments: String,
-    files: Vec<String>,
-    category: String,
+pub(crate) struct Change {
+    pub repository: String,
+    pub branch: String,
+    pub revision: String,
+    pub author: String,
+    pub comments: String,
+    pub files: Vec<String>,
+    pub category: String,
 }
 
 /// One buildset: a scheduler and the builders it starts.
@@ -206,6 +241,23 @@ fn push(config: &Config, payload: &Value) -> Plan {
             }
         }
     }
+    let change = Change {
+        repository: repository(payload),
+        branch: branch.to_owned(),
+        revision: text(payload, &["after"]),
+        author: text(payload, &["pusher", "name"]),
+        comments: text(payload, &["head_commit", "message"]),
+        files,
+        category: "push".into(),
+    };
+    branch_plan(config, change)
+}
+
+/// What a new commit on a branch starts (from a push or a poller): the
+/// `single_branch` schedulers of its branch and the `any_branch` ones, now
+/// or once the branch is quiet, unless every file it touches is ignored.
+pub(crate) fn branch_plan(config: &Config, change: Change) -> Plan {
+    let branch = change.branch.as_str();
     let mut builds = Vec::new();
     let mut deferred = Vec::new();
     let mut skipped = Vec::new();
@@ -221,8 +273,8 @@ fn push(config: &Config, payload: &Value) -> Plan {
             }
             _ => continue,
         };
-        let all_ignored = !files.is_empty()
-            && files.iter().all(|file| ignore_files.iter().any(|pattern| path_matches(pattern, file)));
+        let all_ignored = !change.files.is_empty()
+            && change.files.iter().all(|file| ignore_files.iter().any(|pattern| path_matches(pattern, file)));
         if all_ignored {
             skipped.push(name.clone());
             continue;
@@ -234,18 +286,9 @@ fn push(config: &Config, payload: &Value) -> Plan {
         builds.push(Wanted { scheduler: name.clone(), builders: builders.clone() });
     }
     let why = match (builds.is_empty() && deferred.is_empty(), skipped.is_empty()) {
-        (false, _) => format!("a push to {branch}"),
+        (false, _) => format!("a new commit on {branch}"),
         (true, false) => format!("only ignored files changed (schedulers {})", skipped.join(", ")),
         (true, true) => format!("no scheduler builds branch `{branch}`"),
-    };
-    let change = Change {
-        repository: repository(payload),
-        branch: branch.to_owned(),
-        revision: text(payload, &["after"]),
-        author: text(payload, &["pusher", "name"]),
-        comments: text(payload, &["head_commit", "message"]),
-        files,
-        category: "push".into(),
     };
     Plan { change: Some(change), builds, deferred, why }
 }

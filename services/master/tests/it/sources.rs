@@ -120,3 +120,54 @@ async fn a_git_step_that_cannot_fetch_retries_then_fails_or_warns_as_configured(
     let build = stack.wait_for_build(lenient).await;
     assert_eq!(build["results"], 1, "WARNINGS: {build}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_polled_repository_builds_each_new_commit_once_across_masters() {
+    let scratch = tempfile::tempdir().unwrap();
+    let (repo, _) = repository(scratch.path());
+    let url = format!("file://{}", repo.display());
+    let yaml = format!(
+        "factories:\n  show:\n    steps:\n      - name: show\n        command: echo %(prop:revision)s\n\
+         builders:\n  - {{name: polled, factory: show, workers: [w1]}}\n\
+         schedulers:\n  - {{type: single_branch, name: main, branch: main, builders: [polled]}}\n\
+         pollers:\n  - {{repourl: \"{url}\", branches: [main], poll_seconds: 1}}\n"
+    );
+    let mut stack = TestStack::new(&yaml, &["polled"]).await;
+    stack.start_masters_behind_haproxy().await;
+    stack.start_worker("w1");
+    let changes = async || stack.get("/api/v2/changes").await["changes"].as_array().unwrap().clone();
+    stack.eventually(20, "the poller's first look", async || (changes().await.len() == 1).then_some(())).await;
+    assert_eq!(stack.get("/api/v2/buildrequests").await["meta"]["total"], 0, "the first look builds nothing");
+
+    let mut commits = Vec::new();
+    for text in ["three\n", "four\n"] {
+        std::fs::write(repo.join("version"), text).unwrap();
+        git(&repo, &["commit", "-q", "-am", text.trim()]);
+        commits.push(git(&repo, &["rev-parse", "HEAD"]));
+    }
+    let seen = stack
+        .eventually(30, "both commits as changes", async || {
+            let found = changes().await;
+            (found.len() == 3).then_some(found)
+        })
+        .await;
+    let revisions: Vec<&str> = seen.iter().skip(1).map(|c| c["revision"].as_str().unwrap()).collect();
+    assert_eq!(revisions, commits, "one change per commit, in order");
+    let requests = stack
+        .eventually(20, "two build requests", async || {
+            let body = stack.get("/api/v2/buildrequests?order=buildrequestid").await;
+            let requests = body["buildrequests"].as_array().unwrap().clone();
+            (requests.len() == 2).then_some(requests)
+        })
+        .await;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(changes().await.len(), 3, "two masters poll; each commit is recorded once");
+    assert_eq!(stack.get("/api/v2/buildrequests").await["meta"]["total"], 2, "and built once");
+    for (request, commit) in requests.iter().zip(&commits) {
+        let build = stack.wait_for_build(request["buildrequestid"].as_i64().unwrap()).await;
+        let steps = stack.steps(build["buildid"].as_i64().unwrap()).await;
+        let log = stack.archived_log(steps[0]["stepid"].as_i64().unwrap()).await;
+        let printed = stack.get_bytes(&format!("/api/v2/logs/{}/raw", log["logid"])).await;
+        assert_eq!(String::from_utf8(printed).unwrap(), format!("{commit}\n"));
+    }
+}
