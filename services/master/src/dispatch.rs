@@ -174,9 +174,11 @@ async fn answer(master: &Master, request: RpcRequest) -> Result<RpcReply, StoreE
                     .collect(),
                 _ => Default::default(),
             };
-            let steps = with_properties(&config.factory_of(builder_config).steps, &claimed.properties);
-            // Only the secrets this build's steps use travel to the worker.
-            let secrets = steps
+            let template = &config.factory_of(builder_config).steps;
+            let steps = with_properties(template, &claimed.properties);
+            // Only the secrets this build's steps use travel to the worker,
+            // as the configuration names them (never as a property does).
+            let secrets = template
                 .iter()
                 .flat_map(|step| step.env.values())
                 .flat_map(|value| shared::config::secret_references(value))
@@ -224,15 +226,19 @@ fn with_properties(steps: &[StepSpec], properties: &serde_json::Value) -> Vec<St
         .iter()
         .map(|step| {
             let mut step = step.clone();
+            for value in step.env.values_mut() {
+                *value = put(value, Quoting::Env);
+            }
             step.command = match &step.command {
                 StepCommand::Argv(argv) => {
                     StepCommand::Argv(argv.iter().map(|word| put(word, Quoting::None)).collect())
                 }
-                StepCommand::Shell(script) => StepCommand::Shell(put(script, Quoting::Shell)),
+                StepCommand::Shell(script) => {
+                    let (script, variables) = interpolate::shell(script, properties);
+                    step.env.extend(variables);
+                    StepCommand::Shell(script)
+                }
             };
-            for value in step.env.values_mut() {
-                *value = put(value, Quoting::None);
-            }
             step.workdir = put(&step.workdir, Quoting::None);
             step
         })

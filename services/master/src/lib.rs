@@ -177,7 +177,7 @@ impl Master {
     /// Reloads both files from disk; a configuration with errors is not
     /// applied, and the errors are logged and recorded for the API and the
     /// web UI (`masters.config_error`) until a reload succeeds.
-    async fn reload(&self) {
+    async fn reload(&self) -> bool {
         let path = self.catalog().config.settings_path.clone();
         let refused = match Config::load(&path) {
             Ok(config) => match self.apply(config).await {
@@ -195,6 +195,10 @@ impl Master {
         if let Err(error) = self.store.set_config_error(self.id, refused.as_deref()).await {
             tracing::warn!(%error, "could not record the outcome of the reload");
         }
+        // Applied, or refused for the files' own errors (retrying cannot
+        // help until they change); `false` when applying failed for a
+        // passing reason (a service down), which is worth retrying.
+        !refused.as_deref().is_some_and(|why| why.starts_with("valid but not applied"))
     }
 
     /// Reloads when settings.yaml or master.yaml changes on disk, as SIGHUP
@@ -209,9 +213,12 @@ impl Master {
             }
             let now = self.config_stamps();
             if now != seen {
-                seen = now;
                 tracing::info!("configuration files changed on disk: reloading");
-                self.reload().await;
+                // Not marked seen until applied: a failure to apply (a
+                // service down) is tried again at the next look.
+                if self.reload().await {
+                    seen = now;
+                }
             }
         }
     }
@@ -437,7 +444,9 @@ pub async fn run(
             loop {
                 tokio::select! {
                     _ = stopping.cancelled() => return Ok(()),
-                    _ = reload.notified() => master.reload().await,
+                    _ = reload.notified() => {
+                        master.reload().await;
+                    }
                 }
             }
         }

@@ -644,6 +644,10 @@ impl Store {
                where old.buildset_id = older_set.id and old.state = 'pending'
                  and old.builder_id = mine.builder_id and old.id < mine.id
                  and coalesce(older_set.properties -> 'branch' ->> 0, '') = mine.branch
+                 -- A build of a revision someone asked for by name (a
+                 -- force, a rebuild) is never superseded.
+                 and (coalesce(older_set.properties -> 'revision' ->> 0, '') = ''
+                      or older_set.properties -> 'revision' ->> 1 = 'GitHub')
                returning old.id, old.buildset_id"#,
         )
         .bind(buildset_id)
@@ -689,7 +693,8 @@ impl Store {
             }
             let waiting: bool = sqlx::query_scalar(
                 r#"select exists (select 1 from buildrequests where builder_id = $1 and state = 'pending')
-                          and not exists (select 1 from workers where id = $2 and paused)"#,
+                          and not exists (select 1 from workers where id = $2 and paused)
+                          and not exists (select 1 from builders where id = $1 and paused)"#,
             )
             .bind(claim.builder_id)
             .bind(claim.worker_id)
@@ -962,7 +967,9 @@ impl Store {
         let results = states
             .iter()
             .filter_map(|(_, code)| code.and_then(Results::from_code))
-            .fold(Results::Success, Results::worst);
+            // From SKIPPED: a set whose every request was superseded is
+            // SKIPPED, not SUCCESS (a dependent scheduler must not follow it).
+            .fold(Results::Skipped, Results::worst);
         sqlx::query(
             "update buildsets set complete = true, complete_at = now(), results = $2 where id = $1 and not complete",
         )
@@ -995,9 +1002,11 @@ impl Store {
     pub async fn take_due_requests(&self, older_than_seconds: u64, limit: i64) -> StoreResult<Vec<DueRequest>> {
         Ok(sqlx::query_as(
             r#"with due as (
-                   select id from buildrequests
+                   select id from buildrequests r
                    where state = 'pending'
                      and (announced_at is null or announced_at < now() - make_interval(secs => $1))
+                     -- A paused builder's requests are announced when it is unpaused.
+                     and not exists (select 1 from builders b where b.id = r.builder_id and b.paused)
                    order by id
                    limit $2
                    for update skip locked

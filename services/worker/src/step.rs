@@ -46,6 +46,14 @@ pub async fn run_step(
 ) -> StepOutcome {
     let workdir = builder_dir.join(&spec.workdir);
     let argv = spec.command.argv();
+    // A workdir made from properties must not leave the builder's
+    // directory (a forced `dir=/home/worker` or `../..`).
+    let relative = Path::new(&spec.workdir);
+    if relative.is_absolute() || relative.components().any(|part| matches!(part, std::path::Component::ParentDir)) {
+        let message = format!("workdir `{}` leaves the builder's directory; refusing to run\n", spec.workdir);
+        log.write(LogChannel::Header, message.into_bytes()).await;
+        return StepOutcome { results: Results::Exception, state_string: "workdir outside the builder".into() };
+    }
     log.write(LogChannel::Header, format!("{}\n in dir {}\n", shell_words(&argv), workdir.display()).into_bytes())
         .await;
     if let Err(error) = tokio::fs::create_dir_all(&workdir).await {

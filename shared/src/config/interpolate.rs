@@ -4,9 +4,12 @@
 //! secret, put in by the worker and masked in logs). Any other `%` is left
 //! alone, so `printf '%s\n'` needs no escaping.
 //!
-//! A property put into a shell string (`command: "make %(prop:target)s"`)
-//! is quoted as one shell word, so a branch name from a webhook cannot run
-//! commands; in a list command, an env value or a workdir it goes in as is.
+//! A property never becomes shell code: in a shell string (`command: "make
+//! %(prop:target)s"`) it is passed in an environment variable and the
+//! string refers to it (`${BM_PROP_0}`), so quote it as you would any shell
+//! variable (`"%(prop:branch)s"`, not inside single quotes). In a list
+//! command or a workdir it goes in as is; in an env value its `%(` is
+//! escaped, so it cannot name a secret.
 
 use serde_json::{Map, Value};
 
@@ -60,10 +63,11 @@ pub fn check(text: &str) -> Result<(), String> {
 /// How a property's value is written into a text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Quoting {
-    /// As it is (a list command's word, an env value, a workdir).
+    /// As it is (a list command's word, a workdir).
     None,
-    /// As one shell word (inside a `sh -c` string).
-    Shell,
+    /// As it is, with `%(` escaped as `%%(` (an env value, where the
+    /// worker puts in secrets).
+    Env,
 }
 
 /// `text` with its properties put in from `properties` (Buildbot's shape:
@@ -84,16 +88,47 @@ pub fn properties(text: &str, properties: &Map<String, Value>, quoting: Quoting)
                 out.push_str(")s");
             }
             Piece::Property { name, default } => {
-                let value = properties.get(name).map(property_text).filter(|value| !value.is_empty());
-                let value = value.or_else(|| default.map(str::to_owned)).unwrap_or_default();
+                let value = property_value(properties, name, default);
                 match quoting {
                     Quoting::None => out.push_str(&value),
-                    Quoting::Shell => out.push_str(&shell_word(&value)),
+                    Quoting::Env => out.push_str(&value.replace("%(", "%%(")),
                 }
             }
         }
     }
     out
+}
+
+/// A shell string with each property replaced by a reference to an
+/// environment variable holding its value (`${BM_PROP_0}`, …), and those
+/// variables: the shell never parses a value.
+pub fn shell(script: &str, properties: &Map<String, Value>) -> (String, Vec<(String, String)>) {
+    let Ok(pieces) = pieces(script) else {
+        return (script.to_owned(), Vec::new());
+    };
+    let mut out = String::with_capacity(script.len());
+    let mut env = Vec::new();
+    for piece in pieces {
+        match piece {
+            Piece::Text(text) => out.push_str(text),
+            Piece::Secret(name) => {
+                out.push_str("%(secret:");
+                out.push_str(name);
+                out.push_str(")s");
+            }
+            Piece::Property { name, default } => {
+                let variable = format!("BM_PROP_{}", env.len());
+                out.push_str(&format!("${{{variable}}}"));
+                env.push((variable, property_value(properties, name, default)));
+            }
+        }
+    }
+    (out, env)
+}
+
+fn property_value(properties: &Map<String, Value>, name: &str, default: Option<&str>) -> String {
+    let value = properties.get(name).map(property_text).filter(|value| !value.is_empty());
+    value.or_else(|| default.map(str::to_owned)).unwrap_or_default()
 }
 
 /// A property's value as text: strings as they are, other JSON as JSON.
@@ -107,14 +142,6 @@ fn property_text(value: &Value) -> String {
         Value::Null => String::new(),
         other => other.to_string(),
     }
-}
-
-/// `text` as one POSIX shell word.
-fn shell_word(text: &str) -> String {
-    if !text.is_empty() && text.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=+,@%".contains(c)) {
-        return text.to_owned();
-    }
-    format!("'{}'", text.replace('\'', "'\\''"))
 }
 
 #[cfg(test)]
@@ -136,9 +163,16 @@ mod tests {
     }
 
     #[test]
-    fn in_a_shell_string_a_property_is_one_word() {
-        assert_eq!(properties("echo %(prop:evil)s", &props(), Quoting::Shell), "echo 'x; rm -rf /'");
-        assert_eq!(properties("it's %(prop:branch)s", &props(), Quoting::Shell), "it's 3.14");
+    fn in_a_shell_string_a_property_is_a_variable_the_shell_never_parses() {
+        let (script, env) = shell("echo \"built %(prop:evil)s\" %(prop:branch)s", &props());
+        assert_eq!(script, "echo \"built ${BM_PROP_0}\" ${BM_PROP_1}");
+        assert_eq!(env, [("BM_PROP_0".into(), "x; rm -rf /".into()), ("BM_PROP_1".into(), "3.14".into())]);
+    }
+
+    #[test]
+    fn in_an_env_value_a_property_cannot_name_a_secret() {
+        let props = json!({ "branch": "%(secret:token)s" }).as_object().unwrap().clone();
+        assert_eq!(properties("%(prop:branch)s", &props, Quoting::Env), "%%(secret:token)s");
     }
 
     #[test]

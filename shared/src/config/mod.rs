@@ -1519,13 +1519,14 @@ else
 fi
 # A revision is fetched by itself where the server allows it; else the
 # branch, which must contain it.
-if [ -n "$BM_GIT_REVISION" ] && git fetch -q --no-tags "$@" origin "$BM_GIT_REVISION" 2>/dev/null; then
-    :
+# `--end-of-options`: a revision or branch is never read as an option.
+if [ -n "$BM_GIT_REVISION" ] && git fetch -q --no-tags "$@" --end-of-options origin "$BM_GIT_REVISION" 2>/dev/null; then
+    git checkout -q -f --detach FETCH_HEAD
 else
-    retry git fetch --no-tags "$@" origin "$BM_GIT_BRANCH"
+    retry git fetch --no-tags "$@" --end-of-options origin "$BM_GIT_BRANCH"
+    git checkout -q -f --detach FETCH_HEAD
+    if [ -n "$BM_GIT_REVISION" ]; then git checkout -q -f --detach --end-of-options "$BM_GIT_REVISION"; fi
 fi
-git checkout -q -f --detach FETCH_HEAD
-if [ -n "$BM_GIT_REVISION" ]; then git checkout -q -f --detach "$BM_GIT_REVISION"; fi
 if [ "$BM_GIT_MODE" = full ]; then git clean -q -f -f -d -x; fi
 git log -1 --format='checked out %H (%s)'
 "#;
@@ -1640,6 +1641,15 @@ fn validate_settings(file: &mut SourceFile, settings: &Settings) {
     }
     validate_telemetry(file, &root.key("telemetry"), &settings.telemetry);
     validate_users(file, settings);
+    if let Some(github) = &settings.github
+        && github.webhook_secret.expose().chars().count() < 16
+    {
+        file.error_at_value(
+            &root.key("github").key("webhook_secret"),
+            "the webhook secret is shorter than 16 characters: anyone could sign deliveries",
+            Some("generate one, e.g. `openssl rand -hex 20`, and give GitHub the same".into()),
+        );
+    }
     if let Some(accounts) = &settings.worker_accounts {
         let at = root.key("worker_accounts");
         let url = accounts.rabbitmq_management_url.expose();
@@ -1868,12 +1878,39 @@ fn validate_master(file: &mut SourceFile, master: &MasterConfig, settings: &Sett
                     None,
                 );
             }
-            SchedulerConfig::Periodic { every_seconds: 0, .. } => {
-                file.error_at_value(&at.key("every_seconds"), "every_seconds must be at least 1", None);
+            SchedulerConfig::Dependent { .. } if follows_itself(master, scheduler.name()) => {
+                file.error_at_value(
+                    &at.key("upstream"),
+                    format!(
+                        "scheduler `{}` follows itself through its upstreams: it would never stop",
+                        scheduler.name()
+                    ),
+                    None,
+                );
+            }
+            SchedulerConfig::Periodic { every_seconds, .. } if !(1..=366 * 24 * 3600).contains(every_seconds) => {
+                file.error_at_value(&at.key("every_seconds"), "every_seconds must be between 1 and a year", None);
             }
             _ => {}
         }
     }
+}
+
+/// Whether following `name`'s upstreams leads back to it.
+fn follows_itself(master: &MasterConfig, name: &str) -> bool {
+    let mut current = name;
+    for _ in 0..=master.schedulers.len() {
+        let upstream = master.schedulers.iter().find_map(|scheduler| match scheduler {
+            SchedulerConfig::Dependent { name, upstream, .. } if name == current => Some(upstream.as_str()),
+            _ => None,
+        });
+        match upstream {
+            Some(upstream) if upstream == name => return true,
+            Some(upstream) => current = upstream,
+            None => return false,
+        }
+    }
+    false
 }
 
 fn validate_users(file: &mut SourceFile, settings: &Settings) {
@@ -1938,8 +1975,16 @@ fn validate_telemetry(file: &mut SourceFile, at: &YamlPath, telemetry: &Telemetr
 pub fn secret_references(value: &str) -> Vec<&str> {
     let mut names = Vec::new();
     let mut rest = value;
-    while let Some(start) = rest.find("%(secret:") {
-        let after = &rest[start + "%(secret:".len()..];
+    while let Some(start) = rest.find("%(") {
+        // `%%(` is an escaped `%(` (a property's value), not a reference.
+        if rest[..start].ends_with('%') {
+            rest = &rest[start + 2..];
+            continue;
+        }
+        let Some(after) = rest[start..].strip_prefix("%(secret:") else {
+            rest = &rest[start + 2..];
+            continue;
+        };
         let Some(end) = after.find(")s") else { break };
         names.push(&after[..end]);
         rest = &after[end + 2..];
@@ -1949,12 +1994,29 @@ pub fn secret_references(value: &str) -> Vec<&str> {
 
 /// `value` with every `%(secret:NAME)s` replaced by the secret's value;
 /// the name of an unknown secret as the error.
+/// `%%(` stands for a literal `%(` (how property values are put into
+/// env), so a property cannot name a secret.
 pub fn interpolate_secrets(value: &str, secrets: &BTreeMap<String, String>) -> Result<String, String> {
-    let mut out = value.to_owned();
-    for name in secret_references(value) {
-        let secret = secrets.get(name).ok_or_else(|| name.to_owned())?;
-        out = out.replace(&format!("%(secret:{name})s"), secret);
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(start) = rest.find('%') {
+        out.push_str(&rest[..start]);
+        let from = &rest[start..];
+        if let Some(after) = from.strip_prefix("%%(") {
+            out.push_str("%(");
+            rest = after;
+        } else if let Some(after) = from.strip_prefix("%(secret:")
+            && let Some(end) = after.find(")s")
+        {
+            let name = &after[..end];
+            out.push_str(secrets.get(name).ok_or_else(|| name.to_owned())?);
+            rest = &after[end + 2..];
+        } else {
+            out.push('%');
+            rest = &from[1..];
+        }
     }
+    out.push_str(rest);
     Ok(out)
 }
 
@@ -2024,6 +2086,9 @@ mod tests {
         let secrets = BTreeMap::from([("pypi".to_owned(), "s3cr3t".to_owned()), ("other".to_owned(), "x".to_owned())]);
         assert_eq!(interpolate_secrets(value, &secrets).unwrap(), "token=s3cr3t;again=s3cr3t;x");
         assert_eq!(interpolate_secrets("%(secret:nope)s", &secrets), Err("nope".to_owned()));
+        // A property's `%(`, escaped as `%%(`, stays text and names nothing.
+        assert_eq!(interpolate_secrets("%%(secret:token)s 50%", &secrets).unwrap(), "%(secret:token)s 50%");
+        assert!(secret_references("%%(secret:token)s").is_empty());
         assert!(secret_references("100%(not a secret)").is_empty());
     }
 

@@ -38,7 +38,12 @@ pub async fn hook(State(master): State<Arc<Master>>, headers: HeaderMap, body: B
     }
     let payload: Value = serde_json::from_slice(&body)
         .map_err(|error| ApiError::BadRequest(format!("the delivery is not JSON: {error}")))?;
-    let delivery = headers.get("x-github-delivery").and_then(|value| value.to_str().ok());
+    // Each delivery is recorded once, by its id: one without is refused,
+    // or a resent body would build again.
+    let Some(delivery) = headers.get("x-github-delivery").and_then(|value| value.to_str().ok()) else {
+        return Err(ApiError::BadRequest("X-GitHub-Delivery is missing".into()));
+    };
+    let delivery = Some(delivery);
     let plan = match header("x-github-event") {
         "ping" => return Ok(Json(json!({ "ok": "pong" }))),
         "push" => push(&catalog.config, &payload),

@@ -208,3 +208,16 @@ fn the_python_org_scale_example_expands_to_a_thousand_builders() {
     assert!((1000..1100).contains(&builders), "{said}");
     assert!(said.contains(" 60 workers"), "{said}");
 }
+
+#[test]
+fn a_dependent_scheduler_that_follows_itself_and_a_short_webhook_secret_are_refused() {
+    let master = format!(
+        "{VALID_MASTER}schedulers:\n  - {{type: dependent, name: a, upstream: b, builders: [b]}}\n\
+         \x20 - {{type: dependent, name: b, upstream: a, builders: [b]}}\n"
+    );
+    let settings = format!("{SETTINGS}github:\n  webhook_secret: short\n");
+    let (ok, stderr) = checkconfig(&settings, &master);
+    assert!(!ok);
+    assert!(stderr.contains("scheduler `a` follows itself through its upstreams"), "{stderr}");
+    assert!(stderr.contains("the webhook secret is shorter than 16 characters"), "{stderr}");
+}
