@@ -129,6 +129,8 @@ async fn answer(master: &Master, request: RpcRequest) -> Result<RpcReply, StoreE
             };
             let info = serde_json::to_value(&info).expect("strings serialize");
             let (worker_id, paused, pause_version) = master.store.worker_hello(&worker, &info).await?;
+            // A downtime window pauses it too (see `downtime.rs`).
+            let paused = paused || config.worker(&worker).is_some_and(|w| w.in_downtime(chrono::Utc::now()));
             master.remember_worker(&worker, worker_id);
             let builders = config.builders_for_worker(&worker, is_local).into_iter().map(|b| b.name.clone()).collect();
             tracing::info!(worker.name = %worker, "worker said hello");
@@ -143,6 +145,9 @@ async fn answer(master: &Master, request: RpcRequest) -> Result<RpcReply, StoreE
             };
             if !config.may_run(builder_config, &worker, is_local) {
                 return Ok(RpcReply::Refused { reason: format!("worker `{worker}` may not run builder `{builder}`") });
+            }
+            if config.worker(&worker).is_some_and(|w| w.in_downtime(chrono::Utc::now())) {
+                return Ok(RpcReply::NothingPending);
             }
             let worker_id = master.worker_id(&worker).await?;
             let claim = Claim {

@@ -7,6 +7,7 @@
 pub mod accounts;
 pub mod broker;
 mod dispatch;
+mod downtime;
 mod events;
 pub mod http;
 pub mod live;
@@ -429,6 +430,7 @@ pub async fn run(
     tasks.spawn(accounts::keep_in_sync(master.clone(), stopping.clone()));
     tasks.spawn(schedulers::run(master.clone(), stopping.clone()));
     tasks.spawn(pollers::run(master.clone(), stopping.clone()));
+    tasks.spawn(downtime::watch(master.clone(), stopping.clone()));
     tasks.spawn({
         let master = master.clone();
         let stopping = stopping.clone();

@@ -1183,6 +1183,17 @@ impl Store {
         .await?)
     }
 
+    /// A new pause version for a worker whose downtime window began or
+    /// ended: its manual pause and the version to send with it.
+    pub async fn bump_pause_version(&self, worker: &str) -> StoreResult<Option<(bool, i64)>> {
+        Ok(sqlx::query_as(
+            "update workers set pause_version = pause_version + 1 where name = $1 returning paused, pause_version",
+        )
+        .bind(worker)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
     /// Pauses or unpauses a builder; returns its name and, when unpaused,
     /// its pending requests (to ring their doorbells again).
     pub async fn set_builder_paused(

@@ -380,6 +380,45 @@ pub struct WorkerSettings {
     /// source `Worker`.
     #[serde(default)]
     pub properties: BTreeMap<String, serde_yaml::Value>,
+    /// Daily windows in which it takes no new builds (as if paused; its
+    /// running builds go on), e.g. a machine its owner uses by day.
+    #[serde(default)]
+    pub downtime: Vec<DowntimeWindow>,
+}
+
+/// A daily window, `from` to `until` (`HH:MM`, crossing midnight when
+/// `until` is earlier), in a time zone.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DowntimeWindow {
+    pub from: String,
+    pub until: String,
+    #[serde(default = "default_timezone")]
+    pub timezone: String,
+}
+
+impl DowntimeWindow {
+    fn bounds(&self) -> Option<(chrono::NaiveTime, chrono::NaiveTime, chrono_tz::Tz)> {
+        let time = |text: &str| chrono::NaiveTime::parse_from_str(text, "%H:%M").ok();
+        Some((time(&self.from)?, time(&self.until)?, self.timezone.parse().ok()?))
+    }
+
+    /// Whether `now` falls in the window (never, for one `checkconfig`
+    /// refuses).
+    pub fn contains(&self, now: DateTime<Utc>) -> bool {
+        let Some((from, until, zone)) = self.bounds() else {
+            return false;
+        };
+        let local = now.with_timezone(&zone).time();
+        if from <= until { from <= local && local < until } else { local >= from || local < until }
+    }
+}
+
+impl WorkerSettings {
+    /// Whether one of its downtime windows holds `now`.
+    pub fn in_downtime(&self, now: DateTime<Utc>) -> bool {
+        self.downtime.iter().any(|window| window.contains(now))
+    }
 }
 
 fn default_max_builds() -> u32 {
@@ -1618,6 +1657,15 @@ fn validate_settings(file: &mut SourceFile, settings: &Settings) {
         }
         if worker.max_builds == 0 {
             file.error_at_value(&at.key("max_builds"), "max_builds must be at least 1", None);
+        }
+        for (window_index, window) in worker.downtime.iter().enumerate() {
+            if window.bounds().is_none() {
+                file.error_at_value(
+                    &at.key("downtime").index(window_index),
+                    "a downtime window needs `from` and `until` as HH:MM and a known `timezone`",
+                    Some("e.g. {from: \"22:00\", until: \"06:00\", timezone: Europe/Amsterdam}".into()),
+                );
+            }
         }
     }
     if settings.use_local_worker {

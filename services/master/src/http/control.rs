@@ -446,7 +446,11 @@ pub async fn control_worker(
                 let reason = reason_param(&call.params, "paused by a user")?;
                 let (name, version) =
                     master.store.set_worker_paused(worker_id, paused, Some(&reason)).await?.ok_or_else(not_found)?;
-                (name, ControlMessage::SetPaused { paused, version }, if paused { "paused" } else { "unpaused" })
+                // Unpaused inside a downtime window, it still takes nothing.
+                let catalog = master.catalog();
+                let down = catalog.config.worker(&name).is_some_and(|w| w.in_downtime(chrono::Utc::now()));
+                let message = ControlMessage::SetPaused { paused: paused || down, version };
+                (name, message, if paused { "paused" } else { "unpaused" })
             }
             _ => {
                 let reason = reason_param(&call.params, "stopped by a user")?;

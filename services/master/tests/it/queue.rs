@@ -219,3 +219,38 @@ async fn a_paused_builder_starts_nothing_until_unpaused_and_pauses_say_why() {
     rpc("/workers/w1", "unpause", json!({})).await;
     assert!(stack.get("/api/v2/workers/w1").await["workers"][0]["pause_reason"].is_null());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_in_its_downtime_window_takes_nothing_until_the_window_is_gone() {
+    let yaml = "factories:\n  quick:\n    steps:\n      - {name: hi, command: echo hi}\n\
+                builders:\n  - {name: nightly-only, factory: quick, workers: [w2]}\n\
+                schedulers:\n  - {type: force, name: force, builders: [nightly-only]}\n";
+    let mut stack = TestStack::new(yaml, &["nightly-only"]).await;
+    let now = chrono::Utc::now();
+    let window = format!(
+        "    downtime: [{{from: \"{}\", until: \"{}\"}}]\n",
+        (now - chrono::Duration::minutes(10)).format("%H:%M"),
+        (now + chrono::Duration::minutes(10)).format("%H:%M")
+    );
+    let settings = std::fs::read_to_string(&stack.settings_path).unwrap();
+    let marker = format!("    password: {}\n", crate::harness::OTHER_WORKER_PASSWORD);
+    let with_window = settings.replacen(&marker, &format!("{marker}{window}"), 1);
+    assert_ne!(with_window, settings);
+    std::fs::write(&stack.settings_path, &with_window).unwrap();
+    stack.start_masters_behind_haproxy().await;
+    stack.start_worker("w2");
+    stack
+        .eventually(30, "w2 connected", async || {
+            let body: Value =
+                stack.http.get(format!("{}/api/v2/workers/w2", stack.base_url)).send().await.ok()?.json().await.ok()?;
+            body["workers"][0]["connected_to"].as_array().is_some_and(|c| !c.is_empty()).then_some(())
+        })
+        .await;
+    let request = force(&stack, "nightly-only", json!({})).await;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let builds = stack.get(&format!("/api/v2/builds?buildrequestid={request}")).await;
+    assert_eq!(builds["meta"]["total"], 0, "nothing starts in the window");
+    // The window removed: the masters reload, tell the worker, and it builds.
+    std::fs::write(&stack.settings_path, settings).unwrap();
+    assert_eq!(stack.wait_for_build(request).await["results"], 0);
+}
