@@ -23,6 +23,7 @@ use shared::names::{Namespace, WorkerPermissions};
 use tokio_util::sync::CancellationToken;
 
 use crate::Master;
+use crate::http::path_segment;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AccountsError {
@@ -265,16 +266,6 @@ fn password_matches(user: &User, password: &str) -> bool {
         Ok(stored) if stored.len() == 4 + 32 => salted_hash(&stored[..4], password) == stored,
         _ => false,
     }
-}
-
-/// A vhost as one path segment (`/` is `%2F`).
-fn path_segment(text: &str) -> String {
-    text.bytes()
-        .map(|byte| match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (byte as char).to_string(),
-            _ => format!("%{byte:02X}"),
-        })
-        .collect()
 }
 
 /// Redis ACL users: each `SETUSER` states the whole user (`reset` first), so

@@ -270,6 +270,17 @@ async fn get_health(State(master): State<AppState>) -> Response {
 
 // --- shared by the handlers -------------------------------------------------
 
+/// `text` as one URL path segment (a builder's name in a page's link, a
+/// vhost in RabbitMQ's API): everything but unreserved characters escaped.
+pub fn path_segment(text: &str) -> String {
+    text.bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (byte as char).to_string(),
+            _ => format!("%{byte:02X}"),
+        })
+        .collect()
+}
+
 fn parse_id<T: std::str::FromStr>(what: &str, text: &str) -> ApiResult<T> {
     text.parse().map_err(|_| ApiError::BadRequest(format!("{what} must be a number, got `{text}`")))
 }

@@ -21,8 +21,8 @@ use shared::config::{ForceParameter, SchedulerConfig};
 use shared::model::Results;
 
 use crate::Master;
-use crate::http::ApiError;
 use crate::http::reads::api_items;
+use crate::http::{ApiError, path_segment};
 use crate::store::resources::{BUILDERS, BUILDREQUESTS, BUILDS, BUILDSETS, LOGS, STEPS, WORKERS};
 
 type AppState = Arc<Master>;
@@ -175,16 +175,6 @@ fn build_href(builder: &str, number: i64) -> String {
 
 fn builder_href(builder: &str) -> String {
     format!("/builders/{}", path_segment(builder))
-}
-
-/// A name as one URL path segment.
-fn path_segment(text: &str) -> String {
-    text.bytes()
-        .map(|byte| match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (byte as char).to_string(),
-            _ => format!("%{byte:02X}"),
-        })
-        .collect()
 }
 
 // --- overview -----------------------------------------------------------------

@@ -4,28 +4,13 @@
 //! comment from someone who may write builds the matching ones. The
 //! permission lookup is served by a local stand-in for GitHub's API.
 
-use std::path::Path;
-use std::process::Command;
-
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
-use crate::harness::TestStack;
+use crate::harness::{TestStack, git};
 
 const SECRET: &str = "a-webhook-secret";
-
-fn git(repo: &Path, args: &[&str]) -> String {
-    let output = Command::new("git")
-        .arg("-C")
-        .arg(repo)
-        .args(["-c", "user.name=Tests", "-c", "user.email=tests@example.org", "-c", "init.defaultBranch=main"])
-        .args(args)
-        .output()
-        .expect("git runs");
-    assert!(output.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
-}
 
 fn sign(body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();

@@ -726,6 +726,25 @@ impl TestStack {
     }
 
     /// Forces one builder with Buildbot's JSON-RPC body; returns the request id.
+    /// A JSON-RPC call on `/api/v2{path}` through the stack; its answer,
+    /// whatever it is.
+    pub async fn rpc(&self, path: &str, method: &str, params: Value) -> Value {
+        let body = json!({ "jsonrpc": "2.0", "method": method, "id": 1, "params": params });
+        let response = self.http.post(format!("{}/api/v2{path}", self.base_url)).json(&body).send().await;
+        response.expect("POST reaches the stack").json().await.unwrap_or(Value::Null)
+    }
+
+    /// Forces `builder` with more parameters (`branch`, `priority`,
+    /// `properties`...); the request id.
+    pub async fn force_with(&self, builder: &str, mut params: Value) -> i64 {
+        params["builderNames"] = json!([builder]);
+        let answer = self.rpc("/forceschedulers/force", "force", params).await;
+        answer["result"][1]
+            .as_object()
+            .and_then(|ids| ids.values().next()?.as_i64())
+            .unwrap_or_else(|| panic!("{answer}"))
+    }
+
     pub async fn force(&self, builder: &str) -> i64 {
         self.force_at(&self.base_url, builder).await
     }
@@ -903,6 +922,19 @@ async fn remove_installation(namespace: &str, database: &str, builders: &[String
             let _: Result<(), _> = redis::cmd("DEL").arg(&keys).query_async(&mut connection).await;
         }
     }
+}
+
+/// Runs git in `repo` (with a committer of its own); its output.
+pub fn git(repo: &Path, args: &[&str]) -> String {
+    let output = Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(["-c", "user.name=Tests", "-c", "user.email=tests@example.org", "-c", "init.defaultBranch=main"])
+        .args(args)
+        .output()
+        .expect("git runs (deploy/services.sh ensure installs it)");
+    assert!(output.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
 
 /// `url` without its `user:password@`.

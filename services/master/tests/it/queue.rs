@@ -6,34 +6,11 @@ use serde_json::{Value, json};
 use crate::harness::TestStack;
 
 async fn force(stack: &TestStack, builder: &str, params: Value) -> i64 {
-    let mut params = params;
-    params["builderNames"] = json!([builder]);
-    let body = json!({ "jsonrpc": "2.0", "method": "force", "id": 1, "params": params });
-    let answer: Value = stack
-        .http
-        .post(format!("{}/api/v2/forceschedulers/force", stack.base_url))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    answer["result"][1].as_object().and_then(|ids| ids.values().next()?.as_i64()).unwrap_or_else(|| panic!("{answer}"))
+    stack.force_with(builder, params).await
 }
 
 async fn worker_rpc(stack: &TestStack, worker: &str, method: &str) {
-    let body = json!({ "jsonrpc": "2.0", "method": method, "id": 1, "params": {} });
-    let answer: Value = stack
-        .http
-        .post(format!("{}/api/v2/workers/{worker}", stack.base_url))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let answer = stack.rpc(&format!("/workers/{worker}"), method, json!({})).await;
     assert!(answer.get("error").is_none(), "{method}: {answer}");
 }
 
@@ -114,18 +91,8 @@ async fn a_force_schedulers_parameters_have_defaults_and_choices() {
     assert_eq!(printed(&stack, defaults).await, "gcc -j4\n");
     let chosen = force(&stack, "params", json!({ "properties": { "compiler": "clang" } })).await;
     assert_eq!(printed(&stack, chosen).await, "clang -j4\n");
-    let body = json!({ "jsonrpc": "2.0", "method": "force", "id": 1,
-                       "params": { "builderNames": ["params"], "properties": { "compiler": "icc" } } });
-    let refused: Value = stack
-        .http
-        .post(format!("{}/api/v2/forceschedulers/force", stack.base_url))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let params = json!({ "builderNames": ["params"], "properties": { "compiler": "icc" } });
+    let refused = stack.rpc("/forceschedulers/force", "force", params).await;
     assert_eq!(refused["error"]["code"], -32602, "{refused}");
     assert_eq!(refused["error"]["data"]["compiler"], "must be one of: gcc, clang");
 }

@@ -4,21 +4,8 @@
 //! the force) reach step commands as `%(prop:NAME)s`.
 
 use std::path::Path;
-use std::process::Command;
 
-use crate::harness::TestStack;
-
-fn git(repo: &Path, args: &[&str]) -> String {
-    let output = Command::new("git")
-        .arg("-C")
-        .arg(repo)
-        .args(["-c", "user.name=Tests", "-c", "user.email=tests@example.org", "-c", "init.defaultBranch=main"])
-        .args(args)
-        .output()
-        .expect("git runs (deploy/services.sh ensure installs it)");
-    assert!(output.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
-}
+use crate::harness::{TestStack, git};
 
 /// A repository whose `version` file says `one`, then `two` on main, and
 /// `feature` on the branch `feature`; returns it and the first commit.
@@ -78,21 +65,7 @@ async fn a_matrix_of_git_builders_checks_out_each_branch_and_the_forced_revision
     assert_eq!(show(&stack, main).await, "two\nmain -j3 tests\n");
 
     // A forced revision of the branch.
-    let body = serde_json::json!({
-        "jsonrpc": "2.0", "method": "force", "id": 1,
-        "params": { "builderNames": ["src main"], "owner": "someone", "revision": first },
-    });
-    let answer: serde_json::Value = stack
-        .http
-        .post(format!("{}/api/v2/forceschedulers/force", stack.base_url))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let request = answer["result"][1].as_object().unwrap().values().next().unwrap().as_i64().unwrap();
+    let request = stack.force_with("src main", serde_json::json!({ "owner": "someone", "revision": first })).await;
     assert_eq!(show(&stack, request).await, "one\nmain -j3 someone\n");
 }
 
