@@ -75,40 +75,38 @@ pub enum Quoting {
 /// worker. A text that does not parse is returned unchanged (`checkconfig`
 /// refuses such a configuration).
 pub fn properties(text: &str, properties: &Map<String, Value>, quoting: Quoting) -> String {
-    let Ok(pieces) = pieces(text) else {
-        return text.to_owned();
-    };
-    let mut out = String::with_capacity(text.len());
-    for piece in pieces {
-        match piece {
-            Piece::Text(text) => out.push_str(text),
-            Piece::Secret(name) => {
-                out.push_str("%(secret:");
-                out.push_str(name);
-                out.push_str(")s");
-            }
-            Piece::Property { name, default } => {
-                let value = property_value(properties, name, default);
-                match quoting {
-                    Quoting::None => out.push_str(&value),
-                    Quoting::Env => out.push_str(&value.replace("%(", "%%(")),
-                }
-            }
+    render(text, |name, default| {
+        let value = property_value(properties, name, default);
+        match quoting {
+            Quoting::None => value,
+            Quoting::Env => value.replace("%(", "%%("),
         }
-    }
-    out
+    })
+    .unwrap_or_else(|| text.to_owned())
 }
 
 /// A shell string with each property replaced by a reference to an
 /// environment variable holding its value (`${BM_PROP_0}`, …), and those
 /// variables: the shell never parses a value.
 pub fn shell(script: &str, properties: &Map<String, Value>) -> (String, Vec<(String, String)>) {
-    let Ok(pieces) = pieces(script) else {
-        return (script.to_owned(), Vec::new());
-    };
-    let mut out = String::with_capacity(script.len());
     let mut env = Vec::new();
-    for piece in pieces {
+    let rendered = render(script, |name, default| {
+        let variable = format!("BM_PROP_{}", env.len());
+        let reference = format!("${{{variable}}}");
+        env.push((variable, property_value(properties, name, default)));
+        reference
+    });
+    match rendered {
+        Some(script) => (script, env),
+        None => (script.to_owned(), Vec::new()),
+    }
+}
+
+/// `text` with each property written by `property(name, default)` and
+/// secrets left for the worker; `None` when it does not parse.
+fn render(text: &str, mut property: impl FnMut(&str, Option<&str>) -> String) -> Option<String> {
+    let mut out = String::with_capacity(text.len());
+    for piece in pieces(text).ok()? {
         match piece {
             Piece::Text(text) => out.push_str(text),
             Piece::Secret(name) => {
@@ -116,14 +114,10 @@ pub fn shell(script: &str, properties: &Map<String, Value>) -> (String, Vec<(Str
                 out.push_str(name);
                 out.push_str(")s");
             }
-            Piece::Property { name, default } => {
-                let variable = format!("BM_PROP_{}", env.len());
-                out.push_str(&format!("${{{variable}}}"));
-                env.push((variable, property_value(properties, name, default)));
-            }
+            Piece::Property { name, default } => out.push_str(&property(name, default)),
         }
     }
-    (out, env)
+    Some(out)
 }
 
 fn property_value(properties: &Map<String, Value>, name: &str, default: Option<&str>) -> String {

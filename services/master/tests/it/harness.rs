@@ -681,6 +681,17 @@ impl TestStack {
         worker.0.try_wait().expect("worker status").is_some()
     }
 
+    /// Waits until a worker is connected to a master (its presence in the
+    /// API); fails the test after 30 s.
+    pub async fn wait_for_worker_connected(&self, name: &str) {
+        self.eventually(30, &format!("{name} connected"), async || {
+            let url = format!("{}/api/v2/workers/{name}", self.base_url);
+            let body: Value = self.http.get(url).send().await.ok()?.json().await.ok()?;
+            body["workers"][0]["connected_to"].as_array().is_some_and(|c| !c.is_empty()).then_some(())
+        })
+        .await;
+    }
+
     /// Waits until a worker process has exited; fails the test after 30 s.
     pub async fn wait_for_worker_exit(&mut self, name: &str) {
         let deadline = Instant::now() + Duration::from_secs(30);

@@ -23,13 +23,7 @@ async fn collapsing_keeps_the_newest_request_of_each_branch_and_priorities_order
     let mut stack = TestStack::new(yaml, &["collapsing", "ordered"]).await;
     stack.start_masters_behind_haproxy().await;
     stack.start_worker("w2");
-    stack
-        .eventually(30, "w2 connected", async || {
-            let body: Value =
-                stack.http.get(format!("{}/api/v2/workers/w2", stack.base_url)).send().await.ok()?.json().await.ok()?;
-            body["workers"][0]["connected_to"].as_array().is_some_and(|c| !c.is_empty()).then_some(())
-        })
-        .await;
+    stack.wait_for_worker_connected("w2").await;
     worker_rpc(&stack, "w2", "pause").await;
 
     let main: Vec<i64> = {
@@ -206,13 +200,7 @@ async fn a_worker_in_its_downtime_window_takes_nothing_until_the_window_is_gone(
     std::fs::write(&stack.settings_path, &with_window).unwrap();
     stack.start_masters_behind_haproxy().await;
     stack.start_worker("w2");
-    stack
-        .eventually(30, "w2 connected", async || {
-            let body: Value =
-                stack.http.get(format!("{}/api/v2/workers/w2", stack.base_url)).send().await.ok()?.json().await.ok()?;
-            body["workers"][0]["connected_to"].as_array().is_some_and(|c| !c.is_empty()).then_some(())
-        })
-        .await;
+    stack.wait_for_worker_connected("w2").await;
     let request = force(&stack, "nightly-only", json!({})).await;
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     let builds = stack.get(&format!("/api/v2/builds?buildrequestid={request}")).await;
