@@ -40,3 +40,40 @@ pub fn traceparent_of(properties: &lapin::BasicProperties) -> Option<String> {
         _ => None,
     }
 }
+
+/// The wait between attempts to reconnect: doubling from 200 ms to 10 s,
+/// each with up to half again of jitter, so masters and workers that lost
+/// the broker together do not all come back at the same instant.
+#[derive(Debug)]
+pub struct Backoff {
+    delay: std::time::Duration,
+}
+
+impl Backoff {
+    const FIRST: std::time::Duration = std::time::Duration::from_millis(200);
+    const LAST: std::time::Duration = std::time::Duration::from_secs(10);
+
+    pub fn new() -> Backoff {
+        Backoff { delay: Self::FIRST }
+    }
+
+    /// After a connection that worked: the next wait is short again.
+    pub fn reset(&mut self) {
+        self.delay = Self::FIRST;
+    }
+
+    /// How long to wait before the next attempt.
+    pub fn next_wait(&mut self) -> std::time::Duration {
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
+        let wait = self.delay + self.delay.mul_f64(f64::from(nanos % 1000) / 2000.0);
+        self.delay = (self.delay * 2).min(Self::LAST);
+        wait
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -5,6 +5,7 @@
 
 pub mod amqp;
 pub mod config;
+pub mod ids;
 pub mod model;
 pub mod names;
 pub mod telemetry;

@@ -2,7 +2,11 @@
 //! results combine into a build result. Codes and ordering are Buildbot's, so
 //! API clients written for Buildbot read them unchanged.
 
-use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::de;
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// The outcome of a step, a build or a build request, with Buildbot's codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -105,6 +109,49 @@ pub fn halts_build(step: Results, flags: StepFlags) -> bool {
         Results::Exception | Results::Cancelled | Results::Retry => true,
         _ => false,
     }
+}
+
+/// A map of exit codes to results (`decode_rc`). Exit codes are integers in
+/// YAML but strings once a step travels as JSON (whose keys are strings);
+/// both are read.
+pub fn deserialize_exit_codes<'de, D: Deserializer<'de>>(deserializer: D) -> Result<BTreeMap<i32, Results>, D::Error> {
+    #[derive(PartialEq, Eq, PartialOrd, Ord)]
+    struct ExitCode(i32);
+
+    impl<'de> Deserialize<'de> for ExitCode {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct ExitCodeVisitor;
+
+            impl de::Visitor<'_> for ExitCodeVisitor {
+                type Value = ExitCode;
+
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("an exit code (a whole number)")
+                }
+
+                fn visit_i64<E: de::Error>(self, value: i64) -> Result<ExitCode, E> {
+                    i32::try_from(value)
+                        .map(ExitCode)
+                        .map_err(|_| E::custom(format!("exit code {value} is out of range")))
+                }
+
+                fn visit_u64<E: de::Error>(self, value: u64) -> Result<ExitCode, E> {
+                    i32::try_from(value)
+                        .map(ExitCode)
+                        .map_err(|_| E::custom(format!("exit code {value} is out of range")))
+                }
+
+                fn visit_str<E: de::Error>(self, value: &str) -> Result<ExitCode, E> {
+                    value.parse().map(ExitCode).map_err(|_| E::custom(format!("`{value}` is not an exit code")))
+                }
+            }
+
+            deserializer.deserialize_any(ExitCodeVisitor)
+        }
+    }
+
+    let codes = BTreeMap::<ExitCode, Results>::deserialize(deserializer);
+    Ok(codes?.into_iter().map(|(code, results)| (code.0, results)).collect())
 }
 
 #[cfg(test)]

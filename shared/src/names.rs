@@ -26,6 +26,8 @@
 //! Accounts: a worker's own RabbitMQ user and Redis ACL user are both
 //! `{ns}.worker.{worker}`; `worker_permissions` says what it may touch.
 
+use crate::ids::BuildId;
+
 /// A validated namespace prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Namespace(String);
@@ -81,7 +83,7 @@ impl Namespace {
     }
 
     /// The Redis stream holding one log of one step while it is written.
-    pub fn log_stream_key(&self, worker: &str, build_id: i64, step_number: i32, log_slug: &str) -> String {
+    pub fn log_stream_key(&self, worker: &str, build_id: BuildId, step_number: i32, log_slug: &str) -> String {
         format!("{}:worker:{worker}:log:{build_id}:{step_number}:{log_slug}", self.0)
     }
 
@@ -110,12 +112,6 @@ impl Namespace {
     /// hold no `.`, so no other namespace's accounts share it).
     pub fn worker_account_prefix(&self) -> String {
         format!("{}.worker.", self.0)
-    }
-
-    /// The worker that `account` belongs to, if it is a worker account of
-    /// this namespace.
-    pub fn worker_of_account<'a>(&self, account: &'a str) -> Option<&'a str> {
-        account.strip_prefix(&self.worker_account_prefix()).filter(|worker| !worker.is_empty())
     }
 
     /// A worker account's RabbitMQ permissions (regular expressions over

@@ -6,6 +6,13 @@
 //! Events are snapshots, not deltas: each says everything its sender knows
 //! about what it reports, so masters record them correctly in any order and
 //! any number of times.
+//!
+//! These types are the wire's own, not the configuration's: a step travels
+//! as [`Step`], made from `config::StepSpec` by the master at the claim.
+//! While a rolling upgrade is under way, masters and workers of two
+//! neighbouring versions talk, so every reader here ignores fields it does
+//! not know, and a field a reader may miss has a default. ARCHITECTURE.md
+//! ("Changing the wire") says what a change must do to keep that true.
 
 use std::collections::BTreeMap;
 
@@ -14,10 +21,12 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::config::StepSpec;
-use crate::model::Results;
+use crate::ids::{BuildId, BuildRequestId, BuilderName, WorkerName};
+use crate::model::{Results, StepFlags};
 
-/// The version of this protocol; bumped on any incompatible change.
+/// The version of this protocol. Bumped only for a change that cannot
+/// follow the rules in ARCHITECTURE.md ("Changing the wire"): adding a
+/// field never bumps it.
 pub const WIRE_VERSION: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
@@ -55,7 +64,14 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Doorbell {
-    Ring { builder: String, buildrequest_id: i64 },
+    Ring {
+        builder: BuilderName,
+        /// Not read by workers of this version (the claim decides which
+        /// request runs); still sent, as workers of the previous version
+        /// require it.
+        #[serde(default)]
+        buildrequest_id: Option<BuildRequestId>,
+    },
 }
 
 /// Worker → masters, answered into the worker's reply queue.
@@ -65,20 +81,20 @@ pub enum RpcRequest {
     /// Sent at start: which builders should I serve? `info` (host, version,
     /// operating system) is shown to users as Buildbot's `workerinfo`.
     Hello {
-        worker: String,
+        worker: WorkerName,
         #[serde(default)]
         info: BTreeMap<String, String>,
     },
     /// Give me the best pending request of `builder`. Retrying with the same
     /// `claim_token` returns the same build, so a lost reply costs nothing.
-    Claim { worker: String, builder: String, claim_token: Uuid },
+    Claim { worker: WorkerName, builder: BuilderName, claim_token: Uuid },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum RpcReply {
     Welcome {
-        builders: Vec<String>,
+        builders: Vec<BuilderName>,
         max_builds: u32,
         heartbeat_seconds: u64,
         /// A paused worker keeps its connection and running builds but takes
@@ -101,13 +117,11 @@ pub enum RpcReply {
 /// Everything a worker needs to run one build; it never reads config itself.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BuildAssignment {
-    pub build_id: i64,
-    pub buildrequest_id: i64,
-    pub builder: String,
+    pub build_id: BuildId,
+    pub builder: BuilderName,
     pub number: i32,
-    pub worker: String,
-    pub properties: BTreeMap<String, serde_json::Value>,
-    pub steps: Vec<StepSpec>,
+    pub worker: WorkerName,
+    pub steps: Vec<Step>,
     /// The trace of the request (W3C traceparent): the build's span is its
     /// child.
     #[serde(default)]
@@ -118,6 +132,80 @@ pub struct BuildAssignment {
     /// The size cap of each log (settings' `builds.max_log_bytes`).
     #[serde(default)]
     pub max_log_bytes: Option<u64>,
+    /// Not read by workers of this version (properties are already put
+    /// into the steps); still sent, as workers of the previous version
+    /// require them.
+    #[serde(default)]
+    pub buildrequest_id: Option<BuildRequestId>,
+    #[serde(default)]
+    pub properties: BTreeMap<String, serde_json::Value>,
+}
+
+/// One step as a worker runs it: the configuration's step with the build's
+/// properties put in. Every option a worker of the previous version does
+/// not know must have a default here, and be safe to ignore there.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    pub name: String,
+    pub command: Command,
+    /// Extra environment variables; `%(secret:NAME)s` in a value is put in
+    /// by the worker from [`BuildAssignment::secrets`], `%%(` is a literal
+    /// `%(`.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Relative to the builder's directory on the worker.
+    pub workdir: String,
+    /// Seconds without output after which the step is killed.
+    pub timeout: u64,
+    /// Seconds of running after which the step is killed.
+    #[serde(default)]
+    pub max_time: Option<u64>,
+    /// Seconds between SIGTERM and SIGKILL.
+    pub kill_grace: u64,
+    pub halt_on_failure: bool,
+    pub flunk_on_failure: bool,
+    pub warn_on_failure: bool,
+    pub warn_on_warnings: bool,
+    pub always_run: bool,
+    /// Exit code to result; codes not listed are FAILURE.
+    #[serde(deserialize_with = "crate::model::deserialize_exit_codes")]
+    pub decode_rc: BTreeMap<i32, Results>,
+}
+
+impl Step {
+    pub fn flags(&self) -> StepFlags {
+        StepFlags {
+            halt_on_failure: self.halt_on_failure,
+            flunk_on_failure: self.flunk_on_failure,
+            warn_on_failure: self.warn_on_failure,
+            warn_on_warnings: self.warn_on_warnings,
+        }
+    }
+
+    /// The result an exit code means for this step.
+    pub fn result_for_exit_code(&self, code: i32) -> Results {
+        self.decode_rc.get(&code).copied().unwrap_or(Results::Failure)
+    }
+}
+
+/// How a step's command is run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Command {
+    /// Run directly, no shell.
+    Argv(Vec<String>),
+    /// Run by `/bin/sh -c`.
+    Shell(String),
+}
+
+impl Command {
+    /// The program and its arguments.
+    pub fn argv(&self) -> Vec<String> {
+        match self {
+            Command::Argv(argv) => argv.clone(),
+            Command::Shell(script) => vec!["/bin/sh".into(), "-c".into(), script.clone()],
+        }
+    }
 }
 
 /// Secret values by name; never printed by `Debug`.
@@ -136,21 +224,21 @@ impl std::fmt::Debug for SecretValues {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum WorkerEvent {
     StepStarted {
-        worker: String,
-        build_id: i64,
+        worker: WorkerName,
+        build_id: BuildId,
         seq: i64,
         step: StepRecord,
     },
     StepFinished {
-        worker: String,
-        build_id: i64,
+        worker: WorkerName,
+        build_id: BuildId,
         seq: i64,
         step: StepRecord,
     },
     /// Carries every step, so recording it alone completes the build.
     BuildFinished {
-        worker: String,
-        build_id: i64,
+        worker: WorkerName,
+        build_id: BuildId,
         seq: i64,
         results: Results,
         state_string: String,
@@ -159,15 +247,15 @@ pub enum WorkerEvent {
     },
     /// Extends the leases of the builds the worker is running.
     Heartbeat {
-        worker: String,
-        build_ids: Vec<i64>,
+        worker: WorkerName,
+        build_ids: Vec<BuildId>,
         sent_at: DateTime<Utc>,
     },
 }
 
 impl WorkerEvent {
     /// The build it is about; none for a heartbeat.
-    pub fn build_id(&self) -> Option<i64> {
+    pub fn build_id(&self) -> Option<BuildId> {
         match self {
             WorkerEvent::StepStarted { build_id, .. }
             | WorkerEvent::StepFinished { build_id, .. }
@@ -186,7 +274,7 @@ impl WorkerEvent {
         }
     }
 
-    pub fn worker(&self) -> &str {
+    pub fn worker(&self) -> &WorkerName {
         match self {
             WorkerEvent::StepStarted { worker, .. }
             | WorkerEvent::StepFinished { worker, .. }
@@ -224,7 +312,7 @@ pub struct LogRecord {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ControlMessage {
     StopBuild {
-        build_id: i64,
+        build_id: BuildId,
         reason: String,
     },
     /// Take no new builds while `paused`; running ones go on. Versions grow
@@ -242,7 +330,7 @@ pub enum ControlMessage {
     /// changed configuration: it consumes these builders' doorbells from
     /// now on.
     SetBuilders {
-        builders: Vec<String>,
+        builders: Vec<BuilderName>,
     },
 }
 
@@ -282,6 +370,44 @@ pub const STDIO_LOG: &str = "stdio";
 mod tests {
     use super::*;
 
+    fn step() -> Step {
+        Step {
+            name: "t".into(),
+            command: Command::Argv(vec!["x".into()]),
+            env: BTreeMap::new(),
+            workdir: "build".into(),
+            timeout: 60,
+            max_time: None,
+            kill_grace: 5,
+            halt_on_failure: false,
+            flunk_on_failure: true,
+            warn_on_failure: false,
+            warn_on_warnings: true,
+            always_run: false,
+            decode_rc: BTreeMap::from([(0, Results::Success), (5, Results::Warnings)]),
+        }
+    }
+
+    fn assignment(steps: Vec<Step>) -> BuildAssignment {
+        BuildAssignment {
+            build_id: BuildId(1),
+            builder: "b".into(),
+            number: 1,
+            worker: "w".into(),
+            steps,
+            traceparent: None,
+            secrets: SecretValues::default(),
+            max_log_bytes: None,
+            buildrequest_id: Some(BuildRequestId(1)),
+            properties: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn a_shell_string_runs_through_sh() {
+        assert_eq!(Command::Shell("echo hi".into()).argv(), ["/bin/sh", "-c", "echo hi"]);
+    }
+
     #[test]
     fn a_message_round_trips_through_its_envelope() {
         let request = RpcRequest::Claim { worker: "w1".into(), builder: "b".into(), claim_token: Uuid::new_v4() };
@@ -292,22 +418,18 @@ mod tests {
 
     #[test]
     fn integer_map_keys_survive_the_envelope() {
-        let step: crate::config::StepSpec =
-            serde_yaml::from_str("name: t\ncommand: [x]\ndecode_rc: {0: SUCCESS, 5: WARNINGS}").unwrap();
-        let assignment = BuildAssignment {
-            build_id: 1,
-            buildrequest_id: 1,
-            builder: "b".into(),
-            number: 1,
-            worker: "w".into(),
-            properties: BTreeMap::new(),
-            steps: vec![step],
-            traceparent: None,
-            secrets: SecretValues::default(),
-            max_log_bytes: None,
-        };
-        let reply = RpcReply::Claimed { build: assignment };
+        let reply = RpcReply::Claimed { build: assignment(vec![step()]) };
         assert_eq!(decode::<RpcReply>(&encode(&reply)).unwrap(), reply);
+    }
+
+    #[test]
+    fn fields_this_version_does_not_know_are_ignored() {
+        let mut value: serde_json::Value =
+            serde_json::from_slice(&encode(&RpcReply::Claimed { build: assignment(vec![step()]) })).unwrap();
+        value["build"]["steps"][0]["warning_pattern"] = "^warning:".into();
+        value["build"]["priority_class"] = "urgent".into();
+        let reply: RpcReply = decode(&serde_json::to_vec(&value).unwrap()).unwrap();
+        assert_eq!(reply, RpcReply::Claimed { build: assignment(vec![step()]) });
     }
 
     #[test]

@@ -96,7 +96,7 @@ proptest! {
         let step = wire::StepRecord {
             number, name, started_at: None, finished_at: None, results: None, state_string: state, logs: Vec::new(),
         };
-        let event = WorkerEvent::StepStarted { worker, build_id, seq, step };
+        let event = WorkerEvent::StepStarted { worker: worker.into(), build_id: shared::ids::BuildId(build_id), seq, step };
         prop_assert_eq!(wire::decode::<WorkerEvent>(&wire::encode(&event)).unwrap(), event);
     }
 }

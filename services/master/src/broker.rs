@@ -21,6 +21,7 @@ use lapin::message::Delivery;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
 use serde::Serialize;
+use shared::ids::{BuildRequestId, BuilderName, WorkerName};
 use shared::names::{EVENTS_ROUTING_KEY, Namespace, RPC_ROUTING_KEY};
 use shared::wire::{self, ControlMessage, Doorbell};
 use tokio::sync::{Semaphore, watch};
@@ -53,7 +54,7 @@ pub struct Broker {
     generation: watch::Sender<u64>,
     /// The builders whose queues must exist, declared again after a reconnection
     /// (the broker may have lost them).
-    builders: Mutex<Vec<String>>,
+    builders: Mutex<Vec<BuilderName>>,
 }
 
 struct Link {
@@ -83,10 +84,8 @@ impl Link {
     }
 }
 
-/// How often the link is checked, and the bounds of the reconnection backoff.
+/// How often the link is checked.
 const LINK_CHECK: Duration = Duration::from_millis(250);
-const FIRST_RETRY: Duration = Duration::from_millis(200);
-const LAST_RETRY: Duration = Duration::from_secs(10);
 
 impl Broker {
     pub async fn connect(url: &str, namespace: Namespace, connection_name: &str) -> Result<Broker, BrokerError> {
@@ -120,14 +119,14 @@ impl Broker {
     /// jitter, declares the topology again, and lets consumers start over.
     /// Meanwhile `/healthz` fails, so HAProxy sends requests elsewhere.
     pub async fn supervise(&self, shutdown: CancellationToken) {
-        let mut delay = FIRST_RETRY;
+        let mut backoff = shared::amqp::Backoff::new();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(LINK_CHECK) => {}
             }
             if self.is_connected() {
-                delay = FIRST_RETRY;
+                backoff.reset();
                 continue;
             }
             tracing::warn!("connection to RabbitMQ lost; reconnecting");
@@ -135,13 +134,12 @@ impl Broker {
                 match self.reconnect().await {
                     Ok(()) => break,
                     Err(error) => {
-                        let wait = with_jitter(delay);
+                        let wait = backoff.next_wait();
                         tracing::warn!(%error, retry_in_ms = wait.as_millis() as u64, "cannot reconnect to RabbitMQ");
                         tokio::select! {
                             _ = shutdown.cancelled() => return,
                             _ = tokio::time::sleep(wait) => {}
                         }
-                        delay = (delay * 2).min(LAST_RETRY);
                     }
                 }
             }
@@ -211,7 +209,7 @@ impl Broker {
     /// Declares every exchange and queue, including one durable queue per
     /// builder, and remembers them for reconnections. Idempotent; run at
     /// start and whenever builders change.
-    pub async fn declare_topology(&self, builders: &[String]) -> Result<(), BrokerError> {
+    pub async fn declare_topology(&self, builders: &[BuilderName]) -> Result<(), BrokerError> {
         *self.builders.lock().expect("builders lock poisoned") = builders.to_vec();
         declare(&self.link().connection, &self.namespace, builders).await
     }
@@ -221,8 +219,8 @@ impl Broker {
     /// continues the request's trace (`traceparent`, else the current span).
     pub async fn ring(
         &self,
-        builder: &str,
-        buildrequest_id: i64,
+        builder: &BuilderName,
+        buildrequest_id: BuildRequestId,
         traceparent: Option<&str>,
     ) -> Result<(), BrokerError> {
         let exchange = self.namespace.doorbell_exchange();
@@ -233,18 +231,18 @@ impl Broker {
             messaging.system = "rabbitmq",
             messaging.destination.name = %exchange,
             messaging.rabbitmq.destination.routing_key = %builder,
-            buildrequest.id = buildrequest_id,
+            buildrequest.id = %buildrequest_id,
         );
         shared::telemetry::continue_from(&span, traceparent);
-        let doorbell = Doorbell::Ring { builder: builder.to_owned(), buildrequest_id };
-        self.publish_confirmed(&exchange, builder, &doorbell).instrument(span).await
+        let doorbell = Doorbell::Ring { builder: builder.clone(), buildrequest_id: Some(buildrequest_id) };
+        self.publish_confirmed(&exchange, builder.as_str(), &doorbell).instrument(span).await
     }
 
     /// Sends a control message (e.g. stop a build) to one worker, through
     /// the default exchange into its control queue; a worker not connected
     /// has none, and the message is unroutable.
-    pub async fn send_control(&self, worker: &str, message: &ControlMessage) -> Result<(), BrokerError> {
-        self.publish_confirmed("", &self.namespace.worker_control_queue(worker), message).await
+    pub async fn send_control(&self, worker: &WorkerName, message: &ControlMessage) -> Result<(), BrokerError> {
+        self.publish_confirmed("", &self.namespace.worker_control_queue(worker.as_str()), message).await
     }
 
     async fn publish_confirmed<T: Serialize>(
@@ -297,7 +295,7 @@ impl Broker {
     }
 
     /// How many doorbells wait in a builder's queue.
-    pub async fn doorbells_waiting(&self, builder: &str) -> Result<u32, BrokerError> {
+    pub async fn doorbells_waiting(&self, builder: &BuilderName) -> Result<u32, BrokerError> {
         let channel = self.link().connection.create_channel().await?;
         let queue = channel
             .queue_declare(
@@ -316,15 +314,8 @@ impl Broker {
     }
 }
 
-/// Waits up to 1.5 times `delay`, so masters that lost the broker together
-/// do not all come back at the same instant.
-fn with_jitter(delay: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
-    delay + delay.mul_f64(f64::from(nanos % 1000) / 2000.0)
-}
-
 /// Declares the whole topology on `connection`.
-async fn declare(connection: &Connection, ns: &Namespace, builders: &[String]) -> Result<(), BrokerError> {
+async fn declare(connection: &Connection, ns: &Namespace, builders: &[BuilderName]) -> Result<(), BrokerError> {
     let channel = connection.create_channel().await?;
     let durable_exchange = ExchangeDeclareOptions { durable: true, ..Default::default() };
     for exchange in [ns.doorbell_exchange(), ns.rpc_exchange(), ns.events_exchange()] {

@@ -7,12 +7,16 @@ use std::sync::Arc;
 
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
+use std::collections::BTreeMap;
+
 use shared::config::interpolate::{self, Quoting};
 use shared::config::{BuilderConfig, StepCommand, StepSpec, WorkerSettings};
+use shared::ids::WorkerName;
 use shared::wire::{self, BuildAssignment, RpcReply, RpcRequest, SecretValues};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::live::Change;
 use crate::store::{Claim, StoreError};
 use crate::{Master, MasterError, RETRY_DELAY};
 
@@ -53,8 +57,8 @@ async fn handle_request(master: &Master, delivery: Delivery) {
     // Replies go only to the asking worker's own reply queue: a worker must
     // not make masters publish into queues it may not write itself.
     let worker = request_worker(&request);
-    if reply_to != master.namespace.worker_reply_queue(worker) {
-        tracing::warn!(worker.name = worker, %reply_to, "dead-lettering an RPC request whose reply_to is not its worker's");
+    if reply_to != master.namespace.worker_reply_queue(worker.as_str()) {
+        tracing::warn!(worker.name = %worker, %reply_to, "dead-lettering an RPC request whose reply_to is not its worker's");
         let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;
         return;
     }
@@ -71,7 +75,7 @@ async fn handle_request(master: &Master, delivery: Delivery) {
         otel.kind = "consumer",
         messaging.system = "rabbitmq",
         messaging.operation.type = "process",
-        worker.name = request_worker(&request),
+        worker.name = %request_worker(&request),
         rpc.kind = request_kind(&request),
     );
     shared::telemetry::continue_from(&span, shared::amqp::traceparent_of(&delivery.properties).as_deref());
@@ -96,7 +100,7 @@ async fn handle_request(master: &Master, delivery: Delivery) {
     .await
 }
 
-fn request_worker(request: &RpcRequest) -> &str {
+fn request_worker(request: &RpcRequest) -> &WorkerName {
     match request {
         RpcRequest::Hello { worker, .. } | RpcRequest::Claim { worker, .. } => worker,
     }
@@ -115,10 +119,9 @@ async fn answer(master: &Master, request: RpcRequest) -> Result<RpcReply, StoreE
     let config = &catalog.config;
     match request {
         RpcRequest::Hello { worker, info } => {
-            let is_local = Master::is_local_worker(&catalog, &worker);
-            let max_builds = match config.worker(&worker) {
+            let max_builds = match config.worker(worker.as_str()) {
                 Some(settings) => settings.max_builds,
-                None if is_local => config.settings.local_worker.max_builds,
+                None if catalog.is_local_worker(worker.as_str()) => config.settings.local_worker.max_builds,
                 None => {
                     return Ok(RpcReply::Refused {
                         reason: format!(
@@ -128,79 +131,69 @@ async fn answer(master: &Master, request: RpcRequest) -> Result<RpcReply, StoreE
                 }
             };
             let info = serde_json::to_value(&info).expect("strings serialize");
-            let (worker_id, paused, pause_version) = master.store.worker_hello(&worker, &info).await?;
+            let (worker_id, paused, pause_version) = master.store.worker_hello(worker.as_str(), &info).await?;
             // A downtime window pauses it too (see `downtime.rs`).
-            let paused = paused || config.worker(&worker).is_some_and(|w| w.in_downtime(chrono::Utc::now()));
+            let paused = paused || config.worker(worker.as_str()).is_some_and(|w| w.in_downtime(chrono::Utc::now()));
             master.remember_worker(&worker, worker_id);
-            let builders = config.builders_for_worker(&worker, is_local).into_iter().map(|b| b.name.clone()).collect();
+            let builders = catalog.builders_for_worker(worker.as_str()).into_iter().map(|b| b.name.clone()).collect();
             tracing::info!(worker.name = %worker, "worker said hello");
             let heartbeat_seconds = config.settings.builds.heartbeat_seconds;
-            crate::live::publish_worker(master, worker_id, "connected").await;
+            master.live.send(Change::Worker(worker_id, "connected"));
             Ok(RpcReply::Welcome { builders, max_builds, heartbeat_seconds, paused, pause_version })
         }
         RpcRequest::Claim { worker, builder, claim_token } => {
-            let is_local = Master::is_local_worker(&catalog, &worker);
-            let Some((builder_config, builder_id)) = catalog.builder(&builder) else {
+            let Some((builder_config, builder_id)) = catalog.builder(builder.as_str()) else {
                 return Ok(RpcReply::Refused { reason: format!("builder `{builder}` is not configured any more") });
             };
-            if !config.may_run(builder_config, &worker, is_local) {
+            if !config.may_run(builder_config, worker.as_str(), catalog.is_local_worker(worker.as_str())) {
                 return Ok(RpcReply::Refused { reason: format!("worker `{worker}` may not run builder `{builder}`") });
             }
-            if config.worker(&worker).is_some_and(|w| w.in_downtime(chrono::Utc::now())) {
+            let worker_settings = config.worker(worker.as_str());
+            if worker_settings.is_some_and(|w| w.in_downtime(chrono::Utc::now())) {
                 return Ok(RpcReply::NothingPending);
             }
             let worker_id = master.worker_id(&worker).await?;
             let claim = Claim {
                 builder_id,
-                builder_name: &builder,
+                builder_name: builder.as_str(),
                 worker_id,
-                worker_name: &worker,
+                worker_name: worker.as_str(),
                 master_id: master.id,
                 claim_token,
                 lease_seconds: config.settings.builds.lease_seconds,
-                configured_properties: &configured_properties(builder_config, config.worker(&worker)),
+                configured_properties: &configured_properties(builder_config, worker_settings),
             };
-            let claimed = master.store.claim(&claim).await?;
-            let Some(claimed) = claimed else {
+            let Some(claimed) = master.store.claim(&claim).await? else {
                 return Ok(RpcReply::NothingPending);
             };
-            tracing::info!(build.id = claimed.id, build.number = claimed.number, builder.name = %builder, worker.name = %worker, "build claimed");
+            tracing::info!(build.id = %claimed.id, build.number = claimed.number, builder.name = %builder, worker.name = %worker, "build claimed");
             let waited = (chrono::Utc::now() - claimed.submitted_at).to_std().unwrap_or_default();
-            master.metrics.build_started(&builder, waited);
-            crate::live::publish_build(master, claimed.id, "new").await;
-            crate::live::publish_request(master, claimed.buildrequest_id, "claimed").await;
-            let properties = match claimed.properties.clone() {
-                serde_json::Value::Object(map) => map
-                    .into_iter()
-                    .map(|(name, value)| match value {
-                        serde_json::Value::Array(mut pair) if pair.len() == 2 => (name, pair.swap_remove(0)),
-                        other => (name, other),
-                    })
-                    .collect(),
-                _ => Default::default(),
-            };
+            master.metrics.build_started(builder.as_str(), waited);
+            master.live.send(Change::Build(claimed.id, "new"));
+            master.live.send(Change::Request(claimed.buildrequest_id, "claimed"));
             let template = &config.factory_of(builder_config).steps;
-            let steps = with_properties(template, &claimed.properties);
+            let steps = steps_for_build(template, &claimed.properties);
             // Only the secrets this build's steps use travel to the worker,
             // as the configuration names them (never as a property does).
             let secrets = template
                 .iter()
                 .flat_map(|step| step.env.values())
-                .flat_map(|value| shared::config::secret_references(value))
+                .flat_map(|value| interpolate::secret_names(value))
                 .filter_map(|name| Some((name.to_owned(), config.settings.secrets.get(name)?.expose().to_owned())))
                 .collect();
             Ok(RpcReply::Claimed {
                 build: BuildAssignment {
                     build_id: claimed.id,
-                    buildrequest_id: claimed.buildrequest_id,
                     builder,
                     number: claimed.number,
                     worker,
-                    properties,
                     steps,
                     traceparent: claimed.traceparent,
                     secrets: SecretValues(secrets),
                     max_log_bytes: config.settings.builds.max_log_bytes,
+                    // For workers of the previous version, which require them.
+                    buildrequest_id: Some(claimed.buildrequest_id),
+                    properties: bare_values(&claimed.properties),
                 },
             })
         }
@@ -221,31 +214,55 @@ fn configured_properties(builder: &BuilderConfig, worker: Option<&WorkerSettings
     serde_json::Value::Object(properties)
 }
 
-/// The steps as this build runs them: its properties put into commands,
-/// environments and working directories (`%(prop:NAME)s`).
-fn with_properties(steps: &[StepSpec], properties: &serde_json::Value) -> Vec<StepSpec> {
+/// Properties without their sources (`{"name": value}`).
+fn bare_values(properties: &serde_json::Value) -> BTreeMap<String, serde_json::Value> {
+    let Some(properties) = properties.as_object() else { return BTreeMap::new() };
+    properties
+        .iter()
+        .map(|(name, value)| match value {
+            serde_json::Value::Array(pair) if pair.len() == 2 => (name.clone(), pair[0].clone()),
+            other => (name.clone(), other.clone()),
+        })
+        .collect()
+}
+
+/// The steps as this build runs them, as the wire carries them: its
+/// properties put into commands, environments and working directories
+/// (`%(prop:NAME)s`).
+fn steps_for_build(steps: &[StepSpec], properties: &serde_json::Value) -> Vec<wire::Step> {
     let empty = serde_json::Map::new();
     let properties = properties.as_object().unwrap_or(&empty);
     let put = |text: &str, quoting| interpolate::properties(text, properties, quoting);
     steps
         .iter()
         .map(|step| {
-            let mut step = step.clone();
-            for value in step.env.values_mut() {
-                *value = put(value, Quoting::Env);
-            }
-            step.command = match &step.command {
+            let mut env: BTreeMap<String, String> =
+                step.env.iter().map(|(name, value)| (name.clone(), put(value, Quoting::Env))).collect();
+            let command = match &step.command {
                 StepCommand::Argv(argv) => {
-                    StepCommand::Argv(argv.iter().map(|word| put(word, Quoting::None)).collect())
+                    wire::Command::Argv(argv.iter().map(|word| put(word, Quoting::None)).collect())
                 }
                 StepCommand::Shell(script) => {
                     let (script, variables) = interpolate::shell(script, properties);
-                    step.env.extend(variables);
-                    StepCommand::Shell(script)
+                    env.extend(variables);
+                    wire::Command::Shell(script)
                 }
             };
-            step.workdir = put(&step.workdir, Quoting::None);
-            step
+            wire::Step {
+                name: step.name.clone(),
+                command,
+                env,
+                workdir: put(&step.workdir, Quoting::None),
+                timeout: step.timeout,
+                max_time: step.max_time,
+                kill_grace: step.kill_grace,
+                halt_on_failure: step.halt_on_failure,
+                flunk_on_failure: step.flunk_on_failure,
+                warn_on_failure: step.warn_on_failure,
+                warn_on_warnings: step.warn_on_warnings,
+                always_run: step.always_run,
+                decode_rc: step.decode_rc.clone(),
+            }
         })
         .collect()
 }

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use shared::ids::WorkerName;
 use shared::wire::ControlMessage;
 use tokio_util::sync::CancellationToken;
 
@@ -18,7 +19,7 @@ use crate::{Master, MasterError};
 
 pub async fn watch(master: Arc<Master>, shutdown: CancellationToken) -> Result<(), MasterError> {
     // What each worker's windows said at the last look.
-    let mut down: HashMap<String, bool> = HashMap::new();
+    let mut down: HashMap<WorkerName, bool> = HashMap::new();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
@@ -41,7 +42,7 @@ pub async fn watch(master: Arc<Master>, shutdown: CancellationToken) -> Result<(
     }
 }
 
-async fn tell(master: &Master, worker: &str, down: bool) -> Result<(), MasterError> {
+async fn tell(master: &Master, worker: &WorkerName, down: bool) -> Result<(), MasterError> {
     let Some((paused, version)) = master.store.bump_pause_version(worker).await? else {
         // Never connected: it learns its state at its hello.
         return Ok(());

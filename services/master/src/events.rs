@@ -13,7 +13,7 @@ use shared::wire::{self, WorkerEvent};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::live;
+use crate::live::Change;
 use crate::logs::{self, LogError};
 use crate::store::{RecordError, Recorded, Store, StoreError};
 use crate::{Master, MasterError, RETRY_DELAY};
@@ -78,8 +78,8 @@ async fn handle_event(master: &Master, delivery: Delivery) {
         otel.kind = "consumer",
         messaging.system = "rabbitmq",
         messaging.operation.type = "process",
-        worker.name = event.worker(),
-        build.id = event.build_id(),
+        worker.name = %event.worker(),
+        build.id = event.build_id().map(|id| id.0),
         event.kind = event.kind(),
     );
     shared::telemetry::continue_from(&span, shared::amqp::traceparent_of(&delivery.properties).as_deref());
@@ -90,12 +90,12 @@ async fn handle_event(master: &Master, delivery: Delivery) {
         }
         Err(EventError::Record(RecordError::Rejected(error))) => {
             master.metrics.event("dead_lettered");
-            tracing::warn!(%error, worker.name = event.worker(), "dead-lettering an event that cannot be recorded");
+            tracing::warn!(%error, worker.name = %event.worker(), "dead-lettering an event that cannot be recorded");
             let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;
         }
         Err(error) => {
             master.metrics.event("retried");
-            tracing::warn!(%error, worker.name = event.worker(), "could not record an event now; it will be retried");
+            tracing::warn!(%error, worker.name = %event.worker(), "could not record an event now; it will be retried");
             tokio::time::sleep(RETRY_DELAY).await;
             let _ = delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
         }
@@ -106,7 +106,7 @@ async fn record(master: &Master, event: &WorkerEvent) -> Result<Recorded, EventE
     let lease_seconds = master.catalog().config.settings.builds.lease_seconds;
     match event {
         WorkerEvent::Heartbeat { worker, build_ids, .. } => {
-            master.store.heartbeat(worker, build_ids, lease_seconds).await?;
+            master.store.heartbeat(worker.as_str(), build_ids, lease_seconds).await?;
             Ok(Recorded::Applied)
         }
         WorkerEvent::StepStarted { worker, build_id, seq, step } => {
@@ -117,17 +117,18 @@ async fn record(master: &Master, event: &WorkerEvent) -> Result<Recorded, EventE
             Store::set_build_state(&mut tx, *build_id, &step.name).await?;
             tx.commit().await?;
             if step.number == 0 {
-                // The first step runs: the request is dispatched.
-                // For the metrics only: a failure here must not undo the
-                // recorded event.
-                if let Ok(Some((builder, accepted))) = master.store.build_origin(*build_id).await {
+                // The first step runs: the request is dispatched. For the
+                // metrics only: a failure here must not undo the event.
+                if let Ok(Some((builder_id, accepted))) = master.store.build_origin(*build_id).await
+                    && let Some(builder) = master.catalog().builder_name(builder_id)
+                {
                     let since = (chrono::Utc::now() - accepted).to_std().unwrap_or_default();
-                    master.metrics.first_step_running(&builder, since);
+                    master.metrics.first_step_running(builder.as_str(), since);
                 }
             }
-            live::publish_step(master, step_id, "started").await;
+            master.live.send(Change::Step(step_id, "started"));
             for log in log_rows {
-                live::publish_log(master, log.id, "new").await;
+                master.live.send(Change::Log(log.id, "new"));
             }
             Ok(Recorded::Applied)
         }
@@ -144,7 +145,7 @@ async fn record(master: &Master, event: &WorkerEvent) -> Result<Recorded, EventE
                 if row.complete {
                     continue;
                 }
-                let key = master.namespace.log_stream_key(worker, *build_id, step.number, &record.slug);
+                let key = master.namespace.log_stream_key(worker.as_str(), *build_id, step.number, &record.slug);
                 archived_sizes.push(logs::archive(&mut redis, &mut tx, row.id, &key, record.chunks).await?);
                 archived_keys.push(key);
                 archived_logs.push(row.id);
@@ -162,10 +163,10 @@ async fn record(master: &Master, event: &WorkerEvent) -> Result<Recorded, EventE
                     tracing::warn!(%error, redis.key = %key, "could not set the expiry of an archived log stream");
                 }
             }
-            tracing::debug!(build.id = build_id, step.number = step.number, "step finished and archived");
-            live::publish_step(master, step_id, "finished").await;
+            tracing::debug!(build.id = %build_id, step.number = step.number, "step finished and archived");
+            master.live.send(Change::Step(step_id, "finished"));
             for log_id in archived_logs {
-                live::publish_log(master, log_id, "finished").await;
+                master.live.send(Change::Log(log_id, "finished"));
             }
             Ok(Recorded::Applied)
         }
@@ -176,18 +177,15 @@ async fn record(master: &Master, event: &WorkerEvent) -> Result<Recorded, EventE
             for step in steps {
                 Store::upsert_step(&mut tx, *build_id, step).await?;
             }
-            Store::finish_build(&mut tx, *build_id, *results, state_string, *finished_at).await?;
+            let finished = Store::finish_build(&mut tx, *build_id, *results, state_string, *finished_at).await?;
             tx.commit().await?;
-            tracing::info!(build.id = build_id, worker.name = %worker, build.results = %results, "build finished");
-            // The build as just published names its builder: no second read
-            // for the metrics.
-            if let Some(build) = live::publish_build(master, *build_id, "finished").await {
-                if let Some(builder) = master.builder_name_of(&build) {
-                    master.metrics.build_finished(&builder, results.name());
+            tracing::info!(build.id = %build_id, worker.name = %worker, build.results = %results, "build finished");
+            if let Some(finished) = finished {
+                if let Some(builder) = master.catalog().builder_name(finished.builder_id) {
+                    master.metrics.build_finished(builder.as_str(), results.name());
                 }
-                if let Some(request_id) = build.get("buildrequestid").and_then(serde_json::Value::as_i64) {
-                    live::publish_request(master, request_id, "complete").await;
-                }
+                master.live.send(Change::Build(*build_id, "finished"));
+                master.live.send(Change::Request(finished.buildrequest_id, "complete"));
             }
             Ok(Recorded::Applied)
         }

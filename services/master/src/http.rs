@@ -1,5 +1,8 @@
-//! The HTTP face of a master: health for HAProxy, Buildbot's data API v2
-//! (`/api/v2`), its live events (`/ws`) and an OpenAPI description of it.
+//! The HTTP face of a master, and the edge of its layers: health for
+//! HAProxy, Buildbot's data API v2 (`/api/v2`), its live events (`/ws`),
+//! an OpenAPI description of it, GitHub's webhook and the web UI (`web`).
+//! Handlers turn requests into calls of the domain modules below and their
+//! errors into answers (`error`); nothing below imports this module.
 //!
 //! Responses use Buildbot's envelope (`{"builds": [...], "meta": {"total": n}}`),
 //! field names, epoch-second times and result codes, so scripts written for
@@ -11,10 +14,12 @@
 pub mod auth;
 mod control;
 mod error;
-pub(crate) mod github;
+mod github;
 mod openapi;
 pub mod query;
-pub(crate) mod reads;
+mod reads;
+mod web;
+mod ws;
 
 use std::sync::Arc;
 
@@ -162,13 +167,13 @@ pub fn router(master: Arc<Master>) -> Router {
     let mut router = Router::new()
         .route("/healthz", get(get_health))
         .route("/metrics", get(get_metrics))
-        .route("/ws", get(crate::live::websocket))
+        .route("/ws", get(ws::websocket))
         .route("/api/v2/openapi.json", get(get_openapi))
         .route("/auth/login", axum::routing::post(auth::login))
         .route("/auth/logout", axum::routing::post(auth::logout))
         .route("/auth/me", get(auth::me))
         .route("/change_hook/github", axum::routing::post(github::hook))
-        .merge(crate::web::routes());
+        .merge(web::routes());
     for (doc, handlers) in api() {
         router = router.route(doc.path, handlers);
     }
@@ -269,17 +274,6 @@ async fn get_health(State(master): State<AppState>) -> Response {
 }
 
 // --- shared by the handlers -------------------------------------------------
-
-/// `text` as one URL path segment (a builder's name in a page's link, a
-/// vhost in RabbitMQ's API): everything but unreserved characters escaped.
-pub fn path_segment(text: &str) -> String {
-    text.bytes()
-        .map(|byte| match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (byte as char).to_string(),
-            _ => format!("%{byte:02X}"),
-        })
-        .collect()
-}
 
 fn parse_id<T: std::str::FromStr>(what: &str, text: &str) -> ApiResult<T> {
     text.parse().map_err(|_| ApiError::BadRequest(format!("{what} must be a number, got `{text}`")))

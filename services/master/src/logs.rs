@@ -13,6 +13,7 @@ use std::time::Duration;
 use futures_util::stream::BoxStream;
 use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
 use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
+use shared::ids::LogId;
 use shared::names::{LOG_FIELD_CHANNEL, LOG_FIELD_DATA};
 use shared::wire::LogChannel;
 use sqlx::{Postgres, Transaction};
@@ -37,7 +38,7 @@ pub enum LogError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("archived chunk of log {log_id} is corrupt: {reason}")]
-    CorruptChunk { log_id: i64, reason: String },
+    CorruptChunk { log_id: LogId, reason: String },
 }
 
 /// One piece of a log as the worker wrote it.
@@ -185,11 +186,11 @@ impl ChunkBuilder {
 /// Copies a finished log from its Redis stream into Postgres inside the
 /// caller's transaction, after checking that every entry its worker wrote
 /// (`expected_entries`) is there. Returns the printed bytes and the lines.
-#[tracing::instrument(name = "archive", skip_all, fields(otel.name = "archive log", log.id = log_id))]
+#[tracing::instrument(name = "archive", skip_all, fields(otel.name = "archive log", log.id = %log_id))]
 pub async fn archive(
     redis: &mut ConnectionManager,
     tx: &mut Transaction<'static, Postgres>,
-    log_id: i64,
+    log_id: LogId,
     key: &str,
     expected_entries: u64,
 ) -> Result<(u64, u64), LogError> {
@@ -218,7 +219,7 @@ pub async fn archive(
         // Waiting would not bring the entries back: archive what exists and
         // say so in the log itself, where its readers will see it.
         let lost = LogError::Incomplete { key: key.to_owned(), found, expected: expected_entries };
-        tracing::warn!(error = %lost, log.id = log_id, "archiving an incomplete log");
+        tracing::warn!(error = %lost, log.id = %log_id, "archiving an incomplete log");
         let marker = format!("\n[buildmaster: {lost}]\n");
         builder.push(&LogRecord { channel: LogChannel::Header, data: marker.into_bytes() });
     }
@@ -230,7 +231,7 @@ pub async fn archive(
 }
 
 /// Splits an archived chunk back into its records.
-pub fn decode_chunk(log_id: i64, content: &[u8]) -> Result<Vec<LogRecord>, LogError> {
+pub fn decode_chunk(log_id: LogId, content: &[u8]) -> Result<Vec<LogRecord>, LogError> {
     let corrupt = |reason: String| LogError::CorruptChunk { log_id, reason };
     let raw = zstd::stream::decode_all(content).map_err(|e| corrupt(e.to_string()))?;
     let mut records = Vec::new();
@@ -255,7 +256,7 @@ pub fn decode_chunk(log_id: i64, content: &[u8]) -> Result<Vec<LogRecord>, LogEr
 pub fn raw_bytes(
     store: &Store,
     redis: ConnectionManager,
-    log_id: i64,
+    log_id: LogId,
     archived: bool,
     stream_key: String,
 ) -> BoxStream<'static, Result<Vec<u8>, LogError>> {
@@ -301,7 +302,7 @@ const FOLLOW_BLOCK: Duration = Duration::from_millis(500);
 pub fn follow(
     store: Store,
     live: MultiplexedConnection,
-    log_id: i64,
+    log_id: LogId,
     stream_key: String,
 ) -> BoxStream<'static, Result<Vec<u8>, LogError>> {
     follow_records(store, live, log_id, stream_key)
@@ -316,7 +317,7 @@ pub fn follow(
 pub fn follow_lines(
     store: Store,
     live: MultiplexedConnection,
-    log_id: i64,
+    log_id: LogId,
     stream_key: String,
     offset: i64,
     with_channels: bool,
@@ -377,7 +378,7 @@ pub async fn live_line_count(redis: &mut ConnectionManager, stream_key: &str) ->
 fn follow_records(
     store: Store,
     live: MultiplexedConnection,
-    log_id: i64,
+    log_id: LogId,
     stream_key: String,
 ) -> BoxStream<'static, Result<Vec<LogRecord>, LogError>> {
     let follower = Follower { store, live, log_id, key: stream_key, after: "0-0".into(), sent: 0, phase: Phase::Live };
@@ -390,7 +391,7 @@ fn follow_records(
 struct Follower {
     store: Store,
     live: MultiplexedConnection,
-    log_id: i64,
+    log_id: LogId,
     key: String,
     /// Id of the last stream entry delivered.
     after: String,
@@ -495,7 +496,7 @@ pub struct LogLine {
 pub async fn lines(
     store: &Store,
     mut redis: ConnectionManager,
-    log_id: i64,
+    log_id: LogId,
     archived: bool,
     stream_key: String,
     offset: i64,
@@ -626,7 +627,7 @@ mod tests {
         let chunk = builder.take().unwrap();
         assert_eq!(chunk.num_lines, 4, "`$ make`, `one`, `two`, `three`");
         assert_eq!(builder.total_bytes, 13, "headers are not counted as printed bytes");
-        let records = decode_chunk(1, &chunk.content).unwrap();
+        let records = decode_chunk(LogId(1), &chunk.content).unwrap();
         assert_eq!(printed_bytes(records), b"one\ntwo\nthree");
     }
 

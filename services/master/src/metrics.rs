@@ -206,15 +206,16 @@ pub async fn render(master: &Master) -> String {
         }
         Err(error) => tracing::warn!(%error, "metrics: cannot count pending requests"),
     }
-    let builders: Vec<&str> = catalog.config.master.builders.iter().map(|b| b.name.as_str()).collect();
-    let depths = futures_util::future::join_all(builders.iter().map(|b| master.broker.doorbells_waiting(b))).await;
+    let builders = &catalog.config.master.builders;
+    let depths =
+        futures_util::future::join_all(builders.iter().map(|b| master.broker.doorbells_waiting(&b.name))).await;
     metrics.doorbells_waiting.reset();
     for (builder, depth) in builders.iter().zip(depths) {
         if let Ok(depth) = depth {
-            metrics.doorbells_waiting.with_label_values(&[*builder]).set(i64::from(depth));
+            metrics.doorbells_waiting.with_label_values(&[builder.name.as_str()]).set(i64::from(depth));
         }
     }
-    let workers: Vec<String> = catalog.config.settings.workers.iter().map(|w| w.name.clone()).collect();
+    let workers: Vec<_> = catalog.config.settings.workers.iter().map(|w| w.name.clone()).collect();
     if !workers.is_empty() {
         let mut pipe = redis::pipe();
         for worker in &workers {

@@ -9,8 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shared::config::BuildSettings;
+use shared::ids::BuilderId;
+use shared::model::Results;
 use tokio_util::sync::CancellationToken;
 
+use crate::live::Change;
 use crate::store::DueRequest;
 use crate::{Master, MasterError};
 
@@ -40,10 +43,11 @@ async fn reconcile_once(master: &Master, builds: &BuildSettings) -> Result<(), M
     if master.broker.connected_for().is_some_and(|up| up >= lease) {
         let expired = master.store.expire_leases(BATCH, builds.max_retries).await?;
         master.metrics.reconciled("lease_expired", expired.builds.len() as u64);
-        for build_id in &expired.builds {
-            let published = crate::live::publish_build(master, *build_id, "finished").await;
-            if let Some(builder) = published.as_ref().and_then(|build| master.builder_name_of(build)) {
-                master.metrics.build_finished(&builder, shared::model::Results::Retry.name());
+        let catalog = master.catalog();
+        for (build_id, builder_id) in &expired.builds {
+            master.live.send(Change::Build(*build_id, "finished"));
+            if let Some(builder) = catalog.builder_name(*builder_id) {
+                master.metrics.build_finished(builder.as_str(), Results::Retry.name());
             }
         }
         let requeued = expired.requeued;
@@ -63,19 +67,14 @@ async fn reconcile_once(master: &Master, builds: &BuildSettings) -> Result<(), M
 /// still holds doorbells is skipped: its workers are busy or absent, and more
 /// doorbells would only pile up.
 async fn ring(master: &Master, requests: Vec<DueRequest>, always: bool) {
-    let names = match master.store.builder_names().await {
-        Ok(names) => names,
-        Err(error) => {
-            tracing::warn!(%error, "cannot read builder names to ring doorbells");
-            return;
-        }
-    };
-    let mut by_builder: BTreeMap<i32, Vec<DueRequest>> = BTreeMap::new();
+    let catalog = master.catalog();
+    let mut by_builder: BTreeMap<BuilderId, Vec<DueRequest>> = BTreeMap::new();
     for request in requests {
         by_builder.entry(request.builder_id).or_default().push(request);
     }
     for (builder_id, requests) in by_builder {
-        let Some(builder) = names.get(&builder_id) else {
+        // A builder no longer configured has no worker to ring for.
+        let Some(builder) = catalog.builder_name(builder_id) else {
             continue;
         };
         if !always {
@@ -92,10 +91,10 @@ async fn ring(master: &Master, requests: Vec<DueRequest>, always: bool) {
             match master.broker.ring(builder, request_id, traceparent.as_deref()).await {
                 Ok(()) => {
                     master.metrics.reconciled("doorbell_rung", 1);
-                    tracing::info!(buildrequest.id = request_id, builder.name = %builder, "doorbell rung again")
+                    tracing::info!(buildrequest.id = %request_id, builder.name = %builder, "doorbell rung again")
                 }
                 Err(error) => {
-                    tracing::warn!(%error, buildrequest.id = request_id, builder.name = %builder, "cannot ring the doorbell");
+                    tracing::warn!(%error, buildrequest.id = %request_id, builder.name = %builder, "cannot ring the doorbell");
                     let _ = master.store.mark_unannounced(&[request_id]).await;
                 }
             }

@@ -17,9 +17,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::json;
 use shared::config::SchedulerConfig;
+use shared::ids::BuilderName;
 use tokio_util::sync::CancellationToken;
 
-use crate::http::github::{ChangeFacts, change_buildset};
+use crate::changes::{self, Change};
 use crate::store::{NewBuildset, NewRequest};
 use crate::{Master, MasterError};
 
@@ -81,26 +82,28 @@ async fn build_stable_changes(master: &Arc<Master>) -> Result<(), MasterError> {
                 }
                 _ => None,
             })?;
-            let facts = ChangeFacts {
-                repository: &change.repository,
-                branch: &change.branch,
-                revision: &change.revision,
-                author: &change.author,
-                category: &change.category,
+            let held = Change {
+                repository: change.repository.clone(),
+                branch: change.branch.clone(),
+                revision: change.revision.clone(),
+                author: change.author.clone(),
+                comments: change.comments.clone(),
+                files: Vec::new(),
+                category: change.category.clone(),
             };
-            let buildset = change_buildset(&catalog, &change.scheduler, builders, facts);
+            let buildset = changes::buildset_for(&catalog, &change.scheduler, builders, &held);
             (!buildset.requests.is_empty()).then_some(buildset)
         })
         .await?;
-    for (buildset_id, requests) in created {
-        tracing::info!(buildset.id = buildset_id, "a quiet branch's newest change is built");
-        master.announce_buildset(buildset_id, &requests).await;
+    for buildset in created {
+        tracing::info!(buildset.id = %buildset.id, "a quiet branch's newest change is built");
+        master.announce_buildset(&buildset).await;
     }
     Ok(())
 }
 
 /// Starts a buildset after each finished, unfollowed upstream one.
-async fn follow(master: &Arc<Master>, name: &str, upstream: &str, builders: &[String]) -> Result<(), MasterError> {
+async fn follow(master: &Arc<Master>, name: &str, upstream: &str, builders: &[BuilderName]) -> Result<(), MasterError> {
     let catalog = master.catalog();
     for (upstream_id, upstream_properties) in master.store.unfollowed_buildsets(upstream, name).await? {
         let mut properties = upstream_properties.as_object().cloned().unwrap_or_default();
@@ -112,18 +115,17 @@ async fn follow(master: &Arc<Master>, name: &str, upstream: &str, builders: &[St
             owner: None,
             scheduler: name,
             properties: &properties,
-            requests: builders
-                .iter()
-                .filter_map(|builder| catalog.builder(builder))
-                .map(|(_, builder_id)| NewRequest { builder_id, priority: 0 })
+            requests: catalog
+                .builder_ids(builders)
+                .into_iter()
+                .map(|builder_id| NewRequest { builder_id, priority: 0 })
                 .collect(),
             traceparent: None,
             tick: None,
             triggered_by: Some(upstream_id),
         };
-        let (buildset_id, created) = master.submit(buildset).await?;
-        if !created.is_empty() {
-            tracing::info!(scheduler = %name, upstream.buildset = upstream_id, buildset.id = buildset_id, "dependent builds started");
+        if let Some(created) = master.submit(buildset).await? {
+            tracing::info!(scheduler = %name, upstream.buildset = %upstream_id, buildset.id = %created.id, "dependent builds started");
         }
     }
     Ok(())
@@ -138,11 +140,10 @@ async fn fire(master: &Arc<Master>, scheduler: &SchedulerConfig, tick: DateTime<
         }
         _ => return Ok(()),
     };
-    let requests: Vec<NewRequest> = scheduler
-        .builders()
-        .iter()
-        .filter_map(|name| catalog.builder(name))
-        .map(|(_, builder_id)| NewRequest { builder_id, priority: 0 })
+    let requests: Vec<NewRequest> = catalog
+        .builder_ids(scheduler.builders())
+        .into_iter()
+        .map(|builder_id| NewRequest { builder_id, priority: 0 })
         .collect();
     let source = format!("Scheduler {}", scheduler.name());
     let mut properties: BTreeMap<String, serde_json::Value> = configured
@@ -166,9 +167,8 @@ async fn fire(master: &Arc<Master>, scheduler: &SchedulerConfig, tick: DateTime<
         tick: Some(tick),
         triggered_by: None,
     };
-    let (buildset_id, created) = master.submit(buildset).await?;
-    if !created.is_empty() {
-        tracing::info!(scheduler = scheduler.name(), %tick, buildset.id = buildset_id, "scheduler fired");
+    if let Some(created) = master.submit(buildset).await? {
+        tracing::info!(scheduler = scheduler.name(), %tick, buildset.id = %created.id, "scheduler fired");
     }
     Ok(())
 }

@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 
 use chrono::Utc;
-use shared::config::StepSpec;
 use shared::model::{Results, build_result_contribution, halts_build};
+use shared::wire::Step;
 use shared::wire::{BuildAssignment, LogRecord, STDIO_LOG, StepRecord, WorkerEvent};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -102,7 +102,7 @@ fn directory_name(builder: &str) -> PathBuf {
 async fn run_step(
     context: &Context,
     build: &BuildAssignment,
-    spec: &StepSpec,
+    spec: &Step,
     number: i32,
     builder_dir: &std::path::Path,
     stop: &CancellationToken,
@@ -148,7 +148,7 @@ async fn run_step(
             step: record.clone(),
         })
         .await?;
-    tracing::info!(build.id = build.build_id, step.name = %spec.name, step.results = %outcome.results, "step finished");
+    tracing::info!(build.id = %build.build_id, step.name = %spec.name, step.results = %outcome.results, "step finished");
 
     Ok((record, outcome))
 }

@@ -26,6 +26,7 @@ use lapin::uri::{AMQPUri, AMQPUserInfo};
 use lapin::{Channel, Connection, ConnectionProperties, Consumer};
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, IntoConnectionInfo};
+use shared::ids::{BuildId, BuilderName, WorkerName};
 use shared::names::Namespace;
 use shared::wire::{self, BuildAssignment, ControlMessage, Doorbell, RpcReply, RpcRequest, WorkerEvent};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -96,7 +97,7 @@ impl WorkerError {
 /// What a worker needs to run. Which builders it serves comes from the masters.
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
-    pub name: String,
+    pub name: WorkerName,
     pub amqp_url: String,
     pub redis_url: String,
     pub namespace: String,
@@ -123,7 +124,7 @@ impl std::fmt::Debug for Account {
 
 /// What the parts of a running worker share, across connections.
 struct Context {
-    name: String,
+    name: WorkerName,
     namespace: Namespace,
     /// Where and as whom to connect to RabbitMQ; the user is also every
     /// message's `user_id`, which RabbitMQ checks and masters trust.
@@ -132,11 +133,11 @@ struct Context {
     redis: ConnectionManager,
     events: EventSender,
     /// Builds running now, with the token that stops each.
-    running: Mutex<HashMap<i64, CancellationToken>>,
+    running: Mutex<HashMap<BuildId, CancellationToken>>,
     /// A claim sent without an answer (the connection died meanwhile): a
     /// master may have made it a build, so the next session asks again with
     /// the same token before anything else, and runs that build.
-    unanswered_claim: Mutex<Option<(String, Uuid)>>,
+    unanswered_claim: Mutex<Option<(BuilderName, Uuid)>>,
     /// Cancelled by SIGTERM or by a master's `Shutdown`: no new builds, exit
     /// once the running ones have reported.
     drain: CancellationToken,
@@ -147,7 +148,7 @@ struct Context {
     pause_version: Mutex<i64>,
     /// The builders whose doorbells it consumes: from the welcome, then
     /// from `SetBuilders` when the masters' configuration changes.
-    builders: tokio::sync::watch::Sender<Vec<String>>,
+    builders: tokio::sync::watch::Sender<Vec<BuilderName>>,
 }
 
 impl Context {
@@ -163,9 +164,6 @@ impl Context {
 /// How long to wait for a master's answer before asking again.
 const RPC_TIMEOUT: Duration = Duration::from_secs(10);
 const CLAIM_ATTEMPTS: u32 = 3;
-/// Bounds of the wait between reconnection attempts.
-const FIRST_RETRY: Duration = Duration::from_millis(200);
-const LAST_RETRY: Duration = Duration::from_secs(10);
 
 /// Runs a worker. `drain` stops it taking new builds and returns once the
 /// running ones finish; `stop_builds` stops the running ones (CANCELLED).
@@ -207,7 +205,7 @@ pub async fn run(
         builders: tokio::sync::watch::Sender::new(Vec::new()),
     });
     let mut fleet = Fleet { slots: None, builds: JoinSet::new(), heartbeat: None, welcomes: 0 };
-    let mut delay = FIRST_RETRY;
+    let mut backoff = shared::amqp::Backoff::new();
     let outcome = loop {
         let welcomes_before = fleet.welcomes;
         let error = match session(&options, &context, &mut fleet, drain, &stop_builds).await {
@@ -224,9 +222,9 @@ pub async fn run(
             break Err(error);
         }
         if fleet.welcomes > welcomes_before {
-            delay = FIRST_RETRY;
+            backoff.reset();
         }
-        let wait = with_jitter(delay);
+        let wait = backoff.next_wait();
         tracing::warn!(%error, retry_in_ms = wait.as_millis() as u64, "worker lost its connection; reconnecting");
         // A draining worker still reconnects while builds run: they report
         // through the connection.
@@ -234,7 +232,6 @@ pub async fn run(
             _ = drain.cancelled(), if fleet.builds.is_empty() => break Ok(()),
             _ = tokio::time::sleep(wait) => {}
         }
-        delay = (delay * 2).min(LAST_RETRY);
     };
     while fleet.builds.join_next().await.is_some() {}
     if let Some(heartbeat) = fleet.heartbeat {
@@ -331,7 +328,7 @@ async fn dispatch(
     let mut paused = context.paused.subscribe();
     let mut served = context.builders.subscribe();
     // The builders the open doorbell channel consumes.
-    let mut consuming: Vec<String> = Vec::new();
+    let mut consuming: Vec<BuilderName> = Vec::new();
     let outcome = loop {
         while builds.try_join_next().is_some() {}
         if *paused.borrow_and_update() {
@@ -361,7 +358,7 @@ async fn dispatch(
             match claim(context, rpc, &builder, token).await {
                 Ok(RpcReply::Claimed { build }) => {
                     tracing::info!(
-                        build.id = build.build_id,
+                        build.id = %build.build_id,
                         "a claim left unanswered by a lost connection was a build"
                     );
                     start_build(context, build, permit, builds, stop_builds);
@@ -478,17 +475,10 @@ async fn wait_until_closed(connection: &Connection) {
     }
 }
 
-/// Waits up to 1.5 times `delay`, so workers that lost the broker together
-/// do not all come back at the same instant.
-fn with_jitter(delay: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
-    delay + delay.mul_f64(f64::from(nanos % 1000) / 2000.0)
-}
-
 async fn open_doorbells(
     connection: &Connection,
     context: &Context,
-    builders: &[String],
+    builders: &[BuilderName],
     max_builds: u32,
 ) -> Result<(Channel, SelectAll<Consumer>), WorkerError> {
     let channel = connection.create_channel().await?;
@@ -510,9 +500,14 @@ async fn open_doorbells(
 
 /// Claims a build of `builder`, asking again with the same token when no
 /// master answers, so a lost answer never makes a second build.
-async fn claim(context: &Context, rpc: &RpcClient, builder: &str, token: Uuid) -> Result<RpcReply, WorkerError> {
-    *context.unanswered_claim.lock().expect("claim lock poisoned") = Some((builder.to_owned(), token));
-    let request = RpcRequest::Claim { worker: context.name.clone(), builder: builder.to_owned(), claim_token: token };
+async fn claim(
+    context: &Context,
+    rpc: &RpcClient,
+    builder: &BuilderName,
+    token: Uuid,
+) -> Result<RpcReply, WorkerError> {
+    *context.unanswered_claim.lock().expect("claim lock poisoned") = Some((builder.clone(), token));
+    let request = RpcRequest::Claim { worker: context.name.clone(), builder: builder.clone(), claim_token: token };
     let mut attempt = 1;
     let outcome = loop {
         match rpc.call(&request, RPC_TIMEOUT).await {
@@ -541,7 +536,7 @@ fn start_build(
     let span = tracing::info_span!(
         "build",
         otel.name = format!("build {} #{}", build.builder, build.number),
-        build.id = build.build_id,
+        build.id = %build.build_id,
         build.number = build.number,
         builder.name = %build.builder,
         worker.name = %build.worker,
@@ -551,7 +546,7 @@ fn start_build(
     builds.spawn(
         async move {
             let build_id = build.build_id;
-            tracing::info!(build.id = build_id, builder.name = %build.builder, build.number = build.number, "build starting");
+            tracing::info!(build.id = %build_id, builder.name = %build.builder, build.number = build.number, "build starting");
             metrics::METRICS.builds_running.inc();
             let outcome = build::run_build(&context, build, stop).await;
             metrics::METRICS.builds_running.dec();
@@ -561,7 +556,7 @@ fn start_build(
                     metrics::METRICS.builds_finished.with_label_values(&[results.name()]).inc();
                 }
                 // Its lease expires and a master retries it.
-                Err(error) => tracing::error!(%error, build.id = build_id, "build could not report its end"),
+                Err(error) => tracing::error!(%error, build.id = %build_id, "build could not report its end"),
             }
             context.running.lock().expect("running lock poisoned").remove(&build_id);
             drop(permit);
@@ -611,10 +606,10 @@ async fn listen_for_control(
                     let stop = context.running.lock().expect("running lock poisoned").get(&build_id).cloned();
                     match stop {
                         Some(stop) => {
-                            tracing::info!(build.id = build_id, %reason, "stopping build");
+                            tracing::info!(build.id = %build_id, %reason, "stopping build");
                             stop.cancel();
                         }
-                        None => tracing::info!(build.id = build_id, "stop request for a build not running here"),
+                        None => tracing::info!(build.id = %build_id, "stop request for a build not running here"),
                     }
                 }
                 Ok(ControlMessage::SetPaused { paused, version }) => context.set_paused(paused, version),
@@ -646,7 +641,7 @@ async fn send_heartbeats(context: Arc<Context>, period: Duration, drain: Cancell
             _ = ticker.tick() => {}
             _ = drain.cancelled() => {}
         }
-        let build_ids: Vec<i64> = context.running.lock().expect("running lock poisoned").keys().copied().collect();
+        let build_ids: Vec<BuildId> = context.running.lock().expect("running lock poisoned").keys().copied().collect();
         let event = WorkerEvent::Heartbeat { worker: context.name.clone(), build_ids, sent_at: chrono::Utc::now() };
         if let Err(error) = context.events.send(&event).await {
             tracing::warn!(%error, "heartbeat not sent");

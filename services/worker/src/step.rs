@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use shared::config::StepSpec;
 use shared::model::Results;
 use shared::wire::LogChannel;
+use shared::wire::Step;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 use tokio::sync::mpsc;
@@ -38,7 +38,7 @@ enum KillReason {
 const READ_BUFFER: usize = 64 * 1024;
 
 pub async fn run_step(
-    spec: &StepSpec,
+    spec: &Step,
     secrets: &BTreeMap<String, String>,
     builder_dir: &Path,
     log: &LogWriter,
@@ -63,7 +63,7 @@ pub async fn run_step(
     }
     let mut env = BTreeMap::new();
     for (name, value) in &spec.env {
-        match shared::config::interpolate_secrets(value, secrets) {
+        match shared::config::interpolate::secrets(value, secrets) {
             Ok(value) => {
                 env.insert(name, value);
             }

@@ -20,9 +20,11 @@ use shared::wire::ControlMessage;
 use super::auth::{self, Action, Caller};
 use super::error::invalid;
 use super::{ApiError, ApiResult, parse_id};
+use shared::ids::{BuildId, BuildRequestId, BuilderId, BuilderName, WorkerId};
+
 use crate::Master;
 use crate::broker::BrokerError;
-use crate::live;
+use crate::live::Change;
 use crate::store::{CancelOutcome, NewBuildset, NewRequest};
 
 type AppState = Arc<Master>;
@@ -177,17 +179,17 @@ async fn force(
         .ok_or_else(|| ApiError::NotFound(format!("force scheduler `{scheduler_name}`")))?;
     let (allowed, parameters) = scheduler;
 
-    let builder_names: Vec<String> = match (params.get("builderNames"), params.get("builderid")) {
+    let builder_names: Vec<BuilderName> = match (params.get("builderNames"), params.get("builderid")) {
         (Some(names), _) => serde_json::from_value(names.clone())
             .map_err(|_| invalid("builderNames", "must be a list of builder names"))?,
         (None, Some(id)) => {
-            let id = id.as_i64().ok_or_else(|| invalid("builderid", "must be a number"))?;
-            let name = catalog
-                .builder_ids
-                .iter()
-                .find_map(|(name, builder_id)| (i64::from(*builder_id) == id).then(|| name.clone()))
-                .ok_or_else(|| ApiError::NotFound(format!("builder {id}")))?;
-            vec![name]
+            let id = id
+                .as_i64()
+                .and_then(|id| i32::try_from(id).ok())
+                .ok_or_else(|| invalid("builderid", "must be a number"))?;
+            let name =
+                catalog.builder_name(BuilderId(id)).ok_or_else(|| ApiError::NotFound(format!("builder {id}")))?;
+            vec![name.clone()]
         }
         (None, None) => {
             return Err(invalid("builderNames", "give builderNames (a list) or builderid"));
@@ -215,7 +217,8 @@ async fn force(
 
     let mut requests = Vec::with_capacity(builder_names.len());
     for name in &builder_names {
-        let (_, builder_id) = catalog.builder(name).ok_or_else(|| ApiError::NotFound(format!("builder `{name}`")))?;
+        let (_, builder_id) =
+            catalog.builder(name.as_str()).ok_or_else(|| ApiError::NotFound(format!("builder `{name}`")))?;
         if !allowed.contains(name) {
             return Err(invalid("builderNames", format!("scheduler `{scheduler_name}` cannot force builder `{name}`")));
         }
@@ -274,10 +277,13 @@ async fn force(
 
 /// Submits a buildset; answers Buildbot's `[bsid, {"<builderid>": brid}]`.
 async fn submit(master: &Arc<Master>, buildset: NewBuildset<'_>) -> ApiResult<Value> {
-    let (buildset_id, created) = master.submit(buildset).await?;
+    let created = master
+        .submit(buildset)
+        .await?
+        .ok_or_else(|| ApiError::Internal("a buildset with neither tick nor upstream created nothing".into()))?;
     let requests: serde_json::Map<String, Value> =
-        created.iter().map(|(builder_id, request_id)| (builder_id.to_string(), json!(request_id))).collect();
-    Ok(json!([buildset_id, requests]))
+        created.requests.iter().map(|(builder_id, request_id)| (builder_id.to_string(), json!(request_id))).collect();
+    Ok(json!([created.id, requests]))
 }
 
 fn reason_param(params: &serde_json::Map<String, Value>, default: &str) -> ApiResult<String> {
@@ -303,7 +309,7 @@ pub async fn control_build(
     let action = if call.method == "stop" { Action::StopBuild } else { Action::Rebuild };
     authorize(&master, &caller, &call, action)?;
     let outcome = async {
-        let build_id: i64 = parse_id("build id", &build_id)?;
+        let build_id = BuildId(parse_id("build id", &build_id)?);
         match call.method.as_str() {
             "stop" => {
                 let reason = reason_param(&call.params, "stopped by a user")?;
@@ -316,7 +322,7 @@ pub async fn control_build(
     answer(call.id, outcome)
 }
 
-async fn stop_build(master: &Master, build_id: i64, reason: String) -> ApiResult<()> {
+async fn stop_build(master: &Master, build_id: BuildId, reason: String) -> ApiResult<()> {
     let build = master.store.build(build_id).await?.ok_or_else(|| ApiError::NotFound(format!("build {build_id}")))?;
     if build.complete_at.is_some() {
         return Err(ApiError::Conflict(format!("build {build_id} has already finished")));
@@ -331,15 +337,14 @@ async fn stop_build(master: &Master, build_id: i64, reason: String) -> ApiResult
         }
         Err(error) => return Err(error.into()),
     }
-    tracing::info!(build.id = build_id, worker.name = %build.worker_name, "stop requested");
+    tracing::info!(build.id = %build_id, worker.name = %build.worker_name, "stop requested");
     Ok(())
 }
 
-async fn rebuild(master: &Arc<Master>, build_id: i64) -> ApiResult<Value> {
+async fn rebuild(master: &Arc<Master>, build_id: BuildId) -> ApiResult<Value> {
     let source =
         master.store.rebuild_source(build_id).await?.ok_or_else(|| ApiError::NotFound(format!("build {build_id}")))?;
-    let catalog = master.catalog();
-    if !catalog.builder_ids.values().any(|id| *id == source.builder_id) {
+    if master.catalog().builder_by_id(source.builder_id).is_none() {
         return Err(ApiError::Conflict(format!("the builder of build {build_id} is no longer configured")));
     }
     let reason = format!("rebuild of build {} ({})", source.number, source.reason);
@@ -354,7 +359,7 @@ async fn rebuild(master: &Arc<Master>, build_id: i64) -> ApiResult<Value> {
         triggered_by: None,
     };
     let submitted = submit(master, buildset).await?;
-    tracing::info!(build.id = build_id, "rebuild requested");
+    tracing::info!(build.id = %build_id, "rebuild requested");
     Ok(submitted)
 }
 
@@ -372,14 +377,14 @@ pub async fn control_buildrequest(
     let action = if call.method == "cancel" { Action::Cancel } else { Action::SetPriority };
     authorize(&master, &caller, &call, action)?;
     let outcome = async {
-        let request_id: i64 = parse_id("buildrequest id", &request_id)?;
+        let request_id = BuildRequestId(parse_id("buildrequest id", &request_id)?);
         match call.method.as_str() {
             "cancel" => {
                 let reason = reason_param(&call.params, "cancelled by a user")?;
                 match master.store.cancel_request(request_id).await? {
                     CancelOutcome::Cancelled => {
-                        tracing::info!(buildrequest.id = request_id, %reason, "request cancelled");
-                        live::publish_request(&master, request_id, "cancelled").await;
+                        tracing::info!(buildrequest.id = %request_id, %reason, "request cancelled");
+                        master.live.send(Change::Request(request_id, "cancelled"));
                         Ok(Value::Null)
                     }
                     CancelOutcome::Running { build_id, .. } => {
@@ -405,7 +410,7 @@ pub async fn control_buildrequest(
                     }
                     Some(_) => {}
                 }
-                live::publish_request(&master, request_id, "update").await;
+                master.live.send(Change::Request(request_id, "update"));
                 Ok(Value::Null)
             }
         }
@@ -429,15 +434,13 @@ pub async fn control_worker(
     let call = parse_call(body, &["pause", "unpause", "stop"], "workers")?;
     authorize(&master, &caller, &call, Action::ManageWorkers)?;
     let outcome = async {
-        let worker_id = match worker.parse::<i64>() {
-            Ok(id) => id,
-            Err(_) => i64::from(
-                master
-                    .store
-                    .worker_id_by_name(&worker)
-                    .await?
-                    .ok_or_else(|| ApiError::NotFound(format!("worker `{worker}`")))?,
-            ),
+        let worker_id = match worker.parse::<i32>() {
+            Ok(id) => WorkerId(id),
+            Err(_) => master
+                .store
+                .worker_id_by_name(&worker)
+                .await?
+                .ok_or_else(|| ApiError::NotFound(format!("worker `{worker}`")))?,
         };
         let not_found = || ApiError::NotFound(format!("worker {worker_id}"));
         let (name, message, event) = match call.method.as_str() {
@@ -448,7 +451,7 @@ pub async fn control_worker(
                     master.store.set_worker_paused(worker_id, paused, Some(&reason)).await?.ok_or_else(not_found)?;
                 // Unpaused inside a downtime window, it still takes nothing.
                 let catalog = master.catalog();
-                let down = catalog.config.worker(&name).is_some_and(|w| w.in_downtime(chrono::Utc::now()));
+                let down = catalog.config.worker(name.as_str()).is_some_and(|w| w.in_downtime(chrono::Utc::now()));
                 let message = ControlMessage::SetPaused { paused: paused || down, version };
                 (name, message, if paused { "paused" } else { "unpaused" })
             }
@@ -464,7 +467,7 @@ pub async fn control_worker(
             Err(error) => return Err(error.into()),
         }
         tracing::info!(worker.name = %name, action = %call.method, "worker control");
-        live::publish_worker(&master, worker_id as i32, event).await;
+        master.live.send(Change::Worker(worker_id, event));
         Ok(Value::Null)
     };
     let outcome = outcome.await;
@@ -486,14 +489,9 @@ pub async fn control_builder(
     authorize(&master, &caller, &call, Action::ManageBuilders)?;
     let outcome = async {
         let catalog = master.catalog();
-        let builder_id = match builder.parse::<i64>() {
-            Ok(id) => id,
-            Err(_) => i64::from(
-                catalog
-                    .builder(&builder)
-                    .map(|(_, id)| id)
-                    .ok_or_else(|| ApiError::NotFound(format!("builder `{builder}`")))?,
-            ),
+        let builder_id = match builder.parse::<i32>() {
+            Ok(id) => BuilderId(id),
+            Err(_) => catalog.builder_id(&builder).ok_or_else(|| ApiError::NotFound(format!("builder `{builder}`")))?,
         };
         let paused = call.method == "pause";
         let reason = reason_param(&call.params, "paused by a user")?;

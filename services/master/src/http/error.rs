@@ -8,7 +8,9 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::broker::BrokerError;
+use crate::changes::github::GitHubError;
 use crate::logs::LogError;
+use crate::read_model::ReadError;
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +112,21 @@ impl From<LogError> for ApiError {
             LogError::Redis { .. } => ApiError::Unavailable(error.to_string()),
             other => ApiError::Internal(other.to_string()),
         }
+    }
+}
+
+impl From<ReadError> for ApiError {
+    fn from(error: ReadError) -> Self {
+        match error {
+            ReadError::Store(store) => store.into(),
+            ReadError::Redis(redis) => redis.into(),
+        }
+    }
+}
+
+impl From<GitHubError> for ApiError {
+    fn from(error: GitHubError) -> Self {
+        ApiError::Unavailable(error.to_string())
     }
 }
 

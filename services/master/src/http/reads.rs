@@ -13,14 +13,16 @@ use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use shared::config::SchedulerConfig;
+use shared::ids::LogId;
 
 use super::query::{self, Parsed};
 use super::{ApiError, ApiResult, parse_bool, parse_id};
 use crate::Master;
 use crate::logs;
+use crate::read_model::{self, by};
 use crate::store::resources::{
-    BUILDERS, BUILDREQUESTS, BUILDS, BUILDSETS, CHANGES, FORCESCHEDULERS, Filter, LOGS, ListSpec, MASTERS, Resource,
-    STEPS, Scalar, WORKERS,
+    BUILDERS, BUILDREQUESTS, BUILDS, BUILDSETS, CHANGES, FORCESCHEDULERS, Filter, LOGS, MASTERS, Resource, STEPS,
+    Scalar, WORKERS,
 };
 
 type AppState = Arc<Master>;
@@ -42,7 +44,7 @@ async fn page(
 ) -> ApiResult<(Vec<Value>, i64)> {
     let Parsed { mut spec, properties } = query::parse(resource, params, scope)?;
     spec.count = count;
-    let page = master.store.list(resource, &spec).await?;
+    let page = read_model::list(master, resource, &spec).await?;
     let mut items = page.items;
     if let Some(wanted) = properties.filter(|wanted| !wanted.is_empty()) {
         for item in &mut items {
@@ -51,16 +53,13 @@ async fn page(
             }
         }
     }
-    if std::ptr::eq(resource, &WORKERS) {
-        fill_worker_connections(master, &mut items).await?;
-    }
     Ok((items, page.total))
 }
 
 /// Items of `resource` for Buildbot query parameters, as the API serves
 /// them: the web pages read through the same checked path as clients do
 /// (without counting every match, which pages do not show).
-pub(crate) async fn api_items(
+pub(super) async fn api_items(
     master: &Master,
     resource: &'static Resource,
     params: &[(&str, String)],
@@ -123,32 +122,6 @@ async fn children(
     collection(master, resource, params, vec![by(resource, parent_field, Scalar::Int(id))]).await
 }
 
-pub(crate) fn by(resource: &'static Resource, field: &str, value: Scalar) -> Filter {
-    Filter::eq(resource.field(field).expect("resource tables name their fields"), value)
-}
-
-/// The first item matching `scope` with the `fields` given (all but those
-/// served on request when empty), shaped as the API serves it; for lookups
-/// of one item by the handlers and by live events.
-pub(crate) async fn lookup(
-    master: &Master,
-    resource: &'static Resource,
-    fields: &[&str],
-    scope: Vec<Filter>,
-) -> ApiResult<Option<Value>> {
-    let fields = if fields.is_empty() {
-        resource.fields.iter().filter(|f| !f.on_request).collect()
-    } else {
-        fields.iter().map(|name| resource.field(name).expect("resource tables name their fields")).collect()
-    };
-    let spec = ListSpec { filters: scope, order: Vec::new(), fields, limit: 1, offset: 0, count: false };
-    let mut items = master.store.list(resource, &spec).await?.items;
-    if std::ptr::eq(resource, &WORKERS) {
-        fill_worker_connections(master, &mut items).await?;
-    }
-    Ok(items.into_iter().next())
-}
-
 /// The id of the first item matching `scope`, if any.
 async fn find_id(
     master: &Master,
@@ -156,7 +129,7 @@ async fn find_id(
     id_field: &str,
     scope: Vec<Filter>,
 ) -> ApiResult<Option<i64>> {
-    let item = lookup(master, resource, &[id_field], scope).await?;
+    let item = read_model::lookup(master, resource, &[id_field], scope).await?;
     Ok(item.and_then(|item| item.get(id_field).and_then(Value::as_i64)))
 }
 
@@ -385,7 +358,7 @@ pub async fn get_log_contents(
     Path(log_id): Path<String>,
     Query(params): Params,
 ) -> ApiResult<Response> {
-    let log_id: i64 = parse_id("log id", &log_id)?;
+    let log_id = LogId(parse_id("log id", &log_id)?);
     let mut offset = 0i64;
     let mut limit = 1000i64;
     let mut tail = None;
@@ -434,7 +407,7 @@ pub async fn get_log_contents(
         let lines =
             logs::follow_lines(master.store.clone(), live, log_id, key, offset, with_channels).map(move |text| {
                 text.map(Bytes::from).map_err(|error| {
-                    tracing::error!(%error, log.id = log_id, "following a log's lines failed midway");
+                    tracing::error!(%error, log.id = %log_id, "following a log's lines failed midway");
                     std::io::Error::other(error.to_string())
                 })
             });
@@ -495,7 +468,7 @@ async fn raw(
     params: Vec<(String, String)>,
     attachment: bool,
 ) -> ApiResult<Response> {
-    let log_id: i64 = parse_id("log id", &log_id)?;
+    let log_id = LogId(parse_id("log id", &log_id)?);
     let mut follow = false;
     for (name, value) in &params {
         match name.as_str() {
@@ -519,7 +492,7 @@ async fn raw(
     };
     let pieces = pieces.map(move |piece| {
         piece.map(Bytes::from).map_err(|error| {
-            tracing::error!(%error, log.id = log_id, "log download failed midway");
+            tracing::error!(%error, log.id = %log_id, "log download failed midway");
             std::io::Error::other(error.to_string())
         })
     });
@@ -540,7 +513,7 @@ async fn raw(
 
 /// A log whose contents are still kept: 404 when there is no such log, 410
 /// when retention deleted its contents (the log's record is still served).
-async fn log_with_contents(master: &Master, log_id: i64) -> ApiResult<crate::store::LogLocation> {
+async fn log_with_contents(master: &Master, log_id: LogId) -> ApiResult<crate::store::LogLocation> {
     let location =
         master.store.log_location(log_id).await?.ok_or_else(|| ApiError::NotFound(format!("log {log_id}")))?;
     if let Some(deleted_at) = location.log.deleted_at {
@@ -603,46 +576,6 @@ pub async fn get_worker(
 ) -> ApiResult<Json<Value>> {
     let scope = vec![id_or_name(&WORKERS, "workerid", &worker)];
     single(&master, &WORKERS, &params, scope, || format!("worker `{worker}`")).await
-}
-
-/// `connected_to` and `configured_on` come out of Postgres as the worker's
-/// name (see `WORKERS`): replaced here by its presence in Redis (a worker is
-/// reachable through every master; the answering one is named) and by the
-/// builders the configuration gives it.
-async fn fill_worker_connections(master: &Master, items: &mut [Value]) -> ApiResult<()> {
-    let catalog = master.catalog();
-    let names: Vec<String> =
-        items.iter().filter_map(|item| item.get("connected_to").and_then(Value::as_str).map(str::to_owned)).collect();
-    let online: Vec<bool> = if names.is_empty() {
-        Vec::new()
-    } else {
-        let mut pipe = redis::pipe();
-        for name in &names {
-            pipe.exists(master.namespace.presence_key(name));
-        }
-        pipe.query_async(&mut master.redis.clone()).await?
-    };
-    let mut online = names.into_iter().zip(online).collect::<std::collections::HashMap<_, _>>();
-    for item in items {
-        let Value::Object(fields) = item else { continue };
-        if let Some(Value::String(name)) = fields.get("connected_to").cloned() {
-            let connected = online.remove(&name).unwrap_or(false);
-            let masters = if connected { json!([{ "masterid": master.id }]) } else { json!([]) };
-            fields.insert("connected_to".into(), masters);
-        }
-        if let Some(Value::String(name)) = fields.get("configured_on").cloned() {
-            let is_local = crate::Master::is_local_worker(&catalog, &name);
-            let builders: Vec<Value> = catalog
-                .config
-                .builders_for_worker(&name, is_local)
-                .into_iter()
-                .filter_map(|b| catalog.builder_ids.get(&b.name))
-                .map(|id| json!({ "builderid": id, "masterid": master.id }))
-                .collect();
-            fields.insert("configured_on".into(), Value::Array(builders));
-        }
-    }
-    Ok(())
 }
 
 pub async fn list_masters(State(master): State<AppState>, Query(params): Params) -> ApiResult<Json<Value>> {

@@ -93,7 +93,7 @@ async fn each_worker_logs_in_as_its_own_account_and_cannot_act_as_another() {
     let build = stack.wait_for_build_to_start(running).await;
     let forged = WorkerEvent::BuildFinished {
         worker: "w2".into(),
-        build_id: build["buildid"].as_i64().unwrap(),
+        build_id: shared::ids::BuildId(build["buildid"].as_i64().unwrap()),
         seq: 1_000,
         results: shared::model::Results::Failure,
         state_string: "forged".into(),

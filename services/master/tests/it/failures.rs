@@ -82,7 +82,7 @@ async fn malformed_or_impossible_events_are_dead_lettered_and_recording_goes_on(
     let ns = Namespace::new(&stack.namespace);
     let impossible = WorkerEvent::StepStarted {
         worker: "w1".into(),
-        build_id: 999_999,
+        build_id: shared::ids::BuildId(999_999),
         seq: 1,
         step: StepRecord {
             number: 0,

@@ -1012,20 +1012,3 @@ pub fn master_yaml(factories: &[(&str, &str)]) -> String {
     yaml.push_str(&format!("schedulers:\n  - type: force\n    name: force\n    builders: [{}]\n", names.join(", ")));
     yaml
 }
-
-/// Forces `count` requests of one builder in one buildset.
-pub async fn queue_requests(store: &master::store::Store, builder_id: i32, count: usize) {
-    let properties = json!({});
-    let requests = (0..count).map(|_| master::store::NewRequest { builder_id, priority: 0 }).collect();
-    let buildset = master::store::NewBuildset {
-        reason: "r",
-        owner: None,
-        scheduler: "force",
-        properties: &properties,
-        requests,
-        traceparent: None,
-        tick: None,
-        triggered_by: None,
-    };
-    store.create_buildset(buildset).await.unwrap();
-}

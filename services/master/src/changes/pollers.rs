@@ -16,7 +16,7 @@ use shared::config::PollerConfig;
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
-use crate::http::github::{Change, Plan, branch_plan, record};
+use super::{Change, Plan, branch_plan, record};
 use crate::{Master, MasterError};
 
 /// Commits handled per branch and poll, so a huge first gap cannot stall.
@@ -29,8 +29,6 @@ enum PollError {
     Git { args: String, stderr: String },
     #[error("cannot run git: {0}")]
     Spawn(#[from] std::io::Error),
-    #[error(transparent)]
-    Api(#[from] crate::http::ApiError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
 }
@@ -85,10 +83,8 @@ async fn poll(master: &Arc<Master>, poller: &PollerConfig) -> Result<(), PollErr
         let skip = new.len().saturating_sub(MOST_COMMITS);
         for revision in &new[skip..] {
             let change = describe(&mirror, poller, branch, revision).await?;
-            let catalog = master.catalog();
-            let plan = branch_plan(&catalog.config, change);
-            let delivery = delivery(poller, branch, revision);
-            record(master, &catalog, SOURCE, Some(&delivery), &plan).await?;
+            let plan = branch_plan(&master.catalog().config, change);
+            record(master, SOURCE, Some(&delivery(poller, branch, revision)), &plan).await?;
         }
     }
     Ok(())
@@ -106,8 +102,7 @@ async fn note_baseline(master: &Arc<Master>, poller: &PollerConfig, branch: &str
         category: "poll-start".into(),
     };
     let plan = Plan::record_only(change, "first look");
-    let catalog = master.catalog();
-    record(master, &catalog, SOURCE, Some(&delivery(poller, branch, head)), &plan).await?;
+    record(master, SOURCE, Some(&delivery(poller, branch, head)), &plan).await?;
     Ok(())
 }
 

@@ -4,7 +4,7 @@
 //! (`reads::api_items`); `web/app.js` (plain JavaScript, embedded in the
 //! binary like `web/style.css`) makes them live from `/ws`, follows running
 //! logs, and sends the control actions as JSON-RPC, so the one authorization
-//! check (`http::auth::authorize`) covers the pages too.
+//! check (`auth::authorize`) covers the pages too.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -18,12 +18,15 @@ use maud::{DOCTYPE, Markup, html};
 use serde::Deserialize;
 use serde_json::Value;
 use shared::config::{ForceParameter, SchedulerConfig};
+use shared::ids::BuilderId;
 use shared::model::Results;
 
+use super::ApiError;
+use super::reads::api_items;
 use crate::Master;
-use crate::http::reads::api_items;
-use crate::http::{ApiError, path_segment};
+use crate::catalog::Catalog;
 use crate::store::resources::{BUILDERS, BUILDREQUESTS, BUILDS, BUILDSETS, LOGS, STEPS, WORKERS};
+use crate::urls;
 
 type AppState = Arc<Master>;
 type Page = Result<Response, PageError>;
@@ -111,6 +114,12 @@ fn page(title: &str, kind: &str, data: &[(&str, String)], body: Markup) -> Respo
     Html(markup.into_string()).into_response()
 }
 
+/// The name of a builder the API gave by id (`?` once it left the
+/// configuration).
+fn builder_name(catalog: &Catalog, id: i64) -> &str {
+    i32::try_from(id).ok().and_then(|id| catalog.builder_name(BuilderId(id))).map_or("?", |name| name.as_str())
+}
+
 fn not_found(what: String) -> PageError {
     PageError(ApiError::NotFound(what))
 }
@@ -170,11 +179,11 @@ fn duration(item: &Value) -> Markup {
 }
 
 fn build_href(builder: &str, number: i64) -> String {
-    format!("/builders/{}/builds/{number}", path_segment(builder))
+    urls::build_page(builder, number)
 }
 
 fn builder_href(builder: &str) -> String {
-    format!("/builders/{}", path_segment(builder))
+    urls::builder_page(builder)
 }
 
 // --- overview -----------------------------------------------------------------
@@ -190,20 +199,14 @@ async fn overview(State(master): State<AppState>, Query(query): Query<OverviewQu
     let catalog = master.catalog();
     let tag = query.tag.filter(|tag| !tag.is_empty());
     let branch = query.branch.filter(|branch| !branch.is_empty());
-    let mut builders: Vec<_> = catalog
-        .config
-        .master
-        .builders
-        .iter()
-        .filter(|builder| tag.as_ref().is_none_or(|tag| builder.tags.contains(tag)))
-        .filter_map(|builder| Some((builder, *catalog.builder_ids.get(&builder.name)?)))
-        .collect();
+    let mut builders: Vec<_> =
+        catalog.builders().filter(|(builder, _)| tag.as_ref().is_none_or(|tag| builder.tags.contains(tag))).collect();
     builders.sort_by(|a, b| a.0.name.cmp(&b.0.name));
-    let ids: Vec<i32> = builders.iter().map(|(_, id)| *id).collect();
+    let ids: Vec<_> = builders.iter().map(|(_, id)| *id).collect();
     let cells = master.store.recent_builds(&ids, GRID_CELLS, branch.as_deref()).await?;
     let (pending, busy_workers) = master.store.queue_summary().await?;
     let refused = master.store.config_errors().await?;
-    let mut by_builder: HashMap<i32, Vec<_>> = HashMap::new();
+    let mut by_builder: HashMap<_, Vec<_>> = HashMap::new();
     for cell in cells {
         by_builder.entry(cell.builder_id).or_default().push(cell);
     }
@@ -390,7 +393,7 @@ async fn builder_page(
             }
         }
     };
-    let data = [("builderid", builder_id.to_string()), ("builder", builder.name.clone())];
+    let data = [("builderid", builder_id.to_string()), ("builder", builder.name.to_string())];
     Ok(page(&format!("Builder {}", builder.name), "builder", &data, body))
 }
 
@@ -545,7 +548,6 @@ async fn workers_page(State(master): State<AppState>) -> Page {
     let catalog = master.catalog();
     let workers = api_items(&master, &WORKERS, &[("order", "name".into()), ("limit", "10000".into())]).await?;
     let running = api_items(&master, &BUILDS, &[("complete", "false".into()), ("limit", "10000".into())]).await?;
-    let names: HashMap<i32, &str> = catalog.builder_ids.iter().map(|(name, id)| (*id, name.as_str())).collect();
     let mut current: HashMap<i64, Vec<&Value>> = HashMap::new();
     for build in &running {
         current.entry(int(build, "workerid")).or_default().push(build);
@@ -564,7 +566,7 @@ async fn workers_page(State(master): State<AppState>) -> Page {
                         td { (worker_state(worker)) }
                         td {
                             @for build in current.get(&id).map(Vec::as_slice).unwrap_or_default() {
-                                @let builder = names.get(&(int(build, "builderid") as i32)).copied().unwrap_or("?");
+                                @let builder = builder_name(&catalog, int(build, "builderid"));
                                 a href=(build_href(builder, int(build, "number"))) { (builder) " #" (int(build, "number")) } " "
                             }
                         }
@@ -591,7 +593,6 @@ async fn queue_page(State(master): State<AppState>) -> Page {
         &[("claimed", "false".into()), ("order", "submitted_at".into()), ("limit", "10000".into())],
     )
     .await?;
-    let names: HashMap<i32, &str> = catalog.builder_ids.iter().map(|(name, id)| (*id, name.as_str())).collect();
     let mut by_builder: Vec<(i64, Vec<&Value>)> = Vec::new();
     for request in &pending {
         let builder = int(request, "builderid");
@@ -605,7 +606,7 @@ async fn queue_page(State(master): State<AppState>) -> Page {
         h1 { "Queue" }
         p.summary { (pending.len()) " pending requests on " (by_builder.len()) " builders, oldest first" }
         @for (builder, requests) in &by_builder {
-            @let name = names.get(&(*builder as i32)).copied().unwrap_or("?");
+            @let name = builder_name(&catalog, *builder);
             section.queue {
                 h2 { a href=(builder_href(name)) { (name) } " (" (requests.len()) ")" }
                 ul {

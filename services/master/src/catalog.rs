@@ -1,0 +1,73 @@
+//! The configuration a master runs with, and the Postgres ids of its
+//! builders: the one place builder names and ids are looked up in either
+//! direction. Replaced whole on reload; readers hold an `Arc` to a
+//! consistent snapshot.
+
+use std::collections::HashMap;
+
+use shared::config::{BuilderConfig, Config};
+use shared::ids::{BuilderId, BuilderName, WorkerName};
+
+pub struct Catalog {
+    pub config: Config,
+    ids: HashMap<BuilderName, BuilderId>,
+    names: HashMap<BuilderId, BuilderName>,
+}
+
+impl Catalog {
+    /// `ids` are the configured builders' ids, as `Store::sync_builders`
+    /// returned them.
+    pub fn new(config: Config, ids: HashMap<BuilderName, BuilderId>) -> Catalog {
+        let names = ids.iter().map(|(name, id)| (*id, name.clone())).collect();
+        Catalog { config, ids, names }
+    }
+
+    /// A configured builder by name, with its id.
+    pub fn builder(&self, name: &str) -> Option<(&BuilderConfig, BuilderId)> {
+        let builder = self.config.builder(name)?;
+        Some((builder, *self.ids.get(name)?))
+    }
+
+    /// A configured builder by id.
+    pub fn builder_by_id(&self, id: BuilderId) -> Option<&BuilderConfig> {
+        self.config.builder(self.names.get(&id)?.as_str())
+    }
+
+    /// The name of a configured builder.
+    pub fn builder_name(&self, id: BuilderId) -> Option<&BuilderName> {
+        self.names.get(&id)
+    }
+
+    pub fn builder_id(&self, name: &str) -> Option<BuilderId> {
+        self.ids.get(name).copied()
+    }
+
+    /// Every configured builder with its id, in the configuration's order.
+    pub fn builders(&self) -> impl Iterator<Item = (&BuilderConfig, BuilderId)> {
+        self.config.master.builders.iter().filter_map(|builder| Some((builder, *self.ids.get(&builder.name)?)))
+    }
+
+    /// The ids of the configured builders among `names` (unknown ones are
+    /// left out).
+    pub fn builder_ids<'a>(&self, names: impl IntoIterator<Item = &'a BuilderName>) -> Vec<BuilderId> {
+        names.into_iter().filter_map(|name| self.builder_id(name.as_str())).collect()
+    }
+
+    /// The name of the local worker of the master named `master`.
+    pub fn local_worker_name(&self, master: &str) -> WorkerName {
+        WorkerName::new(format!("{}-{master}", self.config.settings.local_worker.name))
+    }
+
+    /// Whether `worker` is some master's local worker.
+    pub fn is_local_worker(&self, worker: &str) -> bool {
+        let settings = &self.config.settings;
+        settings.use_local_worker
+            && worker.starts_with(&format!("{}-", settings.local_worker.name))
+            && self.config.worker(worker).is_none()
+    }
+
+    /// The builders `worker` serves.
+    pub fn builders_for_worker(&self, worker: &str) -> Vec<&BuilderConfig> {
+        self.config.builders_for_worker(worker, self.is_local_worker(worker))
+    }
+}

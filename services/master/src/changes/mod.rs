@@ -1,0 +1,182 @@
+//! Changes and the builds they start: a push or a pull request (GitHub's
+//! webhook, `github`), or a new commit a poller found (`pollers`), becomes
+//! a `Plan`: the change to record and the buildsets its schedulers start,
+//! now or once the branch is quiet. `record` writes a plan in one
+//! transaction, once per delivery, and then announces its buildsets.
+//!
+//! Nothing here knows HTTP: the webhook's handler (`http::github`) checks
+//! the signature and hands the payload over.
+
+pub mod github;
+pub mod pollers;
+
+use std::sync::Arc;
+
+use serde_json::json;
+use shared::config::{Config, SchedulerConfig, path_matches};
+use shared::ids::{BuilderName, BuildsetId, ChangeId};
+
+use crate::catalog::Catalog;
+use crate::node::Master;
+use crate::store::{NewChange, NewRequest, OwnedBuildset, StoreError};
+
+/// A change as a change source reports it.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub repository: String,
+    pub branch: String,
+    pub revision: String,
+    pub author: String,
+    pub comments: String,
+    pub files: Vec<String>,
+    /// `push`, `pull_request`, `comment`, `poll`, `poll-start`.
+    pub category: String,
+}
+
+/// What a change asks for: the change to record and the builds to start.
+pub struct Plan {
+    change: Option<Change>,
+    builds: Vec<Wanted>,
+    /// Schedulers that build once the branch is quiet: (name, seconds).
+    deferred: Vec<(String, u64)>,
+    /// Why, for the source's answer and the log.
+    pub why: String,
+}
+
+impl Plan {
+    /// Nothing to record.
+    pub fn ignored(why: String) -> Plan {
+        Plan { change: None, builds: Vec::new(), deferred: Vec::new(), why }
+    }
+
+    /// A change to record that builds nothing.
+    pub fn record_only(change: Change, why: &str) -> Plan {
+        Plan { change: Some(change), builds: Vec::new(), deferred: Vec::new(), why: why.to_owned() }
+    }
+}
+
+/// One buildset: a scheduler and the builders it starts.
+struct Wanted {
+    scheduler: String,
+    builders: Vec<BuilderName>,
+}
+
+/// What became of a plan.
+pub enum Recorded {
+    /// It asked for nothing to be recorded.
+    Ignored,
+    /// Its delivery was recorded before: nothing changed.
+    Before,
+    New {
+        change: ChangeId,
+        buildsets: Vec<BuildsetId>,
+    },
+}
+
+/// Records a plan's change and its buildsets in one transaction, then rings
+/// their doorbells. `delivery` (the source's id of what it sent) makes it
+/// happen once.
+pub async fn record(
+    master: &Arc<Master>,
+    source: &str,
+    delivery: Option<&str>,
+    plan: &Plan,
+) -> Result<Recorded, StoreError> {
+    let Some(change) = &plan.change else {
+        return Ok(Recorded::Ignored);
+    };
+    let catalog = master.catalog();
+    let new_change = NewChange {
+        delivery,
+        source,
+        repository: &change.repository,
+        branch: &change.branch,
+        revision: &change.revision,
+        author: &change.author,
+        comments: &change.comments,
+        files: &change.files,
+        category: &change.category,
+    };
+    let prepared: Vec<OwnedBuildset> =
+        plan.builds.iter().map(|wanted| buildset_for(&catalog, &wanted.scheduler, &wanted.builders, change)).collect();
+    let traceparent = shared::telemetry::traceparent();
+    let buildsets = prepared
+        .iter()
+        .filter(|buildset| !buildset.requests.is_empty())
+        .map(|buildset| buildset.as_new(traceparent.clone()))
+        .collect();
+    let Some((change_id, created)) = master.store.record_change(&new_change, buildsets, &plan.deferred).await? else {
+        return Ok(Recorded::Before);
+    };
+    for buildset in &created {
+        master.announce_buildset(buildset).await;
+    }
+    let buildsets: Vec<BuildsetId> = created.iter().map(|buildset| buildset.id).collect();
+    tracing::info!(change.id = %change_id, %source, category = %change.category, ?buildsets, "change recorded");
+    Ok(Recorded::New { change: change_id, buildsets })
+}
+
+/// The buildset a scheduler starts for a change: its builders, with the
+/// change's branch, revision and repository as properties (for the git
+/// step).
+pub fn buildset_for(catalog: &Catalog, scheduler: &str, builders: &[BuilderName], change: &Change) -> OwnedBuildset {
+    let source = "GitHub";
+    OwnedBuildset {
+        reason: format!("GitHub {} of {} by {}", change.category, change.branch, change.author),
+        owner: change.author.clone(),
+        scheduler: scheduler.to_owned(),
+        properties: json!({
+            "branch": [change.branch, source],
+            "revision": [change.revision, source],
+            "repository": [change.repository, source],
+            "event": [change.category, source],
+            "scheduler": [scheduler, "Scheduler"],
+            "owner": [change.author, source],
+        }),
+        requests: catalog
+            .builder_ids(builders)
+            .into_iter()
+            .map(|builder_id| NewRequest { builder_id, priority: 0 })
+            .collect(),
+    }
+}
+
+/// What a new commit on a branch starts (from a push or a poller): the
+/// `single_branch` schedulers of its branch and the `any_branch` ones, now
+/// or once the branch is quiet, unless every file it touches is ignored.
+pub fn branch_plan(config: &Config, change: Change) -> Plan {
+    let branch = change.branch.as_str();
+    let mut builds = Vec::new();
+    let mut deferred = Vec::new();
+    let mut skipped = Vec::new();
+    for scheduler in &config.master.schedulers {
+        let (name, builders, ignore_files, stable) = match scheduler {
+            SchedulerConfig::SingleBranch { name, branch: wanted, builders, ignore_files, tree_stable_seconds }
+                if wanted == branch =>
+            {
+                (name, builders, ignore_files, *tree_stable_seconds)
+            }
+            SchedulerConfig::AnyBranch { name, builders, ignore_files, tree_stable_seconds } => {
+                (name, builders, ignore_files, *tree_stable_seconds)
+            }
+            _ => continue,
+        };
+        let all_ignored = !change.files.is_empty()
+            && change.files.iter().all(|file| ignore_files.iter().any(|pattern| path_matches(pattern, file)));
+        if all_ignored {
+            skipped.push(name.clone());
+            continue;
+        }
+        if stable > 0 {
+            deferred.push((name.clone(), stable));
+            continue;
+        }
+        builds.push(Wanted { scheduler: name.clone(), builders: builders.clone() });
+    }
+    let why = match (builds.is_empty() && deferred.is_empty(), skipped.is_empty()) {
+        (false, _) => format!("a new commit on {branch}"),
+        (true, false) => format!("only ignored files changed (schedulers {})", skipped.join(", ")),
+        (true, true) => format!("no scheduler builds branch `{branch}`"),
+    };
+    Plan { change: Some(change), builds, deferred, why }
+}

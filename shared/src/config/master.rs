@@ -1,0 +1,361 @@
+//! `master.yaml`: what to build (builders, factories), when (schedulers)
+//! and from where (pollers). Kept in the configuration's git repository and
+//! reloaded live. Each item of each list is parsed on its own, so one bad
+//! builder does not hide the errors of the next.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+
+use crate::ids::{BuilderName, WorkerName};
+
+use super::diagnostics::SourceFile;
+use super::steps::{GitStepFile, StepSpec};
+use super::{YamlPath, matrix};
+
+/// `master.yaml`: what to build, how, and when.
+#[derive(Debug, Clone, Default)]
+pub struct MasterConfig {
+    pub builders: Vec<BuilderConfig>,
+    /// Named step lists, shared by builders.
+    pub factories: BTreeMap<String, FactoryConfig>,
+    pub schedulers: Vec<SchedulerConfig>,
+    /// Repositories polled for new commits (for those that send no
+    /// webhook).
+    pub pollers: Vec<PollerConfig>,
+}
+
+/// A git repository whose branches any master polls; each new commit
+/// becomes one change, handed to the branch schedulers like a push.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PollerConfig {
+    pub repourl: String,
+    pub branches: Vec<String>,
+    #[serde(default = "default_poll_seconds")]
+    pub poll_seconds: u64,
+}
+
+fn default_poll_seconds() -> u64 {
+    60
+}
+
+/// The top level of master.yaml; each item is parsed on its own so that one
+/// bad builder does not hide the errors of the next.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MasterConfigFile {
+    #[serde(default)]
+    builders: Vec<serde_yaml::Value>,
+    #[serde(default)]
+    factories: BTreeMap<String, serde_yaml::Value>,
+    #[serde(default)]
+    schedulers: Vec<serde_yaml::Value>,
+    #[serde(default)]
+    pollers: Vec<serde_yaml::Value>,
+}
+
+/// A builder: a name people see, the factory it runs, who may run it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuilderConfig {
+    pub name: BuilderName,
+    /// Name of an entry of `factories`.
+    pub factory: String,
+    /// Names of workers (from settings.yaml) allowed to run it; the local
+    /// workers' name (`local_worker.name`, default `local`) stands for every
+    /// master's local worker. The local workers also serve the builders of
+    /// `local_worker_buildfactory` without being listed.
+    #[serde(default)]
+    pub workers: Vec<WorkerName>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// A new request supersedes this builder's older pending requests of
+    /// the same branch, which end SKIPPED: build the newest, not each one.
+    #[serde(default)]
+    pub collapse_requests: bool,
+    /// Properties of every build of this builder, source `Builder`; a
+    /// matrix adds its axes' values.
+    #[serde(default)]
+    pub properties: BTreeMap<String, serde_yaml::Value>,
+    /// Axes to expand this definition over, one builder per combination:
+    /// `matrix: {branch: [main, "3.14"]}` with `name: "Fedora {branch}"`.
+    /// Each value is also a tag and a property of its builder; `{axis}` is
+    /// replaced in the name, the factory and the workers.
+    #[serde(default)]
+    pub matrix: BTreeMap<String, Vec<String>>,
+    /// Combinations left out, e.g. `[{branch: "3.13", arch: arm64}]`.
+    #[serde(default)]
+    pub exclude: Vec<BTreeMap<String, String>>,
+    /// Index of the definition in master.yaml's `builders:` (for errors).
+    #[serde(skip)]
+    pub definition: usize,
+}
+
+/// A named list of steps.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FactoryConfig {
+    pub steps: Vec<StepSpec>,
+}
+
+/// What starts builds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SchedulerConfig {
+    /// The Force button and the `force` JSON-RPC method.
+    Force {
+        name: String,
+        /// Builders it may force.
+        builders: Vec<BuilderName>,
+        /// Parameters of its form, each a build property: a default, and
+        /// optionally the only values allowed.
+        #[serde(default)]
+        parameters: Vec<ForceParameter>,
+    },
+    /// At the times a cron expression gives, in a time zone, like
+    /// Buildbot's `Nightly`. Six fields, seconds first: `0 0 3 * * *` is
+    /// 03:00 every day.
+    Nightly {
+        name: String,
+        cron: String,
+        /// An IANA time zone, e.g. `Europe/Amsterdam`; default UTC.
+        #[serde(default = "default_timezone")]
+        timezone: String,
+        builders: Vec<BuilderName>,
+        /// The `branch` property of its builds.
+        branch: Option<String>,
+        #[serde(default)]
+        properties: BTreeMap<String, serde_yaml::Value>,
+    },
+    /// Builds each push to `branch` (GitHub webhook), like Buildbot's
+    /// `SingleBranchScheduler`; a push touching only `ignore_files`
+    /// patterns (e.g. `Doc/*`, `*.rst`) builds nothing.
+    SingleBranch {
+        name: String,
+        branch: String,
+        builders: Vec<BuilderName>,
+        #[serde(default)]
+        ignore_files: Vec<String>,
+        /// Wait until no change came for this long, then build the newest
+        /// (Buildbot's `treeStableTimer`); 0 builds each push at once.
+        #[serde(default)]
+        tree_stable_seconds: u64,
+    },
+    /// Builds each push to any branch, like Buildbot's `AnyBranchScheduler`;
+    /// builds get the pushed branch as their `branch` property.
+    AnyBranch {
+        name: String,
+        builders: Vec<BuilderName>,
+        #[serde(default)]
+        ignore_files: Vec<String>,
+        /// As for `single_branch`, per branch.
+        #[serde(default)]
+        tree_stable_seconds: u64,
+    },
+    /// Builds pull requests, as buildbot.python.org does: adding the label
+    /// `label` builds the builders tagged `label_tag`; a comment
+    /// `!buildbot REGEX` from someone who may write to the repository
+    /// builds those whose name matches.
+    PullRequest {
+        name: String,
+        builders: Vec<BuilderName>,
+        #[serde(default = "default_pr_label")]
+        label: String,
+        #[serde(default = "default_pr_label_tag")]
+        label_tag: String,
+    },
+    /// Builds after each buildset of the scheduler `upstream` finished
+    /// with SUCCESS or WARNINGS, with its properties, like Buildbot's
+    /// `Dependent`.
+    Dependent { name: String, upstream: String, builders: Vec<BuilderName> },
+    /// Every `every_seconds`, counted from the Unix epoch (so every master
+    /// agrees on the ticks), like Buildbot's `Periodic`.
+    Periodic {
+        name: String,
+        every_seconds: u64,
+        builders: Vec<BuilderName>,
+        branch: Option<String>,
+        #[serde(default)]
+        properties: BTreeMap<String, serde_yaml::Value>,
+    },
+}
+
+/// One parameter of a force scheduler's form.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForceParameter {
+    pub name: String,
+    /// Shown to people; default the name.
+    pub label: Option<String>,
+    #[serde(default)]
+    pub default: String,
+    /// The only values allowed (a drop-down in the form); any when empty.
+    #[serde(default)]
+    pub choices: Vec<String>,
+}
+
+pub(super) fn default_timezone() -> String {
+    "UTC".into()
+}
+
+fn default_pr_label() -> String {
+    ":hammer: test-with-buildbots".into()
+}
+
+fn default_pr_label_tag() -> String {
+    "stable".into()
+}
+
+/// Whether `path` matches the glob `pattern` (`*` any run of characters,
+/// `/` included; `?` one character), for `ignore_files`.
+pub fn path_matches(pattern: &str, path: &str) -> bool {
+    fn matches(pattern: &[u8], path: &[u8]) -> bool {
+        match (pattern.first(), path.first()) {
+            (None, None) => true,
+            (Some(b'*'), _) => matches(&pattern[1..], path) || (!path.is_empty() && matches(pattern, &path[1..])),
+            (Some(b'?'), Some(_)) => matches(&pattern[1..], &path[1..]),
+            (Some(p), Some(c)) if p == c => matches(&pattern[1..], &path[1..]),
+            _ => false,
+        }
+    }
+    matches(pattern.as_bytes(), path.as_bytes())
+}
+
+impl SchedulerConfig {
+    pub fn name(&self) -> &str {
+        match self {
+            SchedulerConfig::Force { name, .. }
+            | SchedulerConfig::Nightly { name, .. }
+            | SchedulerConfig::SingleBranch { name, .. }
+            | SchedulerConfig::AnyBranch { name, .. }
+            | SchedulerConfig::Dependent { name, .. }
+            | SchedulerConfig::PullRequest { name, .. }
+            | SchedulerConfig::Periodic { name, .. } => name,
+        }
+    }
+
+    pub fn builders(&self) -> &[BuilderName] {
+        match self {
+            SchedulerConfig::Force { builders, .. }
+            | SchedulerConfig::Nightly { builders, .. }
+            | SchedulerConfig::SingleBranch { builders, .. }
+            | SchedulerConfig::AnyBranch { builders, .. }
+            | SchedulerConfig::Dependent { builders, .. }
+            | SchedulerConfig::PullRequest { builders, .. }
+            | SchedulerConfig::Periodic { builders, .. } => builders,
+        }
+    }
+
+    /// A timed scheduler's ticks in `(after, until]`, oldest first; none
+    /// for the others (or for a cron expression `checkconfig` refuses).
+    pub fn ticks(&self, after: DateTime<Utc>, until: DateTime<Utc>) -> Vec<DateTime<Utc>> {
+        match self {
+            SchedulerConfig::Force { .. }
+            | SchedulerConfig::SingleBranch { .. }
+            | SchedulerConfig::AnyBranch { .. }
+            | SchedulerConfig::Dependent { .. }
+            | SchedulerConfig::PullRequest { .. } => Vec::new(),
+            SchedulerConfig::Nightly { cron, timezone, .. } => {
+                let (Ok(schedule), Ok(zone)) = (cron.parse::<cron::Schedule>(), timezone.parse::<chrono_tz::Tz>())
+                else {
+                    return Vec::new();
+                };
+                schedule
+                    .after(&after.with_timezone(&zone))
+                    .map(|tick| tick.with_timezone(&Utc))
+                    .take_while(|tick| *tick <= until)
+                    .collect()
+            }
+            SchedulerConfig::Periodic { every_seconds, .. } => {
+                let every = (*every_seconds).max(1) as i64;
+                let mut tick = (after.timestamp().div_euclid(every) + 1) * every;
+                let mut ticks = Vec::new();
+                while tick <= until.timestamp() {
+                    ticks.extend(DateTime::from_timestamp(tick, 0));
+                    tick += every;
+                }
+                ticks
+            }
+        }
+    }
+}
+
+/// Parses master.yaml, item by item; `None` when any item is wrong (its
+/// errors are in `file`).
+pub(super) fn parse(file: &mut SourceFile, text: &str) -> Option<MasterConfig> {
+    let value = file.parse_yaml(text)?;
+    let root = YamlPath::root();
+    let top: MasterConfigFile = file.deserialize(&root, value)?;
+    let mut config = MasterConfig::default();
+    let mut complete = true;
+    for (index, value) in top.builders.into_iter().enumerate() {
+        let at = root.key("builders").index(index);
+        match file.deserialize::<BuilderConfig>(&at, value) {
+            Some(mut builder) => {
+                builder.definition = index;
+                match matrix::expand(file, &at, builder) {
+                    Some(builders) => config.builders.extend(builders),
+                    None => complete = false,
+                }
+            }
+            None => complete = false,
+        }
+    }
+    for (name, value) in top.factories {
+        let at = root.key("factories").key(name.clone());
+        match file.deserialize::<FactoryConfigFile>(&at, value) {
+            Some(factory) => {
+                let mut steps = Vec::new();
+                for (index, step) in factory.steps.into_iter().enumerate() {
+                    let step_at = at.key("steps").index(index);
+                    let parsed = if step.get("git").is_some() {
+                        file.deserialize::<GitStepFile>(&step_at, step).map(GitStepFile::into_step)
+                    } else {
+                        file.deserialize(&step_at, step)
+                    };
+                    match parsed {
+                        Some(step) => steps.push(step),
+                        None => complete = false,
+                    }
+                }
+                config.factories.insert(name, FactoryConfig { steps });
+            }
+            None => complete = false,
+        }
+    }
+    for (index, value) in top.schedulers.into_iter().enumerate() {
+        match file.deserialize(&root.key("schedulers").index(index), value) {
+            Some(scheduler) => config.schedulers.push(scheduler),
+            None => complete = false,
+        }
+    }
+    for (index, value) in top.pollers.into_iter().enumerate() {
+        let at = root.key("pollers").index(index);
+        match file.deserialize::<PollerConfig>(&at, value) {
+            Some(poller) if poller.poll_seconds == 0 || poller.branches.is_empty() => {
+                let problem = if poller.branches.is_empty() {
+                    "a poller needs branches"
+                } else {
+                    "poll_seconds must be at least 1"
+                };
+                file.error_at(&at, problem, None);
+                complete = false;
+            }
+            Some(poller) => config.pollers.push(poller),
+            None => complete = false,
+        }
+    }
+    complete.then_some(config)
+}
+
+/// The builders one definition stands for: itself, or one per combination
+/// of its matrix's axes (less the excluded ones), each named from the
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FactoryConfigFile {
+    steps: Vec<serde_yaml::Value>,
+}

@@ -1,0 +1,478 @@
+//! `settings.yaml`: what is private to the host running masters (service
+//! URLs, workers and their passwords, users, secrets, web settings). Every
+//! field's `///` doc is its reference; defaults are given here, next to it.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+
+use super::Secret;
+use crate::ids::WorkerName;
+
+/// `settings.yaml`: what is private to the host running masters.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Postgres URL, e.g. `postgres://buildmaster:pw@127.0.0.1:5432/buildmaster`.
+    /// Postgres is the system of record and the only thing to back up.
+    pub database_url: Secret,
+    /// RabbitMQ URL, e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`.
+    pub amqp_url: Secret,
+    /// Redis URL, e.g. `redis://127.0.0.1:6379/`.
+    pub redis_url: Secret,
+    /// Prefix of every queue, exchange and Redis key, so several buildmaster
+    /// installations (or test runs) can share one RabbitMQ and one Redis.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// Path of `master.yaml`, relative to this file's folder.
+    #[serde(default = "default_master_config")]
+    pub master_config: PathBuf,
+    #[serde(default)]
+    pub web: WebSettings,
+    /// Remote workers allowed to connect, with their passwords.
+    #[serde(default)]
+    pub workers: Vec<WorkerSettings>,
+    /// When set, masters give every worker in `workers` an account of its
+    /// own in RabbitMQ and Redis, limited to what that worker needs, and
+    /// trust a worker's identity only from RabbitMQ's validated `user_id`.
+    pub worker_accounts: Option<WorkerAccountsSettings>,
+    /// Run a worker inside every master, consuming like any other worker.
+    #[serde(default)]
+    pub use_local_worker: bool,
+    /// The local worker serves the builders whose factory has this name.
+    #[serde(default = "default_local_worker_buildfactory")]
+    pub local_worker_buildfactory: String,
+    #[serde(default)]
+    pub local_worker: LocalWorkerSettings,
+    #[serde(default)]
+    pub builds: BuildSettings,
+    #[serde(default)]
+    pub telemetry: TelemetrySettings,
+    #[serde(default)]
+    pub retention: RetentionSettings,
+    /// Values steps may use in their environment as `%(secret:NAME)s`,
+    /// never written in master.yaml; masked as `***` in logs.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, Secret>,
+    /// People and scripts who may log in. With none, control actions
+    /// (force, stop, ...) are open to anyone who reaches the masters.
+    #[serde(default)]
+    pub users: Vec<UserSettings>,
+    /// Which roles may do what, once `users` has anyone.
+    #[serde(default)]
+    pub authorization: AuthorizationSettings,
+    /// GitHub's webhook (`/change_hook/github`); off while unset.
+    pub github: Option<GitHubSettings>,
+}
+
+/// The GitHub webhook and the API it asks who may trigger builds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GitHubSettings {
+    /// The webhook's secret: every delivery must be signed with it
+    /// (`X-Hub-Signature-256`); others get 401 and change nothing.
+    pub webhook_secret: Secret,
+    /// GitHub's REST API, asked whether a commenter may write to the
+    /// repository.
+    #[serde(default = "default_github_api")]
+    pub api_url: String,
+    /// A token for that API.
+    pub api_token: Option<Secret>,
+}
+
+fn default_github_api() -> String {
+    "https://api.github.com".into()
+}
+
+/// Someone who may log in (with a password, on the web) or send an API
+/// token (scripts).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserSettings {
+    pub name: String,
+    /// An argon2 hash (`buildmaster hash-password` makes one); without it
+    /// the user cannot log in with a password, only use tokens.
+    pub password_hash: Option<Secret>,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// SHA-256 (hex) of each API token the user's scripts send as
+    /// `Authorization: Bearer <token>` (`buildmaster new-token` makes one).
+    #[serde(default)]
+    pub token_sha256: Vec<String>,
+}
+
+/// The roles allowed each control action. A user may act when one of their
+/// roles is listed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorizationSettings {
+    #[serde(default = "admins_only")]
+    pub force: Vec<String>,
+    #[serde(default = "admins_only")]
+    pub stop_build: Vec<String>,
+    #[serde(default = "admins_only")]
+    pub rebuild: Vec<String>,
+    #[serde(default = "admins_only")]
+    pub cancel: Vec<String>,
+    #[serde(default = "admins_only")]
+    pub set_priority: Vec<String>,
+    /// Pause, unpause and stop workers.
+    #[serde(default = "admins_only")]
+    pub manage_workers: Vec<String>,
+    /// Pause and unpause builders.
+    #[serde(default = "admins_only")]
+    pub manage_builders: Vec<String>,
+}
+
+fn admins_only() -> Vec<String> {
+    vec!["admins".into()]
+}
+
+impl Default for AuthorizationSettings {
+    fn default() -> Self {
+        Self {
+            force: admins_only(),
+            stop_build: admins_only(),
+            rebuild: admins_only(),
+            cancel: admins_only(),
+            set_priority: admins_only(),
+            manage_workers: admins_only(),
+            manage_builders: admins_only(),
+        }
+    }
+}
+
+impl Settings {
+    /// The user an API token belongs to.
+    pub fn user_of_token_sha256(&self, token_sha256: &str) -> Option<&UserSettings> {
+        self.users.iter().find(|user| user.token_sha256.iter().any(|hash| hash.eq_ignore_ascii_case(token_sha256)))
+    }
+
+    pub fn user(&self, name: &str) -> Option<&UserSettings> {
+        self.users.iter().find(|user| user.name == name)
+    }
+}
+
+/// How long history is kept. Unset horizons keep everything. Deleting runs
+/// in small batches, one master at a time.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// Log contents of builds finished longer ago than this are deleted; the
+    /// log's record stays and says so.
+    pub logs_days: Option<u32>,
+    /// Builds finished longer ago than this are deleted, with their steps,
+    /// logs, requests and buildsets.
+    pub builds_days: Option<u32>,
+    /// Builds (or buildsets) per delete transaction: small, so no lock is
+    /// held for long.
+    #[serde(default = "default_retention_batch")]
+    pub batch: u32,
+    /// Time between passes.
+    #[serde(default = "default_retention_interval_seconds")]
+    pub interval_seconds: u64,
+}
+
+fn default_retention_batch() -> u32 {
+    500
+}
+
+fn default_retention_interval_seconds() -> u64 {
+    300
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        Self {
+            logs_days: None,
+            builds_days: None,
+            batch: default_retention_batch(),
+            interval_seconds: default_retention_interval_seconds(),
+        }
+    }
+}
+
+pub(super) fn default_namespace() -> String {
+    "buildmaster".into()
+}
+
+fn default_master_config() -> PathBuf {
+    "master.yaml".into()
+}
+
+fn default_local_worker_buildfactory() -> String {
+    "UnixBuild".into()
+}
+
+/// Traces, exported with OpenTelemetry's protocol (OTLP) over HTTP to a
+/// collector (the OpenTelemetry Collector, Jaeger, Tempo...). Off without an
+/// endpoint. The same block is read from settings.yaml and worker.yaml.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// Base URL of the collector's OTLP/HTTP receiver, e.g.
+    /// `http://127.0.0.1:4318`; spans go to `{endpoint}/v1/traces`.
+    pub otlp_endpoint: Option<String>,
+    /// `http/protobuf` (the default) or `http/json`.
+    #[serde(default)]
+    pub protocol: OtlpProtocol,
+    /// Share of traces kept, from 0.0 to 1.0, decided where a trace starts
+    /// and followed by every part of it.
+    #[serde(default = "default_sampling_ratio")]
+    pub sampling_ratio: f64,
+    /// `service.name` of the spans; default `buildmaster-master` or
+    /// `buildmaster-worker`.
+    pub service_name: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum OtlpProtocol {
+    #[default]
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+    #[serde(rename = "http/json")]
+    HttpJson,
+}
+
+fn default_sampling_ratio() -> f64 {
+    1.0
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            protocol: OtlpProtocol::default(),
+            sampling_ratio: default_sampling_ratio(),
+            service_name: None,
+        }
+    }
+}
+
+/// The web server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebSettings {
+    /// Public port, served by HAProxy in front of the masters.
+    #[serde(default = "default_public_port")]
+    pub port: u16,
+    /// Address a master listens on when `buildmaster start` is given no
+    /// `--listen`. Each master on a host needs its own.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Largest request body accepted, in bytes; larger ones get 413.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Mark login cookies `Secure` (sent over HTTPS only; browsers also
+    /// accept them from http://localhost). Turn off only to log in over
+    /// plain HTTP on another address.
+    #[serde(default = "super::steps::default_true")]
+    pub secure_cookies: bool,
+}
+
+fn default_public_port() -> u16 {
+    9011
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9021))
+}
+
+fn default_max_body_bytes() -> usize {
+    1024 * 1024
+}
+
+impl Default for WebSettings {
+    fn default() -> Self {
+        Self {
+            port: default_public_port(),
+            listen: default_listen(),
+            max_body_bytes: default_max_body_bytes(),
+            secure_cookies: true,
+        }
+    }
+}
+
+/// Per-worker accounts, kept in sync by every master.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerAccountsSettings {
+    /// RabbitMQ's management API, with an administrator's credentials, e.g.
+    /// `http://guest:guest@127.0.0.1:15672/`.
+    pub rabbitmq_management_url: Secret,
+    /// How often each master checks the accounts (they are also synced at
+    /// start and on every reload), so a broker or Redis that lost them gets
+    /// them back.
+    #[serde(default = "default_accounts_sync_seconds")]
+    pub sync_seconds: u64,
+}
+
+fn default_accounts_sync_seconds() -> u64 {
+    60
+}
+
+/// A remote worker.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSettings {
+    /// Its login name: letters, digits, `.`, `_` and `-`.
+    pub name: WorkerName,
+    /// Its password, at least 14 characters.
+    pub password: Secret,
+    /// How many builds it runs at once.
+    #[serde(default = "default_max_builds")]
+    pub max_builds: u32,
+    /// Properties of every build it runs (e.g. `parallel_tests: 4`),
+    /// source `Worker`.
+    #[serde(default)]
+    pub properties: BTreeMap<String, serde_yaml::Value>,
+    /// Daily windows in which it takes no new builds (as if paused; its
+    /// running builds go on), e.g. a machine its owner uses by day.
+    #[serde(default)]
+    pub downtime: Vec<DowntimeWindow>,
+}
+
+/// A daily window, `from` to `until` (`HH:MM`, crossing midnight when
+/// `until` is earlier), in a time zone.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DowntimeWindow {
+    pub from: String,
+    pub until: String,
+    #[serde(default = "super::master::default_timezone")]
+    pub timezone: String,
+}
+
+impl DowntimeWindow {
+    pub(super) fn bounds(&self) -> Option<(chrono::NaiveTime, chrono::NaiveTime, chrono_tz::Tz)> {
+        let time = |text: &str| chrono::NaiveTime::parse_from_str(text, "%H:%M").ok();
+        Some((time(&self.from)?, time(&self.until)?, self.timezone.parse().ok()?))
+    }
+
+    /// Whether `now` falls in the window (never, for one `checkconfig`
+    /// refuses).
+    pub fn contains(&self, now: DateTime<Utc>) -> bool {
+        let Some((from, until, zone)) = self.bounds() else {
+            return false;
+        };
+        let local = now.with_timezone(&zone).time();
+        if from <= until { from <= local && local < until } else { local >= from || local < until }
+    }
+}
+
+impl WorkerSettings {
+    /// Whether one of its downtime windows holds `now`.
+    pub fn in_downtime(&self, now: DateTime<Utc>) -> bool {
+        self.downtime.iter().any(|window| window.contains(now))
+    }
+}
+
+fn default_max_builds() -> u32 {
+    1
+}
+
+/// The worker that runs inside each master when `use_local_worker` is on.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalWorkerSettings {
+    /// Its name; each master's local worker appends the master's name.
+    #[serde(default = "default_local_worker_name")]
+    pub name: String,
+    /// Where it checks out and builds, relative to the settings file's folder.
+    #[serde(default = "default_local_worker_basedir")]
+    pub basedir: PathBuf,
+    #[serde(default = "default_local_max_builds")]
+    pub max_builds: u32,
+}
+
+fn default_local_worker_name() -> String {
+    "local".into()
+}
+
+fn default_local_worker_basedir() -> PathBuf {
+    "workers".into()
+}
+
+fn default_local_max_builds() -> u32 {
+    2
+}
+
+impl Default for LocalWorkerSettings {
+    fn default() -> Self {
+        Self {
+            name: default_local_worker_name(),
+            basedir: default_local_worker_basedir(),
+            max_builds: default_local_max_builds(),
+        }
+    }
+}
+
+/// Timing of running builds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildSettings {
+    /// A build whose worker has not sent a heartbeat for this long is
+    /// considered lost and retried.
+    #[serde(default = "default_lease_seconds")]
+    pub lease_seconds: u64,
+    /// How often workers send heartbeats for their running builds.
+    #[serde(default = "default_heartbeat_seconds")]
+    pub heartbeat_seconds: u64,
+    /// How long a log stays in Redis after it was archived in Postgres, so
+    /// that people watching it live see its end.
+    #[serde(default = "default_log_linger_seconds")]
+    pub log_linger_seconds: u64,
+    /// A pending request is announced again to workers when nobody claimed it
+    /// for this long (its doorbell may have been lost with a broker).
+    #[serde(default = "default_redeliver_after_seconds")]
+    pub redeliver_after_seconds: u64,
+    /// How many times a request is built again after its worker was lost;
+    /// after that it ends as EXCEPTION, so a build that kills its worker
+    /// every time cannot take down the fleet one worker after another.
+    #[serde(default = "default_max_retries")]
+    pub max_retries: u32,
+    /// A log is cut after this many bytes, with a marker saying so; the
+    /// step goes on. None: no cap.
+    #[serde(default = "default_max_log_bytes")]
+    pub max_log_bytes: Option<u64>,
+}
+
+fn default_max_log_bytes() -> Option<u64> {
+    Some(256 * 1024 * 1024)
+}
+
+fn default_lease_seconds() -> u64 {
+    60
+}
+
+fn default_heartbeat_seconds() -> u64 {
+    5
+}
+
+fn default_log_linger_seconds() -> u64 {
+    600
+}
+
+fn default_redeliver_after_seconds() -> u64 {
+    60
+}
+
+fn default_max_retries() -> u32 {
+    3
+}
+
+impl Default for BuildSettings {
+    fn default() -> Self {
+        Self {
+            lease_seconds: default_lease_seconds(),
+            heartbeat_seconds: default_heartbeat_seconds(),
+            log_linger_seconds: default_log_linger_seconds(),
+            redeliver_after_seconds: default_redeliver_after_seconds(),
+            max_retries: default_max_retries(),
+            max_log_bytes: default_max_log_bytes(),
+        }
+    }
+}

@@ -1,0 +1,273 @@
+//! One step of a factory as master.yaml says it: a command (a list, or a
+//! string for `/bin/sh -c`) with its options, or a `git:` checkout, which
+//! becomes a shell script reading only its environment.
+//!
+//! This is the configuration's schema, strict about unknown fields so a typo
+//! is an error at its line. What travels to workers is `wire::Step`, made
+//! from it at the claim.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::de;
+use serde::{Deserialize, Deserializer};
+
+use crate::model::Results;
+
+/// One step of a factory, as master.yaml says it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepSpec {
+    pub name: String,
+    /// A list (`["make", "-j4"]`, run as is) or a string (run by `/bin/sh -c`).
+    pub command: StepCommand,
+    /// Extra environment variables.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Directory to run in, relative to the builder's directory on the
+    /// worker. Default: `build`.
+    #[serde(default = "default_workdir")]
+    pub workdir: String,
+    /// Seconds without output after which the step is killed (FAILURE).
+    #[serde(default = "default_timeout")]
+    pub timeout: u64,
+    /// Seconds of running after which the step is killed (FAILURE), however
+    /// much it prints. None: no limit.
+    #[serde(default)]
+    pub max_time: Option<u64>,
+    /// Seconds between SIGTERM and SIGKILL when a step is killed.
+    #[serde(default = "default_kill_grace")]
+    pub kill_grace: u64,
+    /// A failure stops the build; later steps are skipped unless `always_run`.
+    #[serde(default)]
+    pub halt_on_failure: bool,
+    /// A failure makes the build FAILURE.
+    #[serde(default = "default_true")]
+    pub flunk_on_failure: bool,
+    /// A failure makes the build WARNINGS (when `flunk_on_failure` is off).
+    #[serde(default)]
+    pub warn_on_failure: bool,
+    /// WARNINGS of this step make the build WARNINGS.
+    #[serde(default = "default_true")]
+    pub warn_on_warnings: bool,
+    /// Run even after an earlier step halted the build.
+    #[serde(default)]
+    pub always_run: bool,
+    /// Exit code to result, like Buildbot's `decodeRC`. Codes not listed are
+    /// FAILURE. Default: `{0: SUCCESS}`.
+    #[serde(default = "default_decode_rc", deserialize_with = "crate::model::deserialize_exit_codes")]
+    pub decode_rc: BTreeMap<i32, Results>,
+}
+
+fn default_workdir() -> String {
+    "build".into()
+}
+
+fn default_timeout() -> u64 {
+    1200
+}
+
+fn default_kill_grace() -> u64 {
+    5
+}
+
+pub(super) fn default_true() -> bool {
+    true
+}
+
+fn default_decode_rc() -> BTreeMap<i32, Results> {
+    BTreeMap::from([(0, Results::Success)])
+}
+
+/// How a step's command is given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepCommand {
+    /// Run directly, no shell.
+    Argv(Vec<String>),
+    /// Run by `/bin/sh -c`.
+    Shell(String),
+}
+
+impl<'de> Deserialize<'de> for StepCommand {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct CommandVisitor;
+
+        impl<'de> de::Visitor<'de> for CommandVisitor {
+            type Value = StepCommand;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a list of strings (program and arguments) or a shell command string")
+            }
+
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<StepCommand, E> {
+                Ok(StepCommand::Shell(value.to_owned()))
+            }
+
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<StepCommand, A::Error> {
+                let mut argv = Vec::new();
+                while let Some(arg) = seq.next_element::<String>()? {
+                    argv.push(arg);
+                }
+                Ok(StepCommand::Argv(argv))
+            }
+        }
+
+        deserializer.deserialize_any(CommandVisitor)
+    }
+}
+
+/// A source checkout step: `git:` instead of `command:`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct GitStepFile {
+    name: String,
+    git: GitStep,
+    #[serde(default = "default_workdir")]
+    workdir: String,
+    #[serde(default = "default_timeout")]
+    timeout: u64,
+    #[serde(default = "default_true")]
+    halt_on_failure: bool,
+    #[serde(default)]
+    always_run: bool,
+}
+
+/// Where the source comes from and how to check it out, like Buildbot's
+/// `Git` step. Every text may use `%(prop:...)s`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GitStep {
+    repourl: String,
+    /// Branch to check out; default the build's `branch` property, else `main`.
+    #[serde(default = "default_git_branch")]
+    branch: String,
+    /// Revision to check out; default the build's `revision` property,
+    /// else the branch's head.
+    #[serde(default = "default_git_revision")]
+    revision: String,
+    #[serde(default)]
+    mode: GitMode,
+    /// With `mode: full`: `fresh` removes untracked and ignored files,
+    /// `clobber` starts from an empty directory.
+    #[serde(default)]
+    method: GitMethod,
+    /// A shallow fetch of this many commits.
+    shallow: Option<u32>,
+    /// A partial clone, e.g. `blob:none`.
+    filter: Option<String>,
+    /// Attempts after the first when fetching fails (a network blip).
+    #[serde(default = "default_git_retries")]
+    retries: u32,
+    /// `warnings` marks a failed checkout WARNINGS instead of FAILURE.
+    #[serde(default)]
+    on_failure: GitFailure,
+}
+
+#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum GitMode {
+    /// Keep the working tree; fetch and check out.
+    #[default]
+    Incremental,
+    /// Also clean the tree, per `method`.
+    Full,
+}
+
+#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum GitMethod {
+    #[default]
+    Fresh,
+    Clobber,
+}
+
+#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum GitFailure {
+    #[default]
+    Failure,
+    Warnings,
+}
+
+fn default_git_branch() -> String {
+    "%(prop:branch:-main)s".into()
+}
+
+fn default_git_revision() -> String {
+    "%(prop:revision)s".into()
+}
+
+fn default_git_retries() -> u32 {
+    2
+}
+
+/// What a `git` step runs: a script that takes everything from its
+/// environment, so no value (a branch name from a webhook) is ever parsed
+/// by the shell.
+const GIT_SCRIPT: &str = r#"set -eu
+retry() {
+    n=0
+    until "$@"; do
+        n=$((n + 1))
+        if [ "$n" -gt "$BM_GIT_RETRIES" ]; then return 1; fi
+        echo "attempt $n failed; retrying in $((n * 2))s: $*" >&2
+        sleep $((n * 2))
+    done
+}
+set --
+if [ -n "$BM_GIT_DEPTH" ]; then set -- "$@" --depth "$BM_GIT_DEPTH"; fi
+if [ -n "$BM_GIT_FILTER" ]; then set -- "$@" --filter="$BM_GIT_FILTER"; fi
+if [ "$BM_GIT_MODE" = full ] && [ "$BM_GIT_METHOD" = clobber ]; then
+    find . -mindepth 1 -maxdepth 1 -exec rm -rf {} +
+fi
+if [ -d .git ]; then
+    git remote set-url origin "$BM_GIT_REPOURL"
+else
+    git init -q .
+    git remote add origin "$BM_GIT_REPOURL"
+fi
+# A revision is fetched by itself where the server allows it; else the
+# branch, which must contain it.
+# `--end-of-options`: a revision or branch is never read as an option.
+if [ -n "$BM_GIT_REVISION" ] && git fetch -q --no-tags "$@" --end-of-options origin "$BM_GIT_REVISION" 2>/dev/null; then
+    git checkout -q -f --detach FETCH_HEAD
+else
+    retry git fetch --no-tags "$@" --end-of-options origin "$BM_GIT_BRANCH"
+    git checkout -q -f --detach FETCH_HEAD
+    if [ -n "$BM_GIT_REVISION" ]; then git checkout -q -f --detach --end-of-options "$BM_GIT_REVISION"; fi
+fi
+if [ "$BM_GIT_MODE" = full ]; then git clean -q -f -f -d -x; fi
+git log -1 --format='checked out %H (%s)'
+"#;
+
+impl GitStepFile {
+    pub(super) fn into_step(self) -> StepSpec {
+        let GitStep { repourl, branch, revision, mode, method, shallow, filter, retries, on_failure } = self.git;
+        let env = [
+            ("BM_GIT_REPOURL", repourl),
+            ("BM_GIT_BRANCH", branch),
+            ("BM_GIT_REVISION", revision),
+            ("BM_GIT_MODE", if mode == GitMode::Full { "full" } else { "incremental" }.to_owned()),
+            ("BM_GIT_METHOD", if method == GitMethod::Clobber { "clobber" } else { "fresh" }.to_owned()),
+            ("BM_GIT_DEPTH", shallow.map(|depth| depth.to_string()).unwrap_or_default()),
+            ("BM_GIT_FILTER", filter.unwrap_or_default()),
+            ("BM_GIT_RETRIES", retries.to_string()),
+        ];
+        let warnings = on_failure == GitFailure::Warnings;
+        StepSpec {
+            name: self.name,
+            command: StepCommand::Shell(GIT_SCRIPT.to_owned()),
+            env: env.into_iter().map(|(name, value)| (name.to_owned(), value)).collect(),
+            workdir: self.workdir,
+            timeout: self.timeout,
+            max_time: None,
+            kill_grace: default_kill_grace(),
+            halt_on_failure: self.halt_on_failure && !warnings,
+            flunk_on_failure: !warnings,
+            warn_on_failure: warnings,
+            warn_on_warnings: true,
+            always_run: self.always_run,
+            decode_rc: default_decode_rc(),
+        }
+    }
+}

@@ -1,0 +1,425 @@
+//! Checks that need more than one field: cross-references (a builder's
+//! factory and workers, a scheduler's builders, a secret a step uses),
+//! names that end up in queue names, and limits that keep the system sound
+//! (a lease at least two heartbeats long). Each problem is reported at its
+//! place in its file.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use super::diagnostics::SourceFile;
+use super::interpolate;
+use super::master::{MasterConfig, SchedulerConfig};
+use super::settings::{Settings, TelemetrySettings};
+use super::steps::StepCommand;
+use super::{MIN_WORKER_PASSWORD_CHARS, YamlPath};
+
+/// Names that end up in queue names, Redis keys and RabbitMQ user names.
+pub(super) fn is_valid_worker_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// Builder names appear in URLs, queue names and permission patterns:
+/// anything printable but `/`, at most 200 bytes.
+fn is_valid_builder_name(name: &str) -> bool {
+    !name.trim().is_empty() && name.len() <= 200 && !name.chars().any(|c| c == '/' || c.is_control())
+}
+
+pub(super) fn settings(file: &mut SourceFile, settings: &Settings) {
+    let root = YamlPath::root();
+    if settings.namespace.is_empty()
+        || !settings.namespace.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
+    {
+        file.error_at_value(
+            &root.key("namespace"),
+            format!("namespace `{}` is not allowed", settings.namespace),
+            Some("use letters, digits, `_` and `-` only".into()),
+        );
+    }
+    let mut seen = BTreeSet::new();
+    for (index, worker) in settings.workers.iter().enumerate() {
+        let at = root.key("workers").index(index);
+        if !is_valid_worker_name(&worker.name) {
+            file.error_at_value(
+                &at.key("name"),
+                format!("worker name `{}` is not allowed", worker.name),
+                Some("use 1 to 64 letters, digits, `.`, `_` and `-`".into()),
+            );
+        }
+        if !seen.insert(worker.name.as_str()) {
+            file.error_at_value(&at.key("name"), format!("worker `{}` is listed twice", worker.name), None);
+        }
+        if worker.password.expose().chars().count() < MIN_WORKER_PASSWORD_CHARS {
+            file.error_at_value(
+                &at.key("password"),
+                format!(
+                    "the password of worker `{}` is shorter than {MIN_WORKER_PASSWORD_CHARS} characters",
+                    worker.name
+                ),
+                Some("generate one, e.g. `openssl rand -base64 18`".into()),
+            );
+        }
+        if worker.max_builds == 0 {
+            file.error_at_value(&at.key("max_builds"), "max_builds must be at least 1", None);
+        }
+        for (window_index, window) in worker.downtime.iter().enumerate() {
+            if window.bounds().is_none() {
+                file.error_at_value(
+                    &at.key("downtime").index(window_index),
+                    "a downtime window needs `from` and `until` as HH:MM and a known `timezone`",
+                    Some("e.g. {from: \"22:00\", until: \"06:00\", timezone: Europe/Amsterdam}".into()),
+                );
+            }
+        }
+    }
+    if settings.use_local_worker {
+        if !is_valid_worker_name(&settings.local_worker.name) {
+            file.error_at_value(
+                &root.key("local_worker").key("name"),
+                format!("worker name `{}` is not allowed", settings.local_worker.name),
+                Some("use 1 to 64 letters, digits, `.`, `_` and `-`".into()),
+            );
+        }
+        if settings.workers.iter().any(|w| *w.name == *settings.local_worker.name) {
+            file.error_at_value(
+                &root.key("local_worker").key("name"),
+                format!("`{}` is both a remote worker's name and the local workers' name", settings.local_worker.name),
+                Some("rename one of them".into()),
+            );
+        }
+        if settings.local_worker.max_builds == 0 {
+            file.error_at_value(&root.key("local_worker").key("max_builds"), "max_builds must be at least 1", None);
+        }
+    }
+    telemetry(file, &root.key("telemetry"), &settings.telemetry);
+    users(file, settings);
+    if let Some(github) = &settings.github
+        && github.webhook_secret.expose().chars().count() < 16
+    {
+        file.error_at_value(
+            &root.key("github").key("webhook_secret"),
+            "the webhook secret is shorter than 16 characters: anyone could sign deliveries",
+            Some("generate one, e.g. `openssl rand -hex 20`, and give GitHub the same".into()),
+        );
+    }
+    if let Some(accounts) = &settings.worker_accounts {
+        let at = root.key("worker_accounts");
+        let url = accounts.rabbitmq_management_url.expose();
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            file.error_at_value(
+                &at.key("rabbitmq_management_url"),
+                "rabbitmq_management_url is not an http:// or https:// URL",
+                Some("give the management API with an administrator, e.g. http://admin:pw@127.0.0.1:15672/".into()),
+            );
+        }
+        if accounts.sync_seconds == 0 {
+            file.error_at_value(&at.key("sync_seconds"), "sync_seconds must be at least 1", None);
+        }
+    }
+    let retention = &settings.retention;
+    if retention.batch == 0 || retention.batch > 100_000 {
+        file.error_at_value(
+            &root.key("retention").key("batch"),
+            format!("batch {} is not between 1 and 100000", retention.batch),
+            Some("a few hundred keeps each delete short".into()),
+        );
+    }
+    if let (Some(logs), Some(builds)) = (retention.logs_days, retention.builds_days)
+        && builds < logs
+    {
+        file.error_at_value(
+            &root.key("retention").key("builds_days"),
+            format!("builds_days ({builds}) is shorter than logs_days ({logs})"),
+            Some("builds are deleted with their logs; keep builds at least as long as logs".into()),
+        );
+    }
+    let builds = &settings.builds;
+    if builds.heartbeat_seconds == 0 || builds.lease_seconds < 2 * builds.heartbeat_seconds {
+        file.error_at_value(
+            &root.key("builds").key("lease_seconds"),
+            format!(
+                "lease_seconds ({}) must be at least twice heartbeat_seconds ({}), which must not be 0",
+                builds.lease_seconds, builds.heartbeat_seconds
+            ),
+            Some("a lease survives one lost heartbeat only if it is at least two heartbeats long".into()),
+        );
+    }
+}
+
+pub(super) fn master(file: &mut SourceFile, master: &MasterConfig, settings: &Settings) {
+    let root = YamlPath::root();
+    for (factory_name, factory) in &master.factories {
+        for (index, step) in factory.steps.iter().enumerate() {
+            for (variable, value) in &step.env {
+                for secret in interpolate::secret_names(value) {
+                    if !settings.secrets.contains_key(secret) {
+                        let at =
+                            root.key("factories").key(factory_name).key("steps").index(index).key("env").key(variable);
+                        file.error_at_value(
+                            &at,
+                            format!("secret `{secret}` is not defined"),
+                            Some(format!("add it under `secrets:` in settings.yaml ({secret}: ...)")),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    let mut workers: BTreeSet<&str> = settings.workers.iter().map(|w| w.name.as_str()).collect();
+    if settings.use_local_worker {
+        workers.insert(settings.local_worker.name.as_str());
+    }
+    let mut builder_names = BTreeSet::new();
+    let mut definitions_checked = BTreeSet::new();
+    for builder in &master.builders {
+        let at = root.key("builders").index(builder.definition);
+        if !is_valid_builder_name(&builder.name) {
+            file.error_at_value(
+                &at.key("name"),
+                format!("builder name `{}` is not allowed", builder.name),
+                Some("use at most 200 bytes, no `/` and no control characters".into()),
+            );
+        }
+        if !builder_names.insert(builder.name.as_str()) {
+            file.error_at_value(
+                &at.key("name"),
+                format!("builder `{}` is defined twice", builder.name),
+                Some("builder names must be unique".into()),
+            );
+        }
+        // What a matrix's builders share is checked once per definition
+        // (and per factory and workers, which `{axis}` may vary).
+        if !definitions_checked.insert((builder.definition, &builder.factory, &builder.workers)) {
+            continue;
+        }
+        if !master.factories.contains_key(&builder.factory) {
+            file.error_at_value(
+                &at.key("factory"),
+                format!("builder `{}` uses factory `{}`, which is not defined", builder.name, builder.factory),
+                Some(format!(
+                    "define it under `factories:` or use one of: {}",
+                    master.factories.keys().cloned().collect::<Vec<_>>().join(", ")
+                )),
+            );
+        }
+        for (worker_index, worker) in builder.workers.iter().enumerate() {
+            if !workers.contains(worker.as_str()) {
+                file.error_at_value(
+                    &at.key("workers").index(worker_index),
+                    format!("builder `{}` names worker `{worker}`, which is not in settings.yaml", builder.name),
+                    Some(if **worker == *settings.local_worker.name {
+                        "set `use_local_worker: true` in settings.yaml to run the local workers".into()
+                    } else {
+                        "add it under `workers:` in settings.yaml (with a password) or fix the name".into()
+                    }),
+                );
+            }
+        }
+        let served_locally = settings.use_local_worker && builder.factory == settings.local_worker_buildfactory;
+        if builder.workers.is_empty() && !served_locally {
+            file.error_at(
+                &at,
+                format!("builder `{}` has no workers", builder.name),
+                Some(format!(
+                    "list workers under `workers:`, or set use_local_worker with local_worker_buildfactory: {}",
+                    builder.factory
+                )),
+            );
+        }
+    }
+    for (name, factory) in &master.factories {
+        let at = root.key("factories").key(name.clone());
+        if factory.steps.is_empty() {
+            file.error_at_value(&at.key("steps"), format!("factory `{name}` has no steps"), None);
+        }
+        let mut step_names = BTreeSet::new();
+        for (index, step) in factory.steps.iter().enumerate() {
+            let step_at = at.key("steps").index(index);
+            let mut texts: Vec<(YamlPath, &str)> = match &step.command {
+                StepCommand::Argv(argv) => {
+                    argv.iter().enumerate().map(|(i, word)| (step_at.key("command").index(i), word.as_str())).collect()
+                }
+                StepCommand::Shell(script) => vec![(step_at.key("command"), script.as_str())],
+            };
+            texts.extend(step.env.iter().map(|(name, value)| (step_at.key("env").key(name.clone()), value.as_str())));
+            texts.push((step_at.key("workdir"), step.workdir.as_str()));
+            for (text_at, text) in texts {
+                if let Err(problem) = interpolate::check(text) {
+                    file.error_at_value(&text_at, problem, None);
+                }
+            }
+            if !step_names.insert(step.name.as_str()) {
+                file.error_at_value(
+                    &step_at.key("name"),
+                    format!("factory `{name}` has two steps named `{}`", step.name),
+                    Some("step names must be unique within a factory".into()),
+                );
+            }
+            let empty = match &step.command {
+                StepCommand::Argv(argv) => argv.is_empty(),
+                StepCommand::Shell(script) => script.trim().is_empty(),
+            };
+            if empty {
+                file.error_at_value(
+                    &step_at.key("command"),
+                    format!("step `{}` has an empty command", step.name),
+                    None,
+                );
+            }
+            if Path::new(&step.workdir).is_absolute() || step.workdir.split('/').any(|part| part == "..") {
+                file.error_at_value(
+                    &step_at.key("workdir"),
+                    format!("workdir `{}` leaves the builder's directory", step.workdir),
+                    Some("use a relative path without `..`".into()),
+                );
+            }
+            if step.timeout == 0 {
+                file.error_at_value(&step_at.key("timeout"), "timeout must be at least 1 second", None);
+            }
+        }
+    }
+    let mut scheduler_names = BTreeSet::new();
+    for (index, scheduler) in master.schedulers.iter().enumerate() {
+        let at = root.key("schedulers").index(index);
+        if !scheduler_names.insert(scheduler.name()) {
+            file.error_at_value(&at.key("name"), format!("scheduler `{}` is defined twice", scheduler.name()), None);
+        }
+        for (builder_index, builder) in scheduler.builders().iter().enumerate() {
+            if !builder_names.contains(builder.as_str()) {
+                file.error_at_value(
+                    &at.key("builders").index(builder_index),
+                    format!("scheduler `{}` names builder `{builder}`, which is not defined", scheduler.name()),
+                    None,
+                );
+            }
+        }
+        match scheduler {
+            SchedulerConfig::Nightly { cron, timezone, .. } => {
+                if let Err(error) = cron.parse::<cron::Schedule>() {
+                    file.error_at_value(
+                        &at.key("cron"),
+                        format!("`{cron}` is not a cron expression: {error}"),
+                        Some("six fields, seconds first: `0 0 3 * * *` is 03:00 every day".into()),
+                    );
+                }
+                if timezone.parse::<chrono_tz::Tz>().is_err() {
+                    file.error_at_value(
+                        &at.key("timezone"),
+                        format!("`{timezone}` is not a time zone"),
+                        Some("use an IANA name, e.g. UTC or Europe/Amsterdam".into()),
+                    );
+                }
+            }
+            SchedulerConfig::Force { parameters, .. } => {
+                for (parameter_index, parameter) in parameters.iter().enumerate() {
+                    if !parameter.choices.is_empty() && !parameter.choices.contains(&parameter.default) {
+                        file.error_at_value(
+                            &at.key("parameters").index(parameter_index).key("default"),
+                            format!("the default `{}` is not one of the choices", parameter.default),
+                            Some(format!("use one of: {}", parameter.choices.join(", "))),
+                        );
+                    }
+                }
+            }
+            SchedulerConfig::Dependent { upstream, .. }
+                if !master.schedulers.iter().any(|other| other.name() == upstream) =>
+            {
+                file.error_at_value(
+                    &at.key("upstream"),
+                    format!("scheduler `{}` follows `{upstream}`, which is not defined", scheduler.name()),
+                    None,
+                );
+            }
+            SchedulerConfig::Dependent { .. } if follows_itself(master, scheduler.name()) => {
+                file.error_at_value(
+                    &at.key("upstream"),
+                    format!(
+                        "scheduler `{}` follows itself through its upstreams: it would never stop",
+                        scheduler.name()
+                    ),
+                    None,
+                );
+            }
+            SchedulerConfig::Periodic { every_seconds, .. } if !(1..=366 * 24 * 3600).contains(every_seconds) => {
+                file.error_at_value(&at.key("every_seconds"), "every_seconds must be between 1 and a year", None);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Whether following `name`'s upstreams leads back to it.
+fn follows_itself(master: &MasterConfig, name: &str) -> bool {
+    let mut current = name;
+    for _ in 0..=master.schedulers.len() {
+        let upstream = master.schedulers.iter().find_map(|scheduler| match scheduler {
+            SchedulerConfig::Dependent { name, upstream, .. } if name == current => Some(upstream.as_str()),
+            _ => None,
+        });
+        match upstream {
+            Some(upstream) if upstream == name => return true,
+            Some(upstream) => current = upstream,
+            None => return false,
+        }
+    }
+    false
+}
+
+fn users(file: &mut SourceFile, settings: &Settings) {
+    let mut names = BTreeSet::new();
+    let mut tokens = BTreeSet::new();
+    for (index, user) in settings.users.iter().enumerate() {
+        let at = YamlPath::root().key("users").index(index);
+        if !is_valid_worker_name(&user.name) {
+            file.error_at_value(
+                &at.key("name"),
+                format!("user name `{}` is not allowed", user.name),
+                Some("use 1 to 64 letters, digits, `.`, `_` and `-`".into()),
+            );
+        }
+        if !names.insert(user.name.as_str()) {
+            file.error_at_value(&at.key("name"), format!("user `{}` is listed twice", user.name), None);
+        }
+        if let Some(hash) = &user.password_hash
+            && !hash.expose().starts_with("$argon2")
+        {
+            file.error_at_value(
+                &at.key("password_hash"),
+                format!("the password_hash of user `{}` is not an argon2 hash", user.name),
+                Some("make one with `buildmaster hash-password` (it reads the password from stdin)".into()),
+            );
+        }
+        for (token_index, token) in user.token_sha256.iter().enumerate() {
+            if token.len() != 64 || !token.chars().all(|c| c.is_ascii_hexdigit()) {
+                file.error_at_value(
+                    &at.key("token_sha256").index(token_index),
+                    "not the SHA-256 of a token (64 hexadecimal digits)",
+                    Some("`buildmaster new-token` prints a token and the line to put here".into()),
+                );
+            } else if !tokens.insert(token.to_ascii_lowercase()) {
+                file.error_at_value(&at.key("token_sha256").index(token_index), "this token is listed twice", None);
+            }
+        }
+    }
+}
+
+pub(super) fn telemetry(file: &mut SourceFile, at: &YamlPath, telemetry: &TelemetrySettings) {
+    if let Some(endpoint) = &telemetry.otlp_endpoint
+        && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+    {
+        file.error_at_value(
+            &at.key("otlp_endpoint"),
+            format!("otlp_endpoint `{endpoint}` is not an http:// or https:// URL"),
+            Some("give the collector's OTLP/HTTP address, e.g. http://127.0.0.1:4318".into()),
+        );
+    }
+    if !(0.0..=1.0).contains(&telemetry.sampling_ratio) {
+        file.error_at_value(
+            &at.key("sampling_ratio"),
+            format!("sampling_ratio {} is not between 0.0 and 1.0", telemetry.sampling_ratio),
+            Some("1.0 keeps every trace, 0.1 one in ten".into()),
+        );
+    }
+}
