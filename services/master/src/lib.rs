@@ -10,6 +10,7 @@
 //! it (`make lint` checks).
 
 pub mod accounts;
+pub mod auth;
 pub mod broker;
 pub mod catalog;
 pub mod changes;

@@ -103,11 +103,11 @@ async fn run(cli: Cli, config: Option<Config>) -> anyhow::Result<ExitCode> {
                     "no password on standard input; e.g. `read -rs pw && echo \"$pw\" | buildmaster hash-password`"
                 );
             }
-            println!("{}", master::http::auth::hash_password(password));
+            println!("{}", master::auth::hash_password(password));
             Ok(ExitCode::SUCCESS)
         }
         Command::NewToken => {
-            let (token, sha256) = master::http::auth::new_token();
+            let (token, sha256) = master::auth::new_token();
             println!("token: {token}");
             println!("token_sha256: {sha256}");
             eprintln!(

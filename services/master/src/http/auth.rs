@@ -12,9 +12,8 @@
 //! `X-CSRF-Token`, which another site's page cannot read. Roles are read from
 //! the configuration on every request, so a reload applies at once.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequestParts, State};
@@ -25,10 +24,12 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use shared::config::{AuthorizationSettings, Settings, UserSettings};
+use shared::config::Settings;
 
 use super::ApiError;
 use crate::Master;
+use crate::auth::{self, Denied, PASSWORD_CHECKS, password_fingerprint, random_token, sha256_hex, verify_password};
+pub use crate::auth::Action;
 
 /// The login cookie.
 const COOKIE_NAME: &str = "buildmaster_session";
@@ -36,44 +37,6 @@ const COOKIE_NAME: &str = "buildmaster_session";
 pub const CSRF_HEADER: &str = "x-csrf-token";
 /// How long a login lasts.
 const SESSION_SECONDS: i64 = 7 * 24 * 3600;
-
-/// What a control request asks to do.
-#[derive(Debug, Clone, Copy)]
-pub enum Action {
-    Force,
-    StopBuild,
-    Rebuild,
-    Cancel,
-    SetPriority,
-    ManageWorkers,
-    ManageBuilders,
-}
-
-impl Action {
-    fn allowed_roles(self, authorization: &AuthorizationSettings) -> &[String] {
-        match self {
-            Action::Force => &authorization.force,
-            Action::StopBuild => &authorization.stop_build,
-            Action::Rebuild => &authorization.rebuild,
-            Action::Cancel => &authorization.cancel,
-            Action::SetPriority => &authorization.set_priority,
-            Action::ManageWorkers => &authorization.manage_workers,
-            Action::ManageBuilders => &authorization.manage_builders,
-        }
-    }
-
-    fn describe(self) -> &'static str {
-        match self {
-            Action::Force => "force builds",
-            Action::StopBuild => "stop builds",
-            Action::Rebuild => "rebuild builds",
-            Action::Cancel => "cancel build requests",
-            Action::SetPriority => "change priorities",
-            Action::ManageWorkers => "pause, unpause or stop workers",
-            Action::ManageBuilders => "pause or unpause builders",
-        }
-    }
-}
 
 /// Who sent a request.
 #[derive(Debug)]
@@ -159,19 +122,10 @@ pub fn authorize(settings: &Settings, caller: &Caller, action: Action) -> Result
         }
         Caller::Session { user, .. } | Caller::Token { user } => user,
     };
-    let Some(configured) = settings.user(user) else {
-        return Err(ApiError::Unauthorized(format!("user `{user}` is no longer configured; log in again")));
-    };
-    let allowed = action.allowed_roles(&settings.authorization);
-    if configured.roles.iter().any(|role| allowed.contains(role)) {
-        Ok(())
-    } else {
-        Err(ApiError::Forbidden(format!(
-            "user `{user}` may not {}: that needs one of the roles {} (authorization in settings.yaml)",
-            action.describe(),
-            allowed.iter().map(|role| format!("`{role}`")).collect::<Vec<_>>().join(", ")
-        )))
-    }
+    auth::check_roles(settings, user, action).map_err(|denied| match denied {
+        Denied::UnknownUser(_) => ApiError::Unauthorized(denied.to_string()),
+        Denied::MissingRole { .. } => ApiError::Forbidden(denied.to_string()),
+    })
 }
 
 #[derive(Deserialize)]
@@ -246,57 +200,6 @@ pub async fn me(State(master): State<Arc<Master>>, caller: Caller) -> Response {
     Json(body).into_response()
 }
 
-/// Password checks running at once on one master.
-static PASSWORD_CHECKS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
-
-/// What a session remembers of the password hash it was opened with.
-fn password_fingerprint(user: &UserSettings) -> Option<String> {
-    user.password_hash.as_ref().map(|hash| sha256_hex(hash.expose())[..16].to_owned())
-}
-
-/// An argon2id hash of `password`, for settings.yaml's `password_hash`.
-pub fn hash_password(password: &str) -> String {
-    let mut salt = [0u8; 16];
-    getrandom::fill(&mut salt).expect("the operating system gives random bytes");
-    let salt = SaltString::encode_b64(&salt).expect("16 bytes make a salt");
-    argon2::Argon2::default().hash_password(password.as_bytes(), &salt).expect("argon2 hashes a password").to_string()
-}
-
-/// Checks `password` against `hash`; without a hash (an unknown user), a
-/// hash of nothing is checked instead, so the answer takes as long either
-/// way and does not tell which user names exist.
-fn verify_password(hash: Option<&str>, password: &str) -> bool {
-    static NOBODY: OnceLock<String> = OnceLock::new();
-    let nobody = NOBODY.get_or_init(|| hash_password("no user has this password"));
-    let Ok(parsed) = PasswordHash::new(hash.unwrap_or(nobody)) else {
-        tracing::error!("a password_hash in settings.yaml is not a valid argon2 hash; that user cannot log in");
-        return false;
-    };
-    argon2::Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok() && hash.is_some()
-}
-
-/// A new API token and the SHA-256 settings.yaml lists for it.
-pub fn new_token() -> (String, String) {
-    let token = format!("bm_{}", random_token());
-    let hash = sha256_hex(&token);
-    (token, hash)
-}
-
-/// 32 random bytes, hex.
-fn random_token() -> String {
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).expect("the operating system gives random bytes");
-    hex(&bytes)
-}
-
-fn sha256_hex(text: &str) -> String {
-    hex(&Sha256::digest(text.as_bytes()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
-}
-
 /// The session token from the `Cookie` header, if any.
 fn session_token(headers: &HeaderMap) -> Option<String> {
     headers
@@ -318,15 +221,6 @@ fn same_bytes(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_password_verifies_against_its_own_hash_only() {
-        let hash = hash_password("correct horse battery staple");
-        assert!(hash.starts_with("$argon2id$"), "{hash}");
-        assert!(verify_password(Some(&hash), "correct horse battery staple"));
-        assert!(!verify_password(Some(&hash), "correct horse battery stapler"));
-        assert!(!verify_password(None, "no user has this password"), "an unknown user never logs in");
-    }
 
     #[test]
     fn the_session_cookie_is_found_among_others() {

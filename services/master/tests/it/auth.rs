@@ -46,14 +46,14 @@ async fn log_in(stack: &TestStack, username: &str, password: &str) -> (StatusCod
 async fn control_actions_need_a_login_or_a_token_and_a_role_that_allows_them() {
     let mut stack =
         TestStack::new(&master_yaml(&[("slow", "- name: work\n  command: echo begin; sleep 30\n")]), &["slow"]).await;
-    let (token, token_sha256) = master::http::auth::new_token();
+    let (token, token_sha256) = master::auth::new_token();
     stack.append_settings(&format!(
         "users:\n  - name: alice\n    password_hash: '{}'\n    roles: [developers]\n\
          \x20 - name: root\n    password_hash: '{}'\n    roles: [admins]\n\
          \x20 - name: release-bot\n    roles: [developers]\n    token_sha256: [{token_sha256}]\n\
          authorization:\n  force: [developers, admins]\n  stop_build: [developers, admins]\n",
-        master::http::auth::hash_password("alice-password-1"),
-        master::http::auth::hash_password("root-password-12"),
+        master::auth::hash_password("alice-password-1"),
+        master::auth::hash_password("root-password-12"),
     ));
     let a = format!("http://{}", stack.start_master("a").await);
     let b = format!("http://{}", stack.start_master("b").await);
@@ -161,7 +161,7 @@ async fn control_actions_need_a_login_or_a_token_and_a_role_that_allows_them() {
     let mut lines: Vec<String> = settings.lines().map(str::to_owned).collect();
     let root_line = lines.iter().rposition(|l| l.contains("password_hash")).unwrap();
     assert_ne!(Some(&lines[root_line]), root_hash.as_ref(), "root's is the second hash");
-    lines[root_line] = format!("    password_hash: '{}'", master::http::auth::hash_password("root-password-new"));
+    lines[root_line] = format!("    password_hash: '{}'", master::auth::hash_password("root-password-new"));
     std::fs::write(&stack.settings_path, lines.join("\n") + "\n").unwrap();
     stack.reload_masters();
     for base in [&a, &b] {

@@ -19,3 +19,4 @@ mod reload;
 mod schedulers;
 mod sources;
 mod telemetry;
+mod wire;
