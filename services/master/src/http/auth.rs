@@ -28,8 +28,8 @@ use shared::config::Settings;
 
 use super::ApiError;
 use crate::Master;
-use crate::auth::{self, Denied, PASSWORD_CHECKS, password_fingerprint, random_token, sha256_hex, verify_password};
 pub use crate::auth::Action;
+use crate::auth::{self, Denied, PASSWORD_CHECKS, password_fingerprint, random_token, sha256_hex, verify_password};
 
 /// The login cookie.
 const COOKIE_NAME: &str = "buildmaster_session";

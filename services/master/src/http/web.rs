@@ -25,7 +25,7 @@ use super::ApiError;
 use super::reads::api_items;
 use crate::Master;
 use crate::catalog::Catalog;
-use crate::store::resources::{BUILDERS, BUILDREQUESTS, BUILDS, BUILDSETS, LOGS, STEPS, WORKERS};
+use crate::store::resources::{BUILDERS, BUILDREQUESTS, BUILDS, BUILDSETS, LOGS, Resource, STEPS, WORKERS};
 use crate::urls;
 
 type AppState = Arc<Master>;
@@ -68,6 +68,10 @@ pub fn routes() -> Router<AppState> {
         .route("/workers", get(workers_page))
         .route("/queue", get(queue_page))
         .route("/login", get(login_page))
+        .route("/fragments/cells/{build_id}", get(cell_fragment))
+        .route("/fragments/build-rows/{build_id}", get(build_row_fragment))
+        .route("/fragments/steps/{step_id}", get(step_fragment))
+        .route("/fragments/pending/{request_id}", get(pending_fragment))
         .route("/static/app.js", get(|| asset(include_str!("web/app.js"), "text/javascript; charset=utf-8")))
         .route("/static/style.css", get(|| asset(include_str!("web/style.css"), "text/css; charset=utf-8")))
 }
@@ -248,14 +252,7 @@ async fn overview(State(master): State<AppState>, Query(query): Query<OverviewQu
                         td.pending { (pending.get(id).copied().unwrap_or_default()) }
                         td.cells {
                             @for cell in by_builder.get(id).map(Vec::as_slice).unwrap_or_default() {
-                                @let class = match (cell.complete, cell.results) {
-                                    (true, Some(code)) => format!("cell r{code}"),
-                                    _ => "cell running".to_owned(),
-                                };
-                                @let result = cell.results.and_then(Results::from_code).map_or("running", Results::name);
-                                a class=(class) data-buildid=(cell.id)
-                                    href=(build_href(&builder.name, i64::from(cell.number)))
-                                    title=(format!("#{} {result}", cell.number)) { (cell.number) }
+                                (grid_cell(&builder.name, cell.id.0, i64::from(cell.number), cell.results.filter(|_| cell.complete)))
                             }
                         }
                     }
@@ -377,13 +374,7 @@ async fn builder_page(
                 }
                 h2 { "Pending requests (" span #pending-count { (pending.len()) } ")" }
                 ul.pending #pending {
-                    @for request in &pending {
-                        li data-requestid=(int(request, "buildrequestid")) {
-                            "request " (int(request, "buildrequestid")) ", priority " (int(request, "priority"))
-                            ", submitted " (time(request, "submitted_at")) " "
-                            button.action data-method="cancel" data-path=(format!("/buildrequests/{}", int(request, "buildrequestid"))) { "Cancel" }
-                        }
-                    }
+                    @for request in &pending { (pending_request(request)) }
                 }
                 h2 { "Workers" }
                 ul.workers {
@@ -395,6 +386,28 @@ async fn builder_page(
     };
     let data = [("builderid", builder_id.to_string()), ("builder", builder.name.to_string())];
     Ok(page(&format!("Builder {}", builder.name), "builder", &data, body))
+}
+
+/// One build in the overview grid: its number, coloured by its result
+/// (`None` while it runs).
+fn grid_cell(builder: &str, build_id: i64, number: i64, results: Option<i16>) -> Markup {
+    let class = results.map_or_else(|| "cell running".to_owned(), |code| format!("cell r{code}"));
+    let result = results.and_then(Results::from_code).map_or("running", Results::name);
+    html! {
+        a class=(class) data-buildid=(build_id) href=(build_href(builder, number)) title=(format!("#{number} {result}")) {
+            (number)
+        }
+    }
+}
+
+fn pending_request(request: &Value) -> Markup {
+    let id = int(request, "buildrequestid");
+    html! {
+        li data-requestid=(id) {
+            "request " (id) ", priority " (int(request, "priority")) ", submitted " (time(request, "submitted_at")) " "
+            button.action data-method="cancel" data-path=(format!("/buildrequests/{id}")) { "Cancel" }
+        }
+    }
 }
 
 fn build_row(builder: &str, build: &Value) -> Markup {
@@ -540,6 +553,49 @@ fn log_view(log: &Value) -> Markup {
             pre.lines {}
         }
     }
+}
+
+// --- fragments ----------------------------------------------------------------------
+
+// What live events change on a page, rendered by the same functions as the
+// page itself, so the script never builds markup of its own: it fetches the
+// fragment of the item an event names and puts it in place.
+
+fn fragment(markup: Markup) -> Response {
+    ([(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))], Html(markup.into_string())).into_response()
+}
+
+/// The API's item of `resource` whose `id_field` is `id`, or 404.
+async fn item(master: &Master, resource: &'static Resource, id_field: &str, id: i64) -> Result<Value, PageError> {
+    api_items(master, resource, &[(id_field, id.to_string())])
+        .await?
+        .into_iter()
+        .next()
+        .ok_or_else(|| not_found(format!("{} {id}", resource.plural.trim_end_matches('s'))))
+}
+
+async fn cell_fragment(State(master): State<AppState>, Path(build_id): Path<i64>) -> Page {
+    let build = item(&master, &BUILDS, "buildid", build_id).await?;
+    let builder = builder_name(&master.catalog(), int(&build, "builderid")).to_owned();
+    let results = build.get("results").and_then(Value::as_i64).and_then(|code| i16::try_from(code).ok());
+    Ok(fragment(grid_cell(&builder, build_id, int(&build, "number"), results)))
+}
+
+async fn build_row_fragment(State(master): State<AppState>, Path(build_id): Path<i64>) -> Page {
+    let build = item(&master, &BUILDS, "buildid", build_id).await?;
+    let builder = builder_name(&master.catalog(), int(&build, "builderid")).to_owned();
+    Ok(fragment(build_row(&builder, &build)))
+}
+
+async fn step_fragment(State(master): State<AppState>, Path(step_id): Path<i64>) -> Page {
+    let step = item(&master, &STEPS, "stepid", step_id).await?;
+    let logs = api_items(&master, &LOGS, &[("stepid", step_id.to_string())]).await?;
+    Ok(fragment(step_view(&step, &logs)))
+}
+
+async fn pending_fragment(State(master): State<AppState>, Path(request_id): Path<i64>) -> Page {
+    let request = item(&master, &BUILDREQUESTS, "buildrequestid", request_id).await?;
+    Ok(fragment(pending_request(&request)))
 }
 
 // --- workers and queue --------------------------------------------------------

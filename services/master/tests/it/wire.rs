@@ -20,7 +20,11 @@ use crate::harness::{TestStack, master_yaml};
 
 /// Answers one RPC request from the worker with `reply` (raw JSON, as a
 /// newer master might send it), and returns the request.
-async fn answer_next(channel: &Channel, requests: &mut lapin::Consumer, reply: impl FnOnce(&RpcRequest) -> Value) -> RpcRequest {
+async fn answer_next(
+    channel: &Channel,
+    requests: &mut lapin::Consumer,
+    reply: impl FnOnce(&RpcRequest) -> Value,
+) -> RpcRequest {
     let delivery = tokio::time::timeout(std::time::Duration::from_secs(30), requests.next())
         .await
         .expect("the worker asks within 30 s")

@@ -170,6 +170,7 @@ function wireLogin() {
 function live(paths, handle, resync = () => {}) {
   let delay = 500;
   let connected = false;
+  let handled = Promise.resolve();
   const connect = () => {
     const socket = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`);
     socket.addEventListener("open", () => {
@@ -180,7 +181,9 @@ function live(paths, handle, resync = () => {}) {
     });
     socket.addEventListener("message", (event) => {
       const frame = JSON.parse(event.data);
-      if (frame.k) handle(frame.k, frame.m);
+      // One event at a time, in order: a handler that fetches must not let
+      // an older answer land after a newer one.
+      if (frame.k) handled = handled.then(() => handle(frame.k, frame.m)).catch(() => {});
     });
     socket.addEventListener("close", () => {
       setTimeout(connect, delay);
@@ -190,13 +193,22 @@ function live(paths, handle, resync = () => {}) {
   connect();
 }
 
-const resultClass = (build) => (build.results === null || build.results === undefined ? "running" : `r${build.results}`);
-const resultName = (build) => (build.results === null || build.results === undefined ? "running" : RESULTS[build.results] || "unknown");
+/// The markup of one item as the master renders it on its pages (see the
+/// fragment routes in web.rs), or null when it is gone.
+async function fragment(path) {
+  const response = await fetch(path, { credentials: "same-origin" });
+  if (!response.ok) return null;
+  const template = document.createElement("template");
+  template.innerHTML = (await response.text()).trim();
+  const element = template.content.firstElementChild;
+  if (element) localizeTimes(element);
+  return element;
+}
 
 function overviewLive() {
   const cells = Number(data("cells")) || 12;
   const branchFiltered = data("branch") !== "";
-  live(["builds/*/*", "buildrequests/*/*"], (key, m) => {
+  live(["builds/*/*", "buildrequests/*/*"], async (key, m) => {
     const row = document.querySelector(`tr[data-builderid="${m.builderid}"]`);
     if (!row) return;
     if (key.startsWith("buildrequests/")) {
@@ -209,65 +221,41 @@ function overviewLive() {
       }
       return;
     }
-    let cell = row.querySelector(`a[data-buildid="${m.buildid}"]`);
-    if (!cell) {
-      if (branchFiltered) return; // the event does not say which branch
-      cell = document.createElement("a");
-      cell.dataset.buildid = m.buildid;
-      cell.href = `/builders/${encodeURIComponent(row.dataset.builder)}/builds/${m.number}`;
-      cell.textContent = m.number;
-      const container = row.querySelector("td.cells");
-      container.prepend(cell);
-      while (container.children.length > cells) container.lastElementChild.remove();
+    const shown = row.querySelector(`a[data-buildid="${m.buildid}"]`);
+    if (!shown && branchFiltered) return; // the event does not say which branch
+    const cell = await fragment(`/fragments/cells/${m.buildid}`);
+    if (!cell) return;
+    if (shown) {
+      shown.replaceWith(cell);
+      return;
     }
-    cell.className = `cell ${resultClass(m)}`;
-    cell.title = `#${m.number} ${resultName(m)}`;
+    const container = row.querySelector("td.cells");
+    container.prepend(cell);
+    while (container.children.length > cells) container.lastElementChild.remove();
   });
 }
 
 function builderLive() {
   const builderId = data("builderid");
-  const builder = data("builder");
-  live([`builders/${builderId}/builds/*/*`, `builders/${builderId}/buildrequests/*/*`], (key, m) => {
+  live([`builders/${builderId}/builds/*/*`, `builders/${builderId}/buildrequests/*/*`], async (key, m) => {
     if (key.includes("/buildrequests/")) {
       const listed = document.querySelector(`#pending li[data-requestid="${m.buildrequestid}"]`);
-      if (/\/(claimed|cancelled|complete)$/.test(key)) listed?.remove();
-      else if (key.endsWith("/update") && listed) listed.firstChild.textContent = `request ${m.buildrequestid}, priority ${m.priority} `;
-      else if (key.endsWith("/new") && !listed) {
-        const item = document.createElement("li");
-        item.dataset.requestid = m.buildrequestid;
-        item.textContent = `request ${m.buildrequestid}, priority ${m.priority} `;
-        const cancel = document.createElement("button");
-        cancel.className = "action";
-        cancel.dataset.method = "cancel";
-        cancel.dataset.path = `/buildrequests/${m.buildrequestid}`;
-        cancel.textContent = "Cancel";
-        item.append(cancel);
-        document.getElementById("pending").append(item);
-        wireActions(item);
+      if (/\/(claimed|cancelled|complete)$/.test(key)) {
+        listed?.remove();
+      } else if (key.endsWith("/update") || (key.endsWith("/new") && !listed)) {
+        const item = await fragment(`/fragments/pending/${m.buildrequestid}`);
+        if (item && listed) listed.replaceWith(item);
+        else if (item) document.getElementById("pending").append(item);
+        if (item) wireActions(item);
       }
       document.getElementById("pending-count").textContent = document.querySelectorAll("#pending li").length;
       return;
     }
-    const body = document.querySelector("#builds tbody");
-    let row = body.querySelector(`tr[data-buildid="${m.buildid}"]`);
-    if (!row) {
-      row = document.createElement("tr");
-      row.dataset.buildid = m.buildid;
-      for (let i = 0; i < 5; i++) row.append(document.createElement("td"));
-      const link = document.createElement("a");
-      link.href = `/builders/${encodeURIComponent(builder)}/builds/${m.number}`;
-      link.textContent = `#${m.number}`;
-      row.cells[0].append(link);
-      row.cells[1].className = "result";
-      row.cells[4].className = "state";
-      body.prepend(row);
-    }
-    row.className = resultClass(m);
-    row.cells[1].textContent = resultName(m);
-    row.cells[2].textContent = m.started_at ? new Date(m.started_at * 1000).toLocaleString() : "–";
-    row.cells[3].textContent = m.complete_at && m.started_at ? formatDuration(m.complete_at - m.started_at) : "running";
-    row.cells[4].textContent = m.state_string || "";
+    const row = await fragment(`/fragments/build-rows/${m.buildid}`);
+    if (!row) return;
+    const shown = document.querySelector(`#builds tr[data-buildid="${m.buildid}"]`);
+    if (shown) shown.replaceWith(row);
+    else document.querySelector("#builds tbody").prepend(row);
   });
 }
 
@@ -458,6 +446,9 @@ function buildLive() {
   }, resync);
 }
 
+const resultClass = (build) => (build.results === null || build.results === undefined ? "running" : `r${build.results}`);
+const resultName = (build) => (build.results === null || build.results === undefined ? "running" : RESULTS[build.results] || "unknown");
+
 /// Shows the build's result, state and times from its API shape.
 function showBuild(m) {
   const badge = document.getElementById("result");
@@ -473,72 +464,25 @@ function showBuild(m) {
   }
 }
 
-/// Adds or updates a step of the build page from its API shape.
+/// Adds or updates a step of the build page. A step already shown keeps
+/// its log views (they may be following a running log): only its summary
+/// and state change, and logs it did not have are added.
 async function showStep(step) {
-  let item = document.querySelector(`li.step[data-stepid="${step.stepid}"]`);
-  if (!item) {
-    item = document.createElement("li");
-    item.className = "step";
-    item.dataset.stepid = step.stepid;
-    const details = document.createElement("details");
-    details.open = true;
-    const summary = document.createElement("summary");
-    for (const part of ["name", "result", "duration", "state"]) {
-      const span = document.createElement("span");
-      span.className = part;
-      summary.append(span, " ");
-    }
-    details.append(summary);
-    item.append(details);
-    document.getElementById("steps").append(item);
+  const fresh = await fragment(`/fragments/steps/${step.stepid}`);
+  if (!fresh) return;
+  const shown = document.querySelector(`li.step[data-stepid="${step.stepid}"]`);
+  if (!shown) {
+    document.getElementById("steps").append(fresh);
+    startLogs(fresh);
+    return;
   }
-  const complete = step.complete === true;
-  item.className = `step ${complete ? resultClass(step) : "running"}`;
-  item.querySelector(".name").textContent = step.name;
-  item.querySelector(".result").textContent = complete ? resultName(step) : "running";
-  item.querySelector(".duration").textContent =
-    complete && step.started_at && step.complete_at ? formatDuration(step.complete_at - step.started_at) : "";
-  item.querySelector(".state").textContent = step.state_string || "";
-  if (!item.querySelector("div.log")) {
-    const body = await (await fetch(`/api/v2/steps/${step.stepid}/logs`)).json();
-    const details = item.querySelector("details");
-    for (const log of body.logs || []) {
-      if (details.querySelector(`div.log[data-logid="${log.logid}"]`)) continue;
-      details.append(logElement(log));
-    }
-    startLogs(item);
+  shown.className = fresh.className;
+  shown.querySelector("summary").replaceWith(fresh.querySelector("summary"));
+  const details = shown.querySelector("details");
+  for (const log of fresh.querySelectorAll("div.log")) {
+    if (!details.querySelector(`div.log[data-logid="${log.dataset.logid}"]`)) details.append(log);
   }
-}
-
-function logElement(log) {
-  const element = document.createElement("div");
-  element.className = "log";
-  element.dataset.logid = log.logid;
-  element.dataset.complete = String(log.complete);
-  element.dataset.lines = log.num_lines;
-  const bar = document.createElement("div");
-  bar.className = "log-bar";
-  const name = document.createElement("span");
-  name.className = "log-name";
-  name.textContent = log.name;
-  const raw = document.createElement("a");
-  raw.href = `/api/v2/logs/${log.logid}/raw`;
-  raw.textContent = "raw";
-  const label = document.createElement("label");
-  const follow = document.createElement("input");
-  follow.type = "checkbox";
-  follow.className = "follow";
-  follow.checked = true;
-  label.append(follow, " follow");
-  bar.append(name, " ", raw, " ", label);
-  const earlier = document.createElement("button");
-  earlier.className = "earlier";
-  earlier.hidden = true;
-  earlier.textContent = "Load earlier lines";
-  const pre = document.createElement("pre");
-  pre.className = "lines";
-  element.append(bar, earlier, pre);
-  return element;
+  startLogs(shown);
 }
 
 /// Running durations tick; times show in the reader's zone.
@@ -549,11 +493,17 @@ function tick() {
   }
 }
 
-document.addEventListener("DOMContentLoaded", async () => {
-  for (const time of document.querySelectorAll("time[datetime]")) {
+/// Times are rendered in UTC; they show in the reader's zone.
+function localizeTimes(root = document) {
+  for (const time of root.querySelectorAll("time[datetime]")) {
+    if (time.title) continue;
     time.title = time.textContent;
     time.textContent = new Date(Number(time.getAttribute("datetime")) * 1000).toLocaleString();
   }
+}
+
+document.addEventListener("DOMContentLoaded", async () => {
+  localizeTimes();
   setInterval(tick, 1000);
   await whoAmI();
   wireActions();
