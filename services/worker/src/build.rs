@@ -117,15 +117,9 @@ async fn run_step(
         state_string: "running".into(),
         logs: vec![LogRecord { slug: STDIO_LOG.into(), name: STDIO_LOG.into(), chunks: 0, bytes: 0 }],
     };
-    context
-        .events
-        .send(&WorkerEvent::StepStarted {
-            worker: context.name.clone(),
-            build_id: build.build_id,
-            seq: next_seq(),
-            step: record.clone(),
-        })
-        .await?;
+    let (worker, build_id) = (context.name.clone(), build.build_id);
+    let started = WorkerEvent::StepStarted { worker: worker.clone(), build_id, seq: next_seq(), step: record.clone() };
+    context.events.send(&started).await?;
 
     let key = context.namespace.log_stream_key(&context.name, build.build_id, number, STDIO_LOG);
     let spool = context.basedir.join(".spool").join(format!("{}-{number}-{STDIO_LOG}", build.build_id));
@@ -139,15 +133,8 @@ async fn run_step(
     record.state_string = outcome.state_string.clone();
     record.logs[0].chunks = totals.entries;
     record.logs[0].bytes = totals.bytes;
-    context
-        .events
-        .send(&WorkerEvent::StepFinished {
-            worker: context.name.clone(),
-            build_id: build.build_id,
-            seq: next_seq(),
-            step: record.clone(),
-        })
-        .await?;
+    let finished = WorkerEvent::StepFinished { worker, build_id, seq: next_seq(), step: record.clone() };
+    context.events.send(&finished).await?;
     tracing::info!(build.id = %build.build_id, step.name = %spec.name, step.results = %outcome.results, "step finished");
 
     Ok((record, outcome))

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::stream::SelectAll;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, QueueDeclareOptions};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::uri::{AMQPUri, AMQPUserInfo};
 use lapin::{Channel, Connection, ConnectionProperties, Consumer};
@@ -569,17 +569,8 @@ fn start_build(
 /// the same name is refused here). Masters publish to it by name through
 /// the default exchange, so it needs no binding.
 async fn declare_control_queue(connection: &Connection, context: &Arc<Context>) -> Result<Channel, WorkerError> {
-    let channel = connection.create_channel().await?;
     let queue = context.namespace.worker_control_queue(&context.name);
-    channel
-        .queue_declare(
-            queue.clone().into(),
-            QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|error| WorkerError::from_declare(error, &context.name))?;
-    Ok(channel)
+    rpc::declare_own_queue(connection, &queue, &context.name).await
 }
 
 /// Handles control messages (stop a build, pause, shut down) from the

@@ -28,6 +28,26 @@ pub struct RpcClient {
     pending: Pending,
 }
 
+/// Opens a channel and declares one of the worker's own queues on it:
+/// exclusive, so a second worker with the same name is refused here, and
+/// gone with the connection.
+pub(crate) async fn declare_own_queue(
+    connection: &Connection,
+    queue: &str,
+    worker: &str,
+) -> Result<lapin::Channel, WorkerError> {
+    let channel = connection.create_channel().await?;
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|error| WorkerError::from_declare(error, worker))?;
+    Ok(channel)
+}
+
 impl RpcClient {
     /// Declares the worker's reply queue (exclusive: a second worker with the
     /// same name is refused here) and starts routing replies.
@@ -37,16 +57,8 @@ impl RpcClient {
         worker: &str,
         user: &str,
     ) -> Result<Self, WorkerError> {
-        let channel = connection.create_channel().await?;
         let reply_queue = namespace.worker_reply_queue(worker);
-        channel
-            .queue_declare(
-                reply_queue.clone().into(),
-                QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|error| WorkerError::from_declare(error, worker))?;
+        let channel = declare_own_queue(connection, &reply_queue, worker).await?;
         let mut replies = channel
             .basic_consume(
                 reply_queue.clone().into(),

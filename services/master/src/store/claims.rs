@@ -164,26 +164,11 @@ mod tests {
     use std::collections::BTreeSet;
 
     use serde_json::json;
-    use shared::ids::{BuilderId, MasterId, WorkerId};
+    use shared::ids::MasterId;
     use shared::model::Results;
 
     use super::*;
-    use crate::store::testing::TestDatabase;
-
-    static NO_PROPERTIES: std::sync::LazyLock<serde_json::Value> = std::sync::LazyLock::new(|| json!({}));
-
-    fn claim(builder_id: BuilderId, worker_id: WorkerId, master_id: MasterId) -> Claim<'static> {
-        Claim {
-            builder_id,
-            builder_name: "b",
-            worker_id,
-            worker_name: "w1",
-            master_id,
-            claim_token: Uuid::new_v4(),
-            lease_seconds: 60,
-            configured_properties: &NO_PROPERTIES,
-        }
-    }
+    use crate::store::testing::{TestDatabase, claim};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn two_masters_claiming_at_once_give_unique_gapless_build_numbers() {

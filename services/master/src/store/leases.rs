@@ -106,11 +106,9 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
     use shared::ids::BuildId;
     use shared::model::Results;
 
-    use crate::store::Claim;
     use crate::store::testing::TestDatabase;
 
     async fn expire_now(db: &TestDatabase, build: BuildId) {
@@ -124,20 +122,9 @@ mod tests {
     #[tokio::test]
     async fn a_lost_build_is_retried_until_max_retries_then_its_request_ends_as_exception() {
         let db = TestDatabase::new().await;
-        let (master, builder, worker) = (db.master("a").await, db.builder("lossy").await, db.worker("w1").await);
+        let builder = db.builder("lossy").await;
         let buildset = db.queue(builder, 1).await;
-        let no_properties = json!({});
-        let claim = || Claim {
-            builder_id: builder,
-            builder_name: "lossy",
-            worker_id: worker,
-            worker_name: "w1",
-            master_id: master,
-            claim_token: uuid::Uuid::new_v4(),
-            lease_seconds: 60,
-            configured_properties: &no_properties,
-        };
-        let first = db.store.claim(&claim()).await.unwrap().unwrap();
+        let first = db.claim_next(builder).await.unwrap();
         assert!(db.store.expire_leases(10, 1).await.unwrap().builds.is_empty(), "a live lease is kept");
 
         expire_now(&db, first.id).await;
@@ -145,7 +132,7 @@ mod tests {
         assert_eq!(expired.builds, [(first.id, builder)]);
         assert_eq!(expired.requeued.len(), 1, "pending again after one loss");
 
-        let second = db.store.claim(&claim()).await.unwrap().expect("the request runs again");
+        let second = db.claim_next(builder).await.expect("the request runs again");
         assert_eq!(second.buildrequest_id, first.buildrequest_id);
         assert_eq!(second.number, 2);
         expire_now(&db, second.id).await;
@@ -169,20 +156,10 @@ mod tests {
     #[tokio::test]
     async fn a_heartbeat_extends_only_its_own_workers_builds() {
         let db = TestDatabase::new().await;
-        let (master, builder, worker) = (db.master("a").await, db.builder("beating").await, db.worker("w1").await);
+        let builder = db.builder("beating").await;
         db.worker("w2").await;
         db.queue(builder, 1).await;
-        let claim = Claim {
-            builder_id: builder,
-            builder_name: "beating",
-            worker_id: worker,
-            worker_name: "w1",
-            master_id: master,
-            claim_token: uuid::Uuid::new_v4(),
-            lease_seconds: 60,
-            configured_properties: &json!({}),
-        };
-        let build = db.store.claim(&claim).await.unwrap().unwrap();
+        let build = db.claim_next(builder).await.unwrap();
         expire_now(&db, build.id).await;
         db.store.heartbeat("w2", &[build.id], 60).await.unwrap();
         let expired = db.store.expire_leases(10, 3).await.unwrap();

@@ -85,27 +85,15 @@ impl Store {
 mod tests {
     use serde_json::json;
 
-    use crate::store::Claim;
     use crate::store::testing::TestDatabase;
 
     #[tokio::test]
     async fn the_grid_shows_each_builders_newest_builds_of_a_branch() {
         let db = TestDatabase::new().await;
-        let (master, worker) = (db.master("a").await, db.worker("w1").await);
         let (one, two) = (db.builder("one").await, db.builder("two").await);
         for (builder, branch) in [(one, "main"), (one, "3.14"), (one, "main"), (two, "main")] {
             db.buildset(builder, 1, 0, json!({ "branch": [branch, "Force"] })).await;
-            let claim = Claim {
-                builder_id: builder,
-                builder_name: "b",
-                worker_id: worker,
-                worker_name: "w1",
-                master_id: master,
-                claim_token: uuid::Uuid::new_v4(),
-                lease_seconds: 60,
-                configured_properties: &json!({}),
-            };
-            db.store.claim(&claim).await.unwrap().unwrap();
+            db.claim_next(builder).await.unwrap();
         }
         let cells = db.store.recent_builds(&[one, two], 2, None).await.unwrap();
         let shown: Vec<_> = cells.iter().map(|cell| (cell.builder_id, cell.number)).collect();

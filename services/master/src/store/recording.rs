@@ -217,13 +217,11 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
     use shared::ids::WorkerName;
     use shared::model::Results;
     use shared::wire::StepRecord;
 
     use super::*;
-    use crate::store::Claim;
     use crate::store::claims::ClaimedBuild;
     use crate::store::testing::TestDatabase;
 
@@ -242,19 +240,9 @@ mod tests {
     /// One running build of a builder with `requests` requests in one
     /// buildset, on worker w1.
     async fn running_build(db: &TestDatabase, requests: usize) -> ClaimedBuild {
-        let (master, builder, worker) = (db.master("a").await, db.builder("ledger").await, db.worker("w1").await);
+        let builder = db.builder("ledger").await;
         db.queue(builder, requests).await;
-        let claim = Claim {
-            builder_id: builder,
-            builder_name: "ledger",
-            worker_id: worker,
-            worker_name: "w1",
-            master_id: master,
-            claim_token: uuid::Uuid::new_v4(),
-            lease_seconds: 60,
-            configured_properties: &json!({}),
-        };
-        db.store.claim(&claim).await.unwrap().unwrap()
+        db.claim_next(builder).await.unwrap()
     }
 
     #[tokio::test]

@@ -83,29 +83,17 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use chrono::Utc;
-    use serde_json::json;
     use shared::model::Results;
     use shared::wire::{LogRecord, StepRecord};
 
     use crate::store::testing::TestDatabase;
-    use crate::store::{ArchivedChunk, Claim, Store};
+    use crate::store::{ArchivedChunk, Store};
 
     /// A finished build with one step and one archived log, finished
     /// `days_ago` days ago.
     async fn finished_build(db: &TestDatabase, builder: shared::ids::BuilderId, days_ago: i32) {
-        let (master, worker) = (db.master("a").await, db.worker("w1").await);
         db.queue(builder, 1).await;
-        let claim = Claim {
-            builder_id: builder,
-            builder_name: "kept",
-            worker_id: worker,
-            worker_name: "w1",
-            master_id: master,
-            claim_token: uuid::Uuid::new_v4(),
-            lease_seconds: 60,
-            configured_properties: &json!({}),
-        };
-        let build = db.store.claim(&claim).await.unwrap().unwrap();
+        let build = db.claim_next(builder).await.unwrap();
         let step = StepRecord {
             number: 0,
             name: "s".into(),

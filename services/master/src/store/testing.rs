@@ -6,7 +6,24 @@
 use serde_json::json;
 use shared::ids::{BuilderId, BuildsetId, MasterId, WorkerId};
 
-use super::{NewBuildset, NewRequest, Store};
+use super::{Claim, ClaimedBuild, NewBuildset, NewRequest, Store};
+
+static NO_PROPERTIES: std::sync::LazyLock<serde_json::Value> = std::sync::LazyLock::new(|| json!({}));
+
+/// A claim of `builder` by worker w1 through `master`, with a new token and
+/// no configured properties.
+pub(crate) fn claim(builder: BuilderId, worker: WorkerId, master: MasterId) -> Claim<'static> {
+    Claim {
+        builder_id: builder,
+        builder_name: "b",
+        worker_id: worker,
+        worker_name: "w1",
+        master_id: master,
+        claim_token: uuid::Uuid::new_v4(),
+        lease_seconds: 60,
+        configured_properties: &NO_PROPERTIES,
+    }
+}
 
 pub(crate) struct TestDatabase {
     pub store: Store,
@@ -63,6 +80,13 @@ impl TestDatabase {
             triggered_by: None,
         };
         self.store.create_buildset(buildset).await.unwrap().expect("a buildset with no tick is made").id
+    }
+
+    /// The next build of `builder`, claimed by worker w1 through master
+    /// `a` (both made on first use).
+    pub async fn claim_next(&self, builder: BuilderId) -> Option<ClaimedBuild> {
+        let (master, worker) = (self.master("a").await, self.worker("w1").await);
+        self.store.claim(&claim(builder, worker, master)).await.unwrap()
     }
 
     /// `count` requests of `builder`, in one buildset with no properties.

@@ -4,8 +4,6 @@
 //! carrying fields this version does not know, and the worker must run
 //! the build all the same.
 
-use std::collections::BTreeMap;
-
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions};
 use lapin::types::FieldTable;
@@ -14,7 +12,7 @@ use serde_json::{Value, json};
 use shared::ids::{BuildId, BuilderName};
 use shared::model::Results;
 use shared::names::Namespace;
-use shared::wire::{self, BuildAssignment, Command, RpcReply, RpcRequest, SecretValues, Step, WorkerEvent};
+use shared::wire::{self, RpcRequest, WorkerEvent};
 
 use crate::harness::{TestStack, master_yaml};
 
@@ -82,41 +80,26 @@ async fn a_worker_runs_a_claim_reply_carrying_options_it_does_not_know() {
     assert!(matches!(hello, RpcRequest::Hello { .. }), "{hello:?}");
 
     broker.ring(&builder, shared::ids::BuildRequestId(1), None).await.unwrap();
-    let step = Step {
-        name: "print".into(),
-        command: Command::Shell("echo from a newer master".into()),
-        env: BTreeMap::new(),
-        workdir: "build".into(),
-        timeout: 60,
-        max_time: None,
-        kill_grace: 5,
-        halt_on_failure: false,
-        flunk_on_failure: true,
-        warn_on_failure: false,
-        warn_on_warnings: true,
-        always_run: false,
-        decode_rc: BTreeMap::from([(0, Results::Success)]),
-    };
     let claim = answer_next(&channel, &mut requests, |request| {
         let RpcRequest::Claim { worker, builder, .. } = request else { panic!("a claim, got {request:?}") };
-        let assignment = BuildAssignment {
-            build_id: BuildId(77),
-            builder: builder.clone(),
-            number: 1,
-            worker: worker.clone(),
-            steps: vec![step],
-            traceparent: None,
-            secrets: SecretValues::default(),
-            max_log_bytes: None,
-            buildrequest_id: None,
-            properties: BTreeMap::new(),
-        };
-        let mut reply = serde_json::to_value(RpcReply::Claimed { build: assignment }).unwrap();
-        // What a newer master might add: a step option and a build field.
-        reply["build"]["steps"][0]["warning_pattern"] = json!("^warning: ");
-        reply["build"]["steps"][0]["test_results"] = json!({ "junit": ["*.xml"], "max_bytes": 1_000_000 });
-        reply["build"]["artifact_upload_url"] = json!("https://example.invalid/upload");
-        reply
+        // A claim reply as a newer master writes it, with a step option and
+        // a build field this version does not know.
+        json!({
+            "type": "claimed",
+            "build": {
+                "build_id": 77, "builder": builder, "number": 1, "worker": worker,
+                "steps": [{
+                    "name": "print", "command": "echo from a newer master", "env": {}, "workdir": "build",
+                    "timeout": 60, "max_time": null, "kill_grace": 5, "halt_on_failure": false,
+                    "flunk_on_failure": true, "warn_on_failure": false, "warn_on_warnings": true,
+                    "always_run": false, "decode_rc": { "0": "SUCCESS" },
+                    "warning_pattern": "^warning: ",
+                    "test_results": { "junit": ["*.xml"], "max_bytes": 1_000_000 },
+                }],
+                "secrets": {}, "max_log_bytes": null,
+                "artifact_upload_url": "https://example.invalid/upload",
+            },
+        })
     })
     .await;
     assert!(matches!(claim, RpcRequest::Claim { .. }), "{claim:?}");
