@@ -63,8 +63,9 @@ test: ## run every test against the real services
 fmt: ## format the code
 	$(CARGO) fmt --all
 
-lint: ## rustfmt check, clippy with warnings as errors, and the layering check
+lint: ## layering and ARCHITECTURE.md checks, rustfmt check, clippy with warnings as errors
 	tools/check-layers.sh
+	tools/check-architecture.sh
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 

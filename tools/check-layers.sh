@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Fails when a master module below the HTTP edge reaches up into it.
+# Fails when a master module below the HTTP edge reaches up into it, or
+# when SQL is written outside the store.
 #
 # Domain code (submitting, changes and schedulers, the read model, live
 # events, accounts, recording, the store) knows nothing of HTTP: only the
@@ -27,4 +28,12 @@ if [[ -n $violations ]]; then
     echo "Move the HTTP part into services/master/src/http/, or the shared part into a domain module it calls." >&2
     exit 1
 fi
-echo "layers: no module below services/master/src/http/ uses it"
+# SQL lives in the store: no query text outside services/master/src/store/.
+sql=$(grep -rnE '\bsqlx::query' "$src" --include='*.rs' | grep -v "^$src/store/" | grep -vE '^[^:]+:[0-9]+:\s*//' || true)
+if [[ -n $sql ]]; then
+    echo "tools/check-layers.sh: SQL outside services/master/src/store/:" >&2
+    echo "$sql" >&2
+    echo "Add a Store method (in the file of its aggregate) and call it." >&2
+    exit 1
+fi
+echo "layers: no module below services/master/src/http/ uses it, and SQL stays in the store"
