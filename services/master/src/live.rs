@@ -15,6 +15,7 @@
 //! acknowledgement waits for a live event, and claims and event recording
 //! never touch the read pool for one.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,7 +26,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::read_model;
-use crate::store::resources::{BUILDREQUESTS, BUILDS, BUILDSETS, LOGS, Resource, STEPS, Scalar, WORKERS};
+use crate::store::resources::{BUILDREQUESTS, BUILDS, BUILDSETS, LOGS, Resource, STEPS, WORKERS};
 use crate::{Master, MasterError};
 
 /// One event, as received from the channel.
@@ -85,62 +86,105 @@ impl Publisher {
     }
 }
 
-/// Publishes each change sent until `shutdown`: the item as the API serves
-/// it now, under its keys.
+/// Changes published together at most: what waited while the previous
+/// batch was read and published.
+const BATCH: usize = 256;
+
+/// Publishes the changes sent until `shutdown`: each item as the API serves
+/// it now, under its keys. What waited meanwhile is read in one query per
+/// resource and published in one round trip, so under load the cost per
+/// change falls instead of the backlog growing.
 pub async fn publish(master: Arc<Master>, mut inbox: Inbox, shutdown: CancellationToken) -> Result<(), MasterError> {
+    let mut batch = Vec::with_capacity(BATCH);
     loop {
-        let change = tokio::select! {
+        let received = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            change = inbox.0.recv() => change,
+            received = inbox.0.recv_many(&mut batch, BATCH) => received,
         };
-        let Some(change) = change else { return Ok(()) };
-        publish_one(&master, change).await;
+        if received == 0 {
+            return Ok(());
+        }
+        publish_batch(&master, &batch).await;
+        batch.clear();
     }
 }
 
-async fn publish_one(master: &Master, change: Change) {
-    let (resource, id_field, id, event): (&'static Resource, &str, i64, &str) = match change {
-        Change::Build(id, event) => (&BUILDS, "buildid", id.0, event),
-        Change::Step(id, event) => (&STEPS, "stepid", id.0, event),
-        Change::Log(id, event) => (&LOGS, "logid", id.0, event),
-        Change::Request(id, event) => (&BUILDREQUESTS, "buildrequestid", id.0, event),
-        Change::Buildset(id, event) => (&BUILDSETS, "bsid", id.0, event),
-        Change::Worker(id, event) => (&WORKERS, "workerid", i64::from(id.0), event),
-    };
-    let scope = vec![read_model::by(resource, id_field, Scalar::Int(id))];
-    // Shaped by the API's own lookup, so an event's item is what a GET serves.
-    let item = match read_model::lookup(master, resource, &[], scope).await {
-        Ok(Some(item)) => item,
-        Ok(None) => return,
-        Err(error) => {
-            tracing::debug!(%error, resource = resource.plural, id, "live event not published");
-            return;
+/// The resource a change is about, its id field and the id.
+fn item_of(change: Change) -> (&'static Resource, &'static str, i64) {
+    match change {
+        Change::Build(id, _) => (&BUILDS, "buildid", id.0),
+        Change::Step(id, _) => (&STEPS, "stepid", id.0),
+        Change::Log(id, _) => (&LOGS, "logid", id.0),
+        Change::Request(id, _) => (&BUILDREQUESTS, "buildrequestid", id.0),
+        Change::Buildset(id, _) => (&BUILDSETS, "bsid", id.0),
+        Change::Worker(id, _) => (&WORKERS, "workerid", i64::from(id.0)),
+    }
+}
+
+/// The keys a change is published under, given its item.
+fn keys_of(change: Change, item: &Value) -> Vec<String> {
+    let (_, _, id) = item_of(change);
+    match change {
+        Change::Build(_, event) => {
+            vec![format!("builds/{id}/{event}"), format!("builders/{}/builds/{id}/{event}", number(item, "builderid"))]
         }
-    };
-    let keys = match change {
-        Change::Build(..) => {
-            vec![format!("builds/{id}/{event}"), format!("builders/{}/builds/{id}/{event}", number(&item, "builderid"))]
+        Change::Step(_, event) => {
+            vec![format!("steps/{id}/{event}"), format!("builds/{}/steps/{id}/{event}", number(item, "buildid"))]
         }
-        Change::Step(..) => {
-            vec![format!("steps/{id}/{event}"), format!("builds/{}/steps/{id}/{event}", number(&item, "buildid"))]
+        Change::Log(_, event) => {
+            vec![format!("logs/{id}/{event}"), format!("steps/{}/logs/{id}/{event}", number(item, "stepid"))]
         }
-        Change::Log(..) => {
-            vec![format!("logs/{id}/{event}"), format!("steps/{}/logs/{id}/{event}", number(&item, "stepid"))]
-        }
-        Change::Request(..) => vec![
+        Change::Request(_, event) => vec![
             format!("buildrequests/{id}/{event}"),
-            format!("builders/{}/buildrequests/{id}/{event}", number(&item, "builderid")),
+            format!("builders/{}/buildrequests/{id}/{event}", number(item, "builderid")),
         ],
-        Change::Buildset(..) => vec![format!("buildsets/{id}/{event}")],
-        Change::Worker(..) => vec![format!("workers/{id}/{event}")],
-    };
+        Change::Buildset(_, event) => vec![format!("buildsets/{id}/{event}")],
+        Change::Worker(_, event) => vec![format!("workers/{id}/{event}")],
+    }
+}
+
+async fn publish_batch(master: &Master, changes: &[Change]) {
+    // The items of each resource, read once for the batch (an item named
+    // twice is read once: its current state serves both events).
+    let mut items: HashMap<(&'static str, i64), Value> = HashMap::new();
+    for resource in [&BUILDS, &STEPS, &LOGS, &BUILDREQUESTS, &BUILDSETS, &WORKERS] {
+        let mut ids: Vec<i64> = changes
+            .iter()
+            .map(|change| item_of(*change))
+            .filter(|(of, _, _)| std::ptr::eq(*of, resource))
+            .map(|(_, _, id)| id)
+            .collect();
+        if ids.is_empty() {
+            continue;
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        let (_, id_field, _) = changes
+            .iter()
+            .map(|change| item_of(*change))
+            .find(|(of, _, _)| std::ptr::eq(*of, resource))
+            .expect("ids came from a change");
+        // Shaped by the API's own listing, so an event's item is what a GET serves.
+        match read_model::items(master, resource, id_field, &ids).await {
+            Ok(found) => {
+                for item in found {
+                    items.insert((resource.plural, number(&item, id_field)), item);
+                }
+            }
+            Err(error) => tracing::debug!(%error, resource = resource.plural, "live events not published"),
+        }
+    }
     let channel = master.namespace.live_channel();
     let mut pipe = redis::pipe();
-    for key in keys {
-        pipe.publish(&channel, json!({ "k": key, "m": &item }).to_string()).ignore();
+    for change in changes {
+        let (resource, _, id) = item_of(*change);
+        let Some(item) = items.get(&(resource.plural, id)) else { continue };
+        for key in keys_of(*change, item) {
+            pipe.publish(&channel, json!({ "k": key, "m": item }).to_string()).ignore();
+        }
     }
     if let Err(error) = pipe.query_async::<()>(&mut master.redis.clone()).await {
-        tracing::debug!(%error, resource = resource.plural, id, "live event not published");
+        tracing::debug!(%error, changes = changes.len(), "live events not published");
     }
 }
 

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use crate::Master;
 use crate::store::StoreError;
-use crate::store::resources::{Filter, ListSpec, Page, Resource, Scalar, WORKERS};
+use crate::store::resources::{Filter, ListSpec, Op, Page, Resource, Scalar, WORKERS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -44,6 +44,23 @@ pub async fn lookup(
     };
     let spec = ListSpec { filters: scope, order: Vec::new(), fields, limit: 1, offset: 0, count: false };
     Ok(list(master, resource, &spec).await?.items.into_iter().next())
+}
+
+/// The items of `resource` whose `id_field` is one of `ids` (in any order;
+/// those that do not exist are left out), with the fields served by
+/// default.
+pub async fn items(
+    master: &Master,
+    resource: &'static Resource,
+    id_field: &str,
+    ids: &[i64],
+) -> Result<Vec<Value>, ReadError> {
+    let field = resource.field(id_field).expect("resource tables name their fields");
+    let filter = Filter { field, op: Op::Eq, values: ids.iter().map(|id| Scalar::Int(*id)).collect() };
+    let fields = resource.fields.iter().filter(|f| !f.on_request).collect();
+    let spec =
+        ListSpec { filters: vec![filter], order: Vec::new(), fields, limit: ids.len() as i64, offset: 0, count: false };
+    Ok(list(master, resource, &spec).await?.items)
 }
 
 /// `field = value` on `resource`.
