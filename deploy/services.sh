@@ -343,6 +343,8 @@ install_missing_packages() {
     # The web UI's tests drive a real browser.
     find_command chromium >/dev/null || packages+=(chromium)
     find_command chromedriver >/dev/null || packages+=(chromium-driver)
+    # The fault tests run a worker whose clock is behind.
+    find_command faketime >/dev/null || packages+=(faketime)
     if ((${#packages[@]} > 0)); then
         say "missing: ${packages[*]}"
         apt_install "${packages[@]}"
@@ -363,6 +365,7 @@ cmd_ensure() {
     # The browser and its WebDriver, for the web UI's tests.
     ensure_command chromium chromium
     ensure_command chromedriver chromium-driver
+    ensure_command faketime faketime
     ensure_postgres
     ensure_rabbitmq
     ensure_rabbitmq_management
@@ -377,7 +380,7 @@ cmd_ensure() {
 
 cmd_check() {
     local missing=0 name
-    for name in git curl python3 haproxy socat psql pg_ctlcluster redis-server rabbitmq-server chromium chromedriver; do
+    for name in git curl python3 haproxy socat psql pg_ctlcluster redis-server rabbitmq-server chromium chromedriver faketime; do
         if find_command "$name" >/dev/null; then
             say "installed:  $name ($(find_command "$name"))"
         else

@@ -228,12 +228,18 @@ pub enum WorkerEvent {
         build_id: BuildId,
         seq: i64,
         step: StepRecord,
+        /// The worker's clock when it sent this (see [`WorkerEvent::sent_at`]).
+        #[serde(default)]
+        sent_at: Option<DateTime<Utc>>,
     },
     StepFinished {
         worker: WorkerName,
         build_id: BuildId,
         seq: i64,
         step: StepRecord,
+        /// The worker's clock when it sent this (see [`WorkerEvent::sent_at`]).
+        #[serde(default)]
+        sent_at: Option<DateTime<Utc>>,
     },
     /// Carries every step, so recording it alone completes the build.
     BuildFinished {
@@ -244,13 +250,11 @@ pub enum WorkerEvent {
         state_string: String,
         finished_at: DateTime<Utc>,
         steps: Vec<StepRecord>,
+        #[serde(default)]
+        sent_at: Option<DateTime<Utc>>,
     },
     /// Extends the leases of the builds the worker is running.
-    Heartbeat {
-        worker: WorkerName,
-        build_ids: Vec<BuildId>,
-        sent_at: DateTime<Utc>,
-    },
+    Heartbeat { worker: WorkerName, build_ids: Vec<BuildId>, sent_at: DateTime<Utc> },
 }
 
 impl WorkerEvent {
@@ -271,6 +275,19 @@ impl WorkerEvent {
             WorkerEvent::StepFinished { .. } => "step_finished",
             WorkerEvent::BuildFinished { .. } => "build_finished",
             WorkerEvent::Heartbeat { .. } => "heartbeat",
+        }
+    }
+
+    /// The worker's clock when it sent the event. Its times are the
+    /// worker's clock's, which may be off: masters learn by how much from
+    /// when events arrive, and record times on their own clock. (Workers of
+    /// the previous version send none but in heartbeats.)
+    pub fn sent_at(&self) -> Option<DateTime<Utc>> {
+        match self {
+            WorkerEvent::StepStarted { sent_at, .. }
+            | WorkerEvent::StepFinished { sent_at, .. }
+            | WorkerEvent::BuildFinished { sent_at, .. } => *sent_at,
+            WorkerEvent::Heartbeat { sent_at, .. } => Some(*sent_at),
         }
     }
 

@@ -96,7 +96,13 @@ proptest! {
         let step = wire::StepRecord {
             number, name, started_at: None, finished_at: None, results: None, state_string: state, logs: Vec::new(),
         };
-        let event = WorkerEvent::StepStarted { worker: worker.into(), build_id: shared::ids::BuildId(build_id), seq, step };
+        let event = WorkerEvent::StepStarted {
+            worker: worker.into(),
+            build_id: shared::ids::BuildId(build_id),
+            seq,
+            step,
+            sent_at: None,
+        };
         prop_assert_eq!(wire::decode::<WorkerEvent>(&wire::encode(&event)).unwrap(), event);
     }
 }

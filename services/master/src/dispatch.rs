@@ -9,7 +9,7 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use std::collections::BTreeMap;
 
-use shared::config::interpolate::{self, Quoting};
+use shared::config::interpolate;
 use shared::config::{BuilderConfig, StepCommand, StepSpec, WorkerSettings};
 use shared::ids::WorkerName;
 use shared::wire::{self, BuildAssignment, RpcReply, RpcRequest, SecretValues};
@@ -172,15 +172,15 @@ async fn answer(master: &Master, request: RpcRequest) -> Result<RpcReply, StoreE
             master.live.send(Change::Build(claimed.id, "new"));
             master.live.send(Change::Request(claimed.buildrequest_id, "claimed"));
             let template = &config.factory_of(builder_config).steps;
-            let steps = steps_for_build(template, &claimed.properties);
-            // Only the secrets this build's steps use travel to the worker,
-            // as the configuration names them (never as a property does).
-            let secrets = template
+            // Only the secrets this build's steps use travel to the worker
+            // (to be masked in its logs), as the configuration names them.
+            let secrets: BTreeMap<String, String> = template
                 .iter()
                 .flat_map(|step| step.env.values())
                 .flat_map(|value| interpolate::secret_names(value))
                 .filter_map(|name| Some((name.to_owned(), config.settings.secrets.get(name)?.expose().to_owned())))
                 .collect();
+            let steps = steps_for_build(template, &claimed.properties, &secrets);
             Ok(RpcReply::Claimed {
                 build: BuildAssignment {
                     build_id: claimed.id,
@@ -228,23 +228,34 @@ fn bare_values(properties: &serde_json::Value) -> BTreeMap<String, serde_json::V
 
 /// The steps as this build runs them, as the wire carries them: its
 /// properties put into commands, environments and working directories
-/// (`%(prop:NAME)s`).
-fn steps_for_build(steps: &[StepSpec], properties: &serde_json::Value) -> Vec<wire::Step> {
+/// (`%(prop:NAME)s`), and its secrets into env values (`%(secret:NAME)s`).
+/// Env values travel escaped (see `interpolate::env_value`), so what a
+/// property holds reaches the step as text, whatever it says.
+fn steps_for_build(
+    steps: &[StepSpec],
+    properties: &serde_json::Value,
+    secrets: &BTreeMap<String, String>,
+) -> Vec<wire::Step> {
     let empty = serde_json::Map::new();
     let properties = properties.as_object().unwrap_or(&empty);
-    let put = |text: &str, quoting| interpolate::properties(text, properties, quoting);
     steps
         .iter()
         .map(|step| {
-            let mut env: BTreeMap<String, String> =
-                step.env.iter().map(|(name, value)| (name.clone(), put(value, Quoting::Env))).collect();
+            let mut env: BTreeMap<String, String> = step
+                .env
+                .iter()
+                // `checkconfig` made sure every secret named is defined.
+                .filter_map(|(name, value)| {
+                    Some((name.clone(), interpolate::env_value(value, properties, secrets).ok()?))
+                })
+                .collect();
             let command = match &step.command {
                 StepCommand::Argv(argv) => {
-                    wire::Command::Argv(argv.iter().map(|word| put(word, Quoting::None)).collect())
+                    wire::Command::Argv(argv.iter().map(|word| interpolate::properties(word, properties)).collect())
                 }
                 StepCommand::Shell(script) => {
                     let (script, variables) = interpolate::shell(script, properties);
-                    env.extend(variables);
+                    env.extend(variables.into_iter().map(|(name, value)| (name, interpolate::escape(&value))));
                     wire::Command::Shell(script)
                 }
             };
@@ -252,7 +263,7 @@ fn steps_for_build(steps: &[StepSpec], properties: &serde_json::Value) -> Vec<wi
                 name: step.name.clone(),
                 command,
                 env,
-                workdir: put(&step.workdir, Quoting::None),
+                workdir: interpolate::properties(&step.workdir, properties),
                 timeout: step.timeout,
                 max_time: step.max_time,
                 kill_grace: step.kill_grace,

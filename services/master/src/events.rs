@@ -9,13 +9,14 @@ use std::sync::Arc;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use redis::AsyncCommands;
-use shared::wire::{self, WorkerEvent};
+use shared::ids::{BuildId, WorkerName};
+use shared::wire::{self, ControlMessage, StepRecord, WorkerEvent};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::live::Change;
 use crate::logs::{self, LogError};
-use crate::store::{RecordError, Recorded, Store, StoreError};
+use crate::store::{EventRejected, RecordError, Recorded, Store, StoreError};
 use crate::{Master, MasterError, RETRY_DELAY};
 
 /// Events recorded at once by one master.
@@ -88,6 +89,14 @@ async fn handle_event(master: &Master, delivery: Delivery) {
             master.metrics.event(if recorded == Recorded::Duplicate { "duplicate" } else { "recorded" });
             let _ = delivery.ack(BasicAckOptions::default()).await;
         }
+        Err(EventError::Record(RecordError::Rejected(EventRejected::LeaseLost(build_id)))) => {
+            // Expected after a partition: acknowledged and dropped, and the
+            // worker told to stop what it still runs of it.
+            master.metrics.event("stale");
+            tracing::info!(build.id = %build_id, worker.name = %event.worker(), "an event of a build whose lease was lost changes nothing");
+            stop_lost_builds(master, event.worker(), &[build_id]).await;
+            let _ = delivery.ack(BasicAckOptions::default()).await;
+        }
         Err(EventError::Record(RecordError::Rejected(error))) => {
             master.metrics.event("dead_lettered");
             tracing::warn!(%error, worker.name = %event.worker(), "dead-lettering an event that cannot be recorded");
@@ -102,14 +111,46 @@ async fn handle_event(master: &Master, delivery: Delivery) {
     }
 }
 
+/// Tells a worker to stop builds whose lease the masters ended while it was
+/// away: their requests run elsewhere now. Best effort: its next heartbeat
+/// asks again.
+async fn stop_lost_builds(master: &Master, worker: &WorkerName, builds: &[BuildId]) {
+    for build_id in builds {
+        let stop = ControlMessage::StopBuild {
+            build_id: *build_id,
+            reason: "its lease was lost while this worker was away; the build was retried elsewhere".into(),
+        };
+        match master.broker.send_control(worker, &stop).await {
+            Ok(()) => {
+                tracing::info!(build.id = %build_id, worker.name = %worker, "told a worker back from away to stop a retried build")
+            }
+            Err(error) => {
+                tracing::warn!(%error, build.id = %build_id, worker.name = %worker, "cannot tell a worker to stop a retried build")
+            }
+        }
+    }
+}
+
+/// A step as its worker knows it, its times put on this master's clock.
+fn on_our_clock(step: &StepRecord, offset: chrono::Duration) -> StepRecord {
+    StepRecord {
+        started_at: step.started_at.map(|at| at + offset),
+        finished_at: step.finished_at.map(|at| at + offset),
+        ..step.clone()
+    }
+}
+
 async fn record(master: &Master, event: &WorkerEvent) -> Result<Recorded, EventError> {
     let lease_seconds = master.catalog().config.settings.builds.lease_seconds;
+    let offset = master.clocks.offset(event.worker(), event.sent_at());
     match event {
         WorkerEvent::Heartbeat { worker, build_ids, .. } => {
-            master.store.heartbeat(worker.as_str(), build_ids, lease_seconds).await?;
+            let lost = master.store.heartbeat(worker.as_str(), build_ids, lease_seconds).await?;
+            stop_lost_builds(master, worker, &lost).await;
             Ok(Recorded::Applied)
         }
-        WorkerEvent::StepStarted { worker, build_id, seq, step } => {
+        WorkerEvent::StepStarted { worker, build_id, seq, step, .. } => {
+            let step = &on_our_clock(step, offset);
             let Some(mut tx) = master.store.begin_event(*build_id, *seq, worker).await? else {
                 return Ok(Recorded::Duplicate);
             };
@@ -132,7 +173,8 @@ async fn record(master: &Master, event: &WorkerEvent) -> Result<Recorded, EventE
             }
             Ok(Recorded::Applied)
         }
-        WorkerEvent::StepFinished { worker, build_id, seq, step } => {
+        WorkerEvent::StepFinished { worker, build_id, seq, step, .. } => {
+            let step = &on_our_clock(step, offset);
             let Some(mut tx) = master.store.begin_event(*build_id, *seq, worker).await? else {
                 return Ok(Recorded::Duplicate);
             };
@@ -170,12 +212,13 @@ async fn record(master: &Master, event: &WorkerEvent) -> Result<Recorded, EventE
             }
             Ok(Recorded::Applied)
         }
-        WorkerEvent::BuildFinished { worker, build_id, seq, results, state_string, finished_at, steps } => {
+        WorkerEvent::BuildFinished { worker, build_id, seq, results, state_string, finished_at, steps, .. } => {
+            let finished_at = &(*finished_at + offset);
             let Some(mut tx) = master.store.begin_event(*build_id, *seq, worker).await? else {
                 return Ok(Recorded::Duplicate);
             };
             for step in steps {
-                Store::upsert_step(&mut tx, *build_id, step).await?;
+                Store::upsert_step(&mut tx, *build_id, &on_our_clock(step, offset)).await?;
             }
             let finished = Store::finish_build(&mut tx, *build_id, *results, state_string, *finished_at).await?;
             tx.commit().await?;

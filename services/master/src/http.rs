@@ -43,6 +43,9 @@ use crate::store::resources::{
 };
 
 type AppState = Arc<Master>;
+
+/// Where GitHub delivers its webhook.
+const GITHUB_HOOK: &str = "/change_hook/github";
 type ApiResult<T> = Result<T, ApiError>;
 
 /// What a GET on a route answers.
@@ -163,7 +166,6 @@ pub fn api() -> Vec<(RouteDoc, MethodRouter<AppState>)> {
 }
 
 pub fn router(master: Arc<Master>) -> Router {
-    let max_body_bytes = master.catalog().config.settings.web.max_body_bytes;
     let mut router = Router::new()
         .route("/healthz", get(get_health))
         .route("/metrics", get(get_metrics))
@@ -172,14 +174,14 @@ pub fn router(master: Arc<Master>) -> Router {
         .route("/auth/login", axum::routing::post(auth::login))
         .route("/auth/logout", axum::routing::post(auth::logout))
         .route("/auth/me", get(auth::me))
-        .route("/change_hook/github", axum::routing::post(github::hook))
+        .route(GITHUB_HOOK, axum::routing::post(github::hook))
         .merge(web::routes());
     for (doc, handlers) in api() {
         router = router.route(doc.path, handlers);
     }
     router
         .fallback(|| async { ApiError::NotFound("no such resource".into()) })
-        .layer(axum::middleware::from_fn(move |request, next| limit_body(max_body_bytes, request, next)))
+        .layer(axum::middleware::from_fn_with_state(master.clone(), limit_body))
         .layer(axum::middleware::from_fn_with_state(master.clone(), observe))
         .layer(DefaultBodyLimit::disable())
         .with_state(master)
@@ -237,7 +239,22 @@ const DRAIN_FACTOR: usize = 16;
 /// read to its end (up to `DRAIN_FACTOR` times the limit) before the 413 is
 /// sent: closing a connection with unread data makes the kernel reset it,
 /// and the client would lose the answer.
-async fn limit_body(max_body_bytes: usize, request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+///
+/// GitHub's deliveries may be larger than anything else (a push of many
+/// commits; GitHub sends up to 25 MB): their route has its own limit.
+async fn limit_body(
+    State(master): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let max_body_bytes = {
+        let catalog = master.catalog();
+        let settings = &catalog.config.settings;
+        match &settings.github {
+            Some(github) if request.uri().path() == GITHUB_HOOK => github.max_delivery_bytes,
+            _ => settings.web.max_body_bytes,
+        }
+    };
     let (parts, body) = request.into_parts();
     let mut chunks = body.into_data_stream();
     let mut kept = Vec::new();

@@ -14,6 +14,7 @@ pub mod auth;
 pub mod broker;
 pub mod catalog;
 pub mod changes;
+mod clocks;
 mod dispatch;
 mod downtime;
 mod events;
@@ -49,6 +50,13 @@ use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MasterError {
+    #[error(
+        "settings.yaml lists no users, so anyone who reaches this master could force, stop and cancel builds, and \
+         it would be reachable beyond this machine ({reachable}). Add a user: run `buildmaster hash-password`, and \
+         put `users: [{{name: you, password_hash: '<its output>', roles: [admins]}}]` in settings.yaml. Or, on a \
+         network where everyone may, set `web: {{anonymous_control: true}}`."
+    )]
+    OpenControl { reachable: String },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -94,6 +102,25 @@ async fn connect(config: Config, master_name: &str) -> Result<(Arc<Master>, live
     Ok((Arc::new(master), inbox))
 }
 
+/// Refuses to serve control actions to anyone beyond this machine unless
+/// settings.yaml says so: with no users, only a master on a loopback
+/// address (with a loopback `web.url`, if any) starts.
+fn refuse_open_control(config: &Config, listening: std::net::SocketAddr) -> Result<(), MasterError> {
+    let web = &config.settings.web;
+    if !config.settings.users.is_empty() || web.anonymous_control {
+        return Ok(());
+    }
+    if !listening.ip().is_loopback() {
+        return Err(MasterError::OpenControl { reachable: format!("it listens on {listening}") });
+    }
+    if let Some(url) = &web.url
+        && !urls::is_loopback(url)
+    {
+        return Err(MasterError::OpenControl { reachable: format!("web.url is {url}") });
+    }
+    Ok(())
+}
+
 /// Runs a master until `shutdown` is cancelled or a part of it fails. Each
 /// notification of `reload` reloads the configuration files.
 pub async fn run(
@@ -103,6 +130,7 @@ pub async fn run(
     shutdown: CancellationToken,
     reload: Arc<Notify>,
 ) -> Result<(), MasterError> {
+    refuse_open_control(&config, listener.local_addr()?)?;
     let (master, live_inbox) = connect(config, &master_name).await?;
     // Started from the files on disk: whatever an earlier run refused is over.
     master.store.set_config_error(master.id, None).await?;
@@ -122,6 +150,9 @@ pub async fn run(
             admin: None,
             // The local worker logs in as the master does, and is trusted.
             account: None,
+            // Its steps get what any worker's get, not the master's
+            // environment (which names settings.yaml).
+            step_environment: settings.local_worker.step_environment.resolve(std::env::vars()),
         })
     };
     tracing::info!(master.name = %master.name, master.id = %master.id, address = %listener.local_addr()?, "master started");

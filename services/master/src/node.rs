@@ -11,6 +11,7 @@ use shared::names::Namespace;
 
 use crate::broker::Broker;
 use crate::catalog::Catalog;
+use crate::clocks::WorkerClocks;
 use crate::live::{LiveEvent, Publisher};
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
@@ -26,6 +27,8 @@ pub struct Master {
     pub redis_client: redis::Client,
     pub namespace: Namespace,
     pub metrics: Metrics,
+    /// How far each worker's clock is from this master's.
+    pub clocks: WorkerClocks,
     /// Changes to announce to live clients; the publisher task reads and
     /// sends them, so no answer waits for it.
     pub live: Publisher,
@@ -61,6 +64,7 @@ impl Master {
             redis_client,
             namespace,
             metrics: Metrics::new(),
+            clocks: WorkerClocks::default(),
             live,
             live_events: crate::live::channel(),
             amqp_user,

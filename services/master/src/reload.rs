@@ -63,17 +63,21 @@ impl Master {
     /// cannot help until they change).
     pub(crate) async fn reload(&self) -> bool {
         let path = self.catalog().config.settings_path.clone();
+        // What is recorded is shown to anyone: no text of settings.yaml,
+        // and no service's error (it may hold a URL); the log has both.
         let (refused, retry) = match Config::load(&path) {
             Ok(config) => match self.apply(config).await {
                 Ok(()) => (None, false),
                 Err(error) => {
                     tracing::error!(%error, "configuration valid but not applied; will apply on the next reload");
-                    (Some(format!("valid but not applied: {error}")), true)
+                    let why = "valid but not applied: a service it needs did not answer (the master's log says which); \
+                               it is applied again at the next look";
+                    (Some(why.to_owned()), true)
                 }
             },
             Err(errors) => {
                 tracing::error!(errors = %errors, "configuration has errors; keeping the current one");
-                (Some(errors.to_string()), false)
+                (Some(errors.public_text(&path)), false)
             }
         };
         if let Err(error) = self.store.set_config_error(self.id, refused.as_deref()).await {

@@ -83,6 +83,7 @@ pub async fn run_build(
             state_string,
             finished_at: Utc::now(),
             steps: records,
+            sent_at: Some(Utc::now()),
         })
         .await?;
     Ok(results)
@@ -118,14 +119,22 @@ async fn run_step(
         logs: vec![LogRecord { slug: STDIO_LOG.into(), name: STDIO_LOG.into(), chunks: 0, bytes: 0 }],
     };
     let (worker, build_id) = (context.name.clone(), build.build_id);
-    let started = WorkerEvent::StepStarted { worker: worker.clone(), build_id, seq: next_seq(), step: record.clone() };
+    let started = WorkerEvent::StepStarted {
+        worker: worker.clone(),
+        build_id,
+        seq: next_seq(),
+        step: record.clone(),
+        sent_at: Some(Utc::now()),
+    };
     context.events.send(&started).await?;
 
     let key = context.namespace.log_stream_key(&context.name, build.build_id, number, STDIO_LOG);
     let spool = context.basedir.join(".spool").join(format!("{}-{number}-{STDIO_LOG}", build.build_id));
     let filter = LogFilter::new(build.secrets.0.values().cloned(), build.max_log_bytes);
     let log = LogWriter::start(context.redis.clone(), key, spool, filter);
-    let outcome = step::run_step(spec, &build.secrets.0, builder_dir, &log, stop).await;
+    let outcome =
+        step::run_step(spec, &context.basedir, &context.step_environment, &build.secrets.0, builder_dir, &log, stop)
+            .await;
     let totals = log.finish().await;
 
     record.finished_at = Some(Utc::now());
@@ -133,7 +142,13 @@ async fn run_step(
     record.state_string = outcome.state_string.clone();
     record.logs[0].chunks = totals.entries;
     record.logs[0].bytes = totals.bytes;
-    let finished = WorkerEvent::StepFinished { worker, build_id, seq: next_seq(), step: record.clone() };
+    let finished = WorkerEvent::StepFinished {
+        worker,
+        build_id,
+        seq: next_seq(),
+        step: record.clone(),
+        sent_at: Some(Utc::now()),
+    };
     context.events.send(&finished).await?;
     tracing::info!(build.id = %build.build_id, step.name = %spec.name, step.results = %outcome.results, "step finished");
 

@@ -8,12 +8,13 @@
 mod build;
 mod events;
 mod filter;
+mod groups;
 mod logs;
 pub mod metrics;
 mod rpc;
 mod step;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -107,6 +108,9 @@ pub struct WorkerOptions {
     /// Log in to RabbitMQ and Redis as this account instead of with the
     /// URLs' credentials.
     pub account: Option<Account>,
+    /// The environment every step starts from (see
+    /// `shared::config::StepEnvironment`).
+    pub step_environment: BTreeMap<String, String>,
 }
 
 /// A worker's own account: `{ns}.worker.{name}` and its password.
@@ -125,6 +129,8 @@ impl std::fmt::Debug for Account {
 /// What the parts of a running worker share, across connections.
 struct Context {
     name: WorkerName,
+    /// The environment every step starts from.
+    step_environment: BTreeMap<String, String>,
     namespace: Namespace,
     /// Where and as whom to connect to RabbitMQ; the user is also every
     /// message's `user_id`, which RabbitMQ checks and masters trust.
@@ -132,8 +138,13 @@ struct Context {
     basedir: PathBuf,
     redis: ConnectionManager,
     events: EventSender,
-    /// Builds running now, with the token that stops each.
-    running: Mutex<HashMap<BuildId, CancellationToken>>,
+    /// Builds running now, with their builder and the token that stops
+    /// each.
+    running: Mutex<HashMap<BuildId, (BuilderName, CancellationToken)>>,
+    /// The builders of the running builds: their doorbells are left for
+    /// other workers, as a worker runs one build of a builder at a time
+    /// (the builder's directory is one build's).
+    busy_builders: tokio::sync::watch::Sender<BTreeSet<BuilderName>>,
     /// A claim sent without an answer (the connection died meanwhile): a
     /// master may have made it a build, so the next session asks again with
     /// the same token before anything else, and runs that build.
@@ -152,6 +163,18 @@ struct Context {
 }
 
 impl Context {
+    fn start_running(&self, build: BuildId, builder: &BuilderName, stop: CancellationToken) {
+        let mut running = self.running.lock().expect("running lock poisoned");
+        running.insert(build, (builder.clone(), stop));
+        self.busy_builders.send_replace(running.values().map(|(builder, _)| builder.clone()).collect());
+    }
+
+    fn stop_running(&self, build: BuildId) {
+        let mut running = self.running.lock().expect("running lock poisoned");
+        running.remove(&build);
+        self.busy_builders.send_replace(running.values().map(|(builder, _)| builder.clone()).collect());
+    }
+
     fn set_paused(&self, paused: bool, version: i64) {
         let mut seen = self.pause_version.lock().expect("pause lock poisoned");
         if version >= *seen {
@@ -175,6 +198,12 @@ pub async fn run(
     stop_builds: CancellationToken,
 ) -> Result<(), WorkerError> {
     let namespace = Namespace::new(&options.namespace);
+    // A worker killed on this directory may have left steps running in it:
+    // they must not share it with the builds this one runs.
+    let orphans = groups::kill_orphans(&options.basedir);
+    if orphans > 0 {
+        tracing::warn!(count = orphans, basedir = %options.basedir.display(), "killed steps a killed worker left running");
+    }
     // A master's `Shutdown` drains this worker only, never what `drain`
     // belongs to (a master running a local worker).
     let drain = drain.child_token();
@@ -192,12 +221,14 @@ pub async fn run(
         .map_err(|error| WorkerError::from_redis_login(error, &user))?;
     let context = Arc::new(Context {
         name: options.name.clone(),
+        step_environment: options.step_environment.clone(),
         events: EventSender::new(&namespace, &user, stop_builds.clone()),
         namespace,
         amqp,
         basedir: options.basedir.clone(),
         redis,
         running: Mutex::new(HashMap::new()),
+        busy_builders: tokio::sync::watch::Sender::new(BTreeSet::new()),
         unanswered_claim: Mutex::new(None),
         drain: drain.clone(),
         paused: tokio::sync::watch::Sender::new(false),
@@ -327,6 +358,7 @@ async fn dispatch(
     let mut doorbells: Option<(Channel, SelectAll<Consumer>)> = None;
     let mut paused = context.paused.subscribe();
     let mut served = context.builders.subscribe();
+    let mut busy = context.busy_builders.subscribe();
     // The builders the open doorbell channel consumes.
     let mut consuming: Vec<BuilderName> = Vec::new();
     let outcome = loop {
@@ -368,11 +400,14 @@ async fn dispatch(
                 Err(error) => break Err(error),
             }
         }
-        let builders = served.borrow_and_update().clone();
+        let running = busy.borrow_and_update().clone();
+        let builders: Vec<BuilderName> =
+            served.borrow_and_update().iter().filter(|builder| !running.contains(*builder)).cloned().collect();
         if builders != consuming
             && let Some((channel, _)) = doorbells.take()
         {
-            // Other builders now: hand back what was held, consume anew.
+            // Other builders now (the configuration changed, or a build of
+            // one started or ended): hand back what was held, consume anew.
             channel.close(200, "builders changed".into()).await?;
         }
         if builders.is_empty() {
@@ -380,6 +415,7 @@ async fn dispatch(
                 _ = drain.cancelled() => break Ok(()),
                 _ = wait_until_closed(connection) => break Err(WorkerError::ConnectionLost),
                 _ = served.changed() => continue,
+                _ = busy.changed() => continue,
             }
         }
         if doorbells.is_none() {
@@ -391,6 +427,7 @@ async fn dispatch(
             _ = drain.cancelled() => break Ok(()),
             _ = paused.changed() => continue,
             _ = served.changed() => continue,
+            _ = busy.changed() => continue,
             delivery = consumers.next() => delivery,
         };
         let delivery = match delivery {
@@ -530,7 +567,7 @@ fn start_build(
     stop_builds: &CancellationToken,
 ) {
     let stop = stop_builds.child_token();
-    context.running.lock().expect("running lock poisoned").insert(build.build_id, stop.clone());
+    context.start_running(build.build_id, &build.builder, stop.clone());
     let context = context.clone();
     // The build joins the trace of its request (the force, the schedule).
     let span = tracing::info_span!(
@@ -558,7 +595,7 @@ fn start_build(
                 // Its lease expires and a master retries it.
                 Err(error) => tracing::error!(%error, build.id = %build_id, "build could not report its end"),
             }
-            context.running.lock().expect("running lock poisoned").remove(&build_id);
+            context.stop_running(build_id);
             drop(permit);
         }
         .instrument(span),
@@ -594,7 +631,12 @@ async fn listen_for_control(
         while let Some(Ok(delivery)) = messages.next().await {
             match wire::decode::<ControlMessage>(&delivery.data) {
                 Ok(ControlMessage::StopBuild { build_id, reason }) => {
-                    let stop = context.running.lock().expect("running lock poisoned").get(&build_id).cloned();
+                    let stop = context
+                        .running
+                        .lock()
+                        .expect("running lock poisoned")
+                        .get(&build_id)
+                        .map(|(_, stop)| stop.clone());
                     match stop {
                         Some(stop) => {
                             tracing::info!(build.id = %build_id, %reason, "stopping build");
@@ -638,9 +680,12 @@ async fn send_heartbeats(context: Arc<Context>, period: Duration, drain: Cancell
             tracing::warn!(%error, "heartbeat not sent");
         }
         let ttl = period.as_secs().max(1) * 3;
-        let set: Result<(), _> = redis.set_ex(&presence_key, "online", ttl).await;
-        if let Err(error) = set {
-            tracing::warn!(%error, "presence not updated");
+        // Redis may be away: the heartbeat above (RabbitMQ) must not wait
+        // for it, or leases would expire while Redis is down.
+        match tokio::time::timeout(period, redis.set_ex::<_, _, ()>(&presence_key, "online", ttl)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "presence not updated"),
+            Err(_) => tracing::warn!("presence not updated: Redis did not answer in time"),
         }
         if drain.is_cancelled() {
             // Keep the leases alive while the running builds finish.

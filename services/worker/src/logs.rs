@@ -66,6 +66,13 @@ impl LogWriter {
         }
     }
 
+    /// Room for one piece of output, when the writer has it; `None` once
+    /// the writer is gone. For a caller that must not wait on the log
+    /// while it waits on other things.
+    pub async fn reserve(&self) -> Option<mpsc::Permit<'_, (LogChannel, Vec<u8>)>> {
+        self.sender.reserve().await.ok()
+    }
+
     /// Sends what is left and returns the totals once all of it is in Redis.
     pub async fn finish(self) -> LogTotals {
         drop(self.sender);

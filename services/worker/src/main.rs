@@ -131,6 +131,7 @@ async fn run_worker(cli: Cli, file: shared::config::WorkerFile) -> anyhow::Resul
         namespace: file.namespace,
         basedir: file.basedir,
         admin: file.admin,
+        step_environment: file.step_environment.resolve(std::env::vars()),
     };
     let drain = CancellationToken::new();
     let stop_builds = CancellationToken::new();

@@ -39,6 +39,8 @@ const READ_BUFFER: usize = 64 * 1024;
 
 pub async fn run_step(
     spec: &Step,
+    basedir: &Path,
+    base_env: &BTreeMap<String, String>,
     secrets: &BTreeMap<String, String>,
     builder_dir: &Path,
     log: &LogWriter,
@@ -77,6 +79,10 @@ pub async fn run_step(
     let spawned = Command::new(&argv[0])
         .args(&argv[1..])
         .current_dir(&workdir)
+        // A defined environment: what the worker passes on and sets for
+        // every step, then the step's own; nothing else of the worker's.
+        .env_clear()
+        .envs(base_env)
         .envs(&env)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -92,6 +98,9 @@ pub async fn run_step(
         }
     };
     let group = Pid::from_raw(child.id().expect("a child that was just spawned has an id") as i32);
+    // Noted until the group is killed below, so that a worker killed
+    // meanwhile leaves nothing its successor does not find.
+    let _noted = crate::groups::note(basedir, group.as_raw());
 
     let (output, mut outputs) = mpsc::channel(16);
     tokio::spawn(read_pipe(child.stdout.take().expect("stdout is piped"), LogChannel::Stdout, output.clone()));
@@ -106,16 +115,25 @@ pub async fn run_step(
     let mut exit_status = None;
     let mut killed: Option<KillReason> = None;
     let mut sigkill_at: Option<Instant> = None;
+    // Output read from the step but not yet taken by the log writer (Redis
+    // is slower than the step, or away). The loop never waits on the log:
+    // stop, max_time and the process's end are served meanwhile, and the
+    // step, whose pipes are no longer read, waits for the log instead of
+    // being counted silent.
+    let mut pending: Option<(LogChannel, Vec<u8>)> = None;
 
-    while pipes_open || exit_status.is_none() {
+    while pipes_open || exit_status.is_none() || pending.is_some() {
         let running = exit_status.is_none();
         tokio::select! {
-            piece = outputs.recv(), if pipes_open => match piece {
-                Some((channel, data)) => {
-                    last_output = Instant::now();
-                    log.write(channel, data).await;
-                }
+            piece = outputs.recv(), if pipes_open && pending.is_none() => match piece {
+                Some(piece) => pending = Some(piece),
                 None => pipes_open = false,
+            },
+            permit = log.reserve(), if pending.is_some() => {
+                if let (Some(permit), Some(piece)) = (permit, pending.take()) {
+                    permit.send(piece);
+                }
+                last_output = Instant::now();
             },
             status = child.wait(), if running => {
                 exit_status = Some(status);
@@ -123,7 +141,7 @@ pub async fn run_step(
                 // pipes open and outlive the build.
                 let _ = killpg(group, Signal::SIGKILL);
             }
-            _ = tokio::time::sleep_until(last_output + silence_limit), if running && killed.is_none() => {
+            _ = tokio::time::sleep_until(last_output + silence_limit), if running && killed.is_none() && pending.is_none() => {
                 killed = Some(KillReason::Silent);
                 sigkill_at = Some(terminate(group, spec.kill_grace));
             }

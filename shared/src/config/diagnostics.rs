@@ -32,6 +32,26 @@ impl fmt::Display for ConfigError {
     }
 }
 
+impl ConfigErrors {
+    /// What may be shown to anyone (the API, the web UI): where each
+    /// problem is, and what it is for files other than `private` (a message
+    /// about settings.yaml may quote a value of it, a password say; the
+    /// full text is for the master's log).
+    pub fn public_text(&self, private: &Path) -> String {
+        self.0
+            .iter()
+            .map(|error| {
+                if error.file != private {
+                    return error.to_string();
+                }
+                let place = error.position.map(|p| format!(":{}:{}", p.line, p.column)).unwrap_or_default();
+                format!("{}{place}: a problem in this private file; the master's log says which", error.file.display())
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
 /// Every problem found while loading the configuration.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct ConfigErrors(pub Vec<ConfigError>);

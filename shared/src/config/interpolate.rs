@@ -7,12 +7,18 @@
 //! worker alike, with one escape rule: `%%(` is a literal `%(`. Any other
 //! `%` is left alone, so `printf '%s\n'` needs no escaping.
 //!
-//! A property never becomes shell code: in a shell string (`command: "make
-//! %(prop:target)s"`) it is passed in an environment variable and the
-//! string refers to it (`${BM_PROP_0}`), so quote it as you would any shell
-//! variable (`"%(prop:branch)s"`, not inside single quotes). In a list
-//! command or a workdir it goes in as is; in an env value its `%(` is
-//! escaped, so it cannot name a secret.
+//! A property's value is data: it is never interpolated again and never
+//! becomes shell code. In a shell string (`command: "make -j%(prop:jobs)s"`)
+//! it is passed in an environment variable which the string refers to as
+//! one word (`make -j"${BM_PROP_0}"`; inside double quotes `${BM_PROP_0}`);
+//! inside single quotes, where the shell would not put it in, it is refused
+//! by `checkconfig`. In a list command or a workdir it is one word as it is.
+//!
+//! Masters put secrets into env values themselves and send every value
+//! with each `%(` escaped as `%%(`: a worker's `secrets` pass then only
+//! undoes the escape, so nothing a property holds can name a secret there,
+//! and workers of the previous version, which still put secrets in, read
+//! the same values.
 
 use std::collections::BTreeMap;
 
@@ -110,39 +116,145 @@ pub fn secret_names(text: &str) -> Vec<&str> {
         .collect()
 }
 
-/// How a property's value is written into a text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Quoting {
-    /// As it is (a list command's word, a workdir).
-    None,
-    /// As it is, with `%(` escaped as `%%(` (an env value, where the
-    /// worker puts in secrets).
-    Env,
-}
-
 /// `text` with its properties put in from `properties` (Buildbot's shape:
-/// name → `[value, source]`, or a bare value); secrets are left for the
-/// worker. A text that does not parse is returned unchanged (`checkconfig`
-/// refuses such a configuration).
-pub fn properties(text: &str, properties: &Map<String, Value>, quoting: Quoting) -> String {
-    let escape = |text: &str| match quoting {
-        Quoting::None => text.to_owned(),
-        Quoting::Env => text.replace("%(", "%%("),
-    };
-    render(text, escape, |name, default| escape(&property_value(properties, name, default)))
-        .unwrap_or_else(|| text.to_owned())
+/// name → `[value, source]`, or a bare value), as they are (a list
+/// command's word, a workdir); secrets are left as written. A text that
+/// does not parse is returned unchanged (`checkconfig` refuses such a
+/// configuration).
+pub fn properties(text: &str, properties: &Map<String, Value>) -> String {
+    render(text, |name, default| property_value(properties, name, default)).unwrap_or_else(|| text.to_owned())
 }
 
-/// A shell string with each property replaced by a reference to an
-/// environment variable holding its value (`${BM_PROP_0}`, …), and those
-/// variables: the shell never parses a value.
+/// An env value as a worker gets it: properties and secrets (from
+/// `secrets`, by name) put in, then every `%(` escaped as `%%(`. The name
+/// of a secret not in `secrets` is the error.
+pub fn env_value(
+    text: &str,
+    properties: &Map<String, Value>,
+    secrets: &BTreeMap<String, String>,
+) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    for piece in pieces(text, true)? {
+        match piece {
+            Piece::Text(text) => out.push_str(text),
+            Piece::Property { name, default } => out.push_str(&property_value(properties, name, default)),
+            Piece::Secret(name) => out.push_str(secrets.get(name).ok_or_else(|| name.to_owned())?),
+        }
+    }
+    Ok(escape(&out))
+}
+
+/// A text escaped for a worker's `secrets` pass: it comes out as it went
+/// in, whatever it holds.
+pub fn escape(text: &str) -> String {
+    text.replace("%(", "%%(")
+}
+
+/// Where a shell string's parser is, as far as quoting goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Quote {
+    None,
+    Single,
+    Double,
+    /// Inside `$( … )` (or backticks): a new word context, quoted or not
+    /// by what it holds.
+    Command,
+    Backtick,
+}
+
+/// How each property of a shell string stands: inside single quotes
+/// (`Err`, where the shell would not put a value in), inside double quotes
+/// (`Ok(true)`), or unquoted (`Ok(false)`), in order.
+fn shell_contexts(script: &str) -> Result<Vec<bool>, String> {
+    let mut contexts = Vec::new();
+    let mut stack = vec![Quote::None];
+    let mut at_word_start = true;
+    for piece in pieces(script, true)? {
+        let text = match piece {
+            Piece::Text(text) => text,
+            Piece::Property { name, .. } => {
+                match stack.last().copied().unwrap_or(Quote::None) {
+                    Quote::Single => {
+                        return Err(format!(
+                            "`%(prop:{name})s` is inside single quotes, where the shell would not put its value \
+                             in; use double quotes, or none"
+                        ));
+                    }
+                    Quote::Double => contexts.push(true),
+                    Quote::None | Quote::Command | Quote::Backtick => contexts.push(false),
+                }
+                at_word_start = false;
+                continue;
+            }
+            Piece::Secret(_) => {
+                at_word_start = false;
+                continue;
+            }
+        };
+        let mut chars = text.chars().peekable();
+        while let Some(c) = chars.next() {
+            let top = stack.last().copied().unwrap_or(Quote::None);
+            match (top, c) {
+                (Quote::Single, '\'') => {
+                    stack.pop();
+                }
+                (Quote::Single, _) => {}
+                (Quote::Double, '"') => {
+                    stack.pop();
+                }
+                (_, '\\') => {
+                    chars.next();
+                }
+                (Quote::Double | Quote::None | Quote::Command | Quote::Backtick, '$') if chars.peek() == Some(&'(') => {
+                    chars.next();
+                    stack.push(Quote::Command);
+                }
+                (Quote::Backtick, '`') => {
+                    stack.pop();
+                }
+                (Quote::Double | Quote::None | Quote::Command, '`') => stack.push(Quote::Backtick),
+                (Quote::Double, _) => {}
+                (Quote::Command, ')') => {
+                    stack.pop();
+                }
+                (_, '\'') => stack.push(Quote::Single),
+                (_, '"') => stack.push(Quote::Double),
+                (_, '#') if at_word_start => {
+                    // A comment, to the end of the line.
+                    for skipped in chars.by_ref() {
+                        if skipped == '\n' {
+                            break;
+                        }
+                    }
+                }
+                _ => {}
+            }
+            at_word_start = c.is_whitespace() || matches!(c, ';' | '&' | '|' | '(');
+        }
+    }
+    Ok(contexts)
+}
+
+/// Checks how a shell string uses properties (for `checkconfig`).
+pub fn check_shell(script: &str) -> Result<(), String> {
+    shell_contexts(script).map(drop)
+}
+
+/// A shell string with each property replaced by a reference, as one word,
+/// to an environment variable holding its value (`"${BM_PROP_0}"`, or
+/// `${BM_PROP_0}` inside double quotes), and those variables: the shell
+/// never parses a value, nor splits it. A script `checkconfig` refuses is
+/// returned as it is.
 pub fn shell(script: &str, properties: &Map<String, Value>) -> (String, Vec<(String, String)>) {
+    let Ok(contexts) = shell_contexts(script) else {
+        return (script.to_owned(), Vec::new());
+    };
     let mut env = Vec::new();
-    let rendered = render(script, str::to_owned, |name, default| {
+    let rendered = render(script, |name, default| {
         let variable = format!("BM_PROP_{}", env.len());
-        let reference = format!("${{{variable}}}");
-        env.push((variable, property_value(properties, name, default)));
-        reference
+        let quoted = contexts.get(env.len()).copied().unwrap_or(false);
+        env.push((variable.clone(), property_value(properties, name, default)));
+        if quoted { format!("${{{variable}}}") } else { format!("\"${{{variable}}}\"") }
     });
     match rendered {
         Some(script) => (script, env),
@@ -175,18 +287,13 @@ pub fn secrets(text: &str, values: &BTreeMap<String, String>) -> Result<String, 
     Ok(out)
 }
 
-/// `text` with its plain parts written by `text_part`, each property by
-/// `property(name, default)`, and secrets left for the worker; `None` when
-/// it does not parse.
-fn render(
-    text: &str,
-    text_part: impl Fn(&str) -> String,
-    mut property: impl FnMut(&str, Option<&str>) -> String,
-) -> Option<String> {
+/// `text` with each property written by `property(name, default)` and
+/// secrets left as written; `None` when it does not parse.
+fn render(text: &str, mut property: impl FnMut(&str, Option<&str>) -> String) -> Option<String> {
     let mut out = String::with_capacity(text.len());
     for piece in pieces(text, true).ok()? {
         match piece {
-            Piece::Text(text) => out.push_str(&text_part(text)),
+            Piece::Text(text) => out.push_str(text),
             Piece::Secret(name) => {
                 out.push_str("%(secret:");
                 out.push_str(name);
@@ -231,23 +338,37 @@ mod tests {
     #[test]
     fn properties_and_defaults_are_put_in_and_other_percents_left_alone() {
         let text = "printf '%s\\n' %(prop:branch)s -j%(prop:jobs)s %(prop:missing:-main)s %(prop:empty:-none)s";
-        assert_eq!(properties(text, &props(), Quoting::None), "printf '%s\\n' 3.14 -j4 main none");
+        assert_eq!(properties(text, &props()), "printf '%s\\n' 3.14 -j4 main none");
     }
 
     #[test]
-    fn in_a_shell_string_a_property_is_a_variable_the_shell_never_parses() {
-        let (script, env) = shell("echo \"built %(prop:evil)s\" %(prop:branch)s", &props());
-        assert_eq!(script, "echo \"built ${BM_PROP_0}\" ${BM_PROP_1}");
+    fn in_a_shell_string_a_property_is_one_word_the_shell_never_parses() {
+        let (script, env) = shell("echo \"built %(prop:evil)s\" -j%(prop:branch)s", &props());
+        assert_eq!(script, "echo \"built ${BM_PROP_0}\" -j\"${BM_PROP_1}\"");
         assert_eq!(env, [("BM_PROP_0".into(), "x; rm -rf /".into()), ("BM_PROP_1".into(), "3.14".into())]);
+        let (script, _) = shell("test \"$(echo %(prop:branch)s)\" = x # don't %(prop:jobs)s", &props());
+        assert_eq!(script, "test \"$(echo \"${BM_PROP_0}\")\" = x # don't \"${BM_PROP_1}\"");
+        let (script, _) = shell("echo 'it''s' %(prop:branch)s `echo %(prop:jobs)s`", &props());
+        assert_eq!(script, "echo 'it''s' \"${BM_PROP_0}\" `echo \"${BM_PROP_1}\"`");
     }
 
     #[test]
-    fn in_an_env_value_a_property_cannot_name_a_secret() {
-        let props = json!({ "branch": "%(secret:token)s" }).as_object().unwrap().clone();
-        let rendered = properties("%(prop:branch)s", &props, Quoting::Env);
-        assert_eq!(rendered, "%%(secret:token)s");
+    fn a_property_inside_single_quotes_is_refused() {
+        let problem = check_shell("echo '%(prop:branch)s'").unwrap_err();
+        assert!(problem.contains("single quotes"), "{problem}");
+        assert!(check_shell("echo \"'%(prop:branch)s'\"").is_ok(), "single quotes inside double ones are text");
+    }
+
+    #[test]
+    fn an_env_value_has_its_secrets_put_in_and_comes_out_of_the_workers_pass_as_it_went_in() {
         let secrets_given = BTreeMap::from([("token".to_owned(), "s3cr3t".to_owned())]);
-        assert_eq!(secrets(&rendered, &secrets_given).unwrap(), "%(secret:token)s");
+        let props = json!({ "target": "%(secret:token)s", "percent": "50%" }).as_object().unwrap().clone();
+        let sent =
+            env_value("%(prop:target)s|%(secret:token)s|%(prop:percent)s(secret:token)s", &props, &secrets_given)
+                .unwrap();
+        let received = secrets(&sent, &secrets_given).unwrap();
+        assert_eq!(received, "%(secret:token)s|s3cr3t|50%(secret:token)s", "a property names no secret");
+        assert_eq!(env_value("%(secret:nope)s", &props, &secrets_given), Err("nope".to_owned()));
     }
 
     #[test]
@@ -265,13 +386,12 @@ mod tests {
     #[test]
     fn the_escape_is_the_same_for_every_reader() {
         assert_eq!(check("%%(prop:x"), Ok(()), "an escaped `%(` opens nothing");
-        assert_eq!(properties("a %%(prop:x)s b", &props(), Quoting::None), "a %(prop:x)s b");
-        assert_eq!(properties("a %%(prop:x)s", &props(), Quoting::Env), "a %%(prop:x)s");
+        assert_eq!(properties("a %%(prop:x)s b", &props()), "a %(prop:x)s b");
     }
 
     #[test]
-    fn secrets_are_left_for_the_worker_and_mistakes_are_named() {
-        assert_eq!(properties("%(secret:token)s", &props(), Quoting::None), "%(secret:token)s");
+    fn secrets_are_left_as_written_and_mistakes_are_named() {
+        assert_eq!(properties("%(secret:token)s", &props()), "%(secret:token)s");
         assert!(check("%(props:branch)s").unwrap_err().contains("unknown kind `props`"));
         assert!(check("%(prop:branch").unwrap_err().contains("no closing"));
         assert!(check("%(branch)s").unwrap_err().contains("names no kind"));

@@ -112,9 +112,15 @@ pub enum SchedulerConfig {
         /// Builders it may force.
         builders: Vec<BuilderName>,
         /// Parameters of its form, each a build property: a default, and
-        /// optionally the only values allowed.
+        /// optionally the only values allowed or a pattern they must match.
         #[serde(default)]
         parameters: Vec<ForceParameter>,
+        /// Whether properties other than `parameters` may be forced. They
+        /// are data either way: a step gets a property's value as one word,
+        /// never as code, and a builder's or worker's configured property
+        /// cannot be replaced.
+        #[serde(default = "super::steps::default_true")]
+        other_properties: bool,
     },
     /// At the times a cron expression gives, in a time zone, like
     /// Buildbot's `Nightly`. Six fields, seconds first: `0 0 3 * * *` is
@@ -196,6 +202,21 @@ pub struct ForceParameter {
     /// The only values allowed (a drop-down in the form); any when empty.
     #[serde(default)]
     pub choices: Vec<String>,
+    /// A regular expression every value must match whole, e.g.
+    /// `[0-9]{1,3}` for a job count.
+    pub pattern: Option<String>,
+}
+
+impl ForceParameter {
+    /// Whether a forced `value` is allowed: one of the choices, and
+    /// matching the pattern (one `checkconfig` accepted).
+    pub fn allows(&self, value: &str) -> bool {
+        let chosen = self.choices.is_empty() || self.choices.iter().any(|choice| choice == value);
+        let matches = self.pattern.as_deref().is_none_or(|pattern| {
+            regex::Regex::new(&format!("^(?:{pattern})$")).is_ok_and(|pattern| pattern.is_match(value))
+        });
+        chosen && matches
+    }
 }
 
 pub(super) fn default_timezone() -> String {

@@ -81,6 +81,17 @@ pub struct GitHubSettings {
     pub api_url: String,
     /// A token for that API.
     pub api_token: Option<Secret>,
+    /// The repositories (`owner/name`) whose deliveries are taken; another
+    /// repository's get 403, even signed with the secret. Empty: any.
+    #[serde(default)]
+    pub repositories: Vec<String>,
+    /// Largest delivery taken, in bytes (GitHub sends up to 25 MB).
+    #[serde(default = "default_max_delivery_bytes")]
+    pub max_delivery_bytes: usize,
+}
+
+fn default_max_delivery_bytes() -> usize {
+    25 * 1024 * 1024
 }
 
 fn default_github_api() -> String {
@@ -271,6 +282,38 @@ pub struct WebSettings {
     /// plain HTTP on another address.
     #[serde(default = "super::steps::default_true")]
     pub secure_cookies: bool,
+    /// Let anyone who reaches the masters force, stop and cancel builds
+    /// while `users` is empty. Without it, such a master starts only on a
+    /// loopback address (and with a loopback `url`).
+    #[serde(default)]
+    pub anonymous_control: bool,
+    /// The address people use, e.g. `https://buildbot.python.org/`; links
+    /// in messages sent elsewhere point here.
+    pub url: Option<String>,
+    /// Live-event connections (`/ws`) one master keeps at most; more get
+    /// 503.
+    #[serde(default = "default_max_websockets")]
+    pub max_websockets: usize,
+    /// Running logs one master follows for clients at once (each holds a
+    /// Redis connection while it waits for output); more get 503.
+    #[serde(default = "default_max_log_followers")]
+    pub max_log_followers: usize,
+    /// An API read taking longer than this is cancelled (503), so a costly
+    /// listing cannot hold the read connections.
+    #[serde(default = "default_read_timeout_seconds")]
+    pub read_timeout_seconds: u64,
+}
+
+fn default_max_websockets() -> usize {
+    2000
+}
+
+fn default_max_log_followers() -> usize {
+    256
+}
+
+fn default_read_timeout_seconds() -> u64 {
+    10
 }
 
 fn default_public_port() -> u16 {
@@ -292,6 +335,11 @@ impl Default for WebSettings {
             listen: default_listen(),
             max_body_bytes: default_max_body_bytes(),
             secure_cookies: true,
+            anonymous_control: false,
+            url: None,
+            max_websockets: default_max_websockets(),
+            max_log_followers: default_max_log_followers(),
+            read_timeout_seconds: default_read_timeout_seconds(),
         }
     }
 }
@@ -386,6 +434,44 @@ pub struct LocalWorkerSettings {
     pub basedir: PathBuf,
     #[serde(default = "default_local_max_builds")]
     pub max_builds: u32,
+    #[serde(default)]
+    pub step_environment: StepEnvironment,
+}
+
+/// The environment a worker's steps run in: a few variables taken from
+/// the worker's own environment and values given here, and nothing else
+/// of the worker's (its settings, its credentials); each step adds its
+/// `env`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepEnvironment {
+    /// Variables passed on from the worker's environment when set, besides
+    /// `PATH`, `HOME`, `USER`, `LOGNAME`, `SHELL`, `LANG`, `LANGUAGE`,
+    /// `LC_*`, `TZ` and `TMPDIR`.
+    #[serde(default)]
+    pub pass: Vec<String>,
+    /// Variables set for every step.
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+}
+
+impl StepEnvironment {
+    /// What every worker passes on from its environment.
+    pub const ALWAYS_PASSED: &[&str] =
+        &["PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR"];
+
+    /// The base environment of every step, from the worker's own
+    /// environment `from`.
+    pub fn resolve(&self, from: impl IntoIterator<Item = (String, String)>) -> BTreeMap<String, String> {
+        let mut env: BTreeMap<String, String> = from
+            .into_iter()
+            .filter(|(name, _)| {
+                Self::ALWAYS_PASSED.contains(&name.as_str()) || name.starts_with("LC_") || self.pass.contains(name)
+            })
+            .collect();
+        env.extend(self.set.clone());
+        env
+    }
 }
 
 fn default_local_worker_name() -> String {
@@ -406,6 +492,7 @@ impl Default for LocalWorkerSettings {
             name: default_local_worker_name(),
             basedir: default_local_worker_basedir(),
             max_builds: default_local_max_builds(),
+            step_environment: StepEnvironment::default(),
         }
     }
 }

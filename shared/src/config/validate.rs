@@ -104,6 +104,27 @@ pub(super) fn settings(file: &mut SourceFile, settings: &Settings) {
             Some("generate one, e.g. `openssl rand -hex 20`, and give GitHub the same".into()),
         );
     }
+    if let Some(github) = &settings.github {
+        for (index, repository) in github.repositories.iter().enumerate() {
+            let parts: Vec<&str> = repository.split('/').collect();
+            if parts.len() != 2 || parts.iter().any(|part| part.is_empty()) {
+                file.error_at_value(
+                    &root.key("github").key("repositories").index(index),
+                    format!("`{repository}` is not a repository's `owner/name`"),
+                    Some("e.g. python/cpython".into()),
+                );
+            }
+        }
+    }
+    if let Some(url) = &settings.web.url
+        && !(url.starts_with("http://") || url.starts_with("https://"))
+    {
+        file.error_at_value(
+            &root.key("web").key("url"),
+            format!("web.url `{url}` is not an http:// or https:// URL"),
+            Some("the address people open, e.g. https://buildbot.python.org/".into()),
+        );
+    }
     if let Some(accounts) = &settings.worker_accounts {
         let at = root.key("worker_accounts");
         let url = accounts.rabbitmq_management_url.expose();
@@ -250,6 +271,16 @@ pub(super) fn master(file: &mut SourceFile, master: &MasterConfig, settings: &Se
                     file.error_at_value(&text_at, problem, None);
                 }
             }
+            if let StepCommand::Shell(script) = &step.command
+                && interpolate::check(script).is_ok()
+                && let Err(problem) = interpolate::check_shell(script)
+            {
+                file.error_at_value(
+                    &step_at.key("command"),
+                    problem,
+                    Some("a property is one word: write `\"%(prop:NAME)s\"` or `%(prop:NAME)s`".into()),
+                );
+            }
             if !step_names.insert(step.name.as_str()) {
                 file.error_at_value(
                     &step_at.key("name"),
@@ -314,11 +345,25 @@ pub(super) fn master(file: &mut SourceFile, master: &MasterConfig, settings: &Se
             }
             SchedulerConfig::Force { parameters, .. } => {
                 for (parameter_index, parameter) in parameters.iter().enumerate() {
-                    if !parameter.choices.is_empty() && !parameter.choices.contains(&parameter.default) {
+                    let parameter_at = at.key("parameters").index(parameter_index);
+                    if let Some(pattern) = &parameter.pattern
+                        && let Err(error) = regex::Regex::new(pattern)
+                    {
                         file.error_at_value(
-                            &at.key("parameters").index(parameter_index).key("default"),
-                            format!("the default `{}` is not one of the choices", parameter.default),
-                            Some(format!("use one of: {}", parameter.choices.join(", "))),
+                            &parameter_at.key("pattern"),
+                            format!("`{pattern}` is not a regular expression: {error}"),
+                            None,
+                        );
+                    } else if !parameter.allows(&parameter.default) {
+                        let hint = if parameter.choices.is_empty() {
+                            "a default must match the pattern".to_owned()
+                        } else {
+                            format!("use one of: {}", parameter.choices.join(", "))
+                        };
+                        file.error_at_value(
+                            &parameter_at.key("default"),
+                            format!("the default `{}` is not a value this parameter allows", parameter.default),
+                            Some(hint),
                         );
                     }
                 }

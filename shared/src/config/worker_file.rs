@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::diagnostics::{ConfigErrors, SourceFile};
-use super::settings::{TelemetrySettings, default_namespace};
+use super::settings::{StepEnvironment, TelemetrySettings, default_namespace};
 use super::{Secret, YamlPath, validate};
 use crate::ids::WorkerName;
 
@@ -41,6 +41,16 @@ pub struct WorkerFile {
     pub metrics_listen: Option<SocketAddr>,
     #[serde(default)]
     pub telemetry: TelemetrySettings,
+    /// The environment steps run in (what is passed on from this worker's
+    /// own, and what is set).
+    #[serde(default)]
+    pub step_environment: StepEnvironment,
+    /// Connect to RabbitMQ and Redis without TLS (`amqp://`, `redis://`)
+    /// though they are not on this machine. Off, such URLs are refused:
+    /// a volunteer's worker reaches the masters' services across the
+    /// internet, where passwords and logs must not travel in clear.
+    #[serde(default)]
+    pub allow_plaintext: bool,
 }
 
 /// How a worker logs in to RabbitMQ and Redis.
@@ -63,9 +73,25 @@ fn default_worker_basedir() -> PathBuf {
 
 /// Whether a URL names a user or a password (`scheme://user:pw@host/`).
 fn url_has_credentials(url: &str) -> bool {
+    authority(url).contains('@')
+}
+
+/// The `user:password@host:port` part of a URL.
+fn authority(url: &str) -> &str {
     let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let authority = after_scheme.split(['/', '?', '#']).next().unwrap_or_default();
-    authority.contains('@')
+    after_scheme.split(['/', '?', '#']).next().unwrap_or_default()
+}
+
+/// Whether a URL's host is this machine (`localhost`, `127.0.0.0/8`,
+/// `::1`): traffic to it never crosses a network.
+fn is_loopback(url: &str) -> bool {
+    let host_and_port = authority(url).rsplit('@').next().unwrap_or_default();
+    let host = match host_and_port.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
+        None => host_and_port.split(':').next().unwrap_or_default(),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<std::net::IpAddr>().is_ok_and(|address| address.is_loopback())
 }
 
 /// Loads worker.yaml; relative paths are resolved against its folder.
@@ -101,11 +127,45 @@ pub fn load_worker_file(path: &Path) -> Result<WorkerFile, ConfigErrors> {
             }
         }
     }
+    if let Some(worker) = &worker
+        && !worker.allow_plaintext
+    {
+        for (key, url, secure) in [("amqp_url", &worker.amqp_url, "amqps"), ("redis_url", &worker.redis_url, "rediss")]
+        {
+            let url = url.expose();
+            let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
+            if scheme != secure && !is_loopback(url) {
+                file.error_at_value(
+                    &YamlPath::root().key(key),
+                    format!("{key} is not encrypted ({scheme}://) and leads to another machine"),
+                    Some(format!(
+                        "use {secure}:// (the masters' operator gives the port and the CA certificate), or set \
+                         `allow_plaintext: true` if the network between them is private"
+                    )),
+                );
+            }
+        }
+    }
     match worker {
         Some(mut worker) if file.errors.is_empty() => {
             worker.basedir = path.parent().unwrap_or(Path::new(".")).join(&worker.basedir);
             Ok(worker)
         }
         _ => Err(ConfigErrors(file.errors)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_this_machine_is_loopback() {
+        assert!(is_loopback("amqp://127.0.0.1:5672/%2f"));
+        assert!(is_loopback("redis://user:pw@localhost:6379/"));
+        assert!(is_loopback("amqp://[::1]:5672"));
+        assert!(!is_loopback("amqp://buildbot.python.org:5672/%2f"));
+        assert!(!is_loopback("redis://10.0.0.5/"));
+        assert!(!is_loopback("amqp://127.0.0.1.example.org/"));
     }
 }

@@ -61,6 +61,14 @@ struct Wanted {
     builders: Vec<BuilderName>,
 }
 
+/// What a change source delivered, as it is recorded once: by the id it
+/// gave, and by the SHA-256 of a signed body.
+#[derive(Debug, Clone, Copy)]
+pub struct Delivery<'a> {
+    pub id: &'a str,
+    pub payload_sha256: Option<&'a [u8]>,
+}
+
 /// What became of a plan.
 pub enum Recorded {
     /// It asked for nothing to be recorded.
@@ -79,7 +87,7 @@ pub enum Recorded {
 pub async fn record(
     master: &Arc<Master>,
     source: &str,
-    delivery: Option<&str>,
+    delivery: Delivery<'_>,
     plan: &Plan,
 ) -> Result<Recorded, StoreError> {
     let Some(change) = &plan.change else {
@@ -87,7 +95,8 @@ pub async fn record(
     };
     let catalog = master.catalog();
     let new_change = NewChange {
-        delivery,
+        delivery: Some(delivery.id),
+        payload_sha256: delivery.payload_sha256,
         source,
         repository: &change.repository,
         branch: &change.branch,

@@ -4,6 +4,10 @@
 //! by repository, branch and revision: however many masters see it, it is
 //! recorded, and built, once. The first look at a branch only notes where
 //! it is.
+//!
+//! A `repourl` may carry credentials (`https://bot:token@…`): they are used
+//! to fetch and never recorded; the change names the repository without
+//! them.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -16,7 +20,8 @@ use shared::config::PollerConfig;
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
-use super::{Change, Plan, branch_plan, record};
+use super::{Change, Delivery, Plan, branch_plan, record};
+use crate::urls::without_credentials;
 use crate::{Master, MasterError};
 
 /// Commits handled per branch and poll, so a huge first gap cannot stall.
@@ -50,7 +55,7 @@ pub async fn run(master: Arc<Master>, shutdown: CancellationToken) -> Result<(),
             }
             last_poll.insert(poller.repourl.clone(), Instant::now());
             if let Err(error) = poll(&master, poller).await {
-                tracing::warn!(%error, repository = %poller.repourl, "polling failed; trying again at the next poll");
+                tracing::warn!(%error, repository = %without_credentials(&poller.repourl), "polling failed; trying again at the next poll");
             }
         }
     }
@@ -67,7 +72,7 @@ async fn poll(master: &Arc<Master>, poller: &PollerConfig) -> Result<(), PollErr
     git(&mirror, &fetch.iter().map(String::as_str).collect::<Vec<_>>()).await?;
     for branch in &poller.branches {
         let head = git(&mirror, &["rev-parse", &format!("refs/heads/{branch}")]).await?;
-        let last = master.store.last_change_revision(SOURCE, &poller.repourl, branch).await?;
+        let last = master.store.last_change_revision(SOURCE, &without_credentials(&poller.repourl), branch).await?;
         let new: Vec<String> = match last {
             Some(last) if last == head => continue,
             Some(last) => match git(&mirror, &["rev-list", "--reverse", &format!("{last}..{head}")]).await {
@@ -84,7 +89,8 @@ async fn poll(master: &Arc<Master>, poller: &PollerConfig) -> Result<(), PollErr
         for revision in &new[skip..] {
             let change = describe(&mirror, poller, branch, revision).await?;
             let plan = branch_plan(&master.catalog().config, change);
-            record(master, SOURCE, Some(&delivery(poller, branch, revision)), &plan).await?;
+            let id = delivery(poller, branch, revision);
+            record(master, SOURCE, Delivery { id: &id, payload_sha256: None }, &plan).await?;
         }
     }
     Ok(())
@@ -93,7 +99,7 @@ async fn poll(master: &Arc<Master>, poller: &PollerConfig) -> Result<(), PollErr
 /// The first look at a branch: where it is, as a change that builds nothing.
 async fn note_baseline(master: &Arc<Master>, poller: &PollerConfig, branch: &str, head: &str) -> Result<(), PollError> {
     let change = Change {
-        repository: poller.repourl.clone(),
+        repository: without_credentials(&poller.repourl),
         branch: branch.to_owned(),
         revision: head.to_owned(),
         author: String::new(),
@@ -102,7 +108,8 @@ async fn note_baseline(master: &Arc<Master>, poller: &PollerConfig, branch: &str
         category: "poll-start".into(),
     };
     let plan = Plan::record_only(change, "first look");
-    record(master, SOURCE, Some(&delivery(poller, branch, head)), &plan).await?;
+    let id = delivery(poller, branch, head);
+    record(master, SOURCE, Delivery { id: &id, payload_sha256: None }, &plan).await?;
     Ok(())
 }
 
@@ -112,7 +119,7 @@ async fn describe(mirror: &Path, poller: &PollerConfig, branch: &str, revision: 
     let (author, subject) = summary.split_once('\0').unwrap_or((&summary, ""));
     let files = git(mirror, &["diff-tree", "--no-commit-id", "--name-only", "-r", "--root", revision]).await?;
     Ok(Change {
-        repository: poller.repourl.clone(),
+        repository: without_credentials(&poller.repourl),
         branch: branch.to_owned(),
         revision: revision.to_owned(),
         author: author.to_owned(),
@@ -123,7 +130,7 @@ async fn describe(mirror: &Path, poller: &PollerConfig, branch: &str, revision: 
 }
 
 fn delivery(poller: &PollerConfig, branch: &str, revision: &str) -> String {
-    format!("{SOURCE}:{}:{branch}:{revision}", poller.repourl)
+    format!("{SOURCE}:{}:{branch}:{revision}", without_credentials(&poller.repourl))
 }
 
 /// This master's mirror of a repository.
@@ -146,8 +153,11 @@ async fn git(directory: &Path, args: &[&str]) -> Result<String, PollError> {
         .await?;
     if !output.status.success() {
         return Err(PollError::Git {
-            args: args.join(" "),
-            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+            // A URL's credentials stay out of logs.
+            args: args.iter().map(|arg| without_credentials(arg)).collect::<Vec<_>>().join(" "),
+            stderr: args.iter().fold(String::from_utf8_lossy(&output.stderr).trim().to_owned(), |text, arg| {
+                text.replace(arg, &without_credentials(arg))
+            }),
         });
     }
     Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())

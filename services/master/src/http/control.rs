@@ -137,6 +137,10 @@ fn rpc_error(id: &Value, error: ApiError) -> RpcFailure {
 /// Parameters of `force` that are not custom properties.
 const FORCE_FIELDS: [&str; 6] = ["builderNames", "builderid", "reason", "owner", "priority", "properties"];
 
+/// Properties every forced build has, from the form's own fields and the
+/// scheduler, which the checks of forced properties leave alone.
+const BUILD_FIELDS: [&str; 5] = ["reason", "scheduler", "owner", "branch", "revision"];
+
 /// `force` on a force scheduler: writes the buildset and its requests, then
 /// rings the builders' doorbells. The answer comes after the commit, so an
 /// acknowledged request is never lost; a doorbell that cannot be rung now is
@@ -171,13 +175,13 @@ async fn force(
         .schedulers
         .iter()
         .find_map(|scheduler| match scheduler {
-            SchedulerConfig::Force { name, builders, parameters } if name == scheduler_name => {
-                Some((builders, parameters))
+            SchedulerConfig::Force { name, builders, parameters, other_properties } if name == scheduler_name => {
+                Some((builders, parameters, *other_properties))
             }
             _ => None,
         })
         .ok_or_else(|| ApiError::NotFound(format!("force scheduler `{scheduler_name}`")))?;
-    let (allowed, parameters) = scheduler;
+    let (allowed, parameters, other_properties) = scheduler;
 
     let builder_names: Vec<BuilderName> = match (params.get("builderNames"), params.get("builderid")) {
         (Some(names), _) => serde_json::from_value(names.clone())
@@ -198,6 +202,9 @@ async fn force(
     if builder_names.is_empty() {
         return Err(invalid("builderNames", "is empty"));
     }
+    let mut builder_names = builder_names;
+    builder_names.sort();
+    builder_names.dedup();
     let text_param = |name: &str| -> ApiResult<Option<String>> {
         match params.get(name) {
             None | Some(Value::Null) => Ok(None),
@@ -216,13 +223,15 @@ async fn force(
     };
 
     let mut requests = Vec::with_capacity(builder_names.len());
+    let mut builders = Vec::with_capacity(builder_names.len());
     for name in &builder_names {
-        let (_, builder_id) =
+        let (builder, builder_id) =
             catalog.builder(name.as_str()).ok_or_else(|| ApiError::NotFound(format!("builder `{name}`")))?;
         if !allowed.contains(name) {
             return Err(invalid("builderNames", format!("scheduler `{scheduler_name}` cannot force builder `{name}`")));
         }
         requests.push(NewRequest { builder_id, priority });
+        builders.push(builder);
     }
 
     let source = "Force Build Form";
@@ -246,15 +255,47 @@ async fn force(
             properties.insert(name.clone(), json!([value, source]));
         }
     }
-    // The scheduler's own parameters: their defaults, and their choices.
+    // What was forced is data, but not every name is the forcer's to set:
+    // a builder's configured properties stay as configured (a worker's are
+    // kept at the claim), and a scheduler may allow only its parameters.
+    let forced: Vec<String> =
+        properties.keys().filter(|name| !BUILD_FIELDS.contains(&name.as_str())).cloned().collect();
+    for name in &forced {
+        if let Some(builder) = builders.iter().find(|builder| builder.properties.contains_key(name)) {
+            return Err(invalid(
+                name,
+                format!("is set by the configuration of builder `{}` and cannot be forced", builder.name),
+            ));
+        }
+        if !other_properties && !parameters.iter().any(|parameter| parameter.name == *name) {
+            let known: Vec<&str> = parameters.iter().map(|parameter| parameter.name.as_str()).collect();
+            return Err(invalid(
+                name,
+                format!(
+                    "is not a parameter of scheduler `{scheduler_name}`, which takes only its own (`{}`)",
+                    known.join("`, `")
+                ),
+            ));
+        }
+    }
+    // The scheduler's own parameters: their defaults, choices and patterns.
     for parameter in parameters {
         let given = properties.get(&parameter.name).map(|pair| pair[0].clone());
         let value = match given {
             None | Some(Value::Null) => Value::String(parameter.default.clone()),
             Some(value) => value,
         };
-        if !parameter.choices.is_empty() && !parameter.choices.iter().any(|choice| value == json!(choice)) {
-            return Err(invalid(&parameter.name, format!("must be one of: {}", parameter.choices.join(", "))));
+        let text = match &value {
+            Value::String(text) => text.clone(),
+            other => other.to_string(),
+        };
+        if !parameter.allows(&text) {
+            let what = match (&parameter.pattern, parameter.choices.is_empty()) {
+                (_, false) => format!("must be one of: {}", parameter.choices.join(", ")),
+                (Some(pattern), true) => format!("must match `{pattern}`"),
+                (None, true) => "is not allowed".to_owned(),
+            };
+            return Err(invalid(&parameter.name, what));
         }
         properties.insert(parameter.name.clone(), json!([value, source]));
     }

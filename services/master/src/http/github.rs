@@ -3,8 +3,10 @@
 //! secret); anything else gets 401 and changes nothing. What a delivery
 //! asks for is decided by `changes::github`; its change and buildsets are
 //! written in one transaction before the answer, so a delivery GitHub saw
-//! acknowledged is never lost, and the same delivery sent again changes
-//! nothing.
+//! acknowledged is never lost, and the same delivery sent again (under its
+//! id or another: a body is recognised by its SHA-256) changes nothing.
+//! With `github.repositories` set, only those repositories' deliveries are
+//! taken.
 
 use std::sync::Arc;
 
@@ -14,11 +16,11 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 
 use super::{ApiError, ApiResult};
 use crate::Master;
-use crate::changes::{self, Recorded};
+use crate::changes::{self, Delivery, Recorded};
 
 pub async fn hook(State(master): State<Arc<Master>>, headers: HeaderMap, body: Bytes) -> ApiResult<Json<Value>> {
     let catalog = master.catalog();
@@ -42,8 +44,20 @@ pub async fn hook(State(master): State<Arc<Master>>, headers: HeaderMap, body: B
     if event == "ping" {
         return Ok(Json(json!({ "ok": "pong" })));
     }
+    // Any repository whose webhook knows the secret can sign; only the
+    // configured ones may start builds.
+    let repository = payload["repository"]["full_name"].as_str().unwrap_or_default();
+    if !github.repositories.is_empty()
+        && !github.repositories.iter().any(|known| known.eq_ignore_ascii_case(repository))
+    {
+        return Err(ApiError::Forbidden(format!(
+            "deliveries from `{repository}` are not taken; add it to github.repositories in settings.yaml"
+        )));
+    }
     let plan = changes::github::plan(&catalog.config, github, event, &payload).await?;
-    match changes::record(&master, "github", Some(delivery), &plan).await? {
+    let payload_sha256 = Sha256::digest(&body);
+    let delivery = Delivery { id: delivery, payload_sha256: Some(&payload_sha256) };
+    match changes::record(&master, "github", delivery, &plan).await? {
         Recorded::Ignored => Ok(Json(json!({ "ignored": plan.why }))),
         Recorded::Before => Ok(Json(json!({ "ignored": "this delivery was recorded before" }))),
         Recorded::New { change, buildsets } => {

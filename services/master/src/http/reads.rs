@@ -600,7 +600,7 @@ fn force_schedulers(master: &Master) -> Vec<Value> {
         .schedulers
         .iter()
         .filter_map(|scheduler| match scheduler {
-            SchedulerConfig::Force { name, builders, parameters } => Some((name, builders, parameters)),
+            SchedulerConfig::Force { name, builders, parameters, .. } => Some((name, builders, parameters)),
             _ => None,
         })
         .map(|(name, builders, parameters)| {

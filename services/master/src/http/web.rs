@@ -306,7 +306,7 @@ async fn builder_page(
         .schedulers
         .iter()
         .filter_map(|scheduler| match scheduler {
-            SchedulerConfig::Force { name, builders, parameters } if builders.contains(&builder.name) => {
+            SchedulerConfig::Force { name, builders, parameters, .. } if builders.contains(&builder.name) => {
                 Some((name.as_str(), parameters.as_slice()))
             }
             _ => None,

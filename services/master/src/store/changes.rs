@@ -13,6 +13,9 @@ use super::{Store, StoreResult};
 pub struct NewChange<'a> {
     /// The source's id of the delivery (GitHub's `X-GitHub-Delivery`).
     pub delivery: Option<&'a str>,
+    /// The SHA-256 of the delivered body, when it was signed: the same body
+    /// under another id is the same delivery.
+    pub payload_sha256: Option<&'a [u8]>,
     pub source: &'a str,
     pub repository: &'a str,
     pub branch: &'a str,
@@ -41,8 +44,8 @@ impl Store {
     /// Records a change and the buildsets it causes, in one transaction,
     /// so a change acknowledged to its source is never lost and never
     /// half-scheduled. Schedulers in `deferred` (name, seconds) hold the
-    /// change until its branch is quiet. A delivery recorded before changes
-    /// nothing (`None`).
+    /// change until its branch is quiet. A delivery recorded before (by its
+    /// id, or by its body) changes nothing (`None`).
     pub async fn record_change(
         &self,
         change: &NewChange<'_>,
@@ -51,9 +54,10 @@ impl Store {
     ) -> StoreResult<Option<(ChangeId, Vec<CreatedBuildset>)>> {
         let mut tx = self.pool.begin().await?;
         let change_id: Option<ChangeId> = sqlx::query_scalar(
-            r#"insert into changes (delivery, source, repository, branch, revision, author, comments, files, category)
-               values ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-               on conflict (delivery) do nothing
+            r#"insert into changes (delivery, source, repository, branch, revision, author, comments, files, category,
+                                   payload_sha256)
+               values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+               on conflict do nothing
                returning id"#,
         )
         .bind(change.delivery)
@@ -65,6 +69,7 @@ impl Store {
         .bind(change.comments)
         .bind(serde_json::json!(change.files))
         .bind(change.category)
+        .bind(change.payload_sha256)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(change_id) = change_id else {

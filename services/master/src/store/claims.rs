@@ -3,6 +3,11 @@
 //! Priority first, then age; rows another transaction holds are skipped, so
 //! masters claiming at once never hand out the same request, and build
 //! numbers come out 1, 2, 3 … under the builder row's lock.
+//!
+//! A worker runs one build of a builder at a time, as Buildbot does: the
+//! builder's directory on the worker is one build's at a time, so two
+//! builds never clobber each other's files. Its other slots serve other
+//! builders.
 
 use chrono::{DateTime, Utc};
 use shared::ids::{BuildId, BuildRequestId, BuilderId, MasterId, WorkerId};
@@ -23,7 +28,8 @@ pub struct Claim<'a> {
     pub claim_token: Uuid,
     pub lease_seconds: u64,
     /// Properties from the builder's and the worker's configuration
-    /// (`{"name": [value, source]}`); those of the request win over them.
+    /// (`{"name": [value, source]}`); those of the request win over them,
+    /// except forced ones.
     pub configured_properties: &'a serde_json::Value,
 }
 
@@ -59,10 +65,12 @@ impl Store {
             if let Some(build) = self.claim_once(claim).await? {
                 return Ok(Some(build));
             }
-            let waiting: bool = sqlx::query_scalar(
+            let (waiting, busy): (bool, bool) = sqlx::query_as(
                 r#"select exists (select 1 from buildrequests where builder_id = $1 and state = 'pending')
                           and not exists (select 1 from workers where id = $2 and paused)
-                          and not exists (select 1 from builders where id = $1 and paused)"#,
+                          and not exists (select 1 from builders where id = $1 and paused),
+                          exists (select 1 from builds
+                                  where builder_id = $1 and worker_id = $2 and complete_at is null)"#,
             )
             .bind(claim.builder_id)
             .bind(claim.worker_id)
@@ -70,6 +78,11 @@ impl Store {
             .await?;
             if !waiting {
                 return Ok(None);
+            }
+            if busy {
+                // This worker already runs a build of the builder; another
+                // worker may take the request: ring for it again soon.
+                break;
             }
             if look < LOOKS {
                 tokio::time::sleep(std::time::Duration::from_millis(10 * u64::from(look))).await;
@@ -116,6 +129,10 @@ impl Store {
                      -- builder starts none.
                      and not exists (select 1 from workers w where w.id = $2 and w.paused)
                      and not exists (select 1 from builders pb where pb.id = $1 and pb.paused)
+                     -- One build of a builder per worker at a time.
+                     and not exists (select 1 from builds running
+                                     where running.builder_id = $1 and running.worker_id = $2
+                                       and running.complete_at is null)
                    order by priority desc, submitted_at, id
                    limit 1
                    for update skip locked
@@ -133,7 +150,14 @@ impl Store {
                                        lease_expires_at, state_string, properties)
                    select $1, numbered.number, claimed.id, $2, $3, $4,
                           now() + make_interval(secs => $5), 'building',
-                          $8::jsonb || s.properties || jsonb_build_object(
+                          -- The request's properties win over the configured
+                          -- ones, but a forced one never replaces one the
+                          -- builder or the worker configures.
+                          $8::jsonb || coalesce((select jsonb_object_agg(p.key, p.value)
+                                                 from jsonb_each(s.properties) p
+                                                 where not ($8::jsonb ? p.key
+                                                            and p.value ->> 1 = 'Force Build Form')), '{}'::jsonb)
+                                    || jsonb_build_object(
                               'buildername', jsonb_build_array($6::text, 'Builder'),
                               'buildnumber', jsonb_build_array(numbered.number, 'Build'),
                               'workername', jsonb_build_array($7::text, 'Worker'))
@@ -177,13 +201,17 @@ mod tests {
         let other_store = Store::connect(&db.url, 8, 1).await.unwrap();
         let (master_a, master_b) = (db.master("a").await, db.master("b").await);
         let builder = db.builder("numbered").await;
-        let worker = db.worker("w1").await;
         const REQUESTS: usize = 60;
         db.queue(builder, REQUESTS).await;
+        // A worker runs one build of a builder at a time: one per claim.
+        let mut workers = Vec::new();
+        for i in 0..REQUESTS * 2 {
+            workers.push(db.worker(&format!("w{i}")).await);
+        }
 
         // Twice as many claims as requests, half on each master, all at once.
         let mut claims = tokio::task::JoinSet::new();
-        for i in 0..REQUESTS * 2 {
+        for (i, worker) in workers.into_iter().enumerate() {
             let (store, master) =
                 if i % 2 == 0 { (db.store.clone(), master_a) } else { (other_store.clone(), master_b) };
             claims.spawn(async move { store.claim(&claim(builder, worker, master)).await.unwrap() });
@@ -210,13 +238,16 @@ mod tests {
     #[tokio::test]
     async fn the_highest_priority_is_claimed_first_then_the_oldest() {
         let db = TestDatabase::new().await;
-        let (master, builder, worker) = (db.master("a").await, db.builder("ordered").await, db.worker("w1").await);
+        let (master, builder) = (db.master("a").await, db.builder("ordered").await);
         let old = db.buildset(builder, 1, 0, json!({ "n": ["old", "Force"] })).await;
         let urgent = db.buildset(builder, 1, 5, json!({ "n": ["urgent", "Force"] })).await;
         let young = db.buildset(builder, 1, 0, json!({ "n": ["young", "Force"] })).await;
         let mut order = Vec::new();
-        while let Some(build) = db.store.claim(&claim(builder, worker, master)).await.unwrap() {
-            order.push(build.properties["n"][0].as_str().unwrap().to_owned());
+        for worker in ["w1", "w2", "w3", "w4"] {
+            let worker = db.worker(worker).await;
+            if let Some(build) = db.store.claim(&claim(builder, worker, master)).await.unwrap() {
+                order.push(build.properties["n"][0].as_str().unwrap().to_owned());
+            }
         }
         assert_eq!(order, ["urgent", "old", "young"], "buildsets {urgent} {old} {young}");
     }
@@ -249,6 +280,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_worker_runs_one_build_of_a_builder_at_a_time_and_the_rest_is_rung_for_others() {
+        let db = TestDatabase::new().await;
+        let (master, builder, w1) = (db.master("a").await, db.builder("one-at-a-time").await, db.worker("w1").await);
+        let w2 = db.worker("w2").await;
+        db.queue(builder, 2).await;
+        let first = db.store.claim(&claim(builder, w1, master)).await.unwrap();
+        assert!(first.is_some());
+        let second = db.store.claim(&claim(builder, w1, master)).await.unwrap();
+        assert!(second.is_none(), "w1 runs a build of this builder already");
+        let unannounced: i64 =
+            sqlx::query_scalar("select count(*) from buildrequests where state = 'pending' and announced_at is null")
+                .fetch_one(db.store.pool())
+                .await
+                .unwrap();
+        assert_eq!(unannounced, 1, "the waiting request is rung again for other workers");
+        let other = Claim { worker_name: "w2", ..claim(builder, w2, master) };
+        assert!(db.store.claim(&other).await.unwrap().is_some(), "w2 takes it");
+    }
+
+    #[tokio::test]
+    async fn a_forced_property_does_not_replace_a_configured_one() {
+        let db = TestDatabase::new().await;
+        let (master, builder, worker) = (db.master("a").await, db.builder("props").await, db.worker("w1").await);
+        let forced =
+            json!({ "parallel_tests": ["4 CC=id>/tmp/x;", "Force Build Form"], "target": ["t", "Force Build Form"] });
+        db.buildset(builder, 1, 0, forced).await;
+        let configured = json!({ "parallel_tests": ["8", "Worker"] });
+        let asked = Claim { configured_properties: &configured, ..claim(builder, worker, master) };
+        let build = db.store.claim(&asked).await.unwrap().unwrap();
+        assert_eq!(build.properties["parallel_tests"], json!(["8", "Worker"]));
+        assert_eq!(build.properties["target"], json!(["t", "Force Build Form"]), "what nothing configures stays");
+    }
+
+    #[tokio::test]
     async fn a_paused_worker_or_builder_claims_nothing() {
         let db = TestDatabase::new().await;
         let (master, builder, worker) = (db.master("a").await, db.builder("paused").await, db.worker("w1").await);
@@ -272,8 +337,9 @@ mod tests {
         // completion) while the second request is claimed.
         let mut recording = db.store.pool().begin().await.unwrap();
         Store::finish_build(&mut recording, first.id, Results::Success, "done", Utc::now()).await.unwrap();
+        let other = db.worker("w2").await;
         let second =
-            tokio::time::timeout(std::time::Duration::from_secs(10), db.store.claim(&claim(builder, worker, master)))
+            tokio::time::timeout(std::time::Duration::from_secs(10), db.store.claim(&claim(builder, other, master)))
                 .await
                 .expect("the claim does not wait for the recording transaction")
                 .unwrap();

@@ -28,20 +28,31 @@ struct Released {
 }
 
 impl Store {
-    /// Extends the leases of the builds a worker says it runs.
-    pub async fn heartbeat(&self, worker: &str, build_ids: &[BuildId], lease_seconds: u64) -> StoreResult<()> {
-        sqlx::query(
-            r#"update builds b set lease_expires_at = now() + make_interval(secs => $3)
-               from workers w
-               where b.id = any($2) and b.complete_at is null and w.id = b.worker_id and w.name = $1"#,
+    /// Extends the leases of the builds a worker says it runs, and returns
+    /// those among them whose lease the masters already ended (the worker
+    /// was away too long; they were retried): the worker must stop them.
+    pub async fn heartbeat(
+        &self,
+        worker: &str,
+        build_ids: &[BuildId],
+        lease_seconds: u64,
+    ) -> StoreResult<Vec<BuildId>> {
+        let lost: Vec<BuildId> = sqlx::query_scalar(
+            r#"with extended as (
+                   update builds b set lease_expires_at = now() + make_interval(secs => $3)
+                   from workers w
+                   where b.id = any($2) and b.complete_at is null and w.id = b.worker_id and w.name = $1
+               )
+               select b.id from builds b join workers w on w.id = b.worker_id
+               where b.id = any($2) and w.name = $1 and b.lease_lost_at is not null"#,
         )
         .bind(worker)
         .bind(build_ids)
         .bind(lease_seconds as f64)
-        .execute(&self.pool)
+        .fetch_all(&self.pool)
         .await?;
         sqlx::query("update workers set last_seen_at = now() where name = $1").bind(worker).execute(&self.pool).await?;
-        Ok(())
+        Ok(lost)
     }
 
     /// Ends builds whose lease expired as RETRY. Their requests are pending
@@ -58,7 +69,7 @@ impl Store {
                    for update skip locked
                )
                update builds b
-               set complete_at = now(), results = $2,
+               set complete_at = now(), lease_lost_at = now(), results = $2,
                    state_string = 'worker lost: no heartbeat before the lease expired'
                from expired where b.id = expired.id
                returning b.id, b.builder_id, b.buildrequest_id"#,
@@ -164,5 +175,7 @@ mod tests {
         db.store.heartbeat("w2", &[build.id], 60).await.unwrap();
         let expired = db.store.expire_leases(10, 3).await.unwrap();
         assert_eq!(expired.builds.len(), 1, "another worker's heartbeat kept nothing alive");
+        let lost = db.store.heartbeat("w1", &[build.id], 60).await.unwrap();
+        assert_eq!(lost, [build.id], "its own worker, back, learns the lease is gone");
     }
 }

@@ -27,6 +27,11 @@ pub enum EventRejected {
     UnknownBuild(BuildId),
     #[error("build {build_id} runs on worker `{owner}`, not on `{sender}`")]
     WrongWorker { build_id: BuildId, owner: WorkerName, sender: WorkerName },
+    /// Its worker was away longer than the lease; the masters ended the
+    /// build and retried its request. What the worker says later about it
+    /// changes nothing.
+    #[error("build {0} lost its lease (its worker was away too long) and was retried")]
+    LeaseLost(BuildId),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,16 +67,19 @@ impl Store {
         sender: &WorkerName,
     ) -> Result<Option<Transaction<'static, Postgres>>, RecordError> {
         let mut tx = self.pool.begin().await?;
-        let owner: Option<WorkerName> =
-            sqlx::query_scalar("select w.name from builds b join workers w on w.id = b.worker_id where b.id = $1")
-                .bind(build_id)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let owner: Option<(WorkerName, bool)> = sqlx::query_as(
+            r#"select w.name, b.lease_lost_at is not null
+               from builds b join workers w on w.id = b.worker_id where b.id = $1"#,
+        )
+        .bind(build_id)
+        .fetch_optional(&mut *tx)
+        .await?;
         match owner {
             None => return Err(EventRejected::UnknownBuild(build_id).into()),
-            Some(owner) if owner != *sender => {
+            Some((owner, _)) if owner != *sender => {
                 return Err(EventRejected::WrongWorker { build_id, owner, sender: sender.clone() }.into());
             }
+            Some((_, true)) => return Err(EventRejected::LeaseLost(build_id).into()),
             Some(_) => {}
         }
         let inserted = sqlx::query("insert into build_events (build_id, seq) values ($1, $2) on conflict do nothing")

@@ -30,6 +30,8 @@ pub(crate) struct TestDatabase {
     pub url: String,
     name: String,
     admin_url: String,
+    /// Claims made by `claim_next`, which names its workers by it.
+    claims: std::sync::atomic::AtomicUsize,
 }
 
 impl TestDatabase {
@@ -41,7 +43,7 @@ impl TestDatabase {
         let url = format!("{base}/{name}");
         super::upgrade(&url).await.expect("create and migrate the test database");
         let store = Store::connect(&url, 8, 2).await.expect("connect to the test database");
-        TestDatabase { store, url, name, admin_url }
+        TestDatabase { store, url, name, admin_url, claims: Default::default() }
     }
 
     pub async fn master(&self, name: &str) -> MasterId {
@@ -82,11 +84,15 @@ impl TestDatabase {
         self.store.create_buildset(buildset).await.unwrap().expect("a buildset with no tick is made").id
     }
 
-    /// The next build of `builder`, claimed by worker w1 through master
-    /// `a` (both made on first use).
+    /// The next build of `builder`, claimed through master `a` by a worker
+    /// of its own (w1 first, then w2, …), as a worker runs one build of a
+    /// builder at a time.
     pub async fn claim_next(&self, builder: BuilderId) -> Option<ClaimedBuild> {
-        let (master, worker) = (self.master("a").await, self.worker("w1").await);
-        self.store.claim(&claim(builder, worker, master)).await.unwrap()
+        let n = self.claims.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let name = format!("w{n}");
+        let (master, worker) = (self.master("a").await, self.worker(&name).await);
+        let claim = Claim { worker_name: &name, ..claim(builder, worker, master) };
+        self.store.claim(&claim).await.unwrap()
     }
 
     /// `count` requests of `builder`, in one buildset with no properties.

@@ -99,6 +99,7 @@ async fn each_worker_logs_in_as_its_own_account_and_cannot_act_as_another() {
         state_string: "forged".into(),
         finished_at: chrono::Utc::now(),
         steps: Vec::new(),
+        sent_at: None,
     };
     let publisher = as_w1.create_channel().await.unwrap();
     publisher.confirm_select(ConfirmSelectOptions::default()).await.unwrap();

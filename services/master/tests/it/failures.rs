@@ -93,6 +93,7 @@ async fn malformed_or_impossible_events_are_dead_lettered_and_recording_goes_on(
             state_string: "running".into(),
             logs: Vec::new(),
         },
+        sent_at: None,
     };
     let bad: [Vec<u8>; 3] =
         [b"not json at all".to_vec(), br#"{"v":1,"type":"no_such_event"}"#.to_vec(), shared::wire::encode(&impossible)];

@@ -76,6 +76,89 @@ impl Services {
     }
 }
 
+/// How to start a worker process, beyond its name; `Default` is as
+/// `start_worker` does.
+#[derive(Default)]
+pub struct WorkerLaunch<'a> {
+    pub password: Option<&'a str>,
+    pub amqp_url: Option<&'a str>,
+    pub redis_url: Option<&'a str>,
+    /// A command the worker runs under (e.g. `["faketime", "-f", "-10m"]`).
+    pub wrapper: &'a [&'a str],
+    /// Its directory (where worker.yaml's `basedir: .` points); default
+    /// `worker-{name}` in the stack's directory.
+    pub basedir: Option<&'a Path>,
+}
+
+/// A TCP proxy on a free port of 127.0.0.1, to cut a process off from a
+/// service as a network partition would: `cut` drops every connection
+/// through it and refuses new ones until `restore`.
+pub struct TcpProxy {
+    pub port: u16,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    connections: Arc<std::sync::Mutex<JoinSet<()>>>,
+    accepting: tokio::task::JoinHandle<()>,
+}
+
+impl TcpProxy {
+    pub async fn start(target: SocketAddr) -> TcpProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a proxy port");
+        let port = listener.local_addr().expect("local addr").port();
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let connections = Arc::new(std::sync::Mutex::new(JoinSet::new()));
+        let accepting = tokio::spawn({
+            let (cut, connections) = (cut.clone(), connections.clone());
+            async move {
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    if cut.load(std::sync::atomic::Ordering::SeqCst) {
+                        continue; // dropped: the client sees its connection closed
+                    }
+                    connections.lock().unwrap().spawn(async move {
+                        if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                    });
+                }
+            }
+        });
+        TcpProxy { port, cut, connections, accepting }
+    }
+
+    /// The address of `url` with its host and port replaced by this proxy's.
+    pub fn url_for(&self, url: &str) -> String {
+        let (scheme, rest) = url.split_once("://").expect("a URL");
+        let end = rest.find('/').unwrap_or(rest.len());
+        let (authority, path) = rest.split_at(end);
+        let userinfo = authority.rsplit_once('@').map(|(user, _)| format!("{user}@")).unwrap_or_default();
+        format!("{scheme}://{userinfo}127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.connections.lock().unwrap().abort_all();
+    }
+
+    pub fn restore(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.accepting.abort();
+        self.connections.lock().unwrap().abort_all();
+    }
+}
+
+/// The address (host and port) a service URL points at.
+pub fn address_of(url: &str) -> SocketAddr {
+    let rest = url.split_once("://").expect("a URL").1;
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host_port = authority.rsplit('@').next().unwrap_or_default();
+    let host_port = host_port.replace("localhost", "127.0.0.1");
+    host_port.parse().unwrap_or_else(|_| panic!("`{host_port}` is not host:port"))
+}
+
 /// A RabbitMQ node of one test's own (own port, node name and data
 /// directory), so the test may restart it without touching anyone else.
 pub struct PrivateRabbitMq {
@@ -195,7 +278,9 @@ pub struct PrivateRedis {
     port: u16,
     /// The CA that signed the server's certificate, when it speaks TLS.
     ca_file: Option<PathBuf>,
-    _server: ChildGuard,
+    /// How it was started, to start it again after `stop`.
+    command_line: Vec<std::ffi::OsString>,
+    server: std::sync::Mutex<Option<ChildGuard>>,
     _dir: tempfile::TempDir,
 }
 
@@ -224,18 +309,32 @@ impl PrivateRedis {
             command.args(["--port", &port.to_string()]);
             None
         };
-        let server = command
+        let command_line: Vec<std::ffi::OsString> = command.get_args().map(ToOwned::to_owned).collect();
+        let redis = PrivateRedis { port, ca_file, command_line, server: std::sync::Mutex::new(None), _dir: dir };
+        redis.start_again().await;
+        redis
+    }
+
+    /// Stops the server (SIGKILL: what it held is gone, as after a crash of
+    /// a Redis that keeps nothing on disk); clients see connections refused.
+    pub fn stop(&self) {
+        self.server.lock().unwrap().take();
+    }
+
+    /// Starts the stopped server again on the same port, empty.
+    pub async fn start_again(&self) {
+        let server = Command::new("redis-server")
+            .args(&self.command_line)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server starts (deploy/services.sh ensure installs it)");
-        let redis = PrivateRedis { port, ca_file, _server: ChildGuard(server), _dir: dir };
+        *self.server.lock().unwrap() = Some(ChildGuard(server));
         let deadline = Instant::now() + Duration::from_secs(10);
-        while redis.command("PING").await.is_err() {
-            assert!(Instant::now() < deadline, "private redis-server on port {port} did not answer");
+        while self.command("PING").await.is_err() {
+            assert!(Instant::now() < deadline, "private redis-server on port {} did not answer", self.port);
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        redis
     }
 
     pub fn url(&self) -> String {
@@ -636,21 +735,42 @@ impl TestStack {
     /// Starts a `buildmaster-worker` process named `name` that logs in with
     /// `password`.
     pub fn start_worker_with_password(&mut self, name: &str, password: &str) {
-        let basedir = self.dir.path().join(format!("worker-{name}"));
-        std::fs::create_dir_all(&basedir).expect("worker basedir");
+        let launch = WorkerLaunch { password: Some(password), ..WorkerLaunch::default() };
+        self.start_worker_with(name, launch);
+    }
+
+    /// Starts a `buildmaster-worker` process as `launch` says: through other
+    /// service addresses (a proxy), under a wrapper command (a faked clock,
+    /// a mount namespace), in a given directory.
+    pub fn start_worker_with(&mut self, name: &str, launch: WorkerLaunch<'_>) {
+        // Its worker.yaml and log; builds run here too unless `basedir`.
+        let home = self.dir.path().join(format!("worker-{name}"));
+        std::fs::create_dir_all(&home).expect("worker directory");
+        let basedir = launch.basedir.map_or_else(|| ".".to_owned(), |path| path.display().to_string());
+        let amqp_url = launch.amqp_url.unwrap_or(&self.amqp_url);
+        let redis_url = launch.redis_url.unwrap_or(&self.redis_url);
         let (amqp, redis, login) = if self.worker_own_accounts {
-            (without_credentials(&self.amqp_url), without_credentials(&self.redis_url), "")
+            (without_credentials(amqp_url), without_credentials(redis_url), "")
         } else {
-            (self.amqp_url.clone(), self.redis_url.clone(), "login: from_urls\n")
+            (amqp_url.to_owned(), redis_url.to_owned(), "login: from_urls\n")
         };
+        let password = launch.password.unwrap_or_else(|| password_of(name));
         let config = format!(
-            "name: {name}\npassword: {password}\namqp_url: {amqp}\nredis_url: {redis}\nnamespace: {}\nbasedir: .\n{login}{}",
+            "name: {name}\npassword: {password}\namqp_url: {amqp}\nredis_url: {redis}\nnamespace: {}\nbasedir: {basedir}\n{login}{}",
             self.namespace, self.worker_yaml_extra
         );
-        let config_path = basedir.join("worker.yaml");
+        let config_path = home.join("worker.yaml");
         std::fs::write(&config_path, config).expect("write worker.yaml");
-        let log = std::fs::File::create(basedir.join("worker.log")).expect("worker log");
-        let child = Command::new(binary("buildmaster-worker"))
+        let log = std::fs::File::create(home.join("worker.log")).expect("worker log");
+        let mut command = match launch.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(binary("buildmaster-worker"));
+                command
+            }
+            None => Command::new(binary("buildmaster-worker")),
+        };
+        let child = command
             .arg("--config")
             .arg(&config_path)
             .envs(self.process_env.iter().map(|(k, v)| (k, v)))
