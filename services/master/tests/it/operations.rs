@@ -63,6 +63,23 @@ impl DeployedStack {
     }
 }
 
+impl DeployedStack {
+    /// The masters' warnings and errors, for a failing test's message.
+    fn logs(&self) -> String {
+        let run = &self.env.iter().find(|(k, _)| *k == "BUILDMASTER_RUN_DIR").unwrap().1;
+        let mut said = String::new();
+        for name in ["master-1", "master-2"] {
+            let log = std::fs::read_to_string(format!("{run}/logs/{name}.log")).unwrap_or_default();
+            for line in
+                log.lines().filter(|line| line.contains("WARN") || line.contains("ERROR") || line.contains("===="))
+            {
+                said.push_str(&format!("{name}: {line}\n"));
+            }
+        }
+        said
+    }
+}
+
 impl Drop for DeployedStack {
     fn drop(&mut self) {
         let _ = self.run("down");
@@ -72,6 +89,11 @@ impl Drop for DeployedStack {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_under_load_fails_no_request_and_loses_no_build() {
     let mut stack = TestStack::new(&master_yaml(&[("quick", "- name: hi\n  command: echo hi\n")]), &["quick"]).await;
+    // This test is about restarts, not lost workers: a lease longer than the
+    // test stack's 4 s, so a machine busy with other tests meanwhile cannot
+    // make heartbeats late enough to retry a build.
+    let settings = std::fs::read_to_string(&stack.settings_path).unwrap();
+    std::fs::write(&stack.settings_path, settings.replace("lease_seconds: 4", "lease_seconds: 30")).unwrap();
     let deployed = Arc::new(DeployedStack::new(&stack));
     deployed.run_ok("up").await;
     stack.base_url = deployed.url();
@@ -126,7 +148,7 @@ async fn a_rolling_restart_under_load_fails_no_request_and_loses_no_build() {
     assert!(forced.len() >= 20, "the load ran through the restart: {} forces", forced.len());
     for request in &forced {
         let build = stack.wait_for_build(*request).await;
-        assert_eq!(build["results"], 0, "{build}");
+        assert_eq!(build["results"], 0, "{build}\n{}\n{}", deployed.logs(), stack.worker_logs());
         let builds = stack.builds_of_request(*request).await;
         assert_eq!(builds.len(), 1, "request {request} built once: {builds:?}");
     }
