@@ -87,6 +87,14 @@ impl Namespace {
         format!("{}:worker:{worker}:log:{build_id}:{step_number}:{log_slug}", self.0)
     }
 
+    /// The Redis key holding how many lines the log stream `stream_key`
+    /// holds (a last line not yet ended counts), written by the worker with
+    /// each batch: the last lines of a running log are found without
+    /// reading it all.
+    pub fn log_lines_key(stream_key: &str) -> String {
+        format!("{stream_key}:lines")
+    }
+
     /// The Redis key that exists while a worker is online.
     pub fn presence_key(&self, worker: &str) -> String {
         format!("{}:worker:{worker}:presence", self.0)

@@ -200,6 +200,7 @@ async fn record(master: &Master, event: &WorkerEvent) -> Result<Recorded, EventE
             for key in archived_keys {
                 // People watching live still see the end; afterwards the copy
                 // in Postgres is the only one.
+                let _: Result<bool, _> = redis.expire(shared::names::Namespace::log_lines_key(&key), linger).await;
                 let expired: Result<bool, _> = redis.expire(&key, linger).await;
                 if let Err(error) = expired {
                     tracing::warn!(%error, redis.key = %key, "could not set the expiry of an archived log stream");

@@ -83,7 +83,14 @@ const READ_CONNECTIONS: u32 = 2;
 async fn connect(config: Config, master_name: &str) -> Result<(Arc<Master>, live::Inbox), MasterError> {
     let settings = &config.settings;
     let namespace = Namespace::new(&settings.namespace);
-    let store = Store::connect(settings.database_url.expose(), PIPELINE_CONNECTIONS, READ_CONNECTIONS).await?;
+    let read_timeout = Duration::from_secs(settings.web.read_timeout_seconds);
+    let store = Store::connect_with_read_timeout(
+        settings.database_url.expose(),
+        PIPELINE_CONNECTIONS,
+        READ_CONNECTIONS,
+        read_timeout,
+    )
+    .await?;
     store.check_schema().await?;
     let broker =
         Broker::connect(settings.amqp_url.expose(), namespace.clone(), &format!("buildmaster {master_name}")).await?;

@@ -14,7 +14,7 @@ use futures_util::stream::BoxStream;
 use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
 use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
 use shared::ids::LogId;
-use shared::names::{LOG_FIELD_CHANNEL, LOG_FIELD_DATA};
+use shared::names::{LOG_FIELD_CHANNEL, LOG_FIELD_DATA, Namespace};
 use shared::wire::LogChannel;
 use sqlx::{Postgres, Transaction};
 
@@ -323,7 +323,8 @@ pub fn follow_lines(
     with_channels: bool,
 ) -> BoxStream<'static, Result<String, LogError>> {
     let records = follow_records(store, live, log_id, stream_key);
-    let splitter = LineSplitter { wanted: offset..i64::MAX, next_line: 0, current: None, out: Vec::new() };
+    let splitter =
+        LineSplitter { wanted: offset..i64::MAX, next_line: 0, current: None, out: Vec::new(), out_bytes: 0 };
     futures_util::stream::try_unfold((records, splitter, false), move |(mut records, mut splitter, ended)| async move {
         if ended {
             return Ok(None);
@@ -357,7 +358,18 @@ pub fn follow_lines(
 /// How many lines a running log's stream holds so far (a last line not yet
 /// ended counts).
 pub async fn live_line_count(redis: &mut ConnectionManager, stream_key: &str) -> Result<i64, LogError> {
-    let mut splitter = LineSplitter { wanted: i64::MAX..i64::MAX, next_line: 0, current: None, out: Vec::new() };
+    // Written by the worker with each batch; workers of the previous
+    // version write none, and their streams are counted by reading them.
+    let counted: Option<i64> = redis::cmd("GET")
+        .arg(Namespace::log_lines_key(stream_key))
+        .query_async(redis)
+        .await
+        .map_err(|source| LogError::Redis { key: stream_key.to_owned(), source })?;
+    if let Some(lines) = counted {
+        return Ok(lines);
+    }
+    let mut splitter =
+        LineSplitter { wanted: i64::MAX..i64::MAX, next_line: 0, current: None, out: Vec::new(), out_bytes: 0 };
     let mut after = String::from("-");
     loop {
         let page = read_stream_page(redis, stream_key, &after, ENTRIES_PER_PAGE).await?;
@@ -502,8 +514,13 @@ pub async fn lines(
     offset: i64,
     limit: i64,
 ) -> Result<Vec<LogLine>, LogError> {
-    let mut splitter =
-        LineSplitter { wanted: offset..offset.saturating_add(limit), next_line: 0, current: None, out: Vec::new() };
+    let mut splitter = LineSplitter {
+        wanted: offset..offset.saturating_add(limit),
+        next_line: 0,
+        current: None,
+        out: Vec::new(),
+        out_bytes: 0,
+    };
     if limit == 0 {
         return Ok(Vec::new());
     }
@@ -529,7 +546,7 @@ pub async fn lines(
         let mut chunks = store.log_chunks_from(log_id, seq);
         while let Some(content) = chunks.next().await {
             for record in decode_chunk(log_id, &content.map_err(StoreError::from)?)? {
-                if splitter.push(&record) {
+                if splitter.push(&record) || splitter.full() {
                     return Ok(splitter.out);
                 }
             }
@@ -545,7 +562,7 @@ pub async fn lines(
             after = last_id.clone();
             let full = page.len() == ENTRIES_PER_PAGE;
             for (_, record) in page {
-                if splitter.push(&record) {
+                if splitter.push(&record) || splitter.full() {
                     return Ok(splitter.out);
                 }
             }
@@ -557,6 +574,24 @@ pub async fn lines(
     Ok(splitter.out)
 }
 
+/// The longest line `contents` serves whole. A longer one (a step may print
+/// megabytes without a newline) is cut with a note; the raw download has it
+/// whole. Bounds what one answer holds in memory and sends.
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
+
+/// The most bytes of lines one `contents` answer holds; it then holds
+/// fewer lines than asked for, and the client asks for the rest.
+pub const MAX_ANSWER_BYTES: usize = 8 * 1024 * 1024;
+
+/// A line longer than `MAX_LINE_BYTES` (it holds one byte more when it
+/// was), cut with a note saying so.
+fn cut_long(line: &mut LogLine) {
+    if line.text.len() > MAX_LINE_BYTES {
+        line.text.truncate(MAX_LINE_BYTES);
+        line.text.extend_from_slice(b" [line cut at 65536 bytes; the raw log has it whole]");
+    }
+}
+
 /// Cuts records into numbered lines, keeping those wanted.
 struct LineSplitter {
     wanted: std::ops::Range<i64>,
@@ -565,6 +600,8 @@ struct LineSplitter {
     /// The line being read, with its number.
     current: Option<(i64, LogLine)>,
     out: Vec<LogLine>,
+    /// Bytes of the lines out so far (see `full`).
+    out_bytes: usize,
 }
 
 impl LineSplitter {
@@ -579,11 +616,15 @@ impl LineSplitter {
             let number = *number;
             let ends = piece.last() == Some(&b'\n');
             if self.wanted.contains(&number) {
-                line.text.extend_from_slice(piece.strip_suffix(b"\n").unwrap_or(piece));
+                let text = piece.strip_suffix(b"\n").unwrap_or(piece);
+                let room = (MAX_LINE_BYTES + 1).saturating_sub(line.text.len());
+                line.text.extend_from_slice(&text[..text.len().min(room)]);
             }
             if ends {
-                let (number, line) = self.current.take().expect("a line is being read");
+                let (number, mut line) = self.current.take().expect("a line is being read");
                 if self.wanted.contains(&number) {
+                    cut_long(&mut line);
+                    self.out_bytes += line.text.len() + 2;
                     self.out.push(line);
                 }
                 if number + 1 >= self.wanted.end {
@@ -594,11 +635,18 @@ impl LineSplitter {
         false
     }
 
+    /// Whether the lines out make an answer as large as one may be
+    /// (`MAX_ANSWER_BYTES`): a client asks for the rest.
+    fn full(&self) -> bool {
+        self.out_bytes >= MAX_ANSWER_BYTES
+    }
+
     /// The last line of a finished log counts even without a newline.
     fn finish(&mut self) {
-        if let Some((number, line)) = self.current.take()
+        if let Some((number, mut line)) = self.current.take()
             && self.wanted.contains(&number)
         {
+            cut_long(&mut line);
             self.out.push(line);
         }
     }
@@ -617,6 +665,20 @@ fn printed_bytes(records: Vec<LogRecord>) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_huge_line_is_served_cut_with_a_note() {
+        let mut splitter = LineSplitter { wanted: 0..10, next_line: 0, current: None, out: Vec::new(), out_bytes: 0 };
+        let huge = vec![b'x'; 10 * MAX_LINE_BYTES];
+        for piece in huge.chunks(MAX_LINE_BYTES / 3) {
+            splitter.push(&LogRecord { channel: LogChannel::Stdout, data: piece.to_vec() });
+        }
+        splitter.push(&LogRecord { channel: LogChannel::Stdout, data: b"\nnext\n".to_vec() });
+        assert_eq!(splitter.out.len(), 2);
+        assert!(splitter.out[0].text.len() < MAX_LINE_BYTES + 100);
+        assert!(splitter.out[0].text.ends_with(b"[line cut at 65536 bytes; the raw log has it whole]"));
+        assert_eq!(splitter.out[1].text, b"next");
+    }
 
     #[test]
     fn a_chunk_decodes_to_the_records_it_was_built_from() {
@@ -639,8 +701,13 @@ mod tests {
             LogRecord { channel: LogChannel::Stderr, data: b"o\nthree".to_vec() },
         ];
         let split = |offset: i64, limit: i64| {
-            let mut splitter =
-                LineSplitter { wanted: offset..offset + limit, next_line: 0, current: None, out: Vec::new() };
+            let mut splitter = LineSplitter {
+                wanted: offset..offset + limit,
+                next_line: 0,
+                current: None,
+                out: Vec::new(),
+                out_bytes: 0,
+            };
             for record in &records {
                 if splitter.push(record) {
                     return splitter.out;

@@ -29,6 +29,11 @@ pub struct Master {
     pub metrics: Metrics,
     /// How far each worker's clock is from this master's.
     pub clocks: WorkerClocks,
+    /// Room for running logs followed for clients (`web.max_log_followers`;
+    /// each holds a Redis connection while it waits).
+    pub log_followers: Arc<tokio::sync::Semaphore>,
+    /// Room for `/ws` connections (`web.max_websockets`).
+    pub websockets: Arc<tokio::sync::Semaphore>,
     /// Changes to announce to live clients; the publisher task reads and
     /// sends them, so no answer waits for it.
     pub live: Publisher,
@@ -65,6 +70,8 @@ impl Master {
             namespace,
             metrics: Metrics::new(),
             clocks: WorkerClocks::default(),
+            log_followers: Arc::new(tokio::sync::Semaphore::new(catalog.config.settings.web.max_log_followers)),
+            websockets: Arc::new(tokio::sync::Semaphore::new(catalog.config.settings.web.max_websockets)),
             live,
             live_events: crate::live::channel(),
             amqp_user,

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
-use shared::names::{LOG_FIELD_CHANNEL, LOG_FIELD_DATA};
+use shared::names::{LOG_FIELD_CHANNEL, LOG_FIELD_DATA, Namespace};
 use shared::wire::LogChannel;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -85,6 +85,29 @@ struct Entry {
     data: Vec<u8>,
 }
 
+/// How many lines a log holds so far, as masters number them: every
+/// newline ends one, and a last line not yet ended counts.
+#[derive(Debug, Default, Clone, Copy)]
+struct LineCount {
+    ended: u64,
+    open: bool,
+}
+
+impl LineCount {
+    fn add(&mut self, entries: &[Entry]) {
+        for entry in entries {
+            self.ended += entry.data.iter().filter(|&&byte| byte == b'\n').count() as u64;
+            if let Some(last) = entry.data.last() {
+                self.open = *last != b'\n';
+            }
+        }
+    }
+
+    fn total(self) -> u64 {
+        self.ended + u64::from(self.open)
+    }
+}
+
 async fn write_stream(
     mut redis: ConnectionManager,
     key: String,
@@ -94,6 +117,7 @@ async fn write_stream(
 ) -> LogTotals {
     let mut spool = Spool::create(&spool_path).await;
     let mut totals = LogTotals::default();
+    let mut lines = LineCount::default();
     let mut batch: Vec<Entry> = Vec::new();
     let mut batch_bytes = 0usize;
     let mut flush_at: Option<Instant> = None;
@@ -132,7 +156,8 @@ async fn write_stream(
             continue;
         }
         if !batch.is_empty() {
-            tokio::join!(send_batch(&mut redis, &key, &batch, totals.entries), spool.append(&batch));
+            lines.add(&batch);
+            tokio::join!(send_batch(&mut redis, &key, &batch, totals.entries, lines), spool.append(&batch));
             totals.entries += batch.len() as u64;
             batch.clear();
             batch_bytes = 0;
@@ -224,6 +249,7 @@ async fn rewrite_from_spool(
     let _: Result<(), _> = redis::cmd("DEL").arg(key).query_async(redis).await;
     let mut batch = Vec::new();
     let mut written = 0u64;
+    let mut lines = LineCount::default();
     loop {
         let mut header = [0u8; 5];
         let more = match reader.read_exact(&mut header).await {
@@ -239,7 +265,8 @@ async fn rewrite_from_spool(
             batch.push(Entry { channel, data });
         }
         if batch.len() >= 256 || (!more && !batch.is_empty()) {
-            send_batch(redis, key, &batch, written).await;
+            lines.add(&batch);
+            send_batch(redis, key, &batch, written, lines).await;
             written += batch.len() as u64;
             batch.clear();
         }
@@ -267,7 +294,7 @@ fn append(batch: &mut Vec<Entry>, channel: LogChannel, mut data: &[u8]) {
 
 /// Writes a batch as entries `first_id + 1 …`, retrying until Redis takes
 /// it. After a failure, entries Redis already has are skipped.
-async fn send_batch(redis: &mut ConnectionManager, key: &str, batch: &[Entry], written_before: u64) {
+async fn send_batch(redis: &mut ConnectionManager, key: &str, batch: &[Entry], written_before: u64, lines: LineCount) {
     let mut delay = Duration::from_millis(100);
     let mut retrying = false;
     loop {
@@ -299,6 +326,12 @@ async fn send_batch(redis: &mut ConnectionManager, key: &str, batch: &[Entry], w
                 .ignore();
         }
         pipe.cmd("EXPIRE").arg(key).arg(STREAM_TTL_SECONDS).ignore();
+        pipe.cmd("SET")
+            .arg(Namespace::log_lines_key(key))
+            .arg(lines.total())
+            .arg("EX")
+            .arg(STREAM_TTL_SECONDS)
+            .ignore();
         match pipe.query_async::<()>(redis).await {
             Ok(()) => return,
             Err(error) => {

@@ -9,6 +9,10 @@ use crate::store::resources::{Field, Filter, Kind, ListSpec, Op, Resource, Scala
 
 use super::{ApiError, ApiResult, parse_bool};
 
+/// The deepest page a listing serves: a deeper one costs Postgres a scan of
+/// every item before it. Filters on an ordered field reach anything.
+pub const MAX_OFFSET: i64 = 100_000;
+
 /// The most items one page holds; also the page size when no `limit` is
 /// given, and `meta.total` says how many match in all.
 pub const MAX_PAGE: i64 = 10_000;
@@ -67,8 +71,11 @@ pub fn parse(resource: &'static Resource, query: &[(String, String)], scope: Vec
             }
             "offset" => {
                 offset = parse_number(name, value)?;
-                if offset < 0 {
-                    return Err(ApiError::BadRequest("offset must not be negative".into()));
+                if !(0..=MAX_OFFSET).contains(&offset) {
+                    return Err(ApiError::BadRequest(format!(
+                        "offset must be between 0 and {MAX_OFFSET}; to go further, filter (e.g. `number__lt=`) \
+                         and order instead"
+                    )));
                 }
             }
             "property" if resource.fields.iter().any(|f| f.on_request) => {

@@ -402,10 +402,10 @@ pub async fn get_log_contents(
     }
     let with_channels = location.log.log_type == "s";
     if follow {
-        let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(LIVE_RESPONSE_TIMEOUT));
-        let live = master.redis_client.get_multiplexed_async_connection_with_config(&config).await?;
+        let (permit, live) = follower_connection(&master).await?;
         let lines =
             logs::follow_lines(master.store.clone(), live, log_id, key, offset, with_channels).map(move |text| {
+                let _held = &permit;
                 text.map(Bytes::from).map_err(|error| {
                     tracing::error!(%error, log.id = %log_id, "following a log's lines failed midway");
                     std::io::Error::other(error.to_string())
@@ -484,9 +484,13 @@ async fn raw(
         &location.log.slug,
     );
     let pieces = if follow && !location.log.complete {
-        let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(LIVE_RESPONSE_TIMEOUT));
-        let live = master.redis_client.get_multiplexed_async_connection_with_config(&config).await?;
+        let (permit, live) = follower_connection(&master).await?;
         logs::follow(master.store.clone(), live, log_id, key)
+            .map(move |piece| {
+                let _held = &permit;
+                piece
+            })
+            .boxed()
     } else {
         logs::raw_bytes(&master.store, master.redis.clone(), log_id, location.log.complete, key)
     };
@@ -523,6 +527,22 @@ async fn log_with_contents(master: &Master, log_id: LogId) -> ApiResult<crate::s
         )));
     }
     Ok(location)
+}
+
+/// A Redis connection of a log follower's own, and its room among
+/// `web.max_log_followers` (held as long as the answer streams); 503 when
+/// there is none.
+async fn follower_connection(
+    master: &Master,
+) -> ApiResult<(tokio::sync::OwnedSemaphorePermit, redis::aio::MultiplexedConnection)> {
+    let permit = master.log_followers.clone().try_acquire_owned().map_err(|_| {
+        ApiError::TooManyRequests(
+            "this master follows as many running logs as it may (web.max_log_followers); try again later".into(),
+        )
+    })?;
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(LIVE_RESPONSE_TIMEOUT));
+    let live = master.redis_client.get_multiplexed_async_connection_with_config(&config).await?;
+    Ok((permit, live))
 }
 
 /// Longer than a follower's wait for new output, so a quiet log is not a

@@ -6,10 +6,11 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
+use super::ApiError;
 use crate::Master;
 use crate::live::LiveEvent;
 
@@ -19,9 +20,21 @@ use crate::live::LiveEvent;
 /// then every event whose key matches one of its paths arrives as
 /// `{"k": "builds/7/new", "m": {...}}`. `*` matches one segment.
 pub async fn websocket(State(master): State<Arc<Master>>, upgrade: WebSocketUpgrade) -> Response {
+    let Ok(permit) = master.websockets.clone().try_acquire_owned() else {
+        return ApiError::TooManyRequests(
+            "this master serves as many live-event connections as it may (web.max_websockets); try again later".into(),
+        )
+        .into_response();
+    };
     let events = master.live_events.subscribe();
-    upgrade.on_upgrade(move |socket| serve_socket(socket, events))
+    upgrade.on_upgrade(move |socket| async move {
+        serve_socket(socket, events).await;
+        drop(permit);
+    })
 }
+
+/// Paths one connection may consume at once.
+const MAX_PATHS: usize = 100;
 
 async fn serve_socket(mut socket: WebSocket, mut events: broadcast::Receiver<Arc<LiveEvent>>) {
     let mut paths: Vec<String> = Vec::new();
@@ -68,10 +81,17 @@ fn answer_command(text: &str, paths: &mut Vec<String>) -> Value {
     let id = command.get("_id").cloned().unwrap_or(Value::Null);
     let path = command.get("path").and_then(Value::as_str);
     match (command.get("cmd").and_then(Value::as_str), path) {
+        (Some("startConsuming"), Some(path)) if path.len() > 512 => {
+            json!({ "_id": id, "code": 400, "error": "a path has at most 512 characters" })
+        }
         (Some("startConsuming"), Some(path)) => {
-            if !paths.iter().any(|p| p == path) {
-                paths.push(path.to_owned());
+            if paths.iter().any(|p| p == path) {
+                return json!({ "_id": id, "code": 200 });
             }
+            if paths.len() >= MAX_PATHS {
+                return json!({ "_id": id, "code": 400, "error": format!("at most {MAX_PATHS} paths per connection; stopConsuming one first") });
+            }
+            paths.push(path.to_owned());
             json!({ "_id": id, "code": 200 })
         }
         (Some("stopConsuming"), Some(path)) => {

@@ -91,6 +91,18 @@ impl Store {
     /// Connects with up to `connections` for the pipeline and
     /// `read_connections` for reads.
     pub async fn connect(url: &str, connections: u32, read_connections: u32) -> StoreResult<Store> {
+        Self::connect_with_read_timeout(url, connections, read_connections, Duration::from_secs(10)).await
+    }
+
+    /// As `connect`, with reads that take longer than `read_timeout`
+    /// cancelled by Postgres (a costly listing cannot hold the read
+    /// connections).
+    pub async fn connect_with_read_timeout(
+        url: &str,
+        connections: u32,
+        read_connections: u32,
+        read_timeout: Duration,
+    ) -> StoreResult<Store> {
         // No ping before each use: it doubles the round trips of every
         // query, and a broken connection fails its query anyway (a transient
         // error: 503 to an HTTP client, a retry for an event) and is dropped.
@@ -99,7 +111,17 @@ impl Store {
             .acquire_timeout(Duration::from_secs(5))
             .test_before_acquire(false);
         let pool = options.clone().connect(url).await?;
-        let reads = options.max_connections(read_connections).connect(url).await?;
+        let statement_timeout = format!("set statement_timeout = {}", read_timeout.as_millis().max(1));
+        let reads = options
+            .max_connections(read_connections)
+            .after_connect(move |connection, _| {
+                let statement_timeout = statement_timeout.clone();
+                Box::pin(async move {
+                    sqlx::query(sqlx::AssertSqlSafe(statement_timeout)).execute(connection).await.map(drop)
+                })
+            })
+            .connect(url)
+            .await?;
         Ok(Store { pool, reads })
     }
 
@@ -132,8 +154,10 @@ impl Store {
         Ok(())
     }
 
+    /// Whether Postgres answers, on the read pool: health checks come
+    /// from anyone and must not take the pipeline's connections.
     pub async fn ping(&self) -> StoreResult<()> {
-        sqlx::query("select 1").execute(&self.pool).await?;
+        sqlx::query("select 1").execute(&self.reads).await?;
         Ok(())
     }
 }

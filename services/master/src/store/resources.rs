@@ -341,6 +341,9 @@ pub struct Page {
     pub total: i64,
 }
 
+/// The most matches a listing's `total` counts.
+pub const COUNT_BOUND: i64 = 1_000_000;
+
 impl Store {
     /// Lists a resource in one statement; counts the matches in a second
     /// one only when the page is full or offset (else the page is the count).
@@ -360,9 +363,13 @@ impl Store {
         let total = if !spec.count || (spec.offset == 0 && (items.len() as i64) < spec.limit) {
             items.len() as i64
         } else {
-            let mut count = QueryBuilder::<Postgres>::new("select count(*) from ");
+            // Counted up to a bound, so a page of a huge listing does not
+            // cost a count of all of it: a total of COUNT_BOUND means "at
+            // least that many".
+            let mut count = QueryBuilder::<Postgres>::new("select count(*) from (select 1 from ");
             count.push(resource.from);
             push_where(&mut count, &spec.filters);
+            count.push(" limit ").push_bind(COUNT_BOUND).push(") counted");
             count.build_query_scalar().fetch_one(&self.reads).await?
         };
         Ok(Page { items, total })

@@ -39,7 +39,9 @@ impl Store {
                where token_sha256 = $1 and expires_at > now()"#,
         )
         .bind(token_sha256)
-        .fetch_optional(&self.pool)
+        // Any request may carry a cookie: lookups must not take the
+        // pipeline's connections.
+        .fetch_optional(&self.reads)
         .await?)
     }
 

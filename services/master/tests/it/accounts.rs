@@ -169,3 +169,45 @@ async fn each_worker_logs_in_as_its_own_account_and_cannot_act_as_another() {
     assert!(old.is_err(), "the old password no longer opens RabbitMQ");
     let _ = as_w1.close(200, "test done".into()).await;
 }
+
+/// Volunteers' workers reach RabbitMQ across the internet: through a broker
+/// that speaks only TLS, with their own accounts, builds run; and a worker
+/// refuses to send its password in clear to another machine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_builds_through_a_rabbitmq_that_speaks_only_tls_and_refuses_plain_text_beyond_this_machine() {
+    let rabbitmq = PrivateRabbitMq::start_tls_with_management().await;
+    let services = Services { amqp_url: rabbitmq.url(), ..Services::shared() };
+    let mut stack = TestStack::with_services(MASTER_YAML, &["one", "two"], services).await;
+    let management = rabbitmq.management_url().expect("management is on");
+    stack.append_settings(&format!("worker_accounts:\n  rabbitmq_management_url: {management}\n  sync_seconds: 1\n"));
+    stack.worker_own_accounts = true;
+    let ca = rabbitmq.ca_file().expect("a TLS broker has a CA").display().to_string();
+    stack.process_env.push(("SSL_CERT_FILE".into(), ca));
+    stack.start_master_process("a").await;
+    stack.start_master_process("b").await;
+    stack.start_haproxy().await;
+    stack.start_worker("w1");
+    let build = stack.wait_for_build(stack.force("one").await).await;
+    assert_eq!(build["results"], 0, "{build}\n{}", stack.worker_logs());
+    let plain = Connection::connect(&rabbitmq.url().replace("amqps://", "amqp://"), Default::default()).await;
+    assert!(plain.is_err(), "the broker takes no plain-text connection");
+
+    // The same worker pointed at another machine without TLS does not start.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("worker.yaml");
+    std::fs::write(
+        &config,
+        "name: w1\npassword: a-test-password-long-enough\namqp_url: amqp://buildbot.example.org:5672/%2f\n\
+         redis_url: rediss://buildbot.example.org:6380/\n",
+    )
+    .unwrap();
+    let refused = std::process::Command::new(crate::harness::binary("buildmaster-worker"))
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{said}");
+    assert!(said.contains("amqp_url is not encrypted") && said.contains("allow_plaintext"), "{said}");
+    assert!(!said.contains("redis_url"), "rediss:// is encrypted: {said}");
+}

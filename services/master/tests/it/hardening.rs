@@ -223,3 +223,94 @@ async fn a_master_open_to_anyone_starts_only_on_loopback_unless_told_so() {
     assert!(status.is_some_and(|status| !status.success()), "it must refuse to start, not serve: {said}");
     assert!(said.contains("users") && said.contains("hash-password") && said.contains("anonymous_control"), "{said}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_anonymous_crowd_of_readers_gets_bounded_answers_and_builds_go_on() {
+    use futures_util::StreamExt;
+    // One huge line, then lines for as long as the test needs.
+    let talking = "- name: talk\n  command: head -c 1000000 /dev/zero | tr '\\\\0' x; echo; i=0; \
+                   while true; do echo \"line $i\"; i=$((i+1)); sleep 0.01; done\n";
+    let quick = "- name: hi\n  command: echo hi\n";
+    let mut stack =
+        TestStack::new(&master_yaml(&[("talking", talking), ("quick", quick)]), &["talking", "quick"]).await;
+    let settings = std::fs::read_to_string(&stack.settings_path).unwrap();
+    let settings = settings.replace("web:\n", "web:\n  max_log_followers: 2\n  max_websockets: 3\n");
+    std::fs::write(&stack.settings_path, settings).unwrap();
+    let master = stack.start_master("a").await;
+    stack.base_url = format!("http://{master}");
+    stack.start_worker("w1");
+    let request = stack.force("talking").await;
+    let build = stack.wait_for_build_to_start(request).await;
+    let (_, log_id) = stack.first_step_log(build["buildid"].as_i64().unwrap()).await;
+    let contents = |query: String| {
+        let url = format!("{}/api/v2/logs/{log_id}/contents?{query}", stack.base_url);
+        let http = stack.http.clone();
+        async move { http.get(url).send().await.unwrap() }
+    };
+    stack
+        .eventually(30, "some lines", async || {
+            let body: Value = contents("tail=3".into()).await.json().await.ok()?;
+            let text = body["logchunks"][0]["content"].as_str()?.to_owned();
+            text.contains("line 2").then_some(())
+        })
+        .await;
+
+    // The huge line comes cut, with a note; the raw log has it whole.
+    let first: Value = contents("offset=0&limit=5".into()).await.json().await.unwrap();
+    let text = first["logchunks"][0]["content"].as_str().unwrap().to_owned();
+    assert!(text.len() < 200_000, "one answer holds no line of a megabyte: {} bytes", text.len());
+    assert!(text.contains("[line cut at 65536 bytes; the raw log has it whole]"), "{}", &text[..200]);
+    // The tail of a running log is its last lines, however long the log.
+    let tail: Value = contents("tail=2".into()).await.json().await.unwrap();
+    let firstline = tail["logchunks"][0]["firstline"].as_i64().unwrap();
+    assert!(firstline > 3, "{tail}");
+
+    // Followers: two at once, the third is told to come back later.
+    let mut followers = Vec::new();
+    for _ in 0..2 {
+        let follower = contents("follow=true&tail=1".into()).await;
+        assert_eq!(follower.status(), 200);
+        followers.push(follower.bytes_stream());
+    }
+    let third = contents("follow=true&tail=1".into()).await;
+    assert_eq!(third.status(), 429, "{:?}", third.text().await);
+    // Live-event connections likewise.
+    let ws = format!("ws://{master}/ws");
+    let mut sockets = Vec::new();
+    for _ in 0..3 {
+        sockets.push(tokio_tungstenite::connect_async(&ws).await.expect("a websocket").0);
+    }
+    let refused = tokio_tungstenite::connect_async(&ws).await;
+    assert!(refused.is_err(), "a fourth live-event connection is refused");
+    // And one connection consumes at most 100 paths.
+    use futures_util::SinkExt;
+    let socket = &mut sockets[0];
+    let mut last = Value::Null;
+    for i in 0..101 {
+        let command = json!({ "cmd": "startConsuming", "path": format!("builds/{i}/*"), "_id": i });
+        socket.send(tokio_tungstenite::tungstenite::Message::Text(command.to_string().into())).await.unwrap();
+        last = loop {
+            let frame = socket.next().await.unwrap().unwrap();
+            let answer: Value = serde_json::from_str(frame.to_text().unwrap()).unwrap();
+            if answer["_id"] == i {
+                break answer;
+            }
+        };
+    }
+    assert_eq!(last["code"], 400, "{last}");
+    // A page deeper than any crawler needs is refused with how to go on.
+    let deep = stack.http.get(format!("{}/api/v2/builds?offset=1000000", stack.base_url)).send().await.unwrap();
+    assert_eq!(deep.status(), 400);
+
+    // Meanwhile builds go on.
+    let quick = stack.wait_for_build(stack.force("quick").await).await;
+    assert_eq!(quick["results"], 0, "{quick}");
+    // A follower that ends makes room for the next.
+    drop(followers.pop());
+    stack
+        .eventually(10, "room for a follower again", async || {
+            (contents("follow=true&tail=1".into()).await.status() == 200).then_some(())
+        })
+        .await;
+    stack.rpc(&format!("/builds/{}", build["buildid"]), "stop", json!({})).await;
+}

@@ -163,6 +163,8 @@ pub fn address_of(url: &str) -> SocketAddr {
 /// directory), so the test may restart it without touching anyone else.
 pub struct PrivateRabbitMq {
     port: u16,
+    /// The CA that signed the server's certificate, when it speaks only TLS.
+    ca_file: Option<PathBuf>,
     /// The management API's port, when the plugin is on.
     management_port: Option<u16>,
     node: String,
@@ -172,22 +174,44 @@ pub struct PrivateRabbitMq {
 
 impl PrivateRabbitMq {
     pub async fn start() -> PrivateRabbitMq {
-        Self::start_with(false).await
+        Self::start_with(false, false).await
     }
 
     /// With the management plugin, which masters use to make per-worker
     /// accounts.
     pub async fn start_with_management() -> PrivateRabbitMq {
-        Self::start_with(true).await
+        Self::start_with(true, false).await
     }
 
-    async fn start_with(management: bool) -> PrivateRabbitMq {
+    /// Speaking only TLS (AMQP over TLS, `amqps://`), with a certificate for
+    /// `localhost` from a CA of its own (`ca_file`), and the management
+    /// plugin. Clients need the CA: give processes `SSL_CERT_FILE`.
+    pub async fn start_tls_with_management() -> PrivateRabbitMq {
+        Self::start_with(true, true).await
+    }
+
+    async fn start_with(management: bool, tls: bool) -> PrivateRabbitMq {
         use std::os::unix::process::CommandExt;
         let dir = tempfile::tempdir().expect("temporary directory");
         let port = free_port();
         let management_port = management.then(free_port);
         let node = format!("buildmaster-test-{port}@localhost");
-        let mut conf = format!("listeners.tcp.default = 127.0.0.1:{port}\nloopback_users = none\n");
+        let mut conf = String::from("loopback_users = none\n");
+        let ca_file = if tls {
+            let (ca, cert, key) = make_certificates(dir.path());
+            conf.push_str(&format!(
+                "listeners.tcp = none\nlisteners.ssl.default = 127.0.0.1:{port}\nssl_options.cacertfile = {}\n\
+                 ssl_options.certfile = {}\nssl_options.keyfile = {}\nssl_options.verify = verify_none\n\
+                 ssl_options.fail_if_no_peer_cert = false\n",
+                ca.display(),
+                cert.display(),
+                key.display()
+            ));
+            Some(ca)
+        } else {
+            conf.push_str(&format!("listeners.tcp.default = 127.0.0.1:{port}\n"));
+            None
+        };
         if let Some(management_port) = management_port {
             conf.push_str(&format!("management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = {management_port}\n"));
         }
@@ -211,7 +235,7 @@ impl PrivateRabbitMq {
             .stderr(log)
             .spawn()
             .expect("rabbitmq-server starts (deploy/services.sh ensure installs it)");
-        let rabbitmq = PrivateRabbitMq { port, management_port, node, dir, server };
+        let rabbitmq = PrivateRabbitMq { port, ca_file, management_port, node, dir, server };
         rabbitmq.wait_until_serving().await;
         if let Some(url) = rabbitmq.management_url() {
             let deadline = Instant::now() + Duration::from_secs(60);
@@ -235,14 +259,31 @@ impl PrivateRabbitMq {
 
     async fn wait_until_serving(&self) {
         let deadline = Instant::now() + Duration::from_secs(90);
-        while lapin::Connection::connect(&self.url(), Default::default()).await.is_err() {
+        while self.connect().await.is_err() {
             assert!(Instant::now() < deadline, "private RabbitMQ {} did not start; see {:?}", self.node, self.dir);
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
     pub fn url(&self) -> String {
-        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+        match self.ca_file {
+            Some(_) => format!("amqps://guest:guest@localhost:{}/%2f", self.port),
+            None => format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port),
+        }
+    }
+
+    pub fn ca_file(&self) -> Option<&Path> {
+        self.ca_file.as_deref()
+    }
+
+    /// A connection as the administrator, trusting the broker's own CA.
+    pub async fn connect(&self) -> lapin::Result<lapin::Connection> {
+        let tls = lapin::tcp::OwnedTLSConfig {
+            identity: None,
+            cert_chain: self.ca_file.as_ref().map(|ca| std::fs::read_to_string(ca).expect("read the CA")),
+        };
+        lapin::Connection::connect_with_config(&self.url(), Default::default(), tls, lapin::runtime::default_runtime()?)
+            .await
     }
 
     /// Stops the broker application (every connection drops) and starts it
