@@ -44,13 +44,13 @@ upgrade-master: ## build, then create the database and apply migrations
 logs: ## follow the stack's logs
 	deploy/stack.sh logs
 
-services: ## install and start PostgreSQL, RabbitMQ, Redis (and haproxy)
-	deploy/services.sh ensure
+services: ## install and start PostgreSQL, RabbitMQ, Redis (and haproxy, and what the tests use)
+	deploy/services.sh ensure --tests
 
 # The integration tests spawn target/debug/buildmaster and
 # target/debug/buildmaster-worker, so the binaries are built first.
 test: ## run every test against the real services
-	deploy/services.sh ensure
+	deploy/services.sh ensure --tests
 	$(CARGO) build --workspace --bins
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		echo "$(CARGO) nextest run --workspace"; \

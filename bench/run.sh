@@ -113,6 +113,31 @@ scenario_throughput() {
     bench throughput --workers 8 --concurrency 16 --builds 2000
     footprint "after throughput"
 }
+# The rules of a real installation: a few clients, a new connection per
+# request, one build of a builder per worker at a time.
+scenario_installation() {
+    stop_workers
+    for n in 1 2 3 4; do start_worker "$n"; done
+    sleep 3
+    say "forces, 1 client, a new connection each"
+    bench forces --clients 1 --requests 500
+    say "forces, 4 clients, a new connection each"
+    bench forces --clients 4 --requests 2000
+    say "bursts of forces"
+    bench bursts --bursts 10 --size 20
+    say "one trivial build at a time, idle system"
+    bench submit-to-complete --builds 200 --master-pids "$(master_pids)"
+    say "builds from 4 clients, 4 workers"
+    bench builds --clients 4 --builds 2000 --workers 4 --master-pids "$(master_pids)"
+    for n in 5 6 7 8; do start_worker "$n"; done
+    sleep 3
+    say "builds from 4 clients, 8 workers over 2 builders"
+    bench builds --clients 4 --builds 3000 --builders bench-true,bench-true-2 --workers 8 --master-pids "$(master_pids)"
+    stop_workers
+    for n in 1 2 3 4; do start_worker "$n"; done
+    sleep 3
+    footprint "after the installation scenario"
+}
 scenario_live_log() {
     say "live log"
     bench live-log
@@ -134,7 +159,7 @@ scenario_pages() {
     say "web pages on the seeded history"
     bench pages --rounds 50
 }
-ALL=(enqueue throughput live-log log-throughput crawl pages)
+ALL=(enqueue throughput installation live-log log-throughput crawl pages)
 chosen=("${@:-${ALL[@]}}")
 for name in "${chosen[@]}"; do
     declare -F "scenario_${name//-/_}" >/dev/null || { echo "unknown scenario $name (known: ${ALL[*]})" >&2; exit 2; }

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The backing services buildmaster needs on this machine: PostgreSQL, RabbitMQ
-# and Redis, plus haproxy, socat, git and curl, and Chromium with chromedriver
-# for the web UI's tests.
+# and Redis, plus haproxy, socat, git and curl; and, for the tests only,
+# Chromium with chromedriver (the web UI's tests) and faketime.
 #
 #   deploy/services.sh ensure   install what is missing (Debian packages),
 #                               start what is not running, wait until ready,
 #                               and make sure the Postgres role exists
+#   deploy/services.sh ensure --tests
+#                               the same, and what the tests use besides
 #   deploy/services.sh check    only report; exit 1 when something is missing
 #
 # Used by deploy/stack.sh, `make test` and CI. Safe to run again and again: it
@@ -28,6 +30,8 @@
 set -euo pipefail
 
 readonly PG_HOST=127.0.0.1 PG_PORT=5432
+# Whether to install what only the tests use (`ensure --tests`).
+FOR_TESTS=0
 readonly PG_ROLE=buildmaster PG_PASSWORD=buildmaster
 readonly AMQP_HOST=127.0.0.1 AMQP_PORT=5672 MANAGEMENT_PORT=15672
 readonly REDIS_HOST=127.0.0.1 REDIS_PORT=6379
@@ -42,13 +46,16 @@ die() {
 
 usage() {
     cat >&2 <<'EOF'
-usage: deploy/services.sh ensure|check
+usage: deploy/services.sh ensure|check [--tests]
 
   ensure  install (Debian packages) and start PostgreSQL, RabbitMQ and Redis
           when they are missing, ensure the Postgres role "buildmaster", and
           install haproxy, socat, git, curl and python3 (for the example
           API script and its test)
   check   report what is installed and running; exit 1 if anything is missing
+
+  --tests also what only the tests use: Chromium and chromedriver (the web
+          UI's tests) and faketime (a worker whose clock is behind)
 EOF
 }
 
@@ -340,11 +347,13 @@ install_missing_packages() {
         packages+=(redis-server)
     fi
     find_command redis-cli >/dev/null || packages+=(redis-tools)
-    # The web UI's tests drive a real browser.
-    find_command chromium >/dev/null || packages+=(chromium)
-    find_command chromedriver >/dev/null || packages+=(chromium-driver)
-    # The fault tests run a worker whose clock is behind.
-    find_command faketime >/dev/null || packages+=(faketime)
+    if ((FOR_TESTS)); then
+        # The web UI's tests drive a real browser.
+        find_command chromium >/dev/null || packages+=(chromium)
+        find_command chromedriver >/dev/null || packages+=(chromium-driver)
+        # The fault tests run a worker whose clock is behind.
+        find_command faketime >/dev/null || packages+=(faketime)
+    fi
     if ((${#packages[@]} > 0)); then
         say "missing: ${packages[*]}"
         apt_install "${packages[@]}"
@@ -362,10 +371,12 @@ cmd_ensure() {
     ensure_command haproxy haproxy
     # The client for HAProxy's runtime socket (draining during rolling restarts).
     ensure_command socat socat
-    # The browser and its WebDriver, for the web UI's tests.
-    ensure_command chromium chromium
-    ensure_command chromedriver chromium-driver
-    ensure_command faketime faketime
+    if ((FOR_TESTS)); then
+        # The browser and its WebDriver, for the web UI's tests.
+        ensure_command chromium chromium
+        ensure_command chromedriver chromium-driver
+        ensure_command faketime faketime
+    fi
     ensure_postgres
     ensure_rabbitmq
     ensure_rabbitmq_management
@@ -380,7 +391,9 @@ cmd_ensure() {
 
 cmd_check() {
     local missing=0 name
-    for name in git curl python3 haproxy socat psql pg_ctlcluster redis-server rabbitmq-server chromium chromedriver faketime; do
+    local names=(git curl python3 haproxy socat psql pg_ctlcluster redis-server rabbitmq-server)
+    ((FOR_TESTS)) && names+=(chromium chromedriver faketime)
+    for name in "${names[@]}"; do
         if find_command "$name" >/dev/null; then
             say "installed:  $name ($(find_command "$name"))"
         else
@@ -427,8 +440,17 @@ cmd_check() {
 
 main() {
     case "${1:-}" in
-    ensure) cmd_ensure ;;
-    check) cmd_check ;;
+    ensure | check)
+        case "${2:-}" in
+        --tests) FOR_TESTS=1 ;;
+        "") ;;
+        *)
+            usage
+            exit 2
+            ;;
+        esac
+        "cmd_$1"
+        ;;
     -h | --help | help)
         usage
         ;;

@@ -26,9 +26,9 @@
 #   BUILDMASTER_RUN_DIR         pid files, logs, HAProxy socket; default run/
 #   BUILDMASTER_BIN_DIR         where buildmaster is; default target/release.
 #                               target/release is built with
-#                               `cargo build --release --bins`, target/debug
-#                               with `cargo build --bins`; any other directory
-#                               is used as it is
+#                               `cargo build --release -p master -p worker
+#                               --bins`, target/debug without --release; any
+#                               other directory is used as it is
 #   BUILDMASTER_HTTP_BIND       public HAProxy address; default 127.0.0.1:9011
 #   BUILDMASTER_MASTER1         master-1's listen address; default 127.0.0.1:9021
 #   BUILDMASTER_MASTER2         master-2's listen address; default 127.0.0.1:9022
@@ -240,8 +240,8 @@ build() {
     else
         local -a cargo_args
         case "$BIN_DIR" in
-        "$TARGET_DIR/release") cargo_args=(build --release --bins) ;;
-        "$TARGET_DIR/debug") cargo_args=(build --bins) ;;
+        "$TARGET_DIR/release") cargo_args=(build --release -p master -p worker --bins) ;;
+        "$TARGET_DIR/debug") cargo_args=(build -p master -p worker --bins) ;;
         *) cargo_args=() ;;
         esac
         if ((${#cargo_args[@]} == 0)); then

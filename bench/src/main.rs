@@ -8,6 +8,7 @@
 //! `bench/RESULTS.md`.
 
 mod crawl;
+mod installation;
 mod logs;
 mod pages;
 mod report;
@@ -87,6 +88,44 @@ enum Scenario {
         #[arg(long, default_value_t = 50)]
         rounds: usize,
     },
+    /// Forces from a few clients, a new connection per force, on a builder
+    /// nobody serves.
+    Forces {
+        #[arg(long)]
+        clients: usize,
+        #[arg(long, default_value_t = 1000)]
+        requests: usize,
+    },
+    /// Bursts of forces sent at once, each on a new connection.
+    Bursts {
+        #[arg(long, default_value_t = 10)]
+        bursts: usize,
+        #[arg(long, default_value_t = 20)]
+        size: usize,
+    },
+    /// One trivial build at a time, request committed → build complete.
+    SubmitToComplete {
+        #[arg(long, default_value_t = 200)]
+        builds: usize,
+        /// The masters' process ids, whose CPU time is read.
+        #[arg(long, value_delimiter = ',')]
+        master_pids: Vec<u32>,
+    },
+    /// Trivial builds forced by a few clients (a new connection per force)
+    /// on one or more builders, until all are complete.
+    Builds {
+        #[arg(long, default_value_t = 4)]
+        clients: usize,
+        #[arg(long, default_value_t = 2000)]
+        builds: usize,
+        #[arg(long, value_delimiter = ',', default_value = "bench-true")]
+        builders: Vec<String>,
+        /// How many worker processes serve them (recorded, not started).
+        #[arg(long)]
+        workers: usize,
+        #[arg(long, value_delimiter = ',')]
+        master_pids: Vec<u32>,
+    },
     /// GETs like a crawler's on a seeded database (see bench/seed.sql) while
     /// builds keep being forced at a moderate rate.
     Crawl {
@@ -136,6 +175,14 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Crawl { seconds, concurrency, dispatch_per_second } => {
             crawl::crawl(&http, &cli.url, &database, Duration::from_secs(seconds), concurrency, dispatch_per_second)
                 .await?
+        }
+        Scenario::Forces { clients, requests } => installation::forces(&cli.url, &database, clients, requests).await?,
+        Scenario::Bursts { bursts, size } => installation::bursts(&cli.url, &database, bursts, size).await?,
+        Scenario::SubmitToComplete { builds, master_pids } => {
+            installation::submit_to_complete(&cli.url, &database, builds, &master_pids).await?
+        }
+        Scenario::Builds { clients, builds, builders, workers, master_pids } => {
+            installation::builds(&cli.url, &database, clients, builds, &builders, workers, &master_pids).await?
         }
         Scenario::Pages { rounds } => pages::pages(&http, &cli.url, &database, rounds).await?,
         Scenario::Report { .. } => unreachable!("handled above"),

@@ -87,7 +87,16 @@ pub enum RpcRequest {
     },
     /// Give me the best pending request of `builder`. Retrying with the same
     /// `claim_token` returns the same build, so a lost reply costs nothing.
-    Claim { worker: WorkerName, builder: BuilderName, claim_token: Uuid },
+    Claim {
+        worker: WorkerName,
+        builder: BuilderName,
+        claim_token: Uuid,
+        /// The last builds of `builder` that ended on this worker. Their
+        /// `BuildFinished` may still be on its way to the masters, so they
+        /// do not count as running: the worker no longer runs them.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        ended: Vec<BuildId>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -427,7 +436,12 @@ mod tests {
 
     #[test]
     fn a_message_round_trips_through_its_envelope() {
-        let request = RpcRequest::Claim { worker: "w1".into(), builder: "b".into(), claim_token: Uuid::new_v4() };
+        let request = RpcRequest::Claim {
+            worker: "w1".into(),
+            builder: "b".into(),
+            claim_token: Uuid::new_v4(),
+            ended: vec![BuildId(3)],
+        };
         let bytes = encode(&request);
         assert!(std::str::from_utf8(&bytes).unwrap().contains(r#""type":"claim""#));
         assert_eq!(decode::<RpcRequest>(&bytes).unwrap(), request);

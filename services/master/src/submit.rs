@@ -14,15 +14,25 @@ use crate::node::Master;
 use crate::store::{CreatedBuildset, NewBuildset, StoreError};
 
 impl Master {
-    /// Commits a buildset, then announces it (see `announce_buildset`).
-    /// A tick already fired, or an upstream buildset already followed,
-    /// creates nothing (`None`).
+    /// Commits a buildset and returns at once; announcing it (see
+    /// `announce_buildset`) goes on in a task of its own, so a client waits
+    /// for the commit only. A master that dies before announcing loses
+    /// nothing: the reconciler rings for requests nobody claimed. A tick
+    /// already fired, or an upstream buildset already followed, creates
+    /// nothing (`None`).
     pub async fn submit(self: &Arc<Self>, buildset: NewBuildset<'_>) -> Result<Option<CreatedBuildset>, StoreError> {
         let created = self.store.create_buildset(buildset).await?;
         if let Some(created) = &created {
-            self.announce_buildset(created).await;
+            self.announce_later(created.clone());
         }
         Ok(created)
+    }
+
+    /// Announces a committed buildset in a task of its own, in the current
+    /// trace: nothing that answers a client waits for it.
+    pub fn announce_later(self: &Arc<Self>, buildset: CreatedBuildset) {
+        let master = self.clone();
+        tokio::spawn(async move { master.announce_buildset(&buildset).await }.instrument(tracing::Span::current()));
     }
 
     /// What follows the commit of a buildset's requests: older requests of
@@ -62,9 +72,8 @@ impl Master {
     }
 
     /// Rings the doorbells of requests just committed, all at once so their
-    /// confirms arrive together. It runs as a task of its own: a client that
-    /// hangs up must not cancel it half-way, or the requests would wait for
-    /// the reconciler (`redeliver_after_seconds`) instead of running now.
+    /// confirms arrive together. A request whose doorbell cannot be rung is
+    /// marked for the reconciler.
     pub async fn announce(self: &Arc<Self>, requests: Vec<(BuilderName, BuildRequestId)>) {
         let master = self.clone();
         let ringing = tokio::spawn(

@@ -19,16 +19,13 @@ use shared::wire::LogChannel;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 
 use crate::filter::LogFilter;
 
 /// Largest entry; a longer run of output (even one huge line) is split.
 const ENTRY_BYTES: usize = 64 * 1024;
-/// Output waits at most this long before it is sent, so live viewers see
-/// it quickly while busy steps still write in batches.
-const FLUSH_AFTER: Duration = Duration::from_millis(20);
-/// A batch is sent early once it holds this much.
+/// A batch holds at most about this much: output that arrives while one
+/// is written goes out in the next.
 const BATCH_BYTES: usize = 256 * 1024;
 /// The stream expires this long after its last write, in case no master
 /// ever archives it (the build's lease then retries it anyway).
@@ -120,49 +117,42 @@ async fn write_stream(
     let mut lines = LineCount::default();
     let mut batch: Vec<Entry> = Vec::new();
     let mut batch_bytes = 0usize;
-    let mut flush_at: Option<Instant> = None;
     let mut open = true;
-    while open || !batch.is_empty() {
-        let piece = if open {
-            tokio::select! {
-                piece = receiver.recv() => Some(piece),
-                _ = tokio::time::sleep_until(flush_at.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))), if flush_at.is_some() => None,
-            }
-        } else {
-            None
-        };
-        // A read: wait for more unless the batch is full. The end of the
-        // output or the flush timer: send what there is.
-        let read = matches!(piece, Some(Some(_)));
-        let kept = match piece {
-            Some(Some((channel, data))) => filter.push(channel, &data),
-            Some(None) => {
-                open = false;
-                filter.finish()
-            }
-            None => Vec::new(),
-        };
-        for (channel, data) in kept {
-            if channel != LogChannel::Header {
-                totals.bytes += data.len() as u64;
-                crate::metrics::METRICS.log_bytes.inc_by(data.len() as u64);
-                crate::metrics::METRICS.log_lines.inc_by(data.iter().filter(|&&b| b == b'\n').count() as u64);
-            }
-            batch_bytes += data.len();
-            append(&mut batch, channel, &data);
-            flush_at.get_or_insert_with(|| Instant::now() + FLUSH_AFTER);
+    while open {
+        // Wait for output, then take whatever else is already queued: a
+        // quiet step's line goes out at once, a chatty step's output goes
+        // in batches as large as Redis is slow.
+        let mut pieces = vec![receiver.recv().await];
+        while batch_bytes < BATCH_BYTES
+            && let Ok(piece) = receiver.try_recv()
+        {
+            batch_bytes += piece.1.len();
+            pieces.push(Some(piece));
         }
-        if read && batch_bytes < BATCH_BYTES {
-            continue;
+        for piece in pieces {
+            let kept = match piece {
+                Some((channel, data)) => filter.push(channel, &data),
+                None => {
+                    open = false;
+                    filter.finish()
+                }
+            };
+            for (channel, data) in kept {
+                if channel != LogChannel::Header {
+                    totals.bytes += data.len() as u64;
+                    crate::metrics::METRICS.log_bytes.inc_by(data.len() as u64);
+                    crate::metrics::METRICS.log_lines.inc_by(data.iter().filter(|&&b| b == b'\n').count() as u64);
+                }
+                append(&mut batch, channel, &data);
+            }
         }
         if !batch.is_empty() {
             lines.add(&batch);
             tokio::join!(send_batch(&mut redis, &key, &batch, totals.entries, lines), spool.append(&batch));
             totals.entries += batch.len() as u64;
             batch.clear();
-            batch_bytes = 0;
         }
-        flush_at = None;
+        batch_bytes = 0;
     }
     spool.restore_if_lost(&mut redis, &key, totals.entries).await;
     spool.remove(&spool_path).await;

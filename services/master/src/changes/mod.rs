@@ -118,7 +118,7 @@ pub async fn record(
         return Ok(Recorded::Before);
     };
     for buildset in &created {
-        master.announce_buildset(buildset).await;
+        master.announce_later(buildset.clone());
     }
     let buildsets: Vec<BuildsetId> = created.iter().map(|buildset| buildset.id).collect();
     tracing::info!(change.id = %change_id, %source, category = %change.category, ?buildsets, "change recorded");

@@ -543,7 +543,9 @@ pub async fn control_builder(
             .ok_or_else(|| ApiError::NotFound(format!("builder {builder_id}")))?;
         tracing::info!(builder.name = %name, action = %call.method, %reason, "builder control");
         if !pending.is_empty() {
-            master.announce(pending.into_iter().map(|request| (name.clone(), request)).collect()).await;
+            let master = master.clone();
+            let requests = pending.into_iter().map(|request| (name.clone(), request)).collect();
+            tokio::spawn(async move { master.announce(requests).await });
         }
         Ok(Value::Null)
     };

@@ -26,6 +26,9 @@ pub struct Claim<'a> {
     pub master_id: MasterId,
     /// Chosen by the worker; retrying with it returns the same build.
     pub claim_token: Uuid,
+    /// Builds of this builder that the worker says have ended, though
+    /// their end may not be recorded yet: they do not keep it busy.
+    pub ended_builds: &'a [BuildId],
     pub lease_seconds: u64,
     /// Properties from the builder's and the worker's configuration
     /// (`{"name": [value, source]}`); those of the request win over them,
@@ -70,10 +73,12 @@ impl Store {
                           and not exists (select 1 from workers where id = $2 and paused)
                           and not exists (select 1 from builders where id = $1 and paused),
                           exists (select 1 from builds
-                                  where builder_id = $1 and worker_id = $2 and complete_at is null)"#,
+                                  where builder_id = $1 and worker_id = $2 and complete_at is null
+                                    and id <> all($3))"#,
             )
             .bind(claim.builder_id)
             .bind(claim.worker_id)
+            .bind(claim.ended_builds)
             .fetch_one(&self.pool)
             .await?;
             if !waiting {
@@ -99,7 +104,7 @@ impl Store {
     /// age; skipping rows another transaction holds), marks it claimed,
     /// takes the builder's next number under the builder row's lock, and
     /// creates the build. A retried claim token returns the build it
-    /// already made.
+    /// already made. One round trip: this is every build's critical path.
     async fn claim_once(&self, claim: &Claim<'_>) -> StoreResult<Option<ClaimedBuild>> {
         let Claim {
             builder_id,
@@ -108,23 +113,19 @@ impl Store {
             worker_name,
             master_id,
             claim_token,
+            ended_builds,
             lease_seconds,
             configured_properties,
         } = *claim;
-        let existing: Option<ClaimedBuild> = sqlx::query_as(
-            r#"select b.id, b.number, b.buildrequest_id, b.properties, r.traceparent, r.submitted_at
-                   from builds b join buildrequests r on r.id = b.buildrequest_id where b.claim_token = $1"#,
-        )
-        .bind(claim_token)
-        .fetch_optional(&self.pool)
-        .await?;
-        if existing.is_some() {
-            return Ok(existing);
-        }
         let claimed = sqlx::query_as(
-            r#"with picked as (
+            r#"with existing as (
+                   select b.id, b.number, b.buildrequest_id, b.properties, r.traceparent, r.submitted_at
+                   from builds b join buildrequests r on r.id = b.buildrequest_id where b.claim_token = $4
+               ), picked as (
                    select id from buildrequests
                    where builder_id = $1 and state = 'pending'
+                     -- A retried claim gets the build it already made.
+                     and not exists (select 1 from existing)
                      -- A paused worker takes no new build, and a paused
                      -- builder starts none.
                      and not exists (select 1 from workers w where w.id = $2 and w.paused)
@@ -132,7 +133,8 @@ impl Store {
                      -- One build of a builder per worker at a time.
                      and not exists (select 1 from builds running
                                      where running.builder_id = $1 and running.worker_id = $2
-                                       and running.complete_at is null)
+                                       and running.complete_at is null
+                                       and running.id <> all($9))
                    order by priority desc, submitted_at, id
                    limit 1
                    for update skip locked
@@ -167,7 +169,9 @@ impl Store {
                )
                select inserted.id, inserted.number, inserted.buildrequest_id, inserted.properties,
                       claimed.traceparent, claimed.submitted_at
-               from inserted, claimed"#,
+               from inserted, claimed
+               union all
+               select * from existing"#,
         )
         .bind(builder_id)
         .bind(worker_id)
@@ -177,6 +181,7 @@ impl Store {
         .bind(builder_name)
         .bind(worker_name)
         .bind(configured_properties)
+        .bind(ended_builds)
         .fetch_optional(&self.pool)
         .await?;
         Ok(claimed)

@@ -67,28 +67,34 @@ impl Store {
         sender: &WorkerName,
     ) -> Result<Option<Transaction<'static, Postgres>>, RecordError> {
         let mut tx = self.pool.begin().await?;
-        let owner: Option<(WorkerName, bool)> = sqlx::query_as(
-            r#"select w.name, b.lease_lost_at is not null
-               from builds b join workers w on w.id = b.worker_id where b.id = $1"#,
+        // The owner check and the ledger entry in one round trip: every
+        // event of every build passes here.
+        let owner: Option<(WorkerName, bool, bool)> = sqlx::query_as(
+            r#"with owner as (
+                   select w.name, b.lease_lost_at is not null as lost
+                   from builds b join workers w on w.id = b.worker_id where b.id = $1
+               ), entered as (
+                   insert into build_events (build_id, seq)
+                   select $1, $2 from owner where owner.name = $3 and not owner.lost
+                   on conflict do nothing
+                   returning 1
+               )
+               select owner.name, owner.lost, exists (select 1 from entered) from owner"#,
         )
         .bind(build_id)
+        .bind(seq)
+        .bind(sender)
         .fetch_optional(&mut *tx)
         .await?;
-        match owner {
+        let inserted = match owner {
             None => return Err(EventRejected::UnknownBuild(build_id).into()),
-            Some((owner, _)) if owner != *sender => {
+            Some((owner, _, _)) if owner != *sender => {
                 return Err(EventRejected::WrongWorker { build_id, owner, sender: sender.clone() }.into());
             }
-            Some((_, true)) => return Err(EventRejected::LeaseLost(build_id).into()),
-            Some(_) => {}
-        }
-        let inserted = sqlx::query("insert into build_events (build_id, seq) values ($1, $2) on conflict do nothing")
-            .bind(build_id)
-            .bind(seq)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        Ok((inserted == 1).then_some(tx))
+            Some((_, true, _)) => return Err(EventRejected::LeaseLost(build_id).into()),
+            Some((_, false, inserted)) => inserted,
+        };
+        Ok(inserted.then_some(tx))
     }
 
     /// Creates or completes a step from what its worker reported, never

@@ -294,3 +294,137 @@ async fn a_restarted_worker_kills_what_its_killed_predecessor_left_running_befor
         .await;
     assert_eq!(last["results"], 6, "CANCELLED: {last}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_force_answered_by_a_master_killed_before_its_doorbell_rang_still_runs_once() {
+    let outside = tempfile::tempdir().unwrap();
+    let runs = outside.path().join("runs");
+    let steps = format!("- name: work\n  command: echo run >> {}\n", runs.display());
+    let mut stack = TestStack::new(&master_yaml(&[("announced", &steps)]), &["announced"]).await;
+    // Master b is healthy; master a reaches RabbitMQ through a proxy.
+    stack.start_master("b").await;
+    let rabbitmq = TcpProxy::start(address_of(stack.amqp_url())).await;
+    let a = stack.start_master_process_through("a", &rabbitmq.url_for(stack.amqp_url())).await;
+    stack.start_worker("w1");
+    stack.wait_for_worker_connected("w1").await;
+
+    // Master a's network to RabbitMQ goes silent: its doorbell is never
+    // confirmed, nor even delivered. The force is answered all the same,
+    // once committed: an answer that waited for the doorbell would not come.
+    rabbitmq.freeze();
+    let request = tokio::time::timeout(Duration::from_secs(10), stack.force_at(&format!("http://{a}"), "announced"))
+        .await
+        .expect("master a answers a committed force without waiting for its doorbell");
+    stack.kill_master_process("a");
+    // A killed process's connections close; the proxy would keep the
+    // frozen one open, and RabbitMQ would hold what it had delivered to
+    // master a (heartbeats, a claim) until its own heartbeat timeout.
+    rabbitmq.cut();
+
+    // Master b's reconciler rings for the request nobody announced.
+    let build = stack.wait_for_build(request).await;
+    assert_eq!(build["results"], 0, "{build}");
+    // Longer than `redeliver_after_seconds` (2 s): no second ring makes a
+    // second build.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(lines(&runs), ["run"], "run once");
+    assert_eq!(builds(&stack, request).await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_cut_off_while_events_are_unconfirmed_sends_them_again_and_each_is_recorded_once_in_order() {
+    use futures_util::StreamExt;
+    use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+    use lapin::types::FieldTable;
+    use shared::names::{EVENTS_ROUTING_KEY, Namespace};
+    use shared::wire::WorkerEvent;
+
+    const STEPS: i64 = 12;
+    let outside = tempfile::tempdir().unwrap();
+    let o = outside.path().display();
+    let mut steps: String = (1..STEPS).map(|n| format!("- name: s{n}\n  command: sleep 0.05; echo {n}\n")).collect();
+    steps.push_str(&format!("- name: s{STEPS}\n  command: touch {o}/last\n"));
+    let mut stack = TestStack::new(&master_yaml(&[("reported", &steps)]), &["reported"]).await;
+    stack.start_master("a").await;
+
+    // A copy of every event the worker publishes, in the order RabbitMQ
+    // took them.
+    let connection = lapin::Connection::connect(stack.amqp_url(), Default::default()).await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let namespace = Namespace::new(stack.namespace.clone());
+    let copy = format!("{}.test-event-copy", stack.namespace);
+    let options = QueueDeclareOptions { auto_delete: true, ..Default::default() };
+    channel.queue_declare(copy.as_str().into(), options, FieldTable::default()).await.unwrap();
+    let exchange = namespace.events_exchange();
+    let binding = QueueBindOptions::default();
+    channel
+        .queue_bind(copy.as_str().into(), exchange.into(), EVENTS_ROUTING_KEY.into(), binding, FieldTable::default())
+        .await
+        .unwrap();
+    let consume = BasicConsumeOptions { no_ack: true, ..Default::default() };
+    let mut copies =
+        channel.basic_consume(copy.as_str().into(), "".into(), consume, FieldTable::default()).await.unwrap();
+
+    let rabbitmq = TcpProxy::start(address_of(stack.amqp_url())).await;
+    let amqp_url = rabbitmq.url_for(stack.amqp_url());
+    stack.start_worker_with("w1", WorkerLaunch { amqp_url: Some(&amqp_url), ..Default::default() });
+    stack.wait_for_worker_connected("w1").await;
+    let request = stack.force("reported").await;
+    let build_id = stack.wait_for_build_to_start(request).await["buildid"].as_i64().unwrap();
+
+    // The worker's events reach RabbitMQ but no confirm reaches the worker;
+    // its steps go on meanwhile. Then its connection is cut.
+    rabbitmq.freeze_replies();
+    until(30, "the last step runs", || outside.path().join("last").exists()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    rabbitmq.cut();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    rabbitmq.restore();
+
+    let build = stack.wait_for_build(request).await;
+    assert_eq!(build["results"], 0, "{build}");
+    assert_eq!(builds(&stack, request).await.len(), 1);
+    let recorded = stack.steps(build_id).await;
+    assert_eq!(recorded.len() as i64, STEPS, "{recorded:?}");
+    assert!(recorded.iter().all(|step| step["complete"] == true && step["results"] == 0), "{recorded:?}");
+
+    // Two events per step and the build's end, each in the ledger once.
+    let events = 2 * STEPS + 1;
+    let database = sqlx::PgPool::connect(&stack.database_url).await.unwrap();
+    let ledger: Vec<i64> = sqlx::query_scalar("select seq from build_events where build_id = $1 order by seq")
+        .bind(build_id)
+        .fetch_all(&database)
+        .await
+        .unwrap();
+    assert_eq!(ledger, (1..=events).collect::<Vec<_>>(), "every event recorded once");
+
+    // What RabbitMQ took: the unconfirmed events twice, and each pass in
+    // the order the worker reported them.
+    // They were all routed before the build could be recorded complete;
+    // heartbeats keep coming, so read for a bounded while.
+    let mut published = Vec::new();
+    let reading = Instant::now();
+    while reading.elapsed() < Duration::from_secs(2)
+        && let Ok(Some(Ok(delivery))) = tokio::time::timeout(Duration::from_millis(500), copies.next()).await
+    {
+        if let Ok(
+            WorkerEvent::StepStarted { build_id: id, seq, .. }
+            | WorkerEvent::StepFinished { build_id: id, seq, .. }
+            | WorkerEvent::BuildFinished { build_id: id, seq, .. },
+        ) = shared::wire::decode::<WorkerEvent>(&delivery.data)
+            && id.0 == build_id
+        {
+            published.push(seq);
+        }
+    }
+    assert!(published.len() as i64 > events, "the unconfirmed events were published again: {published:?}");
+    let mut first_seen = Vec::new();
+    for seq in &published {
+        if !first_seen.contains(seq) {
+            first_seen.push(*seq);
+        }
+    }
+    assert_eq!(first_seen, (1..=events).collect::<Vec<_>>(), "in order: {published:?}");
+    let resent = &published[events as usize..];
+    assert!(resent.windows(2).all(|pair| pair[0] < pair[1]), "sent again in order: {published:?}");
+}

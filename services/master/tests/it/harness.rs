@@ -96,8 +96,35 @@ pub struct WorkerLaunch<'a> {
 pub struct TcpProxy {
     pub port: u16,
     cut: Arc<std::sync::atomic::AtomicBool>,
+    /// While true, what the client sends is held (not forwarded, not lost).
+    sends_frozen: tokio::sync::watch::Sender<bool>,
+    /// While true, what the target answers is held.
+    replies_frozen: tokio::sync::watch::Sender<bool>,
     connections: Arc<std::sync::Mutex<JoinSet<()>>>,
     accepting: tokio::task::JoinHandle<()>,
+}
+
+/// Copies one direction of a proxied connection, holding the data while
+/// `frozen`.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut frozen: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let read = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => {
+                let _ = to.shutdown().await;
+                return;
+            }
+            Ok(read) => read,
+        };
+        if frozen.wait_for(|frozen| !*frozen).await.is_err() || to.write_all(&buffer[..read]).await.is_err() {
+            return;
+        }
+    }
 }
 
 impl TcpProxy {
@@ -105,23 +132,45 @@ impl TcpProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a proxy port");
         let port = listener.local_addr().expect("local addr").port();
         let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sends_frozen = tokio::sync::watch::Sender::new(false);
+        let replies_frozen = tokio::sync::watch::Sender::new(false);
         let connections = Arc::new(std::sync::Mutex::new(JoinSet::new()));
         let accepting = tokio::spawn({
             let (cut, connections) = (cut.clone(), connections.clone());
+            let (sends_frozen, replies_frozen) = (sends_frozen.clone(), replies_frozen.clone());
             async move {
-                while let Ok((mut inbound, _)) = listener.accept().await {
+                while let Ok((inbound, _)) = listener.accept().await {
                     if cut.load(std::sync::atomic::Ordering::SeqCst) {
                         continue; // dropped: the client sees its connection closed
                     }
+                    let (sends, replies) = (sends_frozen.subscribe(), replies_frozen.subscribe());
                     connections.lock().unwrap().spawn(async move {
-                        if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
-                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        if let Ok(outbound) = tokio::net::TcpStream::connect(target).await {
+                            let (client_reads, client_writes) = inbound.into_split();
+                            let (target_reads, target_writes) = outbound.into_split();
+                            tokio::join!(
+                                pump(client_reads, target_writes, sends),
+                                pump(target_reads, client_writes, replies)
+                            );
                         }
                     });
                 }
             }
         });
-        TcpProxy { port, cut, connections, accepting }
+        TcpProxy { port, cut, sends_frozen, replies_frozen, connections, accepting }
+    }
+
+    /// Holds everything, both ways, on the open connections and new ones:
+    /// the peers see a network gone silent, not a closed connection.
+    pub fn freeze(&self) {
+        self.sends_frozen.send_replace(true);
+        self.replies_frozen.send_replace(true);
+    }
+
+    /// Holds only what the target answers: the client's messages arrive,
+    /// but it hears nothing back (no confirms, no replies).
+    pub fn freeze_replies(&self) {
+        self.replies_frozen.send_replace(true);
     }
 
     /// The address of `url` with its host and port replaced by this proxy's.
@@ -138,8 +187,11 @@ impl TcpProxy {
         self.connections.lock().unwrap().abort_all();
     }
 
+    /// Accepts connections again and lets held data through.
     pub fn restore(&self) {
         self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.sends_frozen.send_replace(false);
+        self.replies_frozen.send_replace(false);
     }
 }
 
@@ -700,11 +752,26 @@ impl TestStack {
     /// Starts a master as a `buildmaster start` process, which a test can
     /// kill with SIGKILL (`kill_master_process`).
     pub async fn start_master_process(&mut self, name: &str) -> SocketAddr {
+        let settings = self.settings_path.clone();
+        self.start_master_process_with(name, &settings).await
+    }
+
+    /// Starts a master process that reaches RabbitMQ at `amqp_url` (a
+    /// proxy) instead, with a settings.yaml of its own.
+    pub async fn start_master_process_through(&mut self, name: &str, amqp_url: &str) -> SocketAddr {
+        let settings = std::fs::read_to_string(&self.settings_path).expect("read settings.yaml");
+        let settings = settings.replace(&format!("amqp_url: {}\n", self.amqp_url), &format!("amqp_url: {amqp_url}\n"));
+        let path = self.dir.path().join(format!("settings-{name}.yaml"));
+        std::fs::write(&path, settings).expect("write settings.yaml");
+        self.start_master_process_with(name, &path).await
+    }
+
+    async fn start_master_process_with(&mut self, name: &str, settings: &Path) -> SocketAddr {
         let address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("an address");
         let log = std::fs::File::create(self.dir.path().join(format!("master-{name}.log"))).expect("master log");
         let child = Command::new(binary("buildmaster"))
             .arg("--settings")
-            .arg(&self.settings_path)
+            .arg(settings)
             .args(["start", "--listen", &address.to_string(), "--name", &format!("{}-{name}", self.namespace)])
             .envs(self.process_env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone().expect("clone log"))
