@@ -97,6 +97,7 @@ async fn build_stable_changes(master: &Arc<Master>) -> Result<(), MasterError> {
         .await?;
     for buildset in created {
         tracing::info!(buildset.id = %buildset.id, "a quiet branch's newest change is built");
+        master.collapse_older(&buildset).await;
         master.announce_buildset(&buildset).await;
     }
     Ok(())

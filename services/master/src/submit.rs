@@ -14,15 +14,16 @@ use crate::node::Master;
 use crate::store::{CreatedBuildset, NewBuildset, StoreError};
 
 impl Master {
-    /// Commits a buildset and returns at once; announcing it (see
-    /// `announce_buildset`) goes on in a task of its own, so a client waits
-    /// for the commit only. A master that dies before announcing loses
-    /// nothing: the reconciler rings for requests nobody claimed. A tick
-    /// already fired, or an upstream buildset already followed, creates
-    /// nothing (`None`).
+    /// Commits a buildset and supersedes what it collapses, then returns;
+    /// announcing it (see `announce_buildset`) goes on in a task of its own,
+    /// so a client does not wait for RabbitMQ. A master that dies before
+    /// announcing loses nothing: the reconciler rings for requests nobody
+    /// claimed. A tick already fired, or an upstream buildset already
+    /// followed, creates nothing (`None`).
     pub async fn submit(self: &Arc<Self>, buildset: NewBuildset<'_>) -> Result<Option<CreatedBuildset>, StoreError> {
         let created = self.store.create_buildset(buildset).await?;
         if let Some(created) = &created {
+            self.collapse_older(created).await;
             self.announce_later(created.clone());
         }
         Ok(created)
@@ -35,10 +36,10 @@ impl Master {
         tokio::spawn(async move { master.announce_buildset(&buildset).await }.instrument(tracing::Span::current()));
     }
 
-    /// What follows the commit of a buildset's requests: older requests of
-    /// builders with `collapse_requests` are superseded, doorbells rung,
-    /// live clients told.
-    pub async fn announce_buildset(self: &Arc<Self>, buildset: &CreatedBuildset) {
+    /// Older pending requests of builders with `collapse_requests` are
+    /// superseded by a buildset just committed, before anyone is told of
+    /// it: a client that reads the queue after its answer sees them gone.
+    pub async fn collapse_older(&self, buildset: &CreatedBuildset) {
         let catalog = self.catalog();
         let collapsing: Vec<_> = buildset
             .requests
@@ -46,18 +47,25 @@ impl Master {
             .map(|(builder_id, _)| *builder_id)
             .filter(|id| catalog.builder_by_id(*id).is_some_and(|builder| builder.collapse_requests))
             .collect();
-        if !collapsing.is_empty() {
-            // The new requests are committed either way; collapsing tidies.
-            match self.store.collapse_older(buildset.id, &collapsing).await {
-                Ok(skipped) => {
-                    for request_id in skipped {
-                        tracing::info!(buildrequest.id = %request_id, buildset.id = %buildset.id, "request superseded: SKIPPED");
-                        self.live.send(Change::Request(request_id, "complete"));
-                    }
-                }
-                Err(error) => tracing::warn!(%error, buildset.id = %buildset.id, "older requests not collapsed"),
-            }
+        if collapsing.is_empty() {
+            return;
         }
+        // The new requests are committed either way; collapsing tidies.
+        match self.store.collapse_older(buildset.id, &collapsing).await {
+            Ok(skipped) => {
+                for request_id in skipped {
+                    tracing::info!(buildrequest.id = %request_id, buildset.id = %buildset.id, "request superseded: SKIPPED");
+                    self.live.send(Change::Request(request_id, "complete"));
+                }
+            }
+            Err(error) => tracing::warn!(%error, buildset.id = %buildset.id, "older requests not collapsed"),
+        }
+    }
+
+    /// What follows the commit of a buildset's requests: doorbells rung,
+    /// live clients told.
+    pub async fn announce_buildset(self: &Arc<Self>, buildset: &CreatedBuildset) {
+        let catalog = self.catalog();
         let announcements = buildset
             .requests
             .iter()

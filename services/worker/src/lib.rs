@@ -6,6 +6,7 @@
 //! A master runs the same library in-process when `use_local_worker` is on.
 
 mod build;
+mod doorbells;
 mod events;
 mod filter;
 mod groups;
@@ -20,11 +21,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use futures_util::stream::SelectAll;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions};
 use lapin::types::FieldTable;
 use lapin::uri::{AMQPUri, AMQPUserInfo};
-use lapin::{Channel, Connection, ConnectionProperties, Consumer};
+use lapin::{Channel, Connection, ConnectionProperties};
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, IntoConnectionInfo};
 use shared::ids::{BuildId, BuilderName, WorkerName};
@@ -36,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::doorbells::Doorbells;
 use crate::events::EventSender;
 use crate::rpc::RpcClient;
 
@@ -340,8 +341,7 @@ async fn session(
         fleet.heartbeat = Some(tokio::spawn(send_heartbeats(context.clone(), period, drain.clone())));
     }
     let control = listen_for_control(control, context).await?;
-    let mut outcome =
-        dispatch(&connection, context, &rpc, max_builds, slots, &mut fleet.builds, drain, stop_builds).await;
+    let mut outcome = dispatch(&connection, context, &rpc, slots, &mut fleet.builds, drain, stop_builds).await;
     if outcome.is_ok() {
         // Draining: no new builds, but the running ones still need this
         // connection for their events, heartbeats and stop requests.
@@ -372,26 +372,22 @@ async fn dispatch(
     connection: &Connection,
     context: &Arc<Context>,
     rpc: &RpcClient,
-    max_builds: u32,
     slots: Arc<Semaphore>,
     builds: &mut JoinSet<()>,
     drain: &CancellationToken,
     stop_builds: &CancellationToken,
 ) -> Result<(), WorkerError> {
-    let mut doorbells: Option<(Channel, SelectAll<Consumer>)> = None;
+    let mut doorbells = Doorbells::open(connection).await?;
     let mut paused = context.paused.subscribe();
     let mut served = context.builders.subscribe();
     let mut busy = context.busy_builders.subscribe();
-    // The builders the open doorbell channel consumes.
-    let mut consuming: Vec<BuilderName> = Vec::new();
+    let namespace = &context.namespace;
     let outcome = loop {
         while builds.try_join_next().is_some() {}
         if *paused.borrow_and_update() {
             // Paused: hand every held doorbell back for other workers, and
             // wait to be unpaused.
-            if let Some((channel, _)) = doorbells.take() {
-                channel.close(200, "worker paused".into()).await?;
-            }
+            doorbells.listen_to(namespace, &[]).await?;
             tracing::info!(worker.name = %context.name, "paused: taking no new builds");
             tokio::select! {
                 _ = drain.cancelled() => break Ok(()),
@@ -423,16 +419,12 @@ async fn dispatch(
                 Err(error) => break Err(error),
             }
         }
+        // The builders it may take a build of now (the configuration
+        // changes, a build of one starts or ends).
         let running = busy.borrow_and_update().clone();
         let builders: Vec<BuilderName> =
             served.borrow_and_update().iter().filter(|builder| !running.contains(*builder)).cloned().collect();
-        if builders != consuming
-            && let Some((channel, _)) = doorbells.take()
-        {
-            // Other builders now (the configuration changed, or a build of
-            // one started or ended): hand back what was held, consume anew.
-            channel.close(200, "builders changed".into()).await?;
-        }
+        doorbells.listen_to(namespace, &builders).await?;
         if builders.is_empty() {
             tokio::select! {
                 _ = drain.cancelled() => break Ok(()),
@@ -441,17 +433,12 @@ async fn dispatch(
                 _ = busy.changed() => continue,
             }
         }
-        if doorbells.is_none() {
-            doorbells = Some(open_doorbells(connection, context, &builders, max_builds).await?);
-            consuming = builders;
-        }
-        let (_, consumers) = doorbells.as_mut().expect("opened above");
         let delivery = tokio::select! {
             _ = drain.cancelled() => break Ok(()),
             _ = paused.changed() => continue,
             _ = served.changed() => continue,
             _ = busy.changed() => continue,
-            delivery = consumers.next() => delivery,
+            delivery = doorbells.next() => delivery,
         };
         let delivery = match delivery {
             Some(Ok(delivery)) => delivery,
@@ -479,8 +466,16 @@ async fn dispatch(
         shared::telemetry::continue_from(&span, shared::amqp::traceparent_of(&delivery.properties).as_deref());
         match claim(context, rpc, &builder, Uuid::new_v4()).instrument(span).await {
             Ok(RpcReply::Claimed { build }) => {
-                delivery.ack(BasicAckOptions::default()).await?;
                 start_build(context, build, permit, builds, stop_builds);
+                // Stop listening before the ack: while this doorbell is
+                // unacked, no other doorbell of the builder comes to a
+                // worker that cannot take it now.
+                if slots.available_permits() == 0 {
+                    doorbells.listen_to(namespace, &[]).await?;
+                } else {
+                    doorbells.stop(&builder).await?;
+                }
+                delivery.ack(BasicAckOptions::default()).await?;
             }
             Ok(RpcReply::NothingPending) => {
                 delivery.ack(BasicAckOptions::default()).await?;
@@ -499,15 +494,8 @@ async fn dispatch(
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
-        if slots.available_permits() == 0
-            && let Some((channel, _)) = doorbells.take()
-        {
-            channel.close(200, "worker at capacity".into()).await?;
-        }
     };
-    if let Some((channel, _)) = doorbells.take() {
-        let _ = channel.close(200, "worker draining".into()).await;
-    }
+    doorbells.close("worker draining").await;
     outcome
 }
 
@@ -533,29 +521,6 @@ async fn wait_until_closed(connection: &Connection) {
     while connection.status().connected() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-}
-
-async fn open_doorbells(
-    connection: &Connection,
-    context: &Context,
-    builders: &[BuilderName],
-    max_builds: u32,
-) -> Result<(Channel, SelectAll<Consumer>), WorkerError> {
-    let channel = connection.create_channel().await?;
-    channel.basic_qos(max_builds.min(u16::MAX as u32) as u16, BasicQosOptions { global: true }).await?;
-    let mut consumers = SelectAll::new();
-    for builder in builders {
-        let consumer = channel
-            .basic_consume(
-                context.namespace.builder_queue(builder).into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        consumers.push(consumer);
-    }
-    Ok((channel, consumers))
 }
 
 /// Claims a build of `builder`, asking again with the same token when no

@@ -118,6 +118,7 @@ pub async fn record(
         return Ok(Recorded::Before);
     };
     for buildset in &created {
+        master.collapse_older(buildset).await;
         master.announce_later(buildset.clone());
     }
     let buildsets: Vec<BuildsetId> = created.iter().map(|buildset| buildset.id).collect();

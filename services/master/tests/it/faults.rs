@@ -342,7 +342,9 @@ async fn a_worker_cut_off_while_events_are_unconfirmed_sends_them_again_and_each
     const STEPS: i64 = 12;
     let outside = tempfile::tempdir().unwrap();
     let o = outside.path().display();
-    let mut steps: String = (1..STEPS).map(|n| format!("- name: s{n}\n  command: sleep 0.05; echo {n}\n")).collect();
+    // The first step waits for the test to silence RabbitMQ's answers.
+    let mut steps = format!("- name: s1\n  command: while [ ! -e {o}/go ]; do sleep 0.05; done\n");
+    steps.extend((2..STEPS).map(|n| format!("- name: s{n}\n  command: sleep 0.05; echo {n}\n")));
     steps.push_str(&format!("- name: s{STEPS}\n  command: touch {o}/last\n"));
     let mut stack = TestStack::new(&master_yaml(&[("reported", &steps)]), &["reported"]).await;
     stack.start_master("a").await;
@@ -375,6 +377,7 @@ async fn a_worker_cut_off_while_events_are_unconfirmed_sends_them_again_and_each
     // The worker's events reach RabbitMQ but no confirm reaches the worker;
     // its steps go on meanwhile. Then its connection is cut.
     rabbitmq.freeze_replies();
+    std::fs::write(outside.path().join("go"), b"").unwrap();
     until(30, "the last step runs", || outside.path().join("last").exists()).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     rabbitmq.cut();
