@@ -367,7 +367,6 @@ async fn session(
 /// Consumes doorbells while there is room for another build. At full
 /// capacity the doorbell channel is closed, which hands every doorbell it
 /// held back to RabbitMQ, so an idle worker of the same builder gets it.
-#[expect(clippy::too_many_arguments, reason = "one call site; the pieces are a session's and a fleet's")]
 async fn dispatch(
     connection: &Connection,
     context: &Arc<Context>,
