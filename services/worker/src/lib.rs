@@ -364,9 +364,10 @@ async fn session(
     outcome
 }
 
-/// Consumes doorbells while there is room for another build. At full
-/// capacity the doorbell channel is closed, which hands every doorbell it
-/// held back to RabbitMQ, so an idle worker of the same builder gets it.
+/// Listens to the doorbells of the builders it may take a build of now
+/// (none while paused or at full capacity, none of a builder it is building)
+/// and claims a build for each; a doorbell it stops listening to goes back
+/// to RabbitMQ, so an idle worker of the same builder gets it.
 async fn dispatch(
     connection: &Connection,
     context: &Arc<Context>,
