@@ -91,11 +91,13 @@ pub enum RpcRequest {
         worker: WorkerName,
         builder: BuilderName,
         claim_token: Uuid,
-        /// The last builds of `builder` that ended on this worker. Their
-        /// `BuildFinished` may still be on its way to the masters, so they
-        /// do not count as running: the worker no longer runs them.
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        ended: Vec<BuildId>,
+        /// The builds this worker runs now. A build of `builder` that it
+        /// no longer runs does not keep the builder busy, though its
+        /// `BuildFinished` may still be on its way to the masters. `None`
+        /// from a worker that does not say: every build the masters have
+        /// not seen end counts.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        running: Option<Vec<BuildId>>,
     },
 }
 
@@ -440,7 +442,7 @@ mod tests {
             worker: "w1".into(),
             builder: "b".into(),
             claim_token: Uuid::new_v4(),
-            ended: vec![BuildId(3)],
+            running: Some(vec![BuildId(3)]),
         };
         let bytes = encode(&request);
         assert!(std::str::from_utf8(&bytes).unwrap().contains(r#""type":"claim""#));

@@ -78,13 +78,17 @@ async fn ring(master: &Master, requests: Vec<DueRequest>, always: bool) {
             continue;
         };
         if !always {
-            match master.broker.doorbells_waiting(builder).await {
-                Ok(0) => {}
-                Ok(_) => continue,
-                Err(error) => {
-                    tracing::warn!(%error, builder.name = %builder, "cannot inspect the builder's queue");
-                    continue;
-                }
+            let waiting = master.broker.doorbells_waiting(builder).await;
+            if let Err(error) = &waiting {
+                tracing::warn!(%error, builder.name = %builder, "cannot inspect the builder's queue");
+            }
+            if !matches!(waiting, Ok(0)) {
+                // Not rung now, so not announced: the waiting doorbells may
+                // be fewer than the requests, and the next pass looks again
+                // instead of after `redeliver_after_seconds`.
+                let ids: Vec<_> = requests.iter().map(|request| request.id).collect();
+                let _ = master.store.mark_unannounced(&ids).await;
+                continue;
             }
         }
         for DueRequest { id: request_id, traceparent, .. } in requests {

@@ -15,7 +15,7 @@ pub mod metrics;
 mod rpc;
 mod step;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -146,9 +146,6 @@ struct Context {
     /// other workers, as a worker runs one build of a builder at a time
     /// (the builder's directory is one build's).
     busy_builders: tokio::sync::watch::Sender<BTreeSet<BuilderName>>,
-    /// The last builds of each builder that ended here, told to the
-    /// masters with each claim (see `RpcRequest::Claim::ended`).
-    ended: Mutex<HashMap<BuilderName, VecDeque<BuildId>>>,
     /// A claim sent without an answer (the connection died meanwhile): a
     /// master may have made it a build, so the next session asks again with
     /// the same token before anything else, and runs that build.
@@ -175,14 +172,7 @@ impl Context {
 
     fn stop_running(&self, build: BuildId) {
         let mut running = self.running.lock().expect("running lock poisoned");
-        if let Some((builder, _)) = running.remove(&build) {
-            let mut ended = self.ended.lock().expect("ended lock poisoned");
-            let builds = ended.entry(builder).or_default();
-            builds.push_back(build);
-            if builds.len() > ENDED_TOLD {
-                builds.pop_front();
-            }
-        }
+        running.remove(&build);
         self.busy_builders.send_replace(running.values().map(|(builder, _)| builder.clone()).collect());
     }
 
@@ -198,9 +188,6 @@ impl Context {
 /// How long to wait for a master's answer before asking again.
 const RPC_TIMEOUT: Duration = Duration::from_secs(10);
 const CLAIM_ATTEMPTS: u32 = 3;
-/// Ended builds of a builder told with each claim: their ends are reported
-/// in order, so only the last few can still be on their way.
-const ENDED_TOLD: usize = 4;
 
 /// Runs a worker. `drain` stops it taking new builds and returns once the
 /// running ones finish; `stop_builds` stops the running ones (CANCELLED).
@@ -243,7 +230,6 @@ pub async fn run(
         redis,
         running: Mutex::new(HashMap::new()),
         busy_builders: tokio::sync::watch::Sender::new(BTreeSet::new()),
-        ended: Mutex::new(HashMap::new()),
         unanswered_claim: Mutex::new(None),
         drain: drain.clone(),
         paused: tokio::sync::watch::Sender::new(false),
@@ -532,12 +518,12 @@ async fn claim(
     token: Uuid,
 ) -> Result<RpcReply, WorkerError> {
     *context.unanswered_claim.lock().expect("claim lock poisoned") = Some((builder.clone(), token));
-    let ended = context.ended.lock().expect("ended lock poisoned").get(builder).map(|b| b.iter().copied().collect());
+    let running = context.running.lock().expect("running lock poisoned").keys().copied().collect();
     let request = RpcRequest::Claim {
         worker: context.name.clone(),
         builder: builder.clone(),
         claim_token: token,
-        ended: ended.unwrap_or_default(),
+        running: Some(running),
     };
     let mut attempt = 1;
     let outcome = loop {

@@ -26,9 +26,10 @@ pub struct Claim<'a> {
     pub master_id: MasterId,
     /// Chosen by the worker; retrying with it returns the same build.
     pub claim_token: Uuid,
-    /// Builds of this builder that the worker says have ended, though
-    /// their end may not be recorded yet: they do not keep it busy.
-    pub ended_builds: &'a [BuildId],
+    /// The builds the worker says it runs now (`None` when it does not
+    /// say): a build it no longer runs does not keep the builder busy,
+    /// though its end may not be recorded yet.
+    pub running_builds: Option<&'a [BuildId]>,
     pub lease_seconds: u64,
     /// Properties from the builder's and the worker's configuration
     /// (`{"name": [value, source]}`); those of the request win over them,
@@ -74,11 +75,11 @@ impl Store {
                           and not exists (select 1 from builders where id = $1 and paused),
                           exists (select 1 from builds
                                   where builder_id = $1 and worker_id = $2 and complete_at is null
-                                    and id <> all($3))"#,
+                                    and ($3::bigint[] is null or id = any($3)))"#,
             )
             .bind(claim.builder_id)
             .bind(claim.worker_id)
-            .bind(claim.ended_builds)
+            .bind(claim.running_builds)
             .fetch_one(&self.pool)
             .await?;
             if !waiting {
@@ -113,7 +114,7 @@ impl Store {
             worker_name,
             master_id,
             claim_token,
-            ended_builds,
+            running_builds,
             lease_seconds,
             configured_properties,
         } = *claim;
@@ -134,7 +135,7 @@ impl Store {
                      and not exists (select 1 from builds running
                                      where running.builder_id = $1 and running.worker_id = $2
                                        and running.complete_at is null
-                                       and running.id <> all($9))
+                                       and ($9::bigint[] is null or running.id = any($9)))
                    order by priority desc, submitted_at, id
                    limit 1
                    for update skip locked
@@ -181,7 +182,7 @@ impl Store {
         .bind(builder_name)
         .bind(worker_name)
         .bind(configured_properties)
-        .bind(ended_builds)
+        .bind(running_builds)
         .fetch_optional(&self.pool)
         .await?;
         Ok(claimed)
@@ -302,6 +303,20 @@ mod tests {
         assert_eq!(unannounced, 1, "the waiting request is rung again for other workers");
         let other = Claim { worker_name: "w2", ..claim(builder, w2, master) };
         assert!(db.store.claim(&other).await.unwrap().is_some(), "w2 takes it");
+    }
+
+    #[tokio::test]
+    async fn a_build_its_worker_no_longer_runs_does_not_keep_the_builder_busy_before_its_end_is_recorded() {
+        let db = TestDatabase::new().await;
+        let (master, builder, w1) = (db.master("a").await, db.builder("ended").await, db.worker("w1").await);
+        db.queue(builder, 2).await;
+        let first = db.store.claim(&claim(builder, w1, master)).await.unwrap().unwrap();
+        let running = [first.id];
+        let still_running = Claim { running_builds: Some(&running), ..claim(builder, w1, master) };
+        assert!(db.store.claim(&still_running).await.unwrap().is_none(), "w1 says it runs the first build");
+        // The first build ended on w1; its BuildFinished is still on its way.
+        let ended = Claim { running_builds: Some(&[]), ..claim(builder, w1, master) };
+        assert!(db.store.claim(&ended).await.unwrap().is_some(), "w1 runs nothing now");
     }
 
     #[tokio::test]

@@ -20,7 +20,7 @@ pub(crate) fn claim(builder: BuilderId, worker: WorkerId, master: MasterId) -> C
         worker_name: "w1",
         master_id: master,
         claim_token: uuid::Uuid::new_v4(),
-        ended_builds: &[],
+        running_builds: None,
         lease_seconds: 60,
         configured_properties: &NO_PROPERTIES,
     }
