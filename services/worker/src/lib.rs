@@ -431,8 +431,8 @@ async fn dispatch(
             Some(Err(error)) => break Err(error.into()),
             None => break Err(WorkerError::ConsumerEnded),
         };
-        let builder = match wire::decode::<Doorbell>(&delivery.data) {
-            Ok(Doorbell::Ring { builder, .. }) => builder,
+        let (builder, rung_for) = match wire::decode::<Doorbell>(&delivery.data) {
+            Ok(Doorbell::Ring { builder, buildrequest_id }) => (builder, buildrequest_id),
             Err(error) => {
                 tracing::warn!(%error, "dropping an unreadable doorbell");
                 delivery.ack(BasicAckOptions::default()).await?;
@@ -450,7 +450,12 @@ async fn dispatch(
             builder.name = %builder,
         );
         shared::telemetry::continue_from(&span, shared::amqp::traceparent_of(&delivery.properties).as_deref());
-        match claim(context, rpc, &builder, Uuid::new_v4()).instrument(span).await {
+        let answer = claim(context, rpc, &builder, Uuid::new_v4()).instrument(span).await;
+        tracing::debug!(builder.name = %builder, ?rung_for, answer = ?answer.as_ref().map(|reply| match reply {
+            RpcReply::Claimed { build } => format!("build {}", build.build_id),
+            other => format!("{other:?}"),
+        }), "doorbell answered");
+        match answer {
             Ok(RpcReply::Claimed { build }) => {
                 start_build(context, build, permit, builds, stop_builds);
                 // Stop listening before the ack: while this doorbell is
