@@ -403,13 +403,21 @@ async fn a_worker_cut_off_while_events_are_unconfirmed_sends_them_again_and_each
 
     // What RabbitMQ took: the unconfirmed events twice, and each pass in
     // the order the worker reported them.
-    // They were all routed before the build could be recorded complete;
-    // heartbeats keep coming, so read for a bounded while.
-    let mut published = Vec::new();
+    // The first pass was routed before the build could be recorded
+    // complete, but the second waits for the worker to reconnect, which
+    // can take longer than the build: read until events have been sent
+    // again and then gone quiet (heartbeats keep coming, so only this
+    // build's events count).
+    let mut published: Vec<i64> = Vec::new();
     let reading = Instant::now();
-    while reading.elapsed() < Duration::from_secs(2)
-        && let Ok(Some(Ok(delivery))) = tokio::time::timeout(Duration::from_millis(500), copies.next()).await
-    {
+    while reading.elapsed() < Duration::from_secs(30) {
+        let resent = published.len() as i64 > events;
+        let delivery = match tokio::time::timeout(Duration::from_millis(500), copies.next()).await {
+            Ok(Some(Ok(delivery))) => delivery,
+            Ok(_) => break,
+            Err(_) if resent => break,
+            Err(_) => continue,
+        };
         if let Ok(
             WorkerEvent::StepStarted { build_id: id, seq, .. }
             | WorkerEvent::StepFinished { build_id: id, seq, .. }
