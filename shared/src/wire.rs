@@ -66,9 +66,10 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
 pub enum Doorbell {
     Ring {
         builder: BuilderName,
-        /// Not read by workers of this version (the claim decides which
-        /// request runs); still sent, as workers of the previous version
-        /// require it.
+        /// The request whose commit rang it. A worker names it in its
+        /// claim, which takes it among the requests of the highest
+        /// priority waiting, before older ones that have doorbells of
+        /// their own.
         #[serde(default)]
         buildrequest_id: Option<BuildRequestId>,
     },
@@ -98,6 +99,9 @@ pub enum RpcRequest {
         /// not seen end counts.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         running: Option<Vec<BuildId>>,
+        /// The request named by the doorbell that made the worker claim.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rung_for: Option<BuildRequestId>,
     },
 }
 
@@ -443,6 +447,7 @@ mod tests {
             builder: "b".into(),
             claim_token: Uuid::new_v4(),
             running: Some(vec![BuildId(3)]),
+            rung_for: Some(BuildRequestId(5)),
         };
         let bytes = encode(&request);
         assert!(std::str::from_utf8(&bytes).unwrap().contains(r#""type":"claim""#));

@@ -141,7 +141,7 @@ async fn answer(master: &Master, request: RpcRequest) -> Result<RpcReply, StoreE
             master.live.send(Change::Worker(worker_id, "connected"));
             Ok(RpcReply::Welcome { builders, max_builds, heartbeat_seconds, paused, pause_version })
         }
-        RpcRequest::Claim { worker, builder, claim_token, running } => {
+        RpcRequest::Claim { worker, builder, claim_token, running, rung_for } => {
             let Some((builder_config, builder_id)) = catalog.builder(builder.as_str()) else {
                 return Ok(RpcReply::Refused { reason: format!("builder `{builder}` is not configured any more") });
             };
@@ -161,6 +161,7 @@ async fn answer(master: &Master, request: RpcRequest) -> Result<RpcReply, StoreE
                 master_id: master.id,
                 claim_token,
                 running_builds: running.as_deref(),
+                rung_for,
                 lease_seconds: config.settings.builds.lease_seconds,
                 configured_properties: &configured_properties(builder_config, worker_settings),
             };

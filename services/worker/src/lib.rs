@@ -27,7 +27,7 @@ use lapin::uri::{AMQPUri, AMQPUserInfo};
 use lapin::{Channel, Connection, ConnectionProperties};
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, IntoConnectionInfo};
-use shared::ids::{BuildId, BuilderName, WorkerName};
+use shared::ids::{BuildId, BuildRequestId, BuilderName, WorkerName};
 use shared::names::Namespace;
 use shared::wire::{self, BuildAssignment, ControlMessage, Doorbell, RpcReply, RpcRequest, WorkerEvent};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -392,7 +392,7 @@ async fn dispatch(
         };
         let unanswered = context.unanswered_claim.lock().expect("claim lock poisoned").clone();
         if let Some((builder, token)) = unanswered {
-            match claim(context, rpc, &builder, token).await {
+            match claim(context, rpc, &builder, token, None).await {
                 Ok(RpcReply::Claimed { build }) => {
                     tracing::info!(
                         build.id = %build.build_id,
@@ -450,7 +450,7 @@ async fn dispatch(
             builder.name = %builder,
         );
         shared::telemetry::continue_from(&span, shared::amqp::traceparent_of(&delivery.properties).as_deref());
-        let answer = claim(context, rpc, &builder, Uuid::new_v4()).instrument(span).await;
+        let answer = claim(context, rpc, &builder, Uuid::new_v4(), rung_for).instrument(span).await;
         tracing::debug!(builder.name = %builder, ?rung_for, answer = ?answer.as_ref().map(|reply| match reply {
             RpcReply::Claimed { build } => format!("build {}", build.build_id),
             other => format!("{other:?}"),
@@ -521,6 +521,7 @@ async fn claim(
     rpc: &RpcClient,
     builder: &BuilderName,
     token: Uuid,
+    rung_for: Option<BuildRequestId>,
 ) -> Result<RpcReply, WorkerError> {
     *context.unanswered_claim.lock().expect("claim lock poisoned") = Some((builder.clone(), token));
     let running = context.running.lock().expect("running lock poisoned").keys().copied().collect();
@@ -529,6 +530,7 @@ async fn claim(
         builder: builder.clone(),
         claim_token: token,
         running: Some(running),
+        rung_for,
     };
     let mut attempt = 1;
     let outcome = loop {

@@ -1,8 +1,9 @@
 //! Claiming: a worker that heard a doorbell asks for the best pending
 //! request of a builder, and gets a build made from it, in one statement.
-//! Priority first, then age; rows another transaction holds are skipped, so
-//! masters claiming at once never hand out the same request, and build
-//! numbers come out 1, 2, 3 … under the builder row's lock.
+//! Priority first, then the request whose doorbell rang, then age; rows
+//! another transaction holds are skipped, so masters claiming at once never
+//! hand out the same request, and build numbers come out 1, 2, 3 … under
+//! the builder row's lock.
 //!
 //! A worker runs one build of a builder at a time, as Buildbot does: the
 //! builder's directory on the worker is one build's at a time, so two
@@ -30,6 +31,12 @@ pub struct Claim<'a> {
     /// say): a build it no longer runs does not keep the builder busy,
     /// though its end may not be recorded yet.
     pub running_builds: Option<&'a [BuildId]>,
+    /// The request whose doorbell this claim answers, taken first among
+    /// those of the highest priority waiting. Otherwise claims for
+    /// requests that arrive together would each take the oldest: one that
+    /// loses the race for it finds nothing, and the last request of a
+    /// stream is left without a doorbell until the reconciler rings it.
+    pub rung_for: Option<BuildRequestId>,
     pub lease_seconds: u64,
     /// Properties from the builder's and the worker's configuration
     /// (`{"name": [value, source]}`); those of the request win over them,
@@ -115,6 +122,7 @@ impl Store {
             master_id,
             claim_token,
             running_builds,
+            rung_for,
             lease_seconds,
             configured_properties,
         } = *claim;
@@ -136,7 +144,7 @@ impl Store {
                                      where running.builder_id = $1 and running.worker_id = $2
                                        and running.complete_at is null
                                        and ($9::bigint[] is null or running.id = any($9)))
-                   order by priority desc, submitted_at, id
+                   order by priority desc, coalesce(id = $10, false) desc, submitted_at, id
                    limit 1
                    for update skip locked
                ), claimed as (
@@ -183,6 +191,7 @@ impl Store {
         .bind(worker_name)
         .bind(configured_properties)
         .bind(running_builds)
+        .bind(rung_for)
         .fetch_optional(&self.pool)
         .await?;
         Ok(claimed)
@@ -256,6 +265,33 @@ mod tests {
             }
         }
         assert_eq!(order, ["urgent", "old", "young"], "buildsets {urgent} {old} {young}");
+    }
+
+    #[tokio::test]
+    async fn a_claim_takes_the_request_that_rang_for_it_unless_a_more_urgent_one_waits() {
+        let db = TestDatabase::new().await;
+        let (master, builder) = (db.master("a").await, db.builder("rung").await);
+        let (w1, w2, w3) = (db.worker("w1").await, db.worker("w2").await, db.worker("w3").await);
+        db.buildset(builder, 1, 0, json!({ "n": ["old", "Force"] })).await;
+        db.buildset(builder, 1, 0, json!({ "n": ["young", "Force"] })).await;
+        let ids: Vec<BuildRequestId> =
+            sqlx::query_scalar("select id from buildrequests where builder_id = $1 order by id")
+                .bind(builder)
+                .fetch_all(db.store.pool())
+                .await
+                .unwrap();
+        let (old, young) = (ids[0], ids[1]);
+        let name = |build: Option<ClaimedBuild>| build.unwrap().properties["n"][0].as_str().unwrap().to_owned();
+        // The young request's doorbell, answered before the old one's: it
+        // takes its own request, and the old doorbell still finds the old.
+        let rung = Claim { rung_for: Some(young), ..claim(builder, w1, master) };
+        assert_eq!(name(db.store.claim(&rung).await.unwrap()), "young");
+        // A more urgent request comes first whichever doorbell rang.
+        db.buildset(builder, 1, 5, json!({ "n": ["urgent", "Force"] })).await;
+        let rung = Claim { worker_name: "w2", rung_for: Some(old), ..claim(builder, w2, master) };
+        assert_eq!(name(db.store.claim(&rung).await.unwrap()), "urgent");
+        let unnamed = Claim { worker_name: "w3", ..claim(builder, w3, master) };
+        assert_eq!(name(db.store.claim(&unnamed).await.unwrap()), "old");
     }
 
     #[tokio::test]

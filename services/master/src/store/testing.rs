@@ -21,6 +21,7 @@ pub(crate) fn claim(builder: BuilderId, worker: WorkerId, master: MasterId) -> C
         master_id: master,
         claim_token: uuid::Uuid::new_v4(),
         running_builds: None,
+        rung_for: None,
         lease_seconds: 60,
         configured_properties: &NO_PROPERTIES,
     }
