@@ -8,10 +8,14 @@ use std::collections::HashMap;
 use shared::config::{BuilderConfig, Config};
 use shared::ids::{BuilderId, BuilderName, WorkerName};
 
+use crate::store::ReportEvent;
+
 pub struct Catalog {
     pub config: Config,
     ids: HashMap<BuilderName, BuilderId>,
     names: HashMap<BuilderId, BuilderName>,
+    /// The reporters told of each builder's builds starting, and ending.
+    reporters: HashMap<BuilderId, (Vec<String>, Vec<String>)>,
 }
 
 impl Catalog {
@@ -19,7 +23,27 @@ impl Catalog {
     /// returned them.
     pub fn new(config: Config, ids: HashMap<BuilderName, BuilderId>) -> Catalog {
         let names = ids.iter().map(|(name, id)| (*id, name.clone())).collect();
-        Catalog { config, ids, names }
+        let mut reporters: HashMap<BuilderId, (Vec<String>, Vec<String>)> = HashMap::new();
+        for builder in &config.master.builders {
+            let Some(id) = ids.get(&builder.name) else { continue };
+            for reporter in config.master.reporters.iter().filter(|reporter| reporter.covers_builder(builder)) {
+                let (starts, ends) = reporters.entry(*id).or_default();
+                if reporter.tells_starts() {
+                    starts.push(reporter.name.clone());
+                }
+                ends.push(reporter.name.clone());
+            }
+        }
+        Catalog { config, ids, names, reporters }
+    }
+
+    /// The reporters to tell that a build of `builder` started or ended.
+    pub fn reporters_of(&self, builder: BuilderId, event: ReportEvent) -> &[String] {
+        match (self.reporters.get(&builder), event) {
+            (Some((starts, _)), ReportEvent::Started) => starts,
+            (Some((_, ends)), ReportEvent::Finished) => ends,
+            (None, _) => &[],
+        }
     }
 
     /// A configured builder by name, with its id.

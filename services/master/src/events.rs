@@ -16,7 +16,7 @@ use tracing::Instrument;
 
 use crate::live::Change;
 use crate::logs::{self, LogError};
-use crate::store::{EventRejected, RecordError, Recorded, Store, StoreError};
+use crate::store::{EventRejected, RecordError, Recorded, ReportEvent, Store, StoreError};
 use crate::{Master, MasterError, RETRY_DELAY};
 
 /// Events recorded at once by one master.
@@ -151,12 +151,21 @@ async fn record(master: &Master, event: &WorkerEvent) -> Result<Recorded, EventE
         }
         WorkerEvent::StepStarted { worker, build_id, seq, step, .. } => {
             let step = &on_our_clock(step, offset);
-            let Some(mut tx) = master.store.begin_event(*build_id, *seq, worker).await? else {
+            let Some((mut tx, builder_id)) = master.store.begin_event(*build_id, *seq, worker).await? else {
                 return Ok(Recorded::Duplicate);
             };
             let (step_id, log_rows) = Store::upsert_step(&mut tx, *build_id, step).await?;
             Store::set_build_state(&mut tx, *build_id, &step.name).await?;
+            let reporters = if step.number == 0 {
+                master.catalog().reporters_of(builder_id, ReportEvent::Started).to_vec()
+            } else {
+                Vec::new()
+            };
+            Store::add_notifications(&mut tx, *build_id, ReportEvent::Started, &reporters).await?;
             tx.commit().await?;
+            if !reporters.is_empty() {
+                master.reports.notify_waiters();
+            }
             if step.number == 0 {
                 // The first step runs: the request is dispatched. For the
                 // metrics only: a failure here must not undo the event.
@@ -175,7 +184,7 @@ async fn record(master: &Master, event: &WorkerEvent) -> Result<Recorded, EventE
         }
         WorkerEvent::StepFinished { worker, build_id, seq, step, .. } => {
             let step = &on_our_clock(step, offset);
-            let Some(mut tx) = master.store.begin_event(*build_id, *seq, worker).await? else {
+            let Some((mut tx, _)) = master.store.begin_event(*build_id, *seq, worker).await? else {
                 return Ok(Recorded::Duplicate);
             };
             let (step_id, log_rows) = Store::upsert_step(&mut tx, *build_id, step).await?;
@@ -215,14 +224,22 @@ async fn record(master: &Master, event: &WorkerEvent) -> Result<Recorded, EventE
         }
         WorkerEvent::BuildFinished { worker, build_id, seq, results, state_string, finished_at, steps, .. } => {
             let finished_at = &(*finished_at + offset);
-            let Some(mut tx) = master.store.begin_event(*build_id, *seq, worker).await? else {
+            let Some((mut tx, builder_id)) = master.store.begin_event(*build_id, *seq, worker).await? else {
                 return Ok(Recorded::Duplicate);
             };
             for step in steps {
                 Store::upsert_step(&mut tx, *build_id, &on_our_clock(step, offset)).await?;
             }
             let finished = Store::finish_build(&mut tx, *build_id, *results, state_string, *finished_at).await?;
+            let reporters = match finished {
+                Some(_) => master.catalog().reporters_of(builder_id, ReportEvent::Finished).to_vec(),
+                None => Vec::new(),
+            };
+            Store::add_notifications(&mut tx, *build_id, ReportEvent::Finished, &reporters).await?;
             tx.commit().await?;
+            if !reporters.is_empty() {
+                master.reports.notify_waiters();
+            }
             tracing::info!(build.id = %build_id, worker.name = %worker, build.results = %results, "build finished");
             if let Some(finished) = finished {
                 if let Some(builder) = master.catalog().builder_name(finished.builder_id) {

@@ -59,6 +59,8 @@ pub enum Serves {
     LogLines,
     /// A log's bytes, `text/plain`.
     LogBytes,
+    /// What reporters told of a build, or will, or gave up on.
+    Notifications,
 }
 
 /// One route of the API, as the OpenAPI document describes it.
@@ -76,7 +78,7 @@ fn reading(path: &'static str, serves: Serves) -> RouteDoc {
 
 /// Every API route: what it serves, and its handlers.
 pub fn api() -> Vec<(RouteDoc, MethodRouter<AppState>)> {
-    use Serves::{Collection, LogBytes, LogLines, Single};
+    use Serves::{Collection, LogBytes, LogLines, Notifications, Single};
     vec![
         (reading("/api/v2/builders", Collection(&BUILDERS)), get(reads::list_builders)),
         (
@@ -115,6 +117,7 @@ pub fn api() -> Vec<(RouteDoc, MethodRouter<AppState>)> {
             get(reads::get_build).post(control::control_build),
         ),
         (reading("/api/v2/builds/{build_id}/steps", Collection(&STEPS)), get(reads::list_build_steps)),
+        (reading("/api/v2/builds/{build_id}/notifications", Notifications), get(reads::list_build_notifications)),
         (reading("/api/v2/builds/{build_id}/steps/{step}", Single(&STEPS)), get(reads::get_build_step)),
         (reading("/api/v2/builds/{build_id}/steps/{step}/logs", Collection(&LOGS)), get(reads::list_build_step_logs)),
         (reading("/api/v2/builds/{build_id}/steps/{step}/logs/{slug}", Single(&LOGS)), get(reads::get_build_step_log)),

@@ -26,6 +26,7 @@ pub mod node;
 pub mod read_model;
 mod reconcile;
 mod reload;
+mod reporters;
 mod retention;
 mod schedulers;
 pub mod store;
@@ -187,6 +188,7 @@ pub async fn run(
     tasks.spawn(schedulers::run(master.clone(), stopping.clone()));
     tasks.spawn(changes::pollers::run(master.clone(), stopping.clone()));
     tasks.spawn(downtime::watch(master.clone(), stopping.clone()));
+    tasks.spawn(reporters::deliver(master.clone(), stopping.clone()));
     tasks.spawn({
         let master = master.clone();
         let stopping = stopping.clone();

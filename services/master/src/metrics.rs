@@ -26,6 +26,7 @@ pub struct Metrics {
     log_lines_archived: IntCounter,
     reconciler_actions: IntCounterVec,
     events: IntCounterVec,
+    notifications: IntCounterVec,
     pending_requests: IntGaugeVec,
     doorbells_waiting: IntGaugeVec,
     workers_online: IntGauge,
@@ -103,6 +104,11 @@ impl Metrics {
                 "events_total",
                 "Worker events handled, by outcome: recorded, duplicate, dead_lettered, retried",
                 &["outcome"],
+            ),
+            notifications: counter(
+                "notifications_total",
+                "Reporters' deliveries by this master, by reporter and outcome: sent, skipped, retried, failed",
+                &["reporter", "outcome"],
             ),
             pending_requests: gauge("pending_requests", "Build requests waiting for a worker", &["builder"]),
             doorbells_waiting: gauge(
@@ -182,6 +188,10 @@ impl Metrics {
 
     pub fn event(&self, outcome: &str) {
         self.events.with_label_values(&[outcome]).inc();
+    }
+
+    pub fn notification(&self, reporter: &str, outcome: &str) {
+        self.notifications.with_label_values(&[reporter, outcome]).inc();
     }
 }
 

@@ -39,6 +39,9 @@ pub struct Master {
     pub live: Publisher,
     /// Live events for this master's `/ws` clients, relayed from Redis.
     pub live_events: tokio::sync::broadcast::Sender<Arc<LiveEvent>>,
+    /// Rung when this master entered something for reporters to tell, so
+    /// its deliverers need not wait for their next look.
+    pub reports: tokio::sync::Notify,
     /// The RabbitMQ user masters log in as (from `amqp_url`); messages it
     /// published come from a master's own local worker.
     pub(crate) amqp_user: String,
@@ -74,6 +77,7 @@ impl Master {
             websockets: Arc::new(tokio::sync::Semaphore::new(catalog.config.settings.web.max_websockets)),
             live,
             live_events: crate::live::channel(),
+            reports: tokio::sync::Notify::new(),
             amqp_user,
             catalog: RwLock::new(Arc::new(catalog)),
             worker_ids: Mutex::new(HashMap::new()),

@@ -90,6 +90,7 @@ async fn build_stable_changes(master: &Arc<Master>) -> Result<(), MasterError> {
                 comments: change.comments.clone(),
                 files: Vec::new(),
                 category: change.category.clone(),
+                pull_request: None,
             };
             let buildset = changes::buildset_for(&catalog, &change.scheduler, builders, &held);
             (!buildset.requests.is_empty()).then_some(buildset)

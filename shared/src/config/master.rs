@@ -11,6 +11,7 @@ use serde::Deserialize;
 use crate::ids::{BuilderName, WorkerName};
 
 use super::diagnostics::SourceFile;
+use super::reporters::{self, ReporterConfig};
 use super::steps::{GitStepFile, StepSpec};
 use super::{YamlPath, matrix};
 
@@ -24,6 +25,8 @@ pub struct MasterConfig {
     /// Repositories polled for new commits (for those that send no
     /// webhook).
     pub pollers: Vec<PollerConfig>,
+    /// Who hears of builds, and what they are told.
+    pub reporters: Vec<ReporterConfig>,
 }
 
 /// A git repository whose branches any master polls; each new commit
@@ -54,6 +57,8 @@ struct MasterConfigFile {
     schedulers: Vec<serde_yaml::Value>,
     #[serde(default)]
     pollers: Vec<serde_yaml::Value>,
+    #[serde(default)]
+    reporters: Vec<serde_yaml::Value>,
 }
 
 /// A builder: a name people see, the factory it runs, who may run it.
@@ -367,6 +372,12 @@ pub(super) fn parse(file: &mut SourceFile, text: &str) -> Option<MasterConfig> {
                 complete = false;
             }
             Some(poller) => config.pollers.push(poller),
+            None => complete = false,
+        }
+    }
+    for (index, value) in top.reporters.into_iter().enumerate() {
+        match reporters::parse(file, &root.key("reporters").index(index), value) {
+            Some(reporter) => config.reporters.push(reporter),
             None => complete = false,
         }
     }

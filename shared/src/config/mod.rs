@@ -16,6 +16,7 @@ mod diagnostics;
 pub mod interpolate;
 mod master;
 mod matrix;
+pub mod reporters;
 mod settings;
 mod source_map;
 mod steps;

@@ -171,6 +171,7 @@ pub(super) fn settings(file: &mut SourceFile, settings: &Settings) {
 
 pub(super) fn master(file: &mut SourceFile, master: &MasterConfig, settings: &Settings) {
     let root = YamlPath::root();
+    reporters(file, master, settings);
     for (factory_name, factory) in &master.factories {
         for (index, step) in factory.steps.iter().enumerate() {
             for (variable, value) in &step.env {
@@ -466,5 +467,60 @@ pub(super) fn telemetry(file: &mut SourceFile, at: &YamlPath, telemetry: &Teleme
             format!("sampling_ratio {} is not between 0.0 and 1.0", telemetry.sampling_ratio),
             Some("1.0 keeps every trace, 0.1 one in ten".into()),
         );
+    }
+}
+
+/// A reporter's names (unique, builders that exist) and what it needs from
+/// settings.yaml: the public URL its links point to, and its credentials.
+fn reporters(file: &mut SourceFile, master: &MasterConfig, settings: &Settings) {
+    let root = YamlPath::root();
+    let builders: BTreeSet<&str> = master.builders.iter().map(|builder| builder.name.as_str()).collect();
+    let mut names = BTreeSet::new();
+    for (index, reporter) in master.reporters.iter().enumerate() {
+        let at = root.key("reporters").index(index);
+        if reporter.name.trim().is_empty() || !names.insert(reporter.name.as_str()) {
+            file.error_at_value(
+                &at.key("name"),
+                format!("reporter name `{}` is empty or used twice", reporter.name),
+                Some("each reporter needs a name of its own: what it sent is recorded under it".into()),
+            );
+        }
+        for (builder_index, builder) in reporter.builders.iter().enumerate() {
+            if !builders.contains(builder.as_str()) {
+                file.error_at_value(
+                    &at.key("builders").index(builder_index),
+                    format!("reporter `{}` names builder `{builder}`, which is not defined", reporter.name),
+                    None,
+                );
+            }
+        }
+        if index == 0 && settings.web.url.is_none() {
+            file.error_at(
+                &root.key("reporters"),
+                "reporters link to build pages, but settings.yaml has no `web.url`",
+                Some("set `web: {url: https://buildbot.example.org/}` in settings.yaml, the address people use".into()),
+            );
+        }
+        if reporter.github_status.is_some()
+            && settings.github.as_ref().and_then(|github| github.api_token.as_ref()).is_none()
+        {
+            file.error_at_value(
+                &at.key("github_status"),
+                format!(
+                    "reporter `{}` sets commit statuses, but settings.yaml has no `github.api_token`",
+                    reporter.name
+                ),
+                Some("add a token that may write commit statuses under `github:` in settings.yaml".into()),
+            );
+        }
+        if let Some(discord) = &reporter.discord
+            && !settings.secrets.contains_key(&discord.webhook_secret)
+        {
+            file.error_at_value(
+                &at.key("discord").key("webhook_secret"),
+                format!("secret `{}` is not defined", discord.webhook_secret),
+                Some(format!("add the webhook's URL under `secrets:` in settings.yaml ({}: https://discord.com/api/webhooks/...)", discord.webhook_secret)),
+            );
+        }
     }
 }

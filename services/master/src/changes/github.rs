@@ -8,7 +8,7 @@
 use serde_json::Value;
 use shared::config::{Config, GitHubSettings, SchedulerConfig};
 
-use super::{Change, Plan, Wanted, branch_plan};
+use super::{Change, Plan, PullRequest, Wanted, branch_plan};
 
 /// GitHub's API could not answer a question a delivery needs answered.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +60,7 @@ fn push(config: &Config, payload: &Value) -> Plan {
         comments: text(payload, &["head_commit", "message"]),
         files,
         category: "push".into(),
+        pull_request: None,
     };
     branch_plan(config, change)
 }
@@ -68,16 +69,18 @@ fn repository(payload: &Value) -> String {
     text(payload, &["repository", "clone_url"])
 }
 
-/// The change of a pull request: its merge ref, built as a branch.
-fn pull_request_change(payload: &Value, number: i64, author: String, category: &str) -> Change {
+/// The change of a pull request: its merge ref, built as a branch, and its
+/// head commit, where statuses go.
+fn pull_request_change(payload: &Value, pull_request: PullRequest, author: String, category: &str) -> Change {
     Change {
         repository: repository(payload),
-        branch: format!("refs/pull/{number}/merge"),
+        branch: format!("refs/pull/{}/merge", pull_request.number),
         revision: String::new(),
         author,
         comments: text(payload, &["pull_request", "title"]),
         files: Vec::new(),
         category: category.into(),
+        pull_request: Some(pull_request),
     }
 }
 
@@ -107,7 +110,8 @@ fn labeled(config: &Config, payload: &Value) -> Plan {
         return Plan::ignored(format!("label `{label}` builds nothing"));
     }
     let number = payload["pull_request"]["number"].as_i64().unwrap_or_default();
-    let change = pull_request_change(payload, number, text(payload, &["sender", "login"]), "pull_request");
+    let pull_request = PullRequest { number, head_sha: text(payload, &["pull_request", "head", "sha"]) };
+    let change = pull_request_change(payload, pull_request, text(payload, &["sender", "login"]), "pull_request");
     Plan {
         change: Some(change),
         builds,
@@ -152,7 +156,9 @@ async fn comment(config: &Config, github: &GitHubSettings, payload: &Value) -> R
         return Ok(Plan::ignored(format!("no pull request builder matches `{pattern}`")));
     }
     let number = payload["issue"]["number"].as_i64().unwrap_or_default();
-    let change = pull_request_change(payload, number, user, "comment");
+    // A comment's delivery does not name the pull request's head commit.
+    let head_sha = pull_request_head(github, &repository_name, number).await?;
+    let change = pull_request_change(payload, PullRequest { number, head_sha }, user, "comment");
     Ok(Plan {
         change: Some(change),
         builds,
@@ -161,11 +167,26 @@ async fn comment(config: &Config, github: &GitHubSettings, payload: &Value) -> R
     })
 }
 
+/// Asks GitHub for the head commit of pull request `number`.
+async fn pull_request_head(github: &GitHubSettings, repository: &str, number: i64) -> Result<String, GitHubError> {
+    let url = format!("{}/repos/{repository}/pulls/{number}", github.api_url.trim_end_matches('/'));
+    let answer = get_json(github, &url).await?.unwrap_or_default();
+    Ok(answer["head"]["sha"].as_str().unwrap_or_default().to_owned())
+}
+
 /// Asks GitHub whether `user` may write to `repository` (`owner/name`).
 async fn may_write(github: &GitHubSettings, repository: &str, user: &str) -> Result<bool, GitHubError> {
     let url = format!("{}/repos/{repository}/collaborators/{user}/permission", github.api_url.trim_end_matches('/'));
+    let Some(answer) = get_json(github, &url).await? else {
+        return Ok(false);
+    };
+    Ok(matches!(answer["permission"].as_str(), Some("admin" | "maintain" | "write")))
+}
+
+/// A GET of GitHub's API; `None` for 404.
+async fn get_json(github: &GitHubSettings, url: &str) -> Result<Option<Value>, GitHubError> {
     let mut request = reqwest::Client::new()
-        .get(&url)
+        .get(url)
         .header("accept", "application/vnd.github+json")
         .header("user-agent", "buildmaster")
         .timeout(std::time::Duration::from_secs(10));
@@ -175,15 +196,15 @@ async fn may_write(github: &GitHubSettings, repository: &str, user: &str) -> Res
     let response = request
         .send()
         .await
-        .map_err(|error| GitHubError { url: url.clone(), problem: error.without_url().to_string() })?;
+        .map_err(|error| GitHubError { url: url.to_owned(), problem: error.without_url().to_string() })?;
     if response.status() == reqwest::StatusCode::NOT_FOUND {
-        return Ok(false);
+        return Ok(None);
     }
     let answer: Value = response
         .error_for_status()
-        .map_err(|error| GitHubError { url: url.clone(), problem: error.without_url().to_string() })?
+        .map_err(|error| GitHubError { url: url.to_owned(), problem: error.without_url().to_string() })?
         .json()
         .await
-        .map_err(|error| GitHubError { url: url.clone(), problem: format!("no JSON in the answer: {error}") })?;
-    Ok(matches!(answer["permission"].as_str(), Some("admin" | "maintain" | "write")))
+        .map_err(|error| GitHubError { url: url.to_owned(), problem: format!("no JSON in the answer: {error}") })?;
+    Ok(Some(answer))
 }

@@ -31,6 +31,16 @@ pub struct Change {
     pub files: Vec<String>,
     /// `push`, `pull_request`, `comment`, `poll`, `poll-start`.
     pub category: String,
+    /// The pull request a change is of (its builds are of its merge ref).
+    pub pull_request: Option<PullRequest>,
+}
+
+/// A pull request: its number, and its head commit, where its builds'
+/// commit statuses go.
+#[derive(Debug, Clone)]
+pub struct PullRequest {
+    pub number: i64,
+    pub head_sha: String,
 }
 
 /// What a change asks for: the change to record and the builds to start.
@@ -135,14 +145,21 @@ pub fn buildset_for(catalog: &Catalog, scheduler: &str, builders: &[BuilderName]
         reason: format!("GitHub {} of {} by {}", change.category, change.branch, change.author),
         owner: change.author.clone(),
         scheduler: scheduler.to_owned(),
-        properties: json!({
-            "branch": [change.branch, source],
-            "revision": [change.revision, source],
-            "repository": [change.repository, source],
-            "event": [change.category, source],
-            "scheduler": [scheduler, "Scheduler"],
-            "owner": [change.author, source],
-        }),
+        properties: {
+            let mut properties = json!({
+                "branch": [change.branch, source],
+                "revision": [change.revision, source],
+                "repository": [change.repository, source],
+                "event": [change.category, source],
+                "scheduler": [scheduler, "Scheduler"],
+                "owner": [change.author, source],
+            });
+            if let Some(pull_request) = &change.pull_request {
+                properties["pull_request"] = json!([pull_request.number, source]);
+                properties["head_sha"] = json!([pull_request.head_sha, source]);
+            }
+            properties
+        },
         requests: catalog
             .builder_ids(builders)
             .into_iter()

@@ -106,6 +106,7 @@ async fn note_baseline(master: &Arc<Master>, poller: &PollerConfig, branch: &str
         comments: "where the branch was when polling began".into(),
         files: Vec::new(),
         category: "poll-start".into(),
+        pull_request: None,
     };
     let plan = Plan::record_only(change, "first look");
     let id = delivery(poller, branch, head);
@@ -126,6 +127,7 @@ async fn describe(mirror: &Path, poller: &PollerConfig, branch: &str, revision: 
         comments: subject.to_owned(),
         files: files.lines().map(str::to_owned).collect(),
         category: "poll".into(),
+        pull_request: None,
     })
 }
 

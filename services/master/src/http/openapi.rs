@@ -127,6 +127,30 @@ fn get_operation(path: &str, serves: Serves, path_parameters: &[Value]) -> Value
                 json!({ "application/json": { "schema": envelope } }),
             )
         }
+        Serves::Notifications => {
+            let text = || json!({ "type": "string" });
+            let maybe_text = || json!({ "type": ["string", "null"] });
+            let item = json!({
+                "type": "object",
+                "properties": {
+                    "reporter": text(), "event": { "enum": ["started", "finished"] },
+                    "state": { "enum": ["pending", "sent", "skipped", "failed"] },
+                    "attempts": { "type": "integer" }, "created_at": text(), "done_at": maybe_text(),
+                    "due_at": text(), "last_error": maybe_text(), "detail": maybe_text(),
+                },
+            });
+            let envelope = json!({
+                "type": "object",
+                "properties": {
+                    "notifications": { "type": "array", "items": item },
+                    "meta": { "type": "object", "properties": { "total": { "type": "integer" } } },
+                },
+            });
+            (
+                "what each reporter told of a build, will tell, skipped or gave up on".to_owned(),
+                json!({ "application/json": { "schema": envelope } }),
+            )
+        }
         Serves::LogBytes => {
             parameters.push(json!({ "name": "follow", "in": "query", "schema": { "type": "boolean" } }));
             (

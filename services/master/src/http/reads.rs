@@ -270,6 +270,18 @@ pub async fn get_build(
     by_id(&master, &BUILDS, "buildid", &build_id, &params).await
 }
 
+/// What each reporter told of a build: sent, pending (with its next
+/// attempt and last error), skipped and why, or given up.
+pub async fn list_build_notifications(
+    State(master): State<AppState>,
+    Path(build_id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let build_id = shared::ids::BuildId(parse_id("build id", &build_id)?);
+    let rows = master.store.notifications_of_build(build_id).await?;
+    let total = rows.len();
+    Ok(Json(json!({ "notifications": rows, "meta": { "total": total } })))
+}
+
 pub async fn list_build_steps(
     State(master): State<AppState>,
     Path(build_id): Path<String>,

@@ -16,6 +16,7 @@ mod claims;
 mod leases;
 mod logs;
 mod masters;
+mod notifications;
 mod overview;
 mod recording;
 pub mod resources;
@@ -35,6 +36,7 @@ pub use changes::{NewChange, StableChange};
 pub use claims::{Claim, ClaimedBuild};
 pub use leases::Expired;
 pub use logs::{ArchivedChunk, LogLocation, LogRow, LogState};
+pub use notifications::{Notification, NotificationRow, ReportEvent, ReportFacts};
 pub use overview::{BRANCH_SCAN_BUILDS, GridCell};
 pub use recording::{EventRejected, FinishedBuild, RecordError, Recorded};
 

@@ -58,20 +58,21 @@ pub struct FinishedBuild {
 
 impl Store {
     /// Starts recording one event: checks that the build exists and belongs
-    /// to the sender, and enters the event in the ledger. `None` means the
-    /// event was recorded before and must change nothing.
+    /// to the sender, and enters the event in the ledger. Returns the
+    /// transaction and the build's builder; `None` means the event was
+    /// recorded before and must change nothing.
     pub async fn begin_event(
         &self,
         build_id: BuildId,
         seq: i64,
         sender: &WorkerName,
-    ) -> Result<Option<Transaction<'static, Postgres>>, RecordError> {
+    ) -> Result<Option<(Transaction<'static, Postgres>, BuilderId)>, RecordError> {
         let mut tx = self.pool.begin().await?;
         // The owner check and the ledger entry in one round trip: every
         // event of every build passes here.
-        let owner: Option<(WorkerName, bool, bool)> = sqlx::query_as(
+        let owner: Option<(WorkerName, bool, bool, BuilderId)> = sqlx::query_as(
             r#"with owner as (
-                   select w.name, b.lease_lost_at is not null as lost
+                   select w.name, b.lease_lost_at is not null as lost, b.builder_id
                    from builds b join workers w on w.id = b.worker_id where b.id = $1
                ), entered as (
                    insert into build_events (build_id, seq)
@@ -79,22 +80,22 @@ impl Store {
                    on conflict do nothing
                    returning 1
                )
-               select owner.name, owner.lost, exists (select 1 from entered) from owner"#,
+               select owner.name, owner.lost, exists (select 1 from entered), owner.builder_id from owner"#,
         )
         .bind(build_id)
         .bind(seq)
         .bind(sender)
         .fetch_optional(&mut *tx)
         .await?;
-        let inserted = match owner {
+        let (inserted, builder_id) = match owner {
             None => return Err(EventRejected::UnknownBuild(build_id).into()),
-            Some((owner, _, _)) if owner != *sender => {
+            Some((owner, _, _, _)) if owner != *sender => {
                 return Err(EventRejected::WrongWorker { build_id, owner, sender: sender.clone() }.into());
             }
-            Some((_, true, _)) => return Err(EventRejected::LeaseLost(build_id).into()),
-            Some((_, false, inserted)) => inserted,
+            Some((_, true, _, _)) => return Err(EventRejected::LeaseLost(build_id).into()),
+            Some((_, false, inserted, builder_id)) => (inserted, builder_id),
         };
-        Ok(inserted.then_some(tx))
+        Ok(inserted.then_some((tx, builder_id)))
     }
 
     /// Creates or completes a step from what its worker reported, never
@@ -266,10 +267,10 @@ mod tests {
         let w1 = WorkerName::new("w1");
 
         // seq 2 (finished) arrives before seq 1 (started), then seq 2 again.
-        let mut tx = db.store.begin_event(build.id, 2, &w1).await.unwrap().expect("first delivery of seq 2");
+        let (mut tx, _) = db.store.begin_event(build.id, 2, &w1).await.unwrap().expect("first delivery of seq 2");
         Store::upsert_step(&mut tx, build.id, &step(0, "compile", Some(Results::Failure))).await.unwrap();
         tx.commit().await.unwrap();
-        let mut tx = db.store.begin_event(build.id, 1, &w1).await.unwrap().expect("first delivery of seq 1");
+        let (mut tx, _) = db.store.begin_event(build.id, 1, &w1).await.unwrap().expect("first delivery of seq 1");
         Store::upsert_step(&mut tx, build.id, &step(0, "compile", None)).await.unwrap();
         tx.commit().await.unwrap();
         assert!(db.store.begin_event(build.id, 2, &w1).await.unwrap().is_none(), "seq 2 is recognised as recorded");

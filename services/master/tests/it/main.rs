@@ -18,6 +18,7 @@ mod operations;
 mod pipeline;
 mod queue;
 mod reload;
+mod reporters;
 mod schedulers;
 mod sources;
 mod telemetry;

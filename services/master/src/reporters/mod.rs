@@ -1,0 +1,354 @@
+//! Telling people of builds: commit statuses on GitHub, messages in
+//! Discord. What to tell was entered in the `notifications` outbox in the
+//! transaction of the event that caused it (`events`); here every master
+//! runs a few deliverers that take due rows one at a time under a lease,
+//! decide with the reporter's current configuration whether anything is
+//! told, send it, and record what became of it. A delivery that fails is
+//! retried with backoff and jitter, or after the time the target asked
+//! for, until the reporter's horizon; then it is marked failed, with the
+//! target's last answer, on the build's page.
+
+mod discord;
+mod github;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use shared::config::reporters::{BuildReport, ReporterConfig};
+use shared::model::Results;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::node::Master;
+use crate::store::{Notification, ReportFacts};
+use crate::{MasterError, urls};
+
+/// Deliverers per master: a slow target holds one, not all.
+const DELIVERERS: usize = 4;
+/// How long a taken notification is this master's; a master that dies
+/// mid-delivery leaves it to another after this.
+const LEASE: Duration = Duration::from_secs(60);
+/// How often an idle deliverer looks for work other masters entered.
+const LOOK_EVERY: Duration = Duration::from_secs(1);
+/// Every HTTP call to a target ends within this; a hanging target is
+/// retried like a failing one.
+const TARGET_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a delivery did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// Worth trying again: the target is down, slow, or limits the rate.
+    /// `after` is what the target asked for, if it did.
+    #[error("{problem}")]
+    Retry { problem: String, after: Option<Duration> },
+    /// Trying again cannot help (bad credentials, no such repository): the
+    /// configuration needs a change.
+    #[error("{problem}")]
+    Refused { problem: String },
+}
+
+/// What a target did with a report.
+pub enum Delivery {
+    /// Sent; what, in the target's words.
+    Told(String),
+    /// Nothing this target can say of this build, and why.
+    NothingToTell(String),
+}
+
+/// The client every target's calls go through.
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(TARGET_TIMEOUT).build().expect("an HTTP client builds")
+}
+
+/// Targets that asked this master to wait (a rate limit), until when. A
+/// rate limit holds for every call to the target, not only the one that
+/// met it.
+#[derive(Default)]
+struct Pauses(Mutex<HashMap<String, Instant>>);
+
+impl Pauses {
+    /// How long `target` still asked to be left alone.
+    fn remaining(&self, target: &str) -> Option<Duration> {
+        let until = *self.0.lock().expect("pauses lock poisoned").get(target)?;
+        until.checked_duration_since(Instant::now()).filter(|left| !left.is_zero())
+    }
+
+    fn pause(&self, target: &str, wait: Duration) {
+        let until = Instant::now() + wait;
+        let mut pauses = self.0.lock().expect("pauses lock poisoned");
+        let entry = pauses.entry(target.to_owned()).or_insert(until);
+        *entry = (*entry).max(until);
+    }
+}
+
+/// Everything a deliverer works with.
+struct Deliverer {
+    master: Arc<Master>,
+    http: reqwest::Client,
+    pauses: Arc<Pauses>,
+}
+
+/// Runs this master's deliverers until shutdown.
+pub async fn deliver(master: Arc<Master>, shutdown: CancellationToken) -> Result<(), MasterError> {
+    let http = http_client();
+    let pauses = Arc::new(Pauses::default());
+    let mut deliverers = tokio::task::JoinSet::new();
+    for _ in 0..DELIVERERS {
+        let deliverer = Deliverer { master: master.clone(), http: http.clone(), pauses: pauses.clone() };
+        deliverers.spawn(deliverer.run(shutdown.clone()));
+    }
+    while deliverers.join_next().await.is_some() {}
+    Ok(())
+}
+
+impl Deliverer {
+    async fn run(self, shutdown: CancellationToken) {
+        let master = &self.master;
+        loop {
+            // Listening before looking: what is entered while we look rings us.
+            let rung = master.reports.notified();
+            tokio::pin!(rung);
+            rung.as_mut().enable();
+            match master.store.take_notification(LEASE).await {
+                Ok(Some(notification)) => {
+                    self.deliver_one(notification).await;
+                    continue;
+                }
+                Ok(None) => {}
+                Err(error) => tracing::warn!(%error, "cannot look for notifications to deliver now"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = &mut rung => {}
+                _ = tokio::time::sleep(LOOK_EVERY) => {}
+            }
+        }
+    }
+
+    async fn deliver_one(&self, notification: Notification) {
+        let span = tracing::info_span!(
+            "notify",
+            reporter = %notification.reporter,
+            build.id = %notification.build_id,
+            event = %notification.event,
+            attempt = notification.attempts,
+        );
+        async {
+            let outcome = self.attempt(&notification).await;
+            record(&self.master, &notification, outcome).await;
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn attempt(&self, notification: &Notification) -> Outcome {
+        let (master, http) = (&self.master, &self.http);
+        if notification.superseded {
+            return Outcome::Skipped("the build ended before its start was told".into());
+        }
+        let catalog = master.catalog();
+        let config = &catalog.config;
+        let Some(reporter) = config.master.reporters.iter().find(|reporter| reporter.name == notification.reporter)
+        else {
+            return Outcome::Skipped(format!("reporter `{}` is no longer configured", notification.reporter));
+        };
+        let facts = match master.store.report_facts(notification.build_id).await {
+            Ok(Some(facts)) => facts,
+            Ok(None) => return Outcome::Skipped("the build no longer exists".into()),
+            Err(error) => return retry(reporter, notification, None, format!("cannot read the build: {error}")),
+        };
+        let Some(builder) = catalog.builder_name(facts.builder_id) else {
+            return Outcome::Skipped("its builder is no longer configured".into());
+        };
+        let web_url = config.settings.web.url.as_deref().unwrap_or_default();
+        let report = build_report(&notification.event, builder.as_str(), web_url, &facts);
+        if let Some(why) = reporter.skips_branch(&report.branch, report.pull_request.is_some()) {
+            return Outcome::Skipped(why);
+        }
+        if notification.event == "finished" {
+            let results = facts.results.and_then(Results::from_code).unwrap_or(Results::Exception);
+            let previous = facts.previous_results.and_then(Results::from_code);
+            if !reporter.tells_result(results, previous) {
+                return Outcome::Skipped(format!("its modes do not tell of a build that ended {}", results.name()));
+            }
+        }
+        // GitHub limits a token's calls, Discord a webhook's.
+        let target = match &reporter.discord {
+            Some(discord) => format!("discord {}", discord.webhook_secret),
+            None => "github".to_owned(),
+        };
+        if let Some(left) = self.pauses.remaining(&target) {
+            return retry(reporter, notification, Some(left), format!("{target} asked to wait (a rate limit)"));
+        }
+        let sent = if let Some(status) = &reporter.github_status {
+            let Some(github) = &config.settings.github else {
+                return Outcome::Failed("settings.yaml has no `github:` section".into());
+            };
+            github::set_status(http, github, status, &report, &facts.properties).await
+        } else if let Some(discord) = &reporter.discord {
+            let Some(webhook) = config.settings.secrets.get(&discord.webhook_secret) else {
+                return Outcome::Failed(format!("secret `{}` is not defined", discord.webhook_secret));
+            };
+            discord::post(http, webhook.expose(), discord, &report).await
+        } else {
+            Ok(Delivery::NothingToTell("the reporter has no target".into()))
+        };
+        match sent {
+            Ok(Delivery::Told(detail)) => Outcome::Sent(detail),
+            Ok(Delivery::NothingToTell(why)) => Outcome::Skipped(why),
+            Err(SendError::Refused { problem }) => Outcome::Failed(problem),
+            Err(SendError::Retry { problem, after }) => {
+                if let Some(wait) = after {
+                    self.pauses.pause(&target, wait);
+                }
+                retry(reporter, notification, after, problem)
+            }
+        }
+    }
+}
+
+/// What became of one delivery, to record.
+enum Outcome {
+    Sent(String),
+    Skipped(String),
+    Failed(String),
+    Retry(Duration, String),
+}
+
+async fn record(master: &Master, notification: &Notification, outcome: Outcome) {
+    let (id, reporter) = (notification.id, notification.reporter.as_str());
+    let recorded = match &outcome {
+        Outcome::Sent(detail) => {
+            tracing::info!(%detail, "notification sent");
+            master.metrics.notification(reporter, "sent");
+            master.store.notification_sent(id, detail).await
+        }
+        Outcome::Skipped(why) => {
+            tracing::debug!(%why, "nothing to tell");
+            master.metrics.notification(reporter, "skipped");
+            master.store.notification_skipped(id, why).await
+        }
+        Outcome::Failed(error) => {
+            tracing::warn!(%error, "notification given up");
+            master.metrics.notification(reporter, "failed");
+            master.store.notification_failed(id, error).await
+        }
+        Outcome::Retry(after, error) => {
+            tracing::info!(%error, retry_in = ?after, "notification not delivered; it will be retried");
+            master.metrics.notification(reporter, "retried");
+            master.store.notification_retry(id, *after, error).await
+        }
+    };
+    if let Err(error) = recorded {
+        // The lease ends and another master takes it again: told twice at
+        // worst, where the target makes that harmless.
+        tracing::warn!(%error, "cannot record what became of a notification");
+    }
+}
+
+/// Retry after what the target asked for, or with exponential backoff and
+/// jitter; fail once the reporter's horizon has passed.
+fn retry(reporter: &ReporterConfig, notification: &Notification, asked: Option<Duration>, problem: String) -> Outcome {
+    let horizon = chrono::Duration::minutes(i64::from(reporter.give_up_after_minutes));
+    if chrono::Utc::now() - notification.created_at > horizon {
+        return Outcome::Failed(format!(
+            "given up after {} attempts over {} minutes; the last: {problem}",
+            notification.attempts, reporter.give_up_after_minutes
+        ));
+    }
+    Outcome::Retry(asked.unwrap_or_else(|| backoff(notification.attempts)), problem)
+}
+
+/// 2 s, 4 s, 8 s ... up to 5 minutes, each within ±25 %, so that masters
+/// retrying a target that came back do not all call at once.
+fn backoff(attempts: i32) -> Duration {
+    let doublings = (attempts.clamp(1, 9) - 1) as u32;
+    let base = Duration::from_secs(2 << doublings).min(Duration::from_secs(300));
+    let mut random = [0u8; 2];
+    let _ = getrandom::fill(&mut random);
+    let factor = 0.75 + f64::from(u16::from_le_bytes(random)) / f64::from(u16::MAX) * 0.5;
+    base.mul_f64(factor)
+}
+
+/// A property's value from a build's `{name: [value, source]}`, as text.
+fn property(properties: &Value, name: &str) -> Option<String> {
+    match &properties[name][0] {
+        Value::String(text) if !text.is_empty() => Some(text.clone()),
+        Value::Number(number) => Some(number.to_string()),
+        _ => None,
+    }
+}
+
+fn build_report(event: &str, builder: &str, web_url: &str, facts: &ReportFacts) -> BuildReport {
+    let properties = &facts.properties;
+    let results = match (event, facts.results.and_then(Results::from_code)) {
+        ("finished", Some(results)) => results.name().to_owned(),
+        _ => "running".to_owned(),
+    };
+    BuildReport {
+        event: event.to_owned(),
+        builder: builder.to_owned(),
+        number: facts.number,
+        results,
+        state_string: facts.state_string.clone(),
+        url: format!("{}{}", web_url.trim_end_matches('/'), urls::build_page(builder, i64::from(facts.number))),
+        branch: property(properties, "branch").unwrap_or_default(),
+        revision: property(properties, "revision").unwrap_or_default(),
+        repository: property(properties, "repository").unwrap_or_default(),
+        owner: facts.owner.clone().or_else(|| property(properties, "owner")).unwrap_or_default(),
+        pull_request: property(properties, "pull_request").and_then(|number| number.parse().ok()),
+        failed_step: facts.failed_step.clone(),
+        previous_results: facts.previous_results.and_then(Results::from_code).map(|results| results.name().to_owned()),
+    }
+}
+
+/// `after` seconds from a `Retry-After` header (GitHub, Discord).
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let seconds: f64 = headers.get("retry-after")?.to_str().ok()?.trim().parse().ok()?;
+    (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds))
+}
+
+/// A target's answer that was not a success, as a `SendError`: rate
+/// limits and server errors are retried, the rest is refused.
+async fn refusal(target: &str, response: reqwest::Response) -> SendError {
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.text().await.unwrap_or_default();
+    let body: String = body.chars().take(300).collect();
+    let problem = format!("{target} answered {status}: {body}");
+    let limited = status == reqwest::StatusCode::TOO_MANY_REQUESTS
+        || (status == reqwest::StatusCode::FORBIDDEN
+            && (headers.contains_key("retry-after")
+                || headers.get("x-ratelimit-remaining").is_some_and(|remaining| remaining == "0")));
+    if limited {
+        return SendError::Retry {
+            problem,
+            after: retry_after(&headers).or_else(|| github::rate_limit_reset(&headers)),
+        };
+    }
+    if status.is_server_error() || status == reqwest::StatusCode::REQUEST_TIMEOUT {
+        return SendError::Retry { problem, after: None };
+    }
+    SendError::Refused { problem }
+}
+
+/// A call that got no answer (refused connection, timeout): retried.
+fn unreachable(target: &str, error: reqwest::Error) -> SendError {
+    let what = if error.is_timeout() { "did not answer in time" } else { "could not be reached" };
+    SendError::Retry { problem: format!("{target} {what}: {}", error.without_url()), after: None }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_within_its_jitter_up_to_five_minutes() {
+        for (attempts, seconds) in [(1, 2.0), (2, 4.0), (3, 8.0), (9, 300.0), (40, 300.0)] {
+            let waited = backoff(attempts).as_secs_f64();
+            assert!(waited >= seconds * 0.75 && waited <= seconds * 1.25, "attempt {attempts}: {waited}");
+        }
+    }
+}

@@ -1,0 +1,315 @@
+//! The reporters' outbox. What a reporter must tell is inserted in the
+//! transaction of the event that causes it, so it cannot be lost once that
+//! event is recorded. Delivering takes one due row at a time under a lease,
+//! so whichever master takes it, one master at a time sends it, and a row
+//! whose master died is taken again when its lease ends.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use shared::ids::{BuildId, BuilderId};
+use sqlx::{FromRow, Postgres, Transaction};
+
+use super::{Store, StoreResult};
+
+/// Why a build is told: it started (its first step runs) or it ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportEvent {
+    Started,
+    Finished,
+}
+
+impl ReportEvent {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReportEvent::Started => "started",
+            ReportEvent::Finished => "finished",
+        }
+    }
+}
+
+/// One row taken for delivery, leased to this master.
+#[derive(Debug, Clone, FromRow)]
+pub struct Notification {
+    pub id: i64,
+    pub reporter: String,
+    pub build_id: BuildId,
+    pub event: String,
+    /// Including this one.
+    pub attempts: i32,
+    pub created_at: DateTime<Utc>,
+    /// A `started` row whose build has a `finished` row for the same
+    /// reporter: telling it now would undo the end.
+    pub superseded: bool,
+}
+
+/// What a build's reports are made of.
+#[derive(Debug, Clone, FromRow)]
+pub struct ReportFacts {
+    pub builder_id: BuilderId,
+    pub number: i32,
+    pub results: Option<i16>,
+    pub state_string: String,
+    pub properties: Value,
+    pub owner: Option<String>,
+    /// The first step that failed or broke.
+    pub failed_step: Option<String>,
+    /// The result of the builder's last build before this one that was not
+    /// retried.
+    pub previous_results: Option<i16>,
+}
+
+/// A notification as the API and the build page show it.
+#[derive(Debug, Clone, FromRow, serde::Serialize)]
+pub struct NotificationRow {
+    pub reporter: String,
+    pub event: String,
+    pub state: String,
+    pub attempts: i32,
+    pub created_at: DateTime<Utc>,
+    pub done_at: Option<DateTime<Utc>>,
+    pub due_at: DateTime<Utc>,
+    pub last_error: Option<String>,
+    pub detail: Option<String>,
+}
+
+impl Store {
+    /// Enters what `reporters` must tell of a build, in the transaction of
+    /// the event that causes it. Entering it twice changes nothing.
+    pub async fn add_notifications(
+        tx: &mut Transaction<'static, Postgres>,
+        build_id: BuildId,
+        event: ReportEvent,
+        reporters: &[String],
+    ) -> StoreResult<()> {
+        if reporters.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            r#"insert into notifications (build_id, event, reporter)
+               select $1, $2, unnest($3::text[])
+               on conflict do nothing"#,
+        )
+        .bind(build_id)
+        .bind(event.as_str())
+        .bind(reporters)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Takes the next due notification for `lease`. A build's end waits
+    /// while its start is still to be told by the same reporter, so a
+    /// commit status never goes back to pending.
+    pub async fn take_notification(&self, lease: Duration) -> StoreResult<Option<Notification>> {
+        let taken = sqlx::query_as(
+            r#"with next as (
+                   select n.id from notifications n
+                   where n.state = 'pending' and n.due_at <= now()
+                     and (n.leased_until is null or n.leased_until < now())
+                     and not (n.event = 'finished' and exists (
+                         select 1 from notifications s
+                         where s.build_id = n.build_id and s.reporter = n.reporter
+                           and s.event = 'started' and s.state = 'pending'))
+                   order by n.due_at, n.id
+                   limit 1
+                   for update skip locked
+               )
+               update notifications n
+               set leased_until = now() + make_interval(secs => $1), attempts = n.attempts + 1
+               from next where n.id = next.id
+               returning n.id, n.reporter, n.build_id, n.event, n.attempts, n.created_at,
+                         n.event = 'started' and exists (
+                             select 1 from notifications f
+                             where f.build_id = n.build_id and f.reporter = n.reporter
+                               and f.event = 'finished') as superseded"#,
+        )
+        .bind(lease.as_secs_f64())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(taken)
+    }
+
+    pub async fn report_facts(&self, build_id: BuildId) -> StoreResult<Option<ReportFacts>> {
+        let facts = sqlx::query_as(
+            r#"select b.builder_id, b.number, b.results, b.state_string, b.properties, bs.owner,
+                      (select s.name from steps s where s.build_id = b.id and s.results in (2, 4)
+                       order by s.number limit 1) as failed_step,
+                      (select p.results from builds p
+                       where p.builder_id = b.builder_id and p.number < b.number
+                         and p.complete_at is not null and p.results <> 5
+                       order by p.number desc limit 1) as previous_results
+               from builds b
+               join buildrequests r on r.id = b.buildrequest_id
+               join buildsets bs on bs.id = r.buildset_id
+               where b.id = $1"#,
+        )
+        .bind(build_id)
+        .fetch_optional(&self.reads)
+        .await?;
+        Ok(facts)
+    }
+
+    /// Delivered; `detail` says what, in the target's words.
+    pub async fn notification_sent(&self, id: i64, detail: &str) -> StoreResult<()> {
+        self.finish_notification(id, "sent", Some(detail), None).await
+    }
+
+    /// Nothing to tell, and why.
+    pub async fn notification_skipped(&self, id: i64, why: &str) -> StoreResult<()> {
+        self.finish_notification(id, "skipped", Some(why), None).await
+    }
+
+    /// Given up on, and why.
+    pub async fn notification_failed(&self, id: i64, error: &str) -> StoreResult<()> {
+        self.finish_notification(id, "failed", None, Some(error)).await
+    }
+
+    async fn finish_notification(
+        &self,
+        id: i64,
+        state: &str,
+        detail: Option<&str>,
+        error: Option<&str>,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            r#"update notifications
+               set state = $2, done_at = now(), leased_until = null, detail = $3,
+                   last_error = coalesce($4, last_error)
+               where id = $1 and state = 'pending'"#,
+        )
+        .bind(id)
+        .bind(state)
+        .bind(detail)
+        .bind(error)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Not delivered this time: try again after `after`.
+    pub async fn notification_retry(&self, id: i64, after: Duration, error: &str) -> StoreResult<()> {
+        sqlx::query(
+            r#"update notifications
+               set due_at = now() + make_interval(secs => $2), leased_until = null, last_error = $3
+               where id = $1 and state = 'pending'"#,
+        )
+        .bind(id)
+        .bind(after.as_secs_f64())
+        .bind(error)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// What was told of a build, pending or given up, oldest first.
+    pub async fn notifications_of_build(&self, build_id: BuildId) -> StoreResult<Vec<NotificationRow>> {
+        let rows = sqlx::query_as(
+            r#"select reporter, event, state, attempts, created_at, done_at, due_at, last_error, detail
+               from notifications where build_id = $1 order by id"#,
+        )
+        .bind(build_id)
+        .fetch_all(&self.reads)
+        .await?;
+        Ok(rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::testing::TestDatabase;
+
+    async fn build(db: &TestDatabase) -> BuildId {
+        let builder = db.builder("told").await;
+        db.queue(builder, 1).await;
+        db.claim_next(builder).await.unwrap().id
+    }
+
+    async fn add(db: &TestDatabase, build: BuildId, event: ReportEvent, reporters: &[&str]) {
+        let reporters: Vec<String> = reporters.iter().map(|name| name.to_string()).collect();
+        let mut tx = db.store.pool().begin().await.unwrap();
+        Store::add_notifications(&mut tx, build, event, &reporters).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+
+    const LEASE: Duration = Duration::from_secs(30);
+
+    #[tokio::test]
+    async fn a_notification_is_leased_to_one_taker_and_taken_again_when_its_lease_ends() {
+        let db = TestDatabase::new().await;
+        let build = build(&db).await;
+        add(&db, build, ReportEvent::Finished, &["mail"]).await;
+        add(&db, build, ReportEvent::Finished, &["mail"]).await;
+
+        let first = db.store.take_notification(LEASE).await.unwrap().expect("one is due");
+        assert_eq!((first.reporter.as_str(), first.event.as_str(), first.attempts), ("mail", "finished", 1));
+        assert!(db.store.take_notification(LEASE).await.unwrap().is_none(), "entered once, leased to one taker");
+
+        // Its taker died: once the lease ends another takes it.
+        sqlx::query("update notifications set leased_until = now() - interval '1 second'")
+            .execute(db.store.pool())
+            .await
+            .unwrap();
+        let again = db.store.take_notification(LEASE).await.unwrap().expect("taken again");
+        assert_eq!((again.id, again.attempts), (first.id, 2));
+
+        db.store.notification_retry(again.id, Duration::from_secs(60), "HTTP 502").await.unwrap();
+        assert!(db.store.take_notification(LEASE).await.unwrap().is_none(), "not due for a minute");
+        sqlx::query("update notifications set due_at = now()").execute(db.store.pool()).await.unwrap();
+        let third = db.store.take_notification(LEASE).await.unwrap().expect("due again");
+        db.store.notification_sent(third.id, "success").await.unwrap();
+        assert!(db.store.take_notification(LEASE).await.unwrap().is_none());
+        let rows = db.store.notifications_of_build(build).await.unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!((rows[0].state.as_str(), rows[0].attempts), ("sent", 3));
+        assert_eq!(rows[0].last_error.as_deref(), Some("HTTP 502"), "the last error stays visible");
+    }
+
+    #[tokio::test]
+    async fn an_end_waits_for_its_start_and_a_start_told_after_the_end_is_superseded() {
+        let db = TestDatabase::new().await;
+        let build = build(&db).await;
+        add(&db, build, ReportEvent::Started, &["status"]).await;
+        add(&db, build, ReportEvent::Finished, &["status"]).await;
+
+        let start = db.store.take_notification(LEASE).await.unwrap().expect("the start");
+        assert_eq!(start.event, "started");
+        assert!(start.superseded, "the end is already entered");
+        assert!(db.store.take_notification(LEASE).await.unwrap().is_none(), "the end waits for its start");
+        db.store.notification_skipped(start.id, "the build ended first").await.unwrap();
+        let end = db.store.take_notification(LEASE).await.unwrap().expect("then the end");
+        assert_eq!(end.event, "finished");
+        assert!(!end.superseded);
+    }
+
+    #[tokio::test]
+    async fn the_facts_of_a_report_name_the_failed_step_and_the_build_before() {
+        let db = TestDatabase::new().await;
+        let builder = db.builder("facts").await;
+        db.queue(builder, 3).await;
+        let mut builds = Vec::new();
+        for results in [0i16, 5, 2] {
+            let build = db.claim_next(builder).await.unwrap();
+            sqlx::query("update builds set complete_at = now(), results = $2 where id = $1")
+                .bind(build.id)
+                .bind(results)
+                .execute(db.store.pool())
+                .await
+                .unwrap();
+            builds.push(build.id);
+        }
+        sqlx::query(
+            "insert into steps (build_id, number, name, results) values ($1, 0, 'compile', 0), ($1, 1, 'test', 2)",
+        )
+        .bind(builds[2])
+        .execute(db.store.pool())
+        .await
+        .unwrap();
+        let facts = db.store.report_facts(builds[2]).await.unwrap().unwrap();
+        assert_eq!(facts.failed_step.as_deref(), Some("test"));
+        assert_eq!(facts.previous_results, Some(0), "the retried build in between does not count");
+        assert_eq!(facts.results, Some(2));
+    }
+}

@@ -1,0 +1,399 @@
+//! Reporters: commit statuses on GitHub and messages in Discord reach
+//! their targets through server errors and rate limits, each told once,
+//! and what became of each is on the build's API. GitHub and Discord
+//! cannot be reached from here: a local stand-in checks each call as
+//! their documentation defines it (paths, authentication, headers,
+//! bodies and their limits) and answers as they do, errors included.
+
+use std::collections::VecDeque;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::harness::{TestStack, binary};
+
+const TOKEN: &str = "ghs_a-token-that-may-write-statuses";
+const GOOD_SHA: &str = "1111111111111111111111111111111111111111";
+const BAD_SHA: &str = "2222222222222222222222222222222222222222";
+const WEB_URL: &str = "https://buildbot.example.org/";
+
+/// What the stand-in answers instead of success, in turn.
+#[derive(Debug, Clone, Copy)]
+enum Trouble {
+    /// 500, as GitHub answers when it is having a bad day.
+    ServerError,
+    /// 403 with `x-ratelimit-remaining: 0`: the primary rate limit, reset
+    /// in a second.
+    RateLimited,
+    /// 429 with `Retry-After: 1` (Discord adds `retry_after` in its body).
+    TooManyRequests,
+}
+
+/// One call the stand-in received.
+#[derive(Debug, Clone)]
+struct Call {
+    path: String,
+    body: Value,
+    /// What it answered.
+    status: u16,
+    at: Instant,
+}
+
+#[derive(Clone, Default)]
+struct StandIn {
+    calls: Arc<Mutex<Vec<Call>>>,
+    github_trouble: Arc<Mutex<VecDeque<Trouble>>>,
+    discord_trouble: Arc<Mutex<VecDeque<Trouble>>>,
+}
+
+impl StandIn {
+    fn calls(&self, prefix: &str) -> Vec<Call> {
+        self.calls.lock().unwrap().iter().filter(|call| call.path.starts_with(prefix)).cloned().collect()
+    }
+
+    fn record(&self, path: String, body: Value, status: StatusCode) {
+        self.calls.lock().unwrap().push(Call { path, body, status: status.as_u16(), at: Instant::now() });
+    }
+}
+
+fn answer(status: StatusCode, headers: &[(&str, String)], body: Value) -> Response {
+    let mut response = (status, axum::Json(body)).into_response();
+    for (name, value) in headers {
+        response.headers_mut().insert(
+            axum::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            axum::http::HeaderValue::from_str(value).unwrap(),
+        );
+    }
+    response
+}
+
+/// `POST /repos/{owner}/{repo}/statuses/{sha}`, as GitHub's REST API
+/// documents it.
+async fn github_status(
+    State(stand_in): State<StandIn>,
+    UrlPath((owner, repo, sha)): UrlPath<(String, String, String)>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let path = format!("/repos/{owner}/{repo}/statuses/{sha}");
+    let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok()).unwrap_or_default().to_owned();
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let refuse = |status: StatusCode, message: &str| {
+        stand_in.record(path.clone(), body.clone(), status);
+        answer(status, &[], json!({ "message": message, "documentation_url": "https://docs.github.com/rest" }))
+    };
+    if header("user-agent").is_empty() {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "Request forbidden by administrative rules. Please make sure your request has a User-Agent header",
+        );
+    }
+    if header("authorization") != format!("Bearer {TOKEN}") && header("authorization") != format!("token {TOKEN}") {
+        return refuse(StatusCode::UNAUTHORIZED, "Bad credentials");
+    }
+    if header("accept") != "application/vnd.github+json" || header("x-github-api-version") != "2022-11-28" {
+        return refuse(StatusCode::BAD_REQUEST, "unexpected Accept or X-GitHub-Api-Version");
+    }
+    let valid = sha.len() == 40
+        && sha.chars().all(|c| c.is_ascii_hexdigit())
+        && matches!(body["state"].as_str(), Some("error" | "failure" | "pending" | "success"))
+        && body["context"].as_str().is_some_and(|context| !context.is_empty())
+        && body["target_url"].as_str().is_some_and(|url| url.starts_with("https://"))
+        && body["description"].as_str().is_some_and(|text| text.chars().count() <= 140);
+    if !valid {
+        return refuse(StatusCode::UNPROCESSABLE_ENTITY, "Validation Failed");
+    }
+    let trouble = stand_in.github_trouble.lock().unwrap().pop_front();
+    match trouble {
+        Some(Trouble::ServerError) => refuse(StatusCode::INTERNAL_SERVER_ERROR, "Server Error"),
+        Some(Trouble::RateLimited) => {
+            stand_in.record(path, body, StatusCode::FORBIDDEN);
+            let reset = (chrono::Utc::now().timestamp() + 1).to_string();
+            answer(
+                StatusCode::FORBIDDEN,
+                &[
+                    ("x-ratelimit-limit", "5000".into()),
+                    ("x-ratelimit-remaining", "0".into()),
+                    ("x-ratelimit-reset", reset),
+                ],
+                json!({ "message": "API rate limit exceeded" }),
+            )
+        }
+        Some(Trouble::TooManyRequests) => {
+            stand_in.record(path, body, StatusCode::TOO_MANY_REQUESTS);
+            answer(
+                StatusCode::TOO_MANY_REQUESTS,
+                &[("retry-after", "1".into())],
+                json!({ "message": "secondary rate limit" }),
+            )
+        }
+        None => {
+            stand_in.record(path, body.clone(), StatusCode::CREATED);
+            answer(StatusCode::CREATED, &[], json!({ "id": 1, "state": body["state"], "context": body["context"] }))
+        }
+    }
+}
+
+/// `POST /api/webhooks/{id}/{token}`, Discord's "Execute Webhook".
+async fn discord_webhook(
+    State(stand_in): State<StandIn>,
+    UrlPath((id, token)): UrlPath<(String, String)>,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+    body: axum::body::Bytes,
+) -> Response {
+    let path = format!("/api/webhooks/{id}/{token}");
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    if token != "webhook-token" {
+        stand_in.record(path, body, StatusCode::UNAUTHORIZED);
+        return answer(StatusCode::UNAUTHORIZED, &[], json!({ "message": "Invalid Webhook Token", "code": 50027 }));
+    }
+    let content = body["content"].as_str().unwrap_or_default();
+    if content.is_empty() || content.chars().count() > 2000 {
+        stand_in.record(path, body, StatusCode::BAD_REQUEST);
+        return answer(StatusCode::BAD_REQUEST, &[], json!({ "message": "Invalid Form Body", "code": 50035 }));
+    }
+    if stand_in.discord_trouble.lock().unwrap().pop_front().is_some() {
+        stand_in.record(path, body, StatusCode::TOO_MANY_REQUESTS);
+        return answer(
+            StatusCode::TOO_MANY_REQUESTS,
+            &[("retry-after", "1".into())],
+            json!({ "message": "You are being rate limited.", "retry_after": 0.8, "global": false }),
+        );
+    }
+    stand_in.record(path, body.clone(), StatusCode::OK);
+    if query.get("wait").map(String::as_str) == Some("true") {
+        answer(StatusCode::OK, &[], json!({ "id": "1180000000000000001", "content": content }))
+    } else {
+        StatusCode::NO_CONTENT.into_response()
+    }
+}
+
+async fn start_stand_in(stand_in: StandIn) -> String {
+    let app = axum::Router::new()
+        .route("/repos/{owner}/{repo}/statuses/{sha}", axum::routing::post(github_status))
+        .route("/api/webhooks/{id}/{token}", axum::routing::post(discord_webhook))
+        .with_state(stand_in);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{address}")
+}
+
+fn reporters_yaml() -> String {
+    format!(
+        "factories:\n\
+         \x20 pass:\n    steps:\n      - {{name: compile, command: [\"true\"]}}\n\
+         \x20 fail:\n    steps:\n      - {{name: compile, command: [\"true\"]}}\n      - {{name: test, command: [\"false\"]}}\n\
+         builders:\n\
+         \x20 - name: good\n    factory: pass\n    workers: [w1]\n\
+         \x20   properties: {{repository: \"https://github.com/python/cpython.git\", revision: \"{GOOD_SHA}\", branch: main}}\n\
+         \x20 - name: bad\n    factory: fail\n    workers: [w1]\n\
+         \x20   properties: {{repository: \"https://github.com/python/cpython.git\", revision: \"{BAD_SHA}\", branch: main}}\n\
+         schedulers:\n  - {{type: force, name: force, builders: [good, bad]}}\n\
+         reporters:\n\
+         \x20 - name: statuses\n    github_status: {{}}\n\
+         \x20 - name: chat\n    mode: [failing]\n    discord: {{webhook_secret: discord_hook}}\n"
+    )
+}
+
+fn settings_for(stand_in_url: &str, token: &str) -> String {
+    format!(
+        "github:\n  webhook_secret: a-webhook-secret\n  api_url: {stand_in_url}\n  api_token: {token}\n\
+         secrets:\n  discord_hook: {stand_in_url}/api/webhooks/1234/webhook-token\n"
+    )
+}
+
+/// Sets settings.yaml's `web.url`, where messages link.
+fn set_web_url(stack: &TestStack) {
+    let settings = std::fs::read_to_string(&stack.settings_path).unwrap();
+    // Public, so control needs users, or leave to open it to anyone.
+    let web = format!("web:\n  url: {WEB_URL}\n  anonymous_control: true\n");
+    std::fs::write(&stack.settings_path, settings.replacen("web:\n", &web, 1)).unwrap();
+}
+
+/// The build's notifications once none is pending.
+async fn settled(stack: &TestStack, build_id: i64) -> Vec<Value> {
+    stack
+        .eventually(60, "every notification of the build is settled", async || {
+            let answer = stack.get(&format!("/api/v2/builds/{build_id}/notifications")).await;
+            let rows = answer["notifications"].as_array()?.clone();
+            (!rows.is_empty() && rows.iter().all(|row| row["state"] != "pending")).then_some(rows)
+        })
+        .await
+}
+
+fn row<'a>(rows: &'a [Value], reporter: &str, event: &str) -> &'a Value {
+    rows.iter()
+        .find(|row| row["reporter"] == reporter && row["event"] == event)
+        .unwrap_or_else(|| panic!("no {reporter} {event} in {rows:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statuses_and_messages_reach_github_and_discord_through_errors_and_rate_limits_each_told_once() {
+    let stand_in = StandIn::default();
+    stand_in.github_trouble.lock().unwrap().extend([
+        Trouble::ServerError,
+        Trouble::RateLimited,
+        Trouble::TooManyRequests,
+    ]);
+    stand_in.discord_trouble.lock().unwrap().extend([Trouble::TooManyRequests]);
+    let url = start_stand_in(stand_in.clone()).await;
+    let mut stack = TestStack::new(&reporters_yaml(), &["good", "bad"]).await;
+    set_web_url(&stack);
+    stack.append_settings(&settings_for(&url, TOKEN));
+    stack.start_master("a").await;
+    stack.start_worker("w1");
+
+    let good = stack.wait_for_build(stack.force("good").await).await;
+    let bad = stack.wait_for_build(stack.force("bad").await).await;
+    assert_eq!((good["results"].as_i64(), bad["results"].as_i64()), (Some(0), Some(2)));
+    let good_id = good["buildid"].as_i64().unwrap();
+    let bad_id = bad["buildid"].as_i64().unwrap();
+    let good_rows = settled(&stack, good_id).await;
+    let bad_rows = settled(&stack, bad_id).await;
+
+    // Each commit's last status is its build's result, linked to its page;
+    // no `pending` arrives after it.
+    for (sha, build, builder, state) in [(GOOD_SHA, &good, "good", "success"), (BAD_SHA, &bad, "bad", "failure")] {
+        let accepted: Vec<Call> = stand_in
+            .calls(&format!("/repos/python/cpython/statuses/{sha}"))
+            .into_iter()
+            .filter(|call| call.status == 201)
+            .collect();
+        let last = accepted.last().unwrap_or_else(|| panic!("no status set on {sha}"));
+        assert_eq!(last.body["state"], state, "{accepted:?}");
+        assert_eq!(last.body["context"], format!("buildmaster/{builder}"));
+        assert_eq!(last.body["target_url"], format!("{WEB_URL}builders/{builder}/builds/{}", build["number"]));
+        assert_eq!(
+            accepted.iter().filter(|call| call.body["state"] != "pending").count(),
+            1,
+            "the result once: {accepted:?}"
+        );
+        assert!(accepted.len() <= 2, "a start and an end at most: {accepted:?}");
+    }
+    assert_eq!(row(&good_rows, "statuses", "finished")["state"], "sent", "{good_rows:?}");
+    assert_eq!(row(&bad_rows, "statuses", "finished")["state"], "sent", "{bad_rows:?}");
+
+    // The troubles were met and obeyed: the call after each rate limit came
+    // no sooner than GitHub asked.
+    let github = stand_in.calls("/repos/");
+    let statuses: Vec<u16> = github.iter().map(|call| call.status).collect();
+    assert_eq!(&statuses[..3], [500, 403, 429], "{statuses:?}");
+    for limited in 1..=2 {
+        let waited = github[limited + 1].at - github[limited].at;
+        assert!(waited >= Duration::from_millis(900), "waited {waited:?} after a {}", statuses[limited]);
+    }
+    let all_rows = [good_rows.as_slice(), bad_rows.as_slice()].concat();
+    let retried = all_rows.iter().filter(|row| row["reporter"] == "statuses" && row["attempts"].as_i64() > Some(1));
+    assert!(
+        retried.clone().any(|row| row["last_error"].as_str().is_some_and(|error| error.contains("500"))),
+        "the server error is on record: {all_rows:?}"
+    );
+
+    // Discord hears of the failure only, once, with its failed step.
+    let messages: Vec<Call> = stand_in.calls("/api/webhooks/").into_iter().filter(|call| call.status == 200).collect();
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    let content = messages[0].body["content"].as_str().unwrap();
+    assert!(content.contains("**bad**") && content.contains("failure") && content.contains("`test`"), "{content}");
+    assert!(content.contains(&format!("<{WEB_URL}builders/bad/builds/")), "{content}");
+    assert_eq!(messages[0].body["allowed_mentions"], json!({ "parse": [] }));
+    assert_eq!(row(&bad_rows, "chat", "finished")["state"], "sent");
+    let skipped = row(&good_rows, "chat", "finished");
+    assert_eq!(skipped["state"], "skipped");
+    assert!(skipped["detail"].as_str().unwrap().contains("modes"), "{skipped}");
+    assert!(
+        good_rows.iter().all(|row| !(row["reporter"] == "chat" && row["event"] == "started")),
+        "chat hears no starts"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_token_gives_the_status_up_at_once_and_the_build_says_why() {
+    let stand_in = StandIn::default();
+    let url = start_stand_in(stand_in.clone()).await;
+    let mut stack = TestStack::new(&reporters_yaml(), &["good", "bad"]).await;
+    set_web_url(&stack);
+    stack.append_settings(&settings_for(&url, "a-revoked-token"));
+    stack.start_master("a").await;
+    stack.start_worker("w1");
+
+    let build = stack.wait_for_build(stack.force("good").await).await;
+    let rows = settled(&stack, build["buildid"].as_i64().unwrap()).await;
+    let end = row(&rows, "statuses", "finished");
+    assert_eq!(end["state"], "failed", "{rows:?}");
+    assert_eq!(end["attempts"], 1, "retrying cannot mend a token: {end}");
+    let error = end["last_error"].as_str().unwrap();
+    assert!(error.contains("GitHub answered 401") && error.contains("Bad credentials"), "{error}");
+    assert!(!error.contains("a-revoked-token"), "the token never prints: {error}");
+}
+
+/// Runs checkconfig on a settings.yaml and a master.yaml; its stderr.
+fn checkconfig(settings: &str, master: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("settings.yaml"), settings).unwrap();
+    std::fs::write(dir.path().join("master.yaml"), master).unwrap();
+    let output = Command::new(binary("buildmaster"))
+        .arg("--settings")
+        .arg(dir.path().join("settings.yaml"))
+        .arg("checkconfig")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!output.status.success(), "{stderr}");
+    stderr
+}
+
+const CHECKED_SETTINGS: &str = "database_url: postgres://x@127.0.0.1/x\namqp_url: amqp://127.0.0.1\n\
+                                redis_url: redis://127.0.0.1\n\
+                                workers:\n  - name: w1\n    password: long-enough-password\n";
+const CHECKED_BUILDERS: &str = "factories:\n  F:\n    steps:\n      - name: s\n        command: [\"true\"]\n\
+                                builders:\n  - name: b\n    factory: F\n    workers: [w1]\n";
+
+/// checkconfig on reporters that cannot be read: each problem at its line.
+#[test]
+fn unreadable_reporters_are_reported_by_checkconfig_at_their_line() {
+    let master = format!(
+        "{CHECKED_BUILDERS}reporters:\n\
+         \x20 - name: statuses\n    mode: [sometimes]\n    github_status: {{}}\n\
+         \x20 - name: chat\n    discord:\n      webhook_secret: hook\n      message: \"{{{{ buidler }}}} built\"\n\
+         \x20 - name: both\n    github_status: {{}}\n    discord: {{webhook_secret: hook}}\n\
+         \x20 - name: broken\n    discord: {{webhook_secret: hook, message: \"{{% if %}}\"}}\n"
+    );
+    let stderr = checkconfig(CHECKED_SETTINGS, &master);
+    for expected in [
+        "master.yaml:12:12: reporters[0].mode[0]: unknown variant `sometimes`",
+        "master.yaml:17:16: this template uses `buidler`, which reports do not have",
+        "hint: its variables are `branch`, `builder`, `event`",
+        "master.yaml:18:",
+        "reporter `both` needs exactly one target, it has 2",
+        "master.yaml:22:46: this template cannot be read: syntax error",
+    ] {
+        assert!(stderr.contains(expected), "missing `{expected}` in:\n{stderr}");
+    }
+}
+
+/// checkconfig on reporters that need what settings.yaml lacks.
+#[test]
+fn reporters_missing_their_settings_are_reported_by_checkconfig_at_their_line() {
+    let master = format!(
+        "{CHECKED_BUILDERS}reporters:\n\
+         \x20 - name: statuses\n    builders: [c]\n    github_status: {{}}\n\
+         \x20 - name: chat\n    discord: {{webhook_secret: nowhere}}\n\
+         \x20 - name: chat\n    discord: {{webhook_secret: nowhere}}\n"
+    );
+    let stderr = checkconfig(CHECKED_SETTINGS, &master);
+    for expected in [
+        "master.yaml:10:1: reporters link to build pages, but settings.yaml has no `web.url`",
+        "master.yaml:12:16: reporter `statuses` names builder `c`, which is not defined",
+        "master.yaml:13:20: reporter `statuses` sets commit statuses, but settings.yaml has no `github.api_token`",
+        "master.yaml:15:31: secret `nowhere` is not defined",
+        "master.yaml:16:11: reporter name `chat` is empty or used twice",
+    ] {
+        assert!(stderr.contains(expected), "missing `{expected}` in:\n{stderr}");
+    }
+}
