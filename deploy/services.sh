@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The backing services buildmaster needs on this machine: PostgreSQL, RabbitMQ
 # and Redis, plus haproxy, socat, git and curl; and, for the tests only,
-# Chromium with chromedriver (the web UI's tests) and faketime.
+# Chromium with chromedriver (the web UI's tests), faketime and aiosmtpd.
 #
 #   deploy/services.sh ensure   install what is missing (Debian packages),
 #                               start what is not running, wait until ready,
@@ -55,7 +55,8 @@ usage: deploy/services.sh ensure|check [--tests]
   check   report what is installed and running; exit 1 if anything is missing
 
   --tests also what only the tests use: Chromium and chromedriver (the web
-          UI's tests) and faketime (a worker whose clock is behind)
+          UI's tests), faketime (a worker whose clock is behind) and
+          aiosmtpd (an SMTP server for the mail reporter's tests)
 EOF
 }
 
@@ -353,6 +354,8 @@ install_missing_packages() {
         find_command chromedriver >/dev/null || packages+=(chromium-driver)
         # The fault tests run a worker whose clock is behind.
         find_command faketime >/dev/null || packages+=(faketime)
+        # The mail reporter's tests send to a real SMTP server.
+        find_command aiosmtpd >/dev/null || packages+=(python3-aiosmtpd)
     fi
     if ((${#packages[@]} > 0)); then
         say "missing: ${packages[*]}"
@@ -376,6 +379,7 @@ cmd_ensure() {
         ensure_command chromium chromium
         ensure_command chromedriver chromium-driver
         ensure_command faketime faketime
+        ensure_command aiosmtpd python3-aiosmtpd
     fi
     ensure_postgres
     ensure_rabbitmq
@@ -392,7 +396,7 @@ cmd_ensure() {
 cmd_check() {
     local missing=0 name
     local names=(git curl python3 haproxy socat psql pg_ctlcluster redis-server rabbitmq-server)
-    ((FOR_TESTS)) && names+=(chromium chromedriver faketime)
+    ((FOR_TESTS)) && names+=(chromium chromedriver faketime aiosmtpd)
     for name in "${names[@]}"; do
         if find_command "$name" >/dev/null; then
             say "installed:  $name ($(find_command "$name"))"

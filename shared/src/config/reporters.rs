@@ -48,6 +48,7 @@ pub struct ReporterConfig {
     pub give_up_after_minutes: u32,
     pub github_status: Option<GitHubStatusConfig>,
     pub discord: Option<DiscordConfig>,
+    pub mail: Option<MailConfig>,
 }
 
 /// Which finished builds a reporter tells of, as Buildbot names them.
@@ -127,6 +128,34 @@ fn default_discord_message() -> Template {
     Template::new(
         "**{{ builder }}** build {{ number }}: **{{ results }}**{% if failed_step %} in `{{ failed_step }}`{% endif %}\
          {% if branch %} on `{{ branch }}`{% endif %}{% if revision %} ({{ revision[:12] }}){% endif %} <{{ url }}>",
+    )
+}
+
+/// A mail to lists or people, through settings.yaml's `mail` server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MailConfig {
+    /// Recipients, e.g. `[python-buildbots@python.org]`.
+    pub to: Vec<String>,
+    #[serde(default = "default_mail_subject")]
+    pub subject: Template,
+    #[serde(default = "default_mail_body")]
+    pub body: Template,
+}
+
+fn default_mail_subject() -> Template {
+    Template::new("buildmaster: {{ builder }} build {{ number }} {{ results }}")
+}
+
+fn default_mail_body() -> Template {
+    Template::new(
+        "The build {{ number }} of {{ builder }} ended: {{ results }} ({{ state_string }}).\n\n\
+         {% if failed_step %}First failed step: {{ failed_step }}\n{% endif %}\
+         {% if previous_results %}The build before: {{ previous_results }}\n{% endif %}\
+         {% if branch %}Branch: {{ branch }}\n{% endif %}\
+         {% if revision %}Revision: {{ revision }}\n{% endif %}\
+         {% if owner %}Asked for by: {{ owner }}\n{% endif %}\
+         \n{{ url }}",
     )
 }
 
@@ -289,6 +318,10 @@ impl ReporterConfig {
         if let Some(discord) = &self.discord {
             templates.push(("discord", "message", &discord.message));
         }
+        if let Some(mail) = &self.mail {
+            templates.push(("mail", "subject", &mail.subject));
+            templates.push(("mail", "body", &mail.body));
+        }
         templates
     }
 }
@@ -298,12 +331,14 @@ impl ReporterConfig {
 pub(super) fn parse(file: &mut SourceFile, at: &YamlPath, value: serde_yaml::Value) -> Option<ReporterConfig> {
     let reporter: ReporterConfig = file.deserialize(at, value)?;
     let mut complete = true;
-    let targets = usize::from(reporter.github_status.is_some()) + usize::from(reporter.discord.is_some());
+    let targets = usize::from(reporter.github_status.is_some())
+        + usize::from(reporter.discord.is_some())
+        + usize::from(reporter.mail.is_some());
     if targets != 1 {
         file.error_at(
             at,
             format!("reporter `{}` needs exactly one target, it has {targets}", reporter.name),
-            Some("add one of `github_status:` or `discord:`; write two reporters to tell two targets".into()),
+            Some("add one of `github_status:`, `discord:` or `mail:`; write two reporters to tell two targets".into()),
         );
         complete = false;
     }
@@ -347,6 +382,7 @@ mod tests {
             give_up_after_minutes: 60,
             github_status: None,
             discord: None,
+            mail: None,
         }
     }
 
@@ -391,6 +427,17 @@ mod tests {
             message,
             "**AMD64 Debian 3.x** build 1234: **failure** in `test` on `main` (0123456789ab) \
              <https://buildbot.example.org/#/builders/1/builds/1234>"
+        );
+        let body = default_mail_body().render(&sample).unwrap();
+        assert!(
+            body.starts_with(
+                "The build 1234 of AMD64 Debian 3.x ended: failure (failed test).\n\nFirst failed step: test\n"
+            ),
+            "{body}"
+        );
+        assert!(
+            body.ends_with("Asked for by: someone\n\nhttps://buildbot.example.org/#/builders/1/builds/1234"),
+            "{body}"
         );
         let error = Template::new("{{ buildr }}").render(&sample).unwrap_err();
         assert!(error.contains("undefined"), "{error}");

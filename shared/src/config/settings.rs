@@ -66,6 +66,47 @@ pub struct Settings {
     pub authorization: AuthorizationSettings,
     /// GitHub's webhook (`/change_hook/github`); off while unset.
     pub github: Option<GitHubSettings>,
+    /// The SMTP server mail reporters send through; they need it.
+    pub mail: Option<MailSettings>,
+}
+
+/// An SMTP server to send mail through.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MailSettings {
+    pub smtp_host: String,
+    /// Default: 587 with `starttls`, 465 with `tls`, 25 with `none`.
+    pub smtp_port: Option<u16>,
+    #[serde(default)]
+    pub security: MailSecurity,
+    /// Log in with these when set.
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    /// The sender, e.g. `buildmaster <buildbot@example.org>`.
+    pub from: String,
+}
+
+/// How the connection to the SMTP server is protected.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MailSecurity {
+    /// Plain connection upgraded with STARTTLS, which must succeed.
+    #[default]
+    Starttls,
+    /// TLS from the first byte (SMTPS).
+    Tls,
+    /// No encryption: only for a relay on this machine or a trusted network.
+    None,
+}
+
+impl MailSettings {
+    pub fn port(&self) -> u16 {
+        self.smtp_port.unwrap_or(match self.security {
+            MailSecurity::Starttls => 587,
+            MailSecurity::Tls => 465,
+            MailSecurity::None => 25,
+        })
+    }
 }
 
 /// The GitHub webhook and the API it asks who may trigger builds.

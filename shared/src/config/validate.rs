@@ -29,6 +29,18 @@ fn is_valid_builder_name(name: &str) -> bool {
 
 pub(super) fn settings(file: &mut SourceFile, settings: &Settings) {
     let root = YamlPath::root();
+    if let Some(mail) = &settings.mail {
+        if !is_mail_address(&mail.from) {
+            file.error_at_value(
+                &root.key("mail").key("from"),
+                format!("`{}` is not a mail address", mail.from),
+                Some("write `buildbot@example.org` or `buildmaster <buildbot@example.org>`".into()),
+            );
+        }
+        if mail.username.is_some() != mail.password.is_some() {
+            file.error_at(&root.key("mail"), "`username` and `password` go together", None);
+        }
+    }
     if settings.namespace.is_empty()
         || !settings.namespace.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
     {
@@ -470,6 +482,19 @@ pub(super) fn telemetry(file: &mut SourceFile, at: &YamlPath, telemetry: &Teleme
     }
 }
 
+/// `name@domain` or `Name <name@domain>`: what a mail header takes.
+pub(super) fn is_mail_address(text: &str) -> bool {
+    let address = match text.rsplit_once('<') {
+        Some((_, rest)) => match rest.strip_suffix('>') {
+            Some(address) => address,
+            None => return false,
+        },
+        None => text,
+    };
+    let Some((local, domain)) = address.trim().rsplit_once('@') else { return false };
+    !local.is_empty() && domain.contains('.') && !address.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
 /// A reporter's names (unique, builders that exist) and what it needs from
 /// settings.yaml: the public URL its links point to, and its credentials.
 fn reporters(file: &mut SourceFile, master: &MasterConfig, settings: &Settings) {
@@ -512,6 +537,29 @@ fn reporters(file: &mut SourceFile, master: &MasterConfig, settings: &Settings) 
                 ),
                 Some("add a token that may write commit statuses under `github:` in settings.yaml".into()),
             );
+        }
+        if let Some(mail) = &reporter.mail {
+            if settings.mail.is_none() {
+                file.error_at_value(
+                    &at.key("mail"),
+                    format!("reporter `{}` sends mail, but settings.yaml has no `mail` server", reporter.name),
+                    Some(
+                        "add `mail: {smtp_host: smtp.example.org, from: buildbot@example.org}` to settings.yaml".into(),
+                    ),
+                );
+            }
+            if mail.to.is_empty() {
+                file.error_at_value(&at.key("mail").key("to"), "a mail reporter needs recipients", None);
+            }
+            for (to_index, to) in mail.to.iter().enumerate() {
+                if !is_mail_address(to) {
+                    file.error_at_value(
+                        &at.key("mail").key("to").index(to_index),
+                        format!("`{to}` is not a mail address"),
+                        Some("write `name@example.org` or `Name <name@example.org>`".into()),
+                    );
+                }
+            }
         }
         if let Some(discord) = &reporter.discord
             && !settings.secrets.contains_key(&discord.webhook_secret)

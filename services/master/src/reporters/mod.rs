@@ -10,6 +10,7 @@
 
 mod discord;
 mod github;
+mod mail;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -175,9 +176,10 @@ impl Deliverer {
             }
         }
         // GitHub limits a token's calls, Discord a webhook's.
-        let target = match &reporter.discord {
-            Some(discord) => format!("discord {}", discord.webhook_secret),
-            None => "github".to_owned(),
+        let target = match (&reporter.discord, &reporter.mail) {
+            (Some(discord), _) => format!("discord {}", discord.webhook_secret),
+            (_, Some(_)) => "mail".to_owned(),
+            _ => "github".to_owned(),
         };
         if let Some(left) = self.pauses.remaining(&target) {
             return retry(reporter, notification, Some(left), format!("{target} asked to wait (a rate limit)"));
@@ -192,6 +194,11 @@ impl Deliverer {
                 return Outcome::Failed(format!("secret `{}` is not defined", discord.webhook_secret));
             };
             discord::post(http, webhook.expose(), discord, &report).await
+        } else if let Some(mail) = &reporter.mail {
+            let Some(server) = &config.settings.mail else {
+                return Outcome::Failed("settings.yaml has no `mail` server".into());
+            };
+            mail::send(server, mail, &report, notification.id).await
         } else {
             Ok(Delivery::NothingToTell("the reporter has no target".into()))
         };

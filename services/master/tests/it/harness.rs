@@ -513,6 +513,49 @@ fn make_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     (ca, cert, key)
 }
 
+/// A private SMTP server (the distribution's aiosmtpd) on a free port,
+/// keeping every mail it accepts in a maildir.
+pub struct PrivateSmtp {
+    pub port: u16,
+    _server: ChildGuard,
+    dir: tempfile::TempDir,
+}
+
+impl PrivateSmtp {
+    pub async fn start() -> PrivateSmtp {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let port = free_port();
+        let server = Command::new("aiosmtpd")
+            .args(["-n", "-l", &format!("127.0.0.1:{port}"), "-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(dir.path().join("mail"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("aiosmtpd starts (deploy/services.sh ensure --tests installs it)");
+        let server = ChildGuard(server);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            assert!(Instant::now() < deadline, "aiosmtpd on port {port} did not listen");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        PrivateSmtp { port, _server: server, dir }
+    }
+
+    /// Every mail received so far, whole (headers and body), oldest first.
+    pub fn mails(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(self.dir.path().join("mail").join("new")) else { return Vec::new() };
+        let mut mails: Vec<(std::time::SystemTime, String)> = entries
+            .filter_map(Result::ok)
+            .filter_map(|entry| {
+                let modified = entry.metadata().ok()?.modified().ok()?;
+                Some((modified, std::fs::read_to_string(entry.path()).ok()?))
+            })
+            .collect();
+        mails.sort();
+        mails.into_iter().map(|(_, mail)| mail).collect()
+    }
+}
+
 /// A Postgres server of one test's own (own port, own data directory), so the
 /// test may restart it without touching anyone else. Run as the `postgres`
 /// user when the tests run as root (Postgres refuses root).

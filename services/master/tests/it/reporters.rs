@@ -397,3 +397,63 @@ fn reporters_missing_their_settings_are_reported_by_checkconfig_at_their_line() 
         assert!(stderr.contains(expected), "missing `{expected}` in:\n{stderr}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_builder_turning_red_is_mailed_to_the_list_once_with_its_failed_step_and_link() {
+    let smtp = crate::harness::PrivateSmtp::start().await;
+    let yaml = reporters_yaml().replace(
+        "reporters:\n",
+        "reporters:\n\
+         \x20 - name: list\n    mode: [problem]\n    builders: [bad]\n\
+         \x20   mail: {to: [python-buildbots@python.org, \"Release Manager <rm@python.org>\"]}\n",
+    );
+    let mut stack = TestStack::new(&yaml, &["good", "bad"]).await;
+    set_web_url(&stack);
+    let port = smtp.port;
+    stack.append_settings(&format!(
+        "{}mail:\n  smtp_host: 127.0.0.1\n  smtp_port: {port}\n  security: none\n  from: \"buildmaster <buildbot@example.org>\"\n",
+        settings_for("http://127.0.0.1:9", TOKEN)
+    ));
+    stack.start_master("a").await;
+    stack.start_worker("w1");
+
+    // Red, then red again: one problem, so one mail.
+    let first = stack.wait_for_build(stack.force("bad").await).await;
+    let second = stack.wait_for_build(stack.force("bad").await).await;
+    let first_rows = settled_for(&stack, first["buildid"].as_i64().unwrap(), "list").await;
+    let second_rows = settled_for(&stack, second["buildid"].as_i64().unwrap(), "list").await;
+    let sent = row(&first_rows, "list", "finished");
+    assert_eq!(sent["state"], "sent", "{first_rows:?}");
+    let skipped = row(&second_rows, "list", "finished");
+    assert_eq!(skipped["state"], "skipped", "still red is no new problem: {second_rows:?}");
+
+    let mails = smtp.mails();
+    assert_eq!(mails.len(), 1, "{mails:?}");
+    let mail = &mails[0];
+    let number = first["number"].as_i64().unwrap();
+    for expected in [
+        format!("Subject: buildmaster: bad build {number} failure"),
+        "From: buildmaster <buildbot@example.org>".to_owned(),
+        "To: python-buildbots@python.org, \"Release Manager\" <rm@python.org>".to_owned(),
+        "X-RcptTo: python-buildbots@python.org, rm@python.org".to_owned(),
+        "First failed step: test".to_owned(),
+        format!("{WEB_URL}builders/bad/builds/{number}"),
+    ] {
+        assert!(mail.contains(&expected), "missing `{expected}` in:\n{mail}");
+    }
+    let message_id = mail.lines().find_map(|line| line.strip_prefix("Message-ID: ")).expect("a Message-ID");
+    assert!(message_id.starts_with("<notification.") && message_id.ends_with("@example.org>"), "{message_id}");
+    assert!(sent["detail"].as_str().unwrap().contains(message_id), "the build says which mail: {sent}");
+}
+
+/// The build's rows of one reporter once none of them is pending.
+async fn settled_for(stack: &TestStack, build_id: i64, reporter: &str) -> Vec<Value> {
+    stack
+        .eventually(60, "the reporter's notifications of the build are settled", async || {
+            let answer = stack.get(&format!("/api/v2/builds/{build_id}/notifications")).await;
+            let rows: Vec<Value> =
+                answer["notifications"].as_array()?.iter().filter(|row| row["reporter"] == reporter).cloned().collect();
+            (!rows.is_empty() && rows.iter().all(|row| row["state"] != "pending")).then_some(rows)
+        })
+        .await
+}
