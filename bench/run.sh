@@ -138,6 +138,11 @@ scenario_installation() {
     sleep 3
     footprint "after the installation scenario"
 }
+# Commit statuses: each build's end → its status at a stand-in for GitHub.
+scenario_reporters() {
+    say "commit statuses of 200 builds from 4 clients, 4 workers"
+    bench reporter-statuses --clients 4 --builds 200
+}
 scenario_live_log() {
     say "live log"
     bench live-log
@@ -159,7 +164,7 @@ scenario_pages() {
     say "web pages on the seeded history"
     bench pages --rounds 50
 }
-ALL=(enqueue throughput installation live-log log-throughput crawl pages)
+ALL=(enqueue throughput installation reporters live-log log-throughput crawl pages)
 chosen=("${@:-${ALL[@]}}")
 for name in "${chosen[@]}"; do
     declare -F "scenario_${name//-/_}" >/dev/null || { echo "unknown scenario $name (known: ${ALL[*]})" >&2; exit 2; }

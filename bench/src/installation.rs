@@ -145,7 +145,7 @@ pub async fn builds(
 
 /// `clients` clients forcing `builder` one at a time each, a new
 /// connection per force, `total` forces in all.
-async fn closed_loop(
+pub async fn closed_loop(
     url: &str,
     builder: &str,
     clients: usize,

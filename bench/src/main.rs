@@ -12,6 +12,7 @@ mod installation;
 mod logs;
 mod pages;
 mod report;
+mod reporters;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -126,6 +127,18 @@ enum Scenario {
         #[arg(long, value_delimiter = ',')]
         master_pids: Vec<u32>,
     },
+    /// Trivial builds forced by a few clients on the builder the `statuses`
+    /// reporter covers: each build's end → its commit status at a stand-in
+    /// for GitHub this load generator serves.
+    ReporterStatuses {
+        #[arg(long, default_value_t = 4)]
+        clients: usize,
+        #[arg(long, default_value_t = 200)]
+        builds: usize,
+        /// Where settings.yaml's `github.api_url` points.
+        #[arg(long, default_value = "127.0.0.1:9098")]
+        listen: std::net::SocketAddr,
+    },
     /// GETs like a crawler's on a seeded database (see bench/seed.sql) while
     /// builds keep being forced at a moderate rate.
     Crawl {
@@ -183,6 +196,9 @@ async fn main() -> anyhow::Result<()> {
         }
         Scenario::Builds { clients, builds, builders, workers, master_pids } => {
             installation::builds(&cli.url, &database, clients, builds, &builders, workers, &master_pids).await?
+        }
+        Scenario::ReporterStatuses { clients, builds, listen } => {
+            reporters::statuses(&cli.url, &database, clients, builds, listen).await?
         }
         Scenario::Pages { rounds } => pages::pages(&http, &cli.url, &database, rounds).await?,
         Scenario::Report { .. } => unreachable!("handled above"),

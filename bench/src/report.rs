@@ -76,6 +76,13 @@ pub fn write(input: &std::path::Path, output: &std::path::Path, machine: &str) -
                     result["builds"], result["clients"], result["not_successful"], verdict(rate >= goal && cpu <= 6.0)
                 ));
             }
+            "reporter-statuses" => {
+                rows.push(format!(
+                    "| Commit statuses of {} trivial builds forced by {} clients, 4 workers, at a stand-in for GitHub | build ended → its status at GitHub p50 {} ms, p95 {} ms, p99 {} ms, max {} ms | (no target) | |",
+                    result["builds"], result["clients"], f(&["end_to_status_ms", "p50"]), f(&["end_to_status_ms", "p95"]),
+                    f(&["end_to_status_ms", "p99"]), f(&["end_to_status_ms", "max"])
+                ));
+            }
             "footprint" => {
                 let (master, worker) = (f(&["master_rss_mb"]), f(&["worker_rss_mb"]));
                 rows.push(format!(

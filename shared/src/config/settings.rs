@@ -422,6 +422,17 @@ pub struct WorkerSettings {
     /// running builds go on), e.g. a machine its owner uses by day.
     #[serde(default)]
     pub downtime: Vec<DowntimeWindow>,
+    /// Who is mailed (through settings.yaml's `mail` server) when it has
+    /// been gone `missing_timeout_seconds`, and again when it is back, as
+    /// Buildbot's `notify_on_missing`: typically its owner.
+    #[serde(default)]
+    pub notify_on_missing: Vec<String>,
+    #[serde(default = "default_missing_timeout_seconds")]
+    pub missing_timeout_seconds: u64,
+}
+
+fn default_missing_timeout_seconds() -> u64 {
+    3600
 }
 
 /// A daily window, `from` to `until` (`HH:MM`, crossing midnight when

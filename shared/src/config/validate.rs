@@ -76,6 +76,28 @@ pub(super) fn settings(file: &mut SourceFile, settings: &Settings) {
         if worker.max_builds == 0 {
             file.error_at_value(&at.key("max_builds"), "max_builds must be at least 1", None);
         }
+        for (address_index, address) in worker.notify_on_missing.iter().enumerate() {
+            if !is_mail_address(address) {
+                file.error_at_value(
+                    &at.key("notify_on_missing").index(address_index),
+                    format!("`{address}` is not a mail address"),
+                    Some("write `name@example.org` or `Name <name@example.org>`".into()),
+                );
+            }
+        }
+        if !worker.notify_on_missing.is_empty() && settings.mail.is_none() {
+            file.error_at_value(
+                &at.key("notify_on_missing"),
+                format!(
+                    "worker `{}` has people to mail when it is missing, but there is no `mail` server",
+                    worker.name
+                ),
+                Some("add `mail: {smtp_host: smtp.example.org, from: buildbot@example.org}` to settings.yaml".into()),
+            );
+        }
+        if worker.missing_timeout_seconds == 0 {
+            file.error_at_value(&at.key("missing_timeout_seconds"), "missing_timeout_seconds must be at least 1", None);
+        }
         for (window_index, window) in worker.downtime.iter().enumerate() {
             if window.bounds().is_none() {
                 file.error_at_value(

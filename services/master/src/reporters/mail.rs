@@ -21,27 +21,39 @@ pub fn message_id(notification_id: i64, from: &Mailbox) -> String {
     format!("<notification.{notification_id}@{}>", from.email.domain())
 }
 
-pub async fn send(
-    server: &MailSettings,
-    config: &MailConfig,
-    report: &BuildReport,
-    notification_id: i64,
-) -> Result<Delivery, SendError> {
+/// A mail to send: its recipients, subject and plain-text body.
+pub struct Mail<'a> {
+    pub to: &'a [String],
+    pub subject: String,
+    pub body: String,
+}
+
+impl Mail<'_> {
+    /// A reporter's mail of one build, its templates rendered.
+    pub fn of_build<'a>(config: &'a MailConfig, report: &BuildReport) -> Result<Mail<'a>, SendError> {
+        let refused = |problem: String| SendError::Refused { problem };
+        Ok(Mail {
+            to: &config.to,
+            subject: config.subject.render(report).map_err(|error| refused(format!("the subject failed: {error}")))?,
+            body: config.body.render(report).map_err(|error| refused(format!("the body failed: {error}")))?,
+        })
+    }
+}
+
+pub async fn send(server: &MailSettings, mail: Mail<'_>, notification_id: i64) -> Result<Delivery, SendError> {
     let refused = |problem: String| SendError::Refused { problem };
     let from: Mailbox =
         server.from.parse().map_err(|error| refused(format!("`{}` is not a mail address: {error}", server.from)))?;
-    let subject = config.subject.render(report).map_err(|error| refused(format!("the subject failed: {error}")))?;
-    let body = config.body.render(report).map_err(|error| refused(format!("the body failed: {error}")))?;
     let id = message_id(notification_id, &from);
     let mut message =
-        Message::builder().from(from).subject(subject.replace(['\r', '\n'], " ")).message_id(Some(id.clone()));
-    for to in &config.to {
+        Message::builder().from(from).subject(mail.subject.replace(['\r', '\n'], " ")).message_id(Some(id.clone()));
+    for to in mail.to {
         let to: Mailbox = to.parse().map_err(|error| refused(format!("`{to}` is not a mail address: {error}")))?;
         message = message.to(to);
     }
     let message = message
         .header(ContentType::TEXT_PLAIN)
-        .body(body)
+        .body(mail.body)
         .map_err(|error| refused(format!("the mail cannot be made: {error}")))?;
 
     let host = server.smtp_host.as_str();
@@ -57,7 +69,7 @@ pub async fn send(
     }
     let transport = builder.build();
     match transport.send(message).await {
-        Ok(_) => Ok(Delivery::Told(format!("mail {id} to {}", config.to.join(", ")))),
+        Ok(_) => Ok(Delivery::Told(format!("mail {id} to {}", mail.to.join(", ")))),
         Err(error) => {
             let problem = format!("SMTP server {host}:{}: {error}", server.port());
             // A 5xx answer (a refused login, an unknown recipient) stays

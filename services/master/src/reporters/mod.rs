@@ -17,22 +17,26 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use shared::config::reporters::{BuildReport, ReporterConfig};
+use shared::config::reporters::BuildReport;
 use shared::model::Results;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::node::Master;
-use crate::store::{Notification, ReportFacts};
+use crate::store::{Notification, ReportFacts, WORKER_ADMINS};
 use crate::{MasterError, urls};
 
 /// Deliverers per master: a slow target holds one, not all.
 const DELIVERERS: usize = 4;
 /// How long a taken notification is this master's; a master that dies
-/// mid-delivery leaves it to another after this.
-const LEASE: Duration = Duration::from_secs(60);
+/// mid-delivery leaves it to another after this. Longer than any delivery
+/// may take (`TARGET_TIMEOUT`, the SMTP conversation's), so a slow one is
+/// not taken twice.
+const LEASE: Duration = Duration::from_secs(30);
 /// How often an idle deliverer looks for work other masters entered.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
+/// How long a mail to a worker's admins is retried.
+const WORKER_MAILS_FOR_MINUTES: u32 = 24 * 60;
 /// Every HTTP call to a target ends within this; a hanging target is
 /// retried like a failing one.
 const TARGET_TIMEOUT: Duration = Duration::from_secs(10);
@@ -91,6 +95,40 @@ struct Deliverer {
     pauses: Arc<Pauses>,
 }
 
+/// Looks, on every master, for workers gone longer than their
+/// `missing_timeout_seconds` (and for such workers back), entering a mail
+/// to their admins; the store makes each happen once.
+pub async fn watch_workers(master: Arc<Master>, shutdown: CancellationToken) -> Result<(), MasterError> {
+    loop {
+        let watched: Vec<(String, f64)> = master
+            .catalog()
+            .config
+            .settings
+            .workers
+            .iter()
+            .filter(|worker| !worker.notify_on_missing.is_empty())
+            .map(|worker| (worker.name.to_string(), worker.missing_timeout_seconds as f64))
+            .collect();
+        // Often enough that a mail is late by at most half the shortest time.
+        let shortest = watched.iter().map(|(_, seconds)| *seconds).fold(f64::INFINITY, f64::min);
+        let every = Duration::from_secs_f64((shortest / 2.0).clamp(1.0, 15.0));
+        if !watched.is_empty() {
+            match master.store.note_missing_workers(&watched).await {
+                Ok(0) => {}
+                Ok(entered) => {
+                    tracing::info!(entered, reporter = WORKER_ADMINS, "workers missing or back: mails entered");
+                    master.reports.notify_waiters();
+                }
+                Err(error) => tracing::warn!(%error, "cannot look for missing workers now"),
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
 /// Runs this master's deliverers until shutdown.
 pub async fn deliver(master: Arc<Master>, shutdown: CancellationToken) -> Result<(), MasterError> {
     let http = http_client();
@@ -120,10 +158,13 @@ impl Deliverer {
                 Ok(None) => {}
                 Err(error) => tracing::warn!(%error, "cannot look for notifications to deliver now"),
             }
+            // Without reporters only rows of removed ones can be due (to be
+            // skipped): no need to look as often.
+            let idle = if master.catalog().config.master.reporters.is_empty() { LOOK_EVERY * 10 } else { LOOK_EVERY };
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = &mut rung => {}
-                _ = tokio::time::sleep(LOOK_EVERY) => {}
+                _ = tokio::time::sleep(idle) => {}
             }
         }
     }
@@ -132,7 +173,8 @@ impl Deliverer {
         let span = tracing::info_span!(
             "notify",
             reporter = %notification.reporter,
-            build.id = %notification.build_id,
+            build.id = notification.build_id.map(|id| id.0),
+            worker.id = notification.worker_id.map(|id| id.0),
             event = %notification.event,
             attempt = notification.attempts,
         );
@@ -144,8 +186,61 @@ impl Deliverer {
         .await
     }
 
+    /// The mail to a worker's admins that it is missing, or back.
+    async fn tell_worker_admins(&self, notification: &Notification) -> Outcome {
+        let catalog = self.master.catalog();
+        let config = &catalog.config;
+        let Some(worker_id) = notification.worker_id else {
+            return Outcome::Skipped("it names no build and no worker".into());
+        };
+        let (name, last_seen) = match self.master.store.worker_seen(worker_id).await {
+            Ok(Some(seen)) => seen,
+            Ok(None) => return Outcome::Skipped("the worker no longer exists".into()),
+            Err(error) => return retry(WORKER_MAILS_FOR_MINUTES, notification, None, error.to_string()),
+        };
+        let Some(worker) = config.worker(&name) else {
+            return Outcome::Skipped(format!("worker `{name}` is no longer configured"));
+        };
+        if worker.notify_on_missing.is_empty() {
+            return Outcome::Skipped(format!("nobody is to be mailed of worker `{name}`"));
+        }
+        let Some(server) = &config.settings.mail else {
+            return Outcome::Failed("settings.yaml has no `mail` server".into());
+        };
+        let web_url = config.settings.web.url.as_deref().unwrap_or_default().trim_end_matches('/');
+        let last = last_seen.map_or("never".to_owned(), |at| at.format("%Y-%m-%d %H:%M:%S UTC").to_string());
+        let (subject, body) = if notification.event == "worker_missing" {
+            (
+                format!("buildmaster: worker {name} is missing"),
+                format!(
+                    "Worker {name} was last heard from at {last},\n\
+                     more than {} seconds ago.\n\n\
+                     Builds that only it runs wait for it.\n\
+                     You will get another mail when it is back.\n\n\
+                     {web_url}/workers\n",
+                    worker.missing_timeout_seconds
+                ),
+            )
+        } else {
+            (
+                format!("buildmaster: worker {name} is back"),
+                format!("Worker {name} is connected again (heard from at {last}).\n\n{web_url}/workers\n"),
+            )
+        };
+        let mail = mail::Mail { to: &worker.notify_on_missing, subject, body };
+        match mail::send(server, mail, notification.id).await {
+            Ok(Delivery::Told(detail)) => Outcome::Sent(detail),
+            Ok(Delivery::NothingToTell(why)) => Outcome::Skipped(why),
+            Err(SendError::Refused { problem }) => Outcome::Failed(problem),
+            Err(SendError::Retry { problem, after }) => retry(WORKER_MAILS_FOR_MINUTES, notification, after, problem),
+        }
+    }
+
     async fn attempt(&self, notification: &Notification) -> Outcome {
         let (master, http) = (&self.master, &self.http);
+        let Some(build_id) = notification.build_id else {
+            return self.tell_worker_admins(notification).await;
+        };
         if notification.superseded {
             return Outcome::Skipped("the build ended before its start was told".into());
         }
@@ -155,10 +250,17 @@ impl Deliverer {
         else {
             return Outcome::Skipped(format!("reporter `{}` is no longer configured", notification.reporter));
         };
-        let facts = match master.store.report_facts(notification.build_id).await {
+        let facts = match master.store.report_facts(build_id).await {
             Ok(Some(facts)) => facts,
             Ok(None) => return Outcome::Skipped("the build no longer exists".into()),
-            Err(error) => return retry(reporter, notification, None, format!("cannot read the build: {error}")),
+            Err(error) => {
+                return retry(
+                    reporter.give_up_after_minutes,
+                    notification,
+                    None,
+                    format!("cannot read the build: {error}"),
+                );
+            }
         };
         let Some(builder) = catalog.builder_name(facts.builder_id) else {
             return Outcome::Skipped("its builder is no longer configured".into());
@@ -182,7 +284,8 @@ impl Deliverer {
             _ => "github".to_owned(),
         };
         if let Some(left) = self.pauses.remaining(&target) {
-            return retry(reporter, notification, Some(left), format!("{target} asked to wait (a rate limit)"));
+            let problem = format!("{target} asked to wait (a rate limit)");
+            return retry(reporter.give_up_after_minutes, notification, Some(left), problem);
         }
         let sent = if let Some(status) = &reporter.github_status {
             let Some(github) = &config.settings.github else {
@@ -198,7 +301,10 @@ impl Deliverer {
             let Some(server) = &config.settings.mail else {
                 return Outcome::Failed("settings.yaml has no `mail` server".into());
             };
-            mail::send(server, mail, &report, notification.id).await
+            match mail::Mail::of_build(mail, &report) {
+                Ok(message) => mail::send(server, message, notification.id).await,
+                Err(error) => Err(error),
+            }
         } else {
             Ok(Delivery::NothingToTell("the reporter has no target".into()))
         };
@@ -210,7 +316,7 @@ impl Deliverer {
                 if let Some(wait) = after {
                     self.pauses.pause(&target, wait);
                 }
-                retry(reporter, notification, after, problem)
+                retry(reporter.give_up_after_minutes, notification, after, problem)
             }
         }
     }
@@ -256,13 +362,13 @@ async fn record(master: &Master, notification: &Notification, outcome: Outcome) 
 }
 
 /// Retry after what the target asked for, or with exponential backoff and
-/// jitter; fail once the reporter's horizon has passed.
-fn retry(reporter: &ReporterConfig, notification: &Notification, asked: Option<Duration>, problem: String) -> Outcome {
-    let horizon = chrono::Duration::minutes(i64::from(reporter.give_up_after_minutes));
+/// jitter; fail once `give_up_after_minutes` have passed.
+fn retry(give_up_after_minutes: u32, notification: &Notification, asked: Option<Duration>, problem: String) -> Outcome {
+    let horizon = chrono::Duration::minutes(i64::from(give_up_after_minutes));
     if chrono::Utc::now() - notification.created_at > horizon {
         return Outcome::Failed(format!(
-            "given up after {} attempts over {} minutes; the last: {problem}",
-            notification.attempts, reporter.give_up_after_minutes
+            "given up after {} attempts over {give_up_after_minutes} minutes; the last: {problem}",
+            notification.attempts
         ));
     }
     Outcome::Retry(asked.unwrap_or_else(|| backoff(notification.attempts)), problem)

@@ -8,10 +8,14 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use shared::ids::{BuildId, BuilderId};
+use shared::ids::{BuildId, BuilderId, WorkerId};
 use sqlx::{FromRow, Postgres, Transaction};
 
 use super::{Store, StoreResult};
+
+/// The pseudo-reporter of mails to a worker's admins (settings.yaml's
+/// `notify_on_missing`).
+pub const WORKER_ADMINS: &str = "notify_on_missing";
 
 /// Why a build is told: it started (its first step runs) or it ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,7 +38,9 @@ impl ReportEvent {
 pub struct Notification {
     pub id: i64,
     pub reporter: String,
-    pub build_id: BuildId,
+    /// A build's notification, or else a worker's.
+    pub build_id: Option<BuildId>,
+    pub worker_id: Option<WorkerId>,
     pub event: String,
     /// Including this one.
     pub attempts: i32,
@@ -119,7 +125,7 @@ impl Store {
                update notifications n
                set leased_until = now() + make_interval(secs => $1), attempts = n.attempts + 1
                from next where n.id = next.id
-               returning n.id, n.reporter, n.build_id, n.event, n.attempts, n.created_at,
+               returning n.id, n.reporter, n.build_id, n.worker_id, n.event, n.attempts, n.created_at,
                          n.event = 'started' and exists (
                              select 1 from notifications f
                              where f.build_id = n.build_id and f.reporter = n.reporter
@@ -129,6 +135,47 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         Ok(taken)
+    }
+
+    /// Enters, once whichever master looks, a mail to the admins of each
+    /// watched worker (name, seconds) gone longer than its time, and of each
+    /// told-missing worker seen again. Returns how many were entered.
+    pub async fn note_missing_workers(&self, watched: &[(String, f64)]) -> StoreResult<u64> {
+        let (names, seconds): (Vec<&str>, Vec<f64>) = watched.iter().map(|(name, s)| (name.as_str(), *s)).unzip();
+        let entered = sqlx::query(
+            r#"with watched (name, seconds) as (select * from unnest($1::text[], $2::float8[])),
+               missing as (
+                   update workers w set missing_told_at = now()
+                   from watched
+                   where w.name = watched.name and w.missing_told_at is null
+                     and w.last_seen_at < now() - make_interval(secs => watched.seconds)
+                   returning w.id
+               ),
+               back as (
+                   update workers w set missing_told_at = null
+                   where w.missing_told_at is not null and w.last_seen_at > w.missing_told_at
+                   returning w.id
+               )
+               insert into notifications (worker_id, reporter, event)
+               select id, $3, 'worker_missing' from missing
+               union all
+               select id, $3, 'worker_back' from back"#,
+        )
+        .bind(&names)
+        .bind(&seconds)
+        .bind(WORKER_ADMINS)
+        .execute(&self.pool)
+        .await?;
+        Ok(entered.rows_affected())
+    }
+
+    /// A worker's name and when it was last seen.
+    pub async fn worker_seen(&self, worker_id: WorkerId) -> StoreResult<Option<(String, Option<DateTime<Utc>>)>> {
+        let seen = sqlx::query_as("select name, last_seen_at from workers where id = $1")
+            .bind(worker_id)
+            .fetch_optional(&self.reads)
+            .await?;
+        Ok(seen)
     }
 
     pub async fn report_facts(&self, build_id: BuildId) -> StoreResult<Option<ReportFacts>> {
@@ -282,6 +329,31 @@ mod tests {
         let end = db.store.take_notification(LEASE).await.unwrap().expect("then the end");
         assert_eq!(end.event, "finished");
         assert!(!end.superseded);
+    }
+
+    #[tokio::test]
+    async fn a_missing_worker_is_told_once_and_once_more_when_it_is_back() {
+        let db = TestDatabase::new().await;
+        db.worker("w1").await;
+        db.worker("w2").await;
+        let watched = [("w1".to_owned(), 60.0), ("w2".to_owned(), 60.0)];
+        sqlx::query("update workers set last_seen_at = now() - interval '2 minutes' where name = 'w1'")
+            .execute(db.store.pool())
+            .await
+            .unwrap();
+        assert_eq!(db.store.note_missing_workers(&watched).await.unwrap(), 1, "w1 is missing, w2 is not");
+        assert_eq!(db.store.note_missing_workers(&watched).await.unwrap(), 0, "told once, whoever looks again");
+        sqlx::query("update workers set last_seen_at = now() where name = 'w1'")
+            .execute(db.store.pool())
+            .await
+            .unwrap();
+        assert_eq!(db.store.note_missing_workers(&watched).await.unwrap(), 1, "w1 is back");
+        assert_eq!(db.store.note_missing_workers(&watched).await.unwrap(), 0);
+        let events: Vec<String> =
+            sqlx::query_scalar("select event from notifications order by id").fetch_all(db.store.pool()).await.unwrap();
+        assert_eq!(events, ["worker_missing", "worker_back"]);
+        let taken = db.store.take_notification(LEASE).await.unwrap().unwrap();
+        assert_eq!((taken.build_id, taken.reporter.as_str()), (None, WORKER_ADMINS));
     }
 
     #[tokio::test]

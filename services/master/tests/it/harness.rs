@@ -1165,10 +1165,16 @@ impl Drop for TestStack {
         let namespace = self.namespace.clone();
         let database = self.database.clone();
         let builders = std::mem::take(&mut self.builders);
-        // Drop cannot await; clean up on a runtime of its own.
+        // Drop cannot await; clean up on a runtime of its own, bounded: a
+        // cleanup that cannot finish leaves a stray database or queue, not
+        // a test that never ends.
         let cleanup = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-            runtime.block_on(remove_installation(&namespace, &database, &builders));
+            let removing = remove_installation(&namespace, &database, &builders);
+            if runtime.block_on(async { tokio::time::timeout(Duration::from_secs(30), removing).await }).is_err() {
+                eprintln!("cleanup of test installation {namespace} gave up after 30 s");
+            }
+            runtime.shutdown_timeout(Duration::from_secs(5));
         });
         let _ = cleanup.join();
     }

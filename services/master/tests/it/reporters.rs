@@ -15,7 +15,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use crate::harness::{TestStack, binary};
+use crate::harness::{PrivateSmtp, TestStack, binary};
 
 const TOKEN: &str = "ghs_a-token-that-may-write-statuses";
 const GOOD_SHA: &str = "1111111111111111111111111111111111111111";
@@ -47,6 +47,8 @@ struct Call {
 #[derive(Clone, Default)]
 struct StandIn {
     calls: Arc<Mutex<Vec<Call>>>,
+    /// GitHub answers 500 to every call until then.
+    github_down_until: Arc<Mutex<Option<Instant>>>,
     github_trouble: Arc<Mutex<VecDeque<Trouble>>>,
     discord_trouble: Arc<Mutex<VecDeque<Trouble>>>,
 }
@@ -108,7 +110,8 @@ async fn github_status(
     if !valid {
         return refuse(StatusCode::UNPROCESSABLE_ENTITY, "Validation Failed");
     }
-    let trouble = stand_in.github_trouble.lock().unwrap().pop_front();
+    let down = stand_in.github_down_until.lock().unwrap().is_some_and(|until| Instant::now() < until);
+    let trouble = if down { Some(Trouble::ServerError) } else { stand_in.github_trouble.lock().unwrap().pop_front() };
     match trouble {
         Some(Trouble::ServerError) => refuse(StatusCode::INTERNAL_SERVER_ERROR, "Server Error"),
         Some(Trouble::RateLimited) => {
@@ -400,7 +403,7 @@ fn reporters_missing_their_settings_are_reported_by_checkconfig_at_their_line() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_builder_turning_red_is_mailed_to_the_list_once_with_its_failed_step_and_link() {
-    let smtp = crate::harness::PrivateSmtp::start().await;
+    let smtp = PrivateSmtp::start().await;
     let yaml = reporters_yaml().replace(
         "reporters:\n",
         "reporters:\n\
@@ -456,4 +459,152 @@ async fn settled_for(stack: &TestStack, build_id: i64, reporter: &str) -> Vec<Va
             (!rows.is_empty() && rows.iter().all(|row| row["state"] != "pending")).then_some(rows)
         })
         .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_200_builds_with_a_master_killed_and_github_down_for_a_while_tells_everything() {
+    const BUILDS: usize = 200;
+    let smtp = PrivateSmtp::start().await;
+    let stand_in = StandIn::default();
+    let url = start_stand_in(stand_in.clone()).await;
+    let yaml = "factories:\n  pass:\n    steps:\n      - {name: compile, command: [\"true\"]}\n\
+                builders:\n  - {name: burst, factory: pass, workers: [w1, w2]}\n\
+                schedulers:\n  - {type: force, name: force, builders: [burst]}\n\
+                reporters:\n\
+                \x20 - name: statuses\n    github_status: {}\n\
+                \x20 - name: chat\n    discord: {webhook_secret: discord_hook}\n\
+                \x20 - name: list\n    mail: {to: [python-buildbots@python.org]}\n";
+    let mut stack = TestStack::new(yaml, &["burst"]).await;
+    set_web_url(&stack);
+    let port = smtp.port;
+    stack.append_settings(&format!(
+        "{}mail:\n  smtp_host: 127.0.0.1\n  smtp_port: {port}\n  security: none\n  from: buildbot@example.org\n",
+        settings_for(&url, TOKEN)
+    ));
+    stack.start_master_process("a").await;
+    let b = stack.start_master_process("b").await;
+    stack.start_worker("w1");
+    stack.start_worker("w2");
+    *stand_in.github_down_until.lock().unwrap() = Some(Instant::now() + Duration::from_secs(4));
+
+    // Forces through b, each of its own commit; a delivers too until it is
+    // killed, mid-burst, with deliveries in its hands.
+    stack.base_url = format!("http://{b}");
+    let mut requests = Vec::new();
+    for n in 1..=BUILDS {
+        let sha = format!("{n:040x}");
+        let properties = json!({ "revision": sha, "repository": "https://github.com/python/cpython" });
+        requests.push((sha, stack.force_with("burst", json!({ "properties": properties })).await));
+    }
+    let database = sqlx::PgPool::connect(&stack.database_url).await.unwrap();
+    let count = async |sql: &'static str| -> i64 { sqlx::query_scalar(sql).fetch_one(&database).await.unwrap() };
+    stack
+        .eventually(60, "a third of the builds told", async || {
+            (count("select count(*) from notifications where state = 'sent'").await >= BUILDS as i64).then_some(())
+        })
+        .await;
+    stack.kill_master_process("a");
+
+    for (_, request) in &requests {
+        let build = stack.wait_for_build(*request).await;
+        assert_eq!(build["results"], 0, "{build}");
+    }
+    // A killed master's deliveries wait for their lease (30 s).
+    stack
+        .eventually(150, "every notification settled", async || {
+            (count("select count(*) from notifications where state = 'pending'").await == 0).then_some(())
+        })
+        .await;
+    let states: Vec<(String, String, String, i64)> =
+        sqlx::query_as("select reporter, event, state, count(*) from notifications group by 1, 2, 3 order by 1, 2, 3")
+            .fetch_all(&database)
+            .await
+            .unwrap();
+    let total = |reporter: &str, event: &str, state: &str| {
+        states
+            .iter()
+            .find(|row| (row.0.as_str(), row.1.as_str(), row.2.as_str()) == (reporter, event, state))
+            .map_or(0, |row| row.3)
+    };
+    assert!(states.iter().all(|row| row.2 != "failed"), "nothing given up: {states:?}");
+    for reporter in ["statuses", "chat", "list"] {
+        assert_eq!(total(reporter, "finished", "sent"), BUILDS as i64, "{reporter}: {states:?}");
+    }
+    assert_eq!(total("statuses", "started", "sent") + total("statuses", "started", "skipped"), BUILDS as i64);
+
+    // GitHub: every commit ends with its result; a start never follows it.
+    let github = stand_in.calls("/repos/");
+    assert!(github.iter().any(|call| call.status == 500), "GitHub was down for a while");
+    for (sha, _) in &requests {
+        let accepted: Vec<&Call> =
+            github.iter().filter(|call| call.status == 201 && call.path.ends_with(sha.as_str())).collect();
+        let last = accepted.last().unwrap_or_else(|| panic!("no status on {sha}"));
+        assert_eq!(last.body["state"], "success", "{sha}: {accepted:?}");
+        let first_success = accepted.iter().position(|call| call.body["state"] == "success").unwrap();
+        assert!(accepted[first_success..].iter().all(|call| call.body["state"] == "success"), "{sha}: {accepted:?}");
+    }
+    // Mail: one Message-ID per build; a copy sent again carries the same.
+    let mails = smtp.mails();
+    let mut ids: Vec<&str> =
+        mails.iter().map(|mail| mail.lines().find_map(|line| line.strip_prefix("Message-ID: ")).unwrap()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), BUILDS, "{} mails", mails.len());
+    // Discord has no key: a message is repeated only for a delivery the
+    // killed master had in hand (at most its deliverers).
+    let messages = stand_in.calls("/api/webhooks/").into_iter().filter(|call| call.status == 200).count();
+    assert!((BUILDS..=BUILDS + 4).contains(&messages), "{messages} messages");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_gone_longer_than_its_time_is_mailed_to_its_admin_once_and_again_when_it_is_back() {
+    let smtp = PrivateSmtp::start().await;
+    let yaml = crate::harness::master_yaml(&[("quiet", "- name: s\n  command: [\"true\"]\n")]);
+    let mut stack = TestStack::new(&yaml, &["quiet"]).await;
+    set_web_url(&stack);
+    let settings = std::fs::read_to_string(&stack.settings_path).unwrap();
+    let watched = "    max_builds: 2\n    notify_on_missing: [\"Worker Owner <owner@example.org>\"]\n    missing_timeout_seconds: 4\n";
+    std::fs::write(&stack.settings_path, settings.replacen("    max_builds: 2\n", watched, 1)).unwrap();
+    let port = smtp.port;
+    stack.append_settings(&format!(
+        "mail:\n  smtp_host: 127.0.0.1\n  smtp_port: {port}\n  security: none\n  from: buildbot@example.org\n"
+    ));
+    // Two masters look; one mail is sent.
+    stack.start_master("a").await;
+    stack.start_master("b").await;
+    stack.start_worker("w1");
+    stack.wait_for_worker_connected("w1").await;
+
+    stack.kill_worker("w1");
+    let gone = Instant::now();
+    let mails = stack
+        .eventually(30, "the missing mail", async || {
+            let mails = smtp.mails();
+            (!mails.is_empty()).then_some(mails)
+        })
+        .await;
+    assert!(gone.elapsed() >= Duration::from_secs(3), "not before its time: {:?}", gone.elapsed());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(smtp.mails().len(), 1, "once, however many masters look: {:?}", smtp.mails());
+    let missing = &mails[0];
+    for expected in [
+        "Subject: buildmaster: worker w1 is missing",
+        "To: \"Worker Owner\" <owner@example.org>",
+        "Worker w1 was last heard from at",
+        "more than 4 seconds ago",
+        "https://buildbot.example.org/workers",
+    ] {
+        assert!(missing.contains(expected), "missing `{expected}` in:\n{missing}");
+    }
+
+    stack.start_worker("w1");
+    let mails = stack
+        .eventually(30, "the back mail", async || {
+            let mails = smtp.mails();
+            (mails.len() >= 2).then_some(mails)
+        })
+        .await;
+    assert!(mails[1].contains("Subject: buildmaster: worker w1 is back"), "{}", mails[1]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(smtp.mails().len(), 2, "{:?}", smtp.mails());
 }
