@@ -18,6 +18,7 @@ mod clocks;
 mod dispatch;
 mod downtime;
 mod events;
+pub mod github_app;
 pub mod http;
 pub mod live;
 pub mod logs;

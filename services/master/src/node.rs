@@ -42,6 +42,8 @@ pub struct Master {
     /// Rung when this master entered something for reporters to tell, so
     /// its deliverers need not wait for their next look.
     pub reports: tokio::sync::Notify,
+    /// This master's credentials at GitHub's API (a GitHub App's token).
+    pub github: crate::github_app::GitHubCredentials,
     /// The RabbitMQ user masters log in as (from `amqp_url`); messages it
     /// published come from a master's own local worker.
     pub(crate) amqp_user: String,
@@ -78,6 +80,7 @@ impl Master {
             live,
             live_events: crate::live::channel(),
             reports: tokio::sync::Notify::new(),
+            github: Default::default(),
             amqp_user,
             catalog: RwLock::new(Arc::new(catalog)),
             worker_ids: Mutex::new(HashMap::new()),

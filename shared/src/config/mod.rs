@@ -108,6 +108,9 @@ impl Config {
         };
         settings.master_config = settings_dir.join(&settings.master_config);
         settings.local_worker.basedir = settings_dir.join(&settings.local_worker.basedir);
+        if let Some(app) = settings.github.as_mut().and_then(|github| github.app.as_mut()) {
+            app.private_key_file = settings_dir.join(&app.private_key_file);
+        }
 
         let master_config_path = settings.master_config.clone();
         let (mut master_file, master_text) = match SourceFile::read(&master_config_path) {

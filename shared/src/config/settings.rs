@@ -120,8 +120,13 @@ pub struct GitHubSettings {
     /// repository.
     #[serde(default = "default_github_api")]
     pub api_url: String,
-    /// A token for that API.
+    /// A token for that API (a personal access token), for the webhook's
+    /// lookups and commit statuses.
     pub api_token: Option<Secret>,
+    /// A GitHub App to set commit statuses as, instead of `api_token`: the
+    /// better option (its own rate limit, tokens that expire within the
+    /// hour, no person's account).
+    pub app: Option<GitHubAppSettings>,
     /// The repositories (`owner/name`) whose deliveries are taken; another
     /// repository's get 403, even signed with the secret. Empty: any.
     #[serde(default)]
@@ -129,6 +134,20 @@ pub struct GitHubSettings {
     /// Largest delivery taken, in bytes (GitHub sends up to 25 MB).
     #[serde(default = "default_max_delivery_bytes")]
     pub max_delivery_bytes: usize,
+}
+
+/// A GitHub App, installed on the organisation or the repositories whose
+/// commits get statuses (with the "Commit statuses: write" permission).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GitHubAppSettings {
+    /// The App's id, from its settings page.
+    pub id: u64,
+    /// The id of its installation (in the installation's URL).
+    pub installation_id: u64,
+    /// The App's private key (the `.pem` GitHub gave), relative to
+    /// settings.yaml's folder; private like this file.
+    pub private_key_file: PathBuf,
 }
 
 fn default_max_delivery_bytes() -> usize {

@@ -29,6 +29,23 @@ fn is_valid_builder_name(name: &str) -> bool {
 
 pub(super) fn settings(file: &mut SourceFile, settings: &Settings) {
     let root = YamlPath::root();
+    if let Some(app) = settings.github.as_ref().and_then(|github| github.app.as_ref()) {
+        let at = root.key("github").key("app").key("private_key_file");
+        let path = app.private_key_file.display();
+        match std::fs::read_to_string(&app.private_key_file) {
+            Err(error) => file.error_at_value(
+                &at,
+                format!("cannot read the GitHub App's private key {path}: {error}"),
+                Some("download one from the App's settings page (\"Generate a private key\")".into()),
+            ),
+            Ok(pem) if !(pem.contains("-----BEGIN") && pem.contains("PRIVATE KEY-----")) => file.error_at_value(
+                &at,
+                format!("{path} is not a PEM private key"),
+                Some("use the `.pem` file GitHub gave when the key was generated".into()),
+            ),
+            Ok(_) => {}
+        }
+    }
     if let Some(mail) = &settings.mail {
         if !is_mail_address(&mail.from) {
             file.error_at_value(
@@ -549,12 +566,12 @@ fn reporters(file: &mut SourceFile, master: &MasterConfig, settings: &Settings) 
             );
         }
         if reporter.github_status.is_some()
-            && settings.github.as_ref().and_then(|github| github.api_token.as_ref()).is_none()
+            && settings.github.as_ref().is_none_or(|github| github.api_token.is_none() && github.app.is_none())
         {
             file.error_at_value(
                 &at.key("github_status"),
                 format!(
-                    "reporter `{}` sets commit statuses, but settings.yaml has no `github.api_token`",
+                    "reporter `{}` sets commit statuses, but settings.yaml has no `github.api_token` or `github.app`",
                     reporter.name
                 ),
                 Some("add a token that may write commit statuses under `github:` in settings.yaml".into()),

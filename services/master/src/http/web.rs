@@ -468,6 +468,11 @@ async fn build_page(State(master): State<AppState>, Path((name, number)): Path<(
     let reason = buildsets.first().map(|s| text(s, "reason").to_owned()).unwrap_or_default();
     let complete = build.get("complete").and_then(Value::as_bool).unwrap_or_default();
     let properties = build.get("properties").and_then(Value::as_object).cloned().unwrap_or_default();
+    let told = master
+        .store
+        .notifications_of_build(shared::ids::BuildId(build_id))
+        .await
+        .map_err(|error| PageError(error.into()))?;
     let body = html! {
         p.crumbs { a href=(builder_href(&name)) { (name) } " / build #" (number) }
         h1 {
@@ -502,6 +507,25 @@ async fn build_page(State(master): State<AppState>, Path((name, number)): Path<(
         h2 { "Steps" }
         ol.steps #steps {
             @for step in &steps { (step_view(step, logs_by_step.get(&int(step, "stepid")).map(Vec::as_slice).unwrap_or_default())) }
+        }
+        @if !told.is_empty() {
+            h2 { "Told" }
+            table.told {
+                tr { th { "Reporter" } th { "Of" } th { "State" } th { "Attempts" } th { "What" } }
+                @for row in &told {
+                    tr class=(row.state) {
+                        td { (row.reporter) }
+                        td { (row.event) }
+                        td { (row.state) }
+                        td { (row.attempts) }
+                        td {
+                            @if let Some(detail) = &row.detail { (detail) }
+                            @if row.state == "pending" { "next try at " (row.due_at.format("%H:%M:%S UTC")) }
+                            @if let Some(error) = &row.last_error { " " span.error { (error) } }
+                        }
+                    }
+                }
+            }
         }
     };
     let data = [("buildid", build_id.to_string()), ("builder", name.clone()), ("number", number.to_string())];

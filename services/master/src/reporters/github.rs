@@ -10,6 +10,7 @@ use shared::config::GitHubSettings;
 use shared::config::reporters::{BuildReport, GitHubStatusConfig};
 
 use super::{Delivery, SendError, refusal, unreachable};
+use crate::github_app::{GitHubAuthError, GitHubCredentials};
 
 /// GitHub keeps this much of a status's description.
 const DESCRIPTION_CHARS: usize = 140;
@@ -42,6 +43,7 @@ pub fn repository_path(url: &str) -> Option<String> {
 pub async fn set_status(
     http: &reqwest::Client,
     github: &GitHubSettings,
+    credentials: &GitHubCredentials,
     config: &GitHubStatusConfig,
     report: &BuildReport,
     properties: &Value,
@@ -71,8 +73,12 @@ pub async fn set_status(
             "description": description,
             "context": context,
         }));
-    if let Some(token) = &github.api_token {
-        request = request.bearer_auth(token.expose());
+    let token = credentials.token(http, github).await.map_err(|error| match error {
+        GitHubAuthError::Refused(problem) => SendError::Refused { problem },
+        GitHubAuthError::Unavailable(problem) => SendError::Retry { problem, after: None },
+    })?;
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
     }
     let response = request.send().await.map_err(|error| unreachable("GitHub", error))?;
     if !response.status().is_success() {

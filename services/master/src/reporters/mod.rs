@@ -1,6 +1,7 @@
 //! Telling people of builds: commit statuses on GitHub, messages in
-//! Discord. What to tell was entered in the `notifications` outbox in the
-//! transaction of the event that caused it (`events`); here every master
+//! Discord, mail; and a worker's owner of the worker going missing. What to
+//! tell was entered in the `notifications` outbox in the transaction of the
+//! event that caused it (`events`, `watch_workers`); here every master
 //! runs a few deliverers that take due rows one at a time under a lease,
 //! decide with the reporter's current configuration whether anything is
 //! told, send it, and record what became of it. A delivery that fails is
@@ -291,7 +292,7 @@ impl Deliverer {
             let Some(github) = &config.settings.github else {
                 return Outcome::Failed("settings.yaml has no `github:` section".into());
             };
-            github::set_status(http, github, status, &report, &facts.properties).await
+            github::set_status(http, github, &master.github, status, &report, &facts.properties).await
         } else if let Some(discord) = &reporter.discord {
             let Some(webhook) = config.settings.secrets.get(&discord.webhook_secret) else {
                 return Outcome::Failed(format!("secret `{}` is not defined", discord.webhook_secret));
