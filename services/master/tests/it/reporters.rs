@@ -704,3 +704,24 @@ async fn as_a_github_app_statuses_go_with_an_installation_token_bought_with_a_jw
     let accepted = stand_in.calls("/repos/").into_iter().filter(|call| call.status == 201).count();
     assert!(accepted >= 2, "{accepted} statuses accepted");
 }
+
+/// checkconfig on a GitHub App key that cannot be read, or is no key.
+#[test]
+fn a_github_app_key_that_cannot_be_read_or_is_no_key_is_reported_at_its_line() {
+    let master = CHECKED_BUILDERS;
+    let settings = |key: &str| {
+        format!(
+            "{CHECKED_SETTINGS}github:\n  webhook_secret: a-webhook-secret\n  app:\n    id: 4242\n    installation_id: 99\n\
+             \x20   private_key_file: {key}\n"
+        )
+    };
+    let stderr = checkconfig(&settings("/nonexistent/app.pem"), master);
+    assert!(
+        stderr.contains("settings.yaml:12:23: cannot read the GitHub App's private key /nonexistent/app.pem"),
+        "{stderr}"
+    );
+    let not_a_key = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(not_a_key.path(), "hello\n").unwrap();
+    let stderr = checkconfig(&settings(&not_a_key.path().display().to_string()), master);
+    assert!(stderr.contains("is not a PEM private key"), "{stderr}");
+}
