@@ -1096,11 +1096,22 @@ impl TestStack {
     }
 
     /// Everything the worker processes wrote, for failure messages.
+    /// What each worker logged that explains a failure: its warnings and
+    /// errors, and its last lines (a burst's thousand routine lines would
+    /// push them out of a CI log).
     pub fn worker_logs(&self) -> String {
+        const LAST: usize = 20;
         let mut logs = String::new();
         for entry in std::fs::read_dir(self.dir.path()).into_iter().flatten().flatten() {
             if let Ok(text) = std::fs::read_to_string(entry.path().join("worker.log")) {
-                logs.push_str(&format!("--- {}\n{text}", entry.path().display()));
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = lines.len().saturating_sub(LAST);
+                logs.push_str(&format!("--- {} ({} lines)\n", entry.path().display(), lines.len()));
+                for (number, line) in lines.iter().enumerate() {
+                    if number >= tail || line.contains(" WARN ") || line.contains(" ERROR ") {
+                        logs.push_str(&format!("{number:>6}: {line}\n"));
+                    }
+                }
             }
         }
         logs
