@@ -191,6 +191,7 @@ pub async fn run(
     tasks.spawn(downtime::watch(master.clone(), stopping.clone()));
     tasks.spawn(reporters::deliver(master.clone(), stopping.clone()));
     tasks.spawn(reporters::watch_workers(master.clone(), stopping.clone()));
+    tasks.spawn(reporters::irc::hold(master.clone(), stopping.clone()));
     tasks.spawn({
         let master = master.clone();
         let stopping = stopping.clone();

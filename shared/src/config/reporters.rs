@@ -17,8 +17,8 @@ use super::YamlPath;
 use super::diagnostics::SourceFile;
 use super::master::BuilderConfig;
 
-/// One reporter: a target (exactly one of `github_status`, `discord`) and
-/// the builds it tells of.
+/// One reporter: a target (exactly one of `github_status`, `discord`,
+/// `mail`, `irc`) and the builds it tells of.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReporterConfig {
@@ -49,6 +49,7 @@ pub struct ReporterConfig {
     pub github_status: Option<GitHubStatusConfig>,
     pub discord: Option<DiscordConfig>,
     pub mail: Option<MailConfig>,
+    pub irc: Option<IrcConfig>,
 }
 
 /// Which finished builds a reporter tells of, as Buildbot names them.
@@ -156,6 +157,26 @@ fn default_mail_body() -> Template {
          {% if revision %}Revision: {{ revision }}\n{% endif %}\
          {% if owner %}Asked for by: {{ owner }}\n{% endif %}\
          \n{{ url }}",
+    )
+}
+
+/// Lines in IRC channels, through settings.yaml's `irc` network.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IrcConfig {
+    /// Channels to announce in, e.g. `["#python-dev-infra"]`; joined by
+    /// the installation's one connection.
+    pub channels: Vec<String>,
+    /// One line (IRC has no others); cut at 400 bytes.
+    #[serde(default = "default_irc_message")]
+    pub message: Template,
+}
+
+fn default_irc_message() -> Template {
+    Template::new(
+        "{{ builder }} build {{ number }}: {{ results }}{% if failed_step %} in {{ failed_step }}{% endif %}\
+         {% if previous_results and previous_results != results %} (was {{ previous_results }}){% endif %}\
+         {% if branch %} on {{ branch }}{% endif %}{% if revision %} ({{ revision[:12] }}){% endif %} {{ url }}",
     )
 }
 
@@ -322,6 +343,9 @@ impl ReporterConfig {
             templates.push(("mail", "subject", &mail.subject));
             templates.push(("mail", "body", &mail.body));
         }
+        if let Some(irc) = &self.irc {
+            templates.push(("irc", "message", &irc.message));
+        }
         templates
     }
 }
@@ -333,12 +357,16 @@ pub(super) fn parse(file: &mut SourceFile, at: &YamlPath, value: serde_yaml::Val
     let mut complete = true;
     let targets = usize::from(reporter.github_status.is_some())
         + usize::from(reporter.discord.is_some())
-        + usize::from(reporter.mail.is_some());
+        + usize::from(reporter.mail.is_some())
+        + usize::from(reporter.irc.is_some());
     if targets != 1 {
         file.error_at(
             at,
             format!("reporter `{}` needs exactly one target, it has {targets}", reporter.name),
-            Some("add one of `github_status:`, `discord:` or `mail:`; write two reporters to tell two targets".into()),
+            Some(
+                "add one of `github_status:`, `discord:`, `mail:` or `irc:`; write two reporters to tell two targets"
+                    .into(),
+            ),
         );
         complete = false;
     }
@@ -383,6 +411,7 @@ mod tests {
             github_status: None,
             discord: None,
             mail: None,
+            irc: None,
         }
     }
 
@@ -438,6 +467,11 @@ mod tests {
         assert!(
             body.ends_with("Asked for by: someone\n\nhttps://buildbot.example.org/#/builders/1/builds/1234"),
             "{body}"
+        );
+        assert_eq!(
+            default_irc_message().render(&sample).unwrap(),
+            "AMD64 Debian 3.x build 1234: failure in test (was success) on main (0123456789ab) \
+             https://buildbot.example.org/#/builders/1/builds/1234"
         );
         let error = Template::new("{{ buildr }}").render(&sample).unwrap_err();
         assert!(error.contains("undefined"), "{error}");

@@ -68,6 +68,44 @@ pub struct Settings {
     pub github: Option<GitHubSettings>,
     /// The SMTP server mail reporters send through; they need it.
     pub mail: Option<MailSettings>,
+    /// The IRC network IRC reporters announce on; they need it.
+    pub irc: Option<IrcSettings>,
+}
+
+/// The IRC network and the nickname buildmaster uses on it. One master at
+/// a time holds the connection for the whole installation.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IrcSettings {
+    pub host: String,
+    /// Default: 6697 with `tls`, 6667 without.
+    pub port: Option<u16>,
+    /// TLS from the first byte; on by default.
+    #[serde(default = "default_true")]
+    pub tls: bool,
+    pub nickname: String,
+    /// The nickname's password, given as `identify` says.
+    pub password: Option<Secret>,
+    #[serde(default)]
+    pub identify: IrcIdentify,
+}
+
+/// How the nickname's password is given.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IrcIdentify {
+    /// `PRIVMSG NickServ :IDENTIFY <password>` once connected.
+    #[default]
+    Nickserv,
+    /// SASL PLAIN while connecting: nothing is said before the network
+    /// knows who buildmaster is.
+    Sasl,
+}
+
+impl IrcSettings {
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(if self.tls { 6697 } else { 6667 })
+    }
 }
 
 /// An SMTP server to send mail through.
@@ -633,4 +671,8 @@ impl Default for BuildSettings {
             max_log_bytes: default_max_log_bytes(),
         }
     }
+}
+
+fn default_true() -> bool {
+    true
 }

@@ -10,7 +10,7 @@ use std::path::Path;
 use super::diagnostics::SourceFile;
 use super::interpolate;
 use super::master::{MasterConfig, SchedulerConfig};
-use super::settings::{Settings, TelemetrySettings};
+use super::settings::{IrcIdentify, Settings, TelemetrySettings};
 use super::steps::StepCommand;
 use super::{MIN_WORKER_PASSWORD_CHARS, YamlPath};
 
@@ -56,6 +56,26 @@ pub(super) fn settings(file: &mut SourceFile, settings: &Settings) {
         }
         if mail.username.is_some() != mail.password.is_some() {
             file.error_at(&root.key("mail"), "`username` and `password` go together", None);
+        }
+    }
+    if let Some(irc) = &settings.irc {
+        let valid = !irc.nickname.is_empty()
+            && irc.nickname.len() <= 30
+            && irc.nickname.chars().all(|c| c.is_ascii_alphanumeric() || "-_[]\\`^{}|".contains(c))
+            && !irc.nickname.starts_with(|c: char| c.is_ascii_digit() || c == '-');
+        if !valid {
+            file.error_at_value(
+                &root.key("irc").key("nickname"),
+                format!("`{}` is not an IRC nickname", irc.nickname),
+                Some("use letters, digits and `-_[]\\`^{}|`, not starting with a digit or `-`".into()),
+            );
+        }
+        if irc.identify == IrcIdentify::Sasl && irc.password.is_none() {
+            file.error_at(
+                &root.key("irc"),
+                "`identify: sasl` needs the nickname's `password`",
+                Some("add `password:` under `irc:`, or drop `identify: sasl`".into()),
+            );
         }
     }
     if settings.namespace.is_empty()
@@ -521,6 +541,14 @@ pub(super) fn telemetry(file: &mut SourceFile, at: &YamlPath, telemetry: &Teleme
     }
 }
 
+/// `#name` or `&name`, without what IRC separates with.
+fn is_irc_channel(channel: &str) -> bool {
+    channel.len() > 1
+        && channel.len() <= 50
+        && (channel.starts_with('#') || channel.starts_with('&'))
+        && !channel.contains([' ', ',', '\x07', '\r', '\n', '\0'])
+}
+
 /// `name@domain` or `Name <name@domain>`: what a mail header takes.
 pub(super) fn is_mail_address(text: &str) -> bool {
     let address = match text.rsplit_once('<') {
@@ -596,6 +624,30 @@ fn reporters(file: &mut SourceFile, master: &MasterConfig, settings: &Settings) 
                         &at.key("mail").key("to").index(to_index),
                         format!("`{to}` is not a mail address"),
                         Some("write `name@example.org` or `Name <name@example.org>`".into()),
+                    );
+                }
+            }
+        }
+        if let Some(irc) = &reporter.irc {
+            if settings.irc.is_none() {
+                file.error_at_value(
+                    &at.key("irc"),
+                    format!("reporter `{}` announces on IRC, but settings.yaml has no `irc` network", reporter.name),
+                    Some(
+                        "add `irc: {host: irc.libera.chat, nickname: example-bb, password: ...}` to settings.yaml"
+                            .into(),
+                    ),
+                );
+            }
+            if irc.channels.is_empty() {
+                file.error_at_value(&at.key("irc").key("channels"), "an IRC reporter needs channels", None);
+            }
+            for (channel_index, channel) in irc.channels.iter().enumerate() {
+                if !is_irc_channel(channel) {
+                    file.error_at_value(
+                        &at.key("irc").key("channels").index(channel_index),
+                        format!("`{channel}` is not an IRC channel"),
+                        Some("a channel starts with `#` and has no spaces or commas, e.g. `#python-dev`".into()),
                     );
                 }
             }

@@ -11,6 +11,7 @@
 
 mod discord;
 mod github;
+pub mod irc;
 mod mail;
 
 use std::collections::HashMap;
@@ -18,13 +19,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use shared::config::reporters::BuildReport;
+use shared::config::reporters::{BuildReport, ReporterConfig};
 use shared::model::Results;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::node::Master;
-use crate::store::{Notification, ReportFacts, WORKER_ADMINS};
+use crate::store::{Notification, ReportFacts, Takes, WORKER_ADMINS};
 use crate::{MasterError, urls};
 
 /// Deliverers per master: a slow target holds one, not all.
@@ -151,7 +152,8 @@ impl Deliverer {
             let rung = master.reports.notified();
             tokio::pin!(rung);
             rung.as_mut().enable();
-            match master.store.take_notification(LEASE).await {
+            let irc = irc::reporters(master);
+            match master.store.take_notification(LEASE, Takes::AllBut(&irc)).await {
                 Ok(Some(notification)) => {
                     self.deliver_one(notification).await;
                     continue;
@@ -239,45 +241,15 @@ impl Deliverer {
 
     async fn attempt(&self, notification: &Notification) -> Outcome {
         let (master, http) = (&self.master, &self.http);
-        let Some(build_id) = notification.build_id else {
+        if notification.build_id.is_none() {
             return self.tell_worker_admins(notification).await;
-        };
-        if notification.superseded {
-            return Outcome::Skipped("the build ended before its start was told".into());
         }
+        let Judged { reporter, report, facts } = match judge(master, notification).await {
+            Ok(judged) => judged,
+            Err(outcome) => return outcome,
+        };
         let catalog = master.catalog();
         let config = &catalog.config;
-        let Some(reporter) = config.master.reporters.iter().find(|reporter| reporter.name == notification.reporter)
-        else {
-            return Outcome::Skipped(format!("reporter `{}` is no longer configured", notification.reporter));
-        };
-        let facts = match master.store.report_facts(build_id).await {
-            Ok(Some(facts)) => facts,
-            Ok(None) => return Outcome::Skipped("the build no longer exists".into()),
-            Err(error) => {
-                return retry(
-                    reporter.give_up_after_minutes,
-                    notification,
-                    None,
-                    format!("cannot read the build: {error}"),
-                );
-            }
-        };
-        let Some(builder) = catalog.builder_name(facts.builder_id) else {
-            return Outcome::Skipped("its builder is no longer configured".into());
-        };
-        let web_url = config.settings.web.url.as_deref().unwrap_or_default();
-        let report = build_report(&notification.event, builder.as_str(), web_url, &facts);
-        if let Some(why) = reporter.skips_branch(&report.branch, report.pull_request.is_some()) {
-            return Outcome::Skipped(why);
-        }
-        if notification.event == "finished" {
-            let results = facts.results.and_then(Results::from_code).unwrap_or(Results::Exception);
-            let previous = facts.previous_results.and_then(Results::from_code);
-            if !reporter.tells_result(results, previous) {
-                return Outcome::Skipped(format!("its modes do not tell of a build that ended {}", results.name()));
-            }
-        }
         // GitHub limits a token's calls, Discord a webhook's.
         let target = match (&reporter.discord, &reporter.mail) {
             (Some(discord), _) => format!("discord {}", discord.webhook_secret),
@@ -321,6 +293,51 @@ impl Deliverer {
             }
         }
     }
+}
+
+/// A build's notification that its reporter, as configured now, tells.
+struct Judged {
+    reporter: ReporterConfig,
+    report: BuildReport,
+    facts: ReportFacts,
+}
+
+/// Whether `notification` is told at all, by the reporter's current
+/// configuration and filters, and what of; or what to record instead.
+async fn judge(master: &Master, notification: &Notification) -> Result<Judged, Outcome> {
+    let build_id = notification.build_id.ok_or_else(|| Outcome::Skipped("it names no build".into()))?;
+    if notification.superseded {
+        return Err(Outcome::Skipped("the build ended before its start was told".into()));
+    }
+    let catalog = master.catalog();
+    let config = &catalog.config;
+    let Some(reporter) = config.master.reporters.iter().find(|reporter| reporter.name == notification.reporter) else {
+        return Err(Outcome::Skipped(format!("reporter `{}` is no longer configured", notification.reporter)));
+    };
+    let facts = match master.store.report_facts(build_id).await {
+        Ok(Some(facts)) => facts,
+        Ok(None) => return Err(Outcome::Skipped("the build no longer exists".into())),
+        Err(error) => {
+            let problem = format!("cannot read the build: {error}");
+            return Err(retry(reporter.give_up_after_minutes, notification, None, problem));
+        }
+    };
+    let Some(builder) = catalog.builder_name(facts.builder_id) else {
+        return Err(Outcome::Skipped("its builder is no longer configured".into()));
+    };
+    let web_url = config.settings.web.url.as_deref().unwrap_or_default();
+    let report = build_report(&notification.event, builder.as_str(), web_url, &facts);
+    if let Some(why) = reporter.skips_branch(&report.branch, report.pull_request.is_some()) {
+        return Err(Outcome::Skipped(why));
+    }
+    if notification.event == "finished" {
+        let results = facts.results.and_then(Results::from_code).unwrap_or(Results::Exception);
+        let previous = facts.previous_results.and_then(Results::from_code);
+        if !reporter.tells_result(results, previous) {
+            return Err(Outcome::Skipped(format!("its modes do not tell of a build that ended {}", results.name())));
+        }
+    }
+    Ok(Judged { reporter: reporter.clone(), report, facts })
 }
 
 /// What became of one delivery, to record.

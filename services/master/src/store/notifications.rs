@@ -33,6 +33,14 @@ impl ReportEvent {
     }
 }
 
+/// Whose notifications a taker delivers: the IRC connection's holder
+/// takes its reporters' alone, every other deliverer the rest.
+#[derive(Debug, Clone, Copy)]
+pub enum Takes<'a> {
+    AllBut(&'a [String]),
+    Only(&'a [String]),
+}
+
 /// One row taken for delivery, leased to this master.
 #[derive(Debug, Clone, FromRow)]
 pub struct Notification {
@@ -108,12 +116,13 @@ impl Store {
     /// Takes the next due notification for `lease`. A build's end waits
     /// while its start is still to be told by the same reporter, so a
     /// commit status never goes back to pending.
-    pub async fn take_notification(&self, lease: Duration) -> StoreResult<Option<Notification>> {
+    pub async fn take_notification(&self, lease: Duration, takes: Takes<'_>) -> StoreResult<Option<Notification>> {
         let taken = sqlx::query_as(
             r#"with next as (
                    select n.id from notifications n
                    where n.state = 'pending' and n.due_at <= now()
                      and (n.leased_until is null or n.leased_until < now())
+                     and (n.reporter = any($2)) = $3
                      and not (n.event = 'finished' and exists (
                          select 1 from notifications s
                          where s.build_id = n.build_id and s.reporter = n.reporter
@@ -132,6 +141,10 @@ impl Store {
                                and f.event = 'finished') as superseded"#,
         )
         .bind(lease.as_secs_f64())
+        .bind(match takes {
+            Takes::AllBut(reporters) | Takes::Only(reporters) => reporters,
+        })
+        .bind(matches!(takes, Takes::Only(_)))
         .fetch_optional(&self.pool)
         .await?;
         Ok(taken)
@@ -282,6 +295,20 @@ mod tests {
     }
 
     const LEASE: Duration = Duration::from_secs(30);
+    const ANY: Takes<'static> = Takes::AllBut(&[]);
+
+    #[tokio::test]
+    async fn the_irc_holder_takes_its_reporters_notifications_and_other_deliverers_the_rest() {
+        let db = TestDatabase::new().await;
+        let build = build(&db).await;
+        add(&db, build, ReportEvent::Finished, &["irc", "mail"]).await;
+        let irc = ["irc".to_owned()];
+        let taken = db.store.take_notification(LEASE, Takes::AllBut(&irc)).await.unwrap().expect("mail is due");
+        assert_eq!(taken.reporter, "mail");
+        assert!(db.store.take_notification(LEASE, Takes::AllBut(&irc)).await.unwrap().is_none(), "irc is not theirs");
+        let taken = db.store.take_notification(LEASE, Takes::Only(&irc)).await.unwrap().expect("irc is due");
+        assert_eq!(taken.reporter, "irc");
+    }
 
     #[tokio::test]
     async fn a_notification_is_leased_to_one_taker_and_taken_again_when_its_lease_ends() {
@@ -290,24 +317,24 @@ mod tests {
         add(&db, build, ReportEvent::Finished, &["mail"]).await;
         add(&db, build, ReportEvent::Finished, &["mail"]).await;
 
-        let first = db.store.take_notification(LEASE).await.unwrap().expect("one is due");
+        let first = db.store.take_notification(LEASE, ANY).await.unwrap().expect("one is due");
         assert_eq!((first.reporter.as_str(), first.event.as_str(), first.attempts), ("mail", "finished", 1));
-        assert!(db.store.take_notification(LEASE).await.unwrap().is_none(), "entered once, leased to one taker");
+        assert!(db.store.take_notification(LEASE, ANY).await.unwrap().is_none(), "entered once, leased to one taker");
 
         // Its taker died: once the lease ends another takes it.
         sqlx::query("update notifications set leased_until = now() - interval '1 second'")
             .execute(db.store.pool())
             .await
             .unwrap();
-        let again = db.store.take_notification(LEASE).await.unwrap().expect("taken again");
+        let again = db.store.take_notification(LEASE, ANY).await.unwrap().expect("taken again");
         assert_eq!((again.id, again.attempts), (first.id, 2));
 
         db.store.notification_retry(again.id, Duration::from_secs(60), "HTTP 502").await.unwrap();
-        assert!(db.store.take_notification(LEASE).await.unwrap().is_none(), "not due for a minute");
+        assert!(db.store.take_notification(LEASE, ANY).await.unwrap().is_none(), "not due for a minute");
         sqlx::query("update notifications set due_at = now()").execute(db.store.pool()).await.unwrap();
-        let third = db.store.take_notification(LEASE).await.unwrap().expect("due again");
+        let third = db.store.take_notification(LEASE, ANY).await.unwrap().expect("due again");
         db.store.notification_sent(third.id, "success").await.unwrap();
-        assert!(db.store.take_notification(LEASE).await.unwrap().is_none());
+        assert!(db.store.take_notification(LEASE, ANY).await.unwrap().is_none());
         let rows = db.store.notifications_of_build(build).await.unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!((rows[0].state.as_str(), rows[0].attempts), ("sent", 3));
@@ -321,12 +348,12 @@ mod tests {
         add(&db, build, ReportEvent::Started, &["status"]).await;
         add(&db, build, ReportEvent::Finished, &["status"]).await;
 
-        let start = db.store.take_notification(LEASE).await.unwrap().expect("the start");
+        let start = db.store.take_notification(LEASE, ANY).await.unwrap().expect("the start");
         assert_eq!(start.event, "started");
         assert!(start.superseded, "the end is already entered");
-        assert!(db.store.take_notification(LEASE).await.unwrap().is_none(), "the end waits for its start");
+        assert!(db.store.take_notification(LEASE, ANY).await.unwrap().is_none(), "the end waits for its start");
         db.store.notification_skipped(start.id, "the build ended first").await.unwrap();
-        let end = db.store.take_notification(LEASE).await.unwrap().expect("then the end");
+        let end = db.store.take_notification(LEASE, ANY).await.unwrap().expect("then the end");
         assert_eq!(end.event, "finished");
         assert!(!end.superseded);
     }
@@ -352,7 +379,7 @@ mod tests {
         let events: Vec<String> =
             sqlx::query_scalar("select event from notifications order by id").fetch_all(db.store.pool()).await.unwrap();
         assert_eq!(events, ["worker_missing", "worker_back"]);
-        let taken = db.store.take_notification(LEASE).await.unwrap().unwrap();
+        let taken = db.store.take_notification(LEASE, ANY).await.unwrap().unwrap();
         assert_eq!((taken.build_id, taken.reporter.as_str()), (None, WORKER_ADMINS));
     }
 

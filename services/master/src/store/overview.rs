@@ -106,3 +106,48 @@ mod tests {
         assert_eq!(busy, 4, "each build on a worker of its own");
     }
 }
+
+/// A build running now, for a chat's `status`.
+#[derive(Debug, FromRow)]
+pub struct RunningBuild {
+    pub builder_id: BuilderId,
+    pub number: i32,
+    pub state_string: String,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// A builder's newest finished build, for a chat's `last`.
+#[derive(Debug, FromRow)]
+pub struct LastBuild {
+    pub number: i32,
+    pub results: Option<i16>,
+    pub state_string: String,
+    pub complete_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl Store {
+    /// The oldest `limit` builds running now, and how many run in all.
+    pub async fn running_builds(&self, limit: i64) -> StoreResult<(Vec<RunningBuild>, i64)> {
+        let running = sqlx::query_as(
+            r#"select builder_id, number, state_string, started_at from builds
+               where complete_at is null order by started_at limit $1"#,
+        )
+        .bind(limit)
+        .fetch_all(&self.reads)
+        .await?;
+        let count =
+            sqlx::query_scalar("select count(*) from builds where complete_at is null").fetch_one(&self.reads).await?;
+        Ok((running, count))
+    }
+
+    pub async fn last_finished_build(&self, builder_id: BuilderId) -> StoreResult<Option<LastBuild>> {
+        Ok(sqlx::query_as(
+            r#"select number, results, state_string, complete_at from builds
+               where builder_id = $1 and complete_at is not null
+               order by number desc limit 1"#,
+        )
+        .bind(builder_id)
+        .fetch_optional(&self.reads)
+        .await?)
+    }
+}

@@ -513,6 +513,57 @@ fn make_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     (ca, cert, key)
 }
 
+/// A private IRC network: the distribution's ngircd on two free ports, one
+/// plain (for the test's own clients) and one TLS only, with a
+/// certificate for `localhost` from a CA of its own (`ca_file`).
+pub struct PrivateIrc {
+    pub port: u16,
+    pub tls_port: u16,
+    pub ca_file: PathBuf,
+    _server: ChildGuard,
+    _dir: tempfile::TempDir,
+}
+
+impl PrivateIrc {
+    pub async fn start() -> PrivateIrc {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let (port, tls_port) = (free_port(), free_port());
+        let (ca_file, cert, key) = make_certificates(dir.path());
+        // ngircd drops root for `nobody`, after reading its files.
+        let config = dir.path().join("ngircd.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "[Global]\n  Name = irc.buildmaster.test\n  Info = buildmaster tests\n  Listen = 127.0.0.1\n\
+                 \x20 Ports = {port}\n  MotdPhrase = \"buildmaster tests\"\n\
+                 [Limits]\n  MaxConnectionsIP = 0\n\
+                 [Options]\n  DNS = no\n  Ident = no\n  PAM = no\n\
+                 [SSL]\n  CertFile = {}\n  KeyFile = {}\n  Ports = {tls_port}\n",
+                cert.display(),
+                key.display()
+            ),
+        )
+        .expect("write ngircd.conf");
+        let server = Command::new("ngircd")
+            .arg("-n")
+            .arg("-f")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ngircd starts (deploy/services.sh ensure --tests installs it)");
+        let server = ChildGuard(server);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for port in [port, tls_port] {
+            while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+                assert!(Instant::now() < deadline, "ngircd on port {port} did not listen");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        PrivateIrc { port, tls_port, ca_file, _server: server, _dir: dir }
+    }
+}
+
 /// A private SMTP server (the distribution's aiosmtpd) on a free port,
 /// keeping every mail it accepts in a maildir.
 pub struct PrivateSmtp {

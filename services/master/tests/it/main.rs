@@ -13,6 +13,7 @@ mod faults;
 mod github;
 mod hardening;
 mod harness;
+mod irc;
 mod live;
 mod operations;
 mod pipeline;

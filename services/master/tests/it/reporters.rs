@@ -442,7 +442,8 @@ fn reporters_missing_their_settings_are_reported_by_checkconfig_at_their_line() 
         "{CHECKED_BUILDERS}reporters:\n\
          \x20 - name: statuses\n    builders: [c]\n    github_status: {{}}\n\
          \x20 - name: chat\n    discord: {{webhook_secret: nowhere}}\n\
-         \x20 - name: chat\n    discord: {{webhook_secret: nowhere}}\n"
+         \x20 - name: chat\n    discord: {{webhook_secret: nowhere}}\n\
+         \x20 - name: channel\n    irc: {{channels: [\"#ok\", \"no channel\"]}}\n"
     );
     let stderr = checkconfig(CHECKED_SETTINGS, &master);
     for expected in [
@@ -451,6 +452,8 @@ fn reporters_missing_their_settings_are_reported_by_checkconfig_at_their_line() 
         "master.yaml:13:20: reporter `statuses` sets commit statuses, but settings.yaml has no `github.api_token`",
         "master.yaml:15:31: secret `nowhere` is not defined",
         "master.yaml:16:11: reporter name `chat` is empty or used twice",
+        "master.yaml:19:10: reporter `channel` announces on IRC, but settings.yaml has no `irc` network",
+        "master.yaml:19:29: `no channel` is not an IRC channel",
     ] {
         assert!(stderr.contains(expected), "missing `{expected}` in:\n{stderr}");
     }
