@@ -1,6 +1,7 @@
 //! The few reads that are not a resource of the API: the overview grid's
-//! newest builds per builder (one index scan each), the queue's size, and
-//! the pending counts for the metrics. On the read pool.
+//! newest builds per builder (one index scan each), the queue's size, the
+//! pending counts for the metrics, and what chat commands answer (what
+//! runs, a builder's last build). On the read pool.
 
 use std::collections::HashMap;
 
