@@ -17,8 +17,8 @@ use super::YamlPath;
 use super::diagnostics::SourceFile;
 use super::master::BuilderConfig;
 
-/// One reporter: a target (exactly one of `github_status`, `discord`,
-/// `mail`, `irc`) and the builds it tells of.
+/// One reporter: a target (exactly one of `github_status`,
+/// `github_comment`, `discord`, `mail`, `irc`) and the builds it tells of.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReporterConfig {
@@ -47,6 +47,7 @@ pub struct ReporterConfig {
     #[serde(default = "default_give_up_after_minutes")]
     pub give_up_after_minutes: u32,
     pub github_status: Option<GitHubStatusConfig>,
+    pub github_comment: Option<GitHubCommentConfig>,
     pub discord: Option<DiscordConfig>,
     pub mail: Option<MailConfig>,
     pub irc: Option<IrcConfig>,
@@ -110,6 +111,47 @@ fn default_status_context() -> Template {
 fn default_status_description() -> Template {
     Template::new(
         "{% if event == 'started' %}Build {{ number }} started{% else %}Build {{ number }}: {{ results }}{% endif %}",
+    )
+}
+
+/// A comment on a pull request when one of its builds fails (or breaks):
+/// the builder, the failed step, the end of its log and a link. Uses the
+/// credentials of settings.yaml's `github`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GitHubCommentConfig {
+    /// What a later failure of the same pull request does: `edit` the
+    /// reporter's comment (the default: one comment per pull request that
+    /// always tells of the latest failure) or `add` one more.
+    #[serde(default)]
+    pub later_failures: LaterFailures,
+    /// Lines of the failed step's log quoted, from its end; 0 for none.
+    #[serde(default = "default_log_lines")]
+    pub log_lines: u32,
+    /// The comment, in GitHub's Markdown.
+    #[serde(default = "default_comment_body")]
+    pub body: Template,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LaterFailures {
+    #[default]
+    Edit,
+    Add,
+}
+
+fn default_log_lines() -> u32 {
+    30
+}
+
+fn default_comment_body() -> Template {
+    Template::new(
+        ":x: **{{ builder }}** build {{ number }} ended in **{{ results }}**\
+         {% if failed_step %} at step `{{ failed_step }}`{% endif %}\
+         {% if revision %} (commit {{ revision[:12] }}){% endif %}.\n\n\
+         {% if log_excerpt %}<details><summary>The end of its log</summary>\n\n```\n{{ log_excerpt }}\n```\n\n</details>\n\n{% endif %}\
+         [The build's page]({{ url }})",
     )
 }
 
@@ -204,6 +246,9 @@ pub struct BuildReport {
     pub failed_step: Option<String>,
     /// The result of the builder's build before this one.
     pub previous_results: Option<String>,
+    /// The last lines of the failed step's log; only pull-request
+    /// comments fetch it, empty elsewhere.
+    pub log_excerpt: String,
 }
 
 impl BuildReport {
@@ -223,6 +268,7 @@ impl BuildReport {
             pull_request: Some(1),
             failed_step: Some("test".into()),
             previous_results: Some("success".into()),
+            log_excerpt: "FAIL: test_sample (test.test_sample.Sample.test_sample)".into(),
         }
     }
 }
@@ -336,6 +382,9 @@ impl ReporterConfig {
             templates.push(("github_status", "context", &status.context));
             templates.push(("github_status", "description", &status.description));
         }
+        if let Some(comment) = &self.github_comment {
+            templates.push(("github_comment", "body", &comment.body));
+        }
         if let Some(discord) = &self.discord {
             templates.push(("discord", "message", &discord.message));
         }
@@ -356,6 +405,7 @@ pub(super) fn parse(file: &mut SourceFile, at: &YamlPath, value: serde_yaml::Val
     let reporter: ReporterConfig = file.deserialize(at, value)?;
     let mut complete = true;
     let targets = usize::from(reporter.github_status.is_some())
+        + usize::from(reporter.github_comment.is_some())
         + usize::from(reporter.discord.is_some())
         + usize::from(reporter.mail.is_some())
         + usize::from(reporter.irc.is_some());
@@ -364,7 +414,7 @@ pub(super) fn parse(file: &mut SourceFile, at: &YamlPath, value: serde_yaml::Val
             at,
             format!("reporter `{}` needs exactly one target, it has {targets}", reporter.name),
             Some(
-                "add one of `github_status:`, `discord:`, `mail:` or `irc:`; write two reporters to tell two targets"
+                "add one of `github_status:`, `github_comment:`, `discord:`, `mail:` or `irc:`; write two reporters to tell two targets"
                     .into(),
             ),
         );
@@ -409,6 +459,7 @@ mod tests {
             pull_requests: PullRequests::Include,
             give_up_after_minutes: 60,
             github_status: None,
+            github_comment: None,
             discord: None,
             mail: None,
             irc: None,
@@ -472,6 +523,14 @@ mod tests {
             default_irc_message().render(&sample).unwrap(),
             "AMD64 Debian 3.x build 1234: failure in test (was success) on main (0123456789ab) \
              https://buildbot.example.org/#/builders/1/builds/1234"
+        );
+        let comment = default_comment_body().render(&sample).unwrap();
+        assert_eq!(
+            comment,
+            ":x: **AMD64 Debian 3.x** build 1234 ended in **failure** at step `test` (commit 0123456789ab).\n\n\
+             <details><summary>The end of its log</summary>\n\n```\n\
+             FAIL: test_sample (test.test_sample.Sample.test_sample)\n```\n\n</details>\n\n\
+             [The build's page](https://buildbot.example.org/#/builders/1/builds/1234)"
         );
         let error = Template::new("{{ buildr }}").render(&sample).unwrap_err();
         assert!(error.contains("undefined"), "{error}");

@@ -593,16 +593,21 @@ fn reporters(file: &mut SourceFile, master: &MasterConfig, settings: &Settings) 
                 Some("set `web: {url: https://buildbot.example.org/}` in settings.yaml, the address people use".into()),
             );
         }
-        if reporter.github_status.is_some()
+        let github_target = match (&reporter.github_status, &reporter.github_comment) {
+            (Some(_), _) => Some(("github_status", "sets commit statuses", "commit statuses")),
+            (_, Some(_)) => Some(("github_comment", "comments on pull requests", "pull requests")),
+            _ => None,
+        };
+        if let Some((key, does, writes)) = github_target
             && settings.github.as_ref().is_none_or(|github| github.api_token.is_none() && github.app.is_none())
         {
             file.error_at_value(
-                &at.key("github_status"),
+                &at.key(key),
                 format!(
-                    "reporter `{}` sets commit statuses, but settings.yaml has no `github.api_token` or `github.app`",
+                    "reporter `{}` {does}, but settings.yaml has no `github.api_token` or `github.app`",
                     reporter.name
                 ),
-                Some("add a token that may write commit statuses under `github:` in settings.yaml".into()),
+                Some(format!("add a token that may write {writes} under `github:` in settings.yaml")),
             );
         }
         if let Some(mail) = &reporter.mail {

@@ -1,13 +1,16 @@
-//! Commit statuses through GitHub's REST API: `pending` when a build
-//! starts, its result when it ends, one context per builder, on the commit
-//! built (a pull request's head). Setting the same status twice is
-//! harmless: GitHub keeps the latest per context.
+//! GitHub's REST API: commit statuses (`pending` when a build starts, its
+//! result when it ends, one context per builder, on the commit built, a
+//! pull request's head; setting the same status twice is harmless, GitHub
+//! keeps the latest per context) and comments on pull requests whose builds
+//! fail (one per pull request, edited, or one per failure; each carries a
+//! hidden marker, so a comment made by a master that died before recording
+//! it is found instead of made twice).
 
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use shared::config::GitHubSettings;
-use shared::config::reporters::{BuildReport, GitHubStatusConfig};
+use shared::config::reporters::{BuildReport, GitHubCommentConfig, GitHubStatusConfig, LaterFailures};
 
 use super::{Delivery, SendError, refusal, unreachable};
 use crate::github_app::{GitHubAuthError, GitHubCredentials};
@@ -61,31 +64,166 @@ pub async fn set_status(
     let context = render(&config.context)?;
     let description: String = render(&config.description)?.chars().take(DESCRIPTION_CHARS).collect();
     let state = state(report);
-    let url = format!("{}/repos/{repository}/statuses/{sha}", github.api_url.trim_end_matches('/'));
-    let mut request = http
-        .post(&url)
-        .header("accept", "application/vnd.github+json")
-        .header("x-github-api-version", "2022-11-28")
-        .header("user-agent", "buildmaster")
-        .json(&json!({
-            "state": state,
-            "target_url": report.url,
-            "description": description,
-            "context": context,
-        }));
-    let token = credentials.token(http, github).await.map_err(|error| match error {
-        GitHubAuthError::Refused(problem) => SendError::Refused { problem },
-        GitHubAuthError::Unavailable(problem) => SendError::Retry { problem, after: None },
-    })?;
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    let response = request.send().await.map_err(|error| unreachable("GitHub", error))?;
-    if !response.status().is_success() {
-        return Err(refusal("GitHub", response).await);
-    }
+    let api = Api { http, github, credentials };
+    let body = json!({
+        "state": state,
+        "target_url": report.url,
+        "description": description,
+        "context": context,
+    });
+    api.call(reqwest::Method::POST, &format!("/repos/{repository}/statuses/{sha}"), Some(body)).await?;
     let short: String = sha.chars().take(12).collect();
     Ok(Delivery::Told(format!("{context}: {state} on {repository}@{short}")))
+}
+
+/// Calls to GitHub's REST API with the installation's credentials.
+struct Api<'a> {
+    http: &'a reqwest::Client,
+    github: &'a GitHubSettings,
+    credentials: &'a GitHubCredentials,
+}
+
+impl Api<'_> {
+    /// A call whose answer is a success (its JSON body, `null` when
+    /// empty), or the error it was.
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value, SendError> {
+        let response = self.send(method, path, body).await?;
+        if !response.status().is_success() {
+            return Err(refusal("GitHub", response).await);
+        }
+        let text = response.text().await.map_err(|error| unreachable("GitHub", error))?;
+        Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// A call, whatever GitHub answered.
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<reqwest::Response, SendError> {
+        let url = format!("{}{path}", self.github.api_url.trim_end_matches('/'));
+        let mut request = self
+            .http
+            .request(method, &url)
+            .header("accept", "application/vnd.github+json")
+            .header("x-github-api-version", "2022-11-28")
+            .header("user-agent", "buildmaster");
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let token = self.credentials.token(self.http, self.github).await.map_err(|error| match error {
+            GitHubAuthError::Refused(problem) => SendError::Refused { problem },
+            GitHubAuthError::Unavailable(problem) => SendError::Retry { problem, after: None },
+        })?;
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.map_err(|error| unreachable("GitHub", error))
+    }
+
+    /// The id of the pull request's comment that carries `marker`, looking
+    /// through its comments a hundred at a time.
+    async fn find_comment(&self, repository: &str, number: i64, marker: &str) -> Result<Option<i64>, SendError> {
+        for page in 1..=MARKER_PAGES {
+            let path = format!("/repos/{repository}/issues/{number}/comments?per_page=100&page={page}");
+            let comments = self.call(reqwest::Method::GET, &path, None).await?;
+            let comments = comments.as_array().cloned().unwrap_or_default();
+            let found =
+                comments.iter().find(|comment| comment["body"].as_str().is_some_and(|body| body.contains(marker)));
+            if let Some(comment) = found {
+                return Ok(comment["id"].as_i64());
+            }
+            if comments.len() < 100 {
+                break;
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// GitHub keeps 65,536 characters of a comment; room is left for the
+/// marker.
+const COMMENT_CHARS: usize = 65_000;
+/// Pages of a pull request's comments looked through for a marker: a
+/// thousand comments.
+const MARKER_PAGES: u32 = 10;
+
+/// What a comment is about, beyond the report.
+pub struct CommentOf<'a> {
+    pub reporter: &'a str,
+    pub notification_id: i64,
+    /// A first attempt cannot have made the comment already.
+    pub first_attempt: bool,
+}
+
+/// Comments on the pull request of a build that failed, or edits the
+/// reporter's comment there.
+pub async fn comment(
+    master: &crate::node::Master,
+    http: &reqwest::Client,
+    github: &GitHubSettings,
+    config: &GitHubCommentConfig,
+    report: &BuildReport,
+    of: CommentOf<'_>,
+) -> Result<Delivery, SendError> {
+    if report.event != "finished" || !matches!(report.results.as_str(), "failure" | "exception") {
+        return Ok(Delivery::NothingToTell("pull requests are told of failures only".into()));
+    }
+    let Some(number) = report.pull_request else {
+        return Ok(Delivery::NothingToTell("not a pull request's build".into()));
+    };
+    let Some(repository) = repository_path(&report.repository) else {
+        return Ok(Delivery::NothingToTell(format!("`{}` is not a repository on GitHub", report.repository)));
+    };
+    let rendered = config
+        .body
+        .render(report)
+        .map_err(|error| SendError::Refused { problem: format!("a template failed: {error}") })?;
+    let edit = config.later_failures == LaterFailures::Edit;
+    // The reporter's comment on this pull request (edit), or this
+    // notification's (add).
+    let marker = match edit {
+        true => format!("<!-- buildmaster reporter={} -->", of.reporter),
+        false => format!("<!-- buildmaster reporter={} notification={} -->", of.reporter, of.notification_id),
+    };
+    let body: String = rendered.chars().take(COMMENT_CHARS).collect();
+    let body = json!({ "body": format!("{body}\n\n{marker}") });
+    let api = Api { http, github, credentials: &master.github };
+    let store = |error: crate::store::StoreError| SendError::Retry { problem: error.to_string(), after: None };
+    let mut known = match edit {
+        true => master.store.pull_request_comment(of.reporter, &repository, number).await.map_err(store)?,
+        false => None,
+    };
+    if known.is_none() && (edit || !of.first_attempt) {
+        known = api.find_comment(&repository, number, &marker).await?;
+    }
+    if let Some(id) = known {
+        if !edit {
+            return Ok(Delivery::Told(format!("comment {id} on {repository}#{number} (made by an earlier attempt)")));
+        }
+        let path = format!("/repos/{repository}/issues/comments/{id}");
+        let response = api.send(reqwest::Method::PATCH, &path, Some(body.clone())).await?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            // Deleted by someone: a new one is made below.
+            master.store.keep_pull_request_comment(of.reporter, &repository, number, None).await.map_err(store)?;
+        } else if !response.status().is_success() {
+            return Err(refusal("GitHub", response).await);
+        } else {
+            master.store.keep_pull_request_comment(of.reporter, &repository, number, Some(id)).await.map_err(store)?;
+            return Ok(Delivery::Told(format!("comment {id} on {repository}#{number} edited")));
+        }
+    }
+    let made =
+        api.call(reqwest::Method::POST, &format!("/repos/{repository}/issues/{number}/comments"), Some(body)).await?;
+    let id = made["id"].as_i64().ok_or_else(|| SendError::Retry {
+        problem: format!("GitHub made a comment but did not say its id: {made}"),
+        after: None,
+    })?;
+    if edit {
+        master.store.keep_pull_request_comment(of.reporter, &repository, number, Some(id)).await.map_err(store)?;
+    }
+    Ok(Delivery::Told(format!("comment {id} on {repository}#{number}")))
 }
 
 /// How long until GitHub's primary rate limit resets, from an answer that

@@ -265,6 +265,23 @@ impl Deliverer {
                 return Outcome::Failed("settings.yaml has no `github:` section".into());
             };
             github::set_status(http, github, &master.github, status, &report, &facts.properties).await
+        } else if let Some(comment) = &reporter.github_comment {
+            let Some(github) = &config.settings.github else {
+                return Outcome::Failed("settings.yaml has no `github:` section".into());
+            };
+            let mut report = report;
+            if report.pull_request.is_some() && report.failed_step.is_some() && comment.log_lines > 0 {
+                match log_excerpt(master, notification, comment.log_lines).await {
+                    Ok(excerpt) => report.log_excerpt = excerpt,
+                    Err(problem) => return retry(reporter.give_up_after_minutes, notification, None, problem),
+                }
+            }
+            let of = github::CommentOf {
+                reporter: &reporter.name,
+                notification_id: notification.id,
+                first_attempt: notification.attempts <= 1,
+            };
+            github::comment(master, http, github, comment, &report, of).await
         } else if let Some(discord) = &reporter.discord {
             let Some(webhook) = config.settings.secrets.get(&discord.webhook_secret) else {
                 return Outcome::Failed(format!("secret `{}` is not defined", discord.webhook_secret));
@@ -338,6 +355,38 @@ async fn judge(master: &Master, notification: &Notification) -> Result<Judged, O
         }
     }
     Ok(Judged { reporter: reporter.clone(), report, facts })
+}
+
+/// The last `lines` lines the build's first failed step printed (not the
+/// lines buildmaster adds, such as its exit code), with Markdown's code
+/// fences in them defused.
+async fn log_excerpt(master: &Master, notification: &Notification, lines: u32) -> Result<String, String> {
+    // Room for buildmaster's own lines at the end.
+    const OWN_LINES: i64 = 8;
+    // A build's end may be recorded just before its last step's log is
+    // archived: wait for it a few times, not for ever (a build that broke
+    // may leave a log that is never complete).
+    const WAIT_FOR_LOG_ATTEMPTS: i32 = 4;
+    let Some(build_id) = notification.build_id else { return Ok(String::new()) };
+    let failed_log = master.store.failed_step_log(build_id).await.map_err(|error| error.to_string())?;
+    let Some((log_id, num_lines, complete)) = failed_log else { return Ok(String::new()) };
+    if !complete {
+        if notification.attempts < WAIT_FOR_LOG_ATTEMPTS {
+            return Err("the failed step's log is still being archived".into());
+        }
+        return Ok(String::new());
+    }
+    let wanted = i64::from(lines) + OWN_LINES;
+    let offset = (num_lines - wanted).max(0);
+    let found = crate::logs::lines(&master.store, master.redis.clone(), log_id, true, String::new(), offset, wanted)
+        .await
+        .map_err(|error| format!("cannot read the failed step's log: {error}"))?;
+    let printed: Vec<String> = found
+        .iter()
+        .filter(|line| line.channel != shared::wire::LogChannel::Header)
+        .map(|line| String::from_utf8_lossy(&line.text).trim_end_matches(['\n', '\r']).replace("```", "`\u{200b}``"))
+        .collect();
+    Ok(printed[printed.len().saturating_sub(lines as usize)..].join("\n"))
 }
 
 /// What became of one delivery, to record.
@@ -432,6 +481,7 @@ fn build_report(event: &str, builder: &str, web_url: &str, facts: &ReportFacts) 
         pull_request: property(properties, "pull_request").and_then(|number| number.parse().ok()),
         failed_step: facts.failed_step.clone(),
         previous_results: facts.previous_results.and_then(Results::from_code).map(|results| results.name().to_owned()),
+        log_excerpt: String::new(),
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use shared::ids::{BuildId, BuilderId, WorkerId};
+use shared::ids::{BuildId, BuilderId, LogId, WorkerId};
 use sqlx::{FromRow, Postgres, Transaction};
 
 use super::{Store, StoreResult};
@@ -209,6 +209,64 @@ impl Store {
         .fetch_optional(&self.reads)
         .await?;
         Ok(facts)
+    }
+
+    /// The first failed step's stdio log, with its line count and whether
+    /// it is archived whole, if it has one.
+    pub async fn failed_step_log(&self, build_id: BuildId) -> StoreResult<Option<(LogId, i64, bool)>> {
+        Ok(sqlx::query_as(
+            r#"select l.id, l.num_lines, l.complete from steps s join logs l on l.step_id = s.id
+               where s.build_id = $1 and s.results in (2, 4) and l.deleted_at is null
+               order by s.number, l.slug <> 'stdio', l.id
+               limit 1"#,
+        )
+        .bind(build_id)
+        .fetch_optional(&self.reads)
+        .await?)
+    }
+
+    /// The comment `reporter` keeps on a pull request, if it recorded one.
+    pub async fn pull_request_comment(
+        &self,
+        reporter: &str,
+        repository: &str,
+        number: i64,
+    ) -> StoreResult<Option<i64>> {
+        Ok(sqlx::query_scalar(
+            r#"select comment_id from pull_request_comments
+               where reporter = $1 and repository = $2 and pull_request = $3"#,
+        )
+        .bind(reporter)
+        .bind(repository)
+        .bind(number as i32)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Records the comment `reporter` keeps on a pull request; `None`
+    /// forgets it (it was deleted on GitHub).
+    pub async fn keep_pull_request_comment(
+        &self,
+        reporter: &str,
+        repository: &str,
+        number: i64,
+        comment_id: Option<i64>,
+    ) -> StoreResult<()> {
+        let query = match comment_id {
+            Some(_) => {
+                r#"insert into pull_request_comments (reporter, repository, pull_request, comment_id)
+                   values ($1, $2, $3, $4)
+                   on conflict (reporter, repository, pull_request)
+                   do update set comment_id = excluded.comment_id, updated_at = now()"#
+            }
+            None => "delete from pull_request_comments where reporter = $1 and repository = $2 and pull_request = $3",
+        };
+        let mut query = sqlx::query(query).bind(reporter).bind(repository).bind(number as i32);
+        if let Some(id) = comment_id {
+            query = query.bind(id);
+        }
+        query.execute(&self.pool).await?;
+        Ok(())
     }
 
     /// Delivered; `detail` says what, in the target's words.

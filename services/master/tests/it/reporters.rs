@@ -56,6 +56,11 @@ struct StandIn {
     token_lifetime: Arc<Mutex<Duration>>,
     github_trouble: Arc<Mutex<VecDeque<Trouble>>>,
     discord_trouble: Arc<Mutex<VecDeque<Trouble>>>,
+    /// Comments on issues and pull requests: (id, number, body).
+    comments: Arc<Mutex<Vec<(i64, i64, String)>>>,
+    /// This many comments are made but answered 502, as when GitHub's
+    /// answer is lost on its way.
+    lose_comment_answers: Arc<Mutex<u32>>,
 }
 
 impl StandIn {
@@ -153,6 +158,130 @@ async fn github_status(
     }
 }
 
+/// Why GitHub would refuse a call with these headers, if it would.
+fn github_refuses(stand_in: &StandIn, headers: &HeaderMap) -> Option<(StatusCode, &'static str)> {
+    let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok()).unwrap_or_default().to_owned();
+    if header("user-agent").is_empty() {
+        return Some((StatusCode::FORBIDDEN, "Request forbidden by administrative rules"));
+    }
+    let sold = header("authorization")
+        .strip_prefix("Bearer ")
+        .is_some_and(|token| stand_in.installation_tokens.lock().unwrap().iter().any(|sold| sold == token));
+    if header("authorization") != format!("Bearer {TOKEN}") && !sold {
+        return Some((StatusCode::UNAUTHORIZED, "Bad credentials"));
+    }
+    if header("accept") != "application/vnd.github+json" || header("x-github-api-version") != "2022-11-28" {
+        return Some((StatusCode::BAD_REQUEST, "unexpected Accept or X-GitHub-Api-Version"));
+    }
+    None
+}
+
+/// A comment as GitHub's REST API shows one.
+fn comment_json(owner: &str, repo: &str, (id, number, body): &(i64, i64, String)) -> Value {
+    json!({
+        "id": id,
+        "body": body,
+        "html_url": format!("https://github.com/{owner}/{repo}/pull/{number}#issuecomment-{id}"),
+        "user": { "login": "buildmaster[bot]" },
+    })
+}
+
+/// `POST /repos/{owner}/{repo}/issues/{number}/comments` ("Create an issue
+/// comment"; a pull request is an issue).
+async fn make_comment(
+    State(stand_in): State<StandIn>,
+    UrlPath((owner, repo, number)): UrlPath<(String, String, i64)>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let path = format!("/repos/{owner}/{repo}/issues/{number}/comments");
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    if let Some((status, message)) = github_refuses(&stand_in, &headers) {
+        stand_in.record(path, body, status);
+        return answer(status, &[], json!({ "message": message }));
+    }
+    let Some(text) = body["body"].as_str().filter(|text| !text.is_empty() && text.chars().count() <= 65_536) else {
+        stand_in.record(path, body, StatusCode::UNPROCESSABLE_ENTITY);
+        return answer(StatusCode::UNPROCESSABLE_ENTITY, &[], json!({ "message": "Validation Failed" }));
+    };
+    let comment = {
+        let mut comments = stand_in.comments.lock().unwrap();
+        let comment = (comments.len() as i64 + 1001, number, text.to_owned());
+        comments.push(comment.clone());
+        comment
+    };
+    let lost = {
+        let mut lose = stand_in.lose_comment_answers.lock().unwrap();
+        let lost = *lose > 0;
+        *lose = lose.saturating_sub(1);
+        lost
+    };
+    if lost {
+        stand_in.record(path, body, StatusCode::BAD_GATEWAY);
+        return answer(StatusCode::BAD_GATEWAY, &[], json!({ "message": "Server Error" }));
+    }
+    stand_in.record(path, body, StatusCode::CREATED);
+    answer(StatusCode::CREATED, &[], comment_json(&owner, &repo, &comment))
+}
+
+/// `GET /repos/{owner}/{repo}/issues/{number}/comments`, oldest first,
+/// `per_page` (at most 100) at a time.
+async fn list_comments(
+    State(stand_in): State<StandIn>,
+    UrlPath((owner, repo, number)): UrlPath<(String, String, i64)>,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let path = format!("/repos/{owner}/{repo}/issues/{number}/comments");
+    if let Some((status, message)) = github_refuses(&stand_in, &headers) {
+        stand_in.record(path, Value::Null, status);
+        return answer(status, &[], json!({ "message": message }));
+    }
+    let per_page: usize = query.get("per_page").and_then(|n| n.parse().ok()).unwrap_or(30).min(100);
+    let page: usize = query.get("page").and_then(|n| n.parse().ok()).unwrap_or(1).max(1);
+    let comments = stand_in.comments.lock().unwrap().clone();
+    let listed: Vec<Value> = comments
+        .iter()
+        .filter(|(_, of, _)| *of == number)
+        .skip((page - 1) * per_page)
+        .take(per_page)
+        .map(|comment| comment_json(&owner, &repo, comment))
+        .collect();
+    stand_in.record(path, Value::Null, StatusCode::OK);
+    answer(StatusCode::OK, &[], Value::Array(listed))
+}
+
+/// `PATCH /repos/{owner}/{repo}/issues/comments/{id}` ("Update an issue
+/// comment").
+async fn edit_comment(
+    State(stand_in): State<StandIn>,
+    UrlPath((owner, repo, id)): UrlPath<(String, String, i64)>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let path = format!("/repos/{owner}/{repo}/issues/comments/{id}");
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    if let Some((status, message)) = github_refuses(&stand_in, &headers) {
+        stand_in.record(path, body, status);
+        return answer(status, &[], json!({ "message": message }));
+    }
+    let Some(text) = body["body"].as_str().filter(|text| !text.is_empty() && text.chars().count() <= 65_536) else {
+        stand_in.record(path, body, StatusCode::UNPROCESSABLE_ENTITY);
+        return answer(StatusCode::UNPROCESSABLE_ENTITY, &[], json!({ "message": "Validation Failed" }));
+    };
+    let mut comments = stand_in.comments.lock().unwrap();
+    let Some(comment) = comments.iter_mut().find(|(known, _, _)| *known == id) else {
+        drop(comments);
+        stand_in.record(path, body, StatusCode::NOT_FOUND);
+        return answer(StatusCode::NOT_FOUND, &[], json!({ "message": "Not Found" }));
+    };
+    comment.2 = text.to_owned();
+    let edited = comment_json(&owner, &repo, comment);
+    drop(comments);
+    stand_in.record(path, body, StatusCode::OK);
+    answer(StatusCode::OK, &[], edited)
+}
+
 /// `POST /api/webhooks/{id}/{token}`, Discord's "Execute Webhook".
 async fn discord_webhook(
     State(stand_in): State<StandIn>,
@@ -229,6 +358,8 @@ async fn start_stand_in(stand_in: StandIn) -> String {
         .route("/repos/{owner}/{repo}/statuses/{sha}", axum::routing::post(github_status))
         .route("/app/installations/{id}/access_tokens", axum::routing::post(installation_token))
         .route("/api/webhooks/{id}/{token}", axum::routing::post(discord_webhook))
+        .route("/repos/{owner}/{repo}/issues/{number}/comments", axum::routing::post(make_comment).get(list_comments))
+        .route("/repos/{owner}/{repo}/issues/comments/{id}", axum::routing::patch(edit_comment))
         .with_state(stand_in);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
@@ -727,4 +858,82 @@ fn a_github_app_key_that_cannot_be_read_or_is_no_key_is_reported_at_its_line() {
     std::fs::write(not_a_key.path(), "hello\n").unwrap();
     let stderr = checkconfig(&settings(&not_a_key.path().display().to_string()), master);
     assert!(stderr.contains("is not a PEM private key"), "{stderr}");
+}
+
+/// A pull request's failures: one comment kept and edited, or one per
+/// failure, each with the failed step, the end of its log and a link; a
+/// comment GitHub made but whose answer was lost is found by its marker,
+/// not made twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_requests_failures_are_commented_once_each_way_even_when_githubs_answer_is_lost() {
+    let stand_in = StandIn::default();
+    *stand_in.lose_comment_answers.lock().unwrap() = 2;
+    let url = start_stand_in(stand_in.clone()).await;
+    let yaml = "factories:\n  noisy:\n    steps:\n      - {name: compile, command: [\"true\"]}\n\
+                \x20     - name: test\n        command: [sh, -c, 'for i in $(seq 1 40); do echo line $i; done; echo FAIL: test_x; exit 1']\n\
+                builders:\n  - {name: pr, factory: noisy, workers: [w1]}\n\
+                schedulers:\n  - {type: force, name: force, builders: [pr]}\n\
+                reporters:\n\
+                \x20 - name: kept\n    pull_requests: only\n    github_comment: {}\n\
+                \x20 - name: every\n    pull_requests: only\n    github_comment: {later_failures: add, log_lines: 5}\n";
+    let mut stack = TestStack::new(yaml, &["pr"]).await;
+    set_web_url(&stack);
+    stack.append_settings(&settings_for(&url, TOKEN));
+    stack.start_master("a").await;
+    stack.start_worker("w1");
+
+    let pull_request = json!({ "properties": {
+        "pull_request": 7,
+        "repository": "https://github.com/python/cpython",
+        "revision": GOOD_SHA,
+        "branch": "refs/pull/7/merge",
+    }});
+    let first = stack.wait_for_build(stack.force_with("pr", pull_request.clone()).await).await;
+    assert_eq!(first["results"], 2);
+    let rows = settled(&stack, first["buildid"].as_i64().unwrap()).await;
+    for reporter in ["kept", "every"] {
+        let told = row(&rows, reporter, "finished");
+        assert_eq!(told["state"], "sent", "{rows:?}");
+        assert!(told["attempts"].as_i64().unwrap() >= 2, "the lost answer was retried: {told}");
+    }
+    let comments = stand_in.comments.lock().unwrap().clone();
+    assert_eq!(comments.len(), 2, "one comment per reporter, though both answers were lost: {comments:#?}");
+    let kept = comments.iter().find(|(_, _, body)| body.contains("reporter=kept")).expect("kept's comment").clone();
+    let every = comments.iter().find(|(_, _, body)| body.contains("reporter=every")).expect("every's comment").clone();
+    assert_eq!((kept.1, every.1), (7, 7), "on pull request 7");
+    for expected in [
+        ":x: **pr** build 1 ended in **failure** at step `test` (commit 111111111111).",
+        "```\nline 12\n",
+        "line 40\nFAIL: test_x\n```",
+        &format!("[The build's page]({WEB_URL}builders/pr/builds/1)"),
+    ] {
+        assert!(kept.2.contains(expected), "missing `{expected}` in:\n{}", kept.2);
+    }
+    assert!(!kept.2.contains("line 11\n"), "30 lines by default: {}", kept.2);
+    assert!(every.2.contains("line 37\nline 38\nline 39\nline 40\nFAIL: test_x"), "{}", every.2);
+    assert!(!every.2.contains("line 36"), "five lines only: {}", every.2);
+
+    // The next failure edits the kept comment and adds one more.
+    let second = stack.wait_for_build(stack.force_with("pr", pull_request).await).await;
+    settled(&stack, second["buildid"].as_i64().unwrap()).await;
+    let comments = stand_in.comments.lock().unwrap().clone();
+    assert_eq!(comments.len(), 3, "{comments:#?}");
+    let edited = comments.iter().find(|(id, _, _)| *id == kept.0).unwrap();
+    assert!(edited.2.contains("**pr** build 2 ended in **failure**"), "{}", edited.2);
+    assert!(
+        comments
+            .iter()
+            .any(|(id, _, body)| *id != every.0 && body.contains("reporter=every") && body.contains("build 2"))
+    );
+    assert_eq!(
+        stand_in.calls("/repos/python/cpython/issues/comments/").len(),
+        2,
+        "edited: after the lost answer, and now"
+    );
+
+    // Not a pull request: nothing is said.
+    let plain = stack.wait_for_build(stack.force("pr").await).await;
+    let rows = settled(&stack, plain["buildid"].as_i64().unwrap()).await;
+    assert_eq!(row(&rows, "kept", "finished")["state"], "skipped");
+    assert_eq!(stand_in.comments.lock().unwrap().len(), 3);
 }
