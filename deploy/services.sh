@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The backing services buildmaster needs on this machine: PostgreSQL, RabbitMQ
 # and Redis, plus haproxy, socat, git and curl; and, for the tests only,
-# Chromium with chromedriver (the web UI's tests), faketime, aiosmtpd and
-# ngircd.
+# Chromium with chromedriver (the web UI's tests), faketime, aiosmtpd,
+# ngircd, and InspIRCd with Atheme.
 #
 #   deploy/services.sh ensure   install what is missing (Debian packages),
 #                               start what is not running, wait until ready,
@@ -57,8 +57,9 @@ usage: deploy/services.sh ensure|check [--tests]
 
   --tests also what only the tests use: Chromium and chromedriver (the web
           UI's tests), faketime (a worker whose clock is behind) and
-          aiosmtpd (an SMTP server for the mail reporter's tests) and
-          ngircd (an IRC server for the IRC reporter's tests)
+          aiosmtpd (an SMTP server for the mail reporter's tests), ngircd
+          and InspIRCd with Atheme (IRC servers, with services for SASL, for
+          the IRC reporter's tests)
 EOF
 }
 
@@ -360,15 +361,23 @@ install_missing_packages() {
         find_command aiosmtpd >/dev/null || packages+=(python3-aiosmtpd)
         # The IRC reporter's tests announce on a real IRC server.
         find_command ngircd >/dev/null || packages+=(ngircd)
+        # SASL needs services: InspIRCd with Atheme linked to it.
+        find_command inspircd >/dev/null || packages+=(inspircd)
+        find_command atheme-services >/dev/null || packages+=(atheme-services)
     fi
     if ((${#packages[@]} > 0)); then
         say "missing: ${packages[*]}"
         apt_install "${packages[@]}"
     fi
-    if [[ " ${packages[*]} " == *" ngircd "* ]] && command -v systemctl >/dev/null; then
-        # The tests start private servers; the package's own, on port
-        # 6667 for anyone, is not wanted on a developer's machine.
-        systemctl disable --now ngircd >/dev/null 2>&1 || true
+    if command -v systemctl >/dev/null; then
+        # The tests start private servers; the packages' own, on port 6667
+        # for anyone, are not wanted on a developer's machine.
+        local service
+        for service in ngircd inspircd atheme-services; do
+            if [[ " ${packages[*]} " == *" $service "* ]]; then
+                systemctl disable --now "$service" >/dev/null 2>&1 || true
+            fi
+        done
     fi
 }
 
@@ -390,6 +399,8 @@ cmd_ensure() {
         ensure_command faketime faketime
         ensure_command aiosmtpd python3-aiosmtpd
         ensure_command ngircd ngircd
+        ensure_command inspircd inspircd
+        ensure_command atheme-services atheme-services
     fi
     ensure_postgres
     ensure_rabbitmq
@@ -406,7 +417,7 @@ cmd_ensure() {
 cmd_check() {
     local missing=0 name
     local names=(git curl python3 haproxy socat psql pg_ctlcluster redis-server rabbitmq-server)
-    ((FOR_TESTS)) && names+=(chromium chromedriver faketime aiosmtpd ngircd)
+    ((FOR_TESTS)) && names+=(chromium chromedriver faketime aiosmtpd ngircd inspircd atheme-services)
     for name in "${names[@]}"; do
         if find_command "$name" >/dev/null; then
             say "installed:  $name ($(find_command "$name"))"

@@ -564,6 +564,122 @@ impl PrivateIrc {
     }
 }
 
+/// A private IRC network with services, for what ngircd cannot do (SASL):
+/// the distribution's InspIRCd with Atheme (NickServ, SaslServ) linked to
+/// it, on free ports, plain text.
+pub struct PrivateIrcServices {
+    pub port: u16,
+    _ircd: ChildGuard,
+    _services: ChildGuard,
+    _dir: tempfile::TempDir,
+}
+
+impl PrivateIrcServices {
+    pub async fn start() -> PrivateIrcServices {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let (port, link_port) = (free_port(), free_port());
+        let at = dir.path().display();
+        // No throttles: a test connects many times in a few seconds.
+        let ircd_config = format!(
+            r#"<config format="xml">
+<path configdir="{at}" datadir="{at}" logdir="{at}" moduledir="/usr/lib/inspircd/modules">
+<server name="irc.buildmaster.test" description="buildmaster tests" network="TestNet">
+<admin name="tests" nick="tests" email="tests@example.org">
+<bind address="127.0.0.1" port="{port}" type="clients">
+<bind address="127.0.0.1" port="{link_port}" type="servers">
+<connect name="main" allow="*" timeout="20" pingfreq="2m" hardsendq="1M" softsendq="1M" recvq="64K"
+         threshold="1000" commandrate="100000" fakelag="no" localmax="1000" globalmax="1000" limit="5000"
+         resolvehostnames="no" useident="no">
+<dns server="127.0.0.1" timeout="1">
+<pid file="{at}/inspircd.pid">
+<log method="file" type="*" level="default" target="{at}/inspircd.log">
+<module name="cap">
+<module name="sasl">
+<module name="services_account">
+<module name="spanningtree">
+<sasl target="services.buildmaster.test">
+<link name="services.buildmaster.test" ipaddr="127.0.0.1" port="{link_port}" allowmask="127.0.0.0/8"
+      timeout="30s" sendpass="linkpass" recvpass="linkpass">
+<uline server="services.buildmaster.test" silent="yes">
+"#
+        );
+        let services_config = format!(
+            r#"loadmodule "modules/protocol/inspircd";
+loadmodule "modules/backend/opensex";
+loadmodule "modules/crypto/pbkdf2v2";
+loadmodule "modules/nickserv/main";
+loadmodule "modules/nickserv/register";
+loadmodule "modules/nickserv/identify";
+loadmodule "modules/saslserv/main";
+loadmodule "modules/saslserv/plain";
+serverinfo {{
+    name = "services.buildmaster.test"; desc = "test services"; numeric = "00A"; recontime = 1;
+    netname = "TestNet"; hidehostsuffix = "users.test"; adminname = "tests"; adminemail = "tests@example.org";
+    registeremail = "noreply@example.org"; mta = "/bin/true"; loglevel = {{ error; info; admin; network; }};
+    maxlogins = 5; maxusers = 50; mdlimit = 30; emaillimit = 10; emailtime = 300; auth = none;
+    casemapping = rfc1459;
+}};
+uplink "irc.buildmaster.test" {{
+    host = "127.0.0.1"; port = {link_port}; send_password = "linkpass"; receive_password = "linkpass";
+}};
+nickserv {{ nick = "NickServ"; user = "NickServ"; host = "services.test"; real = "Nickname Services"; maxnicks = 5; expire = 0; }};
+saslserv {{ nick = "SaslServ"; user = "SaslServ"; host = "services.test"; real = "SASL"; }};
+general {{
+    flood_msgs = 1000; flood_time = 10; ratelimit_uses = 1000; ratelimit_period = 1; kline_time = 7;
+    commit_interval = 5; default_clone_allowed = 1000; default_clone_warn = 1000;
+    uplink_sendq_limit = 1048576; language = "en"; immune_level = immune; exempts {{ }};
+}};
+operclass "user" {{ }};
+"#
+        );
+        std::fs::write(dir.path().join("inspircd.conf"), ircd_config).expect("write inspircd.conf");
+        std::fs::write(dir.path().join("atheme.conf"), services_config).expect("write atheme.conf");
+        let log = |name: &str| std::fs::File::create(dir.path().join(name)).expect("a log file");
+        let mut ircd = Command::new("inspircd");
+        ircd.arg("--config").arg(dir.path().join("inspircd.conf")).arg("--nofork");
+        let uid = Command::new("id").arg("-u").output().expect("id runs");
+        if String::from_utf8_lossy(&uid.stdout).trim() == "0" {
+            // It refuses root unless told that is meant.
+            ircd.arg("--runasroot");
+        }
+        let ircd = ircd
+            .stdin(Stdio::null())
+            .stdout(log("inspircd.out"))
+            .stderr(log("inspircd.err"))
+            .spawn()
+            .expect("inspircd starts (deploy/services.sh ensure --tests installs it)");
+        let ircd = ChildGuard(ircd);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while tokio::net::TcpStream::connect(("127.0.0.1", link_port)).await.is_err() {
+            assert!(Instant::now() < deadline, "inspircd on port {link_port} did not listen");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let services = Command::new("atheme-services")
+            .arg("-n")
+            .arg("-c")
+            .arg(dir.path().join("atheme.conf"))
+            .arg("-D")
+            .arg(dir.path())
+            .arg("-l")
+            .arg(dir.path().join("atheme.log"))
+            .arg("-p")
+            .arg(dir.path().join("atheme.pid"))
+            .stdin(Stdio::null())
+            .stdout(log("atheme.out"))
+            .stderr(log("atheme.err"))
+            .spawn()
+            .expect("atheme-services starts (deploy/services.sh ensure --tests installs it)");
+        let services = ChildGuard(services);
+        // Ready once linked: the services say so in their log.
+        let atheme_log = dir.path().join("atheme.log");
+        while !std::fs::read_to_string(&atheme_log).unwrap_or_default().contains("finished synching with uplink") {
+            assert!(Instant::now() < deadline, "atheme did not link to inspircd");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        PrivateIrcServices { port, _ircd: ircd, _services: services, _dir: dir }
+    }
+}
+
 /// A private SMTP server (the distribution's aiosmtpd) on a free port,
 /// keeping every mail it accepts in a maildir.
 pub struct PrivateSmtp {

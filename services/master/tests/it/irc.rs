@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-use crate::harness::{PrivateIrc, TestStack};
+use crate::harness::{PrivateIrc, PrivateIrcServices, TestStack};
 
 const NICK: &str = "bb";
 const CHANNEL: &str = "#builds";
@@ -201,4 +201,54 @@ async fn a_failure_and_its_fix_are_announced_and_the_connection_moves_when_its_m
     for line in &person.seen {
         assert!(!line.contains("build 2:"), "build 2 was announced: {line}");
     }
+}
+
+/// SASL PLAIN against a network with services (InspIRCd and Atheme): a
+/// wrong password keeps the nickname off the network; the right one logs
+/// it in before it joins anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_sasl_the_nickname_is_logged_in_before_it_joins_and_a_wrong_password_keeps_it_off() {
+    let irc = PrivateIrcServices::start().await;
+    // The nickname's account, registered as people do.
+    let mut owner = Client::connect(irc.port, NICK, &[]).await;
+    owner.send("PRIVMSG NickServ :REGISTER the-nickname-password bb@example.org").await;
+    // RPL_LOGGEDIN: registered and logged in.
+    owner.expect(15, "the registration", |line| line.split(' ').nth(1) == Some("900")).await;
+    owner.send("QUIT :registered").await;
+    owner.expect(10, "the goodbye", |line| line.starts_with("ERROR")).await;
+    let mut person = Client::connect(irc.port, "alice", &[CHANNEL]).await;
+
+    let yaml = format!(
+        "factories:\n  tip:\n    steps:\n      - {{name: compile, command: [\"true\"]}}\n\
+         builders:\n  - {{name: tip, factory: tip, workers: [w1]}}\n\
+         schedulers:\n  - {{type: force, name: force, builders: [tip]}}\n\
+         reporters:\n  - name: channel\n    irc: {{channels: [\"{CHANNEL}\"]}}\n"
+    );
+    let mut stack = TestStack::new(&yaml, &["tip"]).await;
+    let settings = std::fs::read_to_string(&stack.settings_path).unwrap();
+    let web = format!("web:\n  url: {WEB_URL}\n  anonymous_control: true\n");
+    let settings = settings.replacen("web:\n", &web, 1);
+    let irc_settings = |password: &str| {
+        format!(
+            "irc:\n  host: 127.0.0.1\n  port: {}\n  tls: false\n  nickname: {NICK}\n  password: {password}\n  identify: sasl\n",
+            irc.port
+        )
+    };
+    std::fs::write(&stack.settings_path, format!("{settings}{}", irc_settings("not-the-password"))).unwrap();
+    let wrong = stack.start_master("a").await;
+    // A few attempts' worth of time: never on the network.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    person.send(&format!("WHOIS {NICK}")).await;
+    // ERR_NOSUCHNICK
+    person.expect(10, "no such nick", |line| line.split(' ').nth(1) == Some("401")).await;
+    assert!(!person.seen.iter().any(|line| is_bot(line, "JOIN")), "{:#?}", person.seen);
+    stack.stop_master(wrong).await;
+
+    std::fs::write(&stack.settings_path, format!("{settings}{}", irc_settings("the-nickname-password"))).unwrap();
+    stack.start_master("b").await;
+    person.expect(30, "the bot joining", |line| is_bot(line, "JOIN")).await;
+    person.send(&format!("WHOIS {NICK}")).await;
+    // RPL_WHOISACCOUNT
+    let account = person.expect(10, "the account", |line| line.split(' ').nth(1) == Some("330")).await;
+    assert!(account.contains(&format!(" {NICK} {NICK} :is logged in as")), "{account}");
 }
