@@ -43,12 +43,16 @@ pub struct PullRequest {
     pub head_sha: String,
 }
 
-/// What a change asks for: the change to record and the builds to start.
+/// What a change asks for: the change to record, the builds to start, and
+/// what to do on the pull request that asked.
 pub struct Plan {
     change: Option<Change>,
     builds: Vec<Wanted>,
     /// Schedulers that build once the branch is quiet: (name, seconds).
     deferred: Vec<(String, u64)>,
+    /// Entered in the outbox with the change (or alone when there is
+    /// none), once per delivery.
+    actions: Vec<PullRequestAction>,
     /// Why, for the source's answer and the log.
     pub why: String,
 }
@@ -56,12 +60,46 @@ pub struct Plan {
 impl Plan {
     /// Nothing to record.
     pub fn ignored(why: String) -> Plan {
-        Plan { change: None, builds: Vec::new(), deferred: Vec::new(), why }
+        Plan { change: None, builds: Vec::new(), deferred: Vec::new(), actions: Vec::new(), why }
     }
 
     /// A change to record that builds nothing.
     pub fn record_only(change: Change, why: &str) -> Plan {
-        Plan { change: Some(change), builds: Vec::new(), deferred: Vec::new(), why: why.to_owned() }
+        Plan {
+            change: Some(change),
+            builds: Vec::new(),
+            deferred: Vec::new(),
+            actions: Vec::new(),
+            why: why.to_owned(),
+        }
+    }
+
+    /// Also does `action` on the pull request.
+    pub fn and(mut self, action: PullRequestAction) -> Plan {
+        self.actions.push(action);
+        self
+    }
+}
+
+/// What the pull-request loop does on GitHub, through the outbox, so that
+/// it happens once whichever master takes the delivery or dies after it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum PullRequestAction {
+    /// Takes the label that scheduled builds off the pull request, so
+    /// adding it again schedules them again.
+    RemoveLabel { repository: String, number: i64, label: String },
+    /// Answers a `!buildbot` command.
+    AnswerCommand { repository: String, number: i64, body: String },
+}
+
+impl PullRequestAction {
+    /// The outbox's name for it.
+    pub fn event(&self) -> &'static str {
+        match self {
+            PullRequestAction::RemoveLabel { .. } => "remove_label",
+            PullRequestAction::AnswerCommand { .. } => "answer_command",
+        }
     }
 }
 
@@ -100,7 +138,13 @@ pub async fn record(
     delivery: Delivery<'_>,
     plan: &Plan,
 ) -> Result<Recorded, StoreError> {
+    let actions: Vec<(&str, serde_json::Value)> =
+        plan.actions.iter().map(|action| (action.event(), json!(action))).collect();
     let Some(change) = &plan.change else {
+        if !actions.is_empty() {
+            master.store.enter_actions(delivery.id, &actions).await?;
+            master.reports.notify_waiters();
+        }
         return Ok(Recorded::Ignored);
     };
     let catalog = master.catalog();
@@ -124,9 +168,13 @@ pub async fn record(
         .filter(|buildset| !buildset.requests.is_empty())
         .map(|buildset| buildset.as_new(traceparent.clone()))
         .collect();
-    let Some((change_id, created)) = master.store.record_change(&new_change, buildsets, &plan.deferred).await? else {
+    let recorded = master.store.record_change(&new_change, buildsets, &plan.deferred, &actions).await?;
+    let Some((change_id, created)) = recorded else {
         return Ok(Recorded::Before);
     };
+    if !actions.is_empty() {
+        master.reports.notify_waiters();
+    }
     for buildset in &created {
         master.collapse_older(buildset).await;
         master.announce_later(buildset.clone());
@@ -205,5 +253,5 @@ pub fn branch_plan(config: &Config, change: Change) -> Plan {
         (true, false) => format!("only ignored files changed (schedulers {})", skipped.join(", ")),
         (true, true) => format!("no scheduler builds branch `{branch}`"),
     };
-    Plan { change: Some(change), builds, deferred, why }
+    Plan { change: Some(change), builds, deferred, actions: Vec::new(), why }
 }

@@ -54,7 +54,8 @@ pub async fn hook(State(master): State<Arc<Master>>, headers: HeaderMap, body: B
             "deliveries from `{repository}` are not taken; add it to github.repositories in settings.yaml"
         )));
     }
-    let plan = changes::github::plan(&catalog.config, github, event, &payload).await?;
+    let api = changes::github::Api { github, credentials: &master.github };
+    let plan = changes::github::plan(&catalog.config, &api, event, &payload).await?;
     let payload_sha256 = Sha256::digest(&body);
     let delivery = Delivery { id: delivery, payload_sha256: Some(&payload_sha256) };
     match changes::record(&master, "github", delivery, &plan).await? {

@@ -13,6 +13,7 @@ use shared::config::GitHubSettings;
 use shared::config::reporters::{BuildReport, GitHubCommentConfig, GitHubStatusConfig, LaterFailures};
 
 use super::{Delivery, SendError, refusal, unreachable};
+use crate::changes::PullRequestAction;
 use crate::github_app::{GitHubAuthError, GitHubCredentials};
 
 /// GitHub keeps this much of a status's description.
@@ -226,6 +227,54 @@ pub async fn comment(
     Ok(Delivery::Told(format!("comment {id} on {repository}#{number}")))
 }
 
+/// Does one of the pull-request loop's actions: takes a label off (gone
+/// already is done), or answers a command (found by its marker if an
+/// earlier attempt made it).
+pub async fn act(
+    master: &crate::node::Master,
+    http: &reqwest::Client,
+    github: &GitHubSettings,
+    action: &PullRequestAction,
+    notification_id: i64,
+    first_attempt: bool,
+) -> Result<Delivery, SendError> {
+    let api = Api { http, github, credentials: &master.github };
+    match action {
+        PullRequestAction::RemoveLabel { repository, number, label } => {
+            let path = format!("/repos/{repository}/issues/{number}/labels/{}", path_segment(label));
+            let response = api.send(reqwest::Method::DELETE, &path, None).await?;
+            if response.status() == reqwest::StatusCode::NOT_FOUND {
+                return Ok(Delivery::Told(format!("label `{label}` was already off {repository}#{number}")));
+            }
+            if !response.status().is_success() {
+                return Err(refusal("GitHub", response).await);
+            }
+            Ok(Delivery::Told(format!("label `{label}` taken off {repository}#{number}")))
+        }
+        PullRequestAction::AnswerCommand { repository, number, body } => {
+            let marker = format!("<!-- buildmaster notification={notification_id} -->");
+            if !first_attempt && let Some(id) = api.find_comment(repository, *number, &marker).await? {
+                return Ok(Delivery::Told(format!("answered in comment {id} (made by an earlier attempt)")));
+            }
+            let body = json!({ "body": format!("{body}\n\n{marker}") });
+            let path = format!("/repos/{repository}/issues/{number}/comments");
+            let made = api.call(reqwest::Method::POST, &path, Some(body)).await?;
+            Ok(Delivery::Told(format!("answered in comment {} on {repository}#{number}", made["id"])))
+        }
+    }
+}
+
+/// `text` as one segment of a URL's path: a label may hold spaces, `/`,
+/// `:` or emoji.
+fn path_segment(text: &str) -> String {
+    text.bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (byte as char).to_string(),
+            _ => format!("%{byte:02X}"),
+        })
+        .collect()
+}
+
 /// How long until GitHub's primary rate limit resets, from an answer that
 /// says none is left (`x-ratelimit-remaining: 0`, `x-ratelimit-reset` in
 /// seconds since the epoch).
@@ -241,6 +290,13 @@ pub fn rate_limit_reset(headers: &reqwest::header::HeaderMap) -> Option<Duration
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_label_is_one_path_segment() {
+        assert_eq!(path_segment(":hammer: test-with-buildbots"), "%3Ahammer%3A%20test-with-buildbots");
+        assert_eq!(path_segment("a/b"), "a%2Fb");
+        assert_eq!(path_segment("🔨"), "%F0%9F%94%A8");
+    }
 
     #[test]
     fn a_repository_url_names_its_owner_and_name() {

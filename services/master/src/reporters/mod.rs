@@ -1,7 +1,9 @@
-//! Telling people of builds: commit statuses on GitHub, messages in
-//! Discord, mail; and a worker's owner of the worker going missing. What to
+//! Telling people of builds: commit statuses and pull-request comments on
+//! GitHub, messages in Discord, mail, IRC (`irc`, held by one master); a
+//! worker's owner of the worker going missing; and the pull-request loop's
+//! actions (taking a trigger label off, answering `!buildbot`). What to
 //! tell was entered in the `notifications` outbox in the transaction of the
-//! event that caused it (`events`, `watch_workers`); here every master
+//! event that caused it (`events`, `watch_workers`, `changes::record`); here every master
 //! runs a few deliverers that take due rows one at a time under a lease,
 //! decide with the reporter's current configuration whether anything is
 //! told, send it, and record what became of it. A delivery that fails is
@@ -24,6 +26,7 @@ use shared::model::Results;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::changes::PullRequestAction;
 use crate::node::Master;
 use crate::store::{Notification, ReportFacts, Takes, WORKER_ADMINS};
 use crate::{MasterError, urls};
@@ -39,6 +42,9 @@ const LEASE: Duration = Duration::from_secs(30);
 const LOOK_EVERY: Duration = Duration::from_secs(1);
 /// How long a mail to a worker's admins is retried.
 const WORKER_MAILS_FOR_MINUTES: u32 = 24 * 60;
+/// How long the pull-request loop's actions are retried: an answer hours
+/// late is still better than none.
+const PULL_REQUEST_ACTIONS_FOR_MINUTES: u32 = 24 * 60;
 /// Every HTTP call to a target ends within this; a hanging target is
 /// retried like a failing one.
 const TARGET_TIMEOUT: Duration = Duration::from_secs(10);
@@ -189,6 +195,33 @@ impl Deliverer {
         .await
     }
 
+    /// The pull-request loop's action on GitHub.
+    async fn act_on_pull_request(&self, notification: &Notification, payload: &Value) -> Outcome {
+        let action: PullRequestAction = match serde_json::from_value(payload.clone()) {
+            Ok(action) => action,
+            Err(error) => return Outcome::Failed(format!("an action this master does not know: {error}")),
+        };
+        let catalog = self.master.catalog();
+        let Some(github) = &catalog.config.settings.github else {
+            return Outcome::Failed("settings.yaml no longer has a `github:` section".into());
+        };
+        if let Some(left) = self.pauses.remaining("github") {
+            return retry(PULL_REQUEST_ACTIONS_FOR_MINUTES, notification, Some(left), "GitHub asked to wait".into());
+        }
+        let first_attempt = notification.attempts <= 1;
+        match github::act(&self.master, &self.http, github, &action, notification.id, first_attempt).await {
+            Ok(Delivery::Told(detail)) => Outcome::Sent(detail),
+            Ok(Delivery::NothingToTell(why)) => Outcome::Skipped(why),
+            Err(SendError::Refused { problem }) => Outcome::Failed(problem),
+            Err(SendError::Retry { problem, after }) => {
+                if let Some(wait) = after {
+                    self.pauses.pause("github", wait);
+                }
+                retry(PULL_REQUEST_ACTIONS_FOR_MINUTES, notification, after, problem)
+            }
+        }
+    }
+
     /// The mail to a worker's admins that it is missing, or back.
     async fn tell_worker_admins(&self, notification: &Notification) -> Outcome {
         let catalog = self.master.catalog();
@@ -241,6 +274,9 @@ impl Deliverer {
 
     async fn attempt(&self, notification: &Notification) -> Outcome {
         let (master, http) = (&self.master, &self.http);
+        if let Some(payload) = &notification.payload {
+            return self.act_on_pull_request(notification, payload).await;
+        }
         if notification.build_id.is_none() {
             return self.tell_worker_admins(notification).await;
         }

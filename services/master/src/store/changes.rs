@@ -51,6 +51,7 @@ impl Store {
         change: &NewChange<'_>,
         buildsets: Vec<NewBuildset<'_>>,
         deferred: &[(String, u64)],
+        actions: &[(&str, serde_json::Value)],
     ) -> StoreResult<Option<(ChangeId, Vec<CreatedBuildset>)>> {
         let mut tx = self.pool.begin().await?;
         let change_id: Option<ChangeId> = sqlx::query_scalar(
@@ -94,6 +95,9 @@ impl Store {
             .bind(*seconds as f64)
             .execute(&mut *tx)
             .await?;
+        }
+        if let Some(delivery) = change.delivery {
+            Self::add_actions(&mut tx, delivery, actions).await?;
         }
         tx.commit().await?;
         Ok(Some((change_id, created)))

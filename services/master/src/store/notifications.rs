@@ -17,6 +17,10 @@ use super::{Store, StoreResult};
 /// `notify_on_missing`).
 pub const WORKER_ADMINS: &str = "notify_on_missing";
 
+/// The pseudo-reporter of the pull-request loop's actions on GitHub
+/// (taking a trigger label off, answering `!buildbot`).
+pub const PULL_REQUEST_LOOP: &str = "pull_request_loop";
+
 /// Why a build is told: it started (its first step runs) or it ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReportEvent {
@@ -46,9 +50,11 @@ pub enum Takes<'a> {
 pub struct Notification {
     pub id: i64,
     pub reporter: String,
-    /// A build's notification, or else a worker's.
+    /// A build's notification, or a worker's, or else an action on a
+    /// pull request (`payload`).
     pub build_id: Option<BuildId>,
     pub worker_id: Option<WorkerId>,
+    pub payload: Option<Value>,
     pub event: String,
     /// Including this one.
     pub attempts: i32,
@@ -134,7 +140,7 @@ impl Store {
                update notifications n
                set leased_until = now() + make_interval(secs => $1), attempts = n.attempts + 1
                from next where n.id = next.id
-               returning n.id, n.reporter, n.build_id, n.worker_id, n.event, n.attempts, n.created_at,
+               returning n.id, n.reporter, n.build_id, n.worker_id, n.payload, n.event, n.attempts, n.created_at,
                          n.event = 'started' and exists (
                              select 1 from notifications f
                              where f.build_id = n.build_id and f.reporter = n.reporter
@@ -266,6 +272,35 @@ impl Store {
             query = query.bind(id);
         }
         query.execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Enters the pull-request loop's actions (event, payload) asked for
+    /// by webhook delivery `delivery`, once however often it is delivered.
+    pub async fn enter_actions(&self, delivery: &str, actions: &[(&str, Value)]) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        Self::add_actions(&mut tx, delivery, actions).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub(super) async fn add_actions(
+        tx: &mut Transaction<'_, Postgres>,
+        delivery: &str,
+        actions: &[(&str, Value)],
+    ) -> StoreResult<()> {
+        for (event, payload) in actions {
+            sqlx::query(
+                r#"insert into notifications (reporter, event, payload, delivery) values ($1, $2, $3, $4)
+                   on conflict (delivery, event) where delivery is not null do nothing"#,
+            )
+            .bind(PULL_REQUEST_LOOP)
+            .bind(event)
+            .bind(payload)
+            .bind(delivery)
+            .execute(&mut **tx)
+            .await?;
+        }
         Ok(())
     }
 

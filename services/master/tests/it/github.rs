@@ -238,3 +238,212 @@ async fn signed_pushes_labels_and_comments_build_what_buildbot_python_org_would(
     assert!(answer["ignored"].as_str().unwrap().contains("`random` may not write"), "{answer}");
     assert_eq!(requests_total(&stack).await, before);
 }
+
+/// A stand-in for the part of GitHub's REST API the pull-request loop
+/// uses, checking what GitHub checks: who may write, the head of pull
+/// request 7, taking a label off (authenticated; 404 when it is not on),
+/// and comments (authenticated; listed oldest first).
+#[derive(Clone, Default)]
+struct LoopApi {
+    labels_taken_off: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// (id, pull request, body)
+    comments: std::sync::Arc<std::sync::Mutex<Vec<(i64, i64, String)>>>,
+    /// The next comment is made but answered 502, its answer lost.
+    lose_next_answer: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+const TOKEN: &str = "ghs_a-token-that-may-write";
+const HEAD: &str = "7777777777777777777777777777777777777777";
+
+async fn loop_api(api: LoopApi) -> String {
+    use axum::extract::{Path as UrlPath, State};
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::IntoResponse;
+    fn authorized(headers: &HeaderMap) -> bool {
+        headers.get("authorization").and_then(|value| value.to_str().ok()) == Some(&format!("Bearer {TOKEN}"))
+            && headers.get("user-agent").is_some()
+    }
+    let app = axum::Router::new()
+        .route(
+            "/repos/{owner}/{repo}/collaborators/{user}/permission",
+            axum::routing::get(|UrlPath((_, _, user)): UrlPath<(String, String, String)>| async move {
+                axum::Json(json!({ "permission": if user == "core-dev" { "write" } else { "read" } }))
+            }),
+        )
+        .route(
+            "/repos/{owner}/{repo}/pulls/{number}",
+            axum::routing::get(|UrlPath((_, _, number)): UrlPath<(String, String, i64)>| async move {
+                axum::Json(json!({ "number": number, "head": { "sha": HEAD } }))
+            }),
+        )
+        .route(
+            "/repos/{owner}/{repo}/issues/{number}/labels/{label}",
+            axum::routing::delete(
+                |State(api): State<LoopApi>,
+                 UrlPath((_, _, _, label)): UrlPath<(String, String, i64, String)>,
+                 headers: HeaderMap| async move {
+                    if !authorized(&headers) {
+                        return (StatusCode::UNAUTHORIZED, axum::Json(json!({ "message": "Requires authentication" })));
+                    }
+                    let mut taken = api.labels_taken_off.lock().unwrap();
+                    if taken.contains(&label) {
+                        return (StatusCode::NOT_FOUND, axum::Json(json!({ "message": "Label does not exist" })));
+                    }
+                    taken.push(label);
+                    (StatusCode::OK, axum::Json(json!([])))
+                },
+            ),
+        )
+        .route(
+            "/repos/{owner}/{repo}/issues/{number}/comments",
+            axum::routing::post(
+                |State(api): State<LoopApi>,
+                 UrlPath((_, _, number)): UrlPath<(String, String, i64)>,
+                 headers: HeaderMap,
+                 axum::Json(body): axum::Json<Value>| async move {
+                    if !authorized(&headers) {
+                        let refused = json!({ "message": "Requires authentication" });
+                        return (StatusCode::UNAUTHORIZED, axum::Json(refused)).into_response();
+                    }
+                    let text = body["body"].as_str().unwrap_or_default().to_owned();
+                    let id = {
+                        let mut comments = api.comments.lock().unwrap();
+                        let id = comments.len() as i64 + 501;
+                        comments.push((id, number, text.clone()));
+                        id
+                    };
+                    if api.lose_next_answer.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                        return (StatusCode::BAD_GATEWAY, "Bad Gateway").into_response();
+                    }
+                    (StatusCode::CREATED, axum::Json(json!({ "id": id, "body": text }))).into_response()
+                },
+            )
+            .get(
+                |State(api): State<LoopApi>, UrlPath((_, _, number)): UrlPath<(String, String, i64)>| async move {
+                    let comments = api.comments.lock().unwrap().clone();
+                    let listed: Vec<Value> = comments
+                        .iter()
+                        .filter(|(_, of, _)| *of == number)
+                        .map(|(id, _, body)| json!({ "id": id, "body": body }))
+                        .collect();
+                    axum::Json(Value::Array(listed))
+                },
+            ),
+        )
+        .with_state(api);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{address}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pull_request_loop_takes_the_label_off_and_answers_every_command_once() {
+    let yaml = "factories:\n  pass:\n    steps:\n      - {name: compile, command: [\"true\"]}\n\
+                builders:\n\
+                \x20 - {name: AMD64 Debian, factory: pass, workers: [w1], tags: [stable]}\n\
+                \x20 - {name: ARM64 macOS, factory: pass, workers: [w1], tags: [stable]}\n\
+                \x20 - {name: s390x RHEL, factory: pass, workers: [w1], tags: [unstable]}\n\
+                schedulers:\n  - {type: single_branch, name: main, branch: main, builders: [AMD64 Debian]}\n\
+                \x20 - {type: pull_request, name: pulls, builders: [AMD64 Debian, ARM64 macOS, s390x RHEL]}\n";
+    let mut stack = TestStack::new(yaml, &["AMD64 Debian", "ARM64 macOS", "s390x RHEL"]).await;
+    let api = LoopApi::default();
+    let url = loop_api(api.clone()).await;
+    stack.append_settings(&format!("github:\n  webhook_secret: {SECRET}\n  api_url: {url}\n  api_token: {TOKEN}\n"));
+    let a = stack.start_master_process("a").await;
+    stack.base_url = format!("http://{a}");
+    stack.start_worker("w1");
+    let repository = json!({ "clone_url": "https://github.com/python/cpython.git", "full_name": "python/cpython" });
+    let database = sqlx::PgPool::connect(&stack.database_url).await.unwrap();
+    let settled = async || {
+        stack
+            .eventually(60, "the pull-request loop's actions done", async || {
+                let pending: i64 = sqlx::query_scalar(
+                    "select count(*) from notifications where reporter = 'pull_request_loop' and state = 'pending'",
+                )
+                .fetch_one(&database)
+                .await
+                .unwrap();
+                (pending == 0).then_some(())
+            })
+            .await
+    };
+
+    // The label schedules the stable builders and is taken off, once
+    // however often GitHub delivers it.
+    let label = ":hammer: test-with-buildbots";
+    let labeled = json!({
+        "action": "labeled", "label": { "name": label },
+        "pull_request": { "number": 7, "title": "Fix it", "head": { "sha": HEAD } },
+        "repository": repository, "sender": { "login": "core-dev" },
+    });
+    let (status, answer) = deliver(&stack, "pull_request", "l-1", &labeled, None).await;
+    assert_eq!(status, 200, "{answer}\n{}", std::fs::read_to_string(stack.dir.path().join("master-a.log")).unwrap());
+    assert_eq!(built_by(&stack, &answer).await, ["AMD64 Debian", "ARM64 macOS"]);
+    let (_, again) = deliver(&stack, "pull_request", "l-1", &labeled, None).await;
+    assert_eq!(again["ignored"], "this delivery was recorded before");
+    settled().await;
+    assert_eq!(*api.labels_taken_off.lock().unwrap(), [label]);
+
+    // Every `!buildbot` command is answered, once: what it scheduled
+    // (its pattern matched without regard to case), or why nothing.
+    let comment = |user: &str, body: &str| {
+        json!({
+            "action": "created", "issue": { "number": 7, "pull_request": { "url": "..." } },
+            "comment": { "body": body, "user": { "login": user } }, "repository": repository,
+        })
+    };
+    api.lose_next_answer.store(true, std::sync::atomic::Ordering::SeqCst);
+    let commands = [
+        ("c-1", "core-dev", "!buildbot arm64"),
+        ("c-2", "core-dev", "!buildbot (unclosed"),
+        ("c-3", "core-dev", "!buildbot windows"),
+        ("c-4", "drive-by", "!buildbot .*"),
+        ("c-5", "core-dev", "thanks! !buildbot is great"),
+    ];
+    for (delivery, user, body) in commands {
+        let (status, answer) = deliver(&stack, "issue_comment", delivery, &comment(user, body), None).await;
+        assert_eq!(status, 200, "{answer}");
+        if delivery == "c-1" {
+            assert_eq!(built_by(&stack, &answer).await, ["ARM64 macOS"]);
+        } else {
+            assert!(answer["ignored"].is_string(), "{delivery}: {answer}");
+        }
+    }
+    let (_, again) = deliver(&stack, "issue_comment", "c-3", &comment("core-dev", "!buildbot windows"), None).await;
+    assert!(again["ignored"].is_string());
+    settled().await;
+    let answers: Vec<String> = api.comments.lock().unwrap().iter().map(|(_, _, body)| body.clone()).collect();
+    let expected = [
+        "@core-dev: scheduled builds of 777777777777 on `ARM64 macOS`.",
+        "@core-dev: `(unclosed` is not a pattern I can read (error: unclosed group); nothing was scheduled.",
+        "@core-dev: `windows` matches none of the builders that build pull requests; nothing was scheduled. \
+         They are: `AMD64 Debian`, `ARM64 macOS`, `s390x RHEL`.",
+        "@drive-by: only people who may write to python/cpython may start builds; nothing was scheduled.",
+    ];
+    assert_eq!(answers.len(), expected.len(), "one answer per command, though one answer was lost: {answers:#?}");
+    for text in expected {
+        assert_eq!(answers.iter().filter(|answer| answer.starts_with(text)).count(), 1, "`{text}` in {answers:#?}");
+    }
+    let states: Vec<(String, String, i64)> = sqlx::query_as(
+        "select event, state, count(*) from notifications where reporter = 'pull_request_loop' group by 1, 2 order by 1, 2",
+    )
+    .fetch_all(&database)
+    .await
+    .unwrap();
+    assert_eq!(
+        states,
+        [("answer_command".to_owned(), "sent".to_owned(), 4), ("remove_label".to_owned(), "sent".to_owned(), 1)]
+    );
+
+    // A push whose head commit asks to skip CI builds nothing.
+    let before = requests_total(&stack).await;
+    let push = json!({
+        "ref": "refs/heads/main", "after": HEAD, "repository": repository, "pusher": { "name": "guido" },
+        "head_commit": { "message": "Fix a typo in a comment\n\n[skip ci]" },
+        "commits": [{ "added": [], "modified": ["Lib/os.py"], "removed": [] }],
+    });
+    let (status, answer) = deliver(&stack, "push", "p-1", &push, None).await;
+    assert_eq!((status, answer["ignored"].as_str()), (200, Some("the head commit of `main` asks to skip CI")));
+    assert_eq!(requests_total(&stack).await, before);
+}
