@@ -32,7 +32,12 @@ enum Trouble {
     RateLimited,
     /// 429 with `Retry-After: 1` (Discord adds `retry_after` in its body).
     TooManyRequests,
+    /// No answer for longer than buildmaster waits, then 504.
+    Hang,
 }
+
+/// How long a hanging target keeps the caller waiting.
+const HANG: Duration = Duration::from_secs(15);
 
 /// One call the stand-in received.
 #[derive(Debug, Clone)]
@@ -130,6 +135,10 @@ async fn github_status(
     let trouble = if down { Some(Trouble::ServerError) } else { stand_in.github_trouble.lock().unwrap().pop_front() };
     match trouble {
         Some(Trouble::ServerError) => refuse(StatusCode::INTERNAL_SERVER_ERROR, "Server Error"),
+        Some(Trouble::Hang) => {
+            tokio::time::sleep(HANG).await;
+            refuse(StatusCode::GATEWAY_TIMEOUT, "upstream timed out")
+        }
         Some(Trouble::RateLimited) => {
             stand_in.record(path, body, StatusCode::FORBIDDEN);
             let reset = (chrono::Utc::now().timestamp() + 1).to_string();
@@ -300,7 +309,13 @@ async fn discord_webhook(
         stand_in.record(path, body, StatusCode::BAD_REQUEST);
         return answer(StatusCode::BAD_REQUEST, &[], json!({ "message": "Invalid Form Body", "code": 50035 }));
     }
-    if stand_in.discord_trouble.lock().unwrap().pop_front().is_some() {
+    let trouble = stand_in.discord_trouble.lock().unwrap().pop_front();
+    if let Some(Trouble::Hang) = trouble {
+        tokio::time::sleep(HANG).await;
+        stand_in.record(path, body, StatusCode::GATEWAY_TIMEOUT);
+        return answer(StatusCode::GATEWAY_TIMEOUT, &[], json!({ "message": "upstream timed out" }));
+    }
+    if trouble.is_some() {
         stand_in.record(path, body, StatusCode::TOO_MANY_REQUESTS);
         return answer(
             StatusCode::TOO_MANY_REQUESTS,
@@ -424,7 +439,7 @@ async fn statuses_and_messages_reach_github_and_discord_through_errors_and_rate_
         Trouble::RateLimited,
         Trouble::TooManyRequests,
     ]);
-    stand_in.discord_trouble.lock().unwrap().extend([Trouble::TooManyRequests]);
+    stand_in.discord_trouble.lock().unwrap().extend([Trouble::Hang, Trouble::TooManyRequests]);
     let url = start_stand_in(stand_in.clone()).await;
     let mut stack = TestStack::new(&reporters_yaml(), &["good", "bad"]).await;
     set_web_url(&stack);
@@ -478,9 +493,13 @@ async fn statuses_and_messages_reach_github_and_discord_through_errors_and_rate_
         all_rows.iter().filter(|row| row["reporter"] == "statuses" && row["attempts"].as_i64() > Some(1)).collect();
     assert!(!retried.is_empty() && retried.iter().all(|row| row["last_error"].is_string()), "{all_rows:?}");
 
-    // Discord hears of the failure only, once, with its failed step.
-    let messages: Vec<Call> = stand_in.calls("/api/webhooks/").into_iter().filter(|call| call.status == 200).collect();
+    // Discord hears of the failure only, once, with its failed step: a
+    // call that hung was given up after 10 s and made again.
+    let calls = stand_in.calls("/api/webhooks/");
+    let messages: Vec<Call> = calls.iter().filter(|call| call.status == 200).cloned().collect();
     assert_eq!(messages.len(), 1, "{messages:?}");
+    let chat = row(&bad_rows, "chat", "finished");
+    assert!(chat["attempts"].as_i64() >= Some(3), "hung, limited, sent: {chat}");
     let content = messages[0].body["content"].as_str().unwrap();
     assert!(content.contains("**bad**") && content.contains("failure") && content.contains("`test`"), "{content}");
     assert!(content.contains(&format!("<{WEB_URL}builders/bad/builds/")), "{content}");
