@@ -15,7 +15,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use crate::harness::{PrivateSmtp, TestStack, binary};
+use crate::harness::{PrivateIrc, PrivateSmtp, TestStack, binary};
 
 const TOKEN: &str = "ghs_a-token-that-may-write-statuses";
 const GOOD_SHA: &str = "1111111111111111111111111111111111111111";
@@ -673,6 +673,7 @@ async fn settled_for(stack: &TestStack, build_id: i64, reporter: &str) -> Vec<Va
 async fn a_burst_of_200_builds_with_a_master_killed_and_github_down_for_a_while_tells_everything() {
     const BUILDS: usize = 200;
     let smtp = PrivateSmtp::start().await;
+    let irc = PrivateIrc::start().await;
     let stand_in = StandIn::default();
     let url = start_stand_in(stand_in.clone()).await;
     let yaml = "factories:\n  pass:\n    steps:\n      - {name: compile, command: [\"true\"]}\n\
@@ -681,14 +682,19 @@ async fn a_burst_of_200_builds_with_a_master_killed_and_github_down_for_a_while_
                 reporters:\n\
                 \x20 - name: statuses\n    github_status: {}\n\
                 \x20 - name: chat\n    discord: {webhook_secret: discord_hook}\n\
-                \x20 - name: list\n    mail: {to: [python-buildbots@python.org]}\n";
+                \x20 - name: list\n    mail: {to: [python-buildbots@python.org]}\n\
+                \x20 - name: pulls\n    github_comment: {}\n\
+                \x20 - name: channel\n    mode: [change]\n    irc: {channels: [\"#builds\"]}\n";
     let mut stack = TestStack::new(yaml, &["burst"]).await;
     set_web_url(&stack);
     let port = smtp.port;
     stack.append_settings(&format!(
-        "{}mail:\n  smtp_host: 127.0.0.1\n  smtp_port: {port}\n  security: none\n  from: buildbot@example.org\n",
-        settings_for(&url, TOKEN)
+        "{}mail:\n  smtp_host: 127.0.0.1\n  smtp_port: {port}\n  security: none\n  from: buildbot@example.org\n\
+         irc:\n  host: localhost\n  port: {}\n  nickname: bb\n",
+        settings_for(&url, TOKEN),
+        irc.tls_port
     ));
+    stack.process_env.push(("SSL_CERT_FILE".into(), irc.ca_file.display().to_string()));
     stack.start_master_process("a").await;
     let b = stack.start_master_process("b").await;
     stack.start_worker("w1");
@@ -739,6 +745,11 @@ async fn a_burst_of_200_builds_with_a_master_killed_and_github_down_for_a_while_
         assert_eq!(total(reporter, "finished", "sent"), BUILDS as i64, "{reporter}: {states:?}");
     }
     assert_eq!(total("statuses", "started", "sent") + total("statuses", "started", "skipped"), BUILDS as i64);
+    // Green after green is no change, and no pull request's: each row
+    // looked at once and skipped, the IRC ones by whichever master held
+    // the connection, through the kill.
+    assert_eq!(total("channel", "finished", "skipped"), BUILDS as i64, "{states:?}");
+    assert_eq!(total("pulls", "finished", "skipped"), BUILDS as i64, "{states:?}");
 
     // GitHub: every commit ends with its result; a start never follows it.
     let github = stand_in.calls("/repos/");
