@@ -684,11 +684,65 @@ operclass "user" {{ }};
 /// keeping every mail it accepts in a maildir.
 pub struct PrivateSmtp {
     pub port: u16,
+    /// The CA of its certificate, when it speaks TLS.
+    pub ca_file: Option<PathBuf>,
     _server: ChildGuard,
     dir: tempfile::TempDir,
 }
 
+/// aiosmtpd as a library, for what its command line cannot do: STARTTLS
+/// required before AUTH, and one login that is accepted.
+const SECURED_SMTP: &str = r#"
+import sys, time, ssl
+from aiosmtpd.controller import Controller
+from aiosmtpd.handlers import Mailbox
+from aiosmtpd.smtp import AuthResult
+port, cert, key, maildir, user, password = sys.argv[1:]
+context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+context.load_cert_chain(cert, key)
+def authenticate(server, session, envelope, mechanism, data):
+    return AuthResult(success=data.login.decode() == user and data.password.decode() == password)
+Controller(Mailbox(maildir), hostname="127.0.0.1", port=int(port), tls_context=context, require_starttls=True,
+           auth_required=True, auth_require_tls=True, authenticator=authenticate).start()
+while True:
+    time.sleep(3600)
+"#;
+
 impl PrivateSmtp {
+    /// A server that takes mail only after STARTTLS and a login as `user`
+    /// with `password`, with a certificate for `localhost` (`ca_file`).
+    pub async fn start_secured(user: &str, password: &str) -> PrivateSmtp {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let port = free_port();
+        let (ca, cert, key) = make_certificates(dir.path());
+        // The interpreter aiosmtpd was installed for (its command's).
+        let command = std::env::var_os("PATH")
+            .into_iter()
+            .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+            .map(|dir| dir.join("aiosmtpd"))
+            .find(|candidate| candidate.is_file())
+            .expect("aiosmtpd (deploy/services.sh ensure --tests installs it)");
+        let script = std::fs::read_to_string(command).expect("read aiosmtpd");
+        let python = script.lines().next().and_then(|line| line.strip_prefix("#!")).unwrap_or("python3").trim();
+        let server = Command::new(python)
+            .args(["-c", SECURED_SMTP, &port.to_string()])
+            .arg(cert)
+            .arg(key)
+            .arg(dir.path().join("mail"))
+            .args([user, password])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python runs aiosmtpd");
+        let server = ChildGuard(server);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            assert!(Instant::now() < deadline, "aiosmtpd on port {port} did not listen");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        PrivateSmtp { port, ca_file: Some(ca), _server: server, dir }
+    }
+
     pub async fn start() -> PrivateSmtp {
         let dir = tempfile::tempdir().expect("temporary directory");
         let port = free_port();
@@ -705,7 +759,7 @@ impl PrivateSmtp {
             assert!(Instant::now() < deadline, "aiosmtpd on port {port} did not listen");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        PrivateSmtp { port, _server: server, dir }
+        PrivateSmtp { port, ca_file: None, _server: server, dir }
     }
 
     /// Every mail received so far, whole (headers and body), oldest first.

@@ -967,3 +967,35 @@ async fn a_pull_requests_failures_are_commented_once_each_way_even_when_githubs_
     assert_eq!(row(&rows, "kept", "finished")["state"], "skipped");
     assert_eq!(stand_in.comments.lock().unwrap().len(), 3);
 }
+
+/// Mail through a server that, like most, wants STARTTLS and a login: the
+/// certificate is checked (its CA trusted through `SSL_CERT_FILE`), the
+/// password from settings.yaml is given, and the mail arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_goes_through_starttls_and_a_login() {
+    let smtp = PrivateSmtp::start_secured("buildbot", "an-smtp-password").await;
+    let yaml = reporters_yaml().replace(
+        "reporters:\n",
+        "reporters:\n  - name: list\n    builders: [bad]\n    mail: {to: [python-buildbots@python.org]}\n",
+    );
+    let mut stack = TestStack::new(&yaml, &["good", "bad"]).await;
+    set_web_url(&stack);
+    stack.append_settings(&format!(
+        "{}mail:\n  smtp_host: localhost\n  smtp_port: {}\n  security: starttls\n\
+         \x20 username: buildbot\n  password: an-smtp-password\n  from: buildbot@example.org\n",
+        settings_for("http://127.0.0.1:9", TOKEN),
+        smtp.port
+    ));
+    let ca = smtp.ca_file.as_ref().unwrap().display().to_string();
+    stack.process_env.push(("SSL_CERT_FILE".into(), ca));
+    let a = stack.start_master_process("a").await;
+    stack.base_url = format!("http://{a}");
+    stack.start_worker("w1");
+
+    let bad = stack.wait_for_build(stack.force("bad").await).await;
+    let rows = settled_for(&stack, bad["buildid"].as_i64().unwrap(), "list").await;
+    assert_eq!(row(&rows, "list", "finished")["state"], "sent", "{rows:?}");
+    let mails = smtp.mails();
+    assert_eq!(mails.len(), 1, "{mails:?}");
+    assert!(mails[0].contains(&format!("Subject: buildmaster: bad build {} failure", bad["number"])), "{}", mails[0]);
+}
