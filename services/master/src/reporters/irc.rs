@@ -296,8 +296,9 @@ impl<'a> Session<'a> {
         let mut heard = Instant::now();
         let mut pinged = false;
         let mut renew = tokio::time::interval(RENEW_EVERY);
-        // Whether a notification may be due now (one was just taken, or a
-        // ring came); otherwise look once a second for other masters'.
+        // Whether a notification may be due now: one was just taken, a
+        // ring came (from this master), or a second passed (other masters'
+        // are found by looking).
         let mut look_now = true;
         loop {
             if !self.registered && connected.elapsed() > REGISTER_WITHIN {
@@ -314,7 +315,6 @@ impl<'a> Session<'a> {
             let can_take = free(self);
             let can_send = self.registered && !self.paced.is_empty();
             let turn = self.pace.wait();
-            let look_in = if look_now { Duration::ZERO } else { Duration::from_secs(1) };
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(Ended::Shutdown),
                 line = lines.next_line() => {
@@ -326,6 +326,7 @@ impl<'a> Session<'a> {
                     }
                 }
                 _ = renew.tick() => {
+                    look_now = true;
                     let held = tokio::time::timeout(RENEW_EVERY, self.master.store.hold_role(ROLE, self.master.id, HOLD));
                     match held.await {
                         Ok(Ok(true)) => renewed = Instant::now(),
@@ -365,7 +366,8 @@ impl<'a> Session<'a> {
                     }
                 }
                 _ = &mut rung => look_now = true,
-                _ = tokio::time::sleep(look_in), if can_take => look_now = true,
+                // Took one: look again at once, after what else is ready.
+                _ = std::future::ready(()), if can_take && look_now => {}
             }
         }
     }
