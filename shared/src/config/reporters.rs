@@ -121,8 +121,8 @@ fn default_status_description() -> Template {
 #[serde(deny_unknown_fields)]
 pub struct GitHubCommentConfig {
     /// What a later failure of the same pull request does: `edit` the
-    /// reporter's comment (the default: one comment per pull request that
-    /// always tells of the latest failure) or `add` one more.
+    /// reporter's comment (the default: one comment per pull request and
+    /// builder that always tells of its latest failure) or `add` one more.
     #[serde(default)]
     pub later_failures: LaterFailures,
     /// Lines of the failed step's log quoted, from its end; 0 for none.

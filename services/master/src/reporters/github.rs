@@ -2,7 +2,7 @@
 //! result when it ends, one context per builder, on the commit built, a
 //! pull request's head; setting the same status twice is harmless, GitHub
 //! keeps the latest per context) and comments on pull requests whose builds
-//! fail (one per pull request, edited, or one per failure; each carries a
+//! fail (one per pull request and builder, edited, or one per failure; each carries a
 //! hidden marker, so a comment made by a master that died before recording
 //! it is found instead of made twice).
 
@@ -15,6 +15,7 @@ use shared::config::reporters::{BuildReport, GitHubCommentConfig, GitHubStatusCo
 use super::{Delivery, SendError, refusal, unreachable};
 use crate::changes::PullRequestAction;
 use crate::github_app::{GitHubAuthError, GitHubCredentials};
+use crate::store::KeptComment;
 
 /// GitHub keeps this much of a status's description.
 const DESCRIPTION_CHARS: usize = 140;
@@ -182,18 +183,21 @@ pub async fn comment(
         .render(report)
         .map_err(|error| SendError::Refused { problem: format!("a template failed: {error}") })?;
     let edit = config.later_failures == LaterFailures::Edit;
-    // The reporter's comment on this pull request (edit), or this
-    // notification's (add).
+    // The reporter's comment on this pull request for this builder (edit),
+    // or this notification's (add). A builder's name cannot end it.
+    let builder = report.builder.replace("--", "- -");
     let marker = match edit {
-        true => format!("<!-- buildmaster reporter={} -->", of.reporter),
+        true => format!("<!-- buildmaster reporter={} builder={builder} -->", of.reporter),
         false => format!("<!-- buildmaster reporter={} notification={} -->", of.reporter, of.notification_id),
     };
+    let kept =
+        KeptComment { reporter: of.reporter, repository: &repository, pull_request: number, builder: &report.builder };
     let body: String = rendered.chars().take(COMMENT_CHARS).collect();
     let body = json!({ "body": format!("{body}\n\n{marker}") });
     let api = Api { http, github, credentials: &master.github };
     let store = |error: crate::store::StoreError| SendError::Retry { problem: error.to_string(), after: None };
     let mut known = match edit {
-        true => master.store.pull_request_comment(of.reporter, &repository, number).await.map_err(store)?,
+        true => master.store.pull_request_comment(&kept).await.map_err(store)?,
         false => None,
     };
     if known.is_none() && (edit || !of.first_attempt) {
@@ -207,11 +211,11 @@ pub async fn comment(
         let response = api.send(reqwest::Method::PATCH, &path, Some(body.clone())).await?;
         if response.status() == reqwest::StatusCode::NOT_FOUND {
             // Deleted by someone: a new one is made below.
-            master.store.keep_pull_request_comment(of.reporter, &repository, number, None).await.map_err(store)?;
+            master.store.keep_pull_request_comment(&kept, None).await.map_err(store)?;
         } else if !response.status().is_success() {
             return Err(refusal("GitHub", response).await);
         } else {
-            master.store.keep_pull_request_comment(of.reporter, &repository, number, Some(id)).await.map_err(store)?;
+            master.store.keep_pull_request_comment(&kept, Some(id)).await.map_err(store)?;
             return Ok(Delivery::Told(format!("comment {id} on {repository}#{number} edited")));
         }
     }
@@ -222,7 +226,7 @@ pub async fn comment(
         after: None,
     })?;
     if edit {
-        master.store.keep_pull_request_comment(of.reporter, &repository, number, Some(id)).await.map_err(store)?;
+        master.store.keep_pull_request_comment(&kept, Some(id)).await.map_err(store)?;
     }
     Ok(Delivery::Told(format!("comment {id} on {repository}#{number}")))
 }

@@ -37,7 +37,7 @@ pub use claims::{Claim, ClaimedBuild};
 pub use leases::Expired;
 pub use logs::{ArchivedChunk, LogLocation, LogRow, LogState};
 pub use notifications::{
-    Notification, NotificationRow, PULL_REQUEST_LOOP, ReportEvent, ReportFacts, Takes, WORKER_ADMINS,
+    KeptComment, Notification, NotificationRow, PULL_REQUEST_LOOP, ReportEvent, ReportFacts, Takes, WORKER_ADMINS,
 };
 pub use overview::{BRANCH_SCAN_BUILDS, GridCell, LastBuild, RunningBuild};
 pub use recording::{EventRejected, FinishedBuild, RecordError, Recorded};

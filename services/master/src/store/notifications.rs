@@ -37,6 +37,17 @@ impl ReportEvent {
     }
 }
 
+/// Which comment a `github_comment` reporter keeps: one per pull request
+/// and builder, so builders failing at once do not overwrite each other.
+#[derive(Debug, Clone, Copy)]
+pub struct KeptComment<'a> {
+    pub reporter: &'a str,
+    /// `owner/name`.
+    pub repository: &'a str,
+    pub pull_request: i64,
+    pub builder: &'a str,
+}
+
 /// Whose notifications a taker delivers: the IRC connection's holder
 /// takes its reporters' alone, every other deliverer the rest.
 #[derive(Debug, Clone, Copy)]
@@ -231,43 +242,41 @@ impl Store {
         .await?)
     }
 
-    /// The comment `reporter` keeps on a pull request, if it recorded one.
-    pub async fn pull_request_comment(
-        &self,
-        reporter: &str,
-        repository: &str,
-        number: i64,
-    ) -> StoreResult<Option<i64>> {
+    /// The comment a reporter keeps on a pull request for a builder, if it
+    /// recorded one.
+    pub async fn pull_request_comment(&self, kept: &KeptComment<'_>) -> StoreResult<Option<i64>> {
         Ok(sqlx::query_scalar(
             r#"select comment_id from pull_request_comments
-               where reporter = $1 and repository = $2 and pull_request = $3"#,
+               where reporter = $1 and repository = $2 and pull_request = $3 and builder = $4"#,
         )
-        .bind(reporter)
-        .bind(repository)
-        .bind(number as i32)
+        .bind(kept.reporter)
+        .bind(kept.repository)
+        .bind(kept.pull_request as i32)
+        .bind(kept.builder)
         .fetch_optional(&self.pool)
         .await?)
     }
 
-    /// Records the comment `reporter` keeps on a pull request; `None`
-    /// forgets it (it was deleted on GitHub).
-    pub async fn keep_pull_request_comment(
-        &self,
-        reporter: &str,
-        repository: &str,
-        number: i64,
-        comment_id: Option<i64>,
-    ) -> StoreResult<()> {
+    /// Records the comment a reporter keeps on a pull request for a
+    /// builder; `None` forgets it (it was deleted on GitHub).
+    pub async fn keep_pull_request_comment(&self, kept: &KeptComment<'_>, comment_id: Option<i64>) -> StoreResult<()> {
         let query = match comment_id {
             Some(_) => {
-                r#"insert into pull_request_comments (reporter, repository, pull_request, comment_id)
-                   values ($1, $2, $3, $4)
-                   on conflict (reporter, repository, pull_request)
+                r#"insert into pull_request_comments (reporter, repository, pull_request, builder, comment_id)
+                   values ($1, $2, $3, $4, $5)
+                   on conflict (reporter, repository, pull_request, builder)
                    do update set comment_id = excluded.comment_id, updated_at = now()"#
             }
-            None => "delete from pull_request_comments where reporter = $1 and repository = $2 and pull_request = $3",
+            None => {
+                r#"delete from pull_request_comments
+                   where reporter = $1 and repository = $2 and pull_request = $3 and builder = $4"#
+            }
         };
-        let mut query = sqlx::query(query).bind(reporter).bind(repository).bind(number as i32);
+        let mut query = sqlx::query(query)
+            .bind(kept.reporter)
+            .bind(kept.repository)
+            .bind(kept.pull_request as i32)
+            .bind(kept.builder);
         if let Some(id) = comment_id {
             query = query.bind(id);
         }

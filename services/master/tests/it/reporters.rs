@@ -901,12 +901,12 @@ async fn a_pull_requests_failures_are_commented_once_each_way_even_when_githubs_
     let url = start_stand_in(stand_in.clone()).await;
     let yaml = "factories:\n  noisy:\n    steps:\n      - {name: compile, command: [\"true\"]}\n\
                 \x20     - name: test\n        command: [sh, -c, 'for i in $(seq 1 40); do echo line $i; done; echo FAIL: test_x; exit 1']\n\
-                builders:\n  - {name: pr, factory: noisy, workers: [w1]}\n\
-                schedulers:\n  - {type: force, name: force, builders: [pr]}\n\
+                builders:\n  - {name: pr, factory: noisy, workers: [w1]}\n  - {name: pr-b, factory: noisy, workers: [w1]}\n\
+                schedulers:\n  - {type: force, name: force, builders: [pr, pr-b]}\n\
                 reporters:\n\
                 \x20 - name: kept\n    pull_requests: only\n    github_comment: {}\n\
                 \x20 - name: every\n    pull_requests: only\n    github_comment: {later_failures: add, log_lines: 5}\n";
-    let mut stack = TestStack::new(yaml, &["pr"]).await;
+    let mut stack = TestStack::new(yaml, &["pr", "pr-b"]).await;
     set_web_url(&stack);
     stack.append_settings(&settings_for(&url, TOKEN));
     stack.start_master("a").await;
@@ -943,13 +943,20 @@ async fn a_pull_requests_failures_are_commented_once_each_way_even_when_githubs_
     assert!(every.2.contains("line 37\nline 38\nline 39\nline 40\nFAIL: test_x"), "{}", every.2);
     assert!(!every.2.contains("line 36"), "five lines only: {}", every.2);
 
-    // The next failure edits the kept comment and adds one more.
-    let second = stack.wait_for_build(stack.force_with("pr", pull_request).await).await;
-    settled(&stack, second["buildid"].as_i64().unwrap()).await;
+    // The next failure of the builder edits its kept comment (another
+    // builder failing at once gets one of its own) and adds one more each.
+    let second = stack.force_with("pr", pull_request.clone()).await;
+    let other = stack.force_with("pr-b", pull_request).await;
+    for request in [second, other] {
+        let build = stack.wait_for_build(request).await;
+        settled(&stack, build["buildid"].as_i64().unwrap()).await;
+    }
     let comments = stand_in.comments.lock().unwrap().clone();
-    assert_eq!(comments.len(), 3, "{comments:#?}");
+    assert_eq!(comments.len(), 5, "{comments:#?}");
     let edited = comments.iter().find(|(id, _, _)| *id == kept.0).unwrap();
     assert!(edited.2.contains("**pr** build 2 ended in **failure**"), "{}", edited.2);
+    let kept_b = comments.iter().filter(|(_, _, body)| body.contains("reporter=kept builder=pr-b")).count();
+    assert_eq!(kept_b, 1, "{comments:#?}");
     assert!(
         comments
             .iter()
@@ -965,7 +972,7 @@ async fn a_pull_requests_failures_are_commented_once_each_way_even_when_githubs_
     let plain = stack.wait_for_build(stack.force("pr").await).await;
     let rows = settled(&stack, plain["buildid"].as_i64().unwrap()).await;
     assert_eq!(row(&rows, "kept", "finished")["state"], "skipped");
-    assert_eq!(stand_in.comments.lock().unwrap().len(), 3);
+    assert_eq!(stand_in.comments.lock().unwrap().len(), 5);
 }
 
 /// Mail through a server that, like most, wants STARTTLS and a login: the
