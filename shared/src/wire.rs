@@ -185,6 +185,17 @@ pub struct Step {
     /// Exit code to result; codes not listed are FAILURE.
     #[serde(deserialize_with = "crate::model::deserialize_exit_codes")]
     pub decode_rc: BTreeMap<i32, Results>,
+    /// Warnings to count in the output.
+    #[serde(default)]
+    pub warnings: Option<Warnings>,
+}
+
+/// Lines matching `pattern` are warnings; more than `max` make a step that
+/// succeeded end WARNINGS.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Warnings {
+    pub pattern: String,
+    pub max: u32,
 }
 
 impl Step {
@@ -397,6 +408,8 @@ impl LogChannel {
 
 /// The name of the one log every shell step has, as in Buildbot.
 pub const STDIO_LOG: &str = "stdio";
+/// The slug of the log holding the lines a step's warnings pattern matched.
+pub const WARNINGS_LOG: &str = "warnings";
 
 #[cfg(test)]
 mod tests {
@@ -417,6 +430,7 @@ mod tests {
             warn_on_warnings: true,
             always_run: false,
             decode_rc: BTreeMap::from([(0, Results::Success), (5, Results::Warnings)]),
+            warnings: None,
         }
     }
 

@@ -275,6 +275,8 @@ fn steps_for_build(
                 warn_on_warnings: step.warn_on_warnings,
                 always_run: step.always_run,
                 decode_rc: step.decode_rc.clone(),
+                // Checked when the configuration loaded.
+                warnings: step.warnings.as_ref().and_then(|warnings| warnings.resolve().ok()),
             }
         })
         .collect()

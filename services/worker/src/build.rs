@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use chrono::Utc;
 use shared::model::{Results, build_result_contribution, halts_build};
 use shared::wire::Step;
-use shared::wire::{BuildAssignment, LogRecord, STDIO_LOG, StepRecord, WorkerEvent};
+use shared::wire::{BuildAssignment, LogChannel, LogRecord, STDIO_LOG, StepRecord, WARNINGS_LOG, WorkerEvent};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -142,6 +142,25 @@ async fn run_step(
     record.state_string = outcome.state_string.clone();
     record.logs[0].chunks = totals.entries;
     record.logs[0].bytes = totals.bytes;
+    if let Some(counter) = outcome.warnings.as_ref().filter(|counter| counter.count > 0) {
+        // The lines the pattern matched, masked like the step's own log.
+        let key = context.namespace.log_stream_key(&context.name, build.build_id, number, WARNINGS_LOG);
+        let spool = context.basedir.join(".spool").join(format!("{}-{number}-{WARNINGS_LOG}", build.build_id));
+        let filter = LogFilter::new(build.secrets.0.values().cloned(), build.max_log_bytes);
+        let log = LogWriter::start(context.redis.clone(), key, spool, filter);
+        log.write(LogChannel::Stdout, counter.lines.clone()).await;
+        if counter.dropped > 0 {
+            let note = format!("... and {} more warnings, not kept here (see the stdio log)\n", counter.dropped);
+            log.write(LogChannel::Header, note.into_bytes()).await;
+        }
+        let totals = log.finish().await;
+        record.logs.push(LogRecord {
+            slug: WARNINGS_LOG.into(),
+            name: WARNINGS_LOG.into(),
+            chunks: totals.entries,
+            bytes: totals.bytes,
+        });
+    }
     let finished = WorkerEvent::StepFinished {
         worker,
         build_id,

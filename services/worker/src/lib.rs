@@ -14,6 +14,7 @@ mod logs;
 pub mod metrics;
 mod rpc;
 mod step;
+mod warnings;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;

@@ -21,11 +21,14 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::logs::LogWriter;
+use crate::warnings::WarningCounter;
 
 /// How a step ended.
 pub struct StepOutcome {
     pub results: Results,
     pub state_string: String,
+    /// What its warnings pattern matched, when it has one.
+    pub warnings: Option<WarningCounter>,
 }
 
 #[derive(Clone, Copy)]
@@ -54,14 +57,22 @@ pub async fn run_step(
     if relative.is_absolute() || relative.components().any(|part| matches!(part, std::path::Component::ParentDir)) {
         let message = format!("workdir `{}` leaves the builder's directory; refusing to run\n", spec.workdir);
         log.write(LogChannel::Header, message.into_bytes()).await;
-        return StepOutcome { results: Results::Exception, state_string: "workdir outside the builder".into() };
+        return StepOutcome {
+            results: Results::Exception,
+            state_string: "workdir outside the builder".into(),
+            warnings: None,
+        };
     }
     log.write(LogChannel::Header, format!("{}\n in dir {}\n", shell_words(&argv), workdir.display()).into_bytes())
         .await;
     if let Err(error) = tokio::fs::create_dir_all(&workdir).await {
         let message = format!("cannot create the step's directory {}: {error}\n", workdir.display());
         log.write(LogChannel::Header, message.into_bytes()).await;
-        return StepOutcome { results: Results::Exception, state_string: "cannot create workdir".into() };
+        return StepOutcome {
+            results: Results::Exception,
+            state_string: "cannot create workdir".into(),
+            warnings: None,
+        };
     }
     let mut env = BTreeMap::new();
     for (name, value) in &spec.env {
@@ -72,7 +83,11 @@ pub async fn run_step(
             Err(missing) => {
                 let message = format!("secret `{missing}` (in env {name}) was not sent by the masters\n");
                 log.write(LogChannel::Header, message.into_bytes()).await;
-                return StepOutcome { results: Results::Exception, state_string: "missing secret".into() };
+                return StepOutcome {
+                    results: Results::Exception,
+                    state_string: "missing secret".into(),
+                    warnings: None,
+                };
             }
         }
     }
@@ -94,7 +109,11 @@ pub async fn run_step(
         Err(error) => {
             let message = format!("cannot start `{}`: {error}\n", argv[0]);
             log.write(LogChannel::Header, message.into_bytes()).await;
-            return StepOutcome { results: Results::Failure, state_string: format!("cannot start {}", argv[0]) };
+            return StepOutcome {
+                results: Results::Failure,
+                state_string: format!("cannot start {}", argv[0]),
+                warnings: None,
+            };
         }
     };
     let group = Pid::from_raw(child.id().expect("a child that was just spawned has an id") as i32);
@@ -121,12 +140,18 @@ pub async fn run_step(
     // step, whose pipes are no longer read, waits for the log instead of
     // being counted silent.
     let mut pending: Option<(LogChannel, Vec<u8>)> = None;
+    let mut warnings = spec.warnings.as_ref().and_then(|warnings| WarningCounter::new(&warnings.pattern));
 
     while pipes_open || exit_status.is_none() || pending.is_some() {
         let running = exit_status.is_none();
         tokio::select! {
             piece = outputs.recv(), if pipes_open && pending.is_none() => match piece {
-                Some(piece) => pending = Some(piece),
+                Some(piece) => {
+                    if let Some(counter) = &mut warnings {
+                        counter.feed(piece.0, &piece.1);
+                    }
+                    pending = Some(piece);
+                }
                 None => pipes_open = false,
             },
             permit = log.reserve(), if pending.is_some() => {
@@ -198,7 +223,19 @@ pub async fn run_step(
         }
     };
     log.write(LogChannel::Header, format!("{footer}\nelapsedTime={:.6}\n", elapsed.as_secs_f64()).into_bytes()).await;
-    StepOutcome { results, state_string }
+    let (mut results, mut state_string) = (results, state_string);
+    if let (Some(counter), Some(limits)) = (&mut warnings, &spec.warnings) {
+        counter.finish();
+        if counter.count > 0 {
+            let plural = if counter.count == 1 { "" } else { "s" };
+            state_string = format!("{state_string}; {} warning{plural}", counter.count);
+        }
+        // Warnings make a success orange; they do not soften a failure.
+        if results == Results::Success && counter.count > u64::from(limits.max) {
+            results = Results::Warnings;
+        }
+    }
+    StepOutcome { results, state_string, warnings }
 }
 
 /// Sends SIGTERM to the group and says when SIGKILL follows.

@@ -57,6 +57,50 @@ pub struct StepSpec {
     /// FAILURE. Default: `{0: SUCCESS}`.
     #[serde(default = "default_decode_rc", deserialize_with = "crate::model::deserialize_exit_codes")]
     pub decode_rc: BTreeMap<i32, Results>,
+    /// Warnings counted in the output as it streams: `compiler` (GCC's,
+    /// Clang's and MSVC's), or `{pattern: REGEX, max: N}`. More than `max`
+    /// (default 0) make a step that succeeded end WARNINGS; the matching
+    /// lines are its `warnings` log.
+    #[serde(default)]
+    pub warnings: Option<WarningsSpec>,
+}
+
+/// How a step's warnings are recognised.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum WarningsSpec {
+    /// A named pattern: `compiler`.
+    Preset(String),
+    Pattern {
+        pattern: String,
+        #[serde(default)]
+        max: u32,
+    },
+}
+
+/// A compiler's warning: `file.c:12:5: warning: ...` (GCC, Clang) or
+/// `file.c(12): warning C4101: ...` (MSVC).
+pub const COMPILER_WARNINGS: &str = r"(?::\d+(?::\d+)?: warning: |\(\d+(?:,\d+)?\): warning [A-Z]+\d+: )";
+
+impl WarningsSpec {
+    /// The pattern and the most warnings that leave the step as it is, or
+    /// what is wrong with them.
+    pub fn resolve(&self) -> Result<crate::wire::Warnings, String> {
+        let (pattern, max) = match self {
+            WarningsSpec::Preset(name) if name == "compiler" => (COMPILER_WARNINGS.to_owned(), 0),
+            WarningsSpec::Preset(name) => {
+                return Err(format!(
+                    "`{name}` is not a warnings preset; use `compiler` or `{{pattern: REGEX, max: N}}`"
+                ));
+            }
+            WarningsSpec::Pattern { pattern, max } => (pattern.clone(), *max),
+        };
+        regex::Regex::new(&pattern).map_err(|error| {
+            let problem = error.to_string();
+            format!("the warnings pattern cannot be read: {}", problem.lines().last().unwrap_or_default().trim())
+        })?;
+        Ok(crate::wire::Warnings { pattern, max })
+    }
 }
 
 fn default_workdir() -> String {
@@ -268,6 +312,29 @@ impl GitStepFile {
             warn_on_warnings: true,
             always_run: self.always_run,
             decode_rc: default_decode_rc(),
+            warnings: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warnings_are_a_preset_or_a_pattern_that_reads() {
+        let compiler = WarningsSpec::Preset("compiler".into()).resolve().unwrap();
+        let matcher = regex::Regex::new(&compiler.pattern).unwrap();
+        assert!(matcher.is_match("Objects/obmalloc.c:1234:9: warning: unused variable 'x' [-Wunused-variable]"));
+        assert!(matcher.is_match(r"PC\launcher.c(42): warning C4996: 'strcpy': This function may be unsafe"));
+        assert!(!matcher.is_match("Warning -- files was modified by test_os"));
+        assert!(!matcher.is_match("gcc -Wall -c a.c"));
+        assert_eq!(compiler.max, 0);
+        let unknown = WarningsSpec::Preset("gcc".into()).resolve().unwrap_err();
+        assert!(unknown.starts_with("`gcc` is not a warnings preset"), "{unknown}");
+        let broken = WarningsSpec::Pattern { pattern: "(unclosed".into(), max: 3 }.resolve().unwrap_err();
+        assert_eq!(broken, "the warnings pattern cannot be read: error: unclosed group");
+        let own = WarningsSpec::Pattern { pattern: "^Warning -- ".into(), max: 3 }.resolve().unwrap();
+        assert_eq!((own.pattern.as_str(), own.max), ("^Warning -- ", 3));
     }
 }

@@ -353,6 +353,9 @@ pub(super) fn master(file: &mut SourceFile, master: &MasterConfig, settings: &Se
                     Some("a property is one word: write `\"%(prop:NAME)s\"` or `%(prop:NAME)s`".into()),
                 );
             }
+            if let Some(Err(problem)) = step.warnings.as_ref().map(|warnings| warnings.resolve()) {
+                file.error_at_value(&step_at.key("warnings"), problem, None);
+            }
             if !step_names.insert(step.name.as_str()) {
                 file.error_at_value(
                     &step_at.key("name"),

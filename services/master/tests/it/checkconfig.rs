@@ -47,6 +47,22 @@ fn an_unknown_key_is_reported_at_its_line_with_the_field_it_resembles() {
 }
 
 #[test]
+fn a_warnings_pattern_that_cannot_be_read_and_an_unknown_preset_are_reported_at_their_lines() {
+    let master = VALID_MASTER.replace(
+        "command: [\"true\"]",
+        "command: [\"true\"]\n        warnings: {pattern: \"(oops\", max: 2}\n      - name: t\n        command: [\"true\"]\n        warnings: clang",
+    );
+    let (ok, stderr) = checkconfig(SETTINGS, &master);
+    assert!(!ok);
+    for expected in [
+        "master.yaml:6:19: the warnings pattern cannot be read: error: unclosed group",
+        "master.yaml:9:19: `clang` is not a warnings preset; use `compiler`",
+    ] {
+        assert!(stderr.contains(expected), "missing `{expected}` in:\n{stderr}");
+    }
+}
+
+#[test]
 fn a_wrong_type_is_reported_at_its_line() {
     let master = VALID_MASTER.replace("command: [\"true\"]", "command: [\"true\"]\n        timeout: soon");
     let (ok, stderr) = checkconfig(SETTINGS, &master);

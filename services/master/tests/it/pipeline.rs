@@ -82,6 +82,41 @@ async fn a_forced_build_completes_on_a_worker_and_its_log_is_what_the_steps_prin
     assert_eq!(logs[0]["num_lines"], 8, "2 header lines (command, directory), 4 printed, 2 footer (exit code, time)");
 }
 
+const WARNS: &str = r#"- name: compile
+  warnings: compiler
+  command: [sh, -c, "printf 'gcc -c a.c\\na.c:12:5: warning: unused x\\nok\\nb.c(3): warning C4101: y\\n'"]
+- name: test
+  warnings: {pattern: "^Warning -- ", max: 1}
+  command: [sh, -c, "echo 'Warning -- one leaked'; echo 'not Warning -- this'"]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_counting_warnings_ends_warnings_with_their_count_and_a_log_of_them() {
+    let stack = two_masters_haproxy_and_a_worker(&[("warns", WARNS)]).await;
+    let build = stack.wait_for_build(stack.force("warns").await).await;
+    assert_eq!(build["results"], 1, "WARNINGS: {build}");
+    let steps = stack.steps(build["buildid"].as_i64().unwrap()).await;
+    assert_eq!(ids(&steps, "results"), [1, 0], "over its max, then within it");
+    assert_eq!(ids(&steps, "state_string"), ["exit code 0; 2 warnings", "exit code 0; 1 warning"]);
+    for (step, expected) in
+        steps.iter().zip(["a.c:12:5: warning: unused x\nb.c(3): warning C4101: y\n", "Warning -- one leaked\n"])
+    {
+        let step_id = step["stepid"].as_i64().unwrap();
+        stack.archived_log(step_id).await;
+        let logs = stack.get(&format!("/api/v2/steps/{step_id}/logs")).await;
+        let warnings = logs["logs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|log| log["slug"] == "warnings")
+            .unwrap_or_else(|| panic!("no warnings log: {logs}"))
+            .clone();
+        assert_eq!(warnings["complete"], true, "{warnings}");
+        let raw = stack.get_bytes(&format!("/api/v2/logs/{}/raw", warnings["logid"])).await;
+        assert_eq!(String::from_utf8(raw).unwrap(), expected);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_step_halts_the_build_but_always_run_steps_still_run() {
     let stack = two_masters_haproxy_and_a_worker(&[("halts", HALTS)]).await;
