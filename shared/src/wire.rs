@@ -188,6 +188,25 @@ pub struct Step {
     /// Warnings to count in the output.
     #[serde(default)]
     pub warnings: Option<Warnings>,
+    /// How to read failed tests from the output.
+    #[serde(default)]
+    pub test_summary: Option<TestSummaryRule>,
+}
+
+/// How a worker reads a test runner's summary (see
+/// `config::TestSummarySpec`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TestSummaryRule {
+    pub failed: String,
+    pub passed: Option<String>,
+}
+
+/// What a step's test summary said.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TestSummary {
+    /// In the order the runner listed them.
+    pub failed: Vec<String>,
+    pub passed: Option<u64>,
 }
 
 /// Lines matching `pattern` are warnings; more than `max` make a step that
@@ -339,6 +358,9 @@ pub struct StepRecord {
     pub results: Option<Results>,
     pub state_string: String,
     pub logs: Vec<LogRecord>,
+    /// What the step's test runner summary said, once it finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_summary: Option<TestSummary>,
 }
 
 /// A log of a step: its Redis stream holds entries `1-0` … `{chunks}-0`.
@@ -431,6 +453,7 @@ mod tests {
             always_run: false,
             decode_rc: BTreeMap::from([(0, Results::Success), (5, Results::Warnings)]),
             warnings: None,
+            test_summary: None,
         }
     }
 

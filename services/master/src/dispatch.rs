@@ -277,6 +277,7 @@ fn steps_for_build(
                 decode_rc: step.decode_rc.clone(),
                 // Checked when the configuration loaded.
                 warnings: step.warnings.as_ref().and_then(|warnings| warnings.resolve().ok()),
+                test_summary: step.test_summary.as_ref().and_then(|summary| summary.resolve().ok()),
             }
         })
         .collect()

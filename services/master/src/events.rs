@@ -155,6 +155,9 @@ async fn record(master: &Master, event: &WorkerEvent) -> Result<Recorded, EventE
                 return Ok(Recorded::Duplicate);
             };
             let (step_id, log_rows) = Store::upsert_step(&mut tx, *build_id, step).await?;
+            if let Some(summary) = &step.test_summary {
+                Store::record_test_summary(&mut tx, *build_id, step_id, summary).await?;
+            }
             Store::set_build_state(&mut tx, *build_id, &step.name).await?;
             let reporters = if step.number == 0 {
                 master.catalog().reporters_of(builder_id, ReportEvent::Started).to_vec()
@@ -188,6 +191,9 @@ async fn record(master: &Master, event: &WorkerEvent) -> Result<Recorded, EventE
                 return Ok(Recorded::Duplicate);
             };
             let (step_id, log_rows) = Store::upsert_step(&mut tx, *build_id, step).await?;
+            if let Some(summary) = &step.test_summary {
+                Store::record_test_summary(&mut tx, *build_id, step_id, summary).await?;
+            }
             let mut redis = master.redis.clone();
             let mut archived_keys = Vec::new();
             let mut archived_logs = Vec::new();

@@ -39,7 +39,8 @@ pub use query::MAX_PAGE;
 
 use crate::Master;
 use crate::store::resources::{
-    BUILDERS, BUILDREQUESTS, BUILDS, BUILDSETS, CHANGES, FORCESCHEDULERS, LOGS, MASTERS, Resource, STEPS, WORKERS,
+    BUILDERS, BUILDREQUESTS, BUILDS, BUILDSETS, CHANGES, FORCESCHEDULERS, LOGS, MASTERS, Resource, STEPS,
+    TEST_RESULT_SETS, TEST_RESULTS, WORKERS,
 };
 
 type AppState = Arc<Master>;
@@ -123,6 +124,19 @@ pub fn api() -> Vec<(RouteDoc, MethodRouter<AppState>)> {
         (reading("/api/v2/builds/{build_id}/steps/{step}/logs/{slug}", Single(&LOGS)), get(reads::get_build_step_log)),
         (reading("/api/v2/steps/{step_id}", Single(&STEPS)), get(reads::get_step)),
         (reading("/api/v2/steps/{step_id}/logs", Collection(&LOGS)), get(reads::list_step_logs)),
+        (
+            reading("/api/v2/steps/{step_id}/test_result_sets", Collection(&TEST_RESULT_SETS)),
+            get(reads::list_step_test_result_sets),
+        ),
+        (
+            reading("/api/v2/builds/{build_id}/test_result_sets", Collection(&TEST_RESULT_SETS)),
+            get(reads::list_build_test_result_sets),
+        ),
+        (reading("/api/v2/test_result_sets/{set_id}", Single(&TEST_RESULT_SETS)), get(reads::get_test_result_set)),
+        (
+            reading("/api/v2/test_result_sets/{set_id}/results", Collection(&TEST_RESULTS)),
+            get(reads::list_test_results),
+        ),
         (reading("/api/v2/steps/{step_id}/logs/{slug}", Single(&LOGS)), get(reads::get_step_log)),
         (reading("/api/v2/logs/{log_id}", Single(&LOGS)), get(reads::get_log)),
         (reading("/api/v2/logs/{log_id}/contents", LogLines), get(reads::get_log_contents)),

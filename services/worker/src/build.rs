@@ -41,6 +41,7 @@ pub async fn run_build(
                 results: Some(Results::Skipped),
                 state_string: "skipped".into(),
                 logs: Vec::new(),
+                test_summary: None,
             });
             continue;
         }
@@ -117,6 +118,7 @@ async fn run_step(
         results: None,
         state_string: "running".into(),
         logs: vec![LogRecord { slug: STDIO_LOG.into(), name: STDIO_LOG.into(), chunks: 0, bytes: 0 }],
+        test_summary: None,
     };
     let (worker, build_id) = (context.name.clone(), build.build_id);
     let started = WorkerEvent::StepStarted {
@@ -142,13 +144,14 @@ async fn run_step(
     record.state_string = outcome.state_string.clone();
     record.logs[0].chunks = totals.entries;
     record.logs[0].bytes = totals.bytes;
+    record.test_summary = outcome.test_summary.clone();
     if let Some(counter) = outcome.warnings.as_ref().filter(|counter| counter.count > 0) {
         // The lines the pattern matched, masked like the step's own log.
         let key = context.namespace.log_stream_key(&context.name, build.build_id, number, WARNINGS_LOG);
         let spool = context.basedir.join(".spool").join(format!("{}-{number}-{WARNINGS_LOG}", build.build_id));
         let filter = LogFilter::new(build.secrets.0.values().cloned(), build.max_log_bytes);
         let log = LogWriter::start(context.redis.clone(), key, spool, filter);
-        log.write(LogChannel::Stdout, counter.lines.clone()).await;
+        log.write(LogChannel::Stdout, counter.kept.clone()).await;
         if counter.dropped > 0 {
             let note = format!("... and {} more warnings, not kept here (see the stdio log)\n", counter.dropped);
             log.write(LogChannel::Header, note.into_bytes()).await;

@@ -10,10 +10,12 @@ mod doorbells;
 mod events;
 mod filter;
 mod groups;
+mod lines;
 mod logs;
 pub mod metrics;
 mod rpc;
 mod step;
+mod summary;
 mod warnings;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

@@ -12,8 +12,7 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use shared::model::Results;
-use shared::wire::LogChannel;
-use shared::wire::Step;
+use shared::wire::{LogChannel, Step, TestSummary};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 use tokio::sync::mpsc;
@@ -21,6 +20,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::logs::LogWriter;
+use crate::summary::SummaryReader;
 use crate::warnings::WarningCounter;
 
 /// How a step ended.
@@ -29,6 +29,8 @@ pub struct StepOutcome {
     pub state_string: String,
     /// What its warnings pattern matched, when it has one.
     pub warnings: Option<WarningCounter>,
+    /// What its test runner's summary said, when it has a rule and printed one.
+    pub test_summary: Option<TestSummary>,
 }
 
 #[derive(Clone, Copy)]
@@ -61,6 +63,7 @@ pub async fn run_step(
             results: Results::Exception,
             state_string: "workdir outside the builder".into(),
             warnings: None,
+            test_summary: None,
         };
     }
     log.write(LogChannel::Header, format!("{}\n in dir {}\n", shell_words(&argv), workdir.display()).into_bytes())
@@ -72,6 +75,7 @@ pub async fn run_step(
             results: Results::Exception,
             state_string: "cannot create workdir".into(),
             warnings: None,
+            test_summary: None,
         };
     }
     let mut env = BTreeMap::new();
@@ -87,6 +91,7 @@ pub async fn run_step(
                     results: Results::Exception,
                     state_string: "missing secret".into(),
                     warnings: None,
+                    test_summary: None,
                 };
             }
         }
@@ -113,6 +118,7 @@ pub async fn run_step(
                 results: Results::Failure,
                 state_string: format!("cannot start {}", argv[0]),
                 warnings: None,
+                test_summary: None,
             };
         }
     };
@@ -141,6 +147,7 @@ pub async fn run_step(
     // being counted silent.
     let mut pending: Option<(LogChannel, Vec<u8>)> = None;
     let mut warnings = spec.warnings.as_ref().and_then(|warnings| WarningCounter::new(&warnings.pattern));
+    let mut summary = spec.test_summary.as_ref().and_then(SummaryReader::new);
 
     while pipes_open || exit_status.is_none() || pending.is_some() {
         let running = exit_status.is_none();
@@ -149,6 +156,9 @@ pub async fn run_step(
                 Some(piece) => {
                     if let Some(counter) = &mut warnings {
                         counter.feed(piece.0, &piece.1);
+                    }
+                    if let Some(reader) = &mut summary {
+                        reader.feed(piece.0, &piece.1);
                     }
                     pending = Some(piece);
                 }
@@ -235,7 +245,12 @@ pub async fn run_step(
             results = Results::Warnings;
         }
     }
-    StepOutcome { results, state_string, warnings }
+    let test_summary = summary.and_then(SummaryReader::finish);
+    if let Some(summary) = test_summary.as_ref().filter(|summary| !summary.failed.is_empty()) {
+        let plural = if summary.failed.len() == 1 { "" } else { "s" };
+        state_string = format!("{state_string}; {} test{plural} failed", summary.failed.len());
+    }
+    StepOutcome { results, state_string, warnings, test_summary }
 }
 
 /// Sends SIGTERM to the group and says when SIGKILL follows.

@@ -63,6 +63,62 @@ pub struct StepSpec {
     /// lines are its `warnings` log.
     #[serde(default)]
     pub warnings: Option<WarningsSpec>,
+    /// Failed tests read from the summary a test runner prints, for runners
+    /// that write no result files: `regrtest` (CPython's), or
+    /// `{failed: REGEX, passed: REGEX}`.
+    #[serde(default)]
+    pub test_summary: Option<TestSummarySpec>,
+}
+
+/// How a test runner's summary is read.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum TestSummarySpec {
+    /// A named runner: `regrtest`.
+    Preset(String),
+    /// `failed` matches the line before a list of failed tests (the names
+    /// on the indented lines after it, up to a blank line; a later list
+    /// replaces an earlier one); `passed`, if given, matches the line that
+    /// counts the passed tests (its first group).
+    Pattern {
+        failed: String,
+        #[serde(default)]
+        passed: Option<String>,
+    },
+}
+
+impl TestSummarySpec {
+    /// The rule a worker reads the output with, or what is wrong with it.
+    pub fn resolve(&self) -> Result<crate::wire::TestSummaryRule, String> {
+        let rule = match self {
+            // `2 tests failed:`, then, after re-running them, `1 test failed
+            // again:`; `385 tests OK.`
+            TestSummarySpec::Preset(name) if name == "regrtest" => crate::wire::TestSummaryRule {
+                failed: r"^\d+ tests? failed(?: again)?:$".into(),
+                passed: Some(r"^(\d+) tests? OK\.$".into()),
+            },
+            TestSummarySpec::Preset(name) => {
+                return Err(format!(
+                    "`{name}` is not a test runner buildmaster knows; use `regrtest` or `{{failed: REGEX, passed: REGEX}}`"
+                ));
+            }
+            TestSummarySpec::Pattern { failed, passed } => {
+                crate::wire::TestSummaryRule { failed: failed.clone(), passed: passed.clone() }
+            }
+        };
+        for (which, pattern) in [("failed", Some(&rule.failed)), ("passed", rule.passed.as_ref())] {
+            if let Some(pattern) = pattern {
+                regex::Regex::new(pattern).map_err(|error| {
+                    let problem = error.to_string();
+                    format!(
+                        "the `{which}` pattern cannot be read: {}",
+                        problem.lines().last().unwrap_or_default().trim()
+                    )
+                })?;
+            }
+        }
+        Ok(rule)
+    }
 }
 
 /// How a step's warnings are recognised.
@@ -313,6 +369,7 @@ impl GitStepFile {
             always_run: self.always_run,
             decode_rc: default_decode_rc(),
             warnings: None,
+            test_summary: None,
         }
     }
 }
@@ -336,5 +393,17 @@ mod tests {
         assert_eq!(broken, "the warnings pattern cannot be read: error: unclosed group");
         let own = WarningsSpec::Pattern { pattern: "^Warning -- ".into(), max: 3 }.resolve().unwrap();
         assert_eq!((own.pattern.as_str(), own.max), ("^Warning -- ", 3));
+    }
+
+    #[test]
+    fn a_test_summary_is_a_known_runner_or_patterns_that_read() {
+        let regrtest = TestSummarySpec::Preset("regrtest".into()).resolve().unwrap();
+        let failed = regex::Regex::new(&regrtest.failed).unwrap();
+        assert!(failed.is_match("2 tests failed:") && failed.is_match("1 test failed again:"));
+        assert!(!failed.is_match("0:01:02 load avg: 1.2 [ 12/400] test_os failed"));
+        let unknown = TestSummarySpec::Preset("pytest".into()).resolve().unwrap_err();
+        assert!(unknown.starts_with("`pytest` is not a test runner"), "{unknown}");
+        let broken = TestSummarySpec::Pattern { failed: "^FAILED:$".into(), passed: Some("(".into()) };
+        assert!(broken.resolve().unwrap_err().starts_with("the `passed` pattern cannot be read"));
     }
 }

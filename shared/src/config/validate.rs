@@ -356,6 +356,9 @@ pub(super) fn master(file: &mut SourceFile, master: &MasterConfig, settings: &Se
             if let Some(Err(problem)) = step.warnings.as_ref().map(|warnings| warnings.resolve()) {
                 file.error_at_value(&step_at.key("warnings"), problem, None);
             }
+            if let Some(Err(problem)) = step.test_summary.as_ref().map(|summary| summary.resolve()) {
+                file.error_at_value(&step_at.key("test_summary"), problem, None);
+            }
             if !step_names.insert(step.name.as_str()) {
                 file.error_at_value(
                     &step_at.key("name"),

@@ -22,7 +22,7 @@ use crate::logs;
 use crate::read_model::{self, by};
 use crate::store::resources::{
     BUILDERS, BUILDREQUESTS, BUILDS, BUILDSETS, CHANGES, FORCESCHEDULERS, Filter, LOGS, MASTERS, Resource, STEPS,
-    Scalar, WORKERS,
+    Scalar, TEST_RESULT_SETS, TEST_RESULTS, WORKERS,
 };
 
 type AppState = Arc<Master>;
@@ -280,6 +280,38 @@ pub async fn list_build_notifications(
     let rows = master.store.notifications_of_build(build_id).await?;
     let total = rows.len();
     Ok(Json(json!({ "notifications": rows, "meta": { "total": total } })))
+}
+
+pub async fn list_build_test_result_sets(
+    State(master): State<AppState>,
+    Path(build_id): Path<String>,
+    Query(params): Params,
+) -> ApiResult<Json<Value>> {
+    children(&master, &TEST_RESULT_SETS, "buildid", "build", &build_id, &params).await
+}
+
+pub async fn list_step_test_result_sets(
+    State(master): State<AppState>,
+    Path(step_id): Path<String>,
+    Query(params): Params,
+) -> ApiResult<Json<Value>> {
+    children(&master, &TEST_RESULT_SETS, "stepid", "step", &step_id, &params).await
+}
+
+pub async fn get_test_result_set(
+    State(master): State<AppState>,
+    Path(set_id): Path<String>,
+    Query(params): Params,
+) -> ApiResult<Json<Value>> {
+    by_id(&master, &TEST_RESULT_SETS, "test_result_setid", &set_id, &params).await
+}
+
+pub async fn list_test_results(
+    State(master): State<AppState>,
+    Path(set_id): Path<String>,
+    Query(params): Params,
+) -> ApiResult<Json<Value>> {
+    children(&master, &TEST_RESULTS, "test_result_setid", "test result set", &set_id, &params).await
 }
 
 pub async fn list_build_steps(

@@ -45,6 +45,8 @@ const WORKER_MAILS_FOR_MINUTES: u32 = 24 * 60;
 /// How long the pull-request loop's actions are retried: an answer hours
 /// late is still better than none.
 const PULL_REQUEST_ACTIONS_FOR_MINUTES: u32 = 24 * 60;
+/// Failed tests a report names at most (templates show fewer).
+const FAILED_TESTS_TOLD: i64 = 1000;
 /// Every HTTP call to a target ends within this; a hanging target is
 /// retried like a failing one.
 const TARGET_TIMEOUT: Duration = Duration::from_secs(10);
@@ -306,10 +308,20 @@ impl Deliverer {
                 return Outcome::Failed("settings.yaml has no `github:` section".into());
             };
             let mut report = report;
-            if report.pull_request.is_some() && report.failed_step.is_some() && comment.log_lines > 0 {
-                match log_excerpt(master, notification, comment.log_lines).await {
-                    Ok(excerpt) => report.log_excerpt = excerpt,
-                    Err(problem) => return retry(reporter.give_up_after_minutes, notification, None, problem),
+            if report.pull_request.is_some() && report.failed_step.is_some() {
+                if comment.log_lines > 0 {
+                    match log_excerpt(master, notification, comment.log_lines).await {
+                        Ok(excerpt) => report.log_excerpt = excerpt,
+                        Err(problem) => return retry(reporter.give_up_after_minutes, notification, None, problem),
+                    }
+                }
+                let build_id = notification.build_id.expect("a judged notification is a build's");
+                match master.store.failed_tests(build_id, FAILED_TESTS_TOLD).await {
+                    Ok(failed) => report.failed_tests = failed,
+                    Err(error) => {
+                        let problem = format!("cannot read the failed tests: {error}");
+                        return retry(reporter.give_up_after_minutes, notification, None, problem);
+                    }
                 }
             }
             let of = github::CommentOf {
@@ -518,6 +530,7 @@ fn build_report(event: &str, builder: &str, web_url: &str, facts: &ReportFacts) 
         failed_step: facts.failed_step.clone(),
         previous_results: facts.previous_results.and_then(Results::from_code).map(|results| results.name().to_owned()),
         log_excerpt: String::new(),
+        failed_tests: Vec::new(),
     }
 }
 

@@ -242,6 +242,21 @@ impl Store {
         .await?)
     }
 
+    /// The names of the tests that failed in a build, as its steps read
+    /// them, in their order; at most `limit`.
+    pub async fn failed_tests(&self, build_id: BuildId, limit: i64) -> StoreResult<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            r#"select r.test_name from test_result_sets s join test_results r on r.test_result_set_id = s.id
+               where s.build_id = $1 and r.value = 'fail' and r.test_name is not null
+               order by s.id, r.id
+               limit $2"#,
+        )
+        .bind(build_id)
+        .bind(limit)
+        .fetch_all(&self.reads)
+        .await?)
+    }
+
     /// The comment a reporter keeps on a pull request for a builder, if it
     /// recorded one.
     pub async fn pull_request_comment(&self, kept: &KeptComment<'_>) -> StoreResult<Option<i64>> {

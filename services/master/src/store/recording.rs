@@ -143,6 +143,41 @@ impl Store {
         Ok((step_id, logs))
     }
 
+    /// Records what a step's test runner summary said: a test result set
+    /// with a `fail` row per failed test.
+    pub async fn record_test_summary(
+        tx: &mut Transaction<'static, Postgres>,
+        build_id: BuildId,
+        step_id: StepId,
+        summary: &shared::wire::TestSummary,
+    ) -> StoreResult<()> {
+        let set_id: i64 = sqlx::query_scalar(
+            r#"insert into test_result_sets
+                   (builder_id, build_id, step_id, description, category, value_unit, tests_passed, tests_failed)
+               select builder_id, id, $2, 'test runner summary', 'pass_fail', 'boolean', $3, $4
+               from builds where id = $1
+               returning id"#,
+        )
+        .bind(build_id)
+        .bind(step_id)
+        .bind(summary.passed.map(|passed| passed.min(i32::MAX as u64) as i32))
+        .bind(summary.failed.len() as i32)
+        .fetch_one(&mut **tx)
+        .await?;
+        sqlx::query(
+            r#"insert into test_results (builder_id, test_result_set_id, test_name, value)
+               select s.builder_id, s.id, name, 'fail'
+               from test_result_sets s, unnest($2::text[]) with ordinality as failed(name, position)
+               where s.id = $1
+               order by position"#,
+        )
+        .bind(set_id)
+        .bind(&summary.failed)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
     pub async fn insert_log_chunk(
         tx: &mut Transaction<'static, Postgres>,
         log_id: LogId,
@@ -249,6 +284,7 @@ mod tests {
             results,
             state_string: if results.is_some() { "done".into() } else { "running".into() },
             logs: Vec::new(),
+            test_summary: None,
         }
     }
 

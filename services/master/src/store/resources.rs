@@ -280,8 +280,56 @@ pub static CHANGES: Resource = Resource {
     ],
 };
 
-pub static RESOURCES: [&Resource; 10] =
-    [&BUILDERS, &BUILDS, &STEPS, &LOGS, &BUILDREQUESTS, &BUILDSETS, &WORKERS, &MASTERS, &FORCESCHEDULERS, &CHANGES];
+pub static TEST_RESULT_SETS: Resource = Resource {
+    plural: "test_result_sets",
+    from: "test_result_sets t",
+    key: "t.id",
+    unique: &[&["test_result_setid"]],
+    fields: &[
+        field("test_result_setid", "t.id", Kind::Int),
+        field("builderid", "t.builder_id", Kind::Int),
+        field("buildid", "t.build_id", Kind::Int),
+        field("stepid", "t.step_id", Kind::Int),
+        field("description", "t.description", Kind::Text),
+        field("category", "t.category", Kind::Text),
+        field("value_unit", "t.value_unit", Kind::Text),
+        field("tests_passed", "t.tests_passed", Kind::Int),
+        field("tests_failed", "t.tests_failed", Kind::Int),
+        field("complete", "t.complete", Kind::Bool),
+    ],
+};
+
+pub static TEST_RESULTS: Resource = Resource {
+    plural: "test_results",
+    from: "test_results r",
+    key: "r.id",
+    unique: &[&["test_resultid"]],
+    fields: &[
+        field("test_resultid", "r.id", Kind::Int),
+        field("builderid", "r.builder_id", Kind::Int),
+        field("test_result_setid", "r.test_result_set_id", Kind::Int),
+        field("test_name", "r.test_name", Kind::Text),
+        field("test_code_path", "r.test_code_path", Kind::Text),
+        field("line", "r.line", Kind::Int),
+        field("duration_ns", "r.duration_ns", Kind::Int),
+        field("value", "r.value", Kind::Text),
+    ],
+};
+
+pub static RESOURCES: [&Resource; 12] = [
+    &BUILDERS,
+    &BUILDS,
+    &STEPS,
+    &LOGS,
+    &BUILDREQUESTS,
+    &BUILDSETS,
+    &WORKERS,
+    &MASTERS,
+    &FORCESCHEDULERS,
+    &CHANGES,
+    &TEST_RESULT_SETS,
+    &TEST_RESULTS,
+];
 
 /// A typed filter value.
 #[derive(Debug, Clone, PartialEq)]

@@ -102,6 +102,7 @@ mod tests {
             results: Some(Results::Success),
             state_string: "done".into(),
             logs: vec![LogRecord { slug: "stdio".into(), name: "stdio".into(), chunks: 1, bytes: 3 }],
+            test_summary: None,
         };
         let mut tx = db.store.pool().begin().await.unwrap();
         let (_, logs) = Store::upsert_step(&mut tx, build.id, &step).await.unwrap();

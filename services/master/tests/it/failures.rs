@@ -92,6 +92,7 @@ async fn malformed_or_impossible_events_are_dead_lettered_and_recording_goes_on(
             results: None,
             state_string: "running".into(),
             logs: Vec::new(),
+            test_summary: None,
         },
         sent_at: None,
     };

@@ -117,6 +117,38 @@ async fn a_step_counting_warnings_ends_warnings_with_their_count_and_a_log_of_th
     }
 }
 
+const REGRTEST: &str = r#"- name: test
+  test_summary: regrtest
+  command: [sh, -c, "printf '== Tests result: FAILURE ==\\n\\n385 tests OK.\\n\\n3 tests failed:\\n    test_os test_sys\\n    test_ssl\\n\\n2 tests failed again:\\n    test_os test_ssl\\n\\nTotal duration: 5 min\\n'; exit 2"]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_test_runners_summary_becomes_a_test_result_set_with_the_tests_that_failed_last() {
+    let stack = two_masters_haproxy_and_a_worker(&[("regrtest", REGRTEST)]).await;
+    let build = stack.wait_for_build(stack.force("regrtest").await).await;
+    assert_eq!(build["results"], 2, "{build}");
+    let build_id = build["buildid"].as_i64().unwrap();
+    let steps = stack.steps(build_id).await;
+    assert_eq!(steps[0]["state_string"], "exit code 2; 2 tests failed");
+    let sets = stack.get(&format!("/api/v2/builds/{build_id}/test_result_sets")).await;
+    assert_eq!(sets["meta"]["total"], 1, "{sets}");
+    let set = &sets["test_result_sets"][0];
+    assert_eq!((set["tests_failed"].as_i64(), set["tests_passed"].as_i64()), (Some(2), Some(385)), "{set}");
+    assert_eq!((set["category"].as_str(), set["value_unit"].as_str()), (Some("pass_fail"), Some("boolean")));
+    assert_eq!(set["stepid"], steps[0]["stepid"]);
+    assert_eq!(set["builderid"], build["builderid"]);
+    let by_step = stack.get(&format!("/api/v2/steps/{}/test_result_sets", steps[0]["stepid"])).await;
+    assert_eq!(by_step["test_result_sets"][0]["test_result_setid"], set["test_result_setid"]);
+    let results = stack.get(&format!("/api/v2/test_result_sets/{}/results", set["test_result_setid"])).await;
+    let names: Vec<&str> =
+        results["test_results"].as_array().unwrap().iter().map(|r| r["test_name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["test_os", "test_ssl"], "the ones that failed again: {results}");
+    assert!(results["test_results"].as_array().unwrap().iter().all(|r| r["value"] == "fail"));
+    let failing =
+        stack.get(&format!("/api/v2/test_result_sets/{}/results?test_name=test_ssl", set["test_result_setid"])).await;
+    assert_eq!(failing["meta"]["total"], 1, "filtered like any collection: {failing}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_step_halts_the_build_but_always_run_steps_still_run() {
     let stack = two_masters_haproxy_and_a_worker(&[("halts", HALTS)]).await;

@@ -900,7 +900,7 @@ async fn a_pull_requests_failures_are_commented_once_each_way_even_when_githubs_
     *stand_in.lose_comment_answers.lock().unwrap() = 2;
     let url = start_stand_in(stand_in.clone()).await;
     let yaml = "factories:\n  noisy:\n    steps:\n      - {name: compile, command: [\"true\"]}\n\
-                \x20     - name: test\n        command: [sh, -c, 'for i in $(seq 1 40); do echo line $i; done; echo FAIL: test_x; exit 1']\n\
+                \x20     - name: test\n        command: [sh, -c, 'printf ''1 test failed:\\n    test_x\\n\\n''; for i in $(seq 1 40); do echo line $i; done; echo FAIL: test_x; exit 1']\n        test_summary: {failed: \"^[0-9]+ tests? failed:$\"}\n\
                 builders:\n  - {name: pr, factory: noisy, workers: [w1]}\n  - {name: pr-b, factory: noisy, workers: [w1]}\n\
                 schedulers:\n  - {type: force, name: force, builders: [pr, pr-b]}\n\
                 reporters:\n\
@@ -932,7 +932,7 @@ async fn a_pull_requests_failures_are_commented_once_each_way_even_when_githubs_
     let every = comments.iter().find(|(_, _, body)| body.contains("reporter=every")).expect("every's comment").clone();
     assert_eq!((kept.1, every.1), (7, 7), "on pull request 7");
     for expected in [
-        ":x: **pr** build 1 ended in **failure** at step `test` (commit 111111111111).",
+        ":x: **pr** build 1 ended in **failure** at step `test` (commit 111111111111).\n\nFailed tests: `test_x`.",
         "```\nline 12\n",
         "line 40\nFAIL: test_x\n```",
         &format!("[The build's page]({WEB_URL}builders/pr/builds/1)"),
