@@ -25,7 +25,9 @@ use super::ApiError;
 use super::reads::api_items;
 use crate::Master;
 use crate::catalog::Catalog;
-use crate::store::resources::{BUILDERS, BUILDREQUESTS, BUILDS, BUILDSETS, LOGS, Resource, STEPS, WORKERS};
+use crate::store::resources::{
+    BUILDERS, BUILDREQUESTS, BUILDS, BUILDSETS, LOGS, Resource, STEPS, TEST_RESULT_SETS, TEST_RESULTS, WORKERS,
+};
 use crate::urls;
 
 type AppState = Arc<Master>;
@@ -439,6 +441,10 @@ fn worker_state(worker: &Value) -> Markup {
 
 // --- build --------------------------------------------------------------------
 
+/// Failed tests a build's page lists per test result set; the API has
+/// the rest.
+const FAILED_TESTS_SHOWN: usize = 5000;
+
 async fn build_page(State(master): State<AppState>, Path((name, number)): Path<(String, String)>) -> Page {
     let catalog = master.catalog();
     let (_, builder_id) = catalog.builder(&name).ok_or_else(|| not_found(format!("builder `{name}`")))?;
@@ -468,6 +474,19 @@ async fn build_page(State(master): State<AppState>, Path((name, number)): Path<(
     let reason = buildsets.first().map(|s| text(s, "reason").to_owned()).unwrap_or_default();
     let complete = build.get("complete").and_then(Value::as_bool).unwrap_or_default();
     let properties = build.get("properties").and_then(Value::as_object).cloned().unwrap_or_default();
+    // What failed comes first: a person opening a red build wants it
+    // before the steps and their logs.
+    let mut test_sets = Vec::new();
+    for set in api_items(&master, &TEST_RESULT_SETS, &[("buildid", build_id.to_string())]).await? {
+        let params = [
+            ("test_result_setid", int(&set, "test_result_setid").to_string()),
+            ("value", "fail".into()),
+            ("limit", FAILED_TESTS_SHOWN.to_string()),
+        ];
+        let failed = api_items(&master, &TEST_RESULTS, &params).await?;
+        let step = steps.iter().find(|step| int(step, "stepid") == int(&set, "stepid"));
+        test_sets.push((set, failed, step.map(|step| text(step, "name").to_owned()).unwrap_or_default()));
+    }
     let told = master
         .store
         .notifications_of_build(shared::ids::BuildId(build_id))
@@ -500,6 +519,24 @@ async fn build_page(State(master): State<AppState>, Path((name, number)): Path<(
                         th { (key) }
                         td { (value.get(0).map_or_else(String::new, |v| match v { Value::String(s) => s.clone(), other => other.to_string() })) }
                         td.source { (value.get(1).and_then(Value::as_str).unwrap_or_default()) }
+                    }
+                }
+            }
+        }
+        @if !test_sets.is_empty() {
+            h2 { "Tests" }
+            @for (set, failed, step) in &test_sets {
+                p.tests {
+                    (int(set, "tests_failed")) " failed"
+                    @if let Some(passed) = set.get("tests_passed").and_then(Value::as_i64) { ", " (passed) " passed" }
+                    " (" (text(set, "description")) " of step " (step) ")"
+                }
+                @if !failed.is_empty() {
+                    ul.failed-tests {
+                        @for test in failed { li { code { (text(test, "test_name")) } } }
+                    }
+                    @if int(set, "tests_failed") > failed.len() as i64 {
+                        p.more { "and " (int(set, "tests_failed") - failed.len() as i64) " more, in the API" }
                     }
                 }
             }

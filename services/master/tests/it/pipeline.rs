@@ -147,6 +147,15 @@ async fn a_test_runners_summary_becomes_a_test_result_set_with_the_tests_that_fa
     let failing =
         stack.get(&format!("/api/v2/test_result_sets/{}/results?test_name=test_ssl", set["test_result_setid"])).await;
     assert_eq!(failing["meta"]["total"], 1, "filtered like any collection: {failing}");
+
+    // The build's page lists them first, before the steps.
+    let page = String::from_utf8(stack.get_bytes("/builders/regrtest/builds/1").await).unwrap();
+    let tests = page.find("<h2>Tests</h2>").unwrap_or_else(|| panic!("no Tests section:\n{page}"));
+    let steps = page.find("<h2>Steps</h2>").unwrap();
+    assert!(tests < steps, "failures first");
+    let section = &page[tests..steps];
+    assert!(section.contains("2 failed, 385 passed (test runner summary of step test)"), "{section}");
+    assert!(section.contains("<li><code>test_os</code></li><li><code>test_ssl</code></li>"), "{section}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
