@@ -62,6 +62,8 @@ pub enum Serves {
     LogBytes,
     /// What reporters told of a build, or will, or gave up on.
     Notifications,
+    /// Tests that failed and passed on the same builder and revision.
+    FlakyTests,
 }
 
 /// One route of the API, as the OpenAPI document describes it.
@@ -79,7 +81,7 @@ fn reading(path: &'static str, serves: Serves) -> RouteDoc {
 
 /// Every API route: what it serves, and its handlers.
 pub fn api() -> Vec<(RouteDoc, MethodRouter<AppState>)> {
-    use Serves::{Collection, LogBytes, LogLines, Notifications, Single};
+    use Serves::{Collection, FlakyTests, LogBytes, LogLines, Notifications, Single};
     vec![
         (reading("/api/v2/builders", Collection(&BUILDERS)), get(reads::list_builders)),
         (
@@ -137,6 +139,7 @@ pub fn api() -> Vec<(RouteDoc, MethodRouter<AppState>)> {
             reading("/api/v2/test_result_sets/{set_id}/results", Collection(&TEST_RESULTS)),
             get(reads::list_test_results),
         ),
+        (reading("/api/v2/tests/flaky", FlakyTests), get(reads::list_flaky_tests)),
         (reading("/api/v2/steps/{step_id}/logs/{slug}", Single(&LOGS)), get(reads::get_step_log)),
         (reading("/api/v2/logs/{log_id}", Single(&LOGS)), get(reads::get_log)),
         (reading("/api/v2/logs/{log_id}/contents", LogLines), get(reads::get_log_contents)),

@@ -151,6 +151,34 @@ fn get_operation(path: &str, serves: Serves, path_parameters: &[Value]) -> Value
                 json!({ "application/json": { "schema": envelope } }),
             )
         }
+        Serves::FlakyTests => {
+            for (name, text) in
+                [("days", "days of history looked at (default 30)"), ("limit", "tests at most (default 100)")]
+            {
+                parameters.push(json!({
+                    "name": name, "in": "query", "description": text, "schema": { "type": "integer", "minimum": 1 },
+                }));
+            }
+            let item = json!({
+                "type": "object",
+                "properties": {
+                    "test_name": { "type": "string" }, "builderid": { "type": "integer" },
+                    "failures": { "type": "integer" }, "last_failed_at": { "type": "integer" },
+                },
+            });
+            let envelope = json!({
+                "type": "object",
+                "properties": {
+                    "flaky_tests": { "type": "array", "items": item },
+                    "meta": { "type": "object", "properties": { "total": { "type": "integer" } } },
+                },
+            });
+            (
+                "tests that failed on a builder at a revision where another of its builds ran them without failing"
+                    .to_owned(),
+                json!({ "application/json": { "schema": envelope } }),
+            )
+        }
         Serves::LogBytes => {
             parameters.push(json!({ "name": "follow", "in": "query", "schema": { "type": "boolean" } }));
             (

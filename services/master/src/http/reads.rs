@@ -282,6 +282,26 @@ pub async fn list_build_notifications(
     Ok(Json(json!({ "notifications": rows, "meta": { "total": total } })))
 }
 
+/// `?days=` (default 30, at most 365) of history looked at; `?limit=`
+/// (default 100) tests at most.
+pub async fn list_flaky_tests(State(master): State<AppState>, Query(params): Params) -> ApiResult<Json<Value>> {
+    let number = |name: &str, default: i64, most: i64| -> ApiResult<i64> {
+        match params.iter().find(|(key, _)| key == name) {
+            None => Ok(default),
+            Some((_, value)) => value
+                .parse::<i64>()
+                .ok()
+                .filter(|n| (1..=most).contains(n))
+                .ok_or_else(|| ApiError::BadRequest(format!("`{name}` must be a whole number from 1 to {most}"))),
+        }
+    };
+    let days = number("days", 30, 365)?;
+    let limit = number("limit", 100, 10_000)?;
+    let flaky = master.store.flaky_tests(days as u32, limit).await?;
+    let total = flaky.len();
+    Ok(Json(json!({ "flaky_tests": flaky, "meta": { "total": total } })))
+}
+
 pub async fn list_build_test_result_sets(
     State(master): State<AppState>,
     Path(build_id): Path<String>,

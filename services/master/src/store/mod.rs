@@ -22,6 +22,7 @@ mod recording;
 pub mod resources;
 mod retention;
 mod sessions;
+mod test_history;
 #[cfg(test)]
 pub(crate) mod testing;
 mod workers;
@@ -41,6 +42,7 @@ pub use notifications::{
 };
 pub use overview::{BRANCH_SCAN_BUILDS, GridCell, LastBuild, RunningBuild};
 pub use recording::{EventRejected, FinishedBuild, RecordError, Recorded};
+pub use test_history::FlakyTest;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -1,7 +1,7 @@
 //! A build's whole life: forced through HAProxy, claimed by a worker
 //! process, run, recorded by whichever master gets the events, archived.
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::harness::{TestStack, master_yaml};
 
@@ -156,6 +156,37 @@ async fn a_test_runners_summary_becomes_a_test_result_set_with_the_tests_that_fa
     let section = &page[tests..steps];
     assert!(section.contains("2 failed, 385 passed (test runner summary of step test)"), "{section}");
     assert!(section.contains("<li><code>test_os</code></li><li><code>test_ssl</code></li>"), "{section}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_test_failing_then_passing_on_a_rebuild_of_the_same_revision_is_listed_flaky() {
+    let flags = tempfile::tempdir().unwrap();
+    let flag = flags.path().join("flaky");
+    let steps = format!(
+        "- name: test\n  test_summary: regrtest\n  command: if [ -e {} ]; then printf '2 tests OK.\\n\\n1 test failed:\\n    test_flaky\\n\\n'; exit 2; else printf '3 tests OK.\\n'; fi\n",
+        flag.display()
+    );
+    let stack = two_masters_haproxy_and_a_worker(&[("flaky", &steps)]).await;
+    let at = |revision: &str| json!({ "properties": { "revision": revision } });
+    std::fs::write(&flag, "").unwrap();
+    let failed = stack.wait_for_build(stack.force_with("flaky", at("abc123")).await).await;
+    assert_eq!(failed["results"], 2);
+    // A failure alone is not flakiness; nor is passing at another revision.
+    std::fs::remove_file(&flag).unwrap();
+    let other = stack.wait_for_build(stack.force_with("flaky", at("def456")).await).await;
+    assert_eq!(other["results"], 0);
+    assert_eq!(stack.get("/api/v2/tests/flaky").await["meta"]["total"], 0);
+    // The rebuild of the same revision passes: flaky.
+    let rebuilt = stack.wait_for_build(stack.force_with("flaky", at("abc123")).await).await;
+    assert_eq!(rebuilt["results"], 0);
+    let flaky = stack.get("/api/v2/tests/flaky").await;
+    assert_eq!(flaky["meta"]["total"], 1, "{flaky}");
+    let test = &flaky["flaky_tests"][0];
+    assert_eq!((test["test_name"].as_str(), test["failures"].as_i64()), (Some("test_flaky"), Some(1)), "{test}");
+    assert_eq!(test["builderid"], failed["builderid"]);
+    assert_eq!(test["last_failed_at"], failed["complete_at"]);
+    let refused = stack.http.get(format!("{}/api/v2/tests/flaky?days=0", stack.base_url)).send().await.unwrap();
+    assert_eq!(refused.status(), 400);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
