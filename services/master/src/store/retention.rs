@@ -84,12 +84,13 @@ impl Store {
 mod tests {
     use chrono::Utc;
     use shared::model::Results;
-    use shared::wire::{LogRecord, StepRecord};
+    use shared::wire::{LogRecord, StepRecord, TestSummary};
 
     use crate::store::testing::TestDatabase;
     use crate::store::{ArchivedChunk, Store};
 
-    /// A finished build with one step and one archived log, finished
+    /// A finished build with one step, one archived log and a test result
+    /// set of two failed tests, finished
     /// `days_ago` days ago.
     async fn finished_build(db: &TestDatabase, builder: shared::ids::BuilderId, days_ago: i32) {
         db.queue(builder, 1).await;
@@ -105,7 +106,9 @@ mod tests {
             test_summary: None,
         };
         let mut tx = db.store.pool().begin().await.unwrap();
-        let (_, logs) = Store::upsert_step(&mut tx, build.id, &step).await.unwrap();
+        let (step_id, logs) = Store::upsert_step(&mut tx, build.id, &step).await.unwrap();
+        let summary = TestSummary { failed: vec!["test_os".into(), "test_ssl".into()], passed: Some(3) };
+        Store::record_test_summary(&mut tx, build.id, step_id, &summary).await.unwrap();
         let chunk = ArchivedChunk { seq: 0, first_line: 0, num_lines: 1, raw_bytes: 3, content: b"abc".to_vec() };
         Store::insert_log_chunk(&mut tx, logs[0].id, &chunk).await.unwrap();
         Store::finish_build(&mut tx, build.id, Results::Success, "done", Utc::now()).await.unwrap();
@@ -149,6 +152,8 @@ mod tests {
         assert_eq!(db.store.prune_builds(30 * day, 500).await.unwrap(), Some(1));
         assert_eq!(count(&db, "builds").await, 2);
         assert_eq!(count(&db, "steps").await, 2, "the deleted build's steps went with it");
+        assert_eq!(count(&db, "test_result_sets").await, 2, "and its test results");
+        assert_eq!(count(&db, "test_results").await, 4);
         assert_eq!(count(&db, "buildrequests").await, 2);
     }
 
