@@ -90,8 +90,7 @@ mod tests {
     use crate::store::{ArchivedChunk, Store};
 
     /// A finished build with one step, one archived log and a test result
-    /// set of two failed tests, finished
-    /// `days_ago` days ago.
+    /// set of two failed tests, finished `days_ago` days ago.
     async fn finished_build(db: &TestDatabase, builder: shared::ids::BuilderId, days_ago: i32) {
         db.queue(builder, 1).await;
         let build = db.claim_next(builder).await.unwrap();
