@@ -80,6 +80,15 @@ impl GitHubCredentials {
     }
 }
 
+/// A request to GitHub's REST API at `path` (`/repos/...`) with the
+/// headers GitHub asks every client for; credentials are the caller's.
+pub fn request(http: &reqwest::Client, api_url: &str, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+    http.request(method, format!("{}{path}", api_url.trim_end_matches('/')))
+        .header("accept", "application/vnd.github+json")
+        .header("x-github-api-version", "2022-11-28")
+        .header("user-agent", "buildmaster")
+}
+
 /// An installation token, paid for with a JWT of the App's.
 async fn buy(http: &reqwest::Client, api_url: &str, app: &GitHubAppSettings) -> Result<AccessToken, GitHubAuthError> {
     let pem = std::fs::read(&app.private_key_file).map_err(|error| {
@@ -97,16 +106,9 @@ async fn buy(http: &reqwest::Client, api_url: &str, app: &GitHubAppSettings) -> 
     let claims = AppClaims { iat: now - 60, exp: now + 9 * 60, iss: app.id.to_string() };
     let jwt = jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256), &claims, &key)
         .map_err(|error| GitHubAuthError::Refused(format!("cannot sign the GitHub App's JWT: {error}")))?;
-    let url = format!("{}/app/installations/{}/access_tokens", api_url.trim_end_matches('/'), app.installation_id);
-    let response = http
-        .post(&url)
-        .header("accept", "application/vnd.github+json")
-        .header("x-github-api-version", "2022-11-28")
-        .header("user-agent", "buildmaster")
-        .bearer_auth(jwt)
-        .send()
-        .await
-        .map_err(|error| {
+    let path = format!("/app/installations/{}/access_tokens", app.installation_id);
+    let response =
+        request(http, api_url, reqwest::Method::POST, &path).bearer_auth(jwt).send().await.map_err(|error| {
             GitHubAuthError::Unavailable(format!("GitHub could not be reached: {}", error.without_url()))
         })?;
     let status = response.status();

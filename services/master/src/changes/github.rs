@@ -255,29 +255,23 @@ fn listed<'a>(names: impl Iterator<Item = &'a str>) -> String {
 
 /// Asks GitHub for the head commit of pull request `number`.
 async fn pull_request_head(api: &Api<'_>, repository: &str, number: i64) -> Result<String, GitHubError> {
-    let url = format!("{}/repos/{repository}/pulls/{number}", api.github.api_url.trim_end_matches('/'));
-    let answer = get_json(api, &url).await?.unwrap_or_default();
+    let answer = get_json(api, &format!("/repos/{repository}/pulls/{number}")).await?.unwrap_or_default();
     Ok(answer["head"]["sha"].as_str().unwrap_or_default().to_owned())
 }
 
 /// Asks GitHub whether `user` may write to `repository` (`owner/name`).
 async fn may_write(api: &Api<'_>, repository: &str, user: &str) -> Result<bool, GitHubError> {
-    let url =
-        format!("{}/repos/{repository}/collaborators/{user}/permission", api.github.api_url.trim_end_matches('/'));
-    let Some(answer) = get_json(api, &url).await? else {
+    let Some(answer) = get_json(api, &format!("/repos/{repository}/collaborators/{user}/permission")).await? else {
         return Ok(false);
     };
     Ok(matches!(answer["permission"].as_str(), Some("admin" | "maintain" | "write")))
 }
 
 /// A GET of GitHub's API; `None` for 404.
-async fn get_json(api: &Api<'_>, url: &str) -> Result<Option<Value>, GitHubError> {
+async fn get_json(api: &Api<'_>, path: &str) -> Result<Option<Value>, GitHubError> {
     let http = reqwest::Client::new();
-    let mut request = http
-        .get(url)
-        .header("accept", "application/vnd.github+json")
-        .header("x-github-api-version", "2022-11-28")
-        .header("user-agent", "buildmaster")
+    let url = format!("{}{path}", api.github.api_url.trim_end_matches('/'));
+    let mut request = crate::github_app::request(&http, &api.github.api_url, reqwest::Method::GET, path)
         .timeout(std::time::Duration::from_secs(10));
     let token = api
         .credentials

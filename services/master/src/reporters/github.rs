@@ -104,13 +104,7 @@ impl Api<'_> {
         path: &str,
         body: Option<Value>,
     ) -> Result<reqwest::Response, SendError> {
-        let url = format!("{}{path}", self.github.api_url.trim_end_matches('/'));
-        let mut request = self
-            .http
-            .request(method, &url)
-            .header("accept", "application/vnd.github+json")
-            .header("x-github-api-version", "2022-11-28")
-            .header("user-agent", "buildmaster");
+        let mut request = crate::github_app::request(self.http, &self.github.api_url, method, path);
         if let Some(body) = body {
             request = request.json(&body);
         }

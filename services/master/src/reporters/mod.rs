@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use shared::config::reporters::{BuildReport, ReporterConfig};
+use shared::ids::BuildId;
 use shared::model::Results;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -211,15 +212,28 @@ impl Deliverer {
             return retry(PULL_REQUEST_ACTIONS_FOR_MINUTES, notification, Some(left), "GitHub asked to wait".into());
         }
         let first_attempt = notification.attempts <= 1;
-        match github::act(&self.master, &self.http, github, &action, notification.id, first_attempt).await {
+        let sent = github::act(&self.master, &self.http, github, &action, notification.id, first_attempt).await;
+        self.outcome(sent, "github", PULL_REQUEST_ACTIONS_FOR_MINUTES, notification)
+    }
+
+    /// What a target's answer means for the notification; a rate limit
+    /// holds every call to `target`.
+    fn outcome(
+        &self,
+        sent: Result<Delivery, SendError>,
+        target: &str,
+        give_up_after_minutes: u32,
+        notification: &Notification,
+    ) -> Outcome {
+        match sent {
             Ok(Delivery::Told(detail)) => Outcome::Sent(detail),
             Ok(Delivery::NothingToTell(why)) => Outcome::Skipped(why),
             Err(SendError::Refused { problem }) => Outcome::Failed(problem),
             Err(SendError::Retry { problem, after }) => {
                 if let Some(wait) = after {
-                    self.pauses.pause("github", wait);
+                    self.pauses.pause(target, wait);
                 }
-                retry(PULL_REQUEST_ACTIONS_FOR_MINUTES, notification, after, problem)
+                retry(give_up_after_minutes, notification, after, problem)
             }
         }
     }
@@ -266,12 +280,8 @@ impl Deliverer {
             )
         };
         let mail = mail::Mail { to: &worker.notify_on_missing, subject, body };
-        match mail::send(server, mail, notification.id).await {
-            Ok(Delivery::Told(detail)) => Outcome::Sent(detail),
-            Ok(Delivery::NothingToTell(why)) => Outcome::Skipped(why),
-            Err(SendError::Refused { problem }) => Outcome::Failed(problem),
-            Err(SendError::Retry { problem, after }) => retry(WORKER_MAILS_FOR_MINUTES, notification, after, problem),
-        }
+        let sent = mail::send(server, mail, notification.id).await;
+        self.outcome(sent, "mail", WORKER_MAILS_FOR_MINUTES, notification)
     }
 
     async fn attempt(&self, notification: &Notification) -> Outcome {
@@ -282,7 +292,7 @@ impl Deliverer {
         if notification.build_id.is_none() {
             return self.tell_worker_admins(notification).await;
         }
-        let Judged { reporter, report, facts } = match judge(master, notification).await {
+        let Judged { build_id, reporter, report, facts } = match judge(master, notification).await {
             Ok(judged) => judged,
             Err(outcome) => return outcome,
         };
@@ -310,12 +320,11 @@ impl Deliverer {
             let mut report = report;
             if report.pull_request.is_some() && report.failed_step.is_some() {
                 if comment.log_lines > 0 {
-                    match log_excerpt(master, notification, comment.log_lines).await {
+                    match log_excerpt(master, build_id, notification.attempts, comment.log_lines).await {
                         Ok(excerpt) => report.log_excerpt = excerpt,
                         Err(problem) => return retry(reporter.give_up_after_minutes, notification, None, problem),
                     }
                 }
-                let build_id = notification.build_id.expect("a judged notification is a build's");
                 match master.store.failed_tests(build_id, FAILED_TESTS_TOLD).await {
                     Ok(failed) => report.failed_tests = failed,
                     Err(error) => {
@@ -346,22 +355,13 @@ impl Deliverer {
         } else {
             Ok(Delivery::NothingToTell("the reporter has no target".into()))
         };
-        match sent {
-            Ok(Delivery::Told(detail)) => Outcome::Sent(detail),
-            Ok(Delivery::NothingToTell(why)) => Outcome::Skipped(why),
-            Err(SendError::Refused { problem }) => Outcome::Failed(problem),
-            Err(SendError::Retry { problem, after }) => {
-                if let Some(wait) = after {
-                    self.pauses.pause(&target, wait);
-                }
-                retry(reporter.give_up_after_minutes, notification, after, problem)
-            }
-        }
+        self.outcome(sent, &target, reporter.give_up_after_minutes, notification)
     }
 }
 
 /// A build's notification that its reporter, as configured now, tells.
 struct Judged {
+    build_id: BuildId,
     reporter: ReporterConfig,
     report: BuildReport,
     facts: ReportFacts,
@@ -402,24 +402,23 @@ async fn judge(master: &Master, notification: &Notification) -> Result<Judged, O
             return Err(Outcome::Skipped(format!("its modes do not tell of a build that ended {}", results.name())));
         }
     }
-    Ok(Judged { reporter: reporter.clone(), report, facts })
+    Ok(Judged { build_id, reporter: reporter.clone(), report, facts })
 }
 
 /// The last `lines` lines the build's first failed step printed (not the
 /// lines buildmaster adds, such as its exit code), with Markdown's code
 /// fences in them defused.
-async fn log_excerpt(master: &Master, notification: &Notification, lines: u32) -> Result<String, String> {
+async fn log_excerpt(master: &Master, build_id: BuildId, attempts: i32, lines: u32) -> Result<String, String> {
     // Room for buildmaster's own lines at the end.
     const OWN_LINES: i64 = 8;
     // A build's end may be recorded just before its last step's log is
     // archived: wait for it a few times, not for ever (a build that broke
     // may leave a log that is never complete).
     const WAIT_FOR_LOG_ATTEMPTS: i32 = 4;
-    let Some(build_id) = notification.build_id else { return Ok(String::new()) };
     let failed_log = master.store.failed_step_log(build_id).await.map_err(|error| error.to_string())?;
     let Some((log_id, num_lines, complete)) = failed_log else { return Ok(String::new()) };
     if !complete {
-        if notification.attempts < WAIT_FOR_LOG_ATTEMPTS {
+        if attempts < WAIT_FOR_LOG_ATTEMPTS {
             return Err("the failed step's log is still being archived".into());
         }
         return Ok(String::new());
