@@ -111,6 +111,21 @@ pub fn halts_build(step: Results, flags: StepFlags) -> bool {
     }
 }
 
+/// A size as people read it: `812 B`, `12.3 KiB`, `200.0 MiB`.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
 /// A map of exit codes to results (`decode_rc`). Exit codes are integers in
 /// YAML but strings once a step travels as JSON (whose keys are strings);
 /// both are read.

@@ -87,6 +87,13 @@ impl Namespace {
         format!("{}:worker:{worker}:log:{build_id}:{step_number}:{log_slug}", self.0)
     }
 
+    /// The Redis stream carrying one file a step sent (test results, an
+    /// artifact) from its worker to the masters; `index` is the file's
+    /// position among the step's files.
+    pub fn file_stream_key(&self, worker: &str, build_id: BuildId, step_number: i32, index: u32) -> String {
+        format!("{}:worker:{worker}:file:{build_id}:{step_number}:{index}", self.0)
+    }
+
     /// The Redis key holding how many lines the log stream `stream_key`
     /// holds (a last line not yet ended counts), written by the worker with
     /// each batch: the last lines of a running log are found without

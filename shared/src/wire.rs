@@ -147,6 +147,9 @@ pub struct BuildAssignment {
     /// The size cap of each log (settings' `builds.max_log_bytes`).
     #[serde(default)]
     pub max_log_bytes: Option<u64>,
+    /// The size caps of the files steps send (settings' `builds`).
+    #[serde(default)]
+    pub file_limits: FileLimits,
     /// Not read by workers of this version (properties are already put
     /// into the steps); still sent, as workers of the previous version
     /// require them.
@@ -191,6 +194,55 @@ pub struct Step {
     /// How to read failed tests from the output.
     #[serde(default)]
     pub test_summary: Option<TestSummaryRule>,
+    /// JUnit XML files to send after the step (globs relative to `workdir`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub test_results: Vec<String>,
+    /// Files to keep with the build (globs relative to `workdir`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub artifacts: Vec<String>,
+}
+
+/// How large the files a step sends may be; a larger one is refused, with
+/// a line in the step's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileLimits {
+    pub test_result_file_bytes: u64,
+    pub artifact_bytes: u64,
+    pub artifacts_per_build_bytes: u64,
+}
+
+impl Default for FileLimits {
+    fn default() -> Self {
+        Self {
+            test_result_file_bytes: 64 * 1024 * 1024,
+            artifact_bytes: 256 * 1024 * 1024,
+            artifacts_per_build_bytes: 1024 * 1024 * 1024,
+        }
+    }
+}
+
+/// What a file a step sent is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileKind {
+    /// JUnit XML, read into test results.
+    TestResults,
+    /// Kept as it is, for download.
+    Artifact,
+}
+
+/// A file a step sent: its Redis stream (`Namespace::file_stream_key` with
+/// `index`) holds entries `1-0` … `{entries}-0` with its bytes in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRecord {
+    pub kind: FileKind,
+    pub index: u32,
+    /// Relative to the step's workdir, as the glob matched it.
+    pub path: String,
+    pub entries: u64,
+    pub bytes: u64,
+    /// Hex SHA-256 of the bytes, as the worker read them.
+    pub sha256: String,
 }
 
 /// How a worker reads a test runner's summary (see
@@ -361,6 +413,9 @@ pub struct StepRecord {
     /// What the step's test runner summary said, once it finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_summary: Option<TestSummary>,
+    /// The files it sent, once it finished.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileRecord>,
 }
 
 /// A log of a step: its Redis stream holds entries `1-0` … `{chunks}-0`.
@@ -454,6 +509,8 @@ mod tests {
             decode_rc: BTreeMap::from([(0, Results::Success), (5, Results::Warnings)]),
             warnings: None,
             test_summary: None,
+            test_results: Vec::new(),
+            artifacts: Vec::new(),
         }
     }
 
@@ -467,6 +524,7 @@ mod tests {
             traceparent: None,
             secrets: SecretValues::default(),
             max_log_bytes: None,
+            file_limits: FileLimits::default(),
             buildrequest_id: Some(BuildRequestId(1)),
             properties: BTreeMap::new(),
         }

@@ -193,6 +193,7 @@ async fn answer(master: &Master, request: RpcRequest) -> Result<RpcReply, StoreE
                     traceparent: claimed.traceparent,
                     secrets: SecretValues(secrets),
                     max_log_bytes: config.settings.builds.max_log_bytes,
+                    file_limits: config.settings.builds.file_limits(),
                     // For workers of the previous version, which require them.
                     buildrequest_id: Some(claimed.buildrequest_id),
                     properties: bare_values(&claimed.properties),
@@ -278,6 +279,8 @@ fn steps_for_build(
                 // Checked when the configuration loaded.
                 warnings: step.warnings.as_ref().and_then(|warnings| warnings.resolve().ok()),
                 test_summary: step.test_summary.as_ref().and_then(|summary| summary.resolve().ok()),
+                test_results: step.test_results.clone(),
+                artifacts: step.artifacts.clone(),
             }
         })
         .collect()

@@ -14,13 +14,17 @@ use shared::wire::{self, ControlMessage, StepRecord, WorkerEvent};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::files::{self, FileError, StepFiles};
 use crate::live::Change;
-use crate::logs::{self, LogError};
+use crate::logs::{self, Additions, LogError};
 use crate::store::{EventRejected, RecordError, Recorded, ReportEvent, Store, StoreError};
 use crate::{Master, MasterError, RETRY_DELAY};
 
 /// Events recorded at once by one master.
 const CONCURRENT_EVENTS: usize = 32;
+/// A step's failed tests whose first line in its log is looked for, as
+/// many as its build's page shows.
+const FAILED_TESTS_LINKED: i64 = 5000;
 
 pub async fn record_events(master: Arc<Master>, shutdown: CancellationToken) -> Result<(), MasterError> {
     let queue = master.namespace.events_queue();
@@ -42,6 +46,8 @@ enum EventError {
     Record(#[from] RecordError),
     #[error(transparent)]
     Log(#[from] LogError),
+    #[error(transparent)]
+    File(#[from] FileError),
 }
 
 impl From<StoreError> for EventError {
@@ -195,6 +201,21 @@ async fn record(master: &Master, event: &WorkerEvent) -> Result<Recorded, EventE
                 Store::record_test_summary(&mut tx, *build_id, step_id, summary).await?;
             }
             let mut redis = master.redis.clone();
+            let sent = StepFiles {
+                namespace: &master.namespace,
+                worker: worker.as_str(),
+                build_id: *build_id,
+                step_number: step.number,
+                step_id,
+            };
+            let received = files::receive(&mut redis, &mut tx, sent, &step.files).await?;
+            // Failed tests link to the first line of the log naming them.
+            let has_tests = step.test_summary.is_some() || !step.files.is_empty();
+            let failed = match has_tests {
+                true => Store::failed_tests_of_step(&mut tx, step_id, FAILED_TESTS_LINKED).await?,
+                false => Vec::new(),
+            };
+            let names: Vec<String> = failed.iter().map(|test| test.test_name.clone()).collect();
             let mut archived_keys = Vec::new();
             let mut archived_logs = Vec::new();
             let mut archived_sizes = Vec::new();
@@ -203,13 +224,30 @@ async fn record(master: &Master, event: &WorkerEvent) -> Result<Recorded, EventE
                     continue;
                 }
                 let key = master.namespace.log_stream_key(worker.as_str(), *build_id, step.number, &record.slug);
-                archived_sizes.push(logs::archive(&mut redis, &mut tx, row.id, &key, record.chunks).await?);
+                let additions = match record.slug == wire::STDIO_LOG {
+                    true => Additions { notes: &received.notes, find: &names },
+                    false => Additions::default(),
+                };
+                let archived = logs::archive(&mut redis, &mut tx, row.id, &key, record.chunks, additions).await?;
+                if record.slug == wire::STDIO_LOG {
+                    let lines: Vec<(i64, i64)> =
+                        failed.iter().zip(&archived.found).filter_map(|(test, line)| Some((test.id, (*line)?))).collect();
+                    Store::set_test_log_lines(&mut tx, &lines).await?;
+                }
+                archived_sizes.push((archived.bytes, archived.lines));
                 archived_keys.push(key);
                 archived_logs.push(row.id);
             }
             tx.commit().await?;
             for (bytes, lines) in archived_sizes {
                 master.metrics.log_archived(bytes, lines);
+            }
+            if !received.keys.is_empty() {
+                // Read and committed: nobody needs them again.
+                let deleted: Result<u64, _> = redis.del(&received.keys).await;
+                if let Err(error) = deleted {
+                    tracing::warn!(%error, "could not delete the streams of a step's files; they expire in a day");
+                }
             }
             let linger = master.catalog().config.settings.builds.log_linger_seconds as i64;
             for key in archived_keys {

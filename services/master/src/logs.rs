@@ -183,9 +183,80 @@ impl ChunkBuilder {
     }
 }
 
+/// What archiving adds to a log: lines a master says at its end (what it
+/// made of the files the step sent), and texts (failed tests' names) whose
+/// first line in the log is wanted.
+#[derive(Default)]
+pub struct Additions<'a> {
+    pub notes: &'a [String],
+    pub find: &'a [String],
+}
+
+/// What a log amounted to once archived.
+pub struct Archived {
+    /// Bytes the step printed.
+    pub bytes: u64,
+    pub lines: u64,
+    /// For each text of `Additions::find`, the 0-based number of the first
+    /// line holding it, as the log viewer numbers lines.
+    pub found: Vec<Option<i64>>,
+}
+
+/// Finds the first line holding each of some texts, fed the log's bytes
+/// in order (lines may be split across records).
+struct LineFinder {
+    texts: Option<aho_corasick::AhoCorasick>,
+    found: Vec<Option<i64>>,
+    missing: usize,
+    line: Vec<u8>,
+    number: i64,
+}
+
+impl LineFinder {
+    fn new(texts: &[String]) -> Self {
+        let matcher = (!texts.is_empty()).then(|| aho_corasick::AhoCorasick::new(texts)).and_then(Result::ok);
+        Self { texts: matcher, found: vec![None; texts.len()], missing: texts.len(), line: Vec::new(), number: 0 }
+    }
+
+    fn feed(&mut self, data: &[u8]) {
+        if self.texts.is_none() || self.missing == 0 {
+            return;
+        }
+        for piece in data.split_inclusive(|&byte| byte == b'\n') {
+            // A line longer than the viewer shows is searched in what it shows.
+            let room = MAX_LINE_BYTES.saturating_sub(self.line.len());
+            self.line.extend_from_slice(&piece[..piece.len().min(room)]);
+            if piece.ends_with(b"\n") {
+                self.end_line();
+            }
+        }
+    }
+
+    fn end_line(&mut self) {
+        if let Some(texts) = &self.texts {
+            for hit in texts.find_overlapping_iter(&self.line) {
+                let slot = &mut self.found[hit.pattern().as_usize()];
+                if slot.is_none() {
+                    *slot = Some(self.number);
+                    self.missing -= 1;
+                }
+            }
+        }
+        self.line.clear();
+        self.number += 1;
+    }
+
+    fn finish(mut self) -> Vec<Option<i64>> {
+        if !self.line.is_empty() {
+            self.end_line();
+        }
+        self.found
+    }
+}
+
 /// Copies a finished log from its Redis stream into Postgres inside the
 /// caller's transaction, after checking that every entry its worker wrote
-/// (`expected_entries`) is there. Returns the printed bytes and the lines.
+/// (`expected_entries`) is there, and adds `additions`.
 #[tracing::instrument(name = "archive", skip_all, fields(otel.name = "archive log", log.id = %log_id))]
 pub async fn archive(
     redis: &mut ConnectionManager,
@@ -193,8 +264,10 @@ pub async fn archive(
     log_id: LogId,
     key: &str,
     expected_entries: u64,
-) -> Result<(u64, u64), LogError> {
+    additions: Additions<'_>,
+) -> Result<Archived, LogError> {
     let mut builder = ChunkBuilder::new();
+    let mut finder = LineFinder::new(additions.find);
     let mut after = String::from("-");
     let mut found = 0u64;
     loop {
@@ -206,6 +279,7 @@ pub async fn archive(
         for (_, record) in &page {
             found += 1;
             builder.push(record);
+            finder.feed(&record.data);
             if builder.is_full() {
                 let chunk = builder.take().expect("a full builder has a chunk");
                 Store::insert_log_chunk(tx, log_id, &chunk).await?;
@@ -223,11 +297,20 @@ pub async fn archive(
         let marker = format!("\n[buildmaster: {lost}]\n");
         builder.push(&LogRecord { channel: LogChannel::Header, data: marker.into_bytes() });
     }
+    if !additions.notes.is_empty() {
+        // On a line of their own, even after output without a last newline.
+        let mut text = if builder.at_line_start { String::new() } else { "\n".to_owned() };
+        for note in additions.notes {
+            text.push_str(note);
+            text.push('\n');
+        }
+        builder.push(&LogRecord { channel: LogChannel::Header, data: text.into_bytes() });
+    }
     if let Some(chunk) = builder.take() {
         Store::insert_log_chunk(tx, log_id, &chunk).await?;
     }
     Store::complete_log(tx, log_id, builder.total_lines, builder.total_bytes).await?;
-    Ok((builder.total_bytes as u64, builder.total_lines as u64))
+    Ok(Archived { bytes: builder.total_bytes as u64, lines: builder.total_lines as u64, found: finder.finish() })
 }
 
 /// Splits an archived chunk back into its records.

@@ -12,6 +12,7 @@ use tracing::Instrument;
 
 use crate::filter::LogFilter;
 use crate::logs::LogWriter;
+use crate::files::{self, StepFiles};
 use crate::{Context, WorkerError, step};
 
 pub async fn run_build(
@@ -29,6 +30,8 @@ pub async fn run_build(
     let mut halted = false;
     let mut failed_steps = Vec::new();
     let mut records = Vec::with_capacity(build.steps.len());
+    // The build's artifacts so far, against its cap.
+    let mut artifact_bytes = 0u64;
 
     for (index, spec) in build.steps.iter().enumerate() {
         let number = index as i32;
@@ -42,6 +45,7 @@ pub async fn run_build(
                 state_string: "skipped".into(),
                 logs: Vec::new(),
                 test_summary: None,
+                files: Vec::new(),
             });
             continue;
         }
@@ -52,9 +56,10 @@ pub async fn run_build(
             step.name = %spec.name,
             step.results = tracing::field::Empty,
         );
-        let (record, outcome) = run_step(context, &build, spec, number, &builder_dir, &stop, &mut next_seq)
-            .instrument(span.clone())
-            .await?;
+        let (record, outcome) =
+            run_step(context, &build, spec, number, &builder_dir, &stop, &mut next_seq, &mut artifact_bytes)
+                .instrument(span.clone())
+                .await?;
         span.record("step.results", outcome.results.name());
 
         let contribution = build_result_contribution(outcome.results, spec.flags());
@@ -109,6 +114,7 @@ async fn run_step(
     builder_dir: &std::path::Path,
     stop: &CancellationToken,
     next_seq: &mut impl FnMut() -> i64,
+    artifact_bytes: &mut u64,
 ) -> Result<(StepRecord, step::StepOutcome), WorkerError> {
     let mut record = StepRecord {
         number,
@@ -119,6 +125,7 @@ async fn run_step(
         state_string: "running".into(),
         logs: vec![LogRecord { slug: STDIO_LOG.into(), name: STDIO_LOG.into(), chunks: 0, bytes: 0 }],
         test_summary: None,
+        files: Vec::new(),
     };
     let (worker, build_id) = (context.name.clone(), build.build_id);
     let started = WorkerEvent::StepStarted {
@@ -137,6 +144,15 @@ async fn run_step(
     let outcome =
         step::run_step(spec, &context.basedir, &context.step_environment, &build.secrets.0, builder_dir, &log, stop)
             .await;
+    // Whatever the step's result: failed tests' results matter most.
+    let stream_key = |index| context.namespace.file_stream_key(&context.name, build.build_id, number, index);
+    let files = StepFiles {
+        redis: context.redis.clone(),
+        builder_dir,
+        limits: build.file_limits,
+        stream_key: &stream_key,
+    };
+    record.files = files::send(files, spec, &log, artifact_bytes).await;
     let totals = log.finish().await;
 
     record.finished_at = Some(Utc::now());

@@ -8,6 +8,7 @@
 mod build;
 mod doorbells;
 mod events;
+mod files;
 mod filter;
 mod groups;
 mod lines;

@@ -334,7 +334,7 @@ async fn send_batch(redis: &mut ConnectionManager, key: &str, batch: &[Entry], w
 }
 
 /// The sequence number of the last entry of a stream (0 when empty).
-async fn stream_top(redis: &mut ConnectionManager, key: &str) -> redis::RedisResult<u64> {
+pub(crate) async fn stream_top(redis: &mut ConnectionManager, key: &str) -> redis::RedisResult<u64> {
     let last: redis::streams::StreamRangeReply =
         redis::cmd("XREVRANGE").arg(key).arg("+").arg("-").arg("COUNT").arg(1).query_async(redis).await?;
     Ok(last.ids.first().and_then(|entry| entry.id.split('-').next()).and_then(|seq| seq.parse().ok()).unwrap_or(0))

@@ -634,6 +634,39 @@ pub struct BuildSettings {
     /// step goes on. None: no cap.
     #[serde(default = "default_max_log_bytes")]
     pub max_log_bytes: Option<u64>,
+    /// A test result file (`test_results:`) larger than this is not sent.
+    #[serde(default = "default_max_test_result_file_bytes")]
+    pub max_test_result_file_bytes: u64,
+    /// An artifact larger than this is not kept.
+    #[serde(default = "default_max_artifact_bytes")]
+    pub max_artifact_bytes: u64,
+    /// A build keeps artifacts up to this many bytes in all; later ones
+    /// are not kept.
+    #[serde(default = "default_max_artifacts_per_build_bytes")]
+    pub max_artifacts_per_build_bytes: u64,
+}
+
+impl BuildSettings {
+    /// The caps workers apply to the files steps send.
+    pub fn file_limits(&self) -> crate::wire::FileLimits {
+        crate::wire::FileLimits {
+            test_result_file_bytes: self.max_test_result_file_bytes,
+            artifact_bytes: self.max_artifact_bytes,
+            artifacts_per_build_bytes: self.max_artifacts_per_build_bytes,
+        }
+    }
+}
+
+fn default_max_test_result_file_bytes() -> u64 {
+    crate::wire::FileLimits::default().test_result_file_bytes
+}
+
+fn default_max_artifact_bytes() -> u64 {
+    crate::wire::FileLimits::default().artifact_bytes
+}
+
+fn default_max_artifacts_per_build_bytes() -> u64 {
+    crate::wire::FileLimits::default().artifacts_per_build_bytes
 }
 
 fn default_max_log_bytes() -> Option<u64> {
@@ -669,6 +702,9 @@ impl Default for BuildSettings {
             redeliver_after_seconds: default_redeliver_after_seconds(),
             max_retries: default_max_retries(),
             max_log_bytes: default_max_log_bytes(),
+            max_test_result_file_bytes: default_max_test_result_file_bytes(),
+            max_artifact_bytes: default_max_artifact_bytes(),
+            max_artifacts_per_build_bytes: default_max_artifacts_per_build_bytes(),
         }
     }
 }

@@ -68,6 +68,44 @@ pub struct StepSpec {
     /// `{failed: REGEX, passed: REGEX}`.
     #[serde(default)]
     pub test_summary: Option<TestSummarySpec>,
+    /// JUnit XML files the step's test runner writes: globs relative to
+    /// the step's workdir (a string or a list). The worker sends them after
+    /// the step and a master reads them into the build's test results.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub test_results: Vec<String>,
+    /// Files kept with the build, downloadable from its page: globs
+    /// relative to the step's workdir (a string or a list).
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub artifacts: Vec<String>,
+}
+
+/// A list of strings, or one string for a list of one.
+fn one_or_many<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(deserializer)? {
+        OneOrMany::One(one) => vec![one],
+        OneOrMany::Many(many) => many,
+    })
+}
+
+/// What is wrong with a glob of `test_results` or `artifacts`, if anything:
+/// it must be readable, and relative without `..`, since a step's files
+/// are only ever taken from inside the builder's directory.
+pub fn check_file_glob(pattern: &str) -> Result<(), String> {
+    if pattern.trim().is_empty() {
+        return Err("an empty file pattern matches nothing".into());
+    }
+    if pattern.starts_with('/') || pattern.split('/').any(|part| part == "..") {
+        return Err(format!(
+            "`{pattern}` leaves the builder's directory; give a pattern relative to the step's workdir, without `..`"
+        ));
+    }
+    glob::Pattern::new(pattern).map(drop).map_err(|error| format!("`{pattern}` is not a file pattern: {error}"))
 }
 
 /// How a test runner's summary is read.
@@ -370,6 +408,8 @@ impl GitStepFile {
             decode_rc: default_decode_rc(),
             warnings: None,
             test_summary: None,
+            test_results: Vec::new(),
+            artifacts: Vec::new(),
         }
     }
 }

@@ -359,6 +359,14 @@ pub(super) fn master(file: &mut SourceFile, master: &MasterConfig, settings: &Se
             if let Some(Err(problem)) = step.test_summary.as_ref().map(|summary| summary.resolve()) {
                 file.error_at_value(&step_at.key("test_summary"), problem, None);
             }
+            for (field, patterns) in [("test_results", &step.test_results), ("artifacts", &step.artifacts)] {
+                for (i, pattern) in patterns.iter().enumerate() {
+                    if let Err(problem) = super::steps::check_file_glob(pattern) {
+                        // A single string has no item: its field's line is found.
+                        file.error_at_value(&step_at.key(field).index(i), problem, None);
+                    }
+                }
+            }
             if !step_names.insert(step.name.as_str()) {
                 file.error_at_value(
                     &step_at.key("name"),

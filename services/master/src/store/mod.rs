@@ -13,6 +13,7 @@ mod builds;
 mod buildsets;
 mod changes;
 mod claims;
+mod files;
 mod leases;
 mod logs;
 mod masters;
@@ -35,6 +36,7 @@ pub use builds::{BuildRow, RebuildSource};
 pub use buildsets::{CancelOutcome, CreatedBuildset, DueRequest, NewBuildset, NewRequest, OwnedBuildset};
 pub use changes::{NewChange, StableChange};
 pub use claims::{Claim, ClaimedBuild};
+pub use files::{ARTIFACT_CHUNKS_PER_PAGE, Artifact, FailedTest, NewTestResult, SetCounts};
 pub use leases::Expired;
 pub use logs::{ArchivedChunk, LogLocation, LogRow, LogState};
 pub use notifications::{

@@ -285,6 +285,7 @@ mod tests {
             state_string: if results.is_some() { "done".into() } else { "running".into() },
             logs: Vec::new(),
             test_summary: None,
+            files: Vec::new(),
         }
     }
 

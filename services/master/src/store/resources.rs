@@ -295,6 +295,8 @@ pub static TEST_RESULT_SETS: Resource = Resource {
         field("value_unit", "t.value_unit", Kind::Text),
         field("tests_passed", "t.tests_passed", Kind::Int),
         field("tests_failed", "t.tests_failed", Kind::Int),
+        field("tests_skipped", "t.tests_skipped", Kind::Int),
+        field("duration_ns", "t.duration_ns", Kind::Int),
         field("complete", "t.complete", Kind::Bool),
     ],
 };
@@ -313,6 +315,8 @@ pub static TEST_RESULTS: Resource = Resource {
         field("line", "r.line", Kind::Int),
         field("duration_ns", "r.duration_ns", Kind::Int),
         field("value", "r.value", Kind::Text),
+        field("message", "r.message", Kind::Text),
+        field("log_line", "r.log_line", Kind::Int),
     ],
 };
 

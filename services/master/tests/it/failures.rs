@@ -93,6 +93,7 @@ async fn malformed_or_impossible_events_are_dead_lettered_and_recording_goes_on(
             state_string: "running".into(),
             logs: Vec::new(),
             test_summary: None,
+            files: Vec::new(),
         },
         sent_at: None,
     };
