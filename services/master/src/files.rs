@@ -39,6 +39,8 @@ pub enum FileError {
     Log(#[from] LogError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("chunk {seq} of artifact {artifact_id} is corrupt: {reason}")]
+    Corrupt { artifact_id: i64, seq: i32, reason: String },
 }
 
 impl From<sqlx::Error> for FileError {
@@ -203,6 +205,21 @@ async fn keep_artifact(
     }
     savepoint.commit().await?;
     Ok(None)
+}
+
+/// An artifact's bytes, decompressed a page of chunks at a time.
+pub fn artifact_bytes(store: Store, artifact_id: i64) -> impl Stream<Item = Result<Bytes, FileError>> {
+    futures_util::stream::try_unfold((store, -1), move |(store, after)| async move {
+        let page = store.artifact_chunks(artifact_id, after).await?;
+        let Some(&(last, _)) = page.last() else { return Ok(None) };
+        let mut bytes = Vec::new();
+        for (seq, content) in &page {
+            let raw = zstd::stream::decode_all(&content[..])
+                .map_err(|error| FileError::Corrupt { artifact_id, seq: *seq, reason: error.to_string() })?;
+            bytes.extend_from_slice(&raw);
+        }
+        Ok(Some((Bytes::from(bytes), (store, last))))
+    })
 }
 
 async fn stream_length(redis: &mut ConnectionManager, key: &str) -> Result<u64, FileError> {

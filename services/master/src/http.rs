@@ -39,7 +39,7 @@ pub use query::MAX_PAGE;
 
 use crate::Master;
 use crate::store::resources::{
-    BUILDERS, BUILDREQUESTS, BUILDS, BUILDSETS, CHANGES, FORCESCHEDULERS, LOGS, MASTERS, Resource, STEPS,
+    ARTIFACTS, BUILDERS, BUILDREQUESTS, BUILDS, BUILDSETS, CHANGES, FORCESCHEDULERS, LOGS, MASTERS, Resource, STEPS,
     TEST_RESULT_SETS, TEST_RESULTS, WORKERS,
 };
 
@@ -64,6 +64,8 @@ pub enum Serves {
     Notifications,
     /// Tests that failed and passed on the same builder and revision.
     FlakyTests,
+    /// An artifact's bytes, `application/octet-stream`.
+    ArtifactBytes,
 }
 
 /// One route of the API, as the OpenAPI document describes it.
@@ -81,7 +83,7 @@ fn reading(path: &'static str, serves: Serves) -> RouteDoc {
 
 /// Every API route: what it serves, and its handlers.
 pub fn api() -> Vec<(RouteDoc, MethodRouter<AppState>)> {
-    use Serves::{Collection, FlakyTests, LogBytes, LogLines, Notifications, Single};
+    use Serves::{ArtifactBytes, Collection, FlakyTests, LogBytes, LogLines, Notifications, Single};
     vec![
         (reading("/api/v2/builders", Collection(&BUILDERS)), get(reads::list_builders)),
         (
@@ -140,6 +142,9 @@ pub fn api() -> Vec<(RouteDoc, MethodRouter<AppState>)> {
             get(reads::list_test_results),
         ),
         (reading("/api/v2/tests/flaky", FlakyTests), get(reads::list_flaky_tests)),
+        (reading("/api/v2/builds/{build_id}/artifacts", Collection(&ARTIFACTS)), get(reads::list_build_artifacts)),
+        (reading("/api/v2/artifacts/{artifact_id}", Single(&ARTIFACTS)), get(reads::get_artifact)),
+        (reading("/api/v2/artifacts/{artifact_id}/download", ArtifactBytes), get(reads::download_artifact)),
         (reading("/api/v2/steps/{step_id}/logs/{slug}", Single(&LOGS)), get(reads::get_step_log)),
         (reading("/api/v2/logs/{log_id}", Single(&LOGS)), get(reads::get_log)),
         (reading("/api/v2/logs/{log_id}/contents", LogLines), get(reads::get_log_contents)),

@@ -186,6 +186,10 @@ fn get_operation(path: &str, serves: Serves, path_parameters: &[Value]) -> Value
                 json!({ "text/plain": { "schema": { "type": "string" } } }),
             )
         }
+        Serves::ArtifactBytes => (
+            "an artifact's bytes as its step left them, as a download".to_owned(),
+            json!({ "application/octet-stream": { "schema": { "type": "string", "format": "binary" } } }),
+        ),
     };
     json!({
         "summary": summary,

@@ -21,8 +21,8 @@ use crate::Master;
 use crate::logs;
 use crate::read_model::{self, by};
 use crate::store::resources::{
-    BUILDERS, BUILDREQUESTS, BUILDS, BUILDSETS, CHANGES, FORCESCHEDULERS, Filter, LOGS, MASTERS, Resource, STEPS,
-    Scalar, TEST_RESULT_SETS, TEST_RESULTS, WORKERS,
+    ARTIFACTS, BUILDERS, BUILDREQUESTS, BUILDS, BUILDSETS, CHANGES, FORCESCHEDULERS, Filter, LOGS, MASTERS, Resource,
+    STEPS, Scalar, TEST_RESULT_SETS, TEST_RESULTS, WORKERS,
 };
 
 type AppState = Arc<Master>;
@@ -332,6 +332,60 @@ pub async fn list_test_results(
     Query(params): Params,
 ) -> ApiResult<Json<Value>> {
     children(&master, &TEST_RESULTS, "test_result_setid", "test result set", &set_id, &params).await
+}
+
+pub async fn list_build_artifacts(
+    State(master): State<AppState>,
+    Path(build_id): Path<String>,
+    Query(params): Params,
+) -> ApiResult<Json<Value>> {
+    children(&master, &ARTIFACTS, "buildid", "build", &build_id, &params).await
+}
+
+pub async fn get_artifact(
+    State(master): State<AppState>,
+    Path(artifact_id): Path<String>,
+    Query(params): Params,
+) -> ApiResult<Json<Value>> {
+    by_id(&master, &ARTIFACTS, "artifactid", &artifact_id, &params).await
+}
+
+/// An artifact's bytes as its step left them, streamed a page of chunks at
+/// a time. Always a download, never shown by the browser: what a build
+/// made is not the site's to run.
+pub async fn download_artifact(
+    State(master): State<AppState>,
+    Path(artifact_id): Path<String>,
+) -> ApiResult<Response> {
+    let id: i64 = parse_id("artifact id", &artifact_id)?;
+    let artifact = master.store.artifact(id).await?.ok_or_else(|| ApiError::NotFound(format!("artifact {id}")))?;
+    if let Some(deleted_at) = artifact.deleted_at {
+        return Err(ApiError::Gone(format!(
+            "artifact {id} was deleted on {} by the retention policy (retention.logs_days)",
+            deleted_at.format("%Y-%m-%d %H:%M UTC")
+        )));
+    }
+    let pieces = crate::files::artifact_bytes(master.store.clone(), id).map(move |piece| {
+        piece.map_err(|error| {
+            tracing::error!(%error, artifact.id = id, "artifact download failed midway");
+            std::io::Error::other(error.to_string())
+        })
+    });
+    // Only the last part of its path, and nothing that ends the quoted name.
+    let base = artifact.name.rsplit('/').next().unwrap_or("artifact");
+    let filename: String =
+        base.chars().map(|c| if c.is_control() || c == '"' || c == '\\' { '_' } else { c }).collect();
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{filename}\"")),
+            (header::CONTENT_LENGTH, artifact.bytes.to_string()),
+            (header::ETAG, format!("\"{}\"", artifact.sha256)),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_owned()),
+        ],
+        Body::from_stream(pieces),
+    )
+        .into_response())
 }
 
 pub async fn list_build_steps(

@@ -320,7 +320,24 @@ pub static TEST_RESULTS: Resource = Resource {
     ],
 };
 
-pub static RESOURCES: [&Resource; 12] = [
+pub static ARTIFACTS: Resource = Resource {
+    plural: "artifacts",
+    from: "artifacts a",
+    key: "a.id",
+    unique: &[&["artifactid"]],
+    fields: &[
+        field("artifactid", "a.id", Kind::Int),
+        field("buildid", "a.build_id", Kind::Int),
+        field("stepid", "a.step_id", Kind::Int),
+        field("name", "a.name", Kind::Text),
+        field("bytes", "a.bytes", Kind::Int),
+        field("sha256", "a.sha256", Kind::Text),
+        field("created_at", "a.created_at", Kind::Time),
+        field("deleted_at", "a.deleted_at", Kind::Time),
+    ],
+};
+
+pub static RESOURCES: [&Resource; 13] = [
     &BUILDERS,
     &BUILDS,
     &STEPS,
@@ -333,6 +350,7 @@ pub static RESOURCES: [&Resource; 12] = [
     &CHANGES,
     &TEST_RESULT_SETS,
     &TEST_RESULTS,
+    &ARTIFACTS,
 ];
 
 /// A typed filter value.

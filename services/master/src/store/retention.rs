@@ -1,7 +1,8 @@
 //! Retention: history older than the configured horizons is deleted in
 //! small batches, each taking an advisory lock so one master prunes at a
-//! time and no transaction is long. Log contents go first (the log's row
-//! stays and says when); whole buildsets later, with everything under them.
+//! time and no transaction is long. Log contents and artifacts go first
+//! (their rows stay and say when); whole buildsets later, with everything
+//! under them.
 
 use sqlx::{Postgres, Transaction};
 
@@ -42,6 +43,19 @@ impl Store {
         .execute(&mut *tx)
         .await?
         .rows_affected();
+        // Artifacts go with the logs: both are what a build left, kept
+        // for as long.
+        sqlx::query(
+            r#"with doomed as (
+                   update artifacts set deleted_at = now()
+                   where build_id = any($1) and deleted_at is null
+                   returning id
+               )
+               delete from artifact_chunks where artifact_id in (select id from doomed)"#,
+        )
+        .bind(&builds)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(Some((builds.len() as u64, chunks)))
     }
@@ -89,8 +103,9 @@ mod tests {
     use crate::store::testing::TestDatabase;
     use crate::store::{ArchivedChunk, Store};
 
-    /// A finished build with one step, one archived log and a test result
-    /// set of two failed tests, finished `days_ago` days ago.
+    /// A finished build with one step, one archived log, a test result
+    /// set of two failed tests and an artifact of one chunk, finished
+    /// `days_ago` days ago.
     async fn finished_build(db: &TestDatabase, builder: shared::ids::BuilderId, days_ago: i32) {
         db.queue(builder, 1).await;
         let build = db.claim_next(builder).await.unwrap();
@@ -111,6 +126,8 @@ mod tests {
         Store::record_test_summary(&mut tx, build.id, step_id, &summary).await.unwrap();
         let chunk = ArchivedChunk { seq: 0, first_line: 0, num_lines: 1, raw_bytes: 3, content: b"abc".to_vec() };
         Store::insert_log_chunk(&mut tx, logs[0].id, &chunk).await.unwrap();
+        let artifact = Store::create_artifact(&mut tx, build.id, step_id, "dist/a.whl", 3, "ab").await.unwrap();
+        Store::insert_artifact_chunk(&mut tx, artifact, 0, 3, b"abc").await.unwrap();
         Store::finish_build(&mut tx, build.id, Results::Success, "done", Utc::now()).await.unwrap();
         sqlx::query("update builds set complete_at = now() - make_interval(days => $2) where id = $1")
             .bind(build.id)
@@ -147,6 +164,8 @@ mod tests {
         assert_eq!(db.store.prune_logs(7 * day, 500).await.unwrap(), Some((2, 2)));
         assert_eq!(count(&db, "log_chunks").await, 1, "the newest build's log is kept");
         assert_eq!(count(&db, "logs where deleted_at is not null").await, 2, "pruned logs say so");
+        assert_eq!(count(&db, "artifact_chunks").await, 1, "artifacts go with the logs");
+        assert_eq!(count(&db, "artifacts where deleted_at is not null").await, 2, "and say so");
         assert_eq!(db.store.prune_logs(7 * day, 500).await.unwrap(), Some((0, 0)), "nothing twice");
 
         assert_eq!(db.store.prune_builds(30 * day, 500).await.unwrap(), Some(1));
@@ -154,6 +173,7 @@ mod tests {
         assert_eq!(count(&db, "steps").await, 2, "the deleted build's steps went with it");
         assert_eq!(count(&db, "test_result_sets").await, 2, "and its test results");
         assert_eq!(count(&db, "test_results").await, 4);
+        assert_eq!(count(&db, "artifacts").await, 2);
         assert_eq!(count(&db, "buildrequests").await, 2);
     }
 
