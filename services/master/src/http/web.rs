@@ -26,7 +26,8 @@ use super::reads::api_items;
 use crate::Master;
 use crate::catalog::Catalog;
 use crate::store::resources::{
-    BUILDERS, BUILDREQUESTS, BUILDS, BUILDSETS, LOGS, Resource, STEPS, TEST_RESULT_SETS, TEST_RESULTS, WORKERS,
+    ARTIFACTS, BUILDERS, BUILDREQUESTS, BUILDS, BUILDSETS, LOGS, Resource, STEPS, TEST_RESULT_SETS, TEST_RESULTS,
+    WORKERS,
 };
 use crate::urls;
 
@@ -480,13 +481,18 @@ async fn build_page(State(master): State<AppState>, Path((name, number)): Path<(
     for set in api_items(&master, &TEST_RESULT_SETS, &[("buildid", build_id.to_string())]).await? {
         let params = [
             ("test_result_setid", int(&set, "test_result_setid").to_string()),
-            ("value", "fail".into()),
+            ("value__in", "fail,error".into()),
             ("limit", FAILED_TESTS_SHOWN.to_string()),
         ];
         let failed = api_items(&master, &TEST_RESULTS, &params).await?;
-        let step = steps.iter().find(|step| int(step, "stepid") == int(&set, "stepid"));
-        test_sets.push((set, failed, step.map(|step| text(step, "name").to_owned()).unwrap_or_default()));
+        let step_id = int(&set, "stepid");
+        let step = steps.iter().find(|step| int(step, "stepid") == step_id);
+        // Where in the step's log each failed test first appears.
+        let stdio = logs_by_step.get(&step_id).and_then(|logs| logs.iter().find(|log| text(log, "slug") == "stdio"));
+        let log_id = stdio.map(|log| int(log, "logid"));
+        test_sets.push((set, failed, step.map(|step| text(step, "name").to_owned()).unwrap_or_default(), log_id));
     }
+    let artifacts = api_items(&master, &ARTIFACTS, &[("buildid", build_id.to_string())]).await?;
     let told = master
         .store
         .notifications_of_build(shared::ids::BuildId(build_id))
@@ -525,18 +531,37 @@ async fn build_page(State(master): State<AppState>, Path((name, number)): Path<(
         }
         @if !test_sets.is_empty() {
             h2 { "Tests" }
-            @for (set, failed, step) in &test_sets {
+            @for (set, failed, step, log_id) in &test_sets {
                 p.tests {
                     (int(set, "tests_failed")) " failed"
                     @if let Some(passed) = set.get("tests_passed").and_then(Value::as_i64) { ", " (passed) " passed" }
+                    @if let Some(skipped) = set.get("tests_skipped").and_then(Value::as_i64) { ", " (skipped) " skipped" }
+                    @if let Some(ns) = set.get("duration_ns").and_then(Value::as_i64) { ", " (duration_text((ns + 500_000_000) / 1_000_000_000)) " in all" }
                     " (" (text(set, "description")) " of step " (step) ")"
                 }
                 @if !failed.is_empty() {
                     ul.failed-tests {
-                        @for test in failed { li { code { (text(test, "test_name")) } } }
+                        @for test in failed { (failed_test(test, *log_id)) }
                     }
                     @if int(set, "tests_failed") > failed.len() as i64 {
                         p.more { "and " (int(set, "tests_failed") - failed.len() as i64) " more, in the API" }
+                    }
+                }
+            }
+        }
+        @if !artifacts.is_empty() {
+            h2 { "Artifacts" }
+            ul.artifacts {
+                @for artifact in &artifacts {
+                    li {
+                        @if artifact.get("deleted_at").is_some_and(|at| !at.is_null()) {
+                            code { (text(artifact, "name")) } " (deleted by retention)"
+                        } @else {
+                            a href=(format!("/api/v2/artifacts/{}/download", int(artifact, "artifactid"))) download {
+                                code { (text(artifact, "name")) }
+                            }
+                            " " span.size { (shared::model::human_bytes(int(artifact, "bytes").max(0) as u64)) }
+                        }
                     }
                 }
             }
@@ -567,6 +592,27 @@ async fn build_page(State(master): State<AppState>, Path((name, number)): Path<(
     };
     let data = [("buildid", build_id.to_string()), ("builder", name.clone()), ("number", number.to_string())];
     Ok(page(&format!("{name} #{number}"), "build", &data, body))
+}
+
+/// A failed test: its name, linked to its first line in the step's log
+/// when it appears there, and its message.
+fn failed_test(test: &Value, log_id: Option<i64>) -> Markup {
+    let name = text(test, "test_name");
+    let line = test.get("log_line").and_then(Value::as_i64);
+    let path = text(test, "test_code_path");
+    html! {
+        li class=(text(test, "value")) {
+            @match (log_id, line) {
+                (Some(log_id), Some(line)) => a href=(format!("#log{log_id}-L{}", line + 1)) { code { (name) } },
+                _ => code { (name) },
+            }
+            @if !path.is_empty() { " " span.path { (path) } }
+            @if text(test, "value") == "error" { " " span.error { "error" } }
+            @if let Some(message) = test.get("message").and_then(Value::as_str) {
+                pre.message { (message) }
+            }
+        }
+    }
 }
 
 fn step_view(step: &Value, logs: &[Value]) -> Markup {
@@ -612,6 +658,7 @@ fn log_view(log: &Value) -> Markup {
             }
             button.earlier hidden { "Load earlier lines" }
             pre.lines {}
+            button.later hidden { "Load later lines" }
         }
     }
 }

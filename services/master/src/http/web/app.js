@@ -329,18 +329,25 @@ class LogView {
     this.id = element.dataset.logid;
     this.pre = element.querySelector("pre.lines");
     this.earlier = element.querySelector("button.earlier");
+    this.later = element.querySelector("button.later");
     this.follow = element.querySelector("input.follow");
     this.first = 0; // number of the first line shown
     this.next = 0; // number the next line gets
     this.earlier.addEventListener("click", () => this.loadEarlier());
+    this.later.addEventListener("click", () => this.loadLater());
   }
 
   async start() {
     if (this.element.dataset.complete === "true") {
       const lines = Number(this.element.dataset.lines) || 0;
-      this.first = this.next = Math.max(0, lines - LOG_PAGE);
+      // The last lines, or the lines around the one the address names (a
+      // failed test's first mention).
+      const target = this.targetLine();
+      const fromEnd = Math.max(0, lines - LOG_PAGE);
+      this.first = this.next = target !== null && target < fromEnd ? Math.max(0, target - 20) : fromEnd;
       await this.load(this.first, LOG_PAGE, false);
       this.earlier.hidden = this.first === 0;
+      this.later.hidden = this.next >= lines;
       this.jumpToHash();
     } else {
       await this.stream();
@@ -358,6 +365,17 @@ class LogView {
     }
     if (before) this.pre.prepend(fragment);
     else { this.pre.append(fragment); this.next = number; }
+  }
+
+  async loadLater() {
+    await this.load(this.next, LOG_PAGE, false);
+    this.later.hidden = this.next >= (Number(this.element.dataset.lines) || 0);
+  }
+
+  /// The 0-based line of this log the address names (`#log{id}-L{n}`), if any.
+  targetLine() {
+    const match = location.hash.match(/^#log(\d+)-L(\d+)$/);
+    return match && match[1] === this.id ? Number(match[2]) - 1 : null;
   }
 
   async loadEarlier() {
