@@ -230,8 +230,11 @@ async fn record(master: &Master, event: &WorkerEvent) -> Result<Recorded, EventE
                 };
                 let archived = logs::archive(&mut redis, &mut tx, row.id, &key, record.chunks, additions).await?;
                 if record.slug == wire::STDIO_LOG {
-                    let lines: Vec<(i64, i64)> =
-                        failed.iter().zip(&archived.found).filter_map(|(test, line)| Some((test.id, (*line)?))).collect();
+                    let lines: Vec<(i64, i64)> = failed
+                        .iter()
+                        .zip(&archived.found)
+                        .filter_map(|(test, line)| Some((test.id, (*line)?)))
+                        .collect();
                     Store::set_test_log_lines(&mut tx, &lines).await?;
                 }
                 archived_sizes.push((archived.bytes, archived.lines));

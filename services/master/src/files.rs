@@ -168,17 +168,15 @@ async fn keep_artifact(
     key: &str,
 ) -> Result<Option<String>, FileError> {
     let mut savepoint = tx.begin().await?;
-    let id =
-        Store::create_artifact(&mut savepoint, step.build_id, step.step_id, &file.path, file.bytes, &file.sha256).await?;
+    let id = Store::create_artifact(&mut savepoint, step.build_id, step.step_id, &file.path, file.bytes, &file.sha256)
+        .await?;
     Store::clear_artifact_chunks(&mut savepoint, id).await?;
     let mut pieces = std::pin::pin!(file_bytes(redis.clone(), key.to_owned()));
     let mut hasher = Sha256::new();
     let (mut raw, mut seq, mut total) = (Vec::with_capacity(ARTIFACT_CHUNK_BYTES), 0, 0u64);
     loop {
-        let piece = pieces
-            .try_next()
-            .await
-            .map_err(|error| LogError::Redis { key: key.to_owned(), source: error.into() })?;
+        let piece =
+            pieces.try_next().await.map_err(|error| LogError::Redis { key: key.to_owned(), source: error.into() })?;
         let done = piece.is_none();
         if let Some(piece) = piece {
             hasher.update(&piece);
@@ -214,8 +212,11 @@ pub fn artifact_bytes(store: Store, artifact_id: i64) -> impl Stream<Item = Resu
         let Some(&(last, _)) = page.last() else { return Ok(None) };
         let mut bytes = Vec::new();
         for (seq, content) in &page {
-            let raw = zstd::stream::decode_all(&content[..])
-                .map_err(|error| FileError::Corrupt { artifact_id, seq: *seq, reason: error.to_string() })?;
+            let raw = zstd::stream::decode_all(&content[..]).map_err(|error| FileError::Corrupt {
+                artifact_id,
+                seq: *seq,
+                reason: error.to_string(),
+            })?;
             bytes.extend_from_slice(&raw);
         }
         Ok(Some((Bytes::from(bytes), (store, last))))
@@ -232,20 +233,23 @@ async fn stream_length(redis: &mut ConnectionManager, key: &str) -> Result<u64, 
 
 /// A file's bytes from its stream, a page of entries at a time.
 fn file_bytes(redis: ConnectionManager, key: String) -> impl Stream<Item = io::Result<Bytes>> {
-    futures_util::stream::try_unfold((redis, key, String::from("-"), false), |(mut redis, key, after, done)| async move {
-        if done {
-            return Ok(None);
-        }
-        let page = logs::read_stream_page(&mut redis, &key, &after, ENTRIES_PER_PAGE)
-            .await
-            .map_err(|error| io::Error::other(error.to_string()))?;
-        let Some((last, _)) = page.last() else { return Ok(None) };
-        let last = last.clone();
-        let done = page.len() < ENTRIES_PER_PAGE;
-        let mut bytes = Vec::with_capacity(page.iter().map(|(_, record)| record.data.len()).sum());
-        for (_, record) in page {
-            bytes.extend_from_slice(&record.data);
-        }
-        Ok(Some((Bytes::from(bytes), (redis, key, last, done))))
-    })
+    futures_util::stream::try_unfold(
+        (redis, key, String::from("-"), false),
+        |(mut redis, key, after, done)| async move {
+            if done {
+                return Ok(None);
+            }
+            let page = logs::read_stream_page(&mut redis, &key, &after, ENTRIES_PER_PAGE)
+                .await
+                .map_err(|error| io::Error::other(error.to_string()))?;
+            let Some((last, _)) = page.last() else { return Ok(None) };
+            let last = last.clone();
+            let done = page.len() < ENTRIES_PER_PAGE;
+            let mut bytes = Vec::with_capacity(page.iter().map(|(_, record)| record.data.len()).sum());
+            for (_, record) in page {
+                bytes.extend_from_slice(&record.data);
+            }
+            Ok(Some((Bytes::from(bytes), (redis, key, last, done))))
+        },
+    )
 }

@@ -98,9 +98,7 @@ impl<R: AsyncBufRead + Unpin> JunitReader<R> {
             self.buffer.clear();
             let event = self.reader.read_event_into_async(&mut self.buffer).await.map_err(|error| match error {
                 quick_xml::Error::Io(io) => JunitError::Read(io.to_string()),
-                other => {
-                    JunitError::Malformed { position: self.reader.error_position(), message: other.to_string() }
-                }
+                other => JunitError::Malformed { position: self.reader.error_position(), message: other.to_string() },
             })?;
             let malformed = |message: String, position: u64| JunitError::Malformed { position, message };
             let position = self.reader.buffer_position();
@@ -158,17 +156,13 @@ impl<R: AsyncBufRead + Unpin> JunitReader<R> {
             }
         }
     }
-
 }
 
 impl State {
     fn check_root(&mut self, name: &str, position: u64) -> Result<(), JunitError> {
         if self.open.is_empty() {
             if self.seen_root {
-                return Err(JunitError::Malformed {
-                    position,
-                    message: format!("a second root element <{name}>"),
-                });
+                return Err(JunitError::Malformed { position, message: format!("a second root element <{name}>") });
             }
             if name != "testsuites" && name != "testsuite" {
                 return Err(JunitError::NotJunit(name.to_owned()));
@@ -181,8 +175,13 @@ impl State {
     fn open_element(&mut self, start: &BytesStart, name: &str) -> Result<(), String> {
         match name {
             "testcase" => {
-                let mut case =
-                    Case { name: String::new(), code_path: None, duration_ns: None, outcome: Outcome::Pass, message: None };
+                let mut case = Case {
+                    name: String::new(),
+                    code_path: None,
+                    duration_ns: None,
+                    outcome: Outcome::Pass,
+                    message: None,
+                };
                 let mut file = None;
                 for attribute in start.attributes() {
                     let attribute = attribute.map_err(|error| error.to_string())?;
@@ -343,7 +342,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_long_message_is_cut() {
-        let xml = format!("<testsuite><testcase name='a'><failure>{}</failure></testcase></testsuite>", "x".repeat(10_000));
+        let xml =
+            format!("<testsuite><testcase name='a'><failure>{}</failure></testcase></testsuite>", "x".repeat(10_000));
         let cases = read(&xml).await.unwrap();
         assert_eq!(cases[0].message.as_ref().unwrap().chars().count(), MESSAGE_CHARS);
     }

@@ -10,9 +10,9 @@ use shared::wire::{BuildAssignment, LogChannel, LogRecord, STDIO_LOG, StepRecord
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::files::{self, StepFiles};
 use crate::filter::LogFilter;
 use crate::logs::LogWriter;
-use crate::files::{self, StepFiles};
 use crate::{Context, WorkerError, step};
 
 pub async fn run_build(
@@ -21,17 +21,11 @@ pub async fn run_build(
     stop: CancellationToken,
 ) -> Result<Results, WorkerError> {
     let builder_dir = context.basedir.join(directory_name(&build.builder));
-    let mut seq = 0i64;
-    let mut next_seq = || {
-        seq += 1;
-        seq
-    };
+    let mut running = Running::default();
     let mut results = Results::Success;
     let mut halted = false;
     let mut failed_steps = Vec::new();
     let mut records = Vec::with_capacity(build.steps.len());
-    // The build's artifacts so far, against its cap.
-    let mut artifact_bytes = 0u64;
 
     for (index, spec) in build.steps.iter().enumerate() {
         let number = index as i32;
@@ -57,9 +51,7 @@ pub async fn run_build(
             step.results = tracing::field::Empty,
         );
         let (record, outcome) =
-            run_step(context, &build, spec, number, &builder_dir, &stop, &mut next_seq, &mut artifact_bytes)
-                .instrument(span.clone())
-                .await?;
+            run_step(context, &build, spec, number, &builder_dir, &stop, &mut running).instrument(span.clone()).await?;
         span.record("step.results", outcome.results.name());
 
         let contribution = build_result_contribution(outcome.results, spec.flags());
@@ -84,7 +76,7 @@ pub async fn run_build(
         .send(&WorkerEvent::BuildFinished {
             worker: context.name.clone(),
             build_id: build.build_id,
-            seq: next_seq(),
+            seq: running.next_seq(),
             results,
             state_string,
             finished_at: Utc::now(),
@@ -93,6 +85,22 @@ pub async fn run_build(
         })
         .await?;
     Ok(results)
+}
+
+/// What a build's steps share as they run one after another.
+#[derive(Default)]
+struct Running {
+    /// The last event's sequence number.
+    seq: i64,
+    /// The build's artifacts so far, against its cap.
+    artifact_bytes: u64,
+}
+
+impl Running {
+    fn next_seq(&mut self) -> i64 {
+        self.seq += 1;
+        self.seq
+    }
 }
 
 /// A builder's directory name: its name with anything unusual replaced.
@@ -113,8 +121,7 @@ async fn run_step(
     number: i32,
     builder_dir: &std::path::Path,
     stop: &CancellationToken,
-    next_seq: &mut impl FnMut() -> i64,
-    artifact_bytes: &mut u64,
+    running: &mut Running,
 ) -> Result<(StepRecord, step::StepOutcome), WorkerError> {
     let mut record = StepRecord {
         number,
@@ -131,7 +138,7 @@ async fn run_step(
     let started = WorkerEvent::StepStarted {
         worker: worker.clone(),
         build_id,
-        seq: next_seq(),
+        seq: running.next_seq(),
         step: record.clone(),
         sent_at: Some(Utc::now()),
     };
@@ -146,13 +153,9 @@ async fn run_step(
             .await;
     // Whatever the step's result: failed tests' results matter most.
     let stream_key = |index| context.namespace.file_stream_key(&context.name, build.build_id, number, index);
-    let files = StepFiles {
-        redis: context.redis.clone(),
-        builder_dir,
-        limits: build.file_limits,
-        stream_key: &stream_key,
-    };
-    record.files = files::send(files, spec, &log, artifact_bytes).await;
+    let files =
+        StepFiles { redis: context.redis.clone(), builder_dir, limits: build.file_limits, stream_key: &stream_key };
+    record.files = files::send(files, spec, &log, &mut running.artifact_bytes).await;
     let totals = log.finish().await;
 
     record.finished_at = Some(Utc::now());
@@ -183,7 +186,7 @@ async fn run_step(
     let finished = WorkerEvent::StepFinished {
         worker,
         build_id,
-        seq: next_seq(),
+        seq: running.next_seq(),
         step: record.clone(),
         sent_at: Some(Utc::now()),
     };

@@ -84,8 +84,11 @@ pub async fn send(files: StepFiles<'_>, spec: &Step, log: &LogWriter, artifact_b
             continue;
         }
         if paths.len() > FILES_PER_PATTERN {
-            say(format!("{what}: `{pattern}` matched {} files; only the first {FILES_PER_PATTERN} are sent", paths.len()))
-                .await;
+            say(format!(
+                "{what}: `{pattern}` matched {} files; only the first {FILES_PER_PATTERN} are sent",
+                paths.len()
+            ))
+            .await;
         }
         for path in paths.into_iter().take(FILES_PER_PATTERN) {
             let shown = path.strip_prefix(&workdir).unwrap_or(&path).display().to_string();
@@ -128,7 +131,13 @@ fn is_literal(pattern: &str) -> bool {
 }
 
 /// Why the file at `path` may not be sent, if it may not.
-async fn admit(root: &Path, path: &Path, kind: FileKind, limits: &FileLimits, artifact_bytes: u64) -> Result<(), String> {
+async fn admit(
+    root: &Path,
+    path: &Path,
+    kind: FileKind,
+    limits: &FileLimits,
+    artifact_bytes: u64,
+) -> Result<(), String> {
     let real = tokio::fs::canonicalize(path).await.map_err(|error| format!("cannot be read ({error}); not sent"))?;
     if !real.starts_with(root) {
         return Err("leads outside the builder's directory (a symlink out of it); refused".into());
@@ -193,7 +202,12 @@ async fn send_file(redis: &mut ConnectionManager, key: &str, path: &Path) -> Res
 
 /// Writes entries `written_before + 1 …`; after a failure, the entries Redis
 /// already has are skipped.
-async fn write_batch(redis: &mut ConnectionManager, key: &str, batch: &[Vec<u8>], written_before: u64) -> Result<(), String> {
+async fn write_batch(
+    redis: &mut ConnectionManager,
+    key: &str,
+    batch: &[Vec<u8>],
+    written_before: u64,
+) -> Result<(), String> {
     let mut delay = Duration::from_millis(100);
     let mut already = 0;
     let mut attempt = 0;

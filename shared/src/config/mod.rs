@@ -34,7 +34,7 @@ pub use master::{
 };
 pub use settings::*;
 pub use source_map::{Position, SourceMap, YamlPath};
-pub use steps::{check_file_glob, COMPILER_WARNINGS, StepCommand, StepSpec, TestSummarySpec, WarningsSpec};
+pub use steps::{COMPILER_WARNINGS, StepCommand, StepSpec, TestSummarySpec, WarningsSpec, check_file_glob};
 pub use worker_file::{WorkerFile, WorkerLogin, load_worker_file};
 
 use diagnostics::SourceFile;

@@ -353,10 +353,7 @@ pub async fn get_artifact(
 /// An artifact's bytes as its step left them, streamed a page of chunks at
 /// a time. Always a download, never shown by the browser: what a build
 /// made is not the site's to run.
-pub async fn download_artifact(
-    State(master): State<AppState>,
-    Path(artifact_id): Path<String>,
-) -> ApiResult<Response> {
+pub async fn download_artifact(State(master): State<AppState>, Path(artifact_id): Path<String>) -> ApiResult<Response> {
     let id: i64 = parse_id("artifact id", &artifact_id)?;
     let artifact = master.store.artifact(id).await?.ok_or_else(|| ApiError::NotFound(format!("artifact {id}")))?;
     if let Some(deleted_at) = artifact.deleted_at {

@@ -32,7 +32,7 @@ impl Store {
                           b.properties -> 'revision' ->> 0 as revision
                    from builds b
                    join test_result_sets s on s.build_id = b.id
-                   join test_results r on r.test_result_set_id = s.id and r.value = 'fail'
+                   join test_results r on r.test_result_set_id = s.id and r.value in ('fail', 'error')
                    where b.complete_at > now() - make_interval(days => $1)
                      and coalesce(b.properties -> 'revision' ->> 0, '') <> ''
                      and r.test_name is not null
@@ -46,7 +46,7 @@ impl Store {
                      and p.properties -> 'revision' ->> 0 = f.revision
                      and not exists (
                          select 1 from test_results pr
-                         where pr.test_result_set_id = ps.id and pr.test_name = f.test_name and pr.value = 'fail'))
+                         where pr.test_result_set_id = ps.id and pr.test_name = f.test_name and pr.value in ('fail', 'error')))
                group by f.test_name, f.builder_id
                order by last_failed_at desc, f.test_name
                limit $2"#,

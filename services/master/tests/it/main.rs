@@ -20,6 +20,7 @@ mod pipeline;
 mod queue;
 mod reload;
 mod reporters;
+mod results;
 mod schedulers;
 mod sources;
 mod telemetry;

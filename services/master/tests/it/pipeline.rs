@@ -1,7 +1,7 @@
 //! A build's whole life: forced through HAProxy, claimed by a worker
 //! process, run, recorded by whichever master gets the events, archived.
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::harness::{TestStack, master_yaml};
 
@@ -35,7 +35,7 @@ const SILENT: &str = r#"- name: hangs
   kill_grace: 1
 "#;
 
-async fn two_masters_haproxy_and_a_worker(factories: &[(&str, &str)]) -> TestStack {
+pub(crate) async fn two_masters_haproxy_and_a_worker(factories: &[(&str, &str)]) -> TestStack {
     let names: Vec<&str> = factories.iter().map(|(name, _)| *name).collect();
     let mut stack = TestStack::new(&master_yaml(factories), &names).await;
     stack.start_masters_behind_haproxy().await;
@@ -43,7 +43,7 @@ async fn two_masters_haproxy_and_a_worker(factories: &[(&str, &str)]) -> TestSta
     stack
 }
 
-fn ids(steps: &[Value], field: &str) -> Vec<Value> {
+pub(crate) fn ids(steps: &[Value], field: &str) -> Vec<Value> {
     steps.iter().map(|s| s[field].clone()).collect()
 }
 
@@ -80,113 +80,6 @@ async fn a_forced_build_completes_on_a_worker_and_its_log_is_what_the_steps_prin
         assert_eq!(raw, expected, "log {} of step {}", log["logid"], log["stepid"]);
     }
     assert_eq!(logs[0]["num_lines"], 8, "2 header lines (command, directory), 4 printed, 2 footer (exit code, time)");
-}
-
-const WARNS: &str = r#"- name: compile
-  warnings: compiler
-  command: [sh, -c, "printf 'gcc -c a.c\\na.c:12:5: warning: unused x\\nok\\nb.c(3): warning C4101: y\\n'"]
-- name: test
-  warnings: {pattern: "^Warning -- ", max: 1}
-  command: [sh, -c, "echo 'Warning -- one leaked'; echo 'not Warning -- this'"]
-"#;
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_step_counting_warnings_ends_warnings_with_their_count_and_a_log_of_them() {
-    let stack = two_masters_haproxy_and_a_worker(&[("warns", WARNS)]).await;
-    let build = stack.wait_for_build(stack.force("warns").await).await;
-    assert_eq!(build["results"], 1, "WARNINGS: {build}");
-    let steps = stack.steps(build["buildid"].as_i64().unwrap()).await;
-    assert_eq!(ids(&steps, "results"), [1, 0], "over its max, then within it");
-    assert_eq!(ids(&steps, "state_string"), ["exit code 0; 2 warnings", "exit code 0; 1 warning"]);
-    for (step, expected) in
-        steps.iter().zip(["a.c:12:5: warning: unused x\nb.c(3): warning C4101: y\n", "Warning -- one leaked\n"])
-    {
-        let step_id = step["stepid"].as_i64().unwrap();
-        stack.archived_log(step_id).await;
-        let logs = stack.get(&format!("/api/v2/steps/{step_id}/logs")).await;
-        let warnings = logs["logs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|log| log["slug"] == "warnings")
-            .unwrap_or_else(|| panic!("no warnings log: {logs}"))
-            .clone();
-        assert_eq!(warnings["complete"], true, "{warnings}");
-        let raw = stack.get_bytes(&format!("/api/v2/logs/{}/raw", warnings["logid"])).await;
-        assert_eq!(String::from_utf8(raw).unwrap(), expected);
-    }
-}
-
-const REGRTEST: &str = r#"- name: test
-  test_summary: regrtest
-  command: [sh, -c, "printf '== Tests result: FAILURE ==\\n\\n385 tests OK.\\n\\n3 tests failed:\\n    test_os test_sys\\n    test_ssl\\n\\n2 tests failed again:\\n    test_os test_ssl\\n\\nTotal duration: 5 min\\n'; exit 2"]
-"#;
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_test_runners_summary_becomes_a_test_result_set_with_the_tests_that_failed_last() {
-    let stack = two_masters_haproxy_and_a_worker(&[("regrtest", REGRTEST)]).await;
-    let build = stack.wait_for_build(stack.force("regrtest").await).await;
-    assert_eq!(build["results"], 2, "{build}");
-    let build_id = build["buildid"].as_i64().unwrap();
-    let steps = stack.steps(build_id).await;
-    assert_eq!(steps[0]["state_string"], "exit code 2; 2 tests failed");
-    let sets = stack.get(&format!("/api/v2/builds/{build_id}/test_result_sets")).await;
-    assert_eq!(sets["meta"]["total"], 1, "{sets}");
-    let set = &sets["test_result_sets"][0];
-    assert_eq!((set["tests_failed"].as_i64(), set["tests_passed"].as_i64()), (Some(2), Some(385)), "{set}");
-    assert_eq!((set["category"].as_str(), set["value_unit"].as_str()), (Some("pass_fail"), Some("boolean")));
-    assert_eq!(set["stepid"], steps[0]["stepid"]);
-    assert_eq!(set["builderid"], build["builderid"]);
-    let by_step = stack.get(&format!("/api/v2/steps/{}/test_result_sets", steps[0]["stepid"])).await;
-    assert_eq!(by_step["test_result_sets"][0]["test_result_setid"], set["test_result_setid"]);
-    let results = stack.get(&format!("/api/v2/test_result_sets/{}/results", set["test_result_setid"])).await;
-    let names: Vec<&str> =
-        results["test_results"].as_array().unwrap().iter().map(|r| r["test_name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["test_os", "test_ssl"], "the ones that failed again: {results}");
-    assert!(results["test_results"].as_array().unwrap().iter().all(|r| r["value"] == "fail"));
-    let failing =
-        stack.get(&format!("/api/v2/test_result_sets/{}/results?test_name=test_ssl", set["test_result_setid"])).await;
-    assert_eq!(failing["meta"]["total"], 1, "filtered like any collection: {failing}");
-
-    // The build's page lists them first, before the steps.
-    let page = String::from_utf8(stack.get_bytes("/builders/regrtest/builds/1").await).unwrap();
-    let tests = page.find("<h2>Tests</h2>").unwrap_or_else(|| panic!("no Tests section:\n{page}"));
-    let steps = page.find("<h2>Steps</h2>").unwrap();
-    assert!(tests < steps, "failures first");
-    let section = &page[tests..steps];
-    assert!(section.contains("2 failed, 385 passed (test runner summary of step test)"), "{section}");
-    assert!(section.contains("<li><code>test_os</code></li><li><code>test_ssl</code></li>"), "{section}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_test_failing_then_passing_on_a_rebuild_of_the_same_revision_is_listed_flaky() {
-    let flags = tempfile::tempdir().unwrap();
-    let flag = flags.path().join("flaky");
-    let steps = format!(
-        "- name: test\n  test_summary: regrtest\n  command: if [ -e {} ]; then printf '2 tests OK.\\n\\n1 test failed:\\n    test_flaky\\n\\n'; exit 2; else printf '3 tests OK.\\n'; fi\n",
-        flag.display()
-    );
-    let stack = two_masters_haproxy_and_a_worker(&[("flaky", &steps)]).await;
-    let at = |revision: &str| json!({ "properties": { "revision": revision } });
-    std::fs::write(&flag, "").unwrap();
-    let failed = stack.wait_for_build(stack.force_with("flaky", at("abc123")).await).await;
-    assert_eq!(failed["results"], 2);
-    // A failure alone is not flakiness; nor is passing at another revision.
-    std::fs::remove_file(&flag).unwrap();
-    let other = stack.wait_for_build(stack.force_with("flaky", at("def456")).await).await;
-    assert_eq!(other["results"], 0);
-    assert_eq!(stack.get("/api/v2/tests/flaky").await["meta"]["total"], 0);
-    // The rebuild of the same revision passes: flaky.
-    let rebuilt = stack.wait_for_build(stack.force_with("flaky", at("abc123")).await).await;
-    assert_eq!(rebuilt["results"], 0);
-    let flaky = stack.get("/api/v2/tests/flaky").await;
-    assert_eq!(flaky["meta"]["total"], 1, "{flaky}");
-    let test = &flaky["flaky_tests"][0];
-    assert_eq!((test["test_name"].as_str(), test["failures"].as_i64()), (Some("test_flaky"), Some(1)), "{test}");
-    assert_eq!(test["builderid"], failed["builderid"]);
-    assert_eq!(test["last_failed_at"], failed["complete_at"]);
-    let refused = stack.http.get(format!("{}/api/v2/tests/flaky?days=0", stack.base_url)).send().await.unwrap();
-    assert_eq!(refused.status(), 400);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
