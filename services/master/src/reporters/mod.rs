@@ -319,11 +319,11 @@ impl Deliverer {
             };
             let mut report = report;
             if report.pull_request.is_some() && report.failed_step.is_some() {
-                if comment.log_lines > 0 {
-                    match log_excerpt(master, build_id, notification.attempts, comment.log_lines).await {
-                        Ok(excerpt) => report.log_excerpt = excerpt,
-                        Err(problem) => return retry(reporter.give_up_after_minutes, notification, None, problem),
-                    }
+                // Also when no lines are wanted: the step's failed tests are
+                // recorded with its log.
+                match log_excerpt(master, build_id, notification.attempts, comment.log_lines).await {
+                    Ok(excerpt) => report.log_excerpt = excerpt,
+                    Err(problem) => return retry(reporter.give_up_after_minutes, notification, None, problem),
                 }
                 match master.store.failed_tests(build_id, FAILED_TESTS_TOLD).await {
                     Ok(failed) => report.failed_tests = failed,
@@ -407,7 +407,8 @@ async fn judge(master: &Master, notification: &Notification) -> Result<Judged, O
 
 /// The last `lines` lines the build's first failed step printed (not the
 /// lines buildmaster adds, such as its exit code), with Markdown's code
-/// fences in them defused.
+/// fences in them defused; once the step's end (its log, its test results)
+/// is recorded.
 async fn log_excerpt(master: &Master, build_id: BuildId, attempts: i32, lines: u32) -> Result<String, String> {
     // Room for buildmaster's own lines at the end.
     const OWN_LINES: i64 = 8;
@@ -421,6 +422,9 @@ async fn log_excerpt(master: &Master, build_id: BuildId, attempts: i32, lines: u
         if attempts < WAIT_FOR_LOG_ATTEMPTS {
             return Err("the failed step's log is still being archived".into());
         }
+        return Ok(String::new());
+    }
+    if lines == 0 {
         return Ok(String::new());
     }
     let wanted = i64::from(lines) + OWN_LINES;

@@ -4,7 +4,22 @@
 
 use serde_json::json;
 
+use crate::harness::TestStack;
 use crate::pipeline::{ids, two_masters_haproxy_and_a_worker};
+
+/// The build a request ran, once all of it is recorded. A step's end may
+/// be recorded after the build's (events are taken by either master); its
+/// test results and artifacts are in once its log is archived, in the same
+/// transaction.
+async fn recorded(stack: &TestStack, request: i64) -> serde_json::Value {
+    let build = stack.wait_for_build(request).await;
+    for step in stack.steps(build["buildid"].as_i64().unwrap()).await {
+        if step["results"] != 3 {
+            stack.archived_log(step["stepid"].as_i64().unwrap()).await;
+        }
+    }
+    build
+}
 
 const WARNS: &str = r#"- name: compile
   warnings: compiler
@@ -17,7 +32,7 @@ const WARNS: &str = r#"- name: compile
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_step_counting_warnings_ends_warnings_with_their_count_and_a_log_of_them() {
     let stack = two_masters_haproxy_and_a_worker(&[("warns", WARNS)]).await;
-    let build = stack.wait_for_build(stack.force("warns").await).await;
+    let build = recorded(&stack, stack.force("warns").await).await;
     assert_eq!(build["results"], 1, "WARNINGS: {build}");
     let steps = stack.steps(build["buildid"].as_i64().unwrap()).await;
     assert_eq!(ids(&steps, "results"), [1, 0], "over its max, then within it");
@@ -49,7 +64,7 @@ const REGRTEST: &str = r#"- name: test
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_test_runners_summary_becomes_a_test_result_set_with_the_tests_that_failed_last() {
     let stack = two_masters_haproxy_and_a_worker(&[("regrtest", REGRTEST)]).await;
-    let build = stack.wait_for_build(stack.force("regrtest").await).await;
+    let build = recorded(&stack, stack.force("regrtest").await).await;
     assert_eq!(build["results"], 2, "{build}");
     let build_id = build["buildid"].as_i64().unwrap();
     let steps = stack.steps(build_id).await;
@@ -95,24 +110,15 @@ async fn a_test_failing_then_passing_on_a_rebuild_of_the_same_revision_is_listed
     let stack = two_masters_haproxy_and_a_worker(&[("flaky", &steps)]).await;
     let at = |revision: &str| json!({ "properties": { "revision": revision } });
     std::fs::write(&flag, "").unwrap();
-    // A build's steps may be recorded after its end (events are taken by
-    // either master): its test results are in once its log is archived.
-    let recorded = async |request: i64| {
-        let build = stack.wait_for_build(request).await;
-        for step in stack.steps(build["buildid"].as_i64().unwrap()).await {
-            stack.archived_log(step["stepid"].as_i64().unwrap()).await;
-        }
-        build
-    };
-    let failed = recorded(stack.force_with("flaky", at("abc123")).await).await;
+    let failed = recorded(&stack, stack.force_with("flaky", at("abc123")).await).await;
     assert_eq!(failed["results"], 2);
     // A failure alone is not flakiness; nor is passing at another revision.
     std::fs::remove_file(&flag).unwrap();
-    let other = recorded(stack.force_with("flaky", at("def456")).await).await;
+    let other = recorded(&stack, stack.force_with("flaky", at("def456")).await).await;
     assert_eq!(other["results"], 0);
     assert_eq!(stack.get("/api/v2/tests/flaky").await["meta"]["total"], 0);
     // The rebuild of the same revision passes: flaky.
-    let rebuilt = recorded(stack.force_with("flaky", at("abc123")).await).await;
+    let rebuilt = recorded(&stack, stack.force_with("flaky", at("abc123")).await).await;
     assert_eq!(rebuilt["results"], 0);
     let flaky = stack.get("/api/v2/tests/flaky").await;
     assert_eq!(flaky["meta"]["total"], 1, "{flaky}");
@@ -156,7 +162,7 @@ async fn a_junit_file_becomes_a_test_result_set_served_as_buildbot_shapes_it() {
     let out = stack.dir.path().join("worker-w1/junit/build/out");
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(out.join("junit.xml"), JUNIT).unwrap();
-    let build = stack.wait_for_build(stack.force("junit").await).await;
+    let build = recorded(&stack, stack.force("junit").await).await;
     assert_eq!(build["results"], 2, "the step's exit code decides: {build}");
     let build_id = build["buildid"].as_i64().unwrap();
     let step = &stack.steps(build_id).await[0];
@@ -246,7 +252,7 @@ async fn result_files_that_cannot_be_read_each_say_why_in_the_log_and_change_not
     std::fs::write(out.join("page.xml"), "<html><body>Not Found</body></html>\n").unwrap();
     // 200 MB, sparse: refused by its size before anything is read.
     std::fs::File::create(out.join("huge.xml")).unwrap().set_len(200 * 1024 * 1024).unwrap();
-    let build = stack.wait_for_build(stack.force("bad").await).await;
+    let build = recorded(&stack, stack.force("bad").await).await;
     assert_eq!(build["results"], 0, "files a step could not send do not fail it: {build}");
     let build_id = build["buildid"].as_i64().unwrap();
     let step = &stack.steps(build_id).await[0];
@@ -285,7 +291,7 @@ async fn an_artifact_round_trips_byte_for_byte_and_a_path_leading_out_is_refused
     wheel.extend(0..=255u8);
     std::fs::write(dist.join("pkg-1.0.whl"), &wheel).unwrap();
     std::fs::write(dist.join("notes \"1\".txt"), "<script>alert(1)</script>").unwrap();
-    let build = stack.wait_for_build(stack.force("pkg").await).await;
+    let build = recorded(&stack, stack.force("pkg").await).await;
     assert_eq!(build["results"], 0, "{build}");
     let build_id = build["buildid"].as_i64().unwrap();
     let step = &stack.steps(build_id).await[0];
