@@ -10,6 +10,10 @@ alter table test_result_sets
     add column tests_skipped integer,
     add column duration_ns bigint;
 
+-- Whether a test failed in a build is asked per build and test name (the
+-- Tests page walks back through a builder's builds).
+create index test_results_by_set_and_name on test_results (test_result_set_id, test_name);
+
 -- Files a step kept (`artifacts:`), stored compressed in chunks beside the
 -- build, as logs are; retention deletes their contents with the logs'
 -- (`deleted_at` says when) and the rows with the build.

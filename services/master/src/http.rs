@@ -64,6 +64,8 @@ pub enum Serves {
     Notifications,
     /// Tests that failed and passed on the same builder and revision.
     FlakyTests,
+    /// Tests failing now on a branch, since when.
+    FailingTests,
     /// An artifact's bytes, `application/octet-stream`.
     ArtifactBytes,
 }
@@ -83,7 +85,7 @@ fn reading(path: &'static str, serves: Serves) -> RouteDoc {
 
 /// Every API route: what it serves, and its handlers.
 pub fn api() -> Vec<(RouteDoc, MethodRouter<AppState>)> {
-    use Serves::{ArtifactBytes, Collection, FlakyTests, LogBytes, LogLines, Notifications, Single};
+    use Serves::{ArtifactBytes, Collection, FailingTests, FlakyTests, LogBytes, LogLines, Notifications, Single};
     vec![
         (reading("/api/v2/builders", Collection(&BUILDERS)), get(reads::list_builders)),
         (
@@ -142,6 +144,7 @@ pub fn api() -> Vec<(RouteDoc, MethodRouter<AppState>)> {
             get(reads::list_test_results),
         ),
         (reading("/api/v2/tests/flaky", FlakyTests), get(reads::list_flaky_tests)),
+        (reading("/api/v2/tests/failing", FailingTests), get(reads::list_failing_tests)),
         (reading("/api/v2/builds/{build_id}/artifacts", Collection(&ARTIFACTS)), get(reads::list_build_artifacts)),
         (reading("/api/v2/artifacts/{artifact_id}", Single(&ARTIFACTS)), get(reads::get_artifact)),
         (reading("/api/v2/artifacts/{artifact_id}/download", ArtifactBytes), get(reads::download_artifact)),

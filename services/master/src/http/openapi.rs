@@ -179,6 +179,42 @@ fn get_operation(path: &str, serves: Serves, path_parameters: &[Value]) -> Value
                 json!({ "application/json": { "schema": envelope } }),
             )
         }
+        Serves::FailingTests => {
+            for (name, text, kind) in [
+                ("branch", "the branch (default: builds of no branch)", "string"),
+                ("days", "days of history looked at (default 30)", "integer"),
+                ("limit", "tests at most (default 100)", "integer"),
+            ] {
+                parameters
+                    .push(json!({ "name": name, "in": "query", "description": text, "schema": { "type": kind } }));
+            }
+            let int = || json!({ "type": "integer" });
+            let maybe_int = || json!({ "type": ["integer", "null"] });
+            let maybe_text = || json!({ "type": ["string", "null"] });
+            let item = json!({
+                "type": "object",
+                "properties": {
+                    "test_name": { "type": "string" }, "builderid": int(), "buildid": int(), "number": int(),
+                    "message": maybe_text(), "failing_builds": int(),
+                    "first_failed_buildid": int(), "first_failed_number": int(),
+                    "first_failed_revision": maybe_text(), "first_failed_at": int(),
+                    "last_passed_buildid": maybe_int(), "last_passed_number": maybe_int(),
+                    "last_passed_revision": maybe_text(),
+                },
+            });
+            let envelope = json!({
+                "type": "object",
+                "properties": {
+                    "failing_tests": { "type": "array", "items": item },
+                    "meta": { "type": "object", "properties": { "total": { "type": "integer" } } },
+                },
+            });
+            (
+                "tests failing in the newest build of a branch on each builder, with where they broke and last passed"
+                    .to_owned(),
+                json!({ "application/json": { "schema": envelope } }),
+            )
+        }
         Serves::LogBytes => {
             parameters.push(json!({ "name": "follow", "in": "query", "schema": { "type": "boolean" } }));
             (

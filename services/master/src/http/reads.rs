@@ -282,24 +282,50 @@ pub async fn list_build_notifications(
     Ok(Json(json!({ "notifications": rows, "meta": { "total": total } })))
 }
 
+/// A whole-number query parameter from 1 to `most`, `default` when absent.
+fn bounded(params: &[(String, String)], name: &str, default: i64, most: i64) -> ApiResult<i64> {
+    match params.iter().find(|(key, _)| key == name) {
+        None => Ok(default),
+        Some((_, value)) => value
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=most).contains(n))
+            .ok_or_else(|| ApiError::BadRequest(format!("`{name}` must be a whole number from 1 to {most}"))),
+    }
+}
+
+/// Refuses query parameters other than `known`.
+fn only(params: &[(String, String)], known: &[&str]) -> ApiResult<()> {
+    match params.iter().find(|(key, _)| !known.contains(&key.as_str())) {
+        Some((key, _)) => {
+            Err(ApiError::BadRequest(format!("unknown query parameter `{key}` (known: {})", known.join(", "))))
+        }
+        None => Ok(()),
+    }
+}
+
 /// `?days=` (default 30, at most 365) of history looked at; `?limit=`
 /// (default 100) tests at most.
 pub async fn list_flaky_tests(State(master): State<AppState>, Query(params): Params) -> ApiResult<Json<Value>> {
-    let number = |name: &str, default: i64, most: i64| -> ApiResult<i64> {
-        match params.iter().find(|(key, _)| key == name) {
-            None => Ok(default),
-            Some((_, value)) => value
-                .parse::<i64>()
-                .ok()
-                .filter(|n| (1..=most).contains(n))
-                .ok_or_else(|| ApiError::BadRequest(format!("`{name}` must be a whole number from 1 to {most}"))),
-        }
-    };
-    let days = number("days", 30, 365)?;
-    let limit = number("limit", 100, 10_000)?;
+    only(&params, &["days", "limit"])?;
+    let days = bounded(&params, "days", 30, 365)?;
+    let limit = bounded(&params, "limit", 100, 10_000)?;
     let flaky = master.store.flaky_tests(days as u32, limit).await?;
     let total = flaky.len();
     Ok(Json(json!({ "flaky_tests": flaky, "meta": { "total": total } })))
+}
+
+/// Tests failing in the newest build of `?branch=` (default: no branch)
+/// on each builder, with the build where they broke and the last one
+/// where they passed; `?days=` and `?limit=` as for flaky tests.
+pub async fn list_failing_tests(State(master): State<AppState>, Query(params): Params) -> ApiResult<Json<Value>> {
+    only(&params, &["branch", "days", "limit"])?;
+    let branch = params.iter().find(|(key, _)| key == "branch").map_or("", |(_, value)| value.as_str());
+    let days = bounded(&params, "days", 30, 365)?;
+    let limit = bounded(&params, "limit", 100, 10_000)?;
+    let failing = master.store.failing_tests(branch, days as u32, limit).await?;
+    let total = failing.len();
+    Ok(Json(json!({ "failing_tests": failing, "meta": { "total": total } })))
 }
 
 pub async fn list_build_test_result_sets(

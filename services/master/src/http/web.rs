@@ -70,6 +70,7 @@ pub fn routes() -> Router<AppState> {
         .route("/builders/{builder}/builds/{number}", get(build_page))
         .route("/workers", get(workers_page))
         .route("/queue", get(queue_page))
+        .route("/tests", get(tests_page))
         .route("/login", get(login_page))
         .route("/fragments/cells/{build_id}", get(cell_fragment))
         .route("/fragments/build-rows/{build_id}", get(build_row_fragment))
@@ -107,6 +108,7 @@ fn page(title: &str, kind: &str, data: &[(&str, String)], body: Markup) -> Respo
                         a.brand href="/" { "buildmaster" }
                         a href="/" { "Builders" }
                         a href="/queue" { "Queue" }
+                        a href="/tests" { "Tests" }
                         a href="/workers" { "Workers" }
                     }
                     span #who {}
@@ -785,6 +787,105 @@ async fn queue_page(State(master): State<AppState>) -> Page {
         }
     };
     Ok(page("Queue", "queue", &[], body))
+}
+
+// --- tests ----------------------------------------------------------------------------
+
+/// Days of builds the Tests page looks at.
+const TESTS_PAGE_DAYS: u32 = 30;
+
+#[derive(Deserialize)]
+struct TestsQuery {
+    branch: Option<String>,
+}
+
+/// Across builders: the tests failing now on a branch, where each broke and
+/// last passed; then the flaky ones.
+async fn tests_page(State(master): State<AppState>, Query(query): Query<TestsQuery>) -> Page {
+    let catalog = master.catalog();
+    let branches = master.store.tested_branches(TESTS_PAGE_DAYS).await?;
+    let branch = query.branch.or_else(|| branches.first().cloned()).unwrap_or_default();
+    let failing = master.store.failing_tests(&branch, TESTS_PAGE_DAYS, 1000).await?;
+    let flaky = master.store.flaky_tests(TESTS_PAGE_DAYS, 200).await?;
+    let builders: std::collections::BTreeSet<_> = failing.iter().map(|test| test.builder_id).collect();
+    let revision = |revision: &Option<String>| revision.as_deref().map(|r| r.chars().take(10).collect::<String>());
+    let body = html! {
+        h1 { "Tests" }
+        form.filter method="get" action="/tests" {
+            label {
+                "Branch "
+                select name="branch" {
+                    @for name in &branches {
+                        option value=(name) selected[*name == branch] { (if name.is_empty() { "(none)" } else { name }) }
+                    }
+                }
+            }
+            " " button type="submit" { "Show" }
+        }
+        h2 { "Failing on " (if branch.is_empty() { "builds of no branch" } else { &branch }) }
+        p.summary #failing-summary {
+            (failing.len()) " failing " (if failing.len() == 1 { "test" } else { "tests" })
+            " on " (builders.len()) " " (if builders.len() == 1 { "builder" } else { "builders" })
+            ", in the newest build of each (last " (TESTS_PAGE_DAYS) " days)"
+        }
+        @if !failing.is_empty() {
+            table.failing {
+                thead { tr { th { "Test" } th { "Builder" } th { "Broke in" } th { "Last passed" } th { "Builds failed" } } }
+                tbody {
+                    @for test in &failing {
+                        @let builder = builder_name(&catalog, i64::from(test.builder_id.0));
+                        tr {
+                            td {
+                                a href=(build_href(builder, i64::from(test.number))) { code { (test.test_name) } }
+                                @if let Some(message) = &test.message { div.message { (message.lines().next().unwrap_or_default()) } }
+                            }
+                            td { a href=(builder_href(builder)) { (builder) } }
+                            td {
+                                a href=(build_href(builder, i64::from(test.first_failed_number))) { "#" (test.first_failed_number) }
+                                @if let Some(revision) = revision(&test.first_failed_revision) { " " code { (revision) } }
+                                " " time datetime=(test.first_failed_at) {
+                                    (chrono::DateTime::from_timestamp(test.first_failed_at, 0)
+                                        .map_or_else(String::new, |t| t.format("%Y-%m-%d %H:%M UTC").to_string()))
+                                }
+                            }
+                            td {
+                                @match test.last_passed_number {
+                                    Some(number) => {
+                                        a href=(build_href(builder, i64::from(number))) { "#" (number) }
+                                        @if let Some(revision) = revision(&test.last_passed_revision) { " " code { (revision) } }
+                                    }
+                                    None => { "not in the last " (TESTS_PAGE_DAYS) " days" }
+                                }
+                            }
+                            td.count { (test.failing_builds) }
+                        }
+                    }
+                }
+            }
+        }
+        h2 { "Flaky" }
+        p.summary {
+            "Tests that failed on a builder at a revision where another of its builds ran them without failing (last "
+            (TESTS_PAGE_DAYS) " days)"
+        }
+        @if !flaky.is_empty() {
+            table.flaky {
+                thead { tr { th { "Test" } th { "Builder" } th { "Flaky failures" } th { "Last failed" } } }
+                tbody {
+                    @for test in &flaky {
+                        @let builder = builder_name(&catalog, i64::from(test.builder_id.0));
+                        tr {
+                            td { code { (test.test_name) } }
+                            td { a href=(builder_href(builder)) { (builder) } }
+                            td.count { (test.failures) }
+                            td { (time(&serde_json::json!({ "at": test.last_failed_at }), "at")) }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    Ok(page("Tests", "tests", &[], body))
 }
 
 async fn login_page() -> Response {

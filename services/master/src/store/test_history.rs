@@ -1,10 +1,12 @@
-//! Tests across builds: which ones are flaky, meaning they failed on a
-//! builder at a revision where another build of the same builder and
-//! revision ran them without that failure (a rebuild that passed, or a
-//! failure that came without a change). Read from the test result sets the
-//! builds' steps recorded, over a bounded window of recent builds.
+//! Tests across builds: which ones fail now on a branch, since which build
+//! (and which build last ran them without failing), and which ones are
+//! flaky, meaning they failed on a builder at a revision where another
+//! build of the same builder and revision ran them without that failure (a
+//! rebuild that passed, or a failure that came without a change). Read
+//! from the test result sets the builds' steps recorded, over a bounded
+//! window of recent builds.
 
-use shared::ids::BuilderId;
+use shared::ids::{BuildId, BuilderId};
 use sqlx::FromRow;
 
 use super::{Store, StoreResult};
@@ -22,7 +24,106 @@ pub struct FlakyTest {
     pub last_failed_at: i64,
 }
 
+/// A test failing in the newest build of a branch on a builder.
+#[derive(Debug, Clone, FromRow, serde::Serialize)]
+pub struct FailingTest {
+    pub test_name: String,
+    #[serde(rename = "builderid")]
+    pub builder_id: BuilderId,
+    /// The newest build of the branch on that builder, in which it failed.
+    #[serde(rename = "buildid")]
+    pub build_id: BuildId,
+    pub number: i32,
+    /// What it said there, if it said something.
+    pub message: Option<String>,
+    /// Builds in a row, back from the newest, in which it failed.
+    pub failing_builds: i64,
+    /// The first build of that run: where it broke.
+    pub first_failed_buildid: BuildId,
+    pub first_failed_number: i32,
+    pub first_failed_revision: Option<String>,
+    /// Epoch seconds.
+    pub first_failed_at: i64,
+    /// The newest build before that run which ran it without failing; none
+    /// when it failed in every build of the window.
+    pub last_passed_buildid: Option<BuildId>,
+    pub last_passed_number: Option<i32>,
+    pub last_passed_revision: Option<String>,
+}
+
 impl Store {
+    /// Tests failing in the newest build of `branch` on each builder, among
+    /// builds finished in the last `days`, the most recently broken first.
+    pub async fn failing_tests(&self, branch: &str, days: u32, limit: i64) -> StoreResult<Vec<FailingTest>> {
+        Ok(sqlx::query_as(
+            r#"with recent as (
+                   select b.id, b.builder_id, b.number, b.complete_at,
+                          b.properties -> 'revision' ->> 0 as revision,
+                          row_number() over (partition by b.builder_id order by b.number desc) as age
+                   from builds b
+                   where b.complete_at > now() - make_interval(days => $2)
+                     and coalesce(b.properties -> 'branch' ->> 0, '') = $1
+                     and exists (select 1 from test_result_sets s where s.build_id = b.id)
+               ),
+               failing as (
+                   select distinct on (r.test_name, l.builder_id)
+                          r.test_name, l.builder_id, l.id as build_id, l.number, r.message
+                   from recent l
+                   join test_result_sets s on s.build_id = l.id
+                   join test_results r on r.test_result_set_id = s.id
+                   where l.age = 1 and r.value in ('fail', 'error') and coalesce(r.test_name, '') <> ''
+                   order by r.test_name, l.builder_id, r.id
+               )
+               select f.test_name, f.builder_id, f.build_id, f.number, f.message,
+                      coalesce(p.age - 1, (select count(*) from recent c where c.builder_id = f.builder_id))
+                          as failing_builds,
+                      first.id as first_failed_buildid, first.number as first_failed_number,
+                      first.revision as first_failed_revision,
+                      floor(extract(epoch from first.complete_at))::bigint as first_failed_at,
+                      p.id as last_passed_buildid, p.number as last_passed_number,
+                      p.revision as last_passed_revision
+               from failing f
+               left join lateral (
+                   select c.id, c.number, c.revision, c.age from recent c
+                   where c.builder_id = f.builder_id and c.age > 1
+                     and not exists (
+                         select 1 from test_result_sets s
+                         join test_results r on r.test_result_set_id = s.id
+                         where s.build_id = c.id and r.test_name = f.test_name and r.value in ('fail', 'error'))
+                   order by c.age limit 1
+               ) p on true
+               cross join lateral (
+                   select c.id, c.number, c.revision, c.complete_at from recent c
+                   where c.builder_id = f.builder_id and c.age < coalesce(p.age, 9223372036854775807)
+                   order by c.age desc limit 1
+               ) first
+               order by first.complete_at desc, f.test_name, f.builder_id
+               limit $3"#,
+        )
+        .bind(branch)
+        .bind(days as i32)
+        .bind(limit)
+        .fetch_all(&self.reads)
+        .await?)
+    }
+
+    /// The branches of builds with test results finished in the last
+    /// `days`, the most recently built first.
+    pub async fn tested_branches(&self, days: u32) -> StoreResult<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            r#"select coalesce(b.properties -> 'branch' ->> 0, '') as branch
+               from builds b
+               where b.complete_at > now() - make_interval(days => $1)
+                 and exists (select 1 from test_result_sets s where s.build_id = b.id)
+               group by 1
+               order by max(b.complete_at) desc
+               limit 100"#,
+        )
+        .bind(days as i32)
+        .fetch_all(&self.reads)
+        .await?)
+    }
+
     /// Flaky tests among the builds finished in the last `days`, the most
     /// recently failed first.
     pub async fn flaky_tests(&self, days: u32, limit: i64) -> StoreResult<Vec<FlakyTest>> {

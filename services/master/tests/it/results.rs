@@ -342,3 +342,55 @@ async fn an_artifact_round_trips_byte_for_byte_and_a_path_leading_out_is_refused
     let missing = stack.http.get(format!("{}/api/v2/artifacts/999999/download", stack.base_url)).send().await.unwrap();
     assert_eq!(missing.status(), 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tests_page_shows_what_fails_now_on_a_branch_where_it_broke_and_last_passed() {
+    let lists = tempfile::tempdir().unwrap();
+    let failing = lists.path().join("failing");
+    let steps = format!(
+        "- name: test\n  test_summary: regrtest\n  command: if [ -s {0} ]; then printf '5 tests OK.\\n\\n2 tests failed:\\n'; cat {0}; printf '\\n'; exit 2; else printf '7 tests OK.\\n'; fi\n",
+        failing.display()
+    );
+    let stack = two_masters_haproxy_and_a_worker(&[("unit", &steps)]).await;
+    let on = |branch: &str, revision: &str| json!({ "properties": { "branch": branch, "revision": revision } });
+    let mut builds = Vec::new();
+    for (revision, fails) in [("r1", ""), ("r2", "    test_a\n"), ("r3", "    test_a test_b\n")] {
+        std::fs::write(&failing, fails).unwrap();
+        builds.push(recorded(&stack, stack.force_with("unit", on("main", revision)).await).await);
+    }
+    // Another branch, passing: it changes nothing on main.
+    std::fs::write(&failing, "").unwrap();
+    recorded(&stack, stack.force_with("unit", on("3.14", "s1")).await).await;
+
+    let answer = stack.get("/api/v2/tests/failing?branch=main").await;
+    let tests = answer["failing_tests"].as_array().unwrap();
+    let shape: Vec<(&str, i64, i64, Option<i64>, i64)> = tests
+        .iter()
+        .map(|t| {
+            (
+                t["test_name"].as_str().unwrap(),
+                t["first_failed_number"].as_i64().unwrap(),
+                t["failing_builds"].as_i64().unwrap(),
+                t["last_passed_number"].as_i64(),
+                t["number"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(shape, [("test_b", 3, 1, Some(2), 3), ("test_a", 2, 2, Some(1), 3)], "newest breakage first: {answer}");
+    assert_eq!(
+        (tests[1]["first_failed_revision"].as_str(), tests[1]["last_passed_revision"].as_str()),
+        (Some("r2"), Some("r1"))
+    );
+    assert_eq!(tests[0]["builderid"], builds[0]["builderid"]);
+    assert_eq!(stack.get("/api/v2/tests/failing?branch=3.14").await["meta"]["total"], 0, "nothing fails on 3.14");
+    let refused = stack.http.get(format!("{}/api/v2/tests/failing?brnch=main", stack.base_url)).send().await.unwrap();
+    assert_eq!(refused.status(), 400, "a misspelt parameter is refused, not ignored");
+
+    let page = String::from_utf8(stack.get_bytes("/tests?branch=main").await).unwrap();
+    assert!(page.contains("2 failing tests on 1 builder"), "{page}");
+    let row = &page[page.find("<code>test_a</code>").unwrap()..];
+    let row = &row[..row.find("</tr>").unwrap()];
+    assert!(row.contains("href=\"/builders/unit/builds/2\">#2</a> <code>r2</code>"), "broke in #2: {row}");
+    assert!(row.contains("href=\"/builders/unit/builds/1\">#1</a> <code>r1</code>"), "last passed in #1: {row}");
+    assert!(page.contains("<option value=\"main\" selected>main</option>"), "{page}");
+}
