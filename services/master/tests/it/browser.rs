@@ -319,3 +319,72 @@ async fn a_fifty_megabyte_log_opens_at_its_tail_and_pages_back() {
     assert_eq!(first + count - 1, 625000, "earlier lines come before, in order, none missing");
     browser.screenshot("build").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_with_two_thousand_failed_tests_shows_them_first_and_each_opens_its_log_line() {
+    const FAILED: usize = 2000;
+    // The runner names each failed test in its output, after 5,000 lines
+    // of noise, so the log is longer than the page shows at first.
+    let yaml = "factories:\n  many:\n    steps:\n      - name: test\n        command: \
+                \"seq -f 'noise %g' 1 5000; seq -f 'FAIL: test_case_%04g' 0 1999; exit 1\"\n        \
+                test_results: junit.xml\nbuilders:\n  - name: many\n    factory: many\n    workers: [w1]\n\
+                schedulers:\n  - type: force\n    name: force\n    builders: [many]\n";
+    let mut stack = TestStack::new(yaml, &["many"]).await;
+    let mut junit = String::from("<testsuite name=\"many\">\n");
+    for i in 0..FAILED + 100 {
+        if i < FAILED {
+            junit.push_str(&format!(
+                "<testcase classname=\"suite.Many\" name=\"test_case_{i:04}\" time=\"0.01\">\
+                 <failure message=\"case {i} failed: expected {i}, got {}\">trace {i}</failure></testcase>\n",
+                i + 1
+            ));
+        } else {
+            junit.push_str(&format!("<testcase classname=\"suite.Many\" name=\"test_ok_{i}\" time=\"0.01\"/>\n"));
+        }
+    }
+    junit.push_str("</testsuite>\n");
+    let workdir = stack.dir.path().join("worker-w1/many/build");
+    std::fs::create_dir_all(&workdir).unwrap();
+    std::fs::write(workdir.join("junit.xml"), junit).unwrap();
+    stack.start_masters_behind_haproxy().await;
+    stack.start_worker("w1");
+    let build = stack.wait_for_build(stack.force("many").await).await;
+    assert_eq!(build["results"], 2, "{build}");
+    let step_id = stack.steps(build["buildid"].as_i64().unwrap()).await[0]["stepid"].as_i64().unwrap();
+    stack.archived_log(step_id).await;
+
+    let browser = Browser::start("many-failures").await;
+    let started = Instant::now();
+    browser.goto(&format!("{}/builders/many/builds/1", stack.base_url)).await;
+    let shown =
+        browser.wait_for(30, "the failed tests", "return document.querySelectorAll('ul.failed-tests li').length").await;
+    eprintln!("build page with {FAILED} failed tests shown after {:?}", started.elapsed());
+    assert_eq!(shown, FAILED);
+    // Failures come before the steps, the first one first, with its message.
+    let order = browser
+        .run(
+            "const headings = [...document.querySelectorAll('main h2')].map(h => h.textContent); \
+             const first = document.querySelector('ul.failed-tests li'); \
+             return [headings, first.querySelector('code').textContent, first.querySelector('pre.message').textContent];",
+            json!([]),
+        )
+        .await;
+    assert_eq!(order[0][0], "Tests", "{order}");
+    assert_eq!(order[1], "test_case_0000");
+    assert_eq!(order[2], "case 0 failed: expected 0, got 1");
+    browser.screenshot("failures").await;
+
+    // The page answers: a failed test far from the log's tail opens its line.
+    let started = Instant::now();
+    browser.run("document.querySelectorAll('ul.failed-tests li a')[10].click();", json!([])).await;
+    let target = browser
+        .wait_for(
+            30,
+            "the test's line in the log",
+            "return document.querySelector('pre.lines .line.target .text')?.textContent",
+        )
+        .await;
+    eprintln!("failed test's log line shown after {:?}", started.elapsed());
+    assert_eq!(target, "FAIL: test_case_0010");
+    browser.screenshot("failure-line").await;
+}

@@ -161,7 +161,9 @@ factories:
       - name: say
         command: printf 'hello\nworld\n'; echo uh-oh >&2
       - name: bye
-        command: echo bye
+        command: mkdir -p dist; printf 'wheel\000bytes' > dist/a.whl; printf '1 test failed:\n    test_x\n\n'
+        test_summary: regrtest
+        artifacts: dist/*.whl
 builders:
   - name: talk
     factory: talk
@@ -186,7 +188,7 @@ fn backup(args: &[&str]) {
 }
 
 /// Everything the API says about a build: the build, its steps, each log's
-/// record and bytes.
+/// record and bytes, its test results and its artifacts with their bytes.
 async fn build_record(stack: &TestStack, build_id: i64) -> serde_json::Value {
     let build = stack.get(&format!("/api/v2/builds/{build_id}?property=*")).await["builds"][0].clone();
     let mut steps = Vec::new();
@@ -200,7 +202,20 @@ async fn build_record(stack: &TestStack, build_id: i64) -> serde_json::Value {
         }
         steps.push(serde_json::json!({ "step": step, "logs": logs, "contents": contents }));
     }
-    serde_json::json!({ "build": build, "steps": steps })
+    let mut tests = Vec::new();
+    for set in
+        stack.get(&format!("/api/v2/builds/{build_id}/test_result_sets")).await["test_result_sets"].as_array().unwrap()
+    {
+        let results = stack.get(&format!("/api/v2/test_result_sets/{}/results", set["test_result_setid"])).await;
+        tests.push(serde_json::json!({ "set": set, "results": results }));
+    }
+    let mut artifacts = Vec::new();
+    for artifact in stack.get(&format!("/api/v2/builds/{build_id}/artifacts")).await["artifacts"].as_array().unwrap() {
+        let bytes = stack.get_bytes(&format!("/api/v2/artifacts/{}/download", artifact["artifactid"])).await;
+        artifacts.push(serde_json::json!({ "artifact": artifact, "bytes": bytes }));
+    }
+    assert!(!tests.is_empty() && !artifacts.is_empty(), "build {build_id} has test results and artifacts");
+    serde_json::json!({ "build": build, "steps": steps, "tests": tests, "artifacts": artifacts })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -211,7 +226,12 @@ async fn a_backup_restored_into_a_fresh_installation_serves_the_same_history_and
     let mut built = Vec::new();
     for _ in 0..3 {
         let request = original.force("talk").await;
-        built.push(original.wait_for_build(request).await["buildid"].as_i64().unwrap());
+        let build_id = original.wait_for_build(request).await["buildid"].as_i64().unwrap();
+        // Each step's end recorded too (with its test results, artifacts).
+        for step in original.steps(build_id).await {
+            original.archived_log(step["stepid"].as_i64().unwrap()).await;
+        }
+        built.push(build_id);
     }
     // Nobody serves `later` yet: it is pending in the backup.
     let pending = original.force("later").await;

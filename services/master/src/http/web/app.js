@@ -340,15 +340,15 @@ class LogView {
   async start() {
     if (this.element.dataset.complete === "true") {
       const lines = Number(this.element.dataset.lines) || 0;
-      // The last lines, or the lines around the one the address names (a
-      // failed test's first mention).
-      const target = this.targetLine();
-      const fromEnd = Math.max(0, lines - LOG_PAGE);
-      this.first = this.next = target !== null && target < fromEnd ? Math.max(0, target - 20) : fromEnd;
-      await this.load(this.first, LOG_PAGE, false);
-      this.earlier.hidden = this.first === 0;
-      this.later.hidden = this.next >= lines;
-      this.jumpToHash();
+      this.first = this.next = Math.max(0, lines - LOG_PAGE);
+      if (this.targetLine() === null) {
+        await this.load(this.first, LOG_PAGE, false);
+        this.earlier.hidden = this.first === 0;
+        this.later.hidden = true;
+      } else {
+        await this.reveal();
+      }
+      window.addEventListener("hashchange", () => this.reveal());
     } else {
       await this.stream();
     }
@@ -370,6 +370,24 @@ class LogView {
   async loadLater() {
     await this.load(this.next, LOG_PAGE, false);
     this.later.hidden = this.next >= (Number(this.element.dataset.lines) || 0);
+  }
+
+  /// Shows the line the address names, when it is a line of this log (a
+  /// failed test's first mention): loads the lines around it unless they
+  /// are shown already, and scrolls to it.
+  async reveal() {
+    const target = this.targetLine();
+    if (target === null) return;
+    this.element.closest("details")?.setAttribute("open", "");
+    if (target < this.first || target >= this.next) {
+      const lines = Number(this.element.dataset.lines) || 0;
+      this.pre.replaceChildren();
+      this.first = this.next = Math.max(0, Math.min(target - 20, lines - LOG_PAGE));
+      await this.load(this.first, LOG_PAGE, false);
+      this.earlier.hidden = this.first === 0;
+      this.later.hidden = this.next >= lines;
+    }
+    this.jumpToHash();
   }
 
   /// The 0-based line of this log the address names (`#log{id}-L{n}`), if any.
@@ -434,6 +452,7 @@ class LogView {
   jumpToHash() {
     const target = location.hash && document.getElementById(location.hash.slice(1));
     if (target && this.pre.contains(target)) {
+      for (const shown of this.pre.querySelectorAll(".target")) shown.classList.remove("target");
       target.classList.add("target");
       target.scrollIntoView({ block: "center" });
     }
