@@ -63,6 +63,24 @@ fn a_warnings_pattern_that_cannot_be_read_and_an_unknown_preset_are_reported_at_
 }
 
 #[test]
+fn file_patterns_leading_out_of_the_builder_or_unreadable_are_reported_at_their_lines() {
+    let master = VALID_MASTER.replace(
+        "command: [\"true\"]",
+        "command: [\"true\"]\n        test_results: ../results/*.xml\n        artifacts:\n          - dist/*.whl\n          - /etc/passwd\n          - \"[oops\"",
+    );
+    let (ok, stderr) = checkconfig(SETTINGS, &master);
+    assert!(!ok);
+    for expected in [
+        "master.yaml:6:9: `../results/*.xml` leaves the builder's directory",
+        "master.yaml:9:13: `/etc/passwd` leaves the builder's directory",
+        "master.yaml:10:13: `[oops` is not a file pattern",
+    ] {
+        assert!(stderr.contains(expected), "missing `{expected}` in:\n{stderr}");
+    }
+    assert!(!stderr.contains("dist/*.whl"), "a good pattern is not reported:\n{stderr}");
+}
+
+#[test]
 fn a_wrong_type_is_reported_at_its_line() {
     let master = VALID_MASTER.replace("command: [\"true\"]", "command: [\"true\"]\n        timeout: soon");
     let (ok, stderr) = checkconfig(SETTINGS, &master);
