@@ -151,7 +151,7 @@ fn default_comment_body() -> Template {
          {% if failed_step %} at step `{{ failed_step }}`{% endif %}\
          {% if revision %} (commit {{ revision[:12] }}){% endif %}.\n\n\
          {% if failed_tests %}Failed tests: {% for test in failed_tests[:20] %}`{{ test }}`\
-         {% if not loop.last %}, {% endif %}{% endfor %}\
+         {% if test in known_flaky %} (known flaky){% endif %}{% if not loop.last %}, {% endif %}{% endfor %}\
          {% if failed_tests|length > 20 %} and {{ failed_tests|length - 20 }} more{% endif %}.\n\n{% endif %}\
          {% if log_excerpt %}<details><summary>The end of its log</summary>\n\n```\n{{ log_excerpt }}\n```\n\n</details>\n\n{% endif %}\
          [The build's page]({{ url }})",
@@ -253,8 +253,12 @@ pub struct BuildReport {
     /// comments fetch it, empty elsewhere.
     pub log_excerpt: String,
     /// The tests that failed, when a step read them (its test runner's
-    /// summary); only pull-request comments fetch them, empty elsewhere.
+    /// summary, its result files); only pull-request comments fetch them,
+    /// empty elsewhere.
     pub failed_tests: Vec<String>,
+    /// Those of `failed_tests` known to be flaky on the builder (they failed
+    /// and passed at one revision in the last 30 days).
+    pub known_flaky: Vec<String>,
 }
 
 impl BuildReport {
@@ -276,6 +280,7 @@ impl BuildReport {
             previous_results: Some("success".into()),
             log_excerpt: "FAIL: test_sample (test.test_sample.Sample.test_sample)".into(),
             failed_tests: vec!["test_sample".into(), "test_os".into()],
+            known_flaky: vec!["test_os".into()],
         }
     }
 }
@@ -535,7 +540,7 @@ mod tests {
         assert_eq!(
             comment,
             ":x: **AMD64 Debian 3.x** build 1234 ended in **failure** at step `test` (commit 0123456789ab).\n\n\
-             Failed tests: `test_sample`, `test_os`.\n\n\
+             Failed tests: `test_sample`, `test_os` (known flaky).\n\n\
              <details><summary>The end of its log</summary>\n\n```\n\
              FAIL: test_sample (test.test_sample.Sample.test_sample)\n```\n\n</details>\n\n\
              [The build's page](https://buildbot.example.org/#/builders/1/builds/1234)"

@@ -310,7 +310,7 @@ pub async fn list_flaky_tests(State(master): State<AppState>, Query(params): Par
     only(&params, &["days", "limit"])?;
     let days = bounded(&params, "days", 30, 365)?;
     let limit = bounded(&params, "limit", 100, 10_000)?;
-    let flaky = master.store.flaky_tests(days as u32, limit).await?;
+    let flaky = master.store.flaky_tests(days as u32, limit, None).await?;
     let total = flaky.len();
     Ok(Json(json!({ "flaky_tests": flaky, "meta": { "total": total } })))
 }

@@ -806,7 +806,7 @@ async fn tests_page(State(master): State<AppState>, Query(query): Query<TestsQue
     let branches = master.store.tested_branches(TESTS_PAGE_DAYS).await?;
     let branch = query.branch.or_else(|| branches.first().cloned()).unwrap_or_default();
     let failing = master.store.failing_tests(&branch, TESTS_PAGE_DAYS, 1000).await?;
-    let flaky = master.store.flaky_tests(TESTS_PAGE_DAYS, 200).await?;
+    let flaky = master.store.flaky_tests(TESTS_PAGE_DAYS, 200, None).await?;
     let builders: std::collections::BTreeSet<_> = failing.iter().map(|test| test.builder_id).collect();
     let revision = |revision: &Option<String>| revision.as_deref().map(|r| r.chars().take(10).collect::<String>());
     let body = html! {

@@ -22,14 +22,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use shared::config::reporters::{BuildReport, ReporterConfig};
-use shared::ids::BuildId;
+use shared::ids::{BuildId, BuilderId};
 use shared::model::Results;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::changes::PullRequestAction;
 use crate::node::Master;
-use crate::store::{Notification, ReportFacts, Takes, WORKER_ADMINS};
+use crate::store::{Notification, ReportFacts, StoreError, Takes, WORKER_ADMINS};
 use crate::{MasterError, urls};
 
 /// Deliverers per master: a slow target holds one, not all.
@@ -325,8 +325,8 @@ impl Deliverer {
                     Ok(excerpt) => report.log_excerpt = excerpt,
                     Err(problem) => return retry(reporter.give_up_after_minutes, notification, None, problem),
                 }
-                match master.store.failed_tests(build_id, FAILED_TESTS_TOLD).await {
-                    Ok(failed) => report.failed_tests = failed,
+                match failed_tests(master, build_id, facts.builder_id).await {
+                    Ok((failed, flaky)) => (report.failed_tests, report.known_flaky) = (failed, flaky),
                     Err(error) => {
                         let problem = format!("cannot read the failed tests: {error}");
                         return retry(reporter.give_up_after_minutes, notification, None, problem);
@@ -440,6 +440,25 @@ async fn log_excerpt(master: &Master, build_id: BuildId, attempts: i32, lines: u
     Ok(printed[printed.len().saturating_sub(lines as usize)..].join("\n"))
 }
 
+/// The build's failed tests, and those of them known to be flaky on its
+/// builder.
+async fn failed_tests(
+    master: &Master,
+    build_id: BuildId,
+    builder_id: BuilderId,
+) -> Result<(Vec<String>, Vec<String>), StoreError> {
+    /// How far back a test's flakiness is remembered.
+    const FLAKY_DAYS: u32 = 30;
+    let failed = master.store.failed_tests(build_id, FAILED_TESTS_TOLD).await?;
+    if failed.is_empty() {
+        return Ok((failed, Vec::new()));
+    }
+    let flaky = master.store.flaky_tests(FLAKY_DAYS, 10_000, Some(builder_id)).await?;
+    let known: Vec<String> =
+        failed.iter().filter(|name| flaky.iter().any(|test| &test.test_name == *name)).cloned().collect();
+    Ok((failed, known))
+}
+
 /// What became of one delivery, to record.
 enum Outcome {
     Sent(String),
@@ -534,6 +553,7 @@ fn build_report(event: &str, builder: &str, web_url: &str, facts: &ReportFacts) 
         previous_results: facts.previous_results.and_then(Results::from_code).map(|results| results.name().to_owned()),
         log_excerpt: String::new(),
         failed_tests: Vec::new(),
+        known_flaky: Vec::new(),
     }
 }
 

@@ -247,7 +247,7 @@ impl Store {
     pub async fn failed_tests(&self, build_id: BuildId, limit: i64) -> StoreResult<Vec<String>> {
         Ok(sqlx::query_scalar(
             r#"select r.test_name from test_result_sets s join test_results r on r.test_result_set_id = s.id
-               where s.build_id = $1 and r.value = 'fail' and r.test_name is not null
+               where s.build_id = $1 and r.value in ('fail', 'error') and r.test_name is not null
                order by s.id, r.id
                limit $2"#,
         )

@@ -124,9 +124,9 @@ impl Store {
         .await?)
     }
 
-    /// Flaky tests among the builds finished in the last `days`, the most
-    /// recently failed first.
-    pub async fn flaky_tests(&self, days: u32, limit: i64) -> StoreResult<Vec<FlakyTest>> {
+    /// Flaky tests among the builds finished in the last `days` (of one
+    /// builder, or all), the most recently failed first.
+    pub async fn flaky_tests(&self, days: u32, limit: i64, builder: Option<BuilderId>) -> StoreResult<Vec<FlakyTest>> {
         Ok(sqlx::query_as(
             r#"with failed as (
                    select r.test_name, b.builder_id, b.id as build_id, b.complete_at,
@@ -135,6 +135,7 @@ impl Store {
                    join test_result_sets s on s.build_id = b.id
                    join test_results r on r.test_result_set_id = s.id and r.value in ('fail', 'error')
                    where b.complete_at > now() - make_interval(days => $1)
+                     and ($3::int is null or b.builder_id = $3)
                      and coalesce(b.properties -> 'revision' ->> 0, '') <> ''
                      and r.test_name is not null
                )
@@ -154,6 +155,7 @@ impl Store {
         )
         .bind(days as i32)
         .bind(limit)
+        .bind(builder)
         .fetch_all(&self.reads)
         .await?)
     }

@@ -975,6 +975,53 @@ async fn a_pull_requests_failures_are_commented_once_each_way_even_when_githubs_
     assert_eq!(stand_in.comments.lock().unwrap().len(), 5);
 }
 
+/// A failed test that failed and passed at one revision of the builder
+/// before is said to be known flaky in the pull request's comment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_request_comment_says_which_failed_tests_are_known_flaky() {
+    let stand_in = StandIn::default();
+    let url = start_stand_in(stand_in.clone()).await;
+    let lists = tempfile::tempdir().unwrap();
+    let failing = lists.path().join("failing");
+    let yaml = format!(
+        "factories:\n  tests:\n    steps:\n      - name: test\n        test_summary: regrtest\n        \
+         command: if [ -s {list} ]; then printf '1 test OK.\\n\\n2 tests failed:\\n'; cat {list}; printf '\\n'; exit 2; else printf '2 tests OK.\\n'; fi\n\
+         builders:\n  - {{name: pr, factory: tests, workers: [w1]}}\n\
+         schedulers:\n  - {{type: force, name: force, builders: [pr]}}\n\
+         reporters:\n  - name: kept\n    pull_requests: only\n    github_comment: {{log_lines: 0}}\n",
+        list = failing.display()
+    );
+    let mut stack = TestStack::new(&yaml, &["pr"]).await;
+    set_web_url(&stack);
+    stack.append_settings(&settings_for(&url, TOKEN));
+    stack.start_master("a").await;
+    stack.start_worker("w1");
+    // At one revision test_flaky fails, then a rebuild passes: flaky.
+    let at = |revision: &str| json!({ "properties": { "revision": revision } });
+    std::fs::write(&failing, "    test_flaky\n").unwrap();
+    stack.wait_for_build(stack.force_with("pr", at("aaaa")).await).await;
+    std::fs::write(&failing, "").unwrap();
+    stack.wait_for_build(stack.force_with("pr", at("aaaa")).await).await;
+    let one_flaky = async || (stack.get("/api/v2/tests/flaky").await["meta"]["total"] == 1).then_some(());
+    stack.eventually(30, "test_flaky flaky at aaaa", one_flaky).await;
+
+    // The pull request breaks test_real too; only test_flaky is known flaky.
+    std::fs::write(&failing, "    test_flaky test_real\n").unwrap();
+    let pull_request = json!({ "properties": {
+        "pull_request": 9,
+        "repository": "https://github.com/python/cpython",
+        "revision": GOOD_SHA,
+        "branch": "refs/pull/9/merge",
+    }});
+    let failed = stack.wait_for_build(stack.force_with("pr", pull_request).await).await;
+    assert_eq!(failed["results"], 2);
+    let rows = settled(&stack, failed["buildid"].as_i64().unwrap()).await;
+    assert_eq!(row(&rows, "kept", "finished")["state"], "sent", "{rows:?}");
+    let comments = stand_in.comments.lock().unwrap().clone();
+    assert_eq!(comments.len(), 1, "{comments:#?}");
+    assert!(comments[0].2.contains("Failed tests: `test_flaky` (known flaky), `test_real`."), "{}", comments[0].2);
+}
+
 /// Mail through a server that, like most, wants STARTTLS and a login: the
 /// certificate is checked (its CA trusted through `SSL_CERT_FILE`), the
 /// password from settings.yaml is given, and the mail arrives.
