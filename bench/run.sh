@@ -4,12 +4,15 @@
 # bench/results/latest.jsonl and bench/RESULTS.md. Bounded: a few minutes.
 #
 #   bench/run.sh                    all scenarios, then bench/RESULTS.md
-#   bench/run.sh live-log crawl     only these (enqueue, throughput, live-log,
-#                                   log-throughput, crawl, pages)
+#   bench/run.sh live-log crawl     only these (enqueue, throughput, installation,
+#                                   reporters, live-log, log-throughput,
+#                                   junit-ingest, crawl, pages, tests-page)
 #
 # The crawler scenario reads a large history, written once into the bench
-# database by bench/seed.sql (BENCH_SEED_BUILDS builds, 2,500,000 unless set;
-# about 7 GB and several minutes the first time, reused afterwards).
+# database by bench/seed.sql (BENCH_SEED_BUILDS builds, 2,500,000 unless set,
+# of BENCH_SEED_STEPS steps, 8 unless set; about 7 GB and several minutes
+# the first time, reused afterwards); the tests-page scenario adds test
+# results to it (bench/seed-tests.sql).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -75,11 +78,34 @@ seed_history() {
     fi
     say "seeding a history of $want builds (8 steps each; once, reused by later runs)"
     while ((have < want)); do
-        psql_superuser -d buildmaster_bench -v batch=$((want - have < batch ? want - have : batch)) <bench/seed.sql
+        psql_superuser -d buildmaster_bench -v batch=$((want - have < batch ? want - have : batch)) \
+            -v steps="${BENCH_SEED_STEPS:-8}" <bench/seed.sql
         have=$(psql_superuser -d buildmaster_bench -t -A -c "select count(*) from builds")
         say "  $have builds"
     done
     psql_superuser -d buildmaster_bench -c "vacuum analyze"
+}
+
+# Test results for every seeded build (bench/seed-tests.sql), once.
+seed_test_results() {
+    local missing
+    builds_without_results() {
+        psql_superuser -d buildmaster_bench -t -A -c \
+            "select count(*) from builds b where not exists (select 1 from test_result_sets t where t.build_id = b.id)
+             and b.builder_id in (select id from builders where name like 'seed-%')"
+    }
+    missing=$(builds_without_results)
+    if ((missing == 0)); then
+        say "test results already seeded"
+        return
+    fi
+    say "seeding test results for $missing builds (once, reused by later runs)"
+    while ((missing > 0)); do
+        psql_superuser -d buildmaster_bench -v batch=200000 <bench/seed-tests.sql
+        missing=$(builds_without_results)
+        say "  $missing builds left"
+    done
+    psql_superuser -d buildmaster_bench -c "vacuum analyze test_result_sets" -c "vacuum analyze test_results"
 }
 
 footprint() {
@@ -164,7 +190,18 @@ scenario_pages() {
     say "web pages on the seeded history"
     bench pages --rounds 50
 }
-ALL=(enqueue throughput installation reporters live-log log-throughput crawl pages)
+scenario_junit_ingest() {
+    say "a JUnit file of 100,000 test cases"
+    bench junit-ingest --master-pids "$(master_pids)"
+    footprint "after the JUnit file"
+}
+scenario_tests_page() {
+    seed_history
+    seed_test_results
+    say "the Tests page on the seeded history"
+    bench tests-page --rounds 20
+}
+ALL=(enqueue throughput installation reporters live-log log-throughput junit-ingest crawl pages tests-page)
 chosen=("${@:-${ALL[@]}}")
 for name in "${chosen[@]}"; do
     declare -F "scenario_${name//-/_}" >/dev/null || { echo "unknown scenario $name (known: ${ALL[*]})" >&2; exit 2; }

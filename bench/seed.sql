@@ -1,6 +1,8 @@
 -- A large history for the crawler scenario: finished builds on 1,000
 -- builders `seed-0` .. `seed-999`, each build with :steps steps (8 unless
--- set) and one log per step, like years of a busy CI. Each run adds :batch
+-- set) and one log per step, like years of a busy CI. A builder builds one
+-- branch (`3.14` for every fourth, else `main`); every revision is built
+-- twice by each builder. Each run adds :batch
 -- builds; bench/run.sh runs it until the database holds the history it
 -- wants, and the API's index test seeds its own database with it, as the
 -- Postgres superuser (foreign key checks are skipped for speed; every row
@@ -41,11 +43,14 @@ with sets as (
 ), builds as (
     -- Consecutive buildsets of one builder get consecutive numbers.
     insert into builds (builder_id, number, buildrequest_id, worker_id, master_id, claim_token, started_at,
-                        complete_at, results, state_string, lease_expires_at)
+                        complete_at, results, state_string, lease_expires_at, properties)
     select requests.builder_id, 1 + requests.buildset_id / 1000, requests.id,
            (select id from workers where name = 'seed-worker'), (select id from masters where name = 'seed'),
            gen_random_uuid(), requests.submitted_at, requests.submitted_at + interval '5 minutes', 0, 'build successful',
-           requests.submitted_at
+           requests.submitted_at,
+           jsonb_build_object(
+               'branch', jsonb_build_array(case when requests.buildset_id % 4 = 0 then '3.14' else 'main' end, 'seed'),
+               'revision', jsonb_build_array(md5((requests.buildset_id / 2000)::text), 'seed'))
     from requests
     returning id, started_at
 ), steps as (

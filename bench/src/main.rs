@@ -13,6 +13,7 @@ mod logs;
 mod pages;
 mod report;
 mod reporters;
+mod results;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -83,6 +84,17 @@ enum Scenario {
         /// The masters' process ids, whose memory is sampled during the download.
         #[arg(long, value_delimiter = ',')]
         master_pids: Vec<u32>,
+    },
+    /// A JUnit file of 100,000 test cases read into test results: the
+    /// time after its step's end, and the masters' memory.
+    JunitIngest {
+        #[arg(long, value_delimiter = ',')]
+        master_pids: Vec<u32>,
+    },
+    /// The Tests page and its APIs on the seeded history with test results.
+    TestsPage {
+        #[arg(long, default_value_t = 20)]
+        rounds: usize,
     },
     /// The web UI's heaviest pages on the seeded history, one at a time.
     Pages {
@@ -201,6 +213,10 @@ async fn main() -> anyhow::Result<()> {
             reporters::statuses(&cli.url, &database, clients, builds, listen).await?
         }
         Scenario::Pages { rounds } => pages::pages(&http, &cli.url, &database, rounds).await?,
+        Scenario::JunitIngest { master_pids } => {
+            results::junit_ingest(&http, &cli.url, &database, &master_pids).await?
+        }
+        Scenario::TestsPage { rounds } => results::tests_page(&http, &cli.url, &database, rounds).await?,
         Scenario::Report { .. } => unreachable!("handled above"),
     };
     println!("{result}");

@@ -128,6 +128,21 @@ pub fn write(input: &std::path::Path, output: &std::path::Path, machine: &str) -
 
                 ));
             }
+            "junit-ingest" => {
+                rows.push(format!(
+                    "| A JUnit file of {} test cases ({} failed) | written and sent by its step in {:.2} s; read into Postgres {:.2} s after the step ended; masters +{:.1} MB RSS at most | (no target) | |",
+                    result["tests"], result["failed"], f(&["step_seconds"]), f(&["read_seconds"]), f(&["master_extra_mb"])
+                ));
+            }
+            "tests-page" => {
+                let p50 = |name: &str| f(&[name, "p50"]);
+                let p99 = |name: &str| f(&[name, "p99"]);
+                rows.push(format!(
+                    "| Tests, one request at a time, on {} builds with {} test result sets and {} test results | Tests page p50 {} ms, p99 {} ms; `tests/failing` p50 {} ms ({} failing); `tests/flaky` p50 {} ms ({} flaky) | (no target) | |",
+                    result["seeded_builds"], result["test_result_sets"], result["test_results"], p50("tests_page_ms"),
+                    p99("tests_page_ms"), p50("failing_api_ms"), result["failing_tests"], p50("flaky_api_ms"), result["flaky_tests"]
+                ));
+            }
             other => bail!("unknown scenario `{other}` in {}", input.display()),
         }
     }
