@@ -11,6 +11,11 @@ use sqlx::FromRow;
 
 use super::{Store, StoreResult};
 
+/// How many of each builder's newest builds the views across builds look
+/// at: a builder's recent history, read by index, however long its whole
+/// history is.
+pub const TEST_HISTORY_BUILDS: i64 = 200;
+
 /// A test that failed and passed on the same builder and revision.
 #[derive(Debug, Clone, FromRow, serde::Serialize)]
 pub struct FlakyTest {
@@ -53,17 +58,25 @@ pub struct FailingTest {
 
 impl Store {
     /// Tests failing in the newest build of `branch` on each builder, among
-    /// builds finished in the last `days`, the most recently broken first.
+    /// its newest `TEST_HISTORY_BUILDS` builds finished in the last `days`,
+    /// the most recently broken first.
     pub async fn failing_tests(&self, branch: &str, days: u32, limit: i64) -> StoreResult<Vec<FailingTest>> {
         Ok(sqlx::query_as(
-            r#"with recent as (
-                   select b.id, b.builder_id, b.number, b.complete_at,
-                          b.properties -> 'revision' ->> 0 as revision,
-                          row_number() over (partition by b.builder_id order by b.number desc) as age
-                   from builds b
-                   where b.complete_at > now() - make_interval(days => $2)
-                     and coalesce(b.properties -> 'branch' ->> 0, '') = $1
-                     and exists (select 1 from test_result_sets s where s.build_id = b.id)
+            r#"with recent as materialized (
+                   select x.id, x.builder_id, x.number, x.complete_at, x.revision,
+                          row_number() over (partition by x.builder_id order by x.number desc) as age
+                   from builders bl
+                   cross join lateral (
+                       select b.id, b.builder_id, b.number, b.complete_at, b.properties,
+                              b.properties -> 'revision' ->> 0 as revision
+                       from builds b
+                       where b.builder_id = bl.id and b.complete_at is not null
+                       order by b.number desc
+                       limit $4
+                   ) x
+                   where x.complete_at > now() - make_interval(days => $2)
+                     and coalesce(x.properties -> 'branch' ->> 0, '') = $1
+                     and exists (select 1 from test_result_sets s where s.build_id = x.id)
                ),
                failing as (
                    select distinct on (r.test_name, l.builder_id)
@@ -73,36 +86,39 @@ impl Store {
                    join test_results r on r.test_result_set_id = s.id
                    where l.age = 1 and r.value in ('fail', 'error') and coalesce(r.test_name, '') <> ''
                    order by r.test_name, l.builder_id, r.id
+               ),
+               -- Each failing test against its builder's earlier builds:
+               -- the newest in which it did not fail.
+               passed as (
+                   select distinct on (f.test_name, f.builder_id)
+                          f.test_name, f.builder_id, c.id, c.number, c.revision, c.age
+                   from failing f
+                   join recent c on c.builder_id = f.builder_id and c.age > 1
+                   where not exists (
+                       select 1 from test_result_sets s
+                       join test_results r on r.test_result_set_id = s.id
+                       where s.build_id = c.id and r.test_name = f.test_name and r.value in ('fail', 'error'))
+                   order by f.test_name, f.builder_id, c.age
                )
                select f.test_name, f.builder_id, f.build_id, f.number, f.message,
-                      coalesce(p.age - 1, (select count(*) from recent c where c.builder_id = f.builder_id))
-                          as failing_builds,
+                      first.age as failing_builds,
                       first.id as first_failed_buildid, first.number as first_failed_number,
                       first.revision as first_failed_revision,
                       floor(extract(epoch from first.complete_at))::bigint as first_failed_at,
                       p.id as last_passed_buildid, p.number as last_passed_number,
                       p.revision as last_passed_revision
                from failing f
-               left join lateral (
-                   select c.id, c.number, c.revision, c.age from recent c
-                   where c.builder_id = f.builder_id and c.age > 1
-                     and not exists (
-                         select 1 from test_result_sets s
-                         join test_results r on r.test_result_set_id = s.id
-                         where s.build_id = c.id and r.test_name = f.test_name and r.value in ('fail', 'error'))
-                   order by c.age limit 1
-               ) p on true
-               cross join lateral (
-                   select c.id, c.number, c.revision, c.complete_at from recent c
-                   where c.builder_id = f.builder_id and c.age < coalesce(p.age, 9223372036854775807)
-                   order by c.age desc limit 1
-               ) first
+               left join passed p on p.test_name = f.test_name and p.builder_id = f.builder_id
+               join recent first on first.builder_id = f.builder_id
+                   and first.age = coalesce(p.age - 1,
+                                            (select max(c.age) from recent c where c.builder_id = f.builder_id))
                order by first.complete_at desc, f.test_name, f.builder_id
                limit $3"#,
         )
         .bind(branch)
         .bind(days as i32)
         .bind(limit)
+        .bind(TEST_HISTORY_BUILDS)
         .fetch_all(&self.reads)
         .await?)
     }
@@ -124,38 +140,55 @@ impl Store {
         .await?)
     }
 
-    /// Flaky tests among the builds finished in the last `days` (of one
-    /// builder, or all), the most recently failed first.
+    /// Flaky tests among each builder's newest `TEST_HISTORY_BUILDS`
+    /// builds finished in the last `days` (of one builder, or all), the most
+    /// recently failed first.
     pub async fn flaky_tests(&self, days: u32, limit: i64, builder: Option<BuilderId>) -> StoreResult<Vec<FlakyTest>> {
         Ok(sqlx::query_as(
-            r#"with failed as (
-                   select r.test_name, b.builder_id, b.id as build_id, b.complete_at,
-                          b.properties -> 'revision' ->> 0 as revision
-                   from builds b
-                   join test_result_sets s on s.build_id = b.id
+            r#"with recent as materialized (
+                   select x.id, x.builder_id, x.complete_at, x.properties -> 'revision' ->> 0 as revision
+                   from builders bl
+                   cross join lateral (
+                       select b.id, b.builder_id, b.complete_at, b.properties
+                       from builds b
+                       where b.builder_id = bl.id and b.complete_at is not null
+                       order by b.number desc
+                       limit $4
+                   ) x
+                   where ($3::int is null or bl.id = $3)
+                     and x.complete_at > now() - make_interval(days => $1)
+                     and coalesce(x.properties -> 'revision' ->> 0, '') <> ''
+               ),
+               failed as (
+                   select r.test_name, c.builder_id, c.id as build_id, c.complete_at, c.revision
+                   from recent c
+                   join test_result_sets s on s.build_id = c.id
                    join test_results r on r.test_result_set_id = s.id and r.value in ('fail', 'error')
-                   where b.complete_at > now() - make_interval(days => $1)
-                     and ($3::int is null or b.builder_id = $3)
-                     and coalesce(b.properties -> 'revision' ->> 0, '') <> ''
-                     and r.test_name is not null
+                   where r.test_name is not null
+               ),
+               -- A failure, and another build of its builder and revision
+               -- with test results that do not hold it.
+               flaky as (
+                   select distinct f.test_name, f.builder_id, f.build_id, f.complete_at
+                   from failed f
+                   join recent p on p.builder_id = f.builder_id and p.revision = f.revision and p.id <> f.build_id
+                   join test_result_sets ps on ps.build_id = p.id
+                   where not exists (
+                       select 1 from test_results pr
+                       where pr.test_result_set_id = ps.id and pr.test_name = f.test_name
+                         and pr.value in ('fail', 'error'))
                )
-               select f.test_name, f.builder_id, count(*) as failures,
-                      floor(extract(epoch from max(f.complete_at)))::bigint as last_failed_at
-               from failed f
-               where exists (
-                   select 1 from builds p join test_result_sets ps on ps.build_id = p.id
-                   where p.builder_id = f.builder_id and p.id <> f.build_id
-                     and p.properties -> 'revision' ->> 0 = f.revision
-                     and not exists (
-                         select 1 from test_results pr
-                         where pr.test_result_set_id = ps.id and pr.test_name = f.test_name and pr.value in ('fail', 'error')))
-               group by f.test_name, f.builder_id
-               order by last_failed_at desc, f.test_name
+               select test_name, builder_id, count(*) as failures,
+                      floor(extract(epoch from max(complete_at)))::bigint as last_failed_at
+               from flaky
+               group by test_name, builder_id
+               order by last_failed_at desc, test_name
                limit $2"#,
         )
         .bind(days as i32)
         .bind(limit)
         .bind(builder)
+        .bind(TEST_HISTORY_BUILDS)
         .fetch_all(&self.reads)
         .await?)
     }
