@@ -16,6 +16,10 @@ use super::{Store, StoreResult};
 /// history is.
 pub const TEST_HISTORY_BUILDS: i64 = 200;
 
+/// How many of each builder's newest builds are searched for flaky tests:
+/// fewer, as every builder's are read at once.
+pub const FLAKY_HISTORY_BUILDS: i64 = 50;
+
 /// A test that failed and passed on the same builder and revision.
 #[derive(Debug, Clone, FromRow, serde::Serialize)]
 pub struct FlakyTest {
@@ -41,7 +45,8 @@ pub struct FailingTest {
     pub number: i32,
     /// What it said there, if it said something.
     pub message: Option<String>,
-    /// Builds in a row, back from the newest, in which it failed.
+    /// Builds of the builder since the one where it broke, that one
+    /// included.
     pub failing_builds: i64,
     /// The first build of that run: where it broke.
     pub first_failed_buildid: BuildId,
@@ -62,46 +67,55 @@ impl Store {
     /// the most recently broken first.
     pub async fn failing_tests(&self, branch: &str, days: u32, limit: i64) -> StoreResult<Vec<FailingTest>> {
         Ok(sqlx::query_as(
-            r#"with recent as materialized (
-                   select x.id, x.builder_id, x.number, x.complete_at, x.revision,
-                          row_number() over (partition by x.builder_id order by x.number desc) as age
+            r#"with latest as materialized (
+                   -- Each builder's newest build of the branch with test
+                   -- results: an index walk back that stops at the first.
+                   select x.id, x.builder_id, x.number
                    from builders bl
                    cross join lateral (
-                       select b.id, b.builder_id, b.number, b.complete_at, b.properties,
-                              b.properties -> 'revision' ->> 0 as revision
-                       from builds b
-                       where b.builder_id = bl.id and b.complete_at is not null
+                       select b.id, b.builder_id, b.number
+                       from (select id, builder_id, number, complete_at, properties from builds
+                             where builder_id = bl.id and complete_at is not null
+                             order by number desc limit $4) b
+                       where b.complete_at > now() - make_interval(days => $2)
+                         and coalesce(b.properties -> 'branch' ->> 0, '') = $1
+                         and exists (select 1 from test_result_sets s where s.build_id = b.id)
                        order by b.number desc
-                       limit $4
+                       limit 1
                    ) x
-                   where x.complete_at > now() - make_interval(days => $2)
-                     and coalesce(x.properties -> 'branch' ->> 0, '') = $1
-                     and exists (select 1 from test_result_sets s where s.build_id = x.id)
                ),
                failing as (
                    select distinct on (r.test_name, l.builder_id)
                           r.test_name, l.builder_id, l.id as build_id, l.number, r.message
-                   from recent l
+                   from latest l
                    join test_result_sets s on s.build_id = l.id
                    join test_results r on r.test_result_set_id = s.id
-                   where l.age = 1 and r.value in ('fail', 'error') and coalesce(r.test_name, '') <> ''
+                   where r.value in ('fail', 'error') and coalesce(r.test_name, '') <> ''
                    order by r.test_name, l.builder_id, r.id
                ),
-               -- Each failing test against its builder's earlier builds:
-               -- the newest in which it did not fail.
+               -- For each, the newest earlier build of its builder and
+               -- branch with test results that do not hold it: an index
+               -- walk back that stops there.
                passed as (
-                   select distinct on (f.test_name, f.builder_id)
-                          f.test_name, f.builder_id, c.id, c.number, c.revision, c.age
+                   select f.test_name, f.builder_id, p.id, p.number, p.revision
                    from failing f
-                   join recent c on c.builder_id = f.builder_id and c.age > 1
-                   where not exists (
-                       select 1 from test_result_sets s
-                       join test_results r on r.test_result_set_id = s.id
-                       where s.build_id = c.id and r.test_name = f.test_name and r.value in ('fail', 'error'))
-                   order by f.test_name, f.builder_id, c.age
+                   cross join lateral (
+                       select b.id, b.number, b.properties -> 'revision' ->> 0 as revision
+                       from (select id, number, properties from builds
+                             where builder_id = f.builder_id and number < f.number and complete_at is not null
+                             order by number desc limit $4) b
+                       where coalesce(b.properties -> 'branch' ->> 0, '') = $1
+                         and exists (select 1 from test_result_sets s where s.build_id = b.id)
+                         and not exists (
+                             select 1 from test_result_sets s
+                             join test_results r on r.test_result_set_id = s.id
+                             where s.build_id = b.id and r.test_name = f.test_name and r.value in ('fail', 'error'))
+                       order by b.number desc
+                       limit 1
+                   ) p
                )
                select f.test_name, f.builder_id, f.build_id, f.number, f.message,
-                      first.age as failing_builds,
+                      (f.number - first.number + 1)::int8 as failing_builds,
                       first.id as first_failed_buildid, first.number as first_failed_number,
                       first.revision as first_failed_revision,
                       floor(extract(epoch from first.complete_at))::bigint as first_failed_at,
@@ -109,9 +123,17 @@ impl Store {
                       p.revision as last_passed_revision
                from failing f
                left join passed p on p.test_name = f.test_name and p.builder_id = f.builder_id
-               join recent first on first.builder_id = f.builder_id
-                   and first.age = coalesce(p.age - 1,
-                                            (select max(c.age) from recent c where c.builder_id = f.builder_id))
+               -- The build after the last pass: where it broke.
+               cross join lateral (
+                   select b.id, b.number, b.complete_at, b.properties -> 'revision' ->> 0 as revision
+                   from builds b
+                   where b.builder_id = f.builder_id and b.complete_at is not null
+                     and b.number > coalesce(p.number, f.number - $4) and b.number <= f.number
+                     and coalesce(b.properties -> 'branch' ->> 0, '') = $1
+                     and exists (select 1 from test_result_sets s where s.build_id = b.id)
+                   order by b.number
+                   limit 1
+               ) first
                order by first.complete_at desc, f.test_name, f.builder_id
                limit $3"#,
         )
@@ -123,16 +145,22 @@ impl Store {
         .await?)
     }
 
-    /// The branches of builds with test results finished in the last
-    /// `days`, the most recently built first.
+    /// The branches of each builder's newest builds with test results
+    /// finished in the last `days`, the most recently built first.
     pub async fn tested_branches(&self, days: u32) -> StoreResult<Vec<String>> {
         Ok(sqlx::query_scalar(
-            r#"select coalesce(b.properties -> 'branch' ->> 0, '') as branch
-               from builds b
-               where b.complete_at > now() - make_interval(days => $1)
-                 and exists (select 1 from test_result_sets s where s.build_id = b.id)
+            r#"select coalesce(x.properties -> 'branch' ->> 0, '') as branch
+               from builders bl
+               cross join lateral (
+                   select b.id, b.complete_at, b.properties from builds b
+                   where b.builder_id = bl.id and b.complete_at is not null
+                   order by b.number desc
+                   limit 10
+               ) x
+               where x.complete_at > now() - make_interval(days => $1)
+                 and exists (select 1 from test_result_sets s where s.build_id = x.id)
                group by 1
-               order by max(b.complete_at) desc
+               order by max(x.complete_at) desc
                limit 100"#,
         )
         .bind(days as i32)
@@ -140,7 +168,7 @@ impl Store {
         .await?)
     }
 
-    /// Flaky tests among each builder's newest `TEST_HISTORY_BUILDS`
+    /// Flaky tests among each builder's newest `FLAKY_HISTORY_BUILDS`
     /// builds finished in the last `days` (of one builder, or all), the most
     /// recently failed first.
     pub async fn flaky_tests(&self, days: u32, limit: i64, builder: Option<BuilderId>) -> StoreResult<Vec<FlakyTest>> {
@@ -188,7 +216,7 @@ impl Store {
         .bind(days as i32)
         .bind(limit)
         .bind(builder)
-        .bind(TEST_HISTORY_BUILDS)
+        .bind(FLAKY_HISTORY_BUILDS)
         .fetch_all(&self.reads)
         .await?)
     }
