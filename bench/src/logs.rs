@@ -1,8 +1,6 @@
 //! The log scenarios: how soon a printed line reaches someone following the
 //! log, and what a 100 MB log costs to ingest, archive and download.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -73,14 +71,6 @@ pub async fn live_log(http: &reqwest::Client, url: &str) -> anyhow::Result<Value
     }))
 }
 
-/// Resident memory of a process in MB.
-fn rss_mb(pid: u32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: f64 =
-        status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches(" kB").trim().parse().ok()?;
-    Some(kb / 1024.0)
-}
-
 #[derive(sqlx::FromRow)]
 struct StepTimes {
     started_at: DateTime<Utc>,
@@ -124,21 +114,7 @@ pub async fn log_throughput(
     let ingest_seconds = (times.complete_at - times.started_at).as_seconds_f64();
     let archive_seconds = (archived_seen - times.complete_at).as_seconds_f64();
 
-    let baseline: Vec<f64> = master_pids.iter().map(|&pid| rss_mb(pid).unwrap_or(0.0)).collect();
-    let sampling = Arc::new(AtomicBool::new(true));
-    let sampler = {
-        let (pids, sampling) = (master_pids.to_vec(), sampling.clone());
-        tokio::spawn(async move {
-            let mut peaks = vec![0.0f64; pids.len()];
-            while sampling.load(Ordering::Relaxed) {
-                for (peak, &pid) in peaks.iter_mut().zip(&pids) {
-                    *peak = peak.max(rss_mb(pid).unwrap_or(0.0));
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            peaks
-        })
-    };
+    let sampler = crate::memory::PeakSampler::start(master_pids);
     let started = Instant::now();
     let response = http.get(format!("{url}/api/v2/logs/{log_id}/raw")).send().await?;
     if !response.status().is_success() {
@@ -150,12 +126,10 @@ pub async fn log_throughput(
         downloaded += piece?.len() as u64;
     }
     let download_seconds = started.elapsed().as_secs_f64();
-    sampling.store(false, Ordering::Relaxed);
-    let peaks = sampler.await?;
+    let memory = sampler.stop().await?;
     if downloaded != times.num_bytes as u64 {
         bail!("downloaded {downloaded} bytes of log {log_id}, which holds {}", times.num_bytes);
     }
-    let extra_mb = peaks.iter().zip(&baseline).map(|(peak, base)| peak - base).fold(0.0, f64::max);
     let mb = times.num_bytes as f64 / 1e6;
     Ok(json!({
         "scenario": "log-throughput",
@@ -166,8 +140,8 @@ pub async fn log_throughput(
         "archived_mb": times.archived_bytes as f64 / 1e6,
         "download_seconds": download_seconds,
         "download_mb_per_second": mb / download_seconds,
-        "master_rss_before_mb": baseline,
-        "master_rss_peak_mb": peaks,
-        "master_extra_mb": extra_mb,
+        "master_rss_before_mb": memory.baseline,
+        "master_rss_peak_mb": memory.peaks,
+        "master_extra_mb": memory.extra_mb(),
     }))
 }

@@ -10,6 +10,7 @@
 mod crawl;
 mod installation;
 mod logs;
+mod memory;
 mod pages;
 mod report;
 mod reporters;

@@ -3,8 +3,6 @@
 //! masters took for it), and the Tests page and its APIs on the seeded
 //! history of builds with test results (bench/seed-tests.sql).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -12,14 +10,6 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
 use crate::{force, percentiles_ms};
-
-/// Resident memory of a process in MB.
-fn rss_mb(pid: u32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: f64 =
-        status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches(" kB").trim().parse().ok()?;
-    Some(kb / 1024.0)
-}
 
 #[derive(sqlx::FromRow)]
 struct Ingested {
@@ -40,21 +30,7 @@ pub async fn junit_ingest(
     database: &sqlx::PgPool,
     master_pids: &[u32],
 ) -> anyhow::Result<Value> {
-    let baseline: Vec<f64> = master_pids.iter().map(|&pid| rss_mb(pid).unwrap_or(0.0)).collect();
-    let sampling = Arc::new(AtomicBool::new(true));
-    let sampler = {
-        let (pids, sampling) = (master_pids.to_vec(), sampling.clone());
-        tokio::spawn(async move {
-            let mut peaks = vec![0.0f64; pids.len()];
-            while sampling.load(Ordering::Relaxed) {
-                for (peak, &pid) in peaks.iter_mut().zip(&pids) {
-                    *peak = peak.max(rss_mb(pid).unwrap_or(0.0));
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            peaks
-        })
-    };
+    let sampler = crate::memory::PeakSampler::start(master_pids);
     let request = force(http, url, "bench-junit").await?;
     let deadline = Instant::now() + Duration::from_secs(600);
     let (recorded_seen, step_id) = loop {
@@ -73,8 +49,7 @@ pub async fn junit_ingest(
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
-    sampling.store(false, Ordering::Relaxed);
-    let peaks = sampler.await?;
+    let memory = sampler.stop().await?;
     let ingested: Ingested = sqlx::query_as(
         r#"select st.started_at, st.complete_at,
                   (select count(*) from test_results r join test_result_sets s on s.id = r.test_result_set_id
@@ -89,16 +64,15 @@ pub async fn junit_ingest(
     if ingested.tests != 100_000 || ingested.failed != 1_000 {
         bail!("expected 100,000 tests, 1,000 failed; recorded {} and {}", ingested.tests, ingested.failed);
     }
-    let extra_mb = peaks.iter().zip(&baseline).map(|(peak, base)| peak - base).fold(0.0, f64::max);
     Ok(json!({
         "scenario": "junit-ingest",
         "tests": ingested.tests,
         "failed": ingested.failed,
         "step_seconds": (ingested.complete_at - ingested.started_at).as_seconds_f64(),
         "read_seconds": (recorded_seen - ingested.complete_at).as_seconds_f64(),
-        "master_rss_before_mb": baseline,
-        "master_rss_peak_mb": peaks,
-        "master_extra_mb": extra_mb,
+        "master_rss_before_mb": memory.baseline,
+        "master_rss_peak_mb": memory.peaks,
+        "master_extra_mb": memory.extra_mb(),
     }))
 }
 
