@@ -187,10 +187,12 @@ async fn force(
         (Some(names), _) => serde_json::from_value(names.clone())
             .map_err(|_| invalid("builderNames", "must be a list of builder names"))?,
         (None, Some(id)) => {
+            // Buildbot's web UI sends it as a string ("12"), scripts as a number.
             let id = id
                 .as_i64()
+                .or_else(|| id.as_str().and_then(|text| text.trim().parse().ok()))
                 .and_then(|id| i32::try_from(id).ok())
-                .ok_or_else(|| invalid("builderid", "must be a number"))?;
+                .ok_or_else(|| invalid("builderid", "must be a builder's id (a number, or a string of one)"))?;
             let name =
                 catalog.builder_name(BuilderId(id)).ok_or_else(|| ApiError::NotFound(format!("builder {id}")))?;
             vec![name.clone()]

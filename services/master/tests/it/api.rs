@@ -318,6 +318,7 @@ async fn every_read_endpoint_serves_buildbot_shapes_filters_and_errors() {
         ("scheduler", "force".to_owned()),
         ("change_id", "1".to_owned()),
         ("set_id", "1".to_owned()),
+        ("artifact_id", "1".to_owned()),
     ];
     let paths = openapi["paths"].as_object().unwrap();
     assert!(paths.len() >= 35, "{} paths described", paths.len());
@@ -331,8 +332,8 @@ async fn every_read_endpoint_serves_buildbot_shapes_filters_and_errors() {
         }
         assert!(!path.contains('{'), "no value for a parameter of {template}");
         let response = stack.http.get(format!("{}{path}", stack.base_url)).send().await.unwrap();
-        if template.ends_with("{change_id}") || template.ends_with("{set_id}") {
-            assert_eq!(response.status(), 404, "{path}: there are no changes or test results yet");
+        if template.ends_with("{change_id}") || template.ends_with("{set_id}") || template.contains("{artifact_id}") {
+            assert_eq!(response.status(), 404, "{path}: there are no changes, test results or artifacts yet");
             continue;
         }
         assert_eq!(response.status(), 200, "GET {path}");
@@ -457,8 +458,13 @@ async fn control_actions_stop_rebuild_cancel_prioritize_pause_and_stop_workers()
     assert_eq!(stack.get(&worker_path).await["workers"][0]["graceful"], true);
     stack.wait_for_worker_exit("w1").await;
 
-    // JSON-RPC errors.
+    // Buildbot's web UI sends a builder's id as a string.
     let force = "/api/v2/forceschedulers/force";
+    let hello = stack.get("/api/v2/builders/hello").await["builders"][0]["builderid"].to_string();
+    let (status, answer) = rpc(&stack, force, "force", json!({ "builderid": hello })).await;
+    assert_eq!(status, 200, "builderid \"{hello}\" as a string: {answer}");
+
+    // JSON-RPC errors.
     let (status, answer) = post_raw(&stack, force, "{not json".into()).await;
     assert_eq!((status, answer["error"]["code"].as_i64()), (StatusCode::BAD_REQUEST, Some(-32700)), "{answer}");
     let (status, answer) = post_raw(&stack, force, json!({ "params": {} }).to_string()).await;
