@@ -303,8 +303,15 @@ async fn builder_page(
     )
     .await?;
     let workers = api_items(&master, &WORKERS, &[("order", "name".into()), ("limit", "10000".into())]).await?;
-    let workers: Vec<&Value> =
-        workers.iter().filter(|w| builder.workers.iter().any(|n| n == text(w, "name"))).collect();
+    // Each master's local worker (`local-<master>`) serves the builders
+    // that list `local`.
+    let workers: Vec<&Value> = workers
+        .iter()
+        .filter(|w| {
+            let name = text(w, "name");
+            catalog.config.may_run(builder, name, catalog.is_local_worker(name))
+        })
+        .collect();
     let schedulers: Vec<(&str, &[ForceParameter])> = catalog
         .config
         .master
@@ -618,7 +625,9 @@ fn failed_test(test: &Value, log_id: Option<i64>) -> Markup {
 }
 
 fn step_view(step: &Value, logs: &[Value]) -> Markup {
-    let complete = step.get("complete").and_then(Value::as_bool).unwrap_or_default();
+    // A skipped step never ran, so never completed; it has a result all the same.
+    let complete = step.get("complete").and_then(Value::as_bool).unwrap_or_default()
+        || step.get("results").is_some_and(|results| !results.is_null());
     let class = if complete {
         result_class(step)
     } else if step.get("started_at").is_some_and(|v| !v.is_null()) {
@@ -646,9 +655,9 @@ fn step_view(step: &Value, logs: &[Value]) -> Markup {
 
 fn log_view(log: &Value) -> Markup {
     let id = int(log, "logid");
+    let complete = log.get("complete").and_then(Value::as_bool).unwrap_or_default();
     html! {
-        div.log data-logid=(id) data-complete=(log.get("complete").and_then(Value::as_bool).unwrap_or_default())
-            data-lines=(int(log, "num_lines")) {
+        div.log data-logid=(id) data-complete=(complete) data-lines=(int(log, "num_lines")) {
             div.log-bar {
                 span.log-name { (text(log, "name")) }
                 " "
@@ -656,7 +665,8 @@ fn log_view(log: &Value) -> Markup {
                 " "
                 a href=(format!("/api/v2/logs/{id}/raw_inline")) { "view" }
                 " "
-                label { input.follow type="checkbox" checked; " follow" }
+                // Only a running log has more to follow.
+                @if !complete { label { input.follow type="checkbox" checked; " follow" } }
             }
             button.earlier hidden { "Load earlier lines" }
             pre.lines {}
@@ -726,7 +736,7 @@ async fn workers_page(State(master): State<AppState>) -> Page {
                 @for worker in &workers {
                     @let id = int(worker, "workerid");
                     @let paused = worker.get("paused").and_then(Value::as_bool).unwrap_or_default();
-                    @let served = catalog.config.builders_for_worker(text(worker, "name"), false);
+                    @let served = catalog.builders_for_worker(text(worker, "name"));
                     tr data-workerid=(id) {
                         th { (text(worker, "name")) }
                         td { (worker_state(worker)) }

@@ -16,6 +16,7 @@ mod harness;
 mod irc;
 mod live;
 mod operations;
+mod pages;
 mod pipeline;
 mod queue;
 mod reload;

@@ -428,6 +428,8 @@ class LogView {
       delay = Math.min(delay * 2, 5000);
     }
     this.element.dataset.complete = "true";
+    // Nothing more to follow once the log has ended.
+    this.follow?.closest("label")?.remove();
   }
 
   async read(reader) {
@@ -445,7 +447,7 @@ class LogView {
       }
       pending = pending.slice(end + 1);
       this.pre.append(fragment);
-      if (this.follow.checked) this.pre.lastElementChild?.scrollIntoView({ block: "nearest" });
+      if (this.follow?.checked) this.pre.lastElementChild?.scrollIntoView({ block: "nearest" });
     }
   }
 
