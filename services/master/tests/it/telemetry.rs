@@ -231,9 +231,15 @@ async fn metrics_move_when_a_build_runs() {
 
     // Queued while no worker runs: pending, and its doorbell waits.
     let request = stack.force("counted").await;
-    let queued = scrape(&stack).await;
+    // The doorbell is rung just after the force is answered.
+    let queued = stack
+        .eventually(10, "the doorbell waiting", async || {
+            let queued = scrape(&stack).await;
+            let rung = sample(&queued[..1], "buildmaster_doorbells_waiting", &[("builder", "counted")]) == 1.0;
+            rung.then_some(queued)
+        })
+        .await;
     assert_eq!(sample(&queued[..1], "buildmaster_pending_requests", &[("builder", "counted")]), 1.0);
-    assert_eq!(sample(&queued[..1], "buildmaster_doorbells_waiting", &[("builder", "counted")]), 1.0);
     assert_eq!(sample(&queued[..1], "buildmaster_workers_online", &[]), 0.0);
 
     let worker_metrics = format!("127.0.0.1:{}", free_port());
