@@ -94,7 +94,7 @@ async fn a_worker_runs_a_claim_reply_carrying_options_it_does_not_know() {
                     "flunk_on_failure": true, "warn_on_failure": false, "warn_on_warnings": true,
                     "always_run": false, "decode_rc": { "0": "SUCCESS" },
                     "warning_pattern": "^warning: ",
-                    "test_results": { "junit": ["*.xml"], "max_bytes": 1_000_000 },
+                    "coverage": { "formats": ["lcov"], "max_bytes": 1_000_000 },
                 }],
                 "secrets": {}, "max_log_bytes": null,
                 "artifact_upload_url": "https://example.invalid/upload",
