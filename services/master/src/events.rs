@@ -210,7 +210,8 @@ async fn record(master: &Master, event: &WorkerEvent) -> Result<Recorded, EventE
             };
             let received = files::receive(&mut redis, &mut tx, sent, &step.files).await?;
             // Failed tests link to the first line of the log naming them.
-            let has_tests = step.test_summary.is_some() || !step.files.is_empty();
+            let has_tests =
+                step.test_summary.is_some() || step.files.iter().any(|file| file.kind == wire::FileKind::TestResults);
             let failed = match has_tests {
                 true => Store::failed_tests_of_step(&mut tx, step_id, FAILED_TESTS_LINKED).await?,
                 false => Vec::new(),

@@ -22,16 +22,13 @@ use sqlx::{Acquire, Postgres, Transaction};
 use tokio_util::io::StreamReader;
 
 use crate::junit::{JunitError, JunitReader, Outcome};
-use crate::logs::{self, LogError};
+use crate::logs::{self, ENTRIES_PER_PAGE, LogError, ZSTD_LEVEL};
 use crate::store::{NewTestResult, SetCounts, Store, StoreError};
 
 /// Test results written per statement.
 const RESULTS_PER_INSERT: usize = 1000;
 /// Raw bytes of an artifact per compressed chunk.
 const ARTIFACT_CHUNK_BYTES: usize = 1024 * 1024;
-/// Entries read per round trip to Redis (64 KiB each).
-const ENTRIES_PER_PAGE: usize = 32;
-const ZSTD_LEVEL: i32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {

@@ -23,9 +23,10 @@ use crate::store::{ArchivedChunk, LogState, Store, StoreError};
 /// Raw bytes gathered before a chunk is compressed and written.
 const CHUNK_RAW_BYTES: usize = 1024 * 1024;
 /// Entries read per round trip to Redis: at most 2 MiB, as an entry holds
-/// at most 64 KiB.
-const ENTRIES_PER_PAGE: usize = 32;
-const ZSTD_LEVEL: i32 = 3;
+/// at most 64 KiB (a log's, or a file's a step sent).
+pub(crate) const ENTRIES_PER_PAGE: usize = 32;
+/// How archived logs and kept artifacts are compressed.
+pub(crate) const ZSTD_LEVEL: i32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {

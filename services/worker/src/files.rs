@@ -240,3 +240,60 @@ async fn write_batch(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: FileLimits =
+        FileLimits { test_result_file_bytes: 10, artifact_bytes: 8, artifacts_per_build_bytes: 12 };
+
+    #[tokio::test]
+    async fn files_over_their_caps_out_of_the_builder_or_not_files_are_refused_saying_why() {
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), "s").unwrap();
+        let builder = tempfile::tempdir().unwrap();
+        let root = tokio::fs::canonicalize(builder.path()).await.unwrap();
+        let file = |name: &str, bytes: usize| {
+            let path = builder.path().join(name);
+            std::fs::write(&path, vec![b'x'; bytes]).unwrap();
+            path
+        };
+        let (small, large) = (file("small", 5), file("large", 11));
+        std::os::unix::fs::symlink(outside.path().join("secret"), builder.path().join("leak")).unwrap();
+        std::fs::create_dir(builder.path().join("dir")).unwrap();
+        let admitted = async |path: &Path, kind, so_far| admit(&root, path, kind, &LIMITS, so_far).await;
+
+        assert_eq!(admitted(&small, FileKind::TestResults, 0).await, Ok(()));
+        let refused = admitted(&large, FileKind::TestResults, 0).await.unwrap_err();
+        assert_eq!(refused, "is 11 B, over the cap of 10 B (builds.max_test_result_file_bytes); not read");
+        let refused = admitted(&large, FileKind::Artifact, 0).await.unwrap_err();
+        assert_eq!(refused, "is 11 B, over the cap of 8 B (builds.max_artifact_bytes); not kept");
+        assert_eq!(admitted(&small, FileKind::Artifact, 7).await, Ok(()), "7 + 5 is the build's cap");
+        let refused = admitted(&small, FileKind::Artifact, 8).await.unwrap_err();
+        assert_eq!(
+            refused,
+            "(5 B) would take the build's artifacts past 12 B (builds.max_artifacts_per_build_bytes); not kept"
+        );
+        let refused = admitted(&builder.path().join("leak"), FileKind::Artifact, 0).await.unwrap_err();
+        assert!(refused.contains("leads outside the builder's directory"), "{refused}");
+        let refused = admitted(&builder.path().join("dir"), FileKind::Artifact, 0).await.unwrap_err();
+        assert_eq!(refused, "is not a regular file; not sent");
+    }
+
+    #[test]
+    fn patterns_match_in_name_order_and_literal_ones_are_told_apart() {
+        let workdir = tempfile::tempdir().unwrap();
+        for name in ["b.xml", "a.xml", "c.txt"] {
+            std::fs::write(workdir.path().join(name), "").unwrap();
+        }
+        let names: Vec<String> = matching(workdir.path(), "*.xml")
+            .unwrap()
+            .iter()
+            .map(|path| path.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["a.xml", "b.xml"]);
+        assert!(matching(workdir.path(), "../*.xml").unwrap_err().contains("leaves the builder's directory"));
+        assert!(is_literal("out/junit.xml") && !is_literal("out/*.xml"));
+    }
+}

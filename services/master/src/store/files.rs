@@ -27,8 +27,7 @@ pub struct SetCounts {
     pub duration_ns: i64,
 }
 
-/// A failed test of a step, and where its name first appears in the step's
-/// log, once that is known.
+/// A failed test of a step, to look for in the step's log.
 #[derive(Debug, Clone, FromRow)]
 pub struct FailedTest {
     pub id: i64,
