@@ -2,7 +2,8 @@
 # The backing services buildmaster needs on this machine: PostgreSQL, RabbitMQ
 # and Redis, plus haproxy, socat, git and curl; and, for the tests only,
 # Chromium with chromedriver (the web UI's tests), faketime, aiosmtpd,
-# ngircd, and InspIRCd with Atheme.
+# ngircd, InspIRCd with Atheme, and Node.js with npm and the npm packages of
+# the test OpenID Connect provider (services/master/tests/oidc).
 #
 #   deploy/services.sh ensure   install what is missing (Debian packages),
 #                               start what is not running, wait until ready,
@@ -37,6 +38,11 @@ readonly PG_ROLE=buildmaster PG_PASSWORD=buildmaster
 readonly AMQP_HOST=127.0.0.1 AMQP_PORT=5672 MANAGEMENT_PORT=15672
 readonly REDIS_HOST=127.0.0.1 REDIS_PORT=6379
 readonly TIMEOUT_SECONDS="${BUILDMASTER_SERVICES_TIMEOUT:-120}"
+# The test OpenID Connect provider (oidc-provider, an npm package) and the
+# oldest Node.js it runs on.
+OIDC_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/services/master/tests/oidc"
+readonly OIDC_DIR
+readonly NODE_MINIMUM=18.12
 
 say() { printf '[services] %s\n' "$*"; }
 warn() { printf '[services] WARNING: %s\n' "$*" >&2; }
@@ -59,7 +65,9 @@ usage: deploy/services.sh ensure|check [--tests]
           UI's tests), faketime (a worker whose clock is behind) and
           aiosmtpd (an SMTP server for the mail reporter's tests), ngircd
           and InspIRCd with Atheme (IRC servers, with services for SASL, for
-          the IRC reporter's tests)
+          the IRC reporter's tests), Node.js and npm, and `npm ci` in
+          services/master/tests/oidc (the OpenID Connect provider of the
+          sign-in tests)
 EOF
 }
 
@@ -327,6 +335,37 @@ ensure_rabbitmq_management() {
 }
 
 # ---------------------------------------------------------------------------
+# The test OpenID Connect provider (npm packages)
+
+# True when Node.js is at least NODE_MINIMUM.
+node_recent_enough() {
+    local version
+    version=$(node -p 'process.versions.node' 2>/dev/null) || return 1
+    [[ $(printf '%s\n%s\n' "$NODE_MINIMUM" "$version" | sort -V | head -n 1) == "$NODE_MINIMUM" ]]
+}
+
+# True when node_modules was installed (npm writes its
+# node_modules/.package-lock.json last) and is not older than package-lock.json.
+oidc_packages_current() {
+    local installed=$OIDC_DIR/node_modules/.package-lock.json
+    [[ -f $installed && ! $OIDC_DIR/package-lock.json -nt $installed ]]
+}
+
+ensure_oidc_packages() {
+    node_recent_enough ||
+        die "Node.js $(node -p 'process.versions.node' 2>/dev/null || echo '(unknown)') is too old for the test OpenID Connect provider (oidc-provider 8 needs Node.js $NODE_MINIMUM or later). Install a newer Node.js and run again."
+    if oidc_packages_current; then
+        say "the test OpenID Connect provider's npm packages are installed ($OIDC_DIR/node_modules)"
+        return 0
+    fi
+    say "installing the test OpenID Connect provider's npm packages (npm ci in $OIDC_DIR)"
+    (cd "$OIDC_DIR" && npm ci --no-audit --no-fund) ||
+        die "npm ci in $OIDC_DIR failed; see the output above (is the npm registry reachable?)."
+    oidc_packages_current ||
+        die "npm ci in $OIDC_DIR did not leave node_modules/.package-lock.json newer than package-lock.json."
+}
+
+# ---------------------------------------------------------------------------
 # Verbs
 
 # Installs, in one apt-get run, every package that is missing: the tools, and
@@ -364,6 +403,9 @@ install_missing_packages() {
         # SASL needs services: InspIRCd with Atheme linked to it.
         find_command inspircd >/dev/null || packages+=(inspircd)
         find_command atheme-services >/dev/null || packages+=(atheme-services)
+        # The sign-in tests run a real OpenID Connect provider on Node.js.
+        find_command node >/dev/null || packages+=(nodejs)
+        find_command npm >/dev/null || packages+=(npm)
     fi
     if ((${#packages[@]} > 0)); then
         say "missing: ${packages[*]}"
@@ -401,6 +443,9 @@ cmd_ensure() {
         ensure_command ngircd ngircd
         ensure_command inspircd inspircd
         ensure_command atheme-services atheme-services
+        ensure_command node nodejs
+        ensure_command npm npm
+        ensure_oidc_packages
     fi
     ensure_postgres
     ensure_rabbitmq
@@ -417,7 +462,7 @@ cmd_ensure() {
 cmd_check() {
     local missing=0 name
     local names=(git curl python3 haproxy socat psql pg_ctlcluster redis-server rabbitmq-server)
-    ((FOR_TESTS)) && names+=(chromium chromedriver faketime aiosmtpd ngircd inspircd atheme-services)
+    ((FOR_TESTS)) && names+=(chromium chromedriver faketime aiosmtpd ngircd inspircd atheme-services node npm)
     for name in "${names[@]}"; do
         if find_command "$name" >/dev/null; then
             say "installed:  $name ($(find_command "$name"))"
@@ -426,6 +471,18 @@ cmd_check() {
             missing=1
         fi
     done
+    if ((FOR_TESTS)); then
+        if find_command node >/dev/null && ! node_recent_enough; then
+            say "TOO OLD:    node $(node -p 'process.versions.node') (the test OpenID Connect provider needs $NODE_MINIMUM or later)"
+            missing=1
+        fi
+        if oidc_packages_current; then
+            say "installed:  the test OpenID Connect provider's npm packages ($OIDC_DIR/node_modules)"
+        else
+            say "MISSING:    the test OpenID Connect provider's npm packages (npm ci in $OIDC_DIR)"
+            missing=1
+        fi
+    fi
     if postgres_ready; then
         say "running:    PostgreSQL on $PG_HOST:$PG_PORT"
         if command -v psql >/dev/null 2>&1 && role_login_works; then

@@ -1,13 +1,18 @@
 //! Who may do what, and the secrets that prove who someone is: the roles
-//! each control action needs (settings.yaml `authorization`), password
-//! hashes (argon2), API tokens and session tokens. The HTTP edge
+//! each control action needs (settings.yaml `authorization`, with `owner`
+//! for whoever forced or triggered a build), password hashes (argon2), API
+//! tokens and session tokens. The HTTP edge
 //! (`http::auth`) reads credentials from requests and asks here.
 
 use std::sync::OnceLock;
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use sha2::{Digest, Sha256};
-use shared::config::{AuthorizationSettings, Settings, UserSettings};
+use shared::config::{AuthorizationSettings, UserSettings};
+use shared::ids::{BuildId, BuildRequestId};
+
+use crate::Master;
+use crate::store::StoreError;
 
 /// What a control request asks to do.
 #[derive(Debug, Clone, Copy)]
@@ -47,29 +52,73 @@ impl Action {
     }
 }
 
-/// Why a user may not act.
-#[derive(Debug, thiserror::Error)]
-pub enum Denied {
-    #[error("user `{0}` is no longer configured; log in again")]
-    UnknownUser(String),
-    #[error("user `{user}` may not {action}: that needs one of the roles {roles} (authorization in settings.yaml)")]
-    MissingRole { user: String, action: &'static str, roles: String },
+/// The role `authorization` lists for whoever forced or triggered a build
+/// (Buildbot's `RolesFromOwner`).
+pub const OWNER_ROLE: &str = "owner";
+
+/// Someone known: their name, who vouched for them (`local` for
+/// settings.yaml's users, `github`, `oidc:<name>`), and their roles.
+#[derive(Debug, Clone)]
+pub struct Person {
+    pub user: String,
+    pub provider: String,
+    pub roles: Vec<String>,
 }
 
-/// Whether `user` (logged in somehow) may do `action`: one of their roles
-/// must be among the action's.
-pub fn check_roles(settings: &Settings, user: &str, action: Action) -> Result<(), Denied> {
-    let Some(configured) = settings.user(user) else {
-        return Err(Denied::UnknownUser(user.to_owned()));
-    };
-    let allowed = action.allowed_roles(&settings.authorization);
-    if configured.roles.iter().any(|role| allowed.contains(role)) {
-        Ok(())
-    } else {
+impl Person {
+    /// Who they are across providers, as buildsets' `owned_by` records it.
+    pub fn identity(&self) -> String {
+        identity(&self.provider, &self.user)
+    }
+}
+
+/// `provider:user`: the same name at two providers is two people.
+pub fn identity(provider: &str, user: &str) -> String {
+    format!("{provider}:{user}")
+}
+
+/// What an action is done to, for the `owner` role.
+#[derive(Debug, Clone, Copy)]
+pub enum Target {
+    Nothing,
+    Build(BuildId),
+    Request(BuildRequestId),
+}
+
+/// Why someone may not act.
+#[derive(Debug, thiserror::Error)]
+pub enum Denied {
+    #[error("{user} may not {action}: that needs one of the roles {roles} (authorization in settings.yaml){owner}")]
+    MissingRole { user: String, action: &'static str, roles: String, owner: &'static str },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Master {
+    /// Whether `person` may do `action` to `target`: one of their roles
+    /// must be among the action's, or the action allows `owner` and they
+    /// own the target.
+    pub async fn may(&self, person: &Person, action: Action, target: Target) -> Result<(), Denied> {
+        let allowed = action.allowed_roles(&self.catalog().config.settings.authorization).to_vec();
+        if person.roles.iter().any(|role| role != OWNER_ROLE && allowed.contains(role)) {
+            return Ok(());
+        }
+        let owner_may = allowed.iter().any(|role| role == OWNER_ROLE);
+        if owner_may {
+            let owned_by = match target {
+                Target::Nothing => None,
+                Target::Build(id) => self.store.build_owned_by(id).await?,
+                Target::Request(id) => self.store.request_owned_by(id).await?,
+            };
+            if owned_by.is_some_and(|owned_by| owned_by == person.identity()) {
+                return Ok(());
+            }
+        }
         Err(Denied::MissingRole {
-            user: user.to_owned(),
+            user: person.user.clone(),
             action: action.describe(),
             roles: allowed.iter().map(|role| format!("`{role}`")).collect::<Vec<_>>().join(", "),
+            owner: if owner_may { ", or to own what it is done to" } else { "" },
         })
     }
 }

@@ -202,6 +202,10 @@ pub fn router(master: Arc<Master>) -> Router {
         .route("/auth/login", axum::routing::post(auth::login))
         .route("/auth/logout", axum::routing::post(auth::logout))
         .route("/auth/me", get(auth::me))
+        .route("/auth/github/login", get(auth::github_login))
+        .route("/auth/github/callback", get(auth::github_callback))
+        .route("/auth/oidc/{name}/login", get(auth::oidc_login))
+        .route("/auth/oidc/{name}/callback", get(auth::oidc_callback))
         .route(GITHUB_HOOK, axum::routing::post(github::hook))
         .merge(web::routes());
     for (doc, handlers) in api() {

@@ -32,6 +32,7 @@ mod reload;
 mod reporters;
 mod retention;
 mod schedulers;
+pub mod sign_in;
 pub mod store;
 mod submit;
 pub mod urls;
@@ -118,7 +119,7 @@ async fn connect(config: Config, master_name: &str) -> Result<(Arc<Master>, live
 /// address (with a loopback `web.url`, if any) starts.
 fn refuse_open_control(config: &Config, listening: std::net::SocketAddr) -> Result<(), MasterError> {
     let web = &config.settings.web;
-    if !config.settings.users.is_empty() || web.anonymous_control {
+    if config.settings.has_accounts() || web.anonymous_control {
         return Ok(());
     }
     if !listening.ip().is_loopback() {
@@ -167,7 +168,7 @@ pub async fn run(
         })
     };
     tracing::info!(master.name = %master.name, master.id = %master.id, address = %listener.local_addr()?, "master started");
-    if master.catalog().config.settings.users.is_empty() {
+    if !master.catalog().config.settings.has_accounts() {
         tracing::warn!("no users in settings.yaml: anyone who reaches the masters may force, stop and cancel builds");
     }
 

@@ -44,6 +44,8 @@ pub struct Master {
     pub reports: tokio::sync::Notify,
     /// This master's credentials at GitHub's API (a GitHub App's token).
     pub github: crate::github_app::GitHubCredentials,
+    /// The sign-in providers' discovery documents and keys.
+    pub sign_in: crate::sign_in::Providers,
     /// The RabbitMQ user masters log in as (from `amqp_url`); messages it
     /// published come from a master's own local worker.
     pub(crate) amqp_user: String,
@@ -81,6 +83,7 @@ impl Master {
             live_events: crate::live::channel(),
             reports: tokio::sync::Notify::new(),
             github: Default::default(),
+            sign_in: Default::default(),
             amqp_user,
             catalog: RwLock::new(Arc::new(catalog)),
             worker_ids: Mutex::new(HashMap::new()),

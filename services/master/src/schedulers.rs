@@ -115,6 +115,7 @@ async fn follow(master: &Arc<Master>, name: &str, upstream: &str, builders: &[Bu
         let buildset = NewBuildset {
             reason: &reason,
             owner: None,
+            owned_by: None,
             scheduler: name,
             properties: &properties,
             requests: catalog
@@ -162,6 +163,7 @@ async fn fire(master: &Arc<Master>, scheduler: &SchedulerConfig, tick: DateTime<
     let buildset = NewBuildset {
         reason: &reason,
         owner: None,
+        owned_by: None,
         scheduler: scheduler.name(),
         properties: &properties,
         requests,

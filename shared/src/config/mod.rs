@@ -18,6 +18,7 @@ mod master;
 mod matrix;
 pub mod reporters;
 mod settings;
+mod sign_in;
 mod source_map;
 mod steps;
 mod validate;
@@ -33,6 +34,7 @@ pub use master::{
     BuilderConfig, FactoryConfig, ForceParameter, MasterConfig, PollerConfig, SchedulerConfig, path_matches,
 };
 pub use settings::*;
+pub use sign_in::{GitHubSignIn, OidcProvider, SignInSettings};
 pub use source_map::{Position, SourceMap, YamlPath};
 pub use steps::{COMPILER_WARNINGS, StepCommand, StepSpec, TestSummarySpec, WarningsSpec, check_file_glob};
 pub use worker_file::{WorkerFile, WorkerLogin, load_worker_file};

@@ -61,9 +61,13 @@ pub struct Settings {
     /// (force, stop, ...) are open to anyone who reaches the masters.
     #[serde(default)]
     pub users: Vec<UserSettings>,
-    /// Which roles may do what, once `users` has anyone.
+    /// Which roles may do what, once `users` has anyone or `sign_in` a
+    /// provider. The role `owner` is whoever forced or triggered the build.
     #[serde(default)]
     pub authorization: AuthorizationSettings,
+    /// Identity providers people sign in with (GitHub, OpenID Connect).
+    #[serde(default)]
+    pub sign_in: super::SignInSettings,
     /// GitHub's webhook (`/change_hook/github`); off while unset.
     pub github: Option<GitHubSettings>,
     /// The SMTP server mail reporters send through; they need it.
@@ -262,6 +266,12 @@ impl Settings {
 
     pub fn user(&self, name: &str) -> Option<&UserSettings> {
         self.users.iter().find(|user| user.name == name)
+    }
+
+    /// Whether anyone can be told apart: control actions then need someone
+    /// with a role that allows them.
+    pub fn has_accounts(&self) -> bool {
+        !self.users.is_empty() || self.sign_in.any()
     }
 }
 

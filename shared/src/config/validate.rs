@@ -11,6 +11,7 @@ use super::diagnostics::SourceFile;
 use super::interpolate;
 use super::master::{MasterConfig, SchedulerConfig};
 use super::settings::{IrcIdentify, Settings, TelemetrySettings};
+use super::sign_in::is_valid_provider_name;
 use super::steps::StepCommand;
 use super::{MIN_WORKER_PASSWORD_CHARS, YamlPath};
 
@@ -196,6 +197,7 @@ pub(super) fn settings(file: &mut SourceFile, settings: &Settings) {
             Some("the address people open, e.g. https://buildbot.python.org/".into()),
         );
     }
+    sign_in(file, &root.key("sign_in"), settings);
     if let Some(accounts) = &settings.worker_accounts {
         let at = root.key("worker_accounts");
         let url = accounts.rabbitmq_management_url.expose();
@@ -681,4 +683,83 @@ fn reporters(file: &mut SourceFile, master: &MasterConfig, settings: &Settings) 
             );
         }
     }
+}
+
+/// Providers need the address people come back to, and settings that make
+/// sense; secrets are never quoted back.
+fn sign_in(file: &mut SourceFile, at: &YamlPath, settings: &Settings) {
+    let sign_in = &settings.sign_in;
+    if sign_in.any() && settings.web.url.is_none() {
+        file.error_at(
+            at,
+            "signing in with a provider needs `web.url`, the address people are sent back to",
+            Some("add `url: https://buildbot.example.org/` under `web:`".into()),
+        );
+    }
+    if let Some(github) = &sign_in.github {
+        let at = at.key("github");
+        for (key, url) in [("url", &github.url), ("api_url", &github.api_url)] {
+            if !is_http_url(url) {
+                file.error_at_value(&at.key(key), format!("`{url}` is not an http:// or https:// URL"), None);
+            }
+        }
+        for team in github.teams.keys() {
+            if !team.split_once('/').is_some_and(|(org, slug)| !org.is_empty() && !slug.is_empty()) {
+                file.error_at(
+                    &at.key("teams").key(team.as_str()),
+                    format!("`{team}` does not name a team as `organisation/team-slug`"),
+                    Some("e.g. `python/core-developers`".into()),
+                );
+            }
+        }
+        if github.client_id.trim().is_empty() || github.client_secret.expose().trim().is_empty() {
+            file.error_at(
+                &at,
+                "`client_id` and `client_secret` must not be empty",
+                Some("copy them from the OAuth App's page at GitHub".into()),
+            );
+        }
+        if github.roles_refresh_seconds == 0 {
+            file.error_at_value(&at.key("roles_refresh_seconds"), "must be at least 1", None);
+        }
+    }
+    let mut seen = BTreeSet::new();
+    for (index, provider) in sign_in.oidc.iter().enumerate() {
+        let at = at.key("oidc").index(index);
+        if !is_valid_provider_name(&provider.name) {
+            file.error_at_value(
+                &at.key("name"),
+                format!("provider name `{}` is not allowed", provider.name),
+                Some("use letters, digits, `-` and `_` (it appears in the callback URL)".into()),
+            );
+        } else if !seen.insert(provider.name.as_str()) {
+            file.error_at_value(&at.key("name"), format!("provider `{}` is named twice", provider.name), None);
+        }
+        let loopback = provider.issuer.starts_with("http://127.") || provider.issuer.starts_with("http://localhost");
+        if !(provider.issuer.starts_with("https://") || loopback) {
+            file.error_at_value(
+                &at.key("issuer"),
+                format!("issuer `{}` must be an https:// URL", provider.issuer),
+                Some("OpenID Connect providers are reached over HTTPS (plain http only on this machine)".into()),
+            );
+        }
+        if provider.client_id.trim().is_empty() || provider.client_secret.expose().trim().is_empty() {
+            file.error_at(
+                &at,
+                "`client_id` and `client_secret` must not be empty",
+                Some("register buildmaster as a confidential client at the provider".into()),
+            );
+        }
+        if !provider.roles.is_empty() && provider.roles_claim.is_none() {
+            file.error_at(
+                &at.key("roles"),
+                "`roles` maps groups to roles, but no `roles_claim` says which claim holds the groups",
+                Some("add `roles_claim: groups`".into()),
+            );
+        }
+    }
+}
+
+fn is_http_url(url: &str) -> bool {
+    url.starts_with("http://") || url.starts_with("https://")
 }

@@ -192,6 +192,9 @@ pub fn buildset_for(catalog: &Catalog, scheduler: &str, builders: &[BuilderName]
     OwnedBuildset {
         reason: format!("GitHub {} of {} by {}", change.category, change.branch, change.author),
         owner: change.author.clone(),
+        // Whoever labelled or commented on a pull request asked for its
+        // builds, and may act on them as their owner.
+        owned_by: change.pull_request.as_ref().map(|_| crate::auth::identity("github", &change.author)),
         scheduler: scheduler.to_owned(),
         properties: {
             let mut properties = json!({

@@ -17,7 +17,8 @@ use serde_json::{Value, json};
 use shared::config::SchedulerConfig;
 use shared::wire::ControlMessage;
 
-use super::auth::{self, Action, Caller};
+use super::auth::{self, Action, Caller, Target};
+use crate::auth::Person;
 use super::error::invalid;
 use super::{ApiError, ApiResult, parse_id};
 use shared::ids::{BuildId, BuildRequestId, BuilderId, BuilderName, WorkerId};
@@ -103,9 +104,16 @@ fn parse_call(body: Result<Json<Value>, JsonRejection>, methods: &[&str], what: 
     Ok(call)
 }
 
-/// Whether `caller` may make `call`, as a JSON-RPC error if not.
-fn authorize(master: &Master, caller: &Caller, call: &RpcCall, action: Action) -> Result<(), RpcFailure> {
-    auth::authorize(&master.catalog().config.settings, caller, action).map_err(|error| rpc_error(&call.id, error))
+/// Whether `caller` may make `call` on `target`, as a JSON-RPC error if
+/// not.
+async fn authorize(
+    master: &Master,
+    caller: &Caller,
+    call: &RpcCall,
+    action: Action,
+    target: Target,
+) -> Result<(), RpcFailure> {
+    auth::authorize(master, caller, action, target).await.map_err(|error| rpc_error(&call.id, error))
 }
 
 /// The JSON-RPC answer to a call's outcome.
@@ -129,7 +137,7 @@ fn rpc_error(id: &Value, error: ApiError) -> RpcFailure {
         | ApiError::Gone(_) => RPC_INVALID_PARAMS,
         ApiError::PayloadTooLarge(_) | ApiError::TooManyRequests(_) => RPC_INVALID_REQUEST,
         ApiError::Unauthorized(_) | ApiError::Forbidden(_) => RPC_NOT_ALLOWED,
-        ApiError::Unavailable(_) | ApiError::Internal(_) => RPC_INTERNAL_ERROR,
+        ApiError::Unavailable(_) | ApiError::BadGateway(_) | ApiError::Internal(_) => RPC_INTERNAL_ERROR,
     };
     RpcFailure { id: id.clone(), code, error }
 }
@@ -152,14 +160,16 @@ pub async fn force_scheduler(
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Response, RpcFailure> {
     let mut call = parse_call(body, &["force"], "force schedulers")?;
-    authorize(&master, &caller, &call, Action::Force)?;
-    // A logged-in user owns what they force, unless they name someone.
-    if let Some(user) = caller.user()
+    authorize(&master, &caller, &call, Action::Force, Target::Nothing).await?;
+    // A logged-in user owns what they force: they may act on it as its
+    // `owner`. The `owner` shown is theirs too, unless they name someone.
+    let owned_by = caller.person().map(Person::identity);
+    if let Some(person) = caller.person()
         && !call.params.contains_key("owner")
     {
-        call.params.insert("owner".into(), Value::String(user.to_owned()));
+        call.params.insert("owner".into(), Value::String(person.user.clone()));
     }
-    let result = force(&master, &scheduler_name, &call.params).await;
+    let result = force(&master, &scheduler_name, &call.params, owned_by.as_deref()).await;
     answer(call.id, result)
 }
 
@@ -167,6 +177,7 @@ async fn force(
     master: &Arc<Master>,
     scheduler_name: &str,
     params: &serde_json::Map<String, Value>,
+    owned_by: Option<&str>,
 ) -> ApiResult<Value> {
     let catalog = master.catalog();
     let scheduler = catalog
@@ -306,6 +317,7 @@ async fn force(
     let buildset = NewBuildset {
         reason: &reason,
         owner: owner.as_deref(),
+        owned_by,
         scheduler: scheduler_name,
         properties: &properties,
         requests,
@@ -350,7 +362,8 @@ pub async fn control_build(
 ) -> Result<Response, RpcFailure> {
     let call = parse_call(body, &["stop", "rebuild"], "builds")?;
     let action = if call.method == "stop" { Action::StopBuild } else { Action::Rebuild };
-    authorize(&master, &caller, &call, action)?;
+    let target = parse_id("build id", &build_id).map_or(Target::Nothing, |id| Target::Build(BuildId(id)));
+    authorize(&master, &caller, &call, action, target).await?;
     let outcome = async {
         let build_id = BuildId(parse_id("build id", &build_id)?);
         match call.method.as_str() {
@@ -358,7 +371,7 @@ pub async fn control_build(
                 let reason = reason_param(&call.params, "stopped by a user")?;
                 stop_build(&master, build_id, reason).await.map(|()| Value::Null)
             }
-            _ => rebuild(&master, build_id).await,
+            _ => rebuild(&master, build_id, caller.person()).await,
         }
     };
     let outcome = outcome.await;
@@ -384,16 +397,19 @@ async fn stop_build(master: &Master, build_id: BuildId, reason: String) -> ApiRe
     Ok(())
 }
 
-async fn rebuild(master: &Arc<Master>, build_id: BuildId) -> ApiResult<Value> {
+/// A rebuild is owned by whoever asked for it.
+async fn rebuild(master: &Arc<Master>, build_id: BuildId, asked_by: Option<&Person>) -> ApiResult<Value> {
     let source =
         master.store.rebuild_source(build_id).await?.ok_or_else(|| ApiError::NotFound(format!("build {build_id}")))?;
     if master.catalog().builder_by_id(source.builder_id).is_none() {
         return Err(ApiError::Conflict(format!("the builder of build {build_id} is no longer configured")));
     }
     let reason = format!("rebuild of build {} ({})", source.number, source.reason);
+    let owned_by = asked_by.map(Person::identity);
     let buildset = NewBuildset {
         reason: &reason,
         owner: source.owner.as_deref(),
+        owned_by: owned_by.as_deref(),
         scheduler: &source.scheduler,
         properties: &source.properties,
         requests: vec![NewRequest { builder_id: source.builder_id, priority: source.priority }],
@@ -418,7 +434,9 @@ pub async fn control_buildrequest(
 ) -> Result<Response, RpcFailure> {
     let call = parse_call(body, &["cancel", "set_priority"], "build requests")?;
     let action = if call.method == "cancel" { Action::Cancel } else { Action::SetPriority };
-    authorize(&master, &caller, &call, action)?;
+    let target =
+        parse_id("buildrequest id", &request_id).map_or(Target::Nothing, |id| Target::Request(BuildRequestId(id)));
+    authorize(&master, &caller, &call, action, target).await?;
     let outcome = async {
         let request_id = BuildRequestId(parse_id("buildrequest id", &request_id)?);
         match call.method.as_str() {
@@ -475,7 +493,7 @@ pub async fn control_worker(
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Response, RpcFailure> {
     let call = parse_call(body, &["pause", "unpause", "stop"], "workers")?;
-    authorize(&master, &caller, &call, Action::ManageWorkers)?;
+    authorize(&master, &caller, &call, Action::ManageWorkers, Target::Nothing).await?;
     let outcome = async {
         let worker_id = match worker.parse::<i32>() {
             Ok(id) => WorkerId(id),
@@ -529,7 +547,7 @@ pub async fn control_builder(
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Response, RpcFailure> {
     let call = parse_call(body, &["pause", "unpause"], "builders")?;
-    authorize(&master, &caller, &call, Action::ManageBuilders)?;
+    authorize(&master, &caller, &call, Action::ManageBuilders, Target::Nothing).await?;
     let outcome = async {
         let catalog = master.catalog();
         let builder_id = match builder.parse::<i32>() {

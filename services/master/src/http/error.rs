@@ -11,6 +11,7 @@ use crate::broker::BrokerError;
 use crate::changes::github::GitHubError;
 use crate::logs::LogError;
 use crate::read_model::ReadError;
+use crate::sign_in::SignInError;
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +43,10 @@ pub enum ApiError {
     /// it to a healthy master).
     #[error("service unavailable: {0}")]
     Unavailable(String),
+    /// A sign-in provider (GitHub, an OpenID Connect provider) failed;
+    /// its words are the person's to see.
+    #[error("{0}")]
+    BadGateway(String),
     #[error("internal error")]
     Internal(String),
 }
@@ -58,6 +63,7 @@ impl ApiError {
             ApiError::Gone(_) => StatusCode::GONE,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -95,6 +101,19 @@ impl From<StoreError> for ApiError {
             ApiError::Unavailable(error.to_string())
         } else {
             ApiError::Internal(error.to_string())
+        }
+    }
+}
+
+impl From<SignInError> for ApiError {
+    fn from(error: SignInError) -> Self {
+        match error {
+            SignInError::Store(store) => store.into(),
+            SignInError::UnknownProvider(_) => ApiError::NotFound(error.to_string()),
+            SignInError::UnknownState => ApiError::BadRequest(error.to_string()),
+            SignInError::Refused { .. } | SignInError::InvalidToken { .. } => ApiError::Unauthorized(error.to_string()),
+            SignInError::NoPublicUrl => ApiError::Internal(error.to_string()),
+            SignInError::Unavailable { .. } => ApiError::BadGateway(error.to_string()),
         }
     }
 }

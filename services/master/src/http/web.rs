@@ -35,7 +35,7 @@ type AppState = Arc<Master>;
 type Page = Result<Response, PageError>;
 
 /// An API error shown to a person: the same status and message, as a page.
-pub struct PageError(ApiError);
+pub(super) struct PageError(pub(super) ApiError);
 
 impl<E: Into<ApiError>> From<E> for PageError {
     fn from(error: E) -> Self {

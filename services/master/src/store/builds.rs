@@ -1,6 +1,6 @@
 //! One build, as the control actions need it: who runs it (to stop it),
 //! what it was asked with (to rebuild it), and when its request was
-//! accepted (for the dispatch metric).
+//! accepted (for the dispatch metric), and who owns it.
 
 use chrono::{DateTime, Utc};
 use shared::ids::{BuildId, BuildRequestId, BuilderId, WorkerName};
@@ -68,5 +68,29 @@ impl Store {
         .bind(build_id)
         .fetch_optional(&self.pool)
         .await?)
+    }
+
+    /// Who may act as the owner of a build (`authorization`'s `owner`).
+    pub async fn build_owned_by(&self, id: BuildId) -> StoreResult<Option<String>> {
+        let owned_by: Option<(Option<String>,)> = sqlx::query_as(
+            r#"select s.owned_by
+               from builds b join buildrequests r on r.id = b.buildrequest_id join buildsets s on s.id = r.buildset_id
+               where b.id = $1"#,
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(owned_by.and_then(|(owned_by,)| owned_by))
+    }
+
+    /// Who may act as the owner of a build request.
+    pub async fn request_owned_by(&self, id: BuildRequestId) -> StoreResult<Option<String>> {
+        let owned_by: Option<(Option<String>,)> = sqlx::query_as(
+            "select s.owned_by from buildrequests r join buildsets s on s.id = r.buildset_id where r.id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(owned_by.and_then(|(owned_by,)| owned_by))
     }
 }

@@ -22,6 +22,9 @@ pub struct NewRequest {
 pub struct NewBuildset<'a> {
     pub reason: &'a str,
     pub owner: Option<&'a str>,
+    /// Who may act as its owner (`authorization`'s `owner` role):
+    /// `local:alice`, `github:octocat`, `oidc:sso:bob`.
+    pub owned_by: Option<&'a str>,
     pub scheduler: &'a str,
     /// Buildbot-shaped: `{"name": [value, "source"]}`.
     pub properties: &'a serde_json::Value,
@@ -41,6 +44,7 @@ pub struct NewBuildset<'a> {
 pub struct OwnedBuildset {
     pub reason: String,
     pub owner: String,
+    pub owned_by: Option<String>,
     pub scheduler: String,
     pub properties: serde_json::Value,
     pub requests: Vec<NewRequest>,
@@ -51,6 +55,7 @@ impl OwnedBuildset {
         NewBuildset {
             reason: &self.reason,
             owner: Some(&self.owner),
+            owned_by: self.owned_by.as_deref(),
             scheduler: &self.scheduler,
             properties: &self.properties,
             requests: self.requests.clone(),
@@ -115,8 +120,8 @@ impl Store {
                    on conflict do nothing
                    returning 1
                ), buildset as (
-                   insert into buildsets (reason, owner, scheduler, properties, triggered_by)
-                   select $1, $2, $3, $4, $9 where $8::timestamptz is null or exists (select 1 from tick)
+                   insert into buildsets (reason, owner, scheduler, properties, triggered_by, owned_by)
+                   select $1, $2, $3, $4, $9, $10 where $8::timestamptz is null or exists (select 1 from tick)
                    on conflict (scheduler, triggered_by) where triggered_by is not null do nothing
                    returning id
                )
@@ -135,6 +140,7 @@ impl Store {
         .bind(&new.traceparent)
         .bind(new.tick)
         .bind(new.triggered_by)
+        .bind(new.owned_by)
         .fetch_all(executor)
         .await?;
         let Some((id, _, _)) = rows.first() else {
@@ -366,6 +372,7 @@ mod tests {
         let buildset = |requests| crate::store::NewBuildset {
             reason: "tick",
             owner: None,
+            owned_by: None,
             scheduler: "nightly",
             properties: &properties,
             requests,

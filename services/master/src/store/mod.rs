@@ -44,6 +44,7 @@ pub use notifications::{
 };
 pub use overview::{BRANCH_SCAN_BUILDS, GridCell, LastBuild, RunningBuild};
 pub use recording::{EventRejected, FinishedBuild, RecordError, Recorded};
+pub use sessions::{NewSession, SessionRow, SignInAttempt};
 pub use test_history::{FailingTest, FlakyTest};
 
 #[derive(Debug, thiserror::Error)]

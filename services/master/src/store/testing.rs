@@ -76,6 +76,7 @@ impl TestDatabase {
         let buildset = NewBuildset {
             reason: "test",
             owner: None,
+            owned_by: None,
             scheduler: "force",
             properties: &properties,
             requests,
