@@ -88,7 +88,9 @@ pub enum Target {
 /// Why someone may not act.
 #[derive(Debug, thiserror::Error)]
 pub enum Denied {
-    #[error("{user} may not {action}: that needs one of the roles {roles} (authorization in settings.yaml){owner}")]
+    #[error(
+        "user `{user}` may not {action}: that needs one of the roles {roles} (authorization in settings.yaml){owner}"
+    )]
     MissingRole { user: String, action: &'static str, roles: String, owner: &'static str },
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -136,7 +136,5 @@ fn default_user_claim() -> String {
 
 /// Whether `name` may name a provider in URLs.
 pub(super) fn is_valid_provider_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 40
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+    !name.is_empty() && name.len() <= 40 && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
 }

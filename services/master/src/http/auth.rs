@@ -361,7 +361,9 @@ async fn finish_sign_in(
 ) -> Result<Response, PageError> {
     if let Some(error) = callback.error {
         let description = callback.error_description.unwrap_or_default();
-        return Err(PageError(ApiError::Unauthorized(format!("the provider did not sign you in: {error} {description}"))));
+        return Err(PageError(ApiError::Unauthorized(format!(
+            "the provider did not sign you in: {error} {description}"
+        ))));
     }
     let (Some(code), Some(state)) = (callback.code, callback.state) else {
         return Err(PageError(ApiError::BadRequest("the provider's answer has no `code` and `state`".into())));

@@ -18,9 +18,9 @@ use shared::config::SchedulerConfig;
 use shared::wire::ControlMessage;
 
 use super::auth::{self, Action, Caller, Target};
-use crate::auth::Person;
 use super::error::invalid;
 use super::{ApiError, ApiResult, parse_id};
+use crate::auth::Person;
 use shared::ids::{BuildId, BuildRequestId, BuilderId, BuilderName, WorkerId};
 
 use crate::Master;

@@ -66,8 +66,10 @@ pub(super) async fn exchange(
         .await
         .map_err(unavailable)?;
     let status = response.status();
-    let answer: TokenAnswer =
-        response.json().await.map_err(|error| unavailable(format!("its token answer ({status}) is not JSON: {error}")))?;
+    let answer: TokenAnswer = response
+        .json()
+        .await
+        .map_err(|error| unavailable(format!("its token answer ({status}) is not JSON: {error}")))?;
     // GitHub answers a bad code with 200 and an `error`.
     match (answer.access_token, answer.error) {
         (Some(token), None) => Ok(token),
@@ -116,7 +118,8 @@ pub(super) async fn identify(
     };
     let mut roles = Vec::new();
     if !github.organizations.is_empty() {
-        let Some(memberships) = get_all::<Membership>(http, github, token, "/user/memberships/orgs?state=active").await?
+        let Some(memberships) =
+            get_all::<Membership>(http, github, token, "/user/memberships/orgs?state=active").await?
         else {
             return Ok(None);
         };
@@ -193,8 +196,11 @@ async fn get_page<T: serde::de::DeserializeOwned>(
     url: &str,
 ) -> Result<Option<(T, Option<String>)>, SignInError> {
     // `request` adds GitHub's headers to a path; the URL here is whole.
-    let response =
-        github_app::request(http, "", reqwest::Method::GET, url).bearer_auth(token).send().await.map_err(unavailable)?;
+    let response = github_app::request(http, "", reqwest::Method::GET, url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .map_err(unavailable)?;
     let status = response.status();
     if status == reqwest::StatusCode::UNAUTHORIZED {
         return Ok(None);
@@ -204,7 +210,8 @@ async fn get_page<T: serde::de::DeserializeOwned>(
         return Err(unavailable(format!("GET {path} answered {status}")));
     }
     let next = response.headers().get("link").and_then(|link| link.to_str().ok()).and_then(next_link);
-    let value = response.json().await.map_err(|error| unavailable(format!("an answer is not what was expected: {error}")))?;
+    let value =
+        response.json().await.map_err(|error| unavailable(format!("an answer is not what was expected: {error}")))?;
     Ok(Some((value, next)))
 }
 

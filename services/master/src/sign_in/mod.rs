@@ -132,7 +132,8 @@ impl Master {
         let nonce = random_token();
         let (verifier, challenge) = pkce();
         let (provider_key, authorize_url) = if provider == "github" {
-            let github = settings.sign_in.github.as_ref().ok_or_else(|| SignInError::UnknownProvider("github".into()))?;
+            let github =
+                settings.sign_in.github.as_ref().ok_or_else(|| SignInError::UnknownProvider("github".into()))?;
             ("github".to_owned(), github::authorize_url(github, &github_callback(settings)?, &state, &challenge))
         } else {
             let config =
@@ -151,14 +152,19 @@ impl Master {
     /// way with this provider (it is used up either way); the code is
     /// traded for who the person is and their roles.
     pub async fn finish_sign_in(&self, provider: &str, state: &str, code: &str) -> Result<SignedIn, SignInError> {
-        let attempt =
-            self.store.take_sign_in_attempt(&Sha256::digest(state.as_bytes())).await?.ok_or(SignInError::UnknownState)?;
+        let attempt = self
+            .store
+            .take_sign_in_attempt(&Sha256::digest(state.as_bytes()))
+            .await?
+            .ok_or(SignInError::UnknownState)?;
         let catalog = self.catalog();
         let settings = &catalog.config.settings;
         let http = http_client();
         if provider == "github" && attempt.provider == "github" {
-            let github = settings.sign_in.github.as_ref().ok_or_else(|| SignInError::UnknownProvider("github".into()))?;
-            let token = github::exchange(&http, github, code, &github_callback(settings)?, &attempt.pkce_verifier).await?;
+            let github =
+                settings.sign_in.github.as_ref().ok_or_else(|| SignInError::UnknownProvider("github".into()))?;
+            let token =
+                github::exchange(&http, github, code, &github_callback(settings)?, &attempt.pkce_verifier).await?;
             let (user, roles) = match github::identify(&http, github, &token).await? {
                 Some(found) => found,
                 None => {
@@ -183,7 +189,13 @@ impl Master {
         let redirect = oidc_callback(settings, provider)?;
         let (user, roles) = discovered.sign_in(&http, config, code, &redirect, &attempt).await?;
         tracing::info!(user = %user, provider, ?roles, "signed in with OpenID Connect");
-        Ok(SignedIn { user, provider: oidc_provider(provider), roles, provider_token: None, return_to: attempt.return_to })
+        Ok(SignedIn {
+            user,
+            provider: oidc_provider(provider),
+            roles,
+            provider_token: None,
+            return_to: attempt.return_to,
+        })
     }
 
     /// A GitHub session's roles read again with its sealed token: `None`

@@ -18,6 +18,13 @@ use crate::store::SignInAttempt;
 /// The keys are read again for an unknown `kid` at most this often.
 const KEYS_REREAD_AFTER: Duration = Duration::from_secs(1);
 
+/// The provider's published keys, and when a token last named one not
+/// among them (which made them be read again).
+struct Keys {
+    set: JwkSet,
+    missed_at: Option<Instant>,
+}
+
 /// Signature algorithms taken: asymmetric only (a client secret is not a
 /// provider's key, and `none` is no signature).
 const ALGORITHMS: [Algorithm; 9] = [
@@ -47,7 +54,7 @@ pub(super) struct Discovered {
     /// The issuer as configured (a changed configuration reads it again).
     configured_issuer: String,
     metadata: Metadata,
-    keys: tokio::sync::Mutex<(JwkSet, Instant)>,
+    keys: tokio::sync::Mutex<Keys>,
 }
 
 #[derive(Deserialize)]
@@ -84,7 +91,7 @@ impl Discovered {
         Ok(Discovered {
             configured_issuer: provider.issuer.clone(),
             metadata,
-            keys: tokio::sync::Mutex::new((keys, Instant::now())),
+            keys: tokio::sync::Mutex::new(Keys { set: keys, missed_at: None }),
         })
     }
 
@@ -174,7 +181,10 @@ impl Discovered {
             && methods.iter().any(|method| method == "client_secret_post");
         let mut request = http.post(&self.metadata.token_endpoint).header("accept", "application/json");
         if post_only {
-            pairs.extend([("client_id", provider.client_id.as_str()), ("client_secret", provider.client_secret.expose())]);
+            pairs.extend([
+                ("client_id", provider.client_id.as_str()),
+                ("client_secret", provider.client_secret.expose()),
+            ]);
         } else {
             // RFC 6749 2.3.1: both form-encoded before the basic encoding.
             let encode = |text: &str| url::form_urlencoded::byte_serialize(text.as_bytes()).collect::<String>();
@@ -235,21 +245,27 @@ impl Discovered {
 
     /// The provider's key named `kid`, reading the keys again once if it is
     /// not among those known (the provider rotated them).
-    async fn key(&self, http: &reqwest::Client, provider: &OidcProvider, kid: Option<&str>) -> Result<DecodingKey, SignInError> {
+    async fn key(
+        &self,
+        http: &reqwest::Client,
+        provider: &OidcProvider,
+        kid: Option<&str>,
+    ) -> Result<DecodingKey, SignInError> {
         let mut keys = self.keys.lock().await;
         for attempt in 0..2 {
             let found = match kid {
-                Some(kid) => keys.0.find(kid),
-                None if keys.0.keys.len() == 1 => keys.0.keys.first(),
+                Some(kid) => keys.set.find(kid),
+                None if keys.set.keys.len() == 1 => keys.set.keys.first(),
                 None => None,
             };
             if let Some(jwk) = found {
                 return DecodingKey::from_jwk(jwk)
                     .map_err(|error| invalid(provider, format!("its key {kid:?} cannot be used: {error}")));
             }
-            if attempt == 0 && keys.1.elapsed() >= KEYS_REREAD_AFTER {
-                let fresh: JwkSet = get_json(http, provider, &self.metadata.jwks_uri).await?;
-                *keys = (fresh, Instant::now());
+            let recently = keys.missed_at.is_some_and(|missed| missed.elapsed() < KEYS_REREAD_AFTER);
+            if attempt == 0 && !recently {
+                keys.set = get_json(http, provider, &self.metadata.jwks_uri).await?;
+                keys.missed_at = Some(Instant::now());
             }
         }
         Err(invalid(provider, format!("it is signed with a key the provider does not publish (kid {kid:?})")))
@@ -275,9 +291,12 @@ async fn get_json<T: serde::de::DeserializeOwned>(
     provider: &OidcProvider,
     url: &str,
 ) -> Result<T, SignInError> {
-    let response = http.get(url).header("accept", "application/json").send().await.map_err(|error| {
-        unavailable(provider, format!("GET {url}: {error}"))
-    })?;
+    let response = http
+        .get(url)
+        .header("accept", "application/json")
+        .send()
+        .await
+        .map_err(|error| unavailable(provider, format!("GET {url}: {error}")))?;
     let status = response.status();
     if !status.is_success() {
         return Err(unavailable(provider, format!("GET {url} answered {status}")));

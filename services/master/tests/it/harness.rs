@@ -900,6 +900,8 @@ pub struct TestStack {
     pub worker_own_accounts: bool,
     /// Environment of the master and worker processes this stack starts.
     pub process_env: Vec<(String, String)>,
+    /// HAProxy's port when chosen before the masters start (`public_url`).
+    public_port: Option<u16>,
 }
 
 impl TestStack {
@@ -949,6 +951,7 @@ impl TestStack {
             worker_yaml_extra: String::new(),
             worker_own_accounts: false,
             process_env: Vec::new(),
+            public_port: None,
         }
     }
 
@@ -958,6 +961,18 @@ impl TestStack {
 
     pub fn redis_url(&self) -> &str {
         &self.redis_url
+    }
+
+    /// The address HAProxy will serve on, written as settings.yaml's
+    /// `web.url` (sign-in providers send people back there); call before
+    /// the masters start.
+    pub fn public_url(&mut self) -> String {
+        let port = *self.public_port.get_or_insert_with(free_port);
+        let url = format!("http://127.0.0.1:{port}");
+        let settings = std::fs::read_to_string(&self.settings_path).expect("read settings.yaml");
+        let settings = settings.replacen("web:\n", &format!("web:\n  url: {url}/\n"), 1);
+        std::fs::write(&self.settings_path, settings).expect("write settings.yaml");
+        url
     }
 
     /// Appends YAML to settings.yaml (before masters start).
@@ -1071,7 +1086,7 @@ impl TestStack {
     /// two masters (in this process, then processes); requests go through it
     /// from now on.
     pub async fn start_haproxy(&mut self) {
-        let port = free_port();
+        let port = self.public_port.unwrap_or_else(free_port);
         let in_process = self.masters.iter().map(|(_, _, address)| address.to_string());
         let processes = self.master_processes.iter().map(|(_, address, _)| address.to_string());
         let masters: Vec<String> = in_process.chain(processes).collect();
