@@ -898,14 +898,45 @@ async fn tests_page(State(master): State<AppState>, Query(query): Query<TestsQue
     Ok(page("Tests", "tests", &[], body))
 }
 
-async fn login_page() -> Response {
+#[derive(Deserialize)]
+struct LoginQuery {
+    next: Option<String>,
+}
+
+/// Each configured way to sign in: a button per provider, and the
+/// password form when settings.yaml has local users.
+async fn login_page(State(master): State<AppState>, Query(query): Query<LoginQuery>) -> Response {
+    let catalog = master.catalog();
+    let settings = &catalog.config.settings;
+    // Only a page of this site is returned to; the providers' links carry it.
+    let next = query.next.filter(|next| crate::sign_in::is_local_path(next)).unwrap_or_else(|| "/".into());
+    let return_to: String = url::form_urlencoded::byte_serialize(next.as_bytes()).collect();
+    let mut providers: Vec<(String, String)> = Vec::new();
+    if settings.sign_in.github.is_some() {
+        providers.push(("GitHub".into(), format!("/auth/github/login?return_to={return_to}")));
+    }
+    for provider in &settings.sign_in.oidc {
+        providers.push((provider.title().to_owned(), format!("/auth/oidc/{}/login?return_to={return_to}", provider.name)));
+    }
     let body = html! {
         h1 { "Log in" }
-        form #login {
-            label { "User name" input name="username" autocomplete="username" required; }
-            label { "Password" input name="password" type="password" autocomplete="current-password" required; }
-            button type="submit" { "Log in" }
-            p.error role="alert" {}
+        @if !providers.is_empty() {
+            ul.providers {
+                @for (title, href) in &providers {
+                    li { a.button.sign-in href=(href) { "Sign in with " (title) } }
+                }
+            }
+        }
+        @if !settings.users.is_empty() {
+            form #login {
+                label { "User name" input name="username" autocomplete="username" required; }
+                label { "Password" input name="password" type="password" autocomplete="current-password" required; }
+                button type="submit" { "Log in" }
+                p.error role="alert" {}
+            }
+        }
+        @if providers.is_empty() && settings.users.is_empty() {
+            p { "This installation has no accounts: anyone who reaches it may force and stop builds." }
         }
     };
     page("Log in", "login", &[], body)

@@ -11,6 +11,7 @@ use base64::Engine;
 use serde_json::{Value, json};
 
 use crate::harness::{ChildGuard, TestStack, free_port, repository_root};
+use crate::identity_providers::{GitHub, GitHubPeople};
 
 /// A browser session over the W3C WebDriver protocol.
 struct Browser {
@@ -387,4 +388,45 @@ async fn a_build_with_two_thousand_failed_tests_shows_them_first_and_each_opens_
     eprintln!("failed test's log line shown after {:?}", started.elapsed());
     assert_eq!(target, "FAIL: test_case_0010");
     browser.screenshot("failure-line").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_in_with_github_in_the_browser_comes_back_signed_in_with_team_roles_and_forces() {
+    let mut stack = TestStack::new(LIVE_YAML, &["slow", "sleeper", "waiting"]).await;
+    stack.public_url();
+    let mut people = GitHubPeople::default();
+    people.organizations.insert("alice".into(), vec!["python".into()]);
+    people.teams.insert("alice".into(), vec!["python/core-developers".into()]);
+    let github = GitHub::start(people).await;
+    stack.append_settings(&format!("sign_in:\n{}authorization:\n  force: [developers]\n", github.settings_yaml(900)));
+    stack.start_masters_behind_haproxy().await;
+    stack.start_worker("w1");
+    let base = stack.base_url.clone();
+    let browser = Browser::start("sign-in").await;
+
+    browser.goto(&format!("{base}/builders/slow")).await;
+    browser.wait_for(10, "the log in link", "return document.querySelector('#who a')?.textContent === 'log in'").await;
+    browser.click("#who a").await;
+    browser.wait_for(10, "the login page", "return document.querySelector('a.sign-in')").await;
+    assert_eq!(browser.text("a.sign-in").await, "Sign in with GitHub");
+    browser.screenshot("login").await;
+    browser.click("a.sign-in").await;
+    browser.wait_for(10, "GitHub's authorize page", "return document.getElementById('authorize')").await;
+    assert!(browser.url().await.starts_with(&github.url), "the browser is at GitHub");
+    browser.run("document.getElementById('login').value = 'alice';", json!([])).await;
+    browser.click("#authorize").await;
+    browser
+        .wait_for(15, "back on the builder page, signed in", "return document.querySelector('#who .user')?.textContent")
+        .await;
+    assert_eq!(browser.url().await, format!("{base}/builders/slow"), "back where the sign-in started");
+    assert_eq!(browser.text("#who .user").await, "alice");
+    assert_eq!(browser.text("#who .roles").await, " (developers, members)");
+    browser.screenshot("signed-in").await;
+
+    // Her team lets her force from the page.
+    browser.wait_for(10, "the force form", "return document.querySelector('#force button')").await;
+    browser.click("#force button").await;
+    browser.wait_for(30, "the build page", "return location.pathname === '/builders/slow/builds/1'").await;
+    let build = stack.get("/api/v2/builds/1?property=owner").await;
+    assert_eq!(build["builds"][0]["properties"]["owner"][0], "alice");
 }

@@ -23,7 +23,16 @@ async function whoAmI() {
   if (!who) return;
   who.textContent = "";
   if (me.user) {
-    who.append(`${me.user} · `);
+    const name = document.createElement("span");
+    name.className = "user";
+    name.textContent = me.user;
+    const via = { local: "password", github: "GitHub" }[me.provider] ?? me.provider?.replace(/^oidc:/, "");
+    const roles = me.roles?.length ? me.roles.join(", ") : "no roles";
+    name.title = `signed in with ${via}; roles: ${roles}`;
+    const roleList = document.createElement("span");
+    roleList.className = "roles";
+    roleList.textContent = ` (${roles})`;
+    who.append(name, roleList, " · ");
     const out = document.createElement("a");
     out.href = "#";
     out.textContent = "log out";
