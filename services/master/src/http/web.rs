@@ -916,7 +916,8 @@ async fn login_page(State(master): State<AppState>, Query(query): Query<LoginQue
         providers.push(("GitHub".into(), format!("/auth/github/login?return_to={return_to}")));
     }
     for provider in &settings.sign_in.oidc {
-        providers.push((provider.title().to_owned(), format!("/auth/oidc/{}/login?return_to={return_to}", provider.name)));
+        providers
+            .push((provider.title().to_owned(), format!("/auth/oidc/{}/login?return_to={return_to}", provider.name)));
     }
     let body = html! {
         h1 { "Log in" }

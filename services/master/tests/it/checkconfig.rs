@@ -255,3 +255,40 @@ fn a_dependent_scheduler_that_follows_itself_and_a_short_webhook_secret_are_refu
     assert!(stderr.contains("scheduler `a` follows itself through its upstreams"), "{stderr}");
     assert!(stderr.contains("the webhook secret is shorter than 16 characters"), "{stderr}");
 }
+
+#[test]
+fn sign_in_providers_with_missing_or_wrong_settings_are_reported_at_their_lines_without_their_secrets() {
+    // A provider without its secret: where it is.
+    let settings = format!(
+        "{SETTINGS}web:\n  url: https://ci.example.org/\nsign_in:\n  oidc:\n    - name: sso\n\
+         \x20     issuer: https://sso.example.org/realms/ci\n      client_id: buildmaster\n"
+    );
+    let (ok, stderr) = checkconfig(&settings, VALID_MASTER);
+    assert!(!ok);
+    assert!(
+        stderr.contains("settings.yaml:11:") && stderr.contains("sign_in.oidc[0]: missing field `client_secret`"),
+        "{stderr}"
+    );
+
+    // Line 7 onwards: no web.url; a provider with a bad name, an http
+    // issuer elsewhere and roles without a claim; a GitHub team not
+    // written as organisation/team.
+    let settings = format!(
+        "{SETTINGS}sign_in:\n  oidc:\n    - name: bad name\n      issuer: http://sso.example.org\n\
+         \x20     client_id: buildmaster\n      client_secret: oidc-secret-never-printed\n      roles: {{ci-admins: [admins]}}\n\
+         \x20 github:\n    client_id: Iv1.abc\n    client_secret: github-secret-never-printed\n    teams:\n\
+         \x20     core-developers: [developers]\n"
+    );
+    let (ok, stderr) = checkconfig(&settings, VALID_MASTER);
+    assert!(!ok);
+    for expected in [
+        "settings.yaml:7:1: signing in with a provider needs `web.url`",
+        "settings.yaml:9:13: provider name `bad name` is not allowed",
+        "settings.yaml:10:15: issuer `http://sso.example.org` must be an https:// URL",
+        "settings.yaml:13:7: `roles` maps groups to roles, but no `roles_claim`",
+        "settings.yaml:18:7: `core-developers` does not name a team as `organisation/team-slug`",
+    ] {
+        assert!(stderr.contains(expected), "expected `{expected}` in:\n{stderr}");
+    }
+    assert!(!stderr.contains("never-printed"), "a secret was printed:\n{stderr}");
+}

@@ -210,6 +210,13 @@ async fn signed_pushes_labels_and_comments_build_what_buildbot_python_org_would(
     let (status, answer) = deliver(&stack, "pull_request", "d-4", &labeled, None).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(built_by(&stack, &answer).await, ["stable-a", "stable-b"]);
+    // Whoever labelled it owns its builds, as the GitHub user they sign in as.
+    let owned_by: Option<String> = sqlx::query_scalar("select owned_by from buildsets where id = $1")
+        .bind(answer["buildsets"][0].as_i64().unwrap())
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(owned_by.as_deref(), Some("github:core-dev"));
     let requests = stack.get(&format!("/api/v2/buildrequests?buildsetid={}", answer["buildsets"][0])).await;
     for request in requests["buildrequests"].as_array().unwrap() {
         let build = stack.wait_for_build(request["buildrequestid"].as_i64().unwrap()).await;
