@@ -71,6 +71,7 @@ fn oidc_settings(provider: &OidcProvider) -> String {
         "sign_in:\n  oidc:\n    - name: sso\n      title: Example SSO\n      issuer: {issuer}\n      client_id: {OIDC_CLIENT_ID}\n\
          \x20     client_secret: {OIDC_CLIENT_SECRET}\n      scopes: [openid, profile, email, groups]\n\
          \x20     roles_claim: groups\n      roles:\n        ci-admins: [admins]\n        ci-developers: [developers]\n\
+         \x20   - name: partners\n      issuer: {issuer}\n      client_id: partners\n      client_secret: partners-secret\n\
          authorization:\n  force: [developers, admins]\n",
         issuer = provider.issuer
     )
@@ -97,6 +98,7 @@ async fn openid_connect_sign_in_checks_state_nonce_signature_issuer_audience_and
     assert_eq!(nobody["user"], Value::Null);
     assert_eq!(nobody["providers"][0]["login"], "/auth/oidc/sso/login", "{nobody}");
     assert_eq!(nobody["providers"][0]["title"], "Example SSO");
+    assert_eq!(nobody["providers"][1]["login"], "/auth/oidc/partners/login", "each provider is a button");
 
     // alice signs in and comes back where she was, a developer by her group.
     let mut jar = Jar::default();
