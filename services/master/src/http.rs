@@ -190,6 +190,8 @@ pub fn api() -> Vec<(RouteDoc, MethodRouter<AppState>)> {
         ),
         (reading("/api/v2/changes", Collection(&CHANGES)), get(reads::list_changes)),
         (reading("/api/v2/changes/{change_id}", Single(&CHANGES)), get(reads::get_change)),
+        (reading("/api/v2/changes/{change_id}/builds", Collection(&BUILDS)), get(reads::list_change_builds)),
+        (reading("/api/v2/builds/{build_id}/changes", Collection(&CHANGES)), get(reads::list_build_changes)),
     ]
 }
 

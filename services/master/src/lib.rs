@@ -15,6 +15,7 @@ pub mod broker;
 pub mod catalog;
 pub mod changes;
 mod clocks;
+pub mod console;
 mod dispatch;
 mod downtime;
 mod events;

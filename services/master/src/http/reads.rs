@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use shared::config::SchedulerConfig;
-use shared::ids::LogId;
+use shared::ids::{BuildId, ChangeId, LogId};
 
 use super::query::{self, Parsed};
 use super::{ApiError, ApiResult, parse_bool, parse_id};
@@ -21,8 +21,8 @@ use crate::Master;
 use crate::logs;
 use crate::read_model::{self, by};
 use crate::store::resources::{
-    ARTIFACTS, BUILDERS, BUILDREQUESTS, BUILDS, BUILDSETS, CHANGES, FORCESCHEDULERS, Filter, LOGS, MASTERS, Resource,
-    STEPS, Scalar, TEST_RESULT_SETS, TEST_RESULTS, WORKERS,
+    ARTIFACTS, BUILDERS, BUILDREQUESTS, BUILDS, BUILDSETS, CHANGES, FORCESCHEDULERS, Filter, LOGS, MASTERS, Op,
+    Resource, STEPS, Scalar, TEST_RESULT_SETS, TEST_RESULTS, WORKERS,
 };
 
 type AppState = Arc<Master>;
@@ -824,4 +824,33 @@ pub async fn get_change(
     Query(params): Params,
 ) -> ApiResult<Json<Value>> {
     by_id(&master, &CHANGES, "changeid", &id, &params).await
+}
+
+/// `resource`'s items whose `id_field` is one of `ids`.
+fn any_of(resource: &'static Resource, id_field: &str, ids: impl Iterator<Item = i64>) -> Filter {
+    let field = resource.field(id_field).expect("the resource has its id field");
+    Filter { field, op: Op::Eq, values: ids.map(Scalar::Int).collect() }
+}
+
+/// `GET /api/v2/builds/{id}/changes`: the build's blamelist, the changes
+/// of its branch since its builder's previous build of it.
+pub async fn list_build_changes(
+    State(master): State<AppState>,
+    Path(id): Path<String>,
+    Query(params): Params,
+) -> ApiResult<Json<Value>> {
+    let build = BuildId(parse_id("build id", &id)?);
+    let changes = master.store.blamelist(build).await?;
+    collection(&master, &CHANGES, &params, vec![any_of(&CHANGES, "changeid", changes.iter().map(|id| id.0))]).await
+}
+
+/// `GET /api/v2/changes/{id}/builds`: the builds the change started.
+pub async fn list_change_builds(
+    State(master): State<AppState>,
+    Path(id): Path<String>,
+    Query(params): Params,
+) -> ApiResult<Json<Value>> {
+    let change = ChangeId(parse_id("change id", &id)?);
+    let builds = master.store.builds_of_change(change).await?;
+    collection(&master, &BUILDS, &params, vec![any_of(&BUILDS, "buildid", builds.iter().map(|id| id.0))]).await
 }

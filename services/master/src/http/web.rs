@@ -71,6 +71,7 @@ pub fn routes() -> Router<AppState> {
         .route("/workers", get(workers_page))
         .route("/queue", get(queue_page))
         .route("/tests", get(tests_page))
+        .route("/console", get(console_page))
         .route("/login", get(login_page))
         .route("/fragments/cells/{build_id}", get(cell_fragment))
         .route("/fragments/build-rows/{build_id}", get(build_row_fragment))
@@ -108,6 +109,7 @@ fn page(title: &str, kind: &str, data: &[(&str, String)], body: Markup) -> Respo
                         a.brand href="/" { "buildmaster" }
                         a href="/" { "Builders" }
                         a href="/queue" { "Queue" }
+                        a href="/console" { "Console" }
                         a href="/tests" { "Tests" }
                         a href="/workers" { "Workers" }
                     }
@@ -896,6 +898,96 @@ async fn tests_page(State(master): State<AppState>, Query(query): Query<TestsQue
         }
     };
     Ok(page("Tests", "tests", &[], body))
+}
+
+#[derive(Deserialize)]
+struct ConsoleQuery {
+    branch: Option<String>,
+    tag: Option<String>,
+}
+
+/// Changes as rows, builders as columns grouped by tag, each cell the
+/// first build that included the change; the cell where a builder turned
+/// red is outlined.
+async fn console_page(State(master): State<AppState>, Query(query): Query<ConsoleQuery>) -> Page {
+    let branch = query.branch.filter(|branch| !branch.is_empty());
+    let tag = query.tag.filter(|tag| !tag.is_empty());
+    let console = master.console(branch.as_deref(), tag.as_deref()).await?;
+    let catalog = master.catalog();
+    let mut tags: BTreeSet<&str> = BTreeSet::new();
+    for (builder, _) in catalog.builders() {
+        tags.extend(builder.tags.iter().map(String::as_str));
+    }
+    // Runs of columns of one group, for the header row above the names.
+    let mut groups: Vec<(&str, usize)> = Vec::new();
+    for column in &console.columns {
+        match groups.last_mut() {
+            Some((group, span)) if *group == column.group => *span += 1,
+            _ => groups.push((column.group.as_str(), 1)),
+        }
+    }
+    let body = html! {
+        h1 { "Console" }
+        form.filter method="get" action="/console" {
+            label { "Branch " input name="branch" value=(branch.as_deref().unwrap_or_default()) placeholder="every branch"; }
+            " "
+            label {
+                "Tag "
+                select name="tag" {
+                    option value="" { "every builder" }
+                    @for name in &tags { option value=(name) selected[Some(*name) == tag.as_deref()] { (name) } }
+                }
+            }
+            " " button type="submit" { "Show" }
+        }
+        @if console.changes.is_empty() {
+            p { "No changes yet" (branch.as_deref().map(|b| format!(" on {b}")).unwrap_or_default()) "." }
+        } @else {
+            div.scroll {
+                table.console {
+                    thead {
+                        tr.groups {
+                            th {}
+                            @for (group, span) in &groups { th colspan=(span) { (group) } }
+                        }
+                        tr.names {
+                            th { "Change" }
+                            @for column in &console.columns {
+                                th.builder { a href=(builder_href(column.name.as_str())) { span { (column.name) } } }
+                            }
+                        }
+                    }
+                    tbody {
+                        @for change in &console.changes {
+                            tr.change #(format!("change-{}", change.id)) {
+                                th.change {
+                                    code.revision { (change.revision.chars().take(10).collect::<String>()) }
+                                    " " span.author { (change.author) }
+                                    " " span.branch { (change.branch) }
+                                    div.comment { (change.comments.lines().next().unwrap_or_default()) }
+                                }
+                                @for column in &console.columns {
+                                    @match console.cells.get(&(change.id, column.id)) {
+                                        Some(cell) => {
+                                            @let class = cell.results.map_or_else(|| "running".to_owned(), |code| format!("r{code}"));
+                                            td.cell.(class).broke[cell.broke] {
+                                                a href=(build_href(column.name.as_str(), i64::from(cell.number)))
+                                                    title=(format!("{} #{}{}", column.name, cell.number, if cell.broke { ": broke here" } else { "" })) {
+                                                    (cell.number)
+                                                }
+                                            }
+                                        }
+                                        None => { td.cell.none {} }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    Ok(page("Console", "console", &[], body))
 }
 
 #[derive(Deserialize)]

@@ -3,7 +3,7 @@
 //! per delivery; schedulers that wait for a quiet branch hold the newest
 //! change until it is; dependent schedulers follow finished buildsets.
 
-use shared::ids::{BuildsetId, ChangeId};
+use shared::ids::{BuildId, BuildsetId, ChangeId};
 use sqlx::FromRow;
 
 use super::buildsets::{CreatedBuildset, NewBuildset, OwnedBuildset};
@@ -80,6 +80,7 @@ impl Store {
         for buildset in buildsets {
             created.extend(Self::create_buildset_on(&mut *tx, buildset).await?);
         }
+        Self::link_change(&mut tx, change_id, &created).await?;
         // Schedulers waiting for a quiet branch hold the newest change, and
         // wait again from now.
         for (scheduler, seconds) in deferred {
@@ -133,11 +134,32 @@ impl Store {
         let mut created = Vec::new();
         for change in &due {
             if let Some(buildset) = build(change) {
-                created.extend(Self::create_buildset_on(&mut *tx, buildset.as_new(None)).await?);
+                let made: Vec<CreatedBuildset> =
+                    Self::create_buildset_on(&mut *tx, buildset.as_new(None)).await?.into_iter().collect();
+                Self::link_change(&mut tx, change.change_id, &made).await?;
+                created.extend(made);
             }
         }
         tx.commit().await?;
         Ok(created)
+    }
+
+    /// Notes that `buildsets` were started for `change`.
+    async fn link_change(
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        change: ChangeId,
+        buildsets: &[CreatedBuildset],
+    ) -> StoreResult<()> {
+        if buildsets.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<BuildsetId> = buildsets.iter().map(|buildset| buildset.id).collect();
+        sqlx::query("update buildsets set change_id = $1 where id = any($2)")
+            .bind(change)
+            .bind(&ids)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
     }
 
     /// Buildsets of `upstream` finished in the last hour with SUCCESS or
@@ -176,6 +198,54 @@ impl Store {
         .bind(repository)
         .bind(branch)
         .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// A build's blamelist: the changes of its branch since its builder's
+    /// previous build of that branch, up to its own change (only its own
+    /// when there was none before); at most 200, oldest first.
+    pub async fn blamelist(&self, build: BuildId) -> StoreResult<Vec<ChangeId>> {
+        Ok(sqlx::query_scalar(
+            r#"with this as (
+                   select b.builder_id, b.number, s.change_id, c.repository, c.branch
+                   from builds b
+                   join buildrequests r on r.id = b.buildrequest_id
+                   join buildsets s on s.id = r.buildset_id
+                   join changes c on c.id = s.change_id
+                   where b.id = $1
+               ), previous as (
+                   select max(s.change_id) as change_id
+                   from this
+                   join builds b on b.builder_id = this.builder_id and b.number < this.number
+                   join buildrequests r on r.id = b.buildrequest_id
+                   join buildsets s on s.id = r.buildset_id
+                   join changes c on c.id = s.change_id
+                   where c.repository = this.repository and c.branch = this.branch and s.change_id < this.change_id
+               )
+               select c.id from this, previous, changes c
+               where c.repository = this.repository and c.branch = this.branch
+                 and c.id <= this.change_id and c.id > coalesce(previous.change_id, this.change_id - 1)
+               order by c.id desc limit 200"#,
+        )
+        .bind(build)
+        .fetch_all(&self.reads)
+        .await?
+        .into_iter()
+        .rev()
+        .collect())
+    }
+
+    /// The builds a change started (through its buildsets), oldest first.
+    pub async fn builds_of_change(&self, change: ChangeId) -> StoreResult<Vec<BuildId>> {
+        Ok(sqlx::query_scalar(
+            r#"select b.id from buildsets s
+               join buildrequests r on r.buildset_id = s.id
+               join builds b on b.buildrequest_id = r.id
+               where s.change_id = $1
+               order by b.id"#,
+        )
+        .bind(change)
+        .fetch_all(&self.reads)
         .await?)
     }
 }

@@ -193,7 +193,15 @@ pub static BUILDSETS: Resource = Resource {
         field("complete", "s.complete", Kind::Bool),
         field("complete_at", "s.complete_at", Kind::Time),
         field("results", "s.results", Kind::Int),
-        field("sourcestamps", "'[]'::json", Kind::Json),
+        // One source stamp per buildset: what its builds check out.
+        field(
+            "sourcestamps",
+            "json_build_array(json_build_object('ssid', s.id, 'branch', s.properties -> 'branch' ->> 0, \
+             'revision', s.properties -> 'revision' ->> 0, \
+             'repository', coalesce(s.properties -> 'repository' ->> 0, ''), 'project', '', 'codebase', '', \
+             'patch', null, 'created_at', extract(epoch from s.submitted_at)::bigint))",
+            Kind::Json,
+        ),
         field("parent_buildid", "null::bigint", Kind::Int),
         field("parent_relationship", "null::text", Kind::Text),
     ],
@@ -274,7 +282,8 @@ pub static CHANGES: Resource = Resource {
         field("codebase", "''", Kind::Text),
         field(
             "sourcestamp",
-            "jsonb_build_object('branch', c.branch, 'revision', c.revision, 'repository', c.repository)",
+            "jsonb_build_object('ssid', null, 'branch', c.branch, 'revision', c.revision, 'repository', c.repository, \
+             'project', '', 'codebase', '', 'patch', null, 'created_at', extract(epoch from c.created_at)::bigint)",
             Kind::Json,
         ),
     ],

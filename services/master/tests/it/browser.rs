@@ -222,7 +222,7 @@ async fn stop_on_a_running_build_kills_it_and_the_page_shows_cancelled() {
     for (path, page, ready) in [
         ("/workers", "workers", "return document.querySelector('table.workers tbody tr')"),
         ("/queue", "queue", "return document.querySelector('section.queue li')"),
-        ("/login", "login", "return document.querySelector('#login')"),
+        ("/login", "login", "return document.querySelector('main h1')"),
     ] {
         browser.goto(&format!("{base}{path}")).await;
         browser.wait_for(10, page, ready).await;
@@ -429,4 +429,41 @@ async fn signing_in_with_github_in_the_browser_comes_back_signed_in_with_team_ro
     browser.wait_for(30, "the build page", "return location.pathname === '/builders/slow/builds/1'").await;
     let build = stack.get("/api/v2/builds/1?property=owner").await;
     assert_eq!(build["builds"][0]["properties"]["owner"][0], "alice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_shows_the_push_that_broke_two_of_four_builders_as_its_row_with_two_red_cells() {
+    let (stack, _, _) = crate::console::stack_with_two_pushes().await;
+    let newest = stack.get("/api/v2/changes?order=-changeid&limit=1").await;
+    let change = newest["changes"][0]["changeid"].as_i64().unwrap();
+    let browser = Browser::start("console").await;
+    browser.goto(&format!("{}/console?branch=main", stack.base_url)).await;
+    let row = format!("#change-{change}");
+    browser.wait_for(10, "the change's row", &format!("return document.querySelector('{row}')")).await;
+    let cells = browser
+        .run(
+            "const row = document.querySelector(arguments[0]); \
+             return [...row.querySelectorAll('td.cell')].map(td => [td.className, td.textContent]);",
+            json!([row]),
+        )
+        .await;
+    // Columns grouped by tag: stable (compile, tests), then unstable.
+    let classes: Vec<&str> = cells.as_array().unwrap().iter().map(|cell| cell[0].as_str().unwrap()).collect();
+    assert_eq!(classes, ["cell r2 broke", "cell r2 broke", "cell r0", "cell r0"], "{cells}");
+    assert_eq!(browser.text(&format!("{row} .author")).await, "mallory", "the change names its author");
+    assert_eq!(browser.text(&format!("{row} .comment")).await, "Break two builders");
+    let groups =
+        browser.run("return [...document.querySelectorAll('tr.groups th')].map(th => th.textContent)", json!([])).await;
+    assert_eq!(groups, json!(["", "stable", "unstable"]));
+    // The previous change's row is all green, and each cell opens its build.
+    let older = browser
+        .run(
+            "return [...document.querySelectorAll('tbody tr')[1].querySelectorAll('td.cell')].map(td => td.className)",
+            json!([]),
+        )
+        .await;
+    assert_eq!(older, json!(["cell r0", "cell r0", "cell r0", "cell r0"]));
+    browser.screenshot("console").await;
+    browser.click(&format!("{row} td.broke a")).await;
+    browser.wait_for(10, "the build that broke", "return location.pathname === '/builders/compile/builds/2'").await;
 }

@@ -10,7 +10,7 @@ use sha2::Sha256;
 
 use crate::harness::{TestStack, git};
 
-const SECRET: &str = "a-webhook-secret";
+pub const SECRET: &str = "a-webhook-secret";
 
 fn sign(body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
@@ -20,7 +20,7 @@ fn sign(body: &[u8]) -> String {
 }
 
 /// Sends one delivery; (status, answer).
-async fn deliver(
+pub async fn deliver(
     stack: &TestStack,
     event: &str,
     delivery: &str,

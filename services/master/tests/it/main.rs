@@ -8,6 +8,7 @@ mod auth;
 mod bad_input;
 mod browser;
 mod checkconfig;
+mod console;
 mod failures;
 mod faults;
 mod github;
