@@ -26,8 +26,8 @@ use super::reads::api_items;
 use crate::Master;
 use crate::catalog::Catalog;
 use crate::store::resources::{
-    ARTIFACTS, BUILDERS, BUILDREQUESTS, BUILDS, BUILDSETS, LOGS, Resource, STEPS, TEST_RESULT_SETS, TEST_RESULTS,
-    WORKERS,
+    ARTIFACTS, BUILDERS, BUILDREQUESTS, BUILDS, BUILDSETS, CHANGES, LOGS, Resource, STEPS, TEST_RESULT_SETS,
+    TEST_RESULTS, WORKERS,
 };
 use crate::urls;
 
@@ -504,6 +504,16 @@ async fn build_page(State(master): State<AppState>, Path((name, number)): Path<(
         test_sets.push((set, failed, step.map(|step| text(step, "name").to_owned()).unwrap_or_default(), log_id));
     }
     let artifacts = api_items(&master, &ARTIFACTS, &[("buildid", build_id.to_string())]).await?;
+    let blamelist =
+        master.store.blamelist(shared::ids::BuildId(build_id)).await.map_err(|error| PageError(error.into()))?;
+    let changes = if blamelist.is_empty() {
+        Vec::new()
+    } else {
+        let ids: Vec<String> = blamelist.iter().map(|id| id.to_string()).collect();
+        let mut params: Vec<(&str, String)> = ids.into_iter().map(|id| ("changeid", id)).collect();
+        params.push(("order", "-changeid".into()));
+        api_items(&master, &CHANGES, &params).await?
+    };
     let told = master
         .store
         .notifications_of_build(shared::ids::BuildId(build_id))
@@ -527,6 +537,18 @@ async fn build_page(State(master): State<AppState>, Path((name, number)): Path<(
             tr { th { "Finished" } td #finished { (time(&build, "complete_at")) } }
             tr { th { "Duration" } td #duration { (duration(&build)) } }
             tr { th { "State" } td #state { (text(&build, "state_string")) } }
+        }
+        @if !changes.is_empty() {
+            h2 { "Changes" }
+            ul.changes #changes {
+                @for change in &changes {
+                    li {
+                        code.revision { (text(change, "revision").chars().take(10).collect::<String>()) }
+                        " " span.author { (text(change, "author")) } " "
+                        span.comment { (text(change, "comments").lines().next().unwrap_or_default()) }
+                    }
+                }
+            }
         }
         details.properties {
             summary { "Properties (" (properties.len()) ")" }

@@ -466,4 +466,7 @@ async fn the_console_shows_the_push_that_broke_two_of_four_builders_as_its_row_w
     browser.screenshot("console").await;
     browser.click(&format!("{row} td.broke a")).await;
     browser.wait_for(10, "the build that broke", "return location.pathname === '/builders/compile/builds/2'").await;
+    // Its page names the change it built: who broke it.
+    browser.wait_for(10, "the build's changes", "return document.querySelector('#changes .author')").await;
+    assert_eq!(browser.text("#changes .author").await, "mallory");
 }
