@@ -41,6 +41,12 @@ impl Results {
         Self::ALL.into_iter().find(|r| r.code() == code)
     }
 
+    /// Whether a build's code means it is broken (FAILURE or EXCEPTION):
+    /// red on the console and the release board.
+    pub fn is_red_code(code: i16) -> bool {
+        matches!(Self::from_code(code), Some(Results::Failure | Results::Exception))
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Results::Success => "success",

@@ -85,8 +85,8 @@ fn cells(changes: &[ConsoleChange], builds: Vec<ConsoleBuild>) -> HashMap<(Chang
             let first = line.partition_point(|build| build.change_id < change.id);
             let Some(build) = line.get(first) else { continue };
             let before = last_result.insert((builder, repository, branch), build.results).flatten();
-            let failed = build.results.is_some_and(|code| is_red(code));
-            let passed_before = before.is_some_and(|code| !is_red(code));
+            let failed = build.results.is_some_and(Results::is_red_code);
+            let passed_before = before.is_some_and(|code| !Results::is_red_code(code));
             cells.insert(
                 (change.id, builder),
                 Cell {
@@ -99,10 +99,6 @@ fn cells(changes: &[ConsoleChange], builds: Vec<ConsoleBuild>) -> HashMap<(Chang
         }
     }
     cells
-}
-
-fn is_red(code: i16) -> bool {
-    matches!(Results::from_code(code), Some(Results::Failure | Results::Exception))
 }
 
 #[cfg(test)]

@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod node;
 pub mod read_model;
 mod reconcile;
+pub mod release;
 mod reload;
 mod reporters;
 mod retention;

@@ -27,6 +27,19 @@ pub struct MasterConfig {
     pub pollers: Vec<PollerConfig>,
     /// Who hears of builds, and what they are told.
     pub reporters: Vec<ReporterConfig>,
+    /// The release status board (`/release`), when configured.
+    pub release_board: Option<ReleaseBoardConfig>,
+}
+
+/// What a release manager watches before tagging: per branch, the builders
+/// of the given tags, green or red.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseBoardConfig {
+    /// Branches, in the order shown (e.g. `[main, "3.14", "3.13"]`).
+    pub branches: Vec<String>,
+    /// Builders with any of these tags count (e.g. `[stable, tier-1]`).
+    pub tags: Vec<String>,
 }
 
 /// A git repository whose branches any master polls; each new commit
@@ -59,6 +72,7 @@ struct MasterConfigFile {
     pollers: Vec<serde_yaml::Value>,
     #[serde(default)]
     reporters: Vec<serde_yaml::Value>,
+    release_board: Option<serde_yaml::Value>,
 }
 
 /// A builder: a name people see, the factory it runs, who may run it.
@@ -378,6 +392,21 @@ pub(super) fn parse(file: &mut SourceFile, text: &str) -> Option<MasterConfig> {
     for (index, value) in top.reporters.into_iter().enumerate() {
         match reporters::parse(file, &root.key("reporters").index(index), value) {
             Some(reporter) => config.reporters.push(reporter),
+            None => complete = false,
+        }
+    }
+    if let Some(value) = top.release_board {
+        let at = root.key("release_board");
+        match file.deserialize::<ReleaseBoardConfig>(&at, value) {
+            Some(board) if board.branches.is_empty() || board.tags.is_empty() => {
+                file.error_at(
+                    &at,
+                    "the release board needs `branches` and `tags`",
+                    Some("e.g. `release_board: {branches: [main, \"3.14\"], tags: [stable]}`".into()),
+                );
+                complete = false;
+            }
+            Some(board) => config.release_board = Some(board),
             None => complete = false,
         }
     }

@@ -31,7 +31,8 @@ use serde::Deserialize;
 
 pub use diagnostics::{ConfigError, ConfigErrors};
 pub use master::{
-    BuilderConfig, FactoryConfig, ForceParameter, MasterConfig, PollerConfig, SchedulerConfig, path_matches,
+    BuilderConfig, FactoryConfig, ForceParameter, MasterConfig, PollerConfig, ReleaseBoardConfig, SchedulerConfig,
+    path_matches,
 };
 pub use settings::*;
 pub use sign_in::{GitHubSignIn, OidcProvider, SignInSettings};

@@ -481,6 +481,17 @@ pub(super) fn master(file: &mut SourceFile, master: &MasterConfig, settings: &Se
             _ => {}
         }
     }
+    if let Some(board) = &master.release_board {
+        for (index, tag) in board.tags.iter().enumerate() {
+            if !master.builders.iter().any(|builder| builder.tags.contains(tag)) {
+                file.error_at_value(
+                    &root.key("release_board").key("tags").index(index),
+                    format!("no builder has the tag `{tag}`"),
+                    Some("the board shows builders with these tags; add it to builders' `tags`".into()),
+                );
+            }
+        }
+    }
 }
 
 /// Whether following `name`'s upstreams leads back to it.

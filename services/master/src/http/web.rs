@@ -6,6 +6,8 @@
 //! logs, and sends the control actions as JSON-RPC, so the one authorization
 //! check (`auth::authorize`) covers the pages too.
 
+mod charts;
+
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -14,7 +16,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
-use maud::{DOCTYPE, Markup, html};
+use maud::{DOCTYPE, Markup, PreEscaped, html};
 use serde::Deserialize;
 use serde_json::Value;
 use shared::config::{ForceParameter, SchedulerConfig};
@@ -72,6 +74,10 @@ pub fn routes() -> Router<AppState> {
         .route("/queue", get(queue_page))
         .route("/tests", get(tests_page))
         .route("/console", get(console_page))
+        .route("/release", get(release_page))
+        .route("/charts/builders/{builder}/durations.svg", get(builder_chart))
+        .route("/charts/workers/{worker}/builds.svg", get(worker_chart))
+        .route("/charts/queue.svg", get(queue_chart))
         .route("/login", get(login_page))
         .route("/fragments/cells/{build_id}", get(cell_fragment))
         .route("/fragments/build-rows/{build_id}", get(build_row_fragment))
@@ -110,6 +116,7 @@ fn page(title: &str, kind: &str, data: &[(&str, String)], body: Markup) -> Respo
                         a href="/" { "Builders" }
                         a href="/queue" { "Queue" }
                         a href="/console" { "Console" }
+                        a href="/release" { "Release" }
                         a href="/tests" { "Tests" }
                         a href="/workers" { "Workers" }
                     }
@@ -292,6 +299,8 @@ async fn builder_page(
         params.push(("number__lt", before.to_string()));
     }
     let builds = api_items(&master, &BUILDS, &params).await?;
+    let points =
+        master.store.builder_points(builder_id, CHART_BUILDS).await.map_err(|error| PageError(error.into()))?;
     let pending = api_items(
         &master,
         &BUILDREQUESTS,
@@ -356,6 +365,10 @@ async fn builder_page(
                     p { a href=(format!("{}?before={oldest}", builder_href(&builder.name))) { "Older builds →" } }
                 }
                 @if query.before.is_some() { p { a href=(builder_href(&builder.name)) { "← Newest builds" } } }
+                figure.chart {
+                    (PreEscaped(charts::builder_durations(builder.name.as_str(), &points)))
+                    figcaption { a href=(format!("/charts/builders/{}/durations.svg", urls::path_segment(builder.name.as_str()))) { "Duration of the last builds" } }
+                }
             }
             div {
                 h2 { "Force a build" }
@@ -755,7 +768,7 @@ async fn workers_page(State(master): State<AppState>) -> Page {
     let body = html! {
         h1 { "Workers" }
         table.workers {
-            thead { tr { th { "Worker" } th { "State" } th { "Running" } th { "Last seen" } th { "Builders" } th {} } }
+            thead { tr { th { "Worker" } th { "State" } th { "Running" } th { "Last seen" } th { "Builders" } th { "History" } th {} } }
             tbody {
                 @for worker in &workers {
                     @let id = int(worker, "workerid");
@@ -772,6 +785,7 @@ async fn workers_page(State(master): State<AppState>) -> Page {
                         }
                         td { (time(worker, "last_connection")) }
                         td { (served.len()) }
+                        td { a href=(format!("/charts/workers/{}/builds.svg", urls::path_segment(text(worker, "name")))) { "builds per day" } }
                         td {
                             button.action data-method=(if paused { "unpause" } else { "pause" }) data-path=(format!("/workers/{id}")) {
                                 (if paused { "Unpause" } else { "Pause" })
@@ -802,8 +816,10 @@ async fn queue_page(State(master): State<AppState>) -> Page {
         }
     }
     let now = chrono::Utc::now().timestamp();
+    let history = master.store.queue_history(24, 15).await.map_err(|error| PageError(error.into()))?;
     let body = html! {
         h1 { "Queue" }
+        figure.chart { (PreEscaped(charts::queue(&history))) }
         p.summary { (pending.len()) " pending requests on " (by_builder.len()) " builders, oldest first" }
         @for (builder, requests) in &by_builder {
             @let name = builder_name(&catalog, *builder);
@@ -922,6 +938,36 @@ async fn tests_page(State(master): State<AppState>, Query(query): Query<TestsQue
     Ok(page("Tests", "tests", &[], body))
 }
 
+/// Builds a builder's duration chart shows.
+const CHART_BUILDS: i64 = 50;
+/// Days a worker's chart shows.
+const CHART_DAYS: i32 = 14;
+
+/// An SVG answer.
+fn svg(body: String) -> Response {
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("image/svg+xml; charset=utf-8"))], body).into_response()
+}
+
+async fn builder_chart(State(master): State<AppState>, Path(name): Path<String>) -> Page {
+    let catalog = master.catalog();
+    let (builder, builder_id) = catalog.builder(&name).ok_or_else(|| not_found(format!("builder `{name}`")))?;
+    let points =
+        master.store.builder_points(builder_id, CHART_BUILDS).await.map_err(|error| PageError(error.into()))?;
+    Ok(svg(charts::builder_durations(builder.name.as_str(), &points)))
+}
+
+async fn worker_chart(State(master): State<AppState>, Path(name): Path<String>) -> Page {
+    let worker = master.store.worker_id_by_name(&name).await.map_err(|error| PageError(error.into()))?;
+    let worker = worker.ok_or_else(|| not_found(format!("worker `{name}`")))?;
+    let days = master.store.worker_days(worker, CHART_DAYS).await.map_err(|error| PageError(error.into()))?;
+    Ok(svg(charts::worker_days(&name, &days)))
+}
+
+async fn queue_chart(State(master): State<AppState>) -> Page {
+    let history = master.store.queue_history(24, 15).await.map_err(|error| PageError(error.into()))?;
+    Ok(svg(charts::queue(&history)))
+}
+
 #[derive(Deserialize)]
 struct ConsoleQuery {
     branch: Option<String>,
@@ -1010,6 +1056,82 @@ async fn console_page(State(master): State<AppState>, Query(query): Query<Consol
         }
     };
     Ok(page("Console", "console", &[], body))
+}
+
+/// Per configured branch, the builders of the configured tags: green or
+/// red, since when, and what failed; a line to act on above each.
+async fn release_page(State(master): State<AppState>) -> Page {
+    let Some((board, branches)) = master.release_board().await? else {
+        let body = html! {
+            h1 { "Release status" }
+            p { "No release board is configured: add "
+                code { "release_board: {branches: [main], tags: [stable]}" } " to master.yaml." }
+        };
+        return Ok(page("Release status", "release", &[], body));
+    };
+    let at = |at: chrono::DateTime<chrono::Utc>| {
+        html! {
+            time datetime=(at.timestamp()) { (at.format("%Y-%m-%d %H:%M UTC")) }
+        }
+    };
+    let body = html! {
+        h1 { "Release status" }
+        p.muted { "Builders tagged " (board.tags.join(", ")) ", newest finished build of each branch." }
+        @for status in &branches {
+            section.branch id=(format!("branch-{}", status.branch)) {
+                h2 {
+                    (status.branch) " "
+                    @if status.red() > 0 { span.badge.r2 { "red" } } @else if status.builders.is_empty() { span.badge { "unknown" } } @else { span.badge.r0 { "green" } }
+                }
+                p.summary { (status.summary()) }
+                @if !status.builders.is_empty() {
+                    table.release {
+                        thead { tr { th { "Builder" } th { "Newest build" } th { "Red since" } th { "Failed" } } }
+                        tbody {
+                            @for builder in &status.builders {
+                                @let standing = &builder.standing;
+                                @let class = standing.results.map_or_else(|| "running".to_owned(), |code| format!("r{code}"));
+                                tr.(class).red[builder.red()] {
+                                    td { a href=(builder_href(builder.name.as_str())) { (builder.name) } }
+                                    td.result {
+                                        a href=(build_href(builder.name.as_str(), i64::from(standing.number))) {
+                                            "#" (standing.number) " "
+                                            (standing.results.and_then(Results::from_code).map_or("running", |r| r.name()))
+                                        }
+                                        @if let Some(revision) = &standing.revision {
+                                            " " code { (revision.chars().take(10).collect::<String>()) }
+                                        }
+                                    }
+                                    td {
+                                        @if let (Some(number), Some(since)) = (standing.red_since_number, standing.red_since) {
+                                            a href=(build_href(builder.name.as_str(), i64::from(number))) { "#" (number) } ", " (at(since))
+                                        }
+                                    }
+                                    td.failed {
+                                        @if !builder.failed_steps.is_empty() {
+                                            span.steps { "steps: " (builder.failed_steps.join(", ")) }
+                                        }
+                                        @if !builder.failing_tests.is_empty() {
+                                            ul.tests { @for test in &builder.failing_tests { li { code { (test.test_name) } } } }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                @if !status.unbuilt.is_empty() {
+                    p.muted { "No recent build of " (status.branch) ": "
+                        @for (i, name) in status.unbuilt.iter().enumerate() {
+                            @if i > 0 { ", " }
+                            a href=(builder_href(name.as_str())) { (name) }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    Ok(page("Release status", "release", &[], body))
 }
 
 #[derive(Deserialize)]

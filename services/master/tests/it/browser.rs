@@ -469,4 +469,59 @@ async fn the_console_shows_the_push_that_broke_two_of_four_builders_as_its_row_w
     // Its page names the change it built: who broke it.
     browser.wait_for(10, "the build's changes", "return document.querySelector('#changes .author')").await;
     assert_eq!(browser.text("#changes .author").await, "mallory");
+
+    // The builder's chart: one point per build, in its result's colour.
+    browser.goto(&format!("{}/builders/compile", stack.base_url)).await;
+    let points = browser
+        .wait_for(
+            10,
+            "the duration chart",
+            "const points = document.querySelectorAll('svg#builder-durations circle.point'); \
+             return points.length ? [...points].map(p => [p.dataset.number, p.getAttribute('fill')]) : null;",
+        )
+        .await;
+    assert_eq!(points, json!([["1", "#2e7d32"], ["2", "#c62828"]]), "builds #1 (passed) and #2 (failed)");
+    browser.screenshot("builder-chart").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_release_board_turns_red_when_a_stable_builder_fails_and_green_after_a_fix() {
+    let (stack, _, _) = crate::console::stack_with_two_pushes().await;
+    let browser = Browser::start("release").await;
+    let board = format!("{}/release", stack.base_url);
+    browser.goto(&board).await;
+    browser.wait_for(10, "the board", "return document.querySelector('#branch-main .summary')").await;
+    assert_eq!(
+        browser.text("#branch-main .summary").await,
+        "main: 2 of 2 builders red (compile, tests)",
+        "only the stable builders count"
+    );
+    assert_eq!(browser.text("#branch-main h2 .badge").await, "red");
+    let rows = browser
+        .run(
+            "return [...document.querySelectorAll('#branch-main tbody tr')].map(tr => \
+             [tr.cells[0].textContent, tr.className, tr.cells[2].textContent.split(',')[0], tr.cells[3].textContent])",
+            json!([]),
+        )
+        .await;
+    assert_eq!(
+        rows,
+        json!([["compile", "r2 red", "#2", "steps: check"], ["tests", "r2 red", "#2", "steps: check"]]),
+        "red since the build that broke it, with the step that failed"
+    );
+    assert_eq!(
+        browser.text("#branch-3\\.14 .summary").await,
+        "3.14: no builder of these tags has built it lately; 2 with no recent build of it"
+    );
+    browser.screenshot("red").await;
+
+    // A fix lands: both go green.
+    let fix =
+        crate::console::push(&stack, "p-fix", "fix5555555555555555555555555555555555555", "guido", "Fix it").await;
+    crate::console::finished(&stack, fix).await;
+    browser.goto(&board).await;
+    browser.wait_for(10, "the board", "return document.querySelector('#branch-main .summary')").await;
+    assert_eq!(browser.text("#branch-main .summary").await, "main: all 2 builders green");
+    assert_eq!(browser.text("#branch-main h2 .badge").await, "green");
+    browser.screenshot("green").await;
 }

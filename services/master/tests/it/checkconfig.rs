@@ -292,3 +292,15 @@ fn sign_in_providers_with_missing_or_wrong_settings_are_reported_at_their_lines_
     }
     assert!(!stderr.contains("never-printed"), "a secret was printed:\n{stderr}");
 }
+
+#[test]
+fn a_release_board_without_branches_or_with_a_tag_no_builder_has_is_reported_at_its_line() {
+    let master = format!("{VALID_MASTER}release_board:\n  branches: [main]\n  tags: [stabel]\n");
+    let (ok, stderr) = checkconfig(SETTINGS, &master);
+    assert!(!ok);
+    assert!(stderr.contains("master.yaml:12:10: no builder has the tag `stabel`"), "{stderr}");
+    let master = format!("{VALID_MASTER}release_board:\n  branches: []\n  tags: [stable]\n");
+    let (ok, stderr) = checkconfig(SETTINGS, &master);
+    assert!(!ok);
+    assert!(stderr.contains("master.yaml:10:1: the release board needs `branches` and `tags`"), "{stderr}");
+}

@@ -18,13 +18,14 @@ fn console_yaml() -> String {
      \x20 - {name: tests, factory: picky, workers: [w1, w2], tags: [stable]}\n\
      \x20 - {name: docs, factory: easy, workers: [w1, w2], tags: [unstable]}\n\
      \x20 - {name: lint, factory: easy, workers: [w1, w2], tags: [unstable], collapse_requests: true}\n\
+     release_board: {branches: [main, \"3.14\"], tags: [stable]}\n\
      schedulers:\n  - {type: single_branch, name: main, branch: main, builders: [compile, tests, docs, lint]}\n\
      \x20 - {type: force, name: force, builders: [compile, tests, docs, lint]}\n"
         .to_owned()
 }
 
 /// Pushes `revision` to main as `author`; the buildset's id.
-async fn push(stack: &TestStack, delivery: &str, revision: &str, author: &str, message: &str) -> i64 {
+pub(crate) async fn push(stack: &TestStack, delivery: &str, revision: &str, author: &str, message: &str) -> i64 {
     let payload = json!({
         "ref": "refs/heads/main", "after": revision, "pusher": { "name": author },
         "repository": { "clone_url": "https://github.com/python/cpython.git", "full_name": "python/cpython" },
@@ -37,7 +38,7 @@ async fn push(stack: &TestStack, delivery: &str, revision: &str, author: &str, m
 }
 
 /// Waits for every build of a buildset to finish; builder name -> build.
-async fn finished(stack: &TestStack, buildset: i64) -> std::collections::BTreeMap<String, Value> {
+pub(crate) async fn finished(stack: &TestStack, buildset: i64) -> std::collections::BTreeMap<String, Value> {
     let requests = stack.get(&format!("/api/v2/buildrequests?buildsetid={buildset}")).await;
     let builders = stack.get("/api/v2/builders").await;
     let name = |id: &Value| {
@@ -135,4 +136,21 @@ async fn a_build_knows_its_source_stamp_and_changes_and_a_change_its_builds() {
     let authors: Vec<&str> =
         changes["changes"].as_array().unwrap().iter().map(|c| c["author"].as_str().unwrap()).collect();
     assert_eq!(authors, ["tim", "barry"], "{changes}");
+
+    // The charts stand on their own URLs, as SVG: one point per build.
+    for (path, points) in [("/charts/builders/lint/durations.svg", 3), ("/charts/builders/docs/durations.svg", 5)] {
+        let response = stack.http.get(format!("{}{path}", stack.base_url)).send().await.unwrap();
+        assert_eq!(response.headers()["content-type"], "image/svg+xml; charset=utf-8");
+        let svg = response.text().await.unwrap();
+        assert!(svg.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""), "{svg}");
+        assert_eq!(svg.matches("<circle class=\"point\"").count(), points, "{path}: {svg}");
+    }
+    let worker = stack.http.get(format!("{}/charts/workers/w1/builds.svg", stack.base_url)).send().await.unwrap();
+    let worker = worker.text().await.unwrap();
+    assert_eq!(worker.matches("<g class=\"day\">").count(), 14, "{worker}");
+    let queue = stack.http.get(format!("{}/charts/queue.svg", stack.base_url)).send().await.unwrap();
+    let queue = queue.text().await.unwrap();
+    assert_eq!(queue.matches("<circle class=\"point\"").count(), 96, "a point per quarter hour: {queue}");
+    let missing = stack.http.get(format!("{}/charts/workers/nobody/builds.svg", stack.base_url)).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
 }
