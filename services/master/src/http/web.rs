@@ -75,6 +75,7 @@ pub fn routes() -> Router<AppState> {
         .route("/tests", get(tests_page))
         .route("/console", get(console_page))
         .route("/release", get(release_page))
+        .route("/waterfall", get(waterfall_page))
         .route("/charts/builders/{builder}/durations.svg", get(builder_chart))
         .route("/charts/workers/{worker}/builds.svg", get(worker_chart))
         .route("/charts/queue.svg", get(queue_chart))
@@ -116,6 +117,7 @@ fn page(title: &str, kind: &str, data: &[(&str, String)], body: Markup) -> Respo
                         a href="/" { "Builders" }
                         a href="/queue" { "Queue" }
                         a href="/console" { "Console" }
+                        a href="/waterfall" { "Waterfall" }
                         a href="/release" { "Release" }
                         a href="/tests" { "Tests" }
                         a href="/workers" { "Workers" }
@@ -966,6 +968,57 @@ async fn worker_chart(State(master): State<AppState>, Path(name): Path<String>) 
 async fn queue_chart(State(master): State<AppState>) -> Page {
     let history = master.store.queue_history(24, 15).await.map_err(|error| PageError(error.into()))?;
     Ok(svg(charts::queue(&history)))
+}
+
+#[derive(Deserialize)]
+struct WaterfallQuery {
+    hours: Option<u32>,
+    tag: Option<String>,
+}
+
+/// Builds over time per builder, newest at the top, for a window of hours.
+async fn waterfall_page(State(master): State<AppState>, Query(query): Query<WaterfallQuery>) -> Page {
+    let hours = query.hours.unwrap_or(6).clamp(1, 7 * 24);
+    let tag = query.tag.filter(|tag| !tag.is_empty());
+    let catalog = master.catalog();
+    let mut tags: BTreeSet<&str> = BTreeSet::new();
+    let mut columns: Vec<(BuilderId, &str)> = Vec::new();
+    for (builder, id) in catalog.builders() {
+        tags.extend(builder.tags.iter().map(String::as_str));
+        if tag.as_ref().is_none_or(|tag| builder.tags.contains(tag)) {
+            columns.push((id, builder.name.as_str()));
+        }
+    }
+    columns.sort_by_key(|(_, name)| *name);
+    let now = chrono::Utc::now();
+    let ids: Vec<BuilderId> = columns.iter().map(|(id, _)| *id).collect();
+    let since = now - chrono::Duration::hours(i64::from(hours));
+    let builds = master.store.builds_since(&ids, since).await.map_err(|error| PageError(error.into()))?;
+    let body = html! {
+        h1 { "Waterfall" }
+        form.filter method="get" action="/waterfall" {
+            label {
+                "Last "
+                select name="hours" {
+                    @for choice in [1u32, 3, 6, 12, 24, 48, 168] {
+                        option value=(choice) selected[choice == hours] { (choice) " hours" }
+                    }
+                }
+            }
+            " "
+            label {
+                "Tag "
+                select name="tag" {
+                    option value="" { "every builder" }
+                    @for name in &tags { option value=(name) selected[Some(*name) == tag.as_deref()] { (name) } }
+                }
+            }
+            " " button type="submit" { "Show" }
+        }
+        p.muted { (builds.len()) " builds on " (columns.len()) " builders; hover a bar for its build, click to open it." }
+        div.scroll { (PreEscaped(charts::waterfall(&columns, &builds, now, hours))) }
+    };
+    Ok(page("Waterfall", "waterfall", &[], body))
 }
 
 #[derive(Deserialize)]

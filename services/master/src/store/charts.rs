@@ -17,6 +17,17 @@ pub struct BuildPoint {
     pub results: Option<i16>,
 }
 
+/// A build on the waterfall.
+#[derive(Debug, Clone, FromRow)]
+pub struct WindowBuild {
+    pub builder_id: BuilderId,
+    pub number: i32,
+    pub started_at: DateTime<Utc>,
+    /// `None` while it runs.
+    pub complete_at: Option<DateTime<Utc>>,
+    pub results: Option<i16>,
+}
+
 #[derive(Debug, Clone, FromRow)]
 pub struct DayCount {
     pub day: DateTime<Utc>,
@@ -102,4 +113,27 @@ impl Store {
         .fetch_all(&self.reads)
         .await?)
     }
+
+    /// The builds of `builders` that ran at some time since `since`: each
+    /// builder's newest ones, read back by index until they end before it
+    /// (at most `WATERFALL_BUILDS` each).
+    pub async fn builds_since(&self, builders: &[BuilderId], since: DateTime<Utc>) -> StoreResult<Vec<WindowBuild>> {
+        Ok(sqlx::query_as(
+            r#"select b.builder_id, b.number, b.started_at, b.complete_at, b.results
+               from unnest($1::int[]) as bl(id)
+               cross join lateral (
+                   select builder_id, number, started_at, complete_at, results from builds
+                   where builder_id = bl.id order by number desc limit $3
+               ) b
+               where b.complete_at is null or b.complete_at >= $2"#,
+        )
+        .bind(builders)
+        .bind(since)
+        .bind(WATERFALL_BUILDS)
+        .fetch_all(&self.reads)
+        .await?)
+    }
 }
+
+/// Builds per builder the waterfall reads back at most.
+pub const WATERFALL_BUILDS: i64 = 200;

@@ -38,7 +38,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 pub use builds::{BuildRow, RebuildSource};
 pub use buildsets::{CancelOutcome, CreatedBuildset, DueRequest, NewBuildset, NewRequest, OwnedBuildset};
 pub use changes::{NewChange, StableChange};
-pub use charts::{BuildPoint, DayCount, QueuePoint};
+pub use charts::{BuildPoint, DayCount, QueuePoint, WindowBuild};
 pub use claims::{Claim, ClaimedBuild};
 pub use console::{ConsoleBuild, ConsoleChange};
 pub use files::{ARTIFACT_CHUNKS_PER_PAGE, Artifact, FailedTest, NewTestResult, SetCounts};

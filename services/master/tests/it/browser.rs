@@ -482,6 +482,36 @@ async fn the_console_shows_the_push_that_broke_two_of_four_builders_as_its_row_w
         .await;
     assert_eq!(points, json!([["1", "#2e7d32"], ["2", "#c62828"]]), "builds #1 (passed) and #2 (failed)");
     browser.screenshot("builder-chart").await;
+
+    // The waterfall of the last hour: a bar per build, failures red,
+    // columns by builder name.
+    browser.goto(&format!("{}/waterfall?hours=1", stack.base_url)).await;
+    let bars = browser
+        .wait_for(
+            10,
+            "the waterfall",
+            "const bars = document.querySelectorAll('svg#waterfall rect.build'); \
+             return bars.length ? [...bars].map(b => b.dataset.builder + '#' + b.dataset.number + ' ' + b.getAttribute('fill')).sort() : null;",
+        )
+        .await;
+    assert_eq!(
+        bars,
+        json!([
+            "compile#1 #2e7d32",
+            "compile#2 #c62828",
+            "docs#1 #2e7d32",
+            "docs#2 #2e7d32",
+            "lint#1 #2e7d32",
+            "lint#2 #2e7d32",
+            "tests#1 #2e7d32",
+            "tests#2 #c62828"
+        ])
+    );
+    let columns = browser
+        .run("return [...document.querySelectorAll('svg#waterfall text.builder')].map(t => t.textContent)", json!([]))
+        .await;
+    assert_eq!(columns, json!(["compile", "docs", "lint", "tests"]));
+    browser.screenshot("waterfall").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,7 @@ use std::fmt::Write;
 
 use shared::model::Results;
 
-use crate::store::{BuildPoint, DayCount, QueuePoint};
+use crate::store::{BuildPoint, DayCount, QueuePoint, WindowBuild};
 use crate::urls;
 
 const WIDTH: f64 = 720.0;
@@ -228,6 +228,83 @@ pub fn queue(points: &[QueuePoint]) -> String {
         y = HEIGHT - 6.0,
         r = WIDTH - RIGHT,
     ));
+    svg
+}
+
+/// The waterfall: one column per builder, time running down from now to
+/// `hours` ago, each build a bar from its start to its end (or now) in its
+/// result's colour, linking to it.
+pub fn waterfall(
+    columns: &[(shared::ids::BuilderId, &str)],
+    builds: &[WindowBuild],
+    now: chrono::DateTime<chrono::Utc>,
+    hours: u32,
+) -> String {
+    const COLUMN: f64 = 26.0;
+    const HEAD: f64 = 150.0;
+    const AXIS: f64 = 70.0;
+    const PLOT: f64 = 720.0;
+    let width = AXIS + COLUMN * columns.len().max(1) as f64 + 8.0;
+    let height = HEAD + PLOT + 8.0;
+    let window = f64::from(hours) * 3600.0;
+    let y = |at: chrono::DateTime<chrono::Utc>| {
+        HEAD + PLOT * ((now - at).num_milliseconds() as f64 / 1000.0 / window).clamp(0.0, 1.0)
+    };
+    let mut svg = String::new();
+    let _ = write!(
+        svg,
+        r##"<svg xmlns="http://www.w3.org/2000/svg" class="chart waterfall" id="waterfall" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" aria-label="Builds of the last {hours} hours" font-family="sans-serif" font-size="11"><title>Builds of the last {hours} hours, newest at the top</title>"##
+    );
+    // A line and a label about every twelfth of the window, on round minutes.
+    let minutes = u32::try_from(hours * 60 / 12).unwrap_or(u32::MAX);
+    let step =
+        [5u32, 10, 15, 30, 60, 120, 240, 360, 720, 1440].into_iter().find(|step| *step >= minutes).unwrap_or(1440);
+    for tick in (0..=hours * 60).step_by(step as usize) {
+        let at = now - chrono::Duration::minutes(i64::from(tick));
+        let line = y(at);
+        let _ = write!(
+            svg,
+            r##"<line x1="{AXIS}" x2="{width}" y1="{line:.1}" y2="{line:.1}" stroke="#eee"/><text x="{x}" y="{ty:.1}" text-anchor="end" fill="#555">{}</text>"##,
+            if tick == 0 { "now".to_owned() } else { at.format("%H:%M").to_string() },
+            x = AXIS - 4.0,
+            ty = line + 4.0,
+        );
+    }
+    let index: std::collections::HashMap<shared::ids::BuilderId, usize> =
+        columns.iter().enumerate().map(|(column, (id, _))| (*id, column)).collect();
+    for (column, (_, name)) in columns.iter().enumerate() {
+        let x = AXIS + COLUMN * column as f64 + COLUMN / 2.0;
+        let _ = write!(
+            svg,
+            r##"<a href="{href}"><text class="builder" transform="translate({tx:.1},{ty}) rotate(-60)" fill="#1565c0">{}</text></a>"##,
+            escape(name),
+            href = escape(&urls::builder_page(name)),
+            tx = x + 3.0,
+            ty = HEAD - 4.0,
+        );
+    }
+    for build in builds {
+        let Some(&column) = index.get(&build.builder_id) else { continue };
+        let name = columns[column].1;
+        let top = y(build.complete_at.unwrap_or(now));
+        let bottom = y(build.started_at);
+        let result = build.results.and_then(Results::from_code).map_or("running", Results::name);
+        let took = (build.complete_at.unwrap_or(now) - build.started_at).num_seconds() as f64;
+        let _ = write!(
+            svg,
+            r##"<a href="{href}"><rect class="build" data-builder="{builder}" data-number="{number}" x="{x:.1}" y="{top:.1}" width="{w:.1}" height="{h:.1}" fill="{fill}"><title>{builder} #{number} {result}, {took}, started {start}</title></rect></a>"##,
+            href = escape(&urls::build_page(name, i64::from(build.number))),
+            builder = escape(name),
+            number = build.number,
+            x = AXIS + COLUMN * column as f64 + 3.0,
+            w = COLUMN - 6.0,
+            h = (bottom - top).max(3.0),
+            fill = colour(build.results),
+            took = seconds_text(took),
+            start = build.started_at.format("%H:%M:%S UTC"),
+        );
+    }
+    svg.push_str("</svg>");
     svg
 }
 
