@@ -256,10 +256,10 @@ pub fn waterfall(
         r##"<svg xmlns="http://www.w3.org/2000/svg" class="chart waterfall" id="waterfall" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" aria-label="Builds of the last {hours} hours" font-family="sans-serif" font-size="11"><title>Builds of the last {hours} hours, newest at the top</title>"##
     );
     // A line and a label about every twelfth of the window, on round minutes.
-    let minutes = u32::try_from(hours * 60 / 12).unwrap_or(u32::MAX);
+    let minutes = hours.saturating_mul(60) / 12;
     let step =
         [5u32, 10, 15, 30, 60, 120, 240, 360, 720, 1440].into_iter().find(|step| *step >= minutes).unwrap_or(1440);
-    for tick in (0..=hours * 60).step_by(step as usize) {
+    for tick in (0..=hours.saturating_mul(60)).step_by(step as usize) {
         let at = now - chrono::Duration::minutes(i64::from(tick));
         let line = y(at);
         let _ = write!(
