@@ -113,6 +113,12 @@ impl Namespace {
         format!("{}:live", self.0)
     }
 
+    /// The Redis key that exists while a `/sse` client is listening (any
+    /// master may be asked to add a path to it).
+    pub fn sse_consumer_key(&self, consumer: &str) -> String {
+        format!("{}:sse:{consumer}", self.0)
+    }
+
     /// The Redis key pattern of everything one worker may write.
     pub fn worker_key_pattern(&self, worker: &str) -> String {
         format!("{}:worker:{worker}:*", self.0)

@@ -18,6 +18,7 @@ mod github;
 mod openapi;
 pub mod query;
 mod reads;
+mod sse;
 mod web;
 mod ws;
 
@@ -200,6 +201,11 @@ pub fn router(master: Arc<Master>) -> Router {
         .route("/healthz", get(get_health))
         .route("/metrics", get(get_metrics))
         .route("/ws", get(ws::websocket))
+        .route("/sse", get(sse::listen))
+        .route("/sse/listen", get(sse::listen))
+        .route("/sse/listen/{*path}", get(sse::listen))
+        .route("/sse/add/{consumer}/{*path}", get(sse::add))
+        .route("/sse/remove/{consumer}/{*path}", get(sse::remove))
         .route("/api/v2/openapi.json", get(get_openapi))
         .route("/auth/login", axum::routing::post(auth::login))
         .route("/auth/logout", axum::routing::post(auth::logout))

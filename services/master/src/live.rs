@@ -45,6 +45,56 @@ pub fn channel() -> broadcast::Sender<Arc<LiveEvent>> {
     broadcast::Sender::new(BACKLOG)
 }
 
+/// A `/sse` client's paths changed, asked on any master: sent on the live
+/// channel (after every event published before it), for the master that
+/// holds the client's stream.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct SseControl {
+    pub sse: String,
+    pub add: bool,
+    pub path: String,
+}
+
+pub fn sse_channel() -> broadcast::Sender<Arc<SseControl>> {
+    broadcast::Sender::new(BACKLOG)
+}
+
+/// How long a `/sse` client is known without its master saying it still
+/// listens.
+pub const SSE_CONSUMER_SECONDS: u64 = 60;
+
+impl Master {
+    /// Notes that `/sse` client `consumer` listens here (again).
+    pub async fn sse_listening(&self, consumer: &str) -> redis::RedisResult<()> {
+        let key = self.namespace.sse_consumer_key(consumer);
+        redis::cmd("SET")
+            .arg(&key)
+            .arg(&self.name)
+            .arg("EX")
+            .arg(SSE_CONSUMER_SECONDS)
+            .query_async(&mut self.redis.clone())
+            .await
+    }
+
+    pub async fn sse_gone(&self, consumer: &str) -> redis::RedisResult<()> {
+        redis::cmd("DEL").arg(self.namespace.sse_consumer_key(consumer)).query_async(&mut self.redis.clone()).await
+    }
+
+    /// Adds or removes a path of `/sse` client `consumer`, wherever it
+    /// listens; `false` when no master has it.
+    pub async fn sse_change(&self, consumer: &str, add: bool, path: &str) -> redis::RedisResult<bool> {
+        let mut redis = self.redis.clone();
+        let known: bool =
+            redis::cmd("EXISTS").arg(self.namespace.sse_consumer_key(consumer)).query_async(&mut redis).await?;
+        if known {
+            let control = SseControl { sse: consumer.to_owned(), add, path: path.to_owned() };
+            let payload = serde_json::to_string(&control).expect("a control message serializes");
+            redis::cmd("PUBLISH").arg(self.namespace.live_channel()).arg(payload).query_async::<()>(&mut redis).await?;
+        }
+        Ok(known)
+    }
+}
+
 // --- publishing -----------------------------------------------------------------
 
 /// Something that changed, named by its id and the event (`new`,
@@ -218,12 +268,12 @@ pub async fn relay(master: Arc<Master>, shutdown: CancellationToken) -> Result<(
                     };
                     let Some(message) = message else { break };
                     let Ok(frame) = message.get_payload::<String>() else { continue };
-                    let key = serde_json::from_str::<Value>(&frame)
-                        .ok()
-                        .and_then(|event| event.get("k").and_then(Value::as_str).map(str::to_owned));
-                    if let Some(key) = key {
-                        // No receivers is fine: nobody is watching here.
-                        let _ = master.live_events.send(Arc::new(LiveEvent { key, frame }));
+                    let Ok(event) = serde_json::from_str::<Value>(&frame) else { continue };
+                    // No receivers is fine: nobody is watching here.
+                    if let Some(key) = event.get("k").and_then(Value::as_str) {
+                        let _ = master.live_events.send(Arc::new(LiveEvent { key: key.to_owned(), frame }));
+                    } else if let Ok(control) = serde_json::from_value::<SseControl>(event) {
+                        let _ = master.sse_controls.send(Arc::new(control));
                     }
                 }
                 tracing::warn!("live events: Redis subscription ended; subscribing again");

@@ -39,6 +39,8 @@ pub struct Master {
     pub live: Publisher,
     /// Live events for this master's `/ws` clients, relayed from Redis.
     pub live_events: tokio::sync::broadcast::Sender<Arc<LiveEvent>>,
+    /// Changes to `/sse` clients' paths, relayed from Redis like events.
+    pub sse_controls: tokio::sync::broadcast::Sender<Arc<crate::live::SseControl>>,
     /// Rung when this master entered something for reporters to tell, so
     /// its deliverers need not wait for their next look.
     pub reports: tokio::sync::Notify,
@@ -81,6 +83,7 @@ impl Master {
             websockets: Arc::new(tokio::sync::Semaphore::new(catalog.config.settings.web.max_websockets)),
             live,
             live_events: crate::live::channel(),
+            sse_controls: crate::live::sse_channel(),
             reports: tokio::sync::Notify::new(),
             github: Default::default(),
             sign_in: Default::default(),

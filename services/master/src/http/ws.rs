@@ -111,7 +111,7 @@ fn answer_command(text: &str, paths: &mut Vec<String>) -> Value {
 }
 
 /// `builds/*/*` matches `builds/7/new`; segments must be as many.
-fn path_matches(path: &str, key: &str) -> bool {
+pub(super) fn path_matches(path: &str, key: &str) -> bool {
     let mut wanted = path.split('/');
     let mut actual = key.split('/');
     loop {

@@ -79,3 +79,92 @@ async fn following_a_log_ends_when_its_worker_is_lost() {
     let builds = stack.builds_of_request(request).await;
     assert_eq!(builds[0]["results"], 5, "RETRY: {builds:?}");
 }
+
+/// Reads Server-Sent Events from a byte stream: (event, data) pairs.
+struct SseReader<S> {
+    stream: S,
+    buffer: String,
+}
+
+impl<S: futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin> SseReader<S> {
+    /// The next event that is not a keep-alive comment, within 10 s.
+    async fn next(&mut self) -> (String, String) {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let mut event = String::from("message");
+                let mut data = Vec::new();
+                for line in block.lines() {
+                    if let Some(name) = line.strip_prefix("event:") {
+                        event = name.trim().to_owned();
+                    } else if let Some(value) = line.strip_prefix("data:") {
+                        data.push(value.strip_prefix(' ').unwrap_or(value).to_owned());
+                    }
+                }
+                if data.is_empty() {
+                    continue;
+                }
+                return (event, data.join("\n"));
+            }
+            let piece = tokio::time::timeout(Duration::from_secs(10), self.stream.next())
+                .await
+                .expect("an event within 10 s")
+                .expect("the stream goes on")
+                .unwrap();
+            self.buffer.push_str(&String::from_utf8_lossy(&piece));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_sent_events_carry_builds_to_a_client_whose_paths_another_master_changed() {
+    let mut stack = TestStack::new(&master_yaml(&[("ticks", TICKS)]), &["ticks"]).await;
+    let a = format!("http://{}", stack.start_master("a").await);
+    let b = format!("http://{}", stack.start_master("b").await);
+    stack.start_haproxy().await;
+    stack.start_worker("w1");
+
+    // Listening on master A; the path is added through master B.
+    let response = stack.http.get(format!("{a}/sse/listen")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut events = SseReader { stream: response.bytes_stream(), buffer: String::new() };
+    let (event, consumer) = events.next().await;
+    assert_eq!(event, "handshake");
+    let added = stack.http.get(format!("{b}/sse/add/{consumer}/builds/*/new")).send().await.unwrap();
+    assert_eq!((added.status().as_u16(), added.text().await.unwrap().as_str()), (200, "ok"));
+    let unknown = stack.http.get(format!("{b}/sse/add/not-a-client/builds/*/new")).send().await.unwrap();
+    assert_eq!((unknown.status().as_u16(), unknown.text().await.unwrap().as_str()), (400, "unknown uuid"));
+
+    let request = stack.force("ticks").await;
+    let build = stack.wait_for_build_to_start(request).await;
+    let (event, data) = events.next().await;
+    assert_eq!(event, "event");
+    let data: serde_json::Value = serde_json::from_str(&data).unwrap();
+    assert_eq!(data["key"], serde_json::json!(["builds", build["buildid"].to_string(), "new"]), "{data}");
+    assert_eq!(data["message"]["buildid"], build["buildid"]);
+    assert_eq!(data["message"]["number"], 1);
+
+    // Removed (through A this time), the next build's event does not come;
+    // a path given when listening does.
+    let removed = stack.http.get(format!("{a}/sse/remove/{consumer}/builds/*/new")).send().await.unwrap();
+    assert_eq!(removed.status(), 200);
+    let second = stack.http.get(format!("{b}/sse/listen/builds/*/finished")).send().await.unwrap();
+    let mut finished = SseReader { stream: second.bytes_stream(), buffer: String::new() };
+    assert_eq!(finished.next().await.0, "handshake");
+    stack.wait_for_build(request).await;
+    let (event, data) = finished.next().await;
+    assert_eq!(event, "event");
+    assert!(data.contains("\"finished\""), "{data}");
+    let next = stack.force("ticks").await;
+    stack.wait_for_build_to_start(next).await;
+    let quiet = tokio::time::timeout(Duration::from_millis(1_500), events.stream.next()).await;
+    match quiet {
+        Err(_) => {}
+        Ok(Some(Ok(piece))) => {
+            let text = String::from_utf8_lossy(&piece);
+            assert!(!text.contains("event: event"), "an event after its path was removed: {text}");
+        }
+        Ok(other) => panic!("the stream ended: {other:?}"),
+    }
+}
