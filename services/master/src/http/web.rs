@@ -474,7 +474,18 @@ const FAILED_TESTS_SHOWN: usize = 5000;
 
 async fn build_page(State(master): State<AppState>, Path((name, number)): Path<(String, String)>) -> Page {
     let catalog = master.catalog();
-    let (_, builder_id) = catalog.builder(&name).ok_or_else(|| not_found(format!("builder `{name}`")))?;
+    // A build's address stays good after its builder left the
+    // configuration: builders keep their rows, and so their history.
+    let builder_id = match catalog.builder(&name) {
+        Some((_, id)) => i64::from(id.0),
+        None => {
+            let found = api_items(&master, &BUILDERS, &[("name", name.clone())]).await?;
+            found
+                .first()
+                .map(|builder| int(builder, "builderid"))
+                .ok_or_else(|| not_found(format!("builder `{name}`")))?
+        }
+    };
     let number: i64 =
         number.parse().map_err(|_| PageError(ApiError::BadRequest(format!("`{number}` is not a build number"))))?;
     let builds = api_items(

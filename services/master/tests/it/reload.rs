@@ -93,3 +93,45 @@ async fn a_master_starts_with_the_python_org_scale_example_and_serves_its_thousa
     let stable = stack.http.get(format!("http://{address}/?tag=3.14")).send().await.unwrap().text().await.unwrap();
     assert!(stable.matches("<tr data-builderid=").count() > 100, "matrix values are tags");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_builds_address_keeps_working_after_a_reload_even_when_its_builder_left_the_configuration() {
+    let kept = ("kept", "- name: hi\n  command: echo kept\n");
+    let retired = ("retired", "- name: hi\n  command: echo retired\n");
+    let mut stack = TestStack::new(&master_yaml(&[kept, retired]), &["kept", "retired"]).await;
+    stack.start_masters_behind_haproxy().await;
+    stack.start_worker("w1");
+    for builder in ["kept", "retired"] {
+        let request = stack.force(builder).await;
+        stack.wait_for_build(request).await;
+    }
+    let page = |path: &'static str| {
+        let (http, base) = (stack.http.clone(), stack.base_url.clone());
+        async move {
+            let response = http.get(format!("{base}{path}")).send().await.unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    let (status, before) = page("/builders/retired/builds/1").await;
+    assert_eq!(status, 200);
+    assert!(before.contains("retired #1"));
+
+    // `retired` leaves master.yaml, a new builder comes before `kept`.
+    std::fs::write(
+        stack.dir.path().join("master.yaml"),
+        master_yaml(&[("added", "- name: hi\n  command: echo added\n"), kept]),
+    )
+    .unwrap();
+    stack
+        .eventually(20, "the reload on both masters", async || {
+            let builders = stack.get("/api/v2/builders?name=retired").await;
+            (builders["builders"][0]["masterids"] == serde_json::json!([])).then_some(())
+        })
+        .await;
+    for (path, title) in [("/builders/kept/builds/1", "kept #1"), ("/builders/retired/builds/1", "retired #1")] {
+        let (status, body) = page(path).await;
+        assert_eq!(status, 200, "{path}");
+        assert!(body.contains(title), "{path}");
+    }
+    assert_eq!(page("/builders/never-was/builds/1").await.0, 404);
+}
