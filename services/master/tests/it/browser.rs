@@ -87,6 +87,20 @@ impl Browser {
         self.command(reqwest::Method::POST, &format!("/element/{id}/click"), Some(json!({}))).await;
     }
 
+    /// Resizes the window (a phone is 390 by 844).
+    async fn resize(&self, width: u32, height: u32) {
+        self.command(reqwest::Method::POST, "/window/rect", Some(json!({ "width": width, "height": height }))).await;
+    }
+
+    /// Presses and releases `key` (a WebDriver key: `\u{E004}` is Tab,
+    /// `\u{E007}` Enter).
+    async fn press(&self, key: &str) {
+        let actions = json!({ "actions": [{ "type": "key", "id": "keyboard", "actions": [
+            { "type": "keyDown", "value": key }, { "type": "keyUp", "value": key }
+        ]}]});
+        self.command(reqwest::Method::POST, "/actions", Some(actions)).await;
+    }
+
     async fn text(&self, css: &str) -> String {
         let text =
             self.run("const e = document.querySelector(arguments[0]); return e ? e.textContent : null;", json!([css]));
@@ -554,4 +568,51 @@ async fn the_release_board_turns_red_when_a_stable_builder_fails_and_green_after
     assert_eq!(browser.text("#branch-main .summary").await, "main: all 2 builders green");
     assert_eq!(browser.text("#branch-main h2 .badge").await, "green");
     browser.screenshot("green").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_page_fits_a_phone_and_a_build_is_forced_with_the_keyboard_alone() {
+    let (stack, _, _) = crate::console::stack_with_two_pushes().await;
+    let browser = Browser::start("phone").await;
+    browser.resize(390, 844).await;
+    let base = stack.base_url.clone();
+    for (path, ready) in [
+        ("/", "table.grid"),
+        ("/builders/compile", "#force button"),
+        ("/builders/compile/builds/2", "#steps"),
+        ("/console", "table.console"),
+        ("/waterfall", "svg#waterfall"),
+        ("/release", "#branch-main"),
+        ("/tests", "h1"),
+        ("/workers", "table.workers"),
+        ("/queue", "svg#queue-history"),
+        ("/login", "h1"),
+    ] {
+        browser.goto(&format!("{base}{path}")).await;
+        browser.wait_for(10, path, &format!("return document.querySelector('{ready}')")).await;
+        let widths = browser.run("return [document.documentElement.scrollWidth, window.innerWidth]", json!([])).await;
+        let (page, window) = (widths[0].as_i64().unwrap(), widths[1].as_i64().unwrap());
+        assert!(page <= window, "{path} is {page} px wide on a {window} px phone: wide parts must scroll on their own");
+        let name = path.trim_matches('/').replace('/', "-");
+        browser.screenshot(if name.is_empty() { "overview" } else { &name }).await;
+    }
+
+    // Tab to the Force button and press Enter: the build page opens.
+    browser.goto(&format!("{base}/builders/docs")).await;
+    browser.wait_for(10, "the force form", "return document.querySelector('#force button')").await;
+    let mut reached = false;
+    for _ in 0..60 {
+        browser.press("\u{E004}").await;
+        let focused =
+            browser.run("return document.activeElement === document.querySelector('#force button')", json!([])).await;
+        if focused == json!(true) {
+            reached = true;
+            break;
+        }
+    }
+    assert!(reached, "the Force button is reached with Tab");
+    let outline = browser.run("return getComputedStyle(document.activeElement).outlineStyle", json!([])).await;
+    assert_eq!(outline, "solid", "the focused control shows it");
+    browser.press("\u{E007}").await;
+    browser.wait_for(30, "the forced build's page", "return location.pathname === '/builders/docs/builds/3'").await;
 }
