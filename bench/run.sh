@@ -6,13 +6,15 @@
 #   bench/run.sh                    all scenarios, then bench/RESULTS.md
 #   bench/run.sh live-log crawl     only these (enqueue, throughput, installation,
 #                                   reporters, live-log, log-throughput,
-#                                   junit-ingest, crawl, pages, tests-page)
+#                                   junit-ingest, crawl, pages, tests-page,
+#                                   views)
 #
 # The crawler scenario reads a large history, written once into the bench
 # database by bench/seed.sql (BENCH_SEED_BUILDS builds, 2,500,000 unless set,
 # of BENCH_SEED_STEPS steps, 8 unless set; about 7 GB and several minutes
 # the first time, reused afterwards); the tests-page scenario adds test
-# results to it (bench/seed-tests.sql).
+# results to it (bench/seed-tests.sql), the views scenario 100 changes built
+# by every seeded builder (bench/seed-console.sql).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -108,6 +110,19 @@ seed_test_results() {
     psql_superuser -d buildmaster_bench -c "vacuum analyze test_result_sets" -c "vacuum analyze test_results"
 }
 
+# The console's 100 changes built by the 1,000 seeded builders
+# (bench/seed-console.sql), once.
+seed_console() {
+    local have
+    have=$(psql_superuser -d buildmaster_bench -tAc "select count(*) from changes where source = 'bench-console'")
+    if ((have >= 100)); then
+        say "the console's history is already seeded"
+        return
+    fi
+    say "seeding 100 changes built by the 1,000 seeded builders (once, reused by later runs)"
+    psql_superuser -d buildmaster_bench <bench/seed-console.sql
+}
+
 footprint() {
     local master_pid
     master_pid=$(cat "$BUILDMASTER_RUN_DIR/pids/master-1.pid")
@@ -201,7 +216,13 @@ scenario_tests_page() {
     say "the Tests page on the seeded history"
     bench tests-page --rounds 20
 }
-ALL=(enqueue throughput installation reporters live-log log-throughput junit-ingest crawl pages tests-page)
+scenario_views() {
+    seed_history
+    seed_console
+    say "the console, the release board and the waterfall on the seeded history"
+    bench views --rounds 20
+}
+ALL=(enqueue throughput installation reporters live-log log-throughput junit-ingest crawl pages tests-page views)
 chosen=("${@:-${ALL[@]}}")
 for name in "${chosen[@]}"; do
     declare -F "scenario_${name//-/_}" >/dev/null || { echo "unknown scenario $name (known: ${ALL[*]})" >&2; exit 2; }

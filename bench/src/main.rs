@@ -15,6 +15,7 @@ mod pages;
 mod report;
 mod reporters;
 mod results;
+mod views;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -100,6 +101,12 @@ enum Scenario {
     /// The web UI's heaviest pages on the seeded history, one at a time.
     Pages {
         #[arg(long, default_value_t = 50)]
+        rounds: usize,
+    },
+    /// The console, the release board and the waterfall on the seeded
+    /// history, one at a time.
+    Views {
+        #[arg(long, default_value_t = 20)]
         rounds: usize,
     },
     /// Forces from a few clients, a new connection per force, on a builder
@@ -214,6 +221,7 @@ async fn main() -> anyhow::Result<()> {
             reporters::statuses(&cli.url, &database, clients, builds, listen).await?
         }
         Scenario::Pages { rounds } => pages::pages(&http, &cli.url, &database, rounds).await?,
+        Scenario::Views { rounds } => views::views(&http, &cli.url, &database, rounds).await?,
         Scenario::JunitIngest { master_pids } => {
             results::junit_ingest(&http, &cli.url, &database, &master_pids).await?
         }

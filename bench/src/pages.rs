@@ -65,7 +65,7 @@ pub async fn pages(http: &reqwest::Client, url: &str, database: &sqlx::PgPool, r
 
 /// Sends `rounds` GETs one after the other, each checked for `marker`;
 /// their latencies and the last page's size.
-async fn time_gets(
+pub async fn time_gets(
     http: &reqwest::Client,
     url: &str,
     rounds: usize,
