@@ -217,7 +217,9 @@ pub fn router(master: Arc<Master>) -> Router {
         .route(GITHUB_HOOK, axum::routing::post(github::hook))
         .merge(web::routes());
     for (doc, handlers) in api() {
-        router = router.route(doc.path, handlers);
+        // Also under `/all`, where buildbot.python.org serves its API, so
+        // scripts written for it need only another host.
+        router = router.route(&format!("/all{}", doc.path), handlers.clone()).route(doc.path, handlers);
     }
     router
         .fallback(|| async { ApiError::NotFound("no such resource".into()) })

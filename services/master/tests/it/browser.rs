@@ -550,8 +550,11 @@ async fn the_release_board_turns_red_when_a_stable_builder_fails_and_green_after
         .await;
     assert_eq!(
         rows,
-        json!([["compile", "r2 red", "#2", "steps: check"], ["tests", "r2 red", "#2", "steps: check"]]),
-        "red since the build that broke it, with the step that failed"
+        json!([
+            ["compile", "r2 red", "#2", "steps: checktest_eval"],
+            ["tests", "r2 red", "#2", "steps: checktest_eval"]
+        ]),
+        "red since the build that broke it, with the step and the test that failed"
     );
     assert_eq!(
         browser.text("#branch-3\\.14 .summary").await,

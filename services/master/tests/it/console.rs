@@ -9,9 +9,12 @@ use crate::github::{SECRET, deliver};
 use crate::harness::TestStack;
 
 /// Four builders on main; `compile` and `tests` fail on a revision that
-/// starts with `bad`.
+/// starts with `bad`, and say so in a JUnit file (`test_eval` fails).
 fn console_yaml() -> String {
-    "factories:\n  picky:\n    steps:\n      - name: check\n        command: case %(prop:revision)s in bad*) exit 1;; esac\n\
+    "factories:\n  picky:\n    steps:\n      - name: check\n        test_results: [junit.xml]\n        command: |\n\
+     \x20         case %(prop:revision)s in bad*) failed='<failure message=\"boom\"/>';; *) failed='';; esac\n\
+     \x20         printf '<testsuite name=\"s\"><testcase classname=\"c\" name=\"test_eval\">%s</testcase></testsuite>' \"$failed\" > junit.xml\n\
+     \x20         case %(prop:revision)s in bad*) exit 1;; esac\n\
      \x20 easy:\n    steps:\n      - name: check\n        command: \"true\"\n\
      builders:\n\
      \x20 - {name: compile, factory: picky, workers: [w1, w2], tags: [stable]}\n\
@@ -153,4 +156,36 @@ async fn a_build_knows_its_source_stamp_and_changes_and_a_change_its_builds() {
     assert_eq!(queue.matches("<circle class=\"point\"").count(), 96, "a point per quarter hour: {queue}");
     let missing = stack.http.get(format!("{}/charts/workers/nobody/builds.svg", stack.base_url)).send().await.unwrap();
     assert_eq!(missing.status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_managers_script_finds_the_stable_builders_failing_now_as_it_does_on_buildbot_python_org() {
+    // The requests python/release-tools' buildbotapi.py makes before a
+    // release, as it makes them (under buildbot.python.org's `/all`, with
+    // its doubled `&&`), with only the host changed.
+    let (stack, _, _) = stack_with_two_pushes().await;
+    let base = format!("{}/all/api/v2", stack.base_url);
+    let builders = stack.http.get(format!("{base}/builders")).send().await.unwrap();
+    assert_eq!(builders.status(), 200);
+    let builders: Value = builders.json().await.unwrap();
+    let stable: Vec<(i64, String)> = builders["builders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|builder| builder["tags"].as_array().unwrap().iter().any(|tag| tag == "stable"))
+        .map(|builder| (builder["builderid"].as_i64().unwrap(), builder["name"].as_str().unwrap().to_owned()))
+        .collect();
+    assert_eq!(stable.iter().map(|(_, name)| name.as_str()).collect::<Vec<_>>(), ["compile", "tests"]);
+    let by_tag: Value =
+        stack.http.get(format!("{base}/builders?tags__contains=stable")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(by_tag["builders"].as_array().unwrap().len(), 2);
+    for (id, name) in &stable {
+        let url = format!("{base}/builds?complete__eq=true&&builderid__eq={id}&&order=-complete_at&&limit=1");
+        let response = stack.http.get(&url).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{url}");
+        let builds: Value = response.json().await.unwrap();
+        let build = &builds["builds"][0];
+        assert_eq!(build["results"], 2, "{name} fails now: {builds}");
+        assert!(build["complete_at"].as_i64().unwrap() > 0);
+    }
 }
