@@ -951,6 +951,24 @@ async fn tests_page(State(master): State<AppState>, Query(query): Query<TestsQue
     Ok(page("Tests", "tests", &[], body))
 }
 
+/// Every tag of the configured builders.
+fn all_tags(catalog: &Catalog) -> BTreeSet<&str> {
+    catalog.builders().flat_map(|(builder, _)| builder.tags.iter().map(String::as_str)).collect()
+}
+
+/// A filter's choice of one tag, or every builder.
+fn tag_select(tags: &BTreeSet<&str>, chosen: Option<&str>) -> Markup {
+    html! {
+        label {
+            "Tag "
+            select name="tag" {
+                option value="" { "every builder" }
+                @for name in tags { option value=(name) selected[Some(*name) == chosen] { (name) } }
+            }
+        }
+    }
+}
+
 /// Builds a builder's duration chart shows.
 const CHART_BUILDS: i64 = 50;
 /// Days a worker's chart shows.
@@ -992,10 +1010,9 @@ async fn waterfall_page(State(master): State<AppState>, Query(query): Query<Wate
     let hours = query.hours.unwrap_or(6).clamp(1, 7 * 24);
     let tag = query.tag.filter(|tag| !tag.is_empty());
     let catalog = master.catalog();
-    let mut tags: BTreeSet<&str> = BTreeSet::new();
+    let tags = all_tags(&catalog);
     let mut columns: Vec<(BuilderId, &str)> = Vec::new();
     for (builder, id) in catalog.builders() {
-        tags.extend(builder.tags.iter().map(String::as_str));
         if tag.as_ref().is_none_or(|tag| builder.tags.contains(tag)) {
             columns.push((id, builder.name.as_str()));
         }
@@ -1017,13 +1034,7 @@ async fn waterfall_page(State(master): State<AppState>, Query(query): Query<Wate
                 }
             }
             " "
-            label {
-                "Tag "
-                select name="tag" {
-                    option value="" { "every builder" }
-                    @for name in &tags { option value=(name) selected[Some(*name) == tag.as_deref()] { (name) } }
-                }
-            }
+            (tag_select(&tags, tag.as_deref()))
             " " button type="submit" { "Show" }
         }
         p.muted { (builds.len()) " builds on " (columns.len()) " builders; hover a bar for its build, click to open it." }
@@ -1046,10 +1057,7 @@ async fn console_page(State(master): State<AppState>, Query(query): Query<Consol
     let tag = query.tag.filter(|tag| !tag.is_empty());
     let console = master.console(branch.as_deref(), tag.as_deref()).await?;
     let catalog = master.catalog();
-    let mut tags: BTreeSet<&str> = BTreeSet::new();
-    for (builder, _) in catalog.builders() {
-        tags.extend(builder.tags.iter().map(String::as_str));
-    }
+    let tags = all_tags(&catalog);
     // Runs of columns of one group, for the header row above the names.
     let mut groups: Vec<(&str, usize)> = Vec::new();
     for column in &console.columns {
@@ -1063,13 +1071,7 @@ async fn console_page(State(master): State<AppState>, Query(query): Query<Consol
         form.filter method="get" action="/console" {
             label { "Branch " input name="branch" value=(branch.as_deref().unwrap_or_default()) placeholder="every branch"; }
             " "
-            label {
-                "Tag "
-                select name="tag" {
-                    option value="" { "every builder" }
-                    @for name in &tags { option value=(name) selected[Some(*name) == tag.as_deref()] { (name) } }
-                }
-            }
+            (tag_select(&tags, tag.as_deref()))
             " " button type="submit" { "Show" }
         }
         @if console.changes.is_empty() {
