@@ -134,7 +134,37 @@ fn default_user_claim() -> String {
     "preferred_username".into()
 }
 
-/// Whether `name` may name a provider in URLs.
+/// Whether `name` may name an OpenID Connect provider in URLs: not
+/// `github`, which names GitHub's own sign-in.
 pub(super) fn is_valid_provider_name(name: &str) -> bool {
-    !name.is_empty() && name.len() <= 40 && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+    !name.is_empty()
+        && name.len() <= 40
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+        && name != "github"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provider_names_fit_a_url_and_leave_github_to_github() {
+        assert!(is_valid_provider_name("company-sso_2"));
+        for bad in ["", "bad name", "a/b", "github", &"x".repeat(41)] {
+            assert!(!is_valid_provider_name(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn groups_become_roles_through_the_map_or_as_they_are() {
+        let mut provider: OidcProvider = serde_yaml::from_str(
+            "name: sso\nissuer: https://sso.example.org\nclient_id: c\nclient_secret: s\nroles_claim: groups\n",
+        )
+        .unwrap();
+        let groups = vec!["ci-admins".to_owned(), "staff".to_owned()];
+        assert_eq!(provider.roles_of(&groups), ["ci-admins", "staff"]);
+        provider.roles.insert("ci-admins".into(), vec!["admins".into(), "developers".into()]);
+        assert_eq!(provider.roles_of(&groups), ["admins", "developers"]);
+        assert_eq!(provider.scopes, ["openid", "profile", "email"]);
+    }
 }

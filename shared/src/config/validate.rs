@@ -741,7 +741,7 @@ fn sign_in(file: &mut SourceFile, at: &YamlPath, settings: &Settings) {
             file.error_at_value(
                 &at.key("name"),
                 format!("provider name `{}` is not allowed", provider.name),
-                Some("use letters, digits, `-` and `_` (it appears in the callback URL)".into()),
+                Some("use letters, digits, `-` and `_` (it appears in the callback URL); `github` is taken".into()),
             );
         } else if !seen.insert(provider.name.as_str()) {
             file.error_at_value(&at.key("name"), format!("provider `{}` is named twice", provider.name), None);
