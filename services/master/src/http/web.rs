@@ -301,8 +301,7 @@ async fn builder_page(
         params.push(("number__lt", before.to_string()));
     }
     let builds = api_items(&master, &BUILDS, &params).await?;
-    let points =
-        master.store.builder_points(builder_id, CHART_BUILDS).await.map_err(|error| PageError(error.into()))?;
+    let points = master.store.builder_points(builder_id, CHART_BUILDS).await?;
     let pending = api_items(
         &master,
         &BUILDREQUESTS,
@@ -530,8 +529,7 @@ async fn build_page(State(master): State<AppState>, Path((name, number)): Path<(
         test_sets.push((set, failed, step.map(|step| text(step, "name").to_owned()).unwrap_or_default(), log_id));
     }
     let artifacts = api_items(&master, &ARTIFACTS, &[("buildid", build_id.to_string())]).await?;
-    let blamelist =
-        master.store.blamelist(shared::ids::BuildId(build_id)).await.map_err(|error| PageError(error.into()))?;
+    let blamelist = master.store.blamelist(shared::ids::BuildId(build_id)).await?;
     let changes = if blamelist.is_empty() {
         Vec::new()
     } else {
@@ -540,11 +538,7 @@ async fn build_page(State(master): State<AppState>, Path((name, number)): Path<(
         params.push(("order", "-changeid".into()));
         api_items(&master, &CHANGES, &params).await?
     };
-    let told = master
-        .store
-        .notifications_of_build(shared::ids::BuildId(build_id))
-        .await
-        .map_err(|error| PageError(error.into()))?;
+    let told = master.store.notifications_of_build(shared::ids::BuildId(build_id)).await?;
     let body = html! {
         p.crumbs { a href=(builder_href(&name)) { (name) } " / build #" (number) }
         h1 {
@@ -829,7 +823,7 @@ async fn queue_page(State(master): State<AppState>) -> Page {
         }
     }
     let now = chrono::Utc::now().timestamp();
-    let history = master.store.queue_history(24, 15).await.map_err(|error| PageError(error.into()))?;
+    let history = master.store.queue_history(24, 15).await?;
     let body = html! {
         h1 { "Queue" }
         figure.chart { (PreEscaped(charts::queue(&history))) }
@@ -982,20 +976,19 @@ fn svg(body: String) -> Response {
 async fn builder_chart(State(master): State<AppState>, Path(name): Path<String>) -> Page {
     let catalog = master.catalog();
     let (builder, builder_id) = catalog.builder(&name).ok_or_else(|| not_found(format!("builder `{name}`")))?;
-    let points =
-        master.store.builder_points(builder_id, CHART_BUILDS).await.map_err(|error| PageError(error.into()))?;
+    let points = master.store.builder_points(builder_id, CHART_BUILDS).await?;
     Ok(svg(charts::builder_durations(builder.name.as_str(), &points)))
 }
 
 async fn worker_chart(State(master): State<AppState>, Path(name): Path<String>) -> Page {
-    let worker = master.store.worker_id_by_name(&name).await.map_err(|error| PageError(error.into()))?;
+    let worker = master.store.worker_id_by_name(&name).await?;
     let worker = worker.ok_or_else(|| not_found(format!("worker `{name}`")))?;
-    let days = master.store.worker_days(worker, CHART_DAYS).await.map_err(|error| PageError(error.into()))?;
+    let days = master.store.worker_days(worker, CHART_DAYS).await?;
     Ok(svg(charts::worker_days(&name, &days)))
 }
 
 async fn queue_chart(State(master): State<AppState>) -> Page {
-    let history = master.store.queue_history(24, 15).await.map_err(|error| PageError(error.into()))?;
+    let history = master.store.queue_history(24, 15).await?;
     Ok(svg(charts::queue(&history)))
 }
 
@@ -1021,7 +1014,7 @@ async fn waterfall_page(State(master): State<AppState>, Query(query): Query<Wate
     let now = chrono::Utc::now();
     let ids: Vec<BuilderId> = columns.iter().map(|(id, _)| *id).collect();
     let since = now - chrono::Duration::hours(i64::from(hours));
-    let builds = master.store.builds_since(&ids, since).await.map_err(|error| PageError(error.into()))?;
+    let builds = master.store.builds_since(&ids, since).await?;
     let body = html! {
         h1 { "Waterfall" }
         form.filter method="get" action="/waterfall" {
