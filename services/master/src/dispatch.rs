@@ -173,7 +173,7 @@ async fn answer(master: &Master, request: RpcRequest) -> Result<RpcReply, StoreE
             master.metrics.build_started(builder.as_str(), waited);
             master.live.send(Change::Build(claimed.id, "new"));
             master.live.send(Change::Request(claimed.buildrequest_id, "claimed"));
-            let template = &config.factory_of(builder_config).steps;
+            let template = &builder_config.steps;
             // Only the secrets this build's steps use travel to the worker
             // (to be masked in its logs), as the configuration names them.
             let secrets: BTreeMap<String, String> = template

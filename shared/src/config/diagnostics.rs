@@ -88,21 +88,22 @@ impl SourceFile {
     }
 
     pub(super) fn error_at(&mut self, path: &YamlPath, message: impl Into<String>, hint: Option<String>) {
-        self.errors.push(ConfigError {
-            file: self.path.clone(),
-            position: self.map.position(path),
-            message: message.into(),
-            hint,
-        });
+        let position = self.map.position(path);
+        self.push(position, message.into(), hint);
     }
 
     pub(super) fn error_at_value(&mut self, path: &YamlPath, message: impl Into<String>, hint: Option<String>) {
-        self.errors.push(ConfigError {
-            file: self.path.clone(),
-            position: self.map.value_position(path),
-            message: message.into(),
-            hint,
-        });
+        let position = self.map.value_position(path);
+        self.push(position, message.into(), hint);
+    }
+
+    /// Adds an error, once: a factory's step worked out for a thousand
+    /// builders is wrong at one place.
+    fn push(&mut self, position: Option<Position>, message: String, hint: Option<String>) {
+        let error = ConfigError { file: self.path.clone(), position, message, hint };
+        if !self.errors.contains(&error) {
+            self.errors.push(error);
+        }
     }
 
     /// Parses the whole text as YAML; a syntax error is the only error then.

@@ -10,17 +10,25 @@ use serde::Deserialize;
 
 use crate::ids::{BuilderName, WorkerName};
 
-use super::diagnostics::SourceFile;
+use super::branches::BranchConfig;
+use super::diagnostics::{ConfigError, SourceFile};
+use super::factories::{self, FactoryConfig, FactoryFile};
 use super::reporters::{self, ReporterConfig};
-use super::steps::{GitStepFile, StepSpec};
+use super::steps::StepSpec;
 use super::{YamlPath, matrix};
 
 /// `master.yaml`: what to build, how, and when.
 #[derive(Debug, Clone, Default)]
 pub struct MasterConfig {
+    /// The lines of development builders are expanded over, newest first.
+    pub branches: Vec<BranchConfig>,
     pub builders: Vec<BuilderConfig>,
-    /// Named step lists, shared by builders.
+    /// Named step lists, shared by builders, with what they inherit.
     pub factories: BTreeMap<String, FactoryConfig>,
+    /// Which factories came from `factories_file` (for errors).
+    pub(super) factories_in_file: std::collections::BTreeSet<String>,
+    /// The schedulers whose `builders` select by tag, by index.
+    pub(super) scheduler_selections: Vec<(usize, BuilderSelection)>,
     pub schedulers: Vec<SchedulerConfig>,
     /// Repositories polled for new commits (for those that send no
     /// webhook).
@@ -63,6 +71,13 @@ fn default_poll_seconds() -> u64 {
 #[serde(deny_unknown_fields)]
 struct MasterConfigFile {
     #[serde(default)]
+    branches: Vec<serde_yaml::Value>,
+    /// Builders' default for `collapse_requests`.
+    #[serde(default)]
+    collapse_requests: bool,
+    /// A file (relative to master.yaml) whose `factories:` are added.
+    factories_file: Option<std::path::PathBuf>,
+    #[serde(default)]
     builders: Vec<serde_yaml::Value>,
     #[serde(default)]
     factories: BTreeMap<String, serde_yaml::Value>,
@@ -94,7 +109,10 @@ pub struct BuilderConfig {
     pub description: Option<String>,
     /// A new request supersedes this builder's older pending requests of
     /// the same branch, which end SKIPPED: build the newest, not each one.
-    #[serde(default)]
+    /// Default: master.yaml's top-level `collapse_requests`.
+    #[serde(rename = "collapse_requests", default, deserialize_with = "some_bool")]
+    collapse_given: Option<bool>,
+    #[serde(skip)]
     pub collapse_requests: bool,
     /// Properties of every build of this builder, source `Builder`; a
     /// matrix adds its axes' values.
@@ -109,16 +127,43 @@ pub struct BuilderConfig {
     /// Combinations left out, e.g. `[{branch: "3.13", arch: arm64}]`.
     #[serde(default)]
     pub exclude: Vec<BTreeMap<String, String>>,
+    /// The branches of master.yaml's `branches:` to build, one builder
+    /// each, named `NAME BRANCH` (or with `{branch}` where the name puts
+    /// it): `all`, a list, `{since: NAME}` or `{until: NAME}`.
+    #[serde(default)]
+    pub(super) branches: Option<serde_yaml::Value>,
+    /// The branch (of `branches:`) it was expanded for.
+    #[serde(skip)]
+    pub branch: Option<String>,
+    /// Its steps, worked out from its factory for it (`factories.rs`).
+    #[serde(skip)]
+    pub steps: Vec<StepSpec>,
     /// Index of the definition in master.yaml's `builders:` (for errors).
     #[serde(skip)]
     pub definition: usize,
 }
 
-/// A named list of steps.
-#[derive(Debug, Clone, Deserialize)]
+/// `collapse_requests: true` read as `Some(true)`.
+fn some_bool<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<bool>, D::Error> {
+    bool::deserialize(deserializer).map(Some)
+}
+
+/// A scheduler's `builders` given by tag rather than by name: `all`, or
+/// `{tags: [3.x], not_tags: [refleak]}` (every tag, none of the others).
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct FactoryConfig {
-    pub steps: Vec<StepSpec>,
+pub struct BuilderSelection {
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub not_tags: Vec<String>,
+}
+
+impl BuilderSelection {
+    pub fn selects(&self, builder: &BuilderConfig) -> bool {
+        self.tags.iter().all(|tag| builder.tags.contains(tag))
+            && !self.not_tags.iter().any(|tag| builder.tags.contains(tag))
+    }
 }
 
 /// What starts builds.
@@ -324,19 +369,36 @@ impl SchedulerConfig {
     }
 }
 
-/// Parses master.yaml, item by item; `None` when any item is wrong (its
-/// errors are in `file`).
-pub(super) fn parse(file: &mut SourceFile, text: &str) -> Option<MasterConfig> {
-    let value = file.parse_yaml(text)?;
+/// Parses master.yaml, item by item, and the factories file it names;
+/// `None` when any item is wrong (its errors are in `file`, or in the
+/// factories file, returned too).
+pub(super) fn parse(
+    file: &mut SourceFile,
+    text: &str,
+    dir: &std::path::Path,
+) -> (Option<MasterConfig>, Option<SourceFile>) {
+    let Some(value) = file.parse_yaml(text) else { return (None, None) };
     let root = YamlPath::root();
-    let top: MasterConfigFile = file.deserialize(&root, value)?;
+    let Some(top) = file.deserialize::<MasterConfigFile>(&root, value) else { return (None, None) };
     let mut config = MasterConfig::default();
     let mut complete = true;
+    for (index, value) in top.branches.into_iter().enumerate() {
+        let at = root.key("branches").index(index);
+        match file.deserialize::<BranchConfig>(&at, value) {
+            Some(branch) if config.branches.iter().any(|other| other.name == branch.name) => {
+                file.error_at_value(&at.key("name"), format!("branch `{}` is listed twice", branch.name), None);
+                complete = false;
+            }
+            Some(branch) => config.branches.push(branch),
+            None => complete = false,
+        }
+    }
     for (index, value) in top.builders.into_iter().enumerate() {
         let at = root.key("builders").index(index);
         match file.deserialize::<BuilderConfig>(&at, value) {
             Some(mut builder) => {
                 builder.definition = index;
+                builder.collapse_requests = builder.collapse_given.unwrap_or(top.collapse_requests);
                 match matrix::expand(file, &at, builder) {
                     Some(builders) => config.builders.extend(builders),
                     None => complete = false,
@@ -345,30 +407,78 @@ pub(super) fn parse(file: &mut SourceFile, text: &str) -> Option<MasterConfig> {
             None => complete = false,
         }
     }
+    let mut templates = BTreeMap::new();
     for (name, value) in top.factories {
-        let at = root.key("factories").key(name.clone());
-        match file.deserialize::<FactoryConfigFile>(&at, value) {
+        match file.deserialize::<FactoryFile>(&root.key("factories").key(name.clone()), value) {
             Some(factory) => {
-                let mut steps = Vec::new();
-                for (index, step) in factory.steps.into_iter().enumerate() {
-                    let step_at = at.key("steps").index(index);
-                    let parsed = if step.get("git").is_some() {
-                        file.deserialize::<GitStepFile>(&step_at, step).map(GitStepFile::into_step)
-                    } else {
-                        file.deserialize(&step_at, step)
-                    };
-                    match parsed {
-                        Some(step) => steps.push(step),
-                        None => complete = false,
-                    }
-                }
-                config.factories.insert(name, FactoryConfig { steps });
+                templates.insert(name, factory);
             }
             None => complete = false,
         }
     }
-    for (index, value) in top.schedulers.into_iter().enumerate() {
-        match file.deserialize(&root.key("schedulers").index(index), value) {
+    let mut factories_file = None;
+    if let Some(path) = top.factories_file {
+        match read_factories_file(&dir.join(&path)) {
+            Ok((mut other, found)) => {
+                for (name, factory) in found {
+                    if templates.contains_key(&name) {
+                        other.error_at(
+                            &root.key("factories").key(name.clone()),
+                            format!("factory `{name}` is also defined in master.yaml"),
+                            Some("define each factory once".into()),
+                        );
+                        continue;
+                    }
+                    config.factories_in_file.insert(name.clone());
+                    templates.insert(name, factory);
+                }
+                complete &= other.errors.is_empty();
+                factories_file = Some(other);
+            }
+            Err(other) => {
+                file.error_at_value(
+                    &root.key("factories_file"),
+                    format!("cannot read the factories file {}: {}", path.display(), other.message),
+                    None,
+                );
+                complete = false;
+            }
+        }
+    }
+    // Each factory's inheritance is reported in the file that defines it.
+    for in_file in [false, true] {
+        let names: Vec<&String> =
+            templates.keys().filter(|name| config.factories_in_file.contains(*name) == in_file).collect();
+        let target = match (in_file, factories_file.as_mut()) {
+            (true, Some(other)) => other,
+            _ => &mut *file,
+        };
+        match factories::inherit(target, &root.key("factories"), &templates, &names) {
+            Some(inherited) => config.factories.extend(inherited),
+            None => complete = false,
+        }
+    }
+    for (index, mut value) in top.schedulers.into_iter().enumerate() {
+        let at = root.key("schedulers").index(index);
+        // `builders` by tag is filled in once the builders are expanded.
+        let selection = match value.get("builders") {
+            Some(serde_yaml::Value::String(all)) if all == "all" => Some(BuilderSelection::default()),
+            Some(selection @ serde_yaml::Value::Mapping(_)) => {
+                match file.deserialize::<BuilderSelection>(&at.key("builders"), selection.clone()) {
+                    Some(selection) => Some(selection),
+                    None => {
+                        complete = false;
+                        continue;
+                    }
+                }
+            }
+            _ => None,
+        };
+        if let Some(selection) = selection {
+            value["builders"] = serde_yaml::Value::Sequence(Vec::new());
+            config.scheduler_selections.push((index, selection));
+        }
+        match file.deserialize(&at, value) {
             Some(scheduler) => config.schedulers.push(scheduler),
             None => complete = false,
         }
@@ -410,13 +520,24 @@ pub(super) fn parse(file: &mut SourceFile, text: &str) -> Option<MasterConfig> {
             None => complete = false,
         }
     }
-    complete.then_some(config)
+    (complete.then_some(config), factories_file)
 }
 
-/// The builders one definition stands for: itself, or one per combination
-/// of its matrix's axes (less the excluded ones), each named from the
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FactoryConfigFile {
-    steps: Vec<serde_yaml::Value>,
+/// Reads a factories file: a `factories:` mapping, as in master.yaml.
+fn read_factories_file(path: &std::path::Path) -> Result<(SourceFile, BTreeMap<String, FactoryFile>), ConfigError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct FactoriesFile {
+        factories: BTreeMap<String, serde_yaml::Value>,
+    }
+    let (mut file, text) = SourceFile::read(path)?;
+    let root = YamlPath::root();
+    let mut found = BTreeMap::new();
+    let top = file.parse_yaml(&text).and_then(|value| file.deserialize::<FactoriesFile>(&root, value));
+    for (name, value) in top.map(|top| top.factories).unwrap_or_default() {
+        if let Some(factory) = file.deserialize::<FactoryFile>(&root.key("factories").key(name.clone()), value) {
+            found.insert(name, factory);
+        }
+    }
+    Ok((file, found))
 }

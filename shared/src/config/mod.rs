@@ -12,11 +12,16 @@
 //! Parsing checks each value on its own; `validate.rs` checks what needs
 //! more than one.
 
+mod branches;
 mod diagnostics;
+pub mod expr;
+mod factories;
 pub mod interpolate;
 mod master;
 mod matrix;
+mod python_org;
 pub mod reporters;
+mod resolve;
 mod settings;
 mod sign_in;
 mod source_map;
@@ -30,8 +35,10 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use diagnostics::{ConfigError, ConfigErrors};
+pub use branches::{BranchConfig, BranchSelector};
+pub use factories::FactoryConfig;
 pub use master::{
-    BuilderConfig, FactoryConfig, ForceParameter, MasterConfig, PollerConfig, ReleaseBoardConfig, SchedulerConfig,
+    BuilderConfig, BuilderSelection, ForceParameter, MasterConfig, PollerConfig, ReleaseBoardConfig, SchedulerConfig,
     path_matches,
 };
 pub use settings::*;
@@ -51,7 +58,7 @@ pub const SETTINGS_ENV_VARS: [&str; 2] = ["BUILDMASTER_SETTINGS", "PYBUILDBOT_SE
 pub const MIN_WORKER_PASSWORD_CHARS: usize = 14;
 
 /// A string that must never be printed: passwords and URLs that carry them.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(transparent)]
 pub struct Secret(String);
 
@@ -103,12 +110,17 @@ impl Config {
     pub fn load(settings_path: &Path) -> Result<Config, ConfigErrors> {
         let settings_dir = settings_path.parent().unwrap_or(Path::new(".")).to_owned();
         let (mut settings_file, settings_text) = SourceFile::read(settings_path).map_err(|e| ConfigErrors(vec![e]))?;
-        let settings = settings_file
-            .parse_yaml(&settings_text)
-            .and_then(|value| settings_file.deserialize::<Settings>(&YamlPath::root(), value));
+        let settings = settings_file.parse_yaml(&settings_text).and_then(|mut value| {
+            python_org::translate(&mut settings_file, &mut value);
+            let workers_by_name = matches!(value.get("workers"), Some(serde_yaml::Value::Mapping(_)));
+            let mut settings = settings_file.deserialize::<Settings>(&YamlPath::root(), value)?;
+            settings.workers_by_name = workers_by_name;
+            Some(settings)
+        });
         let Some(mut settings) = settings else {
             return Err(ConfigErrors(settings_file.errors));
         };
+        settings.apply_owners(&mut settings_file);
         settings.master_config = settings_dir.join(&settings.master_config);
         settings.local_worker.basedir = settings_dir.join(&settings.local_worker.basedir);
         if let Some(app) = settings.github.as_mut().and_then(|github| github.app.as_mut()) {
@@ -124,25 +136,28 @@ impl Config {
                 return Err(ConfigErrors(errors));
             }
         };
-        let master = master::parse(&mut master_file, &master_text);
+        let master_dir = master_config_path.parent().unwrap_or(Path::new(".")).to_owned();
+        let (mut master, mut factories_file) = master::parse(&mut master_file, &master_text, &master_dir);
         validate::settings(&mut settings_file, &settings);
-        if let Some(master) = &master {
+        if let Some(master) = &mut master {
+            let mut files = resolve::Files {
+                settings: &mut settings_file,
+                master: &mut master_file,
+                factories: factories_file.as_mut(),
+            };
+            resolve::resolve(&mut files, master, &settings);
             validate::master(&mut master_file, master, &settings);
         }
 
         let mut errors = settings_file.errors;
         errors.extend(master_file.errors);
+        errors.extend(factories_file.map(|file| file.errors).unwrap_or_default());
         match master {
             Some(master) if errors.is_empty() => {
                 Ok(Config { settings_path: settings_path.to_owned(), master_config_path, settings, master })
             }
             _ => Err(ConfigErrors(errors)),
         }
-    }
-
-    /// The factory a builder runs. Validation guarantees it exists.
-    pub fn factory_of(&self, builder: &BuilderConfig) -> &FactoryConfig {
-        &self.master.factories[&builder.factory]
     }
 
     pub fn builder(&self, name: &str) -> Option<&BuilderConfig> {
@@ -172,12 +187,14 @@ impl Config {
 
     /// A short summary for `checkconfig`.
     pub fn summary(&self) -> String {
-        let steps: usize = self.master.factories.values().map(|f| f.steps.len()).sum();
+        let steps: usize = self.master.builders.iter().map(|b| b.steps.len()).sum();
+        let definitions: std::collections::BTreeSet<usize> = self.master.builders.iter().map(|b| b.definition).collect();
         format!(
-            "{} builders, {} factories ({} steps), {} schedulers, {} workers{}",
+            "{} builders ({} definitions, {} steps), {} factories, {} schedulers, {} workers{}",
             self.master.builders.len(),
-            self.master.factories.len(),
+            definitions.len(),
             steps,
+            self.master.factories.len(),
             self.master.schedulers.len(),
             self.settings.workers.len(),
             if self.settings.use_local_worker { " and a local worker" } else { "" },

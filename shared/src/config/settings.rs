@@ -32,9 +32,18 @@ pub struct Settings {
     pub master_config: PathBuf,
     #[serde(default)]
     pub web: WebSettings,
-    /// Remote workers allowed to connect, with their passwords.
-    #[serde(default)]
+    /// Remote workers allowed to connect, with their passwords: a list, or
+    /// (as buildbot.python.org writes it) a mapping from name to settings.
+    #[serde(default, deserialize_with = "list_or_named_map")]
     pub workers: Vec<WorkerSettings>,
+    /// The people who run workers, by the name a worker's `owner` gives
+    /// (or, as on buildbot.python.org, the part of the worker's name
+    /// before its first `-`): defaults for their workers.
+    #[serde(default)]
+    pub owners: BTreeMap<String, OwnerSettings>,
+    /// Whether `workers` was written as a mapping (for errors' places).
+    #[serde(skip)]
+    pub(super) workers_by_name: bool,
     /// When set, masters give every worker in `workers` an account of its
     /// own in RabbitMQ and Redis, limited to what that worker needs, and
     /// trust a worker's identity only from RabbitMQ's validated `user_id`.
@@ -474,10 +483,22 @@ fn default_accounts_sync_seconds() -> u64 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerSettings {
-    /// Its login name: letters, digits, `.`, `_` and `-`.
+    /// Its login name: letters, digits, `.`, `_` and `-` (the key, where
+    /// `workers` is a mapping).
+    #[serde(default)]
     pub name: WorkerName,
-    /// Its password, at least 14 characters.
+    /// Its password, at least 14 characters; default its owner's.
+    #[serde(default)]
     pub password: Secret,
+    /// Who runs it: a name of `owners`. Default the part of its name before
+    /// the first `-`, when `owners` has it.
+    pub owner: Option<String>,
+    /// Tags describing it (shown on its page), e.g. `[linux, amd64]`.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// The branches (of master.yaml's `branches:`) it builds, when fewer
+    /// than all: `{since: "3.13"}`, `{until: "3.12"}` or a list.
+    pub branches: Option<serde_yaml::Value>,
     /// How many builds it runs at once.
     #[serde(default = "default_max_builds")]
     pub max_builds: u32,
@@ -502,8 +523,30 @@ fn default_missing_timeout_seconds() -> u64 {
     3600
 }
 
-/// A daily window, `from` to `until` (`HH:MM`, crossing midnight when
-/// `until` is earlier), in a time zone.
+/// A person who runs workers, and what their workers have unless they say
+/// otherwise.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OwnerSettings {
+    /// Their name as people read it.
+    pub name: Option<String>,
+    /// Mailed when one of their workers is missing (its
+    /// `notify_on_missing`, unless it has one).
+    pub email: Option<String>,
+    /// The password of their workers that have none of their own.
+    #[serde(default)]
+    pub password: Secret,
+    /// Properties of their workers' builds, under each worker's own.
+    #[serde(default)]
+    pub properties: BTreeMap<String, serde_yaml::Value>,
+    /// Their workers' downtime, unless a worker gives its own.
+    #[serde(default)]
+    pub downtime: Vec<DowntimeWindow>,
+}
+
+/// A window, `from` to `until` (`HH:MM`, crossing midnight when `until` is
+/// earlier), in a time zone, every day or on the given `weekdays` (the
+/// days it starts on).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DowntimeWindow {
@@ -511,6 +554,9 @@ pub struct DowntimeWindow {
     pub until: String,
     #[serde(default = "super::master::default_timezone")]
     pub timezone: String,
+    /// e.g. `[wednesday]`; every day when empty.
+    #[serde(default)]
+    pub weekdays: Vec<String>,
 }
 
 impl DowntimeWindow {
@@ -519,14 +565,75 @@ impl DowntimeWindow {
         Some((time(&self.from)?, time(&self.until)?, self.timezone.parse().ok()?))
     }
 
+    /// Its weekdays, or the first one that is not a weekday's name.
+    pub(super) fn days(&self) -> Result<Vec<chrono::Weekday>, &str> {
+        self.weekdays.iter().map(|day| day.parse::<chrono::Weekday>().map_err(|_| day.as_str())).collect()
+    }
+
     /// Whether `now` falls in the window (never, for one `checkconfig`
     /// refuses).
     pub fn contains(&self, now: DateTime<Utc>) -> bool {
-        let Some((from, until, zone)) = self.bounds() else {
+        use chrono::Datelike;
+        let (Some((from, until, zone)), Ok(days)) = (self.bounds(), self.days()) else {
             return false;
         };
-        let local = now.with_timezone(&zone).time();
-        if from <= until { from <= local && local < until } else { local >= from || local < until }
+        let local = now.with_timezone(&zone);
+        let time = local.time();
+        // The day the window that holds `now` started on: after midnight in
+        // a window crossing it, the day before.
+        let (inside, started) = match from <= until {
+            true => (from <= time && time < until, local.weekday()),
+            false if time >= from => (true, local.weekday()),
+            false => (time < until, local.weekday().pred()),
+        };
+        inside && (days.is_empty() || days.contains(&started))
+    }
+}
+
+impl Settings {
+    /// Where the `index`th worker is in settings.yaml.
+    pub(super) fn worker_at(&self, index: usize) -> super::YamlPath {
+        let workers = super::YamlPath::root().key("workers");
+        match self.workers_by_name {
+            true => workers.key(self.workers[index].name.to_string()),
+            false => workers.index(index),
+        }
+    }
+
+    /// Gives each worker its owner's defaults: password, who to mail when
+    /// it is missing, properties and downtime. An owner that is named but
+    /// not defined is an error at its line.
+    pub(super) fn apply_owners(&mut self, file: &mut super::diagnostics::SourceFile) {
+        for index in 0..self.workers.len() {
+            let worker = &self.workers[index];
+            let implied = worker.name.split('-').next().filter(|prefix| self.owners.contains_key(*prefix));
+            let owner_name = worker.owner.clone().or(implied.map(str::to_owned));
+            let Some(owner_name) = owner_name else { continue };
+            let Some(owner) = self.owners.get(&owner_name).cloned() else {
+                let at = self.worker_at(index).key("owner");
+                let known = self.owners.keys().cloned().collect::<Vec<_>>().join(", ");
+                file.error_at_value(
+                    &at,
+                    format!("worker `{}` names owner `{owner_name}`, who is not under `owners:`", worker.name),
+                    Some(if known.is_empty() { "add them under `owners:`".into() } else { format!("owners: {known}") }),
+                );
+                continue;
+            };
+            let worker = &mut self.workers[index];
+            worker.owner = Some(owner_name);
+            if worker.password.expose().is_empty() {
+                worker.password = owner.password;
+            }
+            if worker.notify_on_missing.is_empty() {
+                worker.notify_on_missing.extend(owner.email);
+            }
+            for (name, value) in owner.properties {
+                worker.properties.entry(name).or_insert(value);
+            }
+            if worker.downtime.is_empty() {
+                worker.downtime = owner.downtime;
+            }
+        }
     }
 }
 
@@ -539,6 +646,40 @@ impl WorkerSettings {
 
 fn default_max_builds() -> u32 {
     1
+}
+
+/// A list of workers, or a mapping from each one's name to its settings;
+/// read as it streams, so an error keeps its place in the file.
+fn list_or_named_map<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<WorkerSettings>, D::Error> {
+    struct Workers;
+
+    impl<'de> serde::de::Visitor<'de> for Workers {
+        type Value = Vec<WorkerSettings>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a list of workers, or a mapping from worker name to its settings")
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut workers = Vec::new();
+            while let Some(worker) = seq.next_element::<WorkerSettings>()? {
+                workers.push(worker);
+            }
+            Ok(workers)
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut workers = Vec::new();
+            while let Some(name) = map.next_key::<String>()? {
+                let mut worker = map.next_value::<WorkerSettings>()?;
+                worker.name = name.into();
+                workers.push(worker);
+            }
+            Ok(workers)
+        }
+    }
+
+    deserializer.deserialize_any(Workers)
 }
 
 /// The worker that runs inside each master when `use_local_worker` is on.

@@ -12,7 +12,7 @@ use super::interpolate;
 use super::master::{MasterConfig, SchedulerConfig};
 use super::settings::{IrcIdentify, Settings, TelemetrySettings};
 use super::sign_in::is_valid_provider_name;
-use super::steps::StepCommand;
+use super::steps::{StepCommand, StepSpec};
 use super::{MIN_WORKER_PASSWORD_CHARS, YamlPath};
 
 /// Names that end up in queue names, Redis keys and RabbitMQ user names.
@@ -245,23 +245,6 @@ pub(super) fn settings(file: &mut SourceFile, settings: &Settings) {
 pub(super) fn master(file: &mut SourceFile, master: &MasterConfig, settings: &Settings) {
     let root = YamlPath::root();
     reporters(file, master, settings);
-    for (factory_name, factory) in &master.factories {
-        for (index, step) in factory.steps.iter().enumerate() {
-            for (variable, value) in &step.env {
-                for secret in interpolate::secret_names(value) {
-                    if !settings.secrets.contains_key(secret) {
-                        let at =
-                            root.key("factories").key(factory_name).key("steps").index(index).key("env").key(variable);
-                        file.error_at_value(
-                            &at,
-                            format!("secret `{secret}` is not defined"),
-                            Some(format!("add it under `secrets:` in settings.yaml ({secret}: ...)")),
-                        );
-                    }
-                }
-            }
-        }
-    }
     let mut workers: BTreeSet<&str> = settings.workers.iter().map(|w| w.name.as_str()).collect();
     if settings.use_local_worker {
         workers.insert(settings.local_worker.name.as_str());
@@ -322,81 +305,6 @@ pub(super) fn master(file: &mut SourceFile, master: &MasterConfig, settings: &Se
                     builder.factory
                 )),
             );
-        }
-    }
-    for (name, factory) in &master.factories {
-        let at = root.key("factories").key(name.clone());
-        if factory.steps.is_empty() {
-            file.error_at_value(&at.key("steps"), format!("factory `{name}` has no steps"), None);
-        }
-        let mut step_names = BTreeSet::new();
-        for (index, step) in factory.steps.iter().enumerate() {
-            let step_at = at.key("steps").index(index);
-            let mut texts: Vec<(YamlPath, &str)> = match &step.command {
-                StepCommand::Argv(argv) => {
-                    argv.iter().enumerate().map(|(i, word)| (step_at.key("command").index(i), word.as_str())).collect()
-                }
-                StepCommand::Shell(script) => vec![(step_at.key("command"), script.as_str())],
-            };
-            texts.extend(step.env.iter().map(|(name, value)| (step_at.key("env").key(name.clone()), value.as_str())));
-            texts.push((step_at.key("workdir"), step.workdir.as_str()));
-            for (text_at, text) in texts {
-                if let Err(problem) = interpolate::check(text) {
-                    file.error_at_value(&text_at, problem, None);
-                }
-            }
-            if let StepCommand::Shell(script) = &step.command
-                && interpolate::check(script).is_ok()
-                && let Err(problem) = interpolate::check_shell(script)
-            {
-                file.error_at_value(
-                    &step_at.key("command"),
-                    problem,
-                    Some("a property is one word: write `\"%(prop:NAME)s\"` or `%(prop:NAME)s`".into()),
-                );
-            }
-            if let Some(Err(problem)) = step.warnings.as_ref().map(|warnings| warnings.resolve()) {
-                file.error_at_value(&step_at.key("warnings"), problem, None);
-            }
-            if let Some(Err(problem)) = step.test_summary.as_ref().map(|summary| summary.resolve()) {
-                file.error_at_value(&step_at.key("test_summary"), problem, None);
-            }
-            for (field, patterns) in [("test_results", &step.test_results), ("artifacts", &step.artifacts)] {
-                for (i, pattern) in patterns.iter().enumerate() {
-                    if let Err(problem) = super::steps::check_file_glob(pattern) {
-                        // A single string has no item: its field's line is found.
-                        file.error_at_value(&step_at.key(field).index(i), problem, None);
-                    }
-                }
-            }
-            if !step_names.insert(step.name.as_str()) {
-                file.error_at_value(
-                    &step_at.key("name"),
-                    format!("factory `{name}` has two steps named `{}`", step.name),
-                    Some("step names must be unique within a factory".into()),
-                );
-            }
-            let empty = match &step.command {
-                StepCommand::Argv(argv) => argv.is_empty(),
-                StepCommand::Shell(script) => script.trim().is_empty(),
-            };
-            if empty {
-                file.error_at_value(
-                    &step_at.key("command"),
-                    format!("step `{}` has an empty command", step.name),
-                    None,
-                );
-            }
-            if Path::new(&step.workdir).is_absolute() || step.workdir.split('/').any(|part| part == "..") {
-                file.error_at_value(
-                    &step_at.key("workdir"),
-                    format!("workdir `{}` leaves the builder's directory", step.workdir),
-                    Some("use a relative path without `..`".into()),
-                );
-            }
-            if step.timeout == 0 {
-                file.error_at_value(&step_at.key("timeout"), "timeout must be at least 1 second", None);
-            }
         }
     }
     let mut scheduler_names = BTreeSet::new();
@@ -773,4 +681,73 @@ fn sign_in(file: &mut SourceFile, at: &YamlPath, settings: &Settings) {
 
 fn is_http_url(url: &str) -> bool {
     url.starts_with("http://") || url.starts_with("https://")
+}
+
+/// Checks one step as worked out for a builder, at the place of its
+/// template (`at`, `factories.NAME.steps[i]`).
+pub(super) fn step(file: &mut SourceFile, at: &YamlPath, step: &StepSpec, settings: &Settings) {
+    for (variable, value) in &step.env {
+        for secret in interpolate::secret_names(value) {
+            if !settings.secrets.contains_key(secret) {
+                file.error_at_value(
+                    &at.key("env").key(variable),
+                    format!("secret `{secret}` is not defined"),
+                    Some(format!("add it under `secrets:` in settings.yaml ({secret}: ...)")),
+                );
+            }
+        }
+    }
+    // A list command's words may come from a kw: the command's line is the place.
+    let mut texts: Vec<(YamlPath, &str)> = match &step.command {
+        StepCommand::Argv(argv) => argv.iter().map(|word| (at.key("command"), word.as_str())).collect(),
+        StepCommand::Shell(script) => vec![(at.key("command"), script.as_str())],
+    };
+    texts.extend(step.env.iter().map(|(name, value)| (at.key("env").key(name.clone()), value.as_str())));
+    texts.push((at.key("workdir"), step.workdir.as_str()));
+    for (text_at, text) in texts {
+        if let Err(problem) = interpolate::check(text) {
+            file.error_at_value(&text_at, problem, None);
+        }
+    }
+    if let StepCommand::Shell(script) = &step.command
+        && interpolate::check(script).is_ok()
+        && let Err(problem) = interpolate::check_shell(script)
+    {
+        file.error_at_value(
+            &at.key("command"),
+            problem,
+            Some("a property is one word: write `\"%(prop:NAME)s\"` or `%(prop:NAME)s`".into()),
+        );
+    }
+    if let Some(Err(problem)) = step.warnings.as_ref().map(|warnings| warnings.resolve()) {
+        file.error_at_value(&at.key("warnings"), problem, None);
+    }
+    if let Some(Err(problem)) = step.test_summary.as_ref().map(|summary| summary.resolve()) {
+        file.error_at_value(&at.key("test_summary"), problem, None);
+    }
+    for (field, patterns) in [("test_results", &step.test_results), ("artifacts", &step.artifacts)] {
+        for (i, pattern) in patterns.iter().enumerate() {
+            if let Err(problem) = super::steps::check_file_glob(pattern) {
+                // A single string has no item: its field's line is found.
+                file.error_at_value(&at.key(field).index(i), problem, None);
+            }
+        }
+    }
+    let empty = match &step.command {
+        StepCommand::Argv(argv) => argv.is_empty(),
+        StepCommand::Shell(script) => script.trim().is_empty(),
+    };
+    if empty {
+        file.error_at_value(&at.key("command"), format!("step `{}` has an empty command", step.name), None);
+    }
+    if Path::new(&step.workdir).is_absolute() || step.workdir.split('/').any(|part| part == "..") {
+        file.error_at_value(
+            &at.key("workdir"),
+            format!("workdir `{}` leaves the builder's directory", step.workdir),
+            Some("use a relative path without `..`".into()),
+        );
+    }
+    if step.timeout == 0 {
+        file.error_at_value(&at.key("timeout"), "timeout must be at least 1 second", None);
+    }
 }

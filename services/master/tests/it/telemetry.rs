@@ -247,9 +247,14 @@ async fn metrics_move_when_a_build_runs() {
     stack.start_worker("w1");
     assert_eq!(stack.wait_for_build(request).await["results"], 0);
     let texts = stack
-        .eventually(10, "the build's end counted", async || {
+        .eventually(10, "the build's end and its logs counted", async || {
+            // Each master counts what it recorded once committed, so the
+            // master that recorded the last step may count it a moment after
+            // the other recorded the build's end.
             let texts = scrape(&stack).await;
-            (sample(&texts, "buildmaster_builds_finished_total", &[("builder", "counted")]) == 1.0).then_some(texts)
+            let finished = sample(&texts, "buildmaster_builds_finished_total", &[("builder", "counted")]) == 1.0;
+            let archived = sample(&texts, "buildmaster_log_bytes_archived_total", &[]) >= 18.0;
+            (finished && archived).then_some(texts)
         })
         .await;
     let finished = [("builder", "counted"), ("result", "success")];
