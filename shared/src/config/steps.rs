@@ -264,8 +264,10 @@ pub(super) struct GitStepFile {
     workdir: String,
     #[serde(default = "default_timeout")]
     timeout: u64,
-    #[serde(default = "default_true")]
-    halt_on_failure: bool,
+    /// Default: stop the build when the checkout fails, unless
+    /// `on_failure: warnings` (then it goes on). Both together warn and
+    /// stop, as buildbot.python.org's checkouts do (its GH-68 rule).
+    halt_on_failure: Option<bool>,
     #[serde(default)]
     always_run: bool,
 }
@@ -299,6 +301,11 @@ struct GitStep {
     /// `warnings` marks a failed checkout WARNINGS instead of FAILURE.
     #[serde(default)]
     on_failure: GitFailure,
+    /// When the checkout fails (a broken repository, a fetch that still
+    /// fails after its retries), remove the directory and clone again
+    /// before giving up, as Buildbot's `clobberOnFailure`.
+    #[serde(default)]
+    clobber_on_failure: bool,
 }
 
 #[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
@@ -358,29 +365,39 @@ if [ -n "$BM_GIT_FILTER" ]; then set -- "$@" --filter="$BM_GIT_FILTER"; fi
 if [ "$BM_GIT_MODE" = full ] && [ "$BM_GIT_METHOD" = clobber ]; then
     find . -mindepth 1 -maxdepth 1 -exec rm -rf {} +
 fi
-if [ -d .git ]; then
-    git remote set-url origin "$BM_GIT_REPOURL"
-else
-    git init -q .
-    git remote add origin "$BM_GIT_REPOURL"
+# Each command's failure is checked: `set -e` does not reach into a
+# function called as a condition.
+checkout() {
+    if [ -d .git ]; then
+        git remote set-url origin "$BM_GIT_REPOURL" || return 1
+    else
+        git init -q . && git remote add origin "$BM_GIT_REPOURL" || return 1
+    fi
+    # A revision is fetched by itself where the server allows it; else the
+    # branch, which must contain it.
+    # `--end-of-options`: a revision or branch is never read as an option.
+    if [ -n "$BM_GIT_REVISION" ] && git fetch -q --no-tags "$@" --end-of-options origin "$BM_GIT_REVISION" 2>/dev/null; then
+        git checkout -q -f --detach FETCH_HEAD || return 1
+    else
+        retry git fetch --no-tags "$@" --end-of-options origin "$BM_GIT_BRANCH" || return 1
+        git checkout -q -f --detach FETCH_HEAD || return 1
+        if [ -n "$BM_GIT_REVISION" ]; then git checkout -q -f --detach --end-of-options "$BM_GIT_REVISION" || return 1; fi
+    fi
+    if [ "$BM_GIT_MODE" = full ]; then git clean -q -f -f -d -x || return 1; fi
+}
+if ! checkout "$@"; then
+    [ "$BM_GIT_CLOBBER_ON_FAILURE" = 1 ] || exit 1
+    echo "the checkout failed; removing the directory and cloning again" >&2
+    find . -mindepth 1 -maxdepth 1 -exec rm -rf {} +
+    checkout "$@"
 fi
-# A revision is fetched by itself where the server allows it; else the
-# branch, which must contain it.
-# `--end-of-options`: a revision or branch is never read as an option.
-if [ -n "$BM_GIT_REVISION" ] && git fetch -q --no-tags "$@" --end-of-options origin "$BM_GIT_REVISION" 2>/dev/null; then
-    git checkout -q -f --detach FETCH_HEAD
-else
-    retry git fetch --no-tags "$@" --end-of-options origin "$BM_GIT_BRANCH"
-    git checkout -q -f --detach FETCH_HEAD
-    if [ -n "$BM_GIT_REVISION" ]; then git checkout -q -f --detach --end-of-options "$BM_GIT_REVISION"; fi
-fi
-if [ "$BM_GIT_MODE" = full ]; then git clean -q -f -f -d -x; fi
 git log -1 --format='checked out %H (%s)'
 "#;
 
 impl GitStepFile {
     pub(super) fn into_step(self) -> StepSpec {
-        let GitStep { repourl, branch, revision, mode, method, shallow, filter, retries, on_failure } = self.git;
+        let GitStep { repourl, branch, revision, mode, method, shallow, filter, retries, on_failure, clobber_on_failure } =
+            self.git;
         let env = [
             ("BM_GIT_REPOURL", repourl),
             ("BM_GIT_BRANCH", branch),
@@ -390,6 +407,7 @@ impl GitStepFile {
             ("BM_GIT_DEPTH", shallow.map(|depth| depth.to_string()).unwrap_or_default()),
             ("BM_GIT_FILTER", filter.unwrap_or_default()),
             ("BM_GIT_RETRIES", retries.to_string()),
+            ("BM_GIT_CLOBBER_ON_FAILURE", if clobber_on_failure { "1" } else { "0" }.to_owned()),
         ];
         let warnings = on_failure == GitFailure::Warnings;
         StepSpec {
@@ -400,7 +418,7 @@ impl GitStepFile {
             timeout: self.timeout,
             max_time: None,
             kill_grace: default_kill_grace(),
-            halt_on_failure: self.halt_on_failure && !warnings,
+            halt_on_failure: self.halt_on_failure.unwrap_or(!warnings),
             flunk_on_failure: !warnings,
             warn_on_failure: warnings,
             warn_on_warnings: true,

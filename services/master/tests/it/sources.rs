@@ -75,9 +75,12 @@ async fn a_git_step_that_cannot_fetch_retries_then_fails_or_warns_as_configured(
                 \x20     - name: after\n        command: echo must not run\n\
                 \x20 lenient:\n    steps:\n      - name: checkout\n        git: {repourl: file:///nonexistent/repo, retries: 0, on_failure: warnings}\n\
                 \x20     - name: after\n        command: echo still runs\n\
+                \x20 warn_and_halt:\n    steps:\n      - name: checkout\n        git: {repourl: file:///nonexistent/repo, retries: 0, on_failure: warnings}\n        halt_on_failure: true\n\
+                \x20     - name: after\n        command: echo must not run either\n\
                 builders:\n  - {name: strict, factory: strict, workers: [w1]}\n  - {name: lenient, factory: lenient, workers: [w1]}\n\
-                schedulers:\n  - {type: force, name: force, builders: [strict, lenient]}\n";
-    let mut stack = TestStack::new(yaml, &["strict", "lenient"]).await;
+                \x20 - {name: warn_and_halt, factory: warn_and_halt, workers: [w1]}\n\
+                schedulers:\n  - {type: force, name: force, builders: [strict, lenient, warn_and_halt]}\n";
+    let mut stack = TestStack::new(yaml, &["strict", "lenient", "warn_and_halt"]).await;
     stack.start_masters_behind_haproxy().await;
     stack.start_worker("w1");
     let strict = stack.force("strict").await;
@@ -92,6 +95,54 @@ async fn a_git_step_that_cannot_fetch_retries_then_fails_or_warns_as_configured(
     let lenient = stack.force("lenient").await;
     let build = stack.wait_for_build(lenient).await;
     assert_eq!(build["results"], 1, "WARNINGS: {build}");
+    let steps = stack.steps(build["buildid"].as_i64().unwrap()).await;
+    assert_eq!(steps[1]["results"], 0, "a lenient checkout lets the build go on");
+    // buildbot.python.org's rule: a checkout that fails warns and stops.
+    let gh68 = stack.force("warn_and_halt").await;
+    let build = stack.wait_for_build(gh68).await;
+    assert_eq!(build["results"], 1, "WARNINGS: {build}");
+    let steps = stack.steps(build["buildid"].as_i64().unwrap()).await;
+    // As in Buildbot: the step failed; the build only warns.
+    assert_eq!((steps[0]["results"].clone(), steps[1]["results"].clone()), (2.into(), 3.into()), "{steps:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_checkout_is_removed_and_cloned_again_with_clobber_on_failure() {
+    let scratch = tempfile::tempdir().unwrap();
+    let (repo, _) = repository(scratch.path());
+    let url = format!("file://{}", repo.display());
+    // Each build breaks the repository it leaves behind, as a full disk or
+    // a killed git would.
+    let factory = |name: &str, clobber: bool| {
+        format!(
+            "  {name}:\n    steps:\n      - name: checkout\n        git: {{repourl: \"{url}\", retries: 0, clobber_on_failure: {clobber}}}\n\
+             \x20     - name: break\n        command: printf 'not a config' > .git/config && cat version\n"
+        )
+    };
+    let yaml = format!(
+        "factories:\n{}{}builders:\n  - {{name: clobbering, factory: clobbering, workers: [w1]}}\n\
+         \x20 - {{name: keeping, factory: keeping, workers: [w1]}}\n\
+         schedulers:\n  - {{type: force, name: force, builders: [clobbering, keeping]}}\n",
+        factory("clobbering", true),
+        factory("keeping", false)
+    );
+    let mut stack = TestStack::new(&yaml, &["clobbering", "keeping"]).await;
+    stack.start_masters_behind_haproxy().await;
+    stack.start_worker("w1");
+    for builder in ["clobbering", "keeping"] {
+        let first = stack.force(builder).await;
+        assert_eq!(stack.wait_for_build(first).await["results"], 0, "{builder}: a fresh clone works");
+    }
+    let again = stack.force("clobbering").await;
+    let build = stack.wait_for_build(again).await;
+    assert_eq!(build["results"], 0, "removed and cloned again: {build}");
+    let steps = stack.steps(build["buildid"].as_i64().unwrap()).await;
+    let log = stack.archived_log(steps[0]["stepid"].as_i64().unwrap()).await;
+    let text =
+        String::from_utf8_lossy(&stack.get_bytes(&format!("/api/v2/logs/{}/raw", log["logid"])).await).into_owned();
+    assert!(text.contains("removing the directory and cloning again"), "{text}");
+    let kept = stack.force("keeping").await;
+    assert_eq!(stack.wait_for_build(kept).await["results"], 2, "without it the broken repository fails the build");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
