@@ -200,6 +200,27 @@ pub struct Step {
     /// Files to keep with the build (globs relative to `workdir`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub artifacts: Vec<String>,
+    /// Its standard output, trimmed, becomes this property when it succeeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_property: Option<String>,
+    /// Run only when this holds; otherwise SKIPPED.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_if: Option<RunIf>,
+    /// Its argv and workdir hold `%(prop:NAME)s` of properties earlier
+    /// steps set, every other `%(` escaped as `%%(` (as env values always
+    /// are): the worker puts them in. Env values may hold them too.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub late_properties: bool,
+}
+
+/// When a step runs, decided as the build runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RunIf {
+    /// The property is set and not empty.
+    Property { property: String },
+    /// The named earlier step ended with one of these results.
+    Step { step: String, results: Vec<Results> },
 }
 
 /// How large the files a step sends may be; a larger one is refused, with
@@ -416,6 +437,9 @@ pub struct StepRecord {
     /// The files it sent, once it finished.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<FileRecord>,
+    /// Properties it set (`set_property`), once it finished.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub properties: BTreeMap<String, String>,
 }
 
 /// A log of a step: its Redis stream holds entries `1-0` … `{chunks}-0`.
@@ -511,6 +535,9 @@ mod tests {
             test_summary: None,
             test_results: Vec::new(),
             artifacts: Vec::new(),
+            set_property: None,
+            run_if: None,
+            late_properties: false,
         }
     }
 

@@ -95,7 +95,7 @@ proptest! {
     ) {
         let step = wire::StepRecord {
             number, name, started_at: None, finished_at: None, results: None, state_string: state, logs: Vec::new(),
-            test_summary: None, files: Vec::new(),
+            test_summary: None, files: Vec::new(), properties: Default::default(),
         };
         let event = WorkerEvent::StepStarted {
             worker: worker.into(),

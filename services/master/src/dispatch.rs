@@ -3,11 +3,11 @@
 //! is one statement in Postgres, so two masters answering two workers at once
 //! never hand out the same request.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
-use std::collections::BTreeMap;
 
 use shared::config::interpolate;
 use shared::config::{BuilderConfig, StepCommand, StepSpec, WorkerSettings};
@@ -241,47 +241,67 @@ fn steps_for_build(
 ) -> Vec<wire::Step> {
     let empty = serde_json::Map::new();
     let properties = properties.as_object().unwrap_or(&empty);
-    steps
-        .iter()
-        .map(|step| {
-            let mut env: BTreeMap<String, String> = step
-                .env
-                .iter()
-                // `checkconfig` made sure every secret named is defined.
-                .filter_map(|(name, value)| {
-                    Some((name.clone(), interpolate::env_value(value, properties, secrets).ok()?))
-                })
-                .collect();
-            let command = match &step.command {
-                StepCommand::Argv(argv) => {
-                    wire::Command::Argv(argv.iter().map(|word| interpolate::properties(word, properties)).collect())
-                }
-                StepCommand::Shell(script) => {
-                    let (script, variables) = interpolate::shell(script, properties);
-                    env.extend(variables.into_iter().map(|(name, value)| (name, interpolate::escape(&value))));
-                    wire::Command::Shell(script)
-                }
-            };
-            wire::Step {
-                name: step.name.clone(),
-                command,
-                env,
-                workdir: interpolate::properties(&step.workdir, properties),
-                timeout: step.timeout,
-                max_time: step.max_time,
-                kill_grace: step.kill_grace,
-                halt_on_failure: step.halt_on_failure,
-                flunk_on_failure: step.flunk_on_failure,
-                warn_on_failure: step.warn_on_failure,
-                warn_on_warnings: step.warn_on_warnings,
-                always_run: step.always_run,
-                decode_rc: step.decode_rc.clone(),
-                // Checked when the configuration loaded.
-                warnings: step.warnings.as_ref().and_then(|warnings| warnings.resolve().ok()),
-                test_summary: step.test_summary.as_ref().and_then(|summary| summary.resolve().ok()),
-                test_results: step.test_results.clone(),
-                artifacts: step.artifacts.clone(),
+    // Properties set by earlier steps are put in by the worker.
+    let mut late: BTreeSet<String> = BTreeSet::new();
+    let mut out = Vec::with_capacity(steps.len());
+    for step in steps {
+        let mut texts: Vec<&str> = vec![&step.workdir];
+        texts.extend(step.env.values().map(String::as_str));
+        match &step.command {
+            StepCommand::Argv(argv) => texts.extend(argv.iter().map(String::as_str)),
+            StepCommand::Shell(script) => texts.push(script),
+        }
+        let uses_late = texts.iter().any(|text| interpolate::property_names(text).iter().any(|n| late.contains(*n)));
+        // `checkconfig` made sure every secret named is defined.
+        let text = |text: &str| {
+            interpolate::with_late_properties(text, properties, secrets, &late).unwrap_or_else(|_| text.to_owned())
+        };
+        let mut env: BTreeMap<String, String> = step
+            .env
+            .iter()
+            .filter_map(|(name, value)| {
+                Some((name.clone(), interpolate::with_late_properties(value, properties, secrets, &late).ok()?))
+            })
+            .collect();
+        let command = match &step.command {
+            StepCommand::Argv(argv) if uses_late => wire::Command::Argv(argv.iter().map(|word| text(word)).collect()),
+            StepCommand::Argv(argv) => {
+                wire::Command::Argv(argv.iter().map(|word| interpolate::properties(word, properties)).collect())
             }
-        })
-        .collect()
+            StepCommand::Shell(script) => {
+                let (script, variables) = interpolate::shell(script, properties, &late);
+                env.extend(variables);
+                wire::Command::Shell(script)
+            }
+        };
+        let workdir = match uses_late {
+            true => text(&step.workdir),
+            false => interpolate::properties(&step.workdir, properties),
+        };
+        out.push(wire::Step {
+            name: step.name.clone(),
+            command,
+            env,
+            workdir,
+            timeout: step.timeout,
+            max_time: step.max_time,
+            kill_grace: step.kill_grace,
+            halt_on_failure: step.halt_on_failure,
+            flunk_on_failure: step.flunk_on_failure,
+            warn_on_failure: step.warn_on_failure,
+            warn_on_warnings: step.warn_on_warnings,
+            always_run: step.always_run,
+            decode_rc: step.decode_rc.clone(),
+            // Checked when the configuration loaded.
+            warnings: step.warnings.as_ref().and_then(|warnings| warnings.resolve().ok()),
+            test_summary: step.test_summary.as_ref().and_then(|summary| summary.resolve().ok()),
+            test_results: step.test_results.clone(),
+            artifacts: step.artifacts.clone(),
+            set_property: step.set_property.clone(),
+            run_if: step.run_if.clone(),
+            late_properties: uses_late,
+        });
+        late.extend(step.set_property.clone());
+    }
+    out
 }

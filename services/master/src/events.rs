@@ -161,6 +161,7 @@ async fn record(master: &Master, event: &WorkerEvent) -> Result<Recorded, EventE
                 return Ok(Recorded::Duplicate);
             };
             let (step_id, log_rows) = Store::upsert_step(&mut tx, *build_id, step).await?;
+            Store::set_build_properties(&mut tx, *build_id, &step.properties).await?;
             if let Some(summary) = &step.test_summary {
                 Store::record_test_summary(&mut tx, *build_id, step_id, summary).await?;
             }
@@ -197,6 +198,7 @@ async fn record(master: &Master, event: &WorkerEvent) -> Result<Recorded, EventE
                 return Ok(Recorded::Duplicate);
             };
             let (step_id, log_rows) = Store::upsert_step(&mut tx, *build_id, step).await?;
+            Store::set_build_properties(&mut tx, *build_id, &step.properties).await?;
             if let Some(summary) = &step.test_summary {
                 Store::record_test_summary(&mut tx, *build_id, step_id, summary).await?;
             }

@@ -1,11 +1,12 @@
 //! Runs one claimed build: its steps in order, with Buildbot's rules for
 //! halting and for combining results, reporting each transition as an event.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use chrono::Utc;
 use shared::model::{Results, build_result_contribution, halts_build};
-use shared::wire::Step;
+use shared::wire::{RunIf, Step};
 use shared::wire::{BuildAssignment, LogChannel, LogRecord, STDIO_LOG, StepRecord, WARNINGS_LOG, WorkerEvent};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -29,17 +30,20 @@ pub async fn run_build(
 
     for (index, spec) in build.steps.iter().enumerate() {
         let number = index as i32;
-        if stop.is_cancelled() || (halted && !spec.always_run) {
+        let unmet = spec.run_if.as_ref().and_then(|condition| running.unmet(condition));
+        if stop.is_cancelled() || (halted && !spec.always_run) || unmet.is_some() {
+            running.results.insert(spec.name.clone(), Results::Skipped);
             records.push(StepRecord {
                 number,
                 name: spec.name.clone(),
                 started_at: None,
                 finished_at: None,
                 results: Some(Results::Skipped),
-                state_string: "skipped".into(),
+                state_string: unmet.map_or_else(|| "skipped".into(), |why| format!("skipped: {why}")),
                 logs: Vec::new(),
                 test_summary: None,
                 files: Vec::new(),
+                properties: BTreeMap::new(),
             });
             continue;
         }
@@ -60,6 +64,7 @@ pub async fn run_build(
         }
         results = results.worst(contribution);
         halted |= halts_build(outcome.results, spec.flags());
+        running.results.insert(spec.name.clone(), outcome.results);
         records.push(record);
     }
     if stop.is_cancelled() {
@@ -94,12 +99,31 @@ struct Running {
     seq: i64,
     /// The build's artifacts so far, against its cap.
     artifact_bytes: u64,
+    /// Properties its steps set (`set_property`).
+    properties: BTreeMap<String, String>,
+    /// How each step so far ended, by name.
+    results: BTreeMap<String, Results>,
 }
 
 impl Running {
     fn next_seq(&mut self) -> i64 {
         self.seq += 1;
         self.seq
+    }
+
+    /// Why a step's `run_if` does not hold, if it does not.
+    fn unmet(&self, condition: &RunIf) -> Option<String> {
+        match condition {
+            RunIf::Property { property } if self.properties.get(property).is_none_or(|v| v.is_empty()) => {
+                Some(format!("property {property} is not set"))
+            }
+            RunIf::Step { step, results } => match self.results.get(step) {
+                Some(ended) if results.contains(ended) => None,
+                Some(ended) => Some(format!("{step} ended {ended}")),
+                None => Some(format!("{step} did not run")),
+            },
+            RunIf::Property { .. } => None,
+        }
     }
 }
 
@@ -133,6 +157,7 @@ async fn run_step(
         logs: vec![LogRecord { slug: STDIO_LOG.into(), name: STDIO_LOG.into(), chunks: 0, bytes: 0 }],
         test_summary: None,
         files: Vec::new(),
+        properties: BTreeMap::new(),
     };
     let (worker, build_id) = (context.name.clone(), build.build_id);
     let started = WorkerEvent::StepStarted {
@@ -148,9 +173,18 @@ async fn run_step(
     let spool = context.basedir.join(".spool").join(format!("{}-{number}-{STDIO_LOG}", build.build_id));
     let filter = LogFilter::new(build.secrets.0.values().cloned(), build.max_log_bytes);
     let log = LogWriter::start(context.redis.clone(), key, spool, filter);
-    let outcome =
-        step::run_step(spec, &context.basedir, &context.step_environment, &build.secrets.0, builder_dir, &log, stop)
-            .await;
+    let setting = step::Setting {
+        basedir: &context.basedir,
+        base_env: &context.step_environment,
+        secrets: &build.secrets.0,
+        set: &running.properties,
+        builder_dir,
+    };
+    let outcome = step::run_step(spec, setting, &log, stop).await;
+    if let (Some(name), Some(value), Results::Success) = (&spec.set_property, &outcome.output, outcome.results) {
+        running.properties.insert(name.clone(), value.clone());
+        record.properties.insert(name.clone(), value.clone());
+    }
     // Whatever the step's result: failed tests' results matter most.
     let stream_key = |index| context.namespace.file_stream_key(&context.name, build.build_id, number, index);
     let files =

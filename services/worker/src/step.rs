@@ -12,7 +12,8 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use shared::model::Results;
-use shared::wire::{LogChannel, Step, TestSummary};
+use shared::config::interpolate;
+use shared::wire::{Command as StepCommand, LogChannel, Step, TestSummary};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 use tokio::sync::mpsc;
@@ -31,6 +32,8 @@ pub struct StepOutcome {
     pub warnings: Option<WarningCounter>,
     /// What its test runner's summary said, when it has a rule and printed one.
     pub test_summary: Option<TestSummary>,
+    /// Its standard output, trimmed, when it sets a property.
+    pub output: Option<String>,
 }
 
 #[derive(Clone, Copy)]
@@ -42,28 +45,44 @@ enum KillReason {
 
 const READ_BUFFER: usize = 64 * 1024;
 
-pub async fn run_step(
-    spec: &Step,
-    basedir: &Path,
-    base_env: &BTreeMap<String, String>,
-    secrets: &BTreeMap<String, String>,
-    builder_dir: &Path,
-    log: &LogWriter,
-    stop: &CancellationToken,
-) -> StepOutcome {
-    let workdir = builder_dir.join(&spec.workdir);
-    let argv = spec.command.argv();
+/// The most output a step setting a property keeps for it.
+const PROPERTY_BYTES: usize = 64 * 1024;
+
+/// Where a step runs and what it is given.
+pub struct Setting<'a> {
+    pub basedir: &'a Path,
+    pub base_env: &'a BTreeMap<String, String>,
+    pub secrets: &'a BTreeMap<String, String>,
+    /// Properties earlier steps of the build set.
+    pub set: &'a BTreeMap<String, String>,
+    pub builder_dir: &'a Path,
+}
+
+pub async fn run_step(spec: &Step, setting: Setting<'_>, log: &LogWriter, stop: &CancellationToken) -> StepOutcome {
+    let Setting { basedir, base_env, secrets, set, builder_dir } = setting;
+    // A master leaves properties earlier steps set for the worker to put in.
+    let late = |text: &str| match spec.late_properties {
+        true => interpolate::on_worker(text, &BTreeMap::new(), set).unwrap_or_else(|_| text.to_owned()),
+        false => text.to_owned(),
+    };
+    let argv = match &spec.command {
+        StepCommand::Argv(words) => words.iter().map(|word| late(word)).collect(),
+        StepCommand::Shell(_) => spec.command.argv(),
+    };
+    let spec_workdir = late(&spec.workdir);
+    let workdir = builder_dir.join(&spec_workdir);
     // A workdir made from properties must not leave the builder's
     // directory (a forced `dir=/home/worker` or `../..`).
-    let relative = Path::new(&spec.workdir);
+    let relative = Path::new(&spec_workdir);
     if relative.is_absolute() || relative.components().any(|part| matches!(part, std::path::Component::ParentDir)) {
-        let message = format!("workdir `{}` leaves the builder's directory; refusing to run\n", spec.workdir);
+        let message = format!("workdir `{spec_workdir}` leaves the builder's directory; refusing to run\n");
         log.write(LogChannel::Header, message.into_bytes()).await;
         return StepOutcome {
             results: Results::Exception,
             state_string: "workdir outside the builder".into(),
             warnings: None,
             test_summary: None,
+            output: None,
         };
     }
     log.write(LogChannel::Header, format!("{}\n in dir {}\n", shell_words(&argv), workdir.display()).into_bytes())
@@ -76,11 +95,12 @@ pub async fn run_step(
             state_string: "cannot create workdir".into(),
             warnings: None,
             test_summary: None,
+            output: None,
         };
     }
     let mut env = BTreeMap::new();
     for (name, value) in &spec.env {
-        match shared::config::interpolate::secrets(value, secrets) {
+        match interpolate::on_worker(value, secrets, set) {
             Ok(value) => {
                 env.insert(name, value);
             }
@@ -92,6 +112,7 @@ pub async fn run_step(
                     state_string: "missing secret".into(),
                     warnings: None,
                     test_summary: None,
+                    output: None,
                 };
             }
         }
@@ -119,6 +140,7 @@ pub async fn run_step(
                 state_string: format!("cannot start {}", argv[0]),
                 warnings: None,
                 test_summary: None,
+                output: None,
             };
         }
     };
@@ -148,6 +170,7 @@ pub async fn run_step(
     let mut pending: Option<(LogChannel, Vec<u8>)> = None;
     let mut warnings = spec.warnings.as_ref().and_then(|warnings| WarningCounter::new(&warnings.pattern));
     let mut summary = spec.test_summary.as_ref().and_then(SummaryReader::new);
+    let mut output = spec.set_property.as_ref().map(|_| Vec::new());
 
     while pipes_open || exit_status.is_none() || pending.is_some() {
         let running = exit_status.is_none();
@@ -159,6 +182,10 @@ pub async fn run_step(
                     }
                     if let Some(reader) = &mut summary {
                         reader.feed(piece.0, &piece.1);
+                    }
+                    if let Some(kept) = output.as_mut().filter(|_| piece.0 == LogChannel::Stdout) {
+                        let room = PROPERTY_BYTES.saturating_sub(kept.len());
+                        kept.extend_from_slice(&piece.1[..piece.1.len().min(room)]);
                     }
                     pending = Some(piece);
                 }
@@ -250,7 +277,8 @@ pub async fn run_step(
         let plural = if summary.failed.len() == 1 { "" } else { "s" };
         state_string = format!("{state_string}; {} test{plural} failed", summary.failed.len());
     }
-    StepOutcome { results, state_string, warnings, test_summary }
+    let output = output.map(|bytes| String::from_utf8_lossy(&bytes).trim().to_owned());
+    StepOutcome { results, state_string, warnings, test_summary, output }
 }
 
 /// Sends SIGTERM to the group and says when SIGKILL follows.

@@ -106,9 +106,14 @@ impl SourceFile {
         }
     }
 
-    /// Parses the whole text as YAML; a syntax error is the only error then.
+    /// Parses the whole text as YAML, with merge keys (`<<: *anchor`)
+    /// applied; a syntax error is the only error then.
     pub(super) fn parse_yaml(&mut self, text: &str) -> Option<serde_yaml::Value> {
-        match serde_yaml::from_str::<serde_yaml::Value>(text) {
+        let parsed = serde_yaml::from_str::<serde_yaml::Value>(text).and_then(|mut value| {
+            value.apply_merge()?;
+            Ok(value)
+        });
+        match parsed {
             Ok(serde_yaml::Value::Null) => Some(serde_yaml::Value::Mapping(Default::default())),
             Ok(value) => Some(value),
             Err(error) => {

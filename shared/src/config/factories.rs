@@ -174,10 +174,16 @@ impl Context<'_> {
             Value::Sequence(items) => {
                 let mut out = Vec::new();
                 for item in items {
-                    // A list put in as an item adds its items; `None` none.
+                    // A list put in as an item adds its items (a YAML alias
+                    // of a list too: no field takes lists of lists); a
+                    // computed `None` adds none; a number or a boolean is
+                    // put in as text (a command's word).
                     match (item, self.render(item, depth)?) {
-                        (Value::String(_), Value::Sequence(inner)) => out.extend(inner),
+                        (_, Value::Sequence(inner)) => out.extend(inner),
                         (Value::String(_), Value::Null) => {}
+                        (Value::String(_), scalar @ (Value::Number(_) | Value::Bool(_))) => {
+                            out.push(Value::String(expr::text(&scalar)))
+                        }
                         (_, rendered) => out.push(rendered),
                     }
                 }

@@ -144,6 +144,80 @@ pub fn env_value(
     Ok(escape(&out))
 }
 
+/// The properties a text refers to (for `checkconfig` and the claim).
+pub fn property_names(text: &str) -> Vec<&str> {
+    pieces(text, true)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|piece| match piece {
+            Piece::Property { name, .. } => Some(name),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A text of a step using properties that earlier steps set (`late`), as
+/// the worker gets it: the others and the secrets put in, the late ones
+/// left as `%(prop:NAME)s` for the worker (`late_properties`), and every
+/// other `%(` escaped as `%%(`, so nothing a value holds becomes a
+/// reference. The name of a secret not in `secrets` is the error.
+pub fn with_late_properties(
+    text: &str,
+    properties: &Map<String, Value>,
+    secrets: &BTreeMap<String, String>,
+    late: &std::collections::BTreeSet<String>,
+) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    // Values are escaped as one run: a `%` ending one piece and a `(`
+    // starting the next are escaped too.
+    let mut run = String::new();
+    for piece in pieces(text, true)? {
+        match piece {
+            Piece::Text(text) => run.push_str(text),
+            Piece::Property { name, default } if late.contains(name) => {
+                out.push_str(&escape(&std::mem::take(&mut run)));
+                out.push_str(&written(name, default));
+            }
+            Piece::Property { name, default } => run.push_str(&property_value(properties, name, default)),
+            Piece::Secret(name) => run.push_str(secrets.get(name).ok_or_else(|| name.to_owned())?),
+        }
+    }
+    out.push_str(&escape(&run));
+    Ok(out)
+}
+
+/// `%(prop:NAME)s`, or `%(prop:NAME:-DEFAULT)s`.
+fn written(name: &str, default: Option<&str>) -> String {
+    match default {
+        Some(default) => format!("%(prop:{name}:-{default})s"),
+        None => format!("%(prop:{name})s"),
+    }
+}
+
+/// A text as a master sent it, as the step runs it: properties an earlier
+/// step set (`set`) put in, the secrets' references too (from `secrets`),
+/// and `%%(` back to `%(`. A property not set is its default, or empty.
+pub fn on_worker(
+    text: &str,
+    secrets: &BTreeMap<String, String>,
+    set: &BTreeMap<String, String>,
+) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    for piece in pieces(text, false).unwrap_or_default() {
+        match piece {
+            Piece::Text(text) => out.push_str(text),
+            Piece::Secret(name) => out.push_str(secrets.get(name).ok_or_else(|| name.to_owned())?),
+            // Only a master's reference to a property an earlier step
+            // sets is left unescaped; that step may have set nothing.
+            Piece::Property { name, default } => {
+                let value = set.get(name).filter(|value| !value.is_empty()).map(String::as_str);
+                out.push_str(value.or(default).unwrap_or_default());
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// A text escaped for a worker's `secrets` pass: it comes out as it went
 /// in, whatever it holds.
 pub fn escape(text: &str) -> String {
@@ -245,7 +319,14 @@ pub fn check_shell(script: &str) -> Result<(), String> {
 /// `${BM_PROP_0}` inside double quotes), and those variables: the shell
 /// never parses a value, nor splits it. A script `checkconfig` refuses is
 /// returned as it is.
-pub fn shell(script: &str, properties: &Map<String, Value>) -> (String, Vec<(String, String)>) {
+/// The variables' values are as the worker gets them: escaped (see
+/// `env_value`), or, for a property an earlier step sets (`late`), its
+/// reference, which the worker puts in.
+pub fn shell(
+    script: &str,
+    properties: &Map<String, Value>,
+    late: &std::collections::BTreeSet<String>,
+) -> (String, Vec<(String, String)>) {
     let Ok(contexts) = shell_contexts(script) else {
         return (script.to_owned(), Vec::new());
     };
@@ -253,7 +334,11 @@ pub fn shell(script: &str, properties: &Map<String, Value>) -> (String, Vec<(Str
     let rendered = render(script, |name, default| {
         let variable = format!("BM_PROP_{}", env.len());
         let quoted = contexts.get(env.len()).copied().unwrap_or(false);
-        env.push((variable.clone(), property_value(properties, name, default)));
+        let value = match late.contains(name) {
+            true => written(name, default),
+            false => escape(&property_value(properties, name, default)),
+        };
+        env.push((variable.clone(), value));
         if quoted { format!("${{{variable}}}") } else { format!("\"${{{variable}}}\"") }
     });
     match rendered {
@@ -343,13 +428,33 @@ mod tests {
 
     #[test]
     fn in_a_shell_string_a_property_is_one_word_the_shell_never_parses() {
-        let (script, env) = shell("echo \"built %(prop:evil)s\" -j%(prop:branch)s", &props());
+        let none = std::collections::BTreeSet::new();
+        let (script, env) = shell("echo \"built %(prop:evil)s\" -j%(prop:branch)s", &props(), &none);
         assert_eq!(script, "echo \"built ${BM_PROP_0}\" -j\"${BM_PROP_1}\"");
         assert_eq!(env, [("BM_PROP_0".into(), "x; rm -rf /".into()), ("BM_PROP_1".into(), "3.14".into())]);
-        let (script, _) = shell("test \"$(echo %(prop:branch)s)\" = x # don't %(prop:jobs)s", &props());
+        let (script, _) = shell("test \"$(echo %(prop:branch)s)\" = x # don't %(prop:jobs)s", &props(), &none);
         assert_eq!(script, "test \"$(echo \"${BM_PROP_0}\")\" = x # don't \"${BM_PROP_1}\"");
-        let (script, _) = shell("echo 'it''s' %(prop:branch)s `echo %(prop:jobs)s`", &props());
+        let (script, _) = shell("echo 'it''s' %(prop:branch)s `echo %(prop:jobs)s`", &props(), &none);
         assert_eq!(script, "echo 'it''s' \"${BM_PROP_0}\" `echo \"${BM_PROP_1}\"`");
+    }
+
+    #[test]
+    fn a_property_an_earlier_step_sets_is_put_in_by_the_worker_and_nothing_else_is() {
+        let late = std::collections::BTreeSet::from(["triple".to_owned()]);
+        let none = BTreeMap::new();
+        let props = json!({ "evil": ["%(prop:triple)s", "Force"], "odd": ["50%", "Force"] }).as_object().unwrap().clone();
+        let sent = with_late_properties("--build=%(prop:triple)s %(prop:evil)s %(prop:odd)s(prop:triple)s", &props, &none, &late)
+            .unwrap();
+        let set = BTreeMap::from([("triple".to_owned(), "x86_64-pc-linux-gnu".to_owned())]);
+        assert_eq!(
+            on_worker(&sent, &none, &set).unwrap(),
+            "--build=x86_64-pc-linux-gnu %(prop:triple)s 50%(prop:triple)s",
+            "a value never becomes a reference"
+        );
+        let (script, env) = shell("./configure --build=%(prop:triple)s", &props, &late);
+        assert_eq!(script, "./configure --build=\"${BM_PROP_0}\"");
+        assert_eq!(on_worker(&env[0].1, &none, &set).unwrap(), "x86_64-pc-linux-gnu");
+        assert_eq!(on_worker("%(prop:unset:-none)s", &none, &set).unwrap(), "none");
     }
 
     #[test]

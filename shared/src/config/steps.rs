@@ -77,6 +77,17 @@ pub struct StepSpec {
     /// relative to the step's workdir (a string or a list).
     #[serde(default, deserialize_with = "one_or_many")]
     pub artifacts: Vec<String>,
+    /// When the step succeeds, what it printed on its standard output
+    /// (trimmed; at most 64 KiB) becomes this build property, as Buildbot's
+    /// `SetPropertyFromCommand`: later steps use it as `%(prop:NAME)s`.
+    #[serde(default)]
+    pub set_property: Option<String>,
+    /// Run only when this holds as the build runs, as Buildbot's
+    /// `doStepIf`: `{property: NAME}` (set and not empty, e.g. by an
+    /// earlier step's `set_property`) or `{step: NAME, results: [failure,
+    /// warnings]}` (how an earlier step ended). Otherwise it is SKIPPED.
+    #[serde(default)]
+    pub run_if: Option<crate::wire::RunIf>,
 }
 
 /// A list of strings, or one string for a list of one.
@@ -428,6 +439,8 @@ impl GitStepFile {
             test_summary: None,
             test_results: Vec::new(),
             artifacts: Vec::new(),
+            set_property: None,
+            run_if: None,
         }
     }
 }

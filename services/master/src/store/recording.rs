@@ -98,6 +98,28 @@ impl Store {
         Ok(inserted.then_some((tx, builder_id)))
     }
 
+    /// Adds properties a step set to its build's, source
+    /// `SetPropertyFromCommand` as in Buildbot.
+    pub async fn set_build_properties(
+        tx: &mut Transaction<'_, Postgres>,
+        build_id: BuildId,
+        properties: &std::collections::BTreeMap<String, String>,
+    ) -> Result<(), StoreError> {
+        if properties.is_empty() {
+            return Ok(());
+        }
+        let added: serde_json::Map<String, serde_json::Value> = properties
+            .iter()
+            .map(|(name, value)| (name.clone(), serde_json::json!([value, "SetPropertyFromCommand"])))
+            .collect();
+        sqlx::query("update builds set properties = properties || $2 where id = $1")
+            .bind(build_id)
+            .bind(serde_json::Value::Object(added))
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
     /// Creates or completes a step from what its worker reported, never
     /// moving it backwards (a late "started" after "finished" changes
     /// nothing). Returns the step's id and its logs' ids and completeness.
@@ -286,6 +308,7 @@ mod tests {
             logs: Vec::new(),
             test_summary: None,
             files: Vec::new(),
+            properties: Default::default(),
         }
     }
 

@@ -119,6 +119,7 @@ mod tests {
             logs: vec![LogRecord { slug: "stdio".into(), name: "stdio".into(), chunks: 1, bytes: 3 }],
             test_summary: None,
             files: Vec::new(),
+            properties: Default::default(),
         };
         let mut tx = db.store.pool().begin().await.unwrap();
         let (step_id, logs) = Store::upsert_step(&mut tx, build.id, &step).await.unwrap();

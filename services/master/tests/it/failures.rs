@@ -94,6 +94,7 @@ async fn malformed_or_impossible_events_are_dead_lettered_and_recording_goes_on(
             logs: Vec::new(),
             test_summary: None,
             files: Vec::new(),
+            properties: Default::default(),
         },
         sent_at: None,
     };
