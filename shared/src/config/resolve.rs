@@ -50,6 +50,9 @@ pub(super) fn resolve(files: &mut Files, master: &mut MasterConfig, settings: &S
         let at = root.key("builders").index(builder.definition);
         let factory = master.factories.get(&builder.factory);
         // A missing factory is reported by `validate`.
+        if builder.description.is_none() {
+            builder.description = factory.and_then(|factory| factory.description.clone());
+        }
         for tag in factory.map(|factory| factory.tags.clone()).unwrap_or_default() {
             if !builder.tags.contains(&tag) {
                 builder.tags.push(tag);

@@ -20,6 +20,7 @@ mod live;
 mod operations;
 mod pages;
 mod pipeline;
+mod python_org;
 mod queue;
 mod reload;
 mod reporters;

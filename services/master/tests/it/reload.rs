@@ -62,39 +62,6 @@ async fn an_edited_master_yaml_reaches_both_running_masters_without_a_restart() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_master_starts_with_the_python_org_scale_example_and_serves_its_thousand_builders() {
-    let example = crate::harness::repository_root().join("deploy/example/python-org");
-    let example_settings = example.join("settings.yaml");
-    let config = shared::config::Config::load(&example_settings).expect("the example loads");
-    let names: Vec<&str> = config.master.builders.iter().map(|b| b.name.as_str()).collect();
-    assert_eq!(names.len(), 1019);
-    let mut stack = TestStack::new("", &names).await;
-    // The example's workers and builders, on this test's database and namespace.
-    let ours = std::fs::read_to_string(&stack.settings_path).unwrap();
-    let line = |key: &str| ours.lines().find(|l| l.starts_with(key)).unwrap().to_owned();
-    let settings: String = std::fs::read_to_string(&example_settings)
-        .unwrap()
-        .lines()
-        .map(|l| match l.split(':').next().unwrap_or_default() {
-            key @ ("database_url" | "amqp_url" | "redis_url" | "namespace") => line(key),
-            _ => l.to_owned(),
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    std::fs::write(&stack.settings_path, settings + "\n").unwrap();
-    std::fs::copy(example.join("master.yaml"), stack.dir.path().join("master.yaml")).unwrap();
-    let started = std::time::Instant::now();
-    let address = stack.start_master("a").await;
-    eprintln!("a master with the python.org-scale example was healthy in {:?}", started.elapsed());
-    let builders = stack.get("/api/v2/builders?limit=1").await;
-    assert_eq!(builders["meta"]["total"], 1019);
-    let page = stack.http.get(format!("http://{address}/")).send().await.unwrap().text().await.unwrap();
-    assert_eq!(page.matches("<tr data-builderid=").count(), 1019, "the overview lists every builder");
-    let stable = stack.http.get(format!("http://{address}/?tag=3.14")).send().await.unwrap().text().await.unwrap();
-    assert!(stable.matches("<tr data-builderid=").count() > 100, "matrix values are tags");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_builds_address_keeps_working_after_a_reload_even_when_its_builder_left_the_configuration() {
     let kept = ("kept", "- name: hi\n  command: echo kept\n");
     let retired = ("retired", "- name: hi\n  command: echo retired\n");
