@@ -295,14 +295,27 @@ pub(super) fn steps_for(
                     }
                 }
             }
-            let rendered = match context.render(&Value::Mapping(map), 0) {
-                Ok(rendered) => rendered,
-                Err(error) => {
-                    problem(file, error);
-                    complete = false;
-                    continue;
+            // Field by field, so that a mistake is reported at its field.
+            let mut rendered = Mapping::new();
+            let mut fields_ok = true;
+            for (key, item) in map {
+                match context.render(&item, 0) {
+                    Ok(Value::Null) if item.is_string() => {}
+                    Ok(value) => {
+                        rendered.insert(key, value);
+                    }
+                    Err(error) => {
+                        let field = step_at.key(key.as_str().unwrap_or_default());
+                        file.error_at_value(&field, format!("for builder `{}`: {error}", context.builder), None);
+                        fields_ok = false;
+                    }
                 }
-            };
+            }
+            if !fields_ok {
+                complete = false;
+                continue;
+            }
+            let rendered = Value::Mapping(rendered);
             let parsed = if rendered.get("git").is_some() {
                 file.deserialize::<GitStepFile>(&step_at, rendered).map(GitStepFile::into_step)
             } else {
@@ -311,6 +324,7 @@ pub(super) fn steps_for(
             match parsed {
                 Some(step) => {
                     super::validate::step(file, &step_at, &step, settings);
+                    complete &= earlier_steps_hold(file, &step_at, &step, &steps);
                     steps.push(step);
                 }
                 None => complete = false,
@@ -329,4 +343,44 @@ pub(super) fn steps_for(
         }
     }
     complete.then_some(steps)
+}
+
+/// Whether a step's `run_if` names a step that runs before it, and its
+/// `set_property` a property name; what is wrong is reported at `at`.
+fn earlier_steps_hold(file: &mut SourceFile, at: &YamlPath, step: &StepSpec, earlier: &[StepSpec]) -> bool {
+    let mut holds = true;
+    if let Some(crate::wire::RunIf::Step { step: name, results }) = &step.run_if {
+        if !earlier.iter().any(|before| before.name == *name) {
+            let names: Vec<&str> = earlier.iter().map(|before| before.name.as_str()).collect();
+            file.error_at_value(
+                &at.key("run_if").key("step"),
+                format!("step `{}` depends on step `{name}`, which does not run before it", step.name),
+                Some(match names.is_empty() {
+                    true => "no step runs before it".into(),
+                    false => format!("the steps before it are: {}", names.join(", ")),
+                }),
+            );
+            holds = false;
+        }
+        if results.is_empty() {
+            file.error_at_value(
+                &at.key("run_if").key("results"),
+                "`results` lists none: the step would never run",
+                Some("e.g. `results: [FAILURE, WARNINGS]`".into()),
+            );
+            holds = false;
+        }
+    }
+    if let Some(name) = &step.set_property {
+        let valid = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        if !valid {
+            file.error_at_value(
+                &at.key("set_property"),
+                format!("`{name}` is not a property name"),
+                Some("use letters, digits, `_`, `-` and `.`".into()),
+            );
+            holds = false;
+        }
+    }
+    holds
 }

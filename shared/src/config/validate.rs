@@ -90,7 +90,7 @@ pub(super) fn settings(file: &mut SourceFile, settings: &Settings) {
     }
     let mut seen = BTreeSet::new();
     for (index, worker) in settings.workers.iter().enumerate() {
-        let at = root.key("workers").index(index);
+        let at = settings.worker_at(index);
         if !is_valid_worker_name(&worker.name) {
             file.error_at_value(
                 &at.key("name"),
@@ -101,7 +101,13 @@ pub(super) fn settings(file: &mut SourceFile, settings: &Settings) {
         if !seen.insert(worker.name.as_str()) {
             file.error_at_value(&at.key("name"), format!("worker `{}` is listed twice", worker.name), None);
         }
-        if worker.password.expose().chars().count() < MIN_WORKER_PASSWORD_CHARS {
+        if worker.password.expose().is_empty() {
+            file.error_at(
+                &at,
+                format!("worker `{}` has no password", worker.name),
+                Some("give it `password:`, or an owner under `owners:` with one".into()),
+            );
+        } else if worker.password.expose().chars().count() < MIN_WORKER_PASSWORD_CHARS {
             file.error_at_value(
                 &at.key("password"),
                 format!(
@@ -137,11 +143,19 @@ pub(super) fn settings(file: &mut SourceFile, settings: &Settings) {
             file.error_at_value(&at.key("missing_timeout_seconds"), "missing_timeout_seconds must be at least 1", None);
         }
         for (window_index, window) in worker.downtime.iter().enumerate() {
+            let window_at = at.key("downtime").index(window_index);
             if window.bounds().is_none() {
                 file.error_at_value(
-                    &at.key("downtime").index(window_index),
+                    &window_at,
                     "a downtime window needs `from` and `until` as HH:MM and a known `timezone`",
                     Some("e.g. {from: \"22:00\", until: \"06:00\", timezone: Europe/Amsterdam}".into()),
+                );
+            }
+            if let Err(day) = window.days() {
+                file.error_at_value(
+                    &window_at.key("weekdays"),
+                    format!("`{day}` is not a day of the week"),
+                    Some("write e.g. `weekdays: [wednesday]` (or `wed`)".into()),
                 );
             }
         }

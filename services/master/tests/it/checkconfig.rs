@@ -304,3 +304,92 @@ fn a_release_board_without_branches_or_with_a_tag_no_builder_has_is_reported_at_
     assert!(!ok);
     assert!(stderr.contains("master.yaml:10:1: the release board needs `branches` and `tags`"), "{stderr}");
 }
+
+#[test]
+fn mistakes_in_factories_branches_owners_and_selections_are_reported_at_their_lines() {
+    let settings = "database_url: postgres://x@127.0.0.1/x\namqp_url: amqp://127.0.0.1\nredis_url: redis://127.0.0.1\n\
+owners:\n  alice: {email: alice@example.org, password: long-enough-password}\n\
+workers:\n  alice-one: {branches: {since: \"9.9\"}, downtime: [{from: \"08:00\", until: \"10:00\", weekdays: [someday]}]}\n\
+\x20 bob-two: {owner: bob}\n\
+\x20 carol-three: {}\n\
+mail: {smtp_host: 127.0.0.1, from: buildbot@example.org}\n";
+    let master = "\
+branches:
+  - {name: main}
+  - {name: \"3.14\"}
+factories:
+  Base:
+    kw: {jobs: 2}
+    steps:
+      - name: make
+        command: [make, \"-j%(kw:jobs)s\"]
+        timeout: \"= jobs * nope\"
+  Late:
+    extends: Base
+    steps:
+      - {name: a, command: [\"true\"], if: \"jobs >\"}
+      - {name: b, command: [\"true\"], run_if: {step: later, results: [FAILURE]}}
+      - {name: later, command: [\"true\"], set_property: \"no spaces\"}
+builders:
+  - {name: B, factory: Base, workers: [alice-one], branches: [main]}
+  - {name: L, factory: Late, workers: [alice-one], branches: all}
+  - {name: C, factory: Base, workers: [alice-one], branches: [main, \"4.0\"]}
+schedulers:
+  - {type: force, name: force, builders: {tags: [nothing-has-this]}}
+";
+    let (ok, stderr) = checkconfig(settings, master);
+    assert!(!ok);
+    for expected in [
+        // settings.yaml
+        "settings.yaml:7:33: `9.9` is not one of the branches",
+        "settings.yaml:7:94: `someday` is not a day of the week",
+        "settings.yaml:8:20: worker `bob-two` names owner `bob`, who is not under `owners:`",
+        "settings.yaml:9:3: worker `carol-three` has no password",
+        // master.yaml
+        "master.yaml:10:18: for builder `B main`: `nope` is not a kw of factory `Base`, nor a property of builder `B main` or its worker",
+        "master.yaml:14:42: the expression ends too soon",
+        "master.yaml:15:53: step `b` depends on step `later`, which does not run before it",
+        "master.yaml:16:56: `no spaces` is not a property name",
+        "master.yaml:20:69: `4.0` is not one of the branches",
+        "master.yaml:22:42: no builder has these tags",
+    ] {
+        assert!(stderr.contains(expected), "missing `{expected}` in:\n{stderr}");
+    }
+    let master = VALID_MASTER.replace("  F:\n", "  Child: {extends: Missing}\n  F:\n");
+    let (ok, stderr) = checkconfig(SETTINGS, &master);
+    assert!(!ok);
+    assert!(stderr.contains("master.yaml:2:20: factory `Child` extends `Missing`, which is not defined"), "{stderr}");
+}
+
+#[test]
+fn buildbot_python_orgs_settings_keys_are_read_or_reported_at_their_lines_with_what_to_write() {
+    let settings = "db_url: sqlite:///state.sqlite\namqp_url: amqp://127.0.0.1\nredis_url: redis://127.0.0.1\n\
+web_port: 9011\nbuildbot_url: https://buildbot.python.org/all/\nirc_host: irc.libera.chat\nworker_port: 9021\n\
+owners:\n  alice: {email: alice@example.org, password: long-enough-password}\n\
+workers:\n  alice-one: {}\n";
+    let (ok, stderr) = checkconfig(settings, VALID_MASTER.replace("w1", "alice-one").as_str());
+    assert!(!ok);
+    for expected in [
+        "settings.yaml:1:9: buildmaster keeps its records in Postgres, not in this database",
+        "give `database_url: postgresql://USER:PASSWORD@HOST/DB`",
+        "settings.yaml:6:1: `irc_host` is buildbot.python.org's setting; buildmaster says it elsewhere",
+        "write `irc: {host: irc.libera.chat, nickname: ...}`",
+        "settings.yaml:7:1: `worker_port` is buildbot.python.org's setting",
+    ] {
+        assert!(stderr.contains(expected), "missing `{expected}` in:\n{stderr}");
+    }
+    assert!(!stderr.contains("web_port") && !stderr.contains("buildbot_url"), "those mean the same here:\n{stderr}");
+    // Written as buildmaster says it, the same file loads: the worker takes
+    // its owner's password and mail.
+    let fixed = settings
+        .replace("db_url: sqlite:///state.sqlite", "db_url: postgres://x@127.0.0.1/x")
+        .replace("irc_host: irc.libera.chat\nworker_port: 9021\n", "");
+    let (ok, stderr) = checkconfig(&fixed, VALID_MASTER.replace("w1", "alice-one").as_str());
+    assert!(!ok, "the owner's mail needs a mail server");
+    assert!(stderr.contains("worker `alice-one` has people to mail when it is missing, but there is no `mail` server"), "{stderr}");
+    let (ok, stderr) = checkconfig(
+        &format!("{fixed}mail: {{smtp_host: 127.0.0.1, from: buildbot@example.org}}\n"),
+        VALID_MASTER.replace("w1", "alice-one").as_str(),
+    );
+    assert!(ok, "{stderr}");
+}
