@@ -195,3 +195,59 @@ async fn a_polled_repository_builds_each_new_commit_once_across_masters() {
         assert_eq!(String::from_utf8(printed).unwrap(), format!("{commit}\n"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_sets_a_property_later_steps_use_and_steps_run_only_when_their_condition_holds() {
+    let yaml = r#"
+factories:
+  triple:
+    steps:
+      - {name: triple, command: "echo '  x86_64-pc-linux-gnu  '; echo noise >&2", set_property: triple}
+      - {name: argv, command: [sh, -c, 'echo "$1 $2"; pwd', sh, "--build=%(prop:triple)s", "%(prop:evil)s"],
+         workdir: "build/%(prop:triple)s"}
+      - {name: shell, command: "echo host=%(prop:triple)s-x; echo default=%(prop:unset:-none)s"}
+      - {name: env, command: "echo env=$TRIPLE", env: {TRIPLE: "%(prop:triple)s/%(prop:evil)s"}}
+      - {name: failing, command: "exit 3", flunk_on_failure: false, warn_on_failure: true}
+      - {name: on-failure, command: "echo cleaning up", run_if: {step: failing, results: [FAILURE]}}
+      - {name: on-success, command: "echo never", run_if: {step: failing, results: [SUCCESS]}}
+      - {name: if-set, command: "echo set", run_if: {property: triple}}
+      - {name: if-unset, command: "echo never", run_if: {property: nothing}}
+builders:
+  - {name: triple, factory: triple, workers: [w1]}
+schedulers:
+  - {type: force, name: force, builders: [triple]}
+"#;
+    let mut stack = TestStack::new(yaml, &["triple"]).await;
+    stack.start_masters_behind_haproxy().await;
+    stack.start_worker("w1");
+    // A forced value that looks like a reference stays text.
+    let request = stack.force_with("triple", serde_json::json!({ "properties": { "evil": "%(prop:triple)s" } })).await;
+    let build = stack.wait_for_build(request).await;
+    assert_eq!(build["results"], 1, "WARNINGS, from the failing step: {build}");
+    let build_id = build["buildid"].as_i64().unwrap();
+    let steps = stack.steps(build_id).await;
+    let log = async |index: usize| {
+        let log = stack.archived_log(steps[index]["stepid"].as_i64().unwrap()).await;
+        String::from_utf8_lossy(&stack.get_bytes(&format!("/api/v2/logs/{}/raw", log["logid"])).await).into_owned()
+    };
+    let argv = log(1).await;
+    assert!(argv.contains("--build=x86_64-pc-linux-gnu %(prop:triple)s"), "{argv}");
+    assert!(argv.contains("/build/x86_64-pc-linux-gnu\n"), "the workdir too: {argv}");
+    let shell = log(2).await;
+    assert!(shell.contains("host=x86_64-pc-linux-gnu-x") && shell.contains("default=none"), "{shell}");
+    assert!(log(3).await.contains("env=x86_64-pc-linux-gnu/%(prop:triple)s"), "env values too");
+    let outcome: Vec<(&str, i64, &str)> = steps
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap(), s["results"].as_i64().unwrap(), s["state_string"].as_str().unwrap()))
+        .collect();
+    assert_eq!(outcome[5], ("on-failure", 0, "exit code 0"));
+    assert_eq!(outcome[6], ("on-success", 3, "skipped: failing ended failure"));
+    assert_eq!(outcome[7], ("if-set", 0, "exit code 0"));
+    assert_eq!(outcome[8], ("if-unset", 3, "skipped: property nothing is not set"));
+    let build = stack.get(&format!("/api/v2/builds/{build_id}?property=triple")).await;
+    assert_eq!(
+        build["builds"][0]["properties"]["triple"],
+        serde_json::json!(["x86_64-pc-linux-gnu", "SetPropertyFromCommand"]),
+        "kept with the build, only stdout, trimmed"
+    );
+}
