@@ -1,7 +1,23 @@
-"""Loads buildbot.python.org's master.cfg and prints its builders and
-schedulers as JSON: what buildmaster's translation is checked against."""
-import json, os, sys
-cfg_dir = sys.argv[1]
+"""Runs buildbot.python.org's master.cfg and writes what it expands to,
+beside this script: builders.jsonl (every builder: name, workers, tags, the
+schedulers that list it) and steps.json (the steps of a few builders of
+each kind). buildmaster's translation is checked against them
+(shared/tests/python_org.rs).
+
+    CI=1 venv/bin/python dump.py PATH/TO/buildmaster-config/master
+"""
+import json
+import os
+import sys
+import tempfile
+
+cfg_dir = os.path.abspath(sys.argv[1])
+out_dir = os.path.dirname(os.path.abspath(__file__))
+# Its settings.yaml is private: an empty one gives every default.
+settings = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
+settings.write("owners: {}\nworkers: {}\n")
+settings.close()
+os.environ["PYBUILDBOT_SETTINGS_PATH"] = settings.name
 os.chdir(cfg_dir)
 sys.path.insert(0, cfg_dir)
 ns = {"__file__": os.path.join(cfg_dir, "master.cfg")}
@@ -9,7 +25,17 @@ ns = {"__file__": os.path.join(cfg_dir, "master.cfg")}
 text = open("master.cfg").read().replace("get_release_status_app(", "(lambda *a, **k: None)(")
 exec(compile(text, "master.cfg", "exec"), ns)
 c = ns["BuildmasterConfig"]
-from buildbot.process.properties import Interpolate, renderer
+from buildbot.process.properties import Interpolate  # noqa: E402
+
+STEPS_OF = [
+    "AMD64 Debian root 3.x", "PPC64LE Fedora Stable Refleaks 3.10", "AMD64 Fedora Stable PR",
+    "ARM64 Raspbian 3.14", "AMD64 Arch Linux Asan 3.13", "x86 Debian Installed with X 3.12",
+    "AMD64 Windows11 Refleaks 3.11", "ARM64 Windows Non-Debug 3.13", "wasm32-wasi Non-Debug 3.12",
+    "wasm32-wasi 3.x", "iOS ARM64 Simulator 3.13", "iOS ARM64 Simulator 3.x", "aarch64 Android 3.14",
+    "AMD64 Arch Linux Valgrind PR", "aarch64 Ubuntu 24.04 BigMem 3.x", "WASM Emscripten 3.15",
+    "AMD64 CentOS9 NoGIL Refleaks 3.14",
+]
+
 
 def render(x):
     if isinstance(x, (list, tuple)):
@@ -21,6 +47,7 @@ def render(x):
     if isinstance(x, (str, int, float, bool)) or x is None:
         return x
     return repr(type(x).__name__)
+
 
 def step(f):
     out = {"class": f.step_class.__name__}
@@ -35,14 +62,16 @@ def step(f):
             out[attr] = render(v)
     return out
 
-builders = []
-for b in c["builders"]:
-    builders.append({"name": b.name, "workernames": b.workernames, "tags": b.tags, "builddir": b.builddir,
-                     "downtime": b.canStartBuild is not None,
-                     "steps": [step(s) for s in b.factory.steps]})
-scheds = []
+
+listed = {}
 for s in c["schedulers"]:
-    scheds.append({"name": s.name, "class": type(s).__name__, "builderNames": list(s.builderNames),
-                   "treeStableTimer": getattr(s, "treeStableTimer", None)})
-workers = [{"name": w.workername, "max_builds": w.max_builds} for w in c["workers"]]
-json.dump({"builders": builders, "schedulers": scheds, "workers": workers}, sys.stdout, indent=1)
+    for name in s.builderNames:
+        listed.setdefault(name, []).append(s.name)
+with open(os.path.join(out_dir, "builders.jsonl"), "w") as f:
+    for b in c["builders"]:
+        f.write(json.dumps({"name": b.name, "workers": b.workernames, "tags": sorted(b.tags),
+                            "schedulers": sorted(listed.get(b.name, []))}) + "\n")
+by_name = {b.name: b for b in c["builders"]}
+with open(os.path.join(out_dir, "steps.json"), "w") as f:
+    json.dump({name: [step(s) for s in by_name[name].factory.steps] for name in sorted(STEPS_OF)}, f, indent=1)
+print(f"{len(c['builders'])} builders, {len(c['schedulers'])} schedulers, {len(c['workers'])} workers")
