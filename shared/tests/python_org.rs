@@ -94,7 +94,10 @@ fn a_handful_of_builders_run_the_real_steps_with_the_real_timeouts() {
     let config = load();
     let reference: BTreeMap<String, Vec<Value>> =
         serde_json::from_str(&std::fs::read_to_string(example().join("reference/steps.json")).unwrap()).unwrap();
-    assert!(reference.len() >= 15, "kinds: Unix, refleak on a slow worker, out of tree, installed, Windows, cross, iOS, Android, ...");
+    assert!(
+        reference.len() >= 15,
+        "kinds: Unix, refleak on a slow worker, out of tree, installed, Windows, cross, iOS, Android, ..."
+    );
     let mut found = Vec::new();
     for (name, steps) in &reference {
         let builder = config.builder(name).unwrap_or_else(|| panic!("{name} is expanded"));
@@ -103,10 +106,19 @@ fn a_handful_of_builders_run_the_real_steps_with_the_real_timeouts() {
     let known: Vec<String> = KNOWN.iter().map(|s| (*s).to_owned()).collect();
     let unexpected: Vec<&String> = found.iter().filter(|f| !known.contains(f)).collect();
     let gone: Vec<&String> = known.iter().filter(|k| !found.contains(k)).collect();
-    assert!(unexpected.is_empty() && gone.is_empty(), "differences not listed:\n{unexpected:#?}\nlisted but gone:\n{gone:#?}");
+    assert!(
+        unexpected.is_empty() && gone.is_empty(),
+        "differences not listed:\n{unexpected:#?}\nlisted but gone:\n{gone:#?}"
+    );
     // The scheduler that starts them, as the real master.cfg says.
     let started_by = |builder: &str| -> Vec<&str> {
-        config.master.schedulers.iter().filter(|s| s.builders().iter().any(|b| b == builder)).map(|s| s.name()).collect()
+        config
+            .master
+            .schedulers
+            .iter()
+            .filter(|s| s.builders().iter().any(|b| b == builder))
+            .map(|s| s.name())
+            .collect()
     };
     assert_eq!(started_by("PPC64LE Fedora Stable Refleaks 3.10"), ["3.10-refleak", "force"]);
     assert_eq!(started_by("AMD64 Fedora Stable PR"), ["pull-request-scheduler", "force"]);
@@ -150,7 +162,11 @@ fn compare(builder: &BuilderConfig, real: &[Value]) -> Vec<String> {
             differ("method", env("BM_GIT_METHOD"), step["method"].as_str().unwrap().to_owned());
             differ("filter", env("BM_GIT_FILTER"), filter);
             differ("depth", env("BM_GIT_DEPTH"), depth);
-            differ("clobber_on_failure", env("BM_GIT_CLOBBER_ON_FAILURE"), (step["clobberOnFailure"] == true).then_some("1").unwrap_or("0").into());
+            differ(
+                "clobber_on_failure",
+                env("BM_GIT_CLOBBER_ON_FAILURE"),
+                if step["clobberOnFailure"] == true { "1" } else { "0" }.into(),
+            );
             // Without a branch, Buildbot's step says `HEAD`: the change's.
             let branch = builder.properties.get("branch").and_then(|b| b.as_str()).unwrap_or("HEAD").to_owned();
             differ("branch", branch, step["branch"].as_str().unwrap_or_default().to_owned());

@@ -232,8 +232,9 @@ fn bare_values(properties: &serde_json::Value) -> BTreeMap<String, serde_json::V
 /// The steps as this build runs them, as the wire carries them: its
 /// properties put into commands, environments and working directories
 /// (`%(prop:NAME)s`), and its secrets into env values (`%(secret:NAME)s`).
-/// Env values travel escaped (see `interpolate::env_value`), so what a
-/// property holds reaches the step as text, whatever it says.
+/// Env values travel escaped (see `interpolate::with_late_properties`),
+/// so what a property holds reaches the step as text, whatever it says;
+/// properties earlier steps set are put in by the worker.
 fn steps_for_build(
     steps: &[StepSpec],
     properties: &serde_json::Value,

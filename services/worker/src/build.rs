@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use chrono::Utc;
 use shared::model::{Results, build_result_contribution, halts_build};
-use shared::wire::{RunIf, Step};
 use shared::wire::{BuildAssignment, LogChannel, LogRecord, STDIO_LOG, StepRecord, WARNINGS_LOG, WorkerEvent};
+use shared::wire::{RunIf, Step};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use shared::model::Results;
 use shared::config::interpolate;
+use shared::model::Results;
 use shared::wire::{Command as StepCommand, LogChannel, Step, TestSummary};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;

@@ -350,7 +350,11 @@ fn binary(op: &str, left: Value, right: Value) -> Result<Value, String> {
         ("+", Value::String(a), Value::String(b)) => Value::String(format!("{a}{b}")),
         ("+", Value::Sequence(a), Value::Sequence(b)) => Value::Sequence(a.iter().chain(b).cloned().collect()),
         ("+", Value::String(_), _) | ("+", _, Value::String(_)) => {
-            return Err(format!("cannot add {} to {}; write str(x) to make text of a number", kind(&right), kind(&left)));
+            return Err(format!(
+                "cannot add {} to {}; write str(x) to make text of a number",
+                kind(&right),
+                kind(&left)
+            ));
         }
         ("in", _, Value::Sequence(items)) => Value::Bool(items.contains(&left)),
         ("in", Value::String(part), Value::String(whole)) => Value::Bool(whole.contains(part.as_str())),
@@ -439,7 +443,10 @@ mod tests {
     #[test]
     fn mistakes_are_named() {
         assert_eq!(run("nope + 1").unwrap_err(), "`nope` is not defined");
-        assert_eq!(run("'a' + 1").unwrap_err(), "cannot add a number to a string; write str(x) to make text of a number");
+        assert_eq!(
+            run("'a' + 1").unwrap_err(),
+            "cannot add a number to a string; write str(x) to make text of a number"
+        );
         assert_eq!(run("1 +").unwrap_err(), "the expression ends too soon");
         assert_eq!(run("open('x')").unwrap_err(), "`open` is not a function here; there are str, len and join");
         assert_eq!(run("1 if 2").unwrap_err(), "`A if CONDITION` needs `else B`");

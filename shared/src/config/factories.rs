@@ -16,10 +16,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Deserialize;
 use serde_yaml::{Mapping, Value};
 
+use super::YamlPath;
 use super::diagnostics::SourceFile;
 use super::expr;
 use super::steps::{GitStepFile, StepSpec};
-use super::YamlPath;
 
 /// A factory as its file says it.
 #[derive(Debug, Clone, Deserialize)]
@@ -63,7 +63,7 @@ pub(super) fn inherit(
 ) -> Option<BTreeMap<String, FactoryConfig>> {
     let mut done: BTreeMap<String, FactoryConfig> = BTreeMap::new();
     let mut complete = true;
-    for name in names.iter().copied() {
+    for &name in names {
         // The chain from this factory up to the first without a parent.
         let mut chain = vec![name.as_str()];
         let mut broken = false;

@@ -15,10 +15,16 @@
 //! by `checkconfig`. In a list command or a workdir it is one word as it is.
 //!
 //! Masters put secrets into env values themselves and send every value
-//! with each `%(` escaped as `%%(`: a worker's `secrets` pass then only
+//! with each `%(` escaped as `%%(`: a worker's pass (`on_worker`) then only
 //! undoes the escape, so nothing a property holds can name a secret there,
 //! and workers of the previous version, which still put secrets in, read
 //! the same values.
+//!
+//! A property an earlier step of the build sets (`set_property`) is known
+//! only as the build runs: the master leaves its reference, unescaped, in
+//! that step's texts (escaping everything else, argv and workdir too, and
+//! marking the step `late_properties`), and the worker's pass puts the
+//! value in. Only the master's own references are ever read there.
 
 use std::collections::BTreeMap;
 
@@ -123,25 +129,6 @@ pub fn secret_names(text: &str) -> Vec<&str> {
 /// configuration).
 pub fn properties(text: &str, properties: &Map<String, Value>) -> String {
     render(text, |name, default| property_value(properties, name, default)).unwrap_or_else(|| text.to_owned())
-}
-
-/// An env value as a worker gets it: properties and secrets (from
-/// `secrets`, by name) put in, then every `%(` escaped as `%%(`. The name
-/// of a secret not in `secrets` is the error.
-pub fn env_value(
-    text: &str,
-    properties: &Map<String, Value>,
-    secrets: &BTreeMap<String, String>,
-) -> Result<String, String> {
-    let mut out = String::with_capacity(text.len());
-    for piece in pieces(text, true)? {
-        match piece {
-            Piece::Text(text) => out.push_str(text),
-            Piece::Property { name, default } => out.push_str(&property_value(properties, name, default)),
-            Piece::Secret(name) => out.push_str(secrets.get(name).ok_or_else(|| name.to_owned())?),
-        }
-    }
-    Ok(escape(&out))
 }
 
 /// The properties a text refers to (for `checkconfig` and the claim).
@@ -320,7 +307,7 @@ pub fn check_shell(script: &str) -> Result<(), String> {
 /// never parses a value, nor splits it. A script `checkconfig` refuses is
 /// returned as it is.
 /// The variables' values are as the worker gets them: escaped (see
-/// `env_value`), or, for a property an earlier step sets (`late`), its
+/// `with_late_properties`), or, for a property an earlier step sets (`late`), its
 /// reference, which the worker puts in.
 pub fn shell(
     script: &str,
@@ -345,31 +332,6 @@ pub fn shell(
         Some(script) => (script, env),
         None => (script.to_owned(), Vec::new()),
     }
-}
-
-/// `text` (as a master rendered it for the worker) with every
-/// `%(secret:NAME)s` replaced by the secret's value and every `%%(` by
-/// `%(`; the name of a secret not given is the error.
-pub fn secrets(text: &str, values: &BTreeMap<String, String>) -> Result<String, String> {
-    let mut out = String::with_capacity(text.len());
-    for piece in pieces(text, false).unwrap_or_default() {
-        match piece {
-            Piece::Text(text) => out.push_str(text),
-            Piece::Secret(name) => out.push_str(values.get(name).ok_or_else(|| name.to_owned())?),
-            Piece::Property { name, default } => {
-                // A master puts properties in before a text travels; one
-                // left here is shown as written.
-                out.push_str("%(prop:");
-                out.push_str(name);
-                if let Some(default) = default {
-                    out.push_str(":-");
-                    out.push_str(default);
-                }
-                out.push_str(")s");
-            }
-        }
-    }
-    Ok(out)
 }
 
 /// `text` with each property written by `property(name, default)` and
@@ -442,9 +404,15 @@ mod tests {
     fn a_property_an_earlier_step_sets_is_put_in_by_the_worker_and_nothing_else_is() {
         let late = std::collections::BTreeSet::from(["triple".to_owned()]);
         let none = BTreeMap::new();
-        let props = json!({ "evil": ["%(prop:triple)s", "Force"], "odd": ["50%", "Force"] }).as_object().unwrap().clone();
-        let sent = with_late_properties("--build=%(prop:triple)s %(prop:evil)s %(prop:odd)s(prop:triple)s", &props, &none, &late)
-            .unwrap();
+        let props =
+            json!({ "evil": ["%(prop:triple)s", "Force"], "odd": ["50%", "Force"] }).as_object().unwrap().clone();
+        let sent = with_late_properties(
+            "--build=%(prop:triple)s %(prop:evil)s %(prop:odd)s(prop:triple)s",
+            &props,
+            &none,
+            &late,
+        )
+        .unwrap();
         let set = BTreeMap::from([("triple".to_owned(), "x86_64-pc-linux-gnu".to_owned())]);
         assert_eq!(
             on_worker(&sent, &none, &set).unwrap(),
@@ -466,14 +434,19 @@ mod tests {
 
     #[test]
     fn an_env_value_has_its_secrets_put_in_and_comes_out_of_the_workers_pass_as_it_went_in() {
+        let none = std::collections::BTreeSet::new();
         let secrets_given = BTreeMap::from([("token".to_owned(), "s3cr3t".to_owned())]);
         let props = json!({ "target": "%(secret:token)s", "percent": "50%" }).as_object().unwrap().clone();
-        let sent =
-            env_value("%(prop:target)s|%(secret:token)s|%(prop:percent)s(secret:token)s", &props, &secrets_given)
-                .unwrap();
-        let received = secrets(&sent, &secrets_given).unwrap();
+        let sent = with_late_properties(
+            "%(prop:target)s|%(secret:token)s|%(prop:percent)s(secret:token)s",
+            &props,
+            &secrets_given,
+            &none,
+        )
+        .unwrap();
+        let received = on_worker(&sent, &secrets_given, &BTreeMap::new()).unwrap();
         assert_eq!(received, "%(secret:token)s|s3cr3t|50%(secret:token)s", "a property names no secret");
-        assert_eq!(env_value("%(secret:nope)s", &props, &secrets_given), Err("nope".to_owned()));
+        assert_eq!(with_late_properties("%(secret:nope)s", &props, &secrets_given, &none), Err("nope".to_owned()));
     }
 
     #[test]
@@ -481,9 +454,10 @@ mod tests {
         let value = "token=%(secret:pypi)s;again=%(secret:pypi)s;%(secret:other)s";
         assert_eq!(secret_names(value), ["pypi", "pypi", "other"]);
         let values = BTreeMap::from([("pypi".to_owned(), "s3cr3t".to_owned()), ("other".to_owned(), "x".to_owned())]);
-        assert_eq!(secrets(value, &values).unwrap(), "token=s3cr3t;again=s3cr3t;x");
-        assert_eq!(secrets("%(secret:nope)s", &values), Err("nope".to_owned()));
-        assert_eq!(secrets("%%(secret:token)s 50% %(open", &values).unwrap(), "%(secret:token)s 50% %(open");
+        let set = BTreeMap::new();
+        assert_eq!(on_worker(value, &values, &set).unwrap(), "token=s3cr3t;again=s3cr3t;x");
+        assert_eq!(on_worker("%(secret:nope)s", &values, &set), Err("nope".to_owned()));
+        assert_eq!(on_worker("%%(secret:token)s 50% %(open", &values, &set).unwrap(), "%(secret:token)s 50% %(open");
         assert!(secret_names("%%(secret:token)s").is_empty());
         assert!(secret_names("100%(not a secret)").is_empty());
     }

@@ -34,8 +34,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-pub use diagnostics::{ConfigError, ConfigErrors};
 pub use branches::{BranchConfig, BranchSelector};
+pub use diagnostics::{ConfigError, ConfigErrors};
 pub use factories::FactoryConfig;
 pub use master::{
     BuilderConfig, BuilderSelection, ForceParameter, MasterConfig, PollerConfig, ReleaseBoardConfig, SchedulerConfig,
@@ -188,7 +188,8 @@ impl Config {
     /// A short summary for `checkconfig`.
     pub fn summary(&self) -> String {
         let steps: usize = self.master.builders.iter().map(|b| b.steps.len()).sum();
-        let definitions: std::collections::BTreeSet<usize> = self.master.builders.iter().map(|b| b.definition).collect();
+        let definitions: std::collections::BTreeSet<usize> =
+            self.master.builders.iter().map(|b| b.definition).collect();
         format!(
             "{} builders ({} definitions, {} steps), {} factories, {} schedulers, {} workers{}",
             self.master.builders.len(),

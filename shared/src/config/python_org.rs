@@ -13,10 +13,7 @@ use super::diagnostics::SourceFile;
 /// Keys buildbot.python.org's settings have and buildmaster says elsewhere,
 /// with what to write instead.
 const ELSEWHERE: &[(&str, &str)] = &[
-    (
-        "worker_port",
-        "workers reach the masters through RabbitMQ (`amqp_url`), not a port of the masters: remove it",
-    ),
+    ("worker_port", "workers reach the masters through RabbitMQ (`amqp_url`), not a port of the masters: remove it"),
     ("irc_notice", "IRC is `irc: {host, nickname, password}` here, and its channel an `irc` reporter in master.yaml"),
     ("irc_host", "write `irc: {host: irc.libera.chat, nickname: ...}`"),
     ("irc_nick", "write `irc: {host: ..., nickname: ...}`"),

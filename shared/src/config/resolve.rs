@@ -8,12 +8,12 @@ use std::collections::BTreeMap;
 
 use serde_yaml::Value;
 
+use super::YamlPath;
 use super::branches::BranchSelector;
 use super::diagnostics::SourceFile;
 use super::factories::{self, Context};
 use super::master::{BuilderConfig, MasterConfig, SchedulerConfig};
 use super::settings::Settings;
-use super::YamlPath;
 
 /// The files errors go to.
 pub(super) struct Files<'a> {

@@ -407,8 +407,18 @@ git log -1 --format='checked out %H (%s)'
 
 impl GitStepFile {
     pub(super) fn into_step(self) -> StepSpec {
-        let GitStep { repourl, branch, revision, mode, method, shallow, filter, retries, on_failure, clobber_on_failure } =
-            self.git;
+        let GitStep {
+            repourl,
+            branch,
+            revision,
+            mode,
+            method,
+            shallow,
+            filter,
+            retries,
+            on_failure,
+            clobber_on_failure,
+        } = self.git;
         let env = [
             ("BM_GIT_REPOURL", repourl),
             ("BM_GIT_BRANCH", branch),

@@ -386,7 +386,10 @@ workers:\n  alice-one: {}\n";
         .replace("irc_host: irc.libera.chat\nworker_port: 9021\n", "");
     let (ok, stderr) = checkconfig(&fixed, VALID_MASTER.replace("w1", "alice-one").as_str());
     assert!(!ok, "the owner's mail needs a mail server");
-    assert!(stderr.contains("worker `alice-one` has people to mail when it is missing, but there is no `mail` server"), "{stderr}");
+    assert!(
+        stderr.contains("worker `alice-one` has people to mail when it is missing, but there is no `mail` server"),
+        "{stderr}"
+    );
     let (ok, stderr) = checkconfig(
         &format!("{fixed}mail: {{smtp_host: 127.0.0.1, from: buildbot@example.org}}\n"),
         VALID_MASTER.replace("w1", "alice-one").as_str(),
