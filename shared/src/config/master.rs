@@ -27,8 +27,9 @@ pub struct MasterConfig {
     pub factories: BTreeMap<String, FactoryConfig>,
     /// Which factories came from `factories_file` (for errors).
     pub(super) factories_in_file: std::collections::BTreeSet<String>,
-    /// The schedulers whose `builders` select by tag, by index.
-    pub(super) scheduler_selections: Vec<(usize, BuilderSelection)>,
+    /// The schedulers whose `builders` select by tag: index, selection and
+    /// the scheduler as written, read again once the builders are known.
+    pub(super) scheduler_selections: Vec<(usize, BuilderSelection, serde_yaml::Value)>,
     pub schedulers: Vec<SchedulerConfig>,
     /// Repositories polled for new commits (for those that send no
     /// webhook).
@@ -476,7 +477,7 @@ pub(super) fn parse(
         };
         if let Some(selection) = selection {
             value["builders"] = serde_yaml::Value::Sequence(Vec::new());
-            config.scheduler_selections.push((index, selection));
+            config.scheduler_selections.push((index, selection, value.clone()));
         }
         match file.deserialize(&at, value) {
             Some(scheduler) => config.schedulers.push(scheduler),

@@ -136,28 +136,24 @@ pub(super) fn resolve(files: &mut Files, master: &mut MasterConfig, settings: &S
     }
     master.builders = builders;
 
-    for (index, selection) in std::mem::take(&mut master.scheduler_selections) {
-        let names: Vec<_> =
-            master.builders.iter().filter(|b| selection.selects(b)).map(|b: &BuilderConfig| b.name.clone()).collect();
+    for (index, selection, mut value) in std::mem::take(&mut master.scheduler_selections) {
+        let at = root.key("schedulers").index(index);
+        let names: Vec<Value> = master
+            .builders
+            .iter()
+            .filter(|b| selection.selects(b))
+            .map(|b: &BuilderConfig| Value::String(b.name.to_string()))
+            .collect();
         if names.is_empty() {
             files.master.error_at_value(
-                &root.key("schedulers").index(index).key("builders"),
+                &at.key("builders"),
                 "no builder has these tags",
                 Some("check the tags against the builders' (branches add theirs, factories theirs)".into()),
             );
         }
-        set_builders(&mut master.schedulers[index], names);
-    }
-}
-
-fn set_builders(scheduler: &mut SchedulerConfig, names: Vec<crate::ids::BuilderName>) {
-    match scheduler {
-        SchedulerConfig::Force { builders, .. }
-        | SchedulerConfig::Nightly { builders, .. }
-        | SchedulerConfig::SingleBranch { builders, .. }
-        | SchedulerConfig::AnyBranch { builders, .. }
-        | SchedulerConfig::Dependent { builders, .. }
-        | SchedulerConfig::PullRequest { builders, .. }
-        | SchedulerConfig::Periodic { builders, .. } => *builders = names,
+        value["builders"] = Value::Sequence(names);
+        if let Some(scheduler) = files.master.deserialize::<SchedulerConfig>(&at, value) {
+            master.schedulers[index] = scheduler;
+        }
     }
 }
