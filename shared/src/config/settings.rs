@@ -863,3 +863,35 @@ impl Default for BuildSettings {
 fn default_true() -> bool {
     true
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn a_weekly_window_holds_on_its_days_only_and_one_crossing_midnight_on_the_day_it_started() {
+        // buildbot.python.org's: Wednesdays 8:00 to 10:00 in Los Angeles.
+        let wednesday: DowntimeWindow = serde_yaml::from_str(
+            "{from: \"08:00\", until: \"10:00\", timezone: America/Los_Angeles, weekdays: [wednesday]}",
+        )
+        .unwrap();
+        assert!(wednesday.contains(at("2026-12-02T16:30:00Z")), "Wednesday 8:30 in Los Angeles");
+        assert!(!wednesday.contains(at("2026-12-02T18:00:00Z")), "10:00 is the end");
+        assert!(!wednesday.contains(at("2026-12-03T16:30:00Z")), "Thursday");
+        let friday_night: DowntimeWindow =
+            serde_yaml::from_str("{from: \"22:00\", until: \"08:00\", weekdays: [fri]}").unwrap();
+        assert!(friday_night.contains(at("2026-12-04T23:00:00Z")), "Friday 23:00");
+        assert!(friday_night.contains(at("2026-12-05T07:00:00Z")), "Saturday 07:00, in Friday's window");
+        assert!(!friday_night.contains(at("2026-12-06T07:00:00Z")), "Sunday 07:00 is in Saturday's, not listed");
+        let daily: DowntimeWindow = serde_yaml::from_str("{from: \"22:00\", until: \"08:00\"}").unwrap();
+        assert!(daily.contains(at("2026-12-06T07:00:00Z")));
+        let wrong: DowntimeWindow =
+            serde_yaml::from_str("{from: \"22:00\", until: \"08:00\", weekdays: [funday]}").unwrap();
+        assert_eq!(wrong.days(), Err("funday"));
+        assert!(!wrong.contains(at("2026-12-06T23:00:00Z")), "checkconfig refuses it; it never holds");
+    }
+}
