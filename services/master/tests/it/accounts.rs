@@ -11,9 +11,8 @@ use lapin::{BasicProperties, Connection};
 use shared::names::Namespace;
 use shared::wire::WorkerEvent;
 
-use crate::harness::{
-    OTHER_WORKER_PASSWORD, PrivateRabbitMq, PrivateRedis, Services, TestStack, WORKER_PASSWORD, without_credentials,
-};
+use crate::harness::{OTHER_WORKER_PASSWORD, Services, TestStack, WORKER_PASSWORD, without_credentials};
+use crate::servers::{PrivateRabbitMq, PrivateRedis};
 
 const MASTER_YAML: &str = "factories:\n  slow:\n    steps:\n      - name: work\n        command: echo begin; sleep 3; echo end\n\
     builders:\n  - name: one\n    factory: slow\n    workers: [w1]\n  - name: two\n    factory: slow\n    workers: [w2]\n\

@@ -8,7 +8,8 @@ use master::http::query;
 use master::store::Store;
 use master::store::resources::{BUILDS, Filter, LOGS, Resource, Scalar};
 
-use crate::harness::{PrivatePostgres, repository_root};
+use crate::harness::repository_root;
+use crate::servers::PrivatePostgres;
 
 const BUILDS_WANTED: i64 = 1_000_000;
 const BATCH: i64 = 250_000;

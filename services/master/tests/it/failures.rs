@@ -1,6 +1,7 @@
 //! Breaking things on purpose: what was accepted still runs, exactly once.
 
-use crate::harness::{PrivatePostgres, PrivateRabbitMq, PrivateRedis, Services, TestStack, burst_outcome, master_yaml};
+use crate::harness::{Services, TestStack, burst_outcome, master_yaml};
+use crate::servers::{PrivatePostgres, PrivateRabbitMq, PrivateRedis};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn masters_and_workers_reconnect_when_rabbitmq_drops_their_connections() {

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{PrivateRedis, Services, TcpProxy, TestStack, WorkerLaunch, address_of, master_yaml};
+use crate::harness::{Services, TestStack, WorkerLaunch, master_yaml};
+use crate::servers::{PrivateRedis, TcpProxy, address_of};
 
 /// The lines of a file (none when it does not exist).
 fn lines(path: &Path) -> Vec<String> {

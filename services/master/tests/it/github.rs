@@ -1,13 +1,15 @@
 //! GitHub's webhook as buildbot.python.org uses it: a signed push builds the
 //! pushed revision through the git step; a bad signature changes nothing;
 //! the pull-request label builds only the stable builders; a `!buildbot`
-//! comment from someone who may write builds the matching ones. The
-//! permission lookup is served by a local stand-in for GitHub's API.
+//! comment from someone who may write builds the matching ones. GitHub's
+//! API (who may write, pull requests, labels, comments) is the stand-in of
+//! `github_api`.
 
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
+use crate::github_api::{self, StandIn, TOKEN};
 use crate::harness::{TestStack, git};
 
 pub const SECRET: &str = "a-webhook-secret";
@@ -41,21 +43,6 @@ pub async fn deliver(
         .await
         .unwrap();
     (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
-}
-
-/// A stand-in for GitHub's permission API: `core-dev` may write.
-async fn permission_api() -> String {
-    use axum::extract::Path as UrlPath;
-    let app = axum::Router::new().route(
-        "/repos/{owner}/{repo}/collaborators/{user}/permission",
-        axum::routing::get(|UrlPath((_, _, user)): UrlPath<(String, String, String)>| async move {
-            axum::Json(json!({ "permission": if user == "core-dev" { "write" } else { "read" } }))
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    format!("http://{address}")
 }
 
 async fn requests_total(stack: &TestStack) -> i64 {
@@ -109,8 +96,10 @@ async fn signed_pushes_labels_and_comments_build_what_buildbot_python_org_would(
          \x20 - {{type: pull_request, name: pulls, builders: [stable-a, stable-b, unstable-c]}}\n"
     );
     let mut stack = TestStack::new(&yaml, &["stable-a", "stable-b", "unstable-c"]).await;
-    let api = permission_api().await;
-    stack.append_settings(&format!("github:\n  webhook_secret: {SECRET}\n  api_url: {api}\n"));
+    let api = StandIn::default();
+    api.writers.lock().unwrap().push("core-dev".to_owned());
+    let url = github_api::serve(api).await;
+    stack.append_settings(&format!("github:\n  webhook_secret: {SECRET}\n  api_url: {url}\n  api_token: {TOKEN}\n"));
     stack.start_masters_behind_haproxy().await;
     stack.start_worker("w1");
     let repository = json!({ "clone_url": format!("file://{}", repo.display()), "full_name": "python/cpython" });
@@ -246,103 +235,7 @@ async fn signed_pushes_labels_and_comments_build_what_buildbot_python_org_would(
     assert_eq!(requests_total(&stack).await, before);
 }
 
-/// A stand-in for the part of GitHub's REST API the pull-request loop
-/// uses, checking what GitHub checks: who may write, the head of pull
-/// request 7, taking a label off (authenticated; 404 when it is not on),
-/// and comments (authenticated; listed oldest first).
-#[derive(Clone, Default)]
-struct LoopApi {
-    labels_taken_off: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-    /// (id, pull request, body)
-    comments: std::sync::Arc<std::sync::Mutex<Vec<(i64, i64, String)>>>,
-    /// The next comment is made but answered 502, its answer lost.
-    lose_next_answer: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-const TOKEN: &str = "ghs_a-token-that-may-write";
 const HEAD: &str = "7777777777777777777777777777777777777777";
-
-async fn loop_api(api: LoopApi) -> String {
-    use axum::extract::{Path as UrlPath, State};
-    use axum::http::{HeaderMap, StatusCode};
-    use axum::response::IntoResponse;
-    fn authorized(headers: &HeaderMap) -> bool {
-        headers.get("authorization").and_then(|value| value.to_str().ok()) == Some(&format!("Bearer {TOKEN}"))
-            && headers.get("user-agent").is_some()
-    }
-    let app = axum::Router::new()
-        .route(
-            "/repos/{owner}/{repo}/collaborators/{user}/permission",
-            axum::routing::get(|UrlPath((_, _, user)): UrlPath<(String, String, String)>| async move {
-                axum::Json(json!({ "permission": if user == "core-dev" { "write" } else { "read" } }))
-            }),
-        )
-        .route(
-            "/repos/{owner}/{repo}/pulls/{number}",
-            axum::routing::get(|UrlPath((_, _, number)): UrlPath<(String, String, i64)>| async move {
-                axum::Json(json!({ "number": number, "head": { "sha": HEAD } }))
-            }),
-        )
-        .route(
-            "/repos/{owner}/{repo}/issues/{number}/labels/{label}",
-            axum::routing::delete(
-                |State(api): State<LoopApi>,
-                 UrlPath((_, _, _, label)): UrlPath<(String, String, i64, String)>,
-                 headers: HeaderMap| async move {
-                    if !authorized(&headers) {
-                        return (StatusCode::UNAUTHORIZED, axum::Json(json!({ "message": "Requires authentication" })));
-                    }
-                    let mut taken = api.labels_taken_off.lock().unwrap();
-                    if taken.contains(&label) {
-                        return (StatusCode::NOT_FOUND, axum::Json(json!({ "message": "Label does not exist" })));
-                    }
-                    taken.push(label);
-                    (StatusCode::OK, axum::Json(json!([])))
-                },
-            ),
-        )
-        .route(
-            "/repos/{owner}/{repo}/issues/{number}/comments",
-            axum::routing::post(
-                |State(api): State<LoopApi>,
-                 UrlPath((_, _, number)): UrlPath<(String, String, i64)>,
-                 headers: HeaderMap,
-                 axum::Json(body): axum::Json<Value>| async move {
-                    if !authorized(&headers) {
-                        let refused = json!({ "message": "Requires authentication" });
-                        return (StatusCode::UNAUTHORIZED, axum::Json(refused)).into_response();
-                    }
-                    let text = body["body"].as_str().unwrap_or_default().to_owned();
-                    let id = {
-                        let mut comments = api.comments.lock().unwrap();
-                        let id = comments.len() as i64 + 501;
-                        comments.push((id, number, text.clone()));
-                        id
-                    };
-                    if api.lose_next_answer.swap(false, std::sync::atomic::Ordering::SeqCst) {
-                        return (StatusCode::BAD_GATEWAY, "Bad Gateway").into_response();
-                    }
-                    (StatusCode::CREATED, axum::Json(json!({ "id": id, "body": text }))).into_response()
-                },
-            )
-            .get(
-                |State(api): State<LoopApi>, UrlPath((_, _, number)): UrlPath<(String, String, i64)>| async move {
-                    let comments = api.comments.lock().unwrap().clone();
-                    let listed: Vec<Value> = comments
-                        .iter()
-                        .filter(|(_, of, _)| *of == number)
-                        .map(|(id, _, body)| json!({ "id": id, "body": body }))
-                        .collect();
-                    axum::Json(Value::Array(listed))
-                },
-            ),
-        )
-        .with_state(api);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    format!("http://{address}")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pull_request_loop_takes_the_label_off_and_answers_every_command_once() {
@@ -354,8 +247,10 @@ async fn the_pull_request_loop_takes_the_label_off_and_answers_every_command_onc
                 schedulers:\n  - {type: single_branch, name: main, branch: main, builders: [AMD64 Debian]}\n\
                 \x20 - {type: pull_request, name: pulls, builders: [AMD64 Debian, ARM64 macOS, s390x RHEL]}\n";
     let mut stack = TestStack::new(yaml, &["AMD64 Debian", "ARM64 macOS", "s390x RHEL"]).await;
-    let api = LoopApi::default();
-    let url = loop_api(api.clone()).await;
+    let api = StandIn::default();
+    api.writers.lock().unwrap().push("core-dev".to_owned());
+    api.pull_heads.lock().unwrap().insert(7, HEAD.to_owned());
+    let url = github_api::serve(api.clone()).await;
     stack.append_settings(&format!("github:\n  webhook_secret: {SECRET}\n  api_url: {url}\n  api_token: {TOKEN}\n"));
     let a = stack.start_master_process("a").await;
     stack.base_url = format!("http://{a}");
@@ -400,7 +295,7 @@ async fn the_pull_request_loop_takes_the_label_off_and_answers_every_command_onc
             "comment": { "body": body, "user": { "login": user } }, "repository": repository,
         })
     };
-    api.lose_next_answer.store(true, std::sync::atomic::Ordering::SeqCst);
+    *api.lose_comment_answers.lock().unwrap() = 1;
     let commands = [
         ("c-1", "core-dev", "!buildbot arm64"),
         ("c-2", "core-dev", "!buildbot (unclosed"),

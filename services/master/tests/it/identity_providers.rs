@@ -22,7 +22,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::harness::{ChildGuard, free_port, repository_root};
+use crate::harness::{free_port, repository_root};
+use crate::servers::ChildGuard;
 
 // --- OpenID Connect -----------------------------------------------------------------
 

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-use crate::harness::{PrivateIrc, PrivateIrcServices, TestStack};
+use crate::harness::TestStack;
+use crate::servers::{PrivateIrc, PrivateIrcServices};
 
 const NICK: &str = "bb";
 const CHANNEL: &str = "#builds";

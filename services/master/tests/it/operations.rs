@@ -292,7 +292,7 @@ async fn create_worker_writes_a_config_a_volunteer_can_run_and_the_worker_tells_
         .unwrap();
     assert!(!again.status.success(), "an existing worker.yaml is not overwritten without --force");
 
-    let _worker = crate::harness::ChildGuard(
+    let _worker = crate::servers::ChildGuard(
         Command::new(binary("buildmaster-worker")).arg("--config").arg(&config).spawn().expect("the worker runs"),
     );
     let worker = stack
@@ -363,7 +363,7 @@ async fn a_log_deleted_by_retention_says_so_and_its_record_stays() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_deletes_a_million_old_builds_in_short_batches_while_new_builds_complete() {
     const SEEDED: i64 = 1_000_000;
-    let postgres = crate::harness::PrivatePostgres::start().await;
+    let postgres = crate::servers::PrivatePostgres::start().await;
     let services = crate::harness::Services {
         admin_database_url: postgres.admin_url(),
         amqp_url: crate::harness::amqp_url(),
