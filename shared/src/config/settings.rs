@@ -493,7 +493,7 @@ pub struct WorkerSettings {
     /// Who runs it: a name of `owners`. Default the part of its name before
     /// the first `-`, when `owners` has it.
     pub owner: Option<String>,
-    /// Tags describing it (shown on its page), e.g. `[linux, amd64]`.
+    /// Tags describing it (shown on the workers page), e.g. `[linux, amd64]`.
     #[serde(default)]
     pub tags: Vec<String>,
     /// The branches (of master.yaml's `branches:`) it builds, when fewer

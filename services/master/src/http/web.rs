@@ -775,7 +775,7 @@ async fn workers_page(State(master): State<AppState>) -> Page {
     let body = html! {
         h1 { "Workers" }
         table.workers {
-            thead { tr { th { "Worker" } th { "State" } th { "Running" } th { "Last seen" } th { "Builders" } th { "History" } th {} } }
+            thead { tr { th { "Worker" } th { "State" } th { "Running" } th { "Last seen" } th { "Builders" } th { "Owner" } th { "Tags" } th { "History" } th {} } }
             tbody {
                 @for worker in &workers {
                     @let id = int(worker, "workerid");
@@ -792,6 +792,8 @@ async fn workers_page(State(master): State<AppState>) -> Page {
                         }
                         td { (time(worker, "last_connection")) }
                         td { (served.len()) }
+                        td { (worker_owner(&catalog.config, text(worker, "name"))) }
+                        td.tags { @for tag in catalog.config.worker(text(worker, "name")).map(|w| w.tags.as_slice()).unwrap_or_default() { span.tag { (tag) } " " } }
                         td { a href=(format!("/charts/workers/{}/builds.svg", urls::path_segment(text(worker, "name")))) { "builds per day" } }
                         td {
                             button.action data-method=(if paused { "unpause" } else { "pause" }) data-path=(format!("/workers/{id}")) {
@@ -804,6 +806,13 @@ async fn workers_page(State(master): State<AppState>) -> Page {
         }
     };
     Ok(page("Workers", "workers", &[], body))
+}
+
+/// Who runs `worker`, as people read it: its owner's name under `owners:`,
+/// else the owner's key; nothing for a worker without one.
+fn worker_owner<'a>(config: &'a shared::config::Config, worker: &str) -> &'a str {
+    let Some(owner) = config.worker(worker).and_then(|settings| settings.owner.as_deref()) else { return "" };
+    config.settings.owners.get(owner).and_then(|known| known.name.as_deref()).unwrap_or(owner)
 }
 
 async fn queue_page(State(master): State<AppState>) -> Page {
