@@ -55,7 +55,9 @@ impl Master {
             })
             .collect();
         columns.sort_by(|a, b| (a.group.is_empty(), &a.group, &a.name).cmp(&(b.group.is_empty(), &b.group, &b.name)));
-        let (changes, builds) = self.store.console(branch, MAX_CHANGES).await?;
+        // Only the shown builders' builds are read when a tag narrows them.
+        let shown: Option<Vec<BuilderId>> = tag.map(|_| columns.iter().map(|column| column.id).collect());
+        let (changes, builds) = self.store.console(branch, shown.as_deref(), MAX_CHANGES).await?;
         let cells = cells(&changes, builds);
         Ok(Console { changes, columns, cells })
     }

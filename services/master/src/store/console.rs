@@ -37,10 +37,12 @@ pub struct ConsoleBuild {
 
 impl Store {
     /// The newest `limit` changes (of `branch`, or of every branch), newest
-    /// first, and the builds started for them or for later changes.
+    /// first, and the builds (of `builders`, or of every builder) started
+    /// for them or for later changes.
     pub async fn console(
         &self,
         branch: Option<&str>,
+        builders: Option<&[BuilderId]>,
         limit: i64,
     ) -> StoreResult<(Vec<ConsoleChange>, Vec<ConsoleBuild>)> {
         let changes: Vec<ConsoleChange> = sqlx::query_as(
@@ -62,11 +64,13 @@ impl Store {
                join changes c on c.id = s.change_id
                join buildrequests r on r.buildset_id = s.id
                join builds b on b.buildrequest_id = r.id
-               where s.change_id >= $1 and c.category <> all($2) and ($3::text is null or c.branch = $3)"#,
+               where s.change_id >= $1 and c.category <> all($2) and ($3::text is null or c.branch = $3)
+                 and ($4::int[] is null or r.builder_id = any($4))"#,
         )
         .bind(oldest)
         .bind(&NOT_HISTORY[..])
         .bind(branch)
+        .bind(builders.map(|ids| ids.iter().map(|id| id.0).collect::<Vec<i32>>()))
         .fetch_all(&self.reads)
         .await?;
         Ok((changes, builds))

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use serde_json::{Value, json};
 
-use crate::harness::{ChildGuard, TestStack, free_port, repository_root};
+use crate::harness::{TestStack, free_port, repository_root};
 use crate::identity_providers::{GitHub, GitHubPeople};
+use crate::servers::ChildGuard;
 
 /// A browser session over the W3C WebDriver protocol.
 struct Browser {
@@ -483,6 +484,16 @@ async fn the_console_shows_the_push_that_broke_two_of_four_builders_as_its_row_w
     // Its page names the change it built: who broke it.
     browser.wait_for(10, "the build's changes", "return document.querySelector('#changes .author')").await;
     assert_eq!(browser.text("#changes .author").await, "mallory");
+    // Narrowed to a tag: only its builders' columns and cells.
+    browser.goto(&format!("{}/console?branch=main&tag=stable", stack.base_url)).await;
+    browser.wait_for(10, "the change's row", &format!("return document.querySelector('{row}')")).await;
+    let narrowed = browser
+        .run(
+            "return [...document.querySelector(arguments[0]).querySelectorAll('td.cell')].map(td => td.className)",
+            json!([row]),
+        )
+        .await;
+    assert_eq!(narrowed, json!(["cell r2 broke", "cell r2 broke"]));
 
     // The builder's chart: one point per build, in its result's colour.
     browser.goto(&format!("{}/builders/compile", stack.base_url)).await;
