@@ -196,15 +196,15 @@ fn refusal(stand_in: &StandIn, headers: &HeaderMap, path: &str, body: &Value) ->
 
 /// A comment's text as GitHub takes it (1 to 65,536 characters), or its
 /// refusal of the call, recorded.
-fn comment_text(stand_in: &StandIn, headers: &HeaderMap, path: &str, body: &Value) -> Result<String, Response> {
+fn comment_text(stand_in: &StandIn, headers: &HeaderMap, path: &str, body: &Value) -> Result<String, Box<Response>> {
     if let Some(refused) = refusal(stand_in, headers, path, body) {
-        return Err(refused);
+        return Err(Box::new(refused));
     }
     match body["body"].as_str().filter(|text| !text.is_empty() && text.chars().count() <= 65_536) {
         Some(text) => Ok(text.to_owned()),
         None => {
             stand_in.record(path.to_owned(), body.clone(), StatusCode::UNPROCESSABLE_ENTITY);
-            Err(answer(StatusCode::UNPROCESSABLE_ENTITY, &[], json!({ "message": "Validation Failed" })))
+            Err(Box::new(answer(StatusCode::UNPROCESSABLE_ENTITY, &[], json!({ "message": "Validation Failed" }))))
         }
     }
 }
@@ -231,7 +231,7 @@ async fn make_comment(
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let text = match comment_text(&stand_in, &headers, &path, &body) {
         Ok(text) => text,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let comment = {
         let mut comments = stand_in.comments.lock().unwrap();
@@ -291,7 +291,7 @@ async fn edit_comment(
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let text = match comment_text(&stand_in, &headers, &path, &body) {
         Ok(text) => text,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let mut comments = stand_in.comments.lock().unwrap();
     let Some(comment) = comments.iter_mut().find(|(known, _, _)| *known == id) else {
