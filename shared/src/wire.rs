@@ -213,6 +213,22 @@ pub struct Step {
     pub late_properties: bool,
 }
 
+/// Where a worker's hello `info` lists the step options it honours,
+/// separated by spaces.
+pub const STEP_OPTIONS_INFO: &str = "step_options";
+
+/// Step options a worker that ignored them would run wrongly: a step meant
+/// to be skipped would run (`run_if`), a property later steps use would stay
+/// unset (`set_property`). Masters give a builder whose steps use one only
+/// to workers whose hello lists it under [`STEP_OPTIONS_INFO`]; workers of
+/// versions before these options list nothing there.
+pub const STEP_OPTIONS: [&str; 2] = ["run_if", "set_property"];
+
+/// The step options a worker's hello `info` says it honours.
+pub fn honoured_step_options(info: &BTreeMap<String, String>) -> Vec<&str> {
+    info.get(STEP_OPTIONS_INFO).map(|options| options.split_whitespace().collect()).unwrap_or_default()
+}
+
 /// When a step runs, decided as the build runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -515,6 +531,14 @@ pub const WARNINGS_LOG: &str = "warnings";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hello_that_lists_no_step_options_honours_none() {
+        let mut info = BTreeMap::from([("version".to_owned(), "0.1.0".to_owned())]);
+        assert!(honoured_step_options(&info).is_empty());
+        info.insert(STEP_OPTIONS_INFO.to_owned(), " run_if  set_property ".to_owned());
+        assert_eq!(honoured_step_options(&info), STEP_OPTIONS);
+    }
 
     fn step() -> Step {
         Step {

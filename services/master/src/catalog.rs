@@ -94,4 +94,28 @@ impl Catalog {
     pub fn builders_for_worker(&self, worker: &str) -> Vec<&BuilderConfig> {
         self.config.builders_for_worker(worker, self.is_local_worker(worker))
     }
+
+    /// The builders `worker` serves that it can run, given the step options
+    /// its hello said it honours (`wire::honoured_step_options`). A worker
+    /// of an earlier version would run the others wrongly, so it is not
+    /// given them, and the log says so.
+    pub fn builders_runnable_by(&self, worker: &str, honoured: &[&str]) -> Vec<BuilderName> {
+        let (runnable, not): (Vec<_>, Vec<_>) = self
+            .builders_for_worker(worker)
+            .into_iter()
+            .partition(|builder| builder.step_options().iter().all(|option| honoured.contains(option)));
+        if let Some(first) = not.first() {
+            let missing: Vec<&str> =
+                first.step_options().into_iter().filter(|option| !honoured.contains(option)).collect();
+            tracing::warn!(
+                worker.name = worker,
+                builders = not.len(),
+                first = %first.name,
+                missing = ?missing,
+                "a worker whose version ignores step options its builders use is not given those builders; \
+                 upgrade the worker"
+            );
+        }
+        runnable.into_iter().map(|builder| builder.name.clone()).collect()
+    }
 }

@@ -130,12 +130,12 @@ async fn answer(master: &Master, request: RpcRequest) -> Result<RpcReply, StoreE
                     });
                 }
             };
+            let builders = catalog.builders_runnable_by(worker.as_str(), &wire::honoured_step_options(&info));
             let info = serde_json::to_value(&info).expect("strings serialize");
             let (worker_id, paused, pause_version) = master.store.worker_hello(worker.as_str(), &info).await?;
             // A downtime window pauses it too (see `downtime.rs`).
             let paused = paused || config.worker(worker.as_str()).is_some_and(|w| w.in_downtime(chrono::Utc::now()));
             master.remember_worker(&worker, worker_id);
-            let builders = catalog.builders_for_worker(worker.as_str()).into_iter().map(|b| b.name.clone()).collect();
             tracing::info!(worker.name = %worker, "worker said hello");
             let heartbeat_seconds = config.settings.builds.heartbeat_seconds;
             master.live.send(Change::Worker(worker_id, "connected"));

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shared::config::Config;
-use shared::wire::ControlMessage;
+use shared::wire::{self, ControlMessage};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::BrokerError;
@@ -39,17 +39,26 @@ impl Master {
     }
 
     /// Tells each connected worker which builders it serves now (after its
-    /// account may read their queues); one not connected learns it at its
-    /// hello.
+    /// account may read their queues), of those it can run (what it said
+    /// at its last hello); one not connected learns it at its hello.
     async fn announce_builders(&self) {
         let catalog = self.catalog();
         let config = &catalog.config;
+        let infos = match self.store.worker_infos().await {
+            Ok(infos) => infos,
+            Err(error) => {
+                tracing::warn!(%error, "workers not told their builders: what they said at hello cannot be read");
+                return;
+            }
+        };
         let mut workers: Vec<_> = config.settings.workers.iter().map(|w| w.name.clone()).collect();
         if config.settings.use_local_worker {
             workers.push(self.local_worker_name());
         }
         for worker in workers {
-            let builders = catalog.builders_for_worker(worker.as_str()).into_iter().map(|b| b.name.clone()).collect();
+            // A worker that never said hello learns its builders when it does.
+            let Some(info) = infos.get(worker.as_str()) else { continue };
+            let builders = catalog.builders_runnable_by(worker.as_str(), &wire::honoured_step_options(info));
             match self.broker.send_control(&worker, &ControlMessage::SetBuilders { builders }).await {
                 Ok(()) | Err(BrokerError::Unroutable(_)) => {}
                 Err(error) => tracing::warn!(%error, worker.name = %worker, "could not tell a worker its builders"),

@@ -505,6 +505,7 @@ fn worker_info(admin: Option<&str>) -> std::collections::BTreeMap<String, String
         ("os", std::env::consts::OS.to_owned()),
         ("arch", std::env::consts::ARCH.to_owned()),
         ("cpus", cpus),
+        (wire::STEP_OPTIONS_INFO, wire::STEP_OPTIONS.join(" ")),
     ]
     .into_iter()
     .chain(admin)

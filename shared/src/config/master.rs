@@ -144,6 +144,22 @@ pub struct BuilderConfig {
     pub definition: usize,
 }
 
+impl BuilderConfig {
+    /// The options of [`crate::wire::STEP_OPTIONS`] its steps use, which
+    /// only workers that honour them may run.
+    pub fn step_options(&self) -> Vec<&'static str> {
+        let [run_if, set_property] = crate::wire::STEP_OPTIONS;
+        let mut options = Vec::new();
+        if self.steps.iter().any(|step| step.run_if.is_some()) {
+            options.push(run_if);
+        }
+        if self.steps.iter().any(|step| step.set_property.is_some()) {
+            options.push(set_property);
+        }
+        options
+    }
+}
+
 /// `collapse_requests: true` read as `Some(true)`.
 fn some_bool<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<bool>, D::Error> {
     bool::deserialize(deserializer).map(Some)

@@ -2,6 +2,8 @@
 //! or claim), what each said about itself, and the pause and shutdown the
 //! masters asked of it, with a version so that newer news wins.
 
+use std::collections::{BTreeMap, HashMap};
+
 use shared::ids::{WorkerId, WorkerName};
 
 use super::{Store, StoreResult};
@@ -31,6 +33,15 @@ impl Store {
         .bind(info)
         .fetch_one(&self.pool)
         .await?)
+    }
+
+    /// What each worker said about itself at its last hello, by name.
+    pub async fn worker_infos(&self) -> StoreResult<HashMap<String, BTreeMap<String, String>>> {
+        let rows: Vec<(String, sqlx::types::Json<BTreeMap<String, String>>)> =
+            sqlx::query_as("select name, info from workers where jsonb_typeof(info) = 'object'")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().map(|(name, info)| (name, info.0)).collect())
     }
 
     /// A worker's id by name.

@@ -1,18 +1,19 @@
 //! Masters and workers of neighbouring versions talk while a rolling
-//! upgrade is under way. Here the test plays a master of a newer version:
-//! it answers a real worker's hello and claim itself, with a claim reply
+//! upgrade is under way. Here the tests play a master of a newer version
+//! (it answers a real worker's hello and claim itself, with a claim reply
 //! carrying fields this version does not know, and the worker must run
-//! the build all the same.
+//! the build all the same) and a worker of an earlier version (which must
+//! not be given builders whose steps it would run wrongly).
 
 use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel};
 use serde_json::{Value, json};
-use shared::ids::{BuildId, BuilderName};
+use shared::ids::{BuildId, BuilderName, WorkerName};
 use shared::model::Results;
 use shared::names::Namespace;
-use shared::wire::{self, RpcRequest, WorkerEvent};
+use shared::wire::{self, ControlMessage, RpcReply, RpcRequest, WorkerEvent};
 
 use crate::harness::{TestStack, master_yaml};
 
@@ -133,4 +134,105 @@ async fn a_worker_runs_a_claim_reply_carrying_options_it_does_not_know() {
         .collect();
     assert_eq!(String::from_utf8_lossy(&printed), "from a newer master\n");
     broker.close().await;
+}
+
+/// Plays worker `worker` saying hello with `info` over its own reply and
+/// control queues, as a worker process does; the masters' answer, and the
+/// channel holding the control queue.
+async fn hello_as(
+    stack: &TestStack,
+    worker: &str,
+    info: &[(&str, &str)],
+) -> (RpcReply, lapin::Connection, lapin::Consumer) {
+    let ns = Namespace::new(&stack.namespace);
+    let connection = lapin::Connection::connect(stack.amqp_url(), Default::default()).await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let own = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
+    let mut consumers = Vec::new();
+    for queue in [ns.worker_reply_queue(worker), ns.worker_control_queue(worker)] {
+        channel.queue_declare(queue.as_str().into(), own, FieldTable::default()).await.unwrap();
+        let options = BasicConsumeOptions { no_ack: true, ..Default::default() };
+        consumers.push(channel.basic_consume(queue.into(), "".into(), options, FieldTable::default()).await.unwrap());
+    }
+    let (mut replies, control) = (consumers.remove(0), consumers.remove(0));
+    let hello = RpcRequest::Hello {
+        worker: WorkerName::new(worker),
+        info: info.iter().map(|(key, value)| (key.to_string(), value.to_string())).collect(),
+    };
+    let properties = BasicProperties::default()
+        .with_reply_to(ns.worker_reply_queue(worker).into())
+        .with_correlation_id("hello-1".into());
+    channel
+        .basic_publish(
+            ns.rpc_exchange().into(),
+            shared::names::RPC_ROUTING_KEY.into(),
+            BasicPublishOptions::default(),
+            &wire::encode(&hello),
+            properties,
+        )
+        .await
+        .unwrap();
+    let reply = tokio::time::timeout(std::time::Duration::from_secs(30), replies.next())
+        .await
+        .expect("a master answers within 30 s")
+        .expect("the consumer is open")
+        .expect("a delivery");
+    (wire::decode(&reply.data).expect("the answer reads"), connection, control)
+}
+
+/// The builders a welcome gives, sorted.
+fn welcomed(reply: &RpcReply) -> Vec<String> {
+    let RpcReply::Welcome { builders, .. } = reply else { panic!("a welcome, got {reply:?}") };
+    let mut names: Vec<String> = builders.iter().map(|name| name.to_string()).collect();
+    names.sort();
+    names
+}
+
+/// A worker of a version before `run_if` and `set_property` would run a
+/// step meant to be skipped and leave a property unset: the masters do not
+/// give it the builders whose steps use them, at its hello nor after a
+/// reload, while a worker of this version is given them and builds them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_of_an_earlier_version_is_not_given_builders_whose_steps_it_would_run_wrongly() {
+    let yaml = "factories:\n  plain:\n    steps:\n      - {name: t, command: [\"true\"]}\n\
+                \x20 probing:\n    steps:\n\
+                \x20     - {name: probe, command: \"echo yes\", set_property: answer}\n\
+                \x20     - {name: only-if-answered, command: \"test %(prop:answer)s = yes\", run_if: {property: answer}}\n\
+                builders:\n  - {name: plain, factory: plain, workers: [w1, w2]}\n\
+                \x20 - {name: probing, factory: probing, workers: [w1, w2]}\n\
+                schedulers:\n  - {type: force, name: force, builders: [plain, probing]}\n";
+    let mut stack = TestStack::new(yaml, &["plain", "probing"]).await;
+    stack.start_master("a").await;
+
+    let earlier = [("host", "old-box"), ("version", "0.1.0")];
+    let (reply, connection, mut control) = hello_as(&stack, "w2", &earlier).await;
+    assert_eq!(welcomed(&reply), ["plain"], "an earlier worker is not given `probing`");
+    stack.reload_masters();
+    let told = tokio::time::timeout(std::time::Duration::from_secs(30), control.next())
+        .await
+        .expect("the worker is told its builders after a reload")
+        .expect("the consumer is open")
+        .expect("a delivery");
+    let ControlMessage::SetBuilders { builders } = wire::decode(&told.data).expect("a control message") else {
+        panic!("builders, got {}", String::from_utf8_lossy(&told.data))
+    };
+    assert_eq!(builders, [BuilderName::new("plain")], "nor after a reload");
+    connection.close(200, "done".into()).await.unwrap();
+
+    let options = wire::STEP_OPTIONS.join(" ");
+    let (reply, connection, _) =
+        hello_as(&stack, "w2", &[("version", "0.2.0"), (wire::STEP_OPTIONS_INFO, &options)]).await;
+    assert_eq!(welcomed(&reply), ["plain", "probing"], "a worker that honours them is given both");
+    connection.close(200, "done".into()).await.unwrap();
+
+    // A worker process of this version says so, and builds `probing`: the
+    // property set, the conditional step run with it.
+    stack.start_worker("w1");
+    stack.wait_for_worker_connected("w1").await;
+    let build = stack.wait_for_build(stack.force("probing").await).await;
+    assert_eq!(build["results"], 0, "{build}\n{}", stack.worker_logs());
+    let steps = stack.steps(build["buildid"].as_i64().unwrap()).await;
+    assert_eq!(steps[1]["results"], 0, "the conditional step ran and passed: {steps:?}");
+    let worker = stack.get("/api/v2/workers/w1").await;
+    assert_eq!(worker["workers"][0]["workerinfo"][wire::STEP_OPTIONS_INFO], options.as_str(), "{worker}");
 }
