@@ -51,6 +51,10 @@ pub struct GitHubSignIn {
     /// `{python/core-developers: [developers]}`.
     #[serde(default)]
     pub teams: BTreeMap<String, Vec<String>>,
+    /// Roles of particular people, by GitHub login (as Buildbot's
+    /// `RolesFromUsername`): `{vstinner: [admins]}`.
+    #[serde(default)]
+    pub users: BTreeMap<String, Vec<String>>,
     /// How often a signed-in person's teams are read again, so that someone
     /// removed from a team loses its roles within this time.
     #[serde(default = "default_roles_refresh_seconds")]

@@ -106,7 +106,8 @@ struct Team {
     organization: Organization,
 }
 
-/// The person's login and the roles their organisations and teams give;
+/// The person's login and the roles their organisations, teams and login
+/// give;
 /// `None` when GitHub no longer takes the token.
 pub(super) async fn identify(
     http: &reqwest::Client,
@@ -149,6 +150,13 @@ pub(super) async fn identify(
             );
         }
     }
+    roles.extend(
+        github
+            .users
+            .iter()
+            .filter(|(login, _)| login.eq_ignore_ascii_case(&user.login))
+            .flat_map(|(_, roles)| roles.iter().cloned()),
+    );
     roles.sort();
     roles.dedup();
     Ok(Some((user.login, roles)))

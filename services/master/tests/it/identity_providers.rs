@@ -227,7 +227,7 @@ impl GitHub {
             "  github:\n    client_id: {GITHUB_CLIENT_ID}\n    client_secret: {GITHUB_CLIENT_SECRET}\n    url: {url}\n\
              \x20   api_url: {url}/api/v3\n    organizations:\n      python: [members]\n    teams:\n\
              \x20     python/core-developers: [developers]\n      python/buildmaster-admins: [admins]\n\
-             \x20   roles_refresh_seconds: {refresh_seconds}\n",
+             \x20   users:\n      Erin: [admins]\n    roles_refresh_seconds: {refresh_seconds}\n",
             url = self.url
         )
     }

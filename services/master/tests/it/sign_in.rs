@@ -201,7 +201,7 @@ async fn openid_connect_sign_in_checks_state_nonce_signature_issuer_audience_and
 
 fn github_people() -> GitHubPeople {
     let mut people = GitHubPeople::default();
-    for login in ["alice", "dave"] {
+    for login in ["alice", "dave", "erin"] {
         people.organizations.insert(login.into(), vec!["python".into(), "elsewhere".into()]);
     }
     // More teams than one page holds, the one that matters last.
@@ -209,6 +209,7 @@ fn github_people() -> GitHubPeople {
     teams.push("python/core-developers".into());
     people.teams.insert("alice".into(), teams);
     people.teams.insert("dave".into(), vec!["python/triage".into()]);
+    people.teams.insert("erin".into(), Vec::new());
     people
 }
 
@@ -253,6 +254,10 @@ async fn github_sign_in_gives_roles_from_teams_and_takes_them_away_after_the_ref
     let (status, body) = force_as(&stack, &mut dave, "slow").await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("user `dave` may not force builds"), "{body}");
+
+    // erin is in no team either, but settings.yaml gives her login a role.
+    let mut erin = github_sign_in(&stack, &github, "erin").await;
+    assert_eq!(me(&stack, &stack.base_url, &mut erin).await["roles"], json!(["admins", "members"]));
 
     // alice leaves core-developers: once the interval has passed, whichever
     // master she reaches reads her teams again and she can no longer force.
