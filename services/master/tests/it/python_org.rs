@@ -9,7 +9,8 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::harness::{TestStack, repository_root};
+use crate::github_api::{self, StandIn};
+use crate::harness::{TestStack, free_port, repository_root, try_force};
 
 fn git(dir: &Path, args: &[&str]) {
     let status = Command::new("git").args(args).current_dir(dir).status().unwrap();
@@ -46,20 +47,31 @@ async fn a_master_serves_the_translation_and_builds_a_forced_unix_builder_on_its
     let mut stack = TestStack::new("", &names).await;
     let repo = stand_in_cpython(stack.dir.path());
 
-    // The translation's settings on this test's services, with a local worker.
-    let ours = std::fs::read_to_string(&stack.settings_path).unwrap();
-    let line = |key: &str| ours.lines().find(|l| l.starts_with(key)).unwrap().to_owned();
-    let mut settings: String = std::fs::read_to_string(example.join("settings.yaml"))
-        .unwrap()
-        .lines()
-        .map(|l| match l.split(':').next().unwrap_or_default() {
-            key @ ("database_url" | "amqp_url" | "redis_url" | "namespace") => line(key),
-            _ => l.to_owned(),
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    settings.push_str("\nuse_local_worker: true\nlocal_worker_buildfactory: UnixBuild\n");
-    std::fs::write(&stack.settings_path, settings).unwrap();
+    // The translation's settings on this test's services, with a local
+    // worker; its reporters' targets beside the test (a Discord and GitHub
+    // stand-in, an IRC server nobody listens for), and a token for the
+    // test's forces, since the translation's authorization wants a role.
+    let stand_in = StandIn::default();
+    let stand_in_url = github_api::serve(stand_in.clone()).await;
+    let (token, token_sha256) = master::auth::new_token();
+    let ours: serde_yaml::Mapping =
+        serde_yaml::from_str(&std::fs::read_to_string(&stack.settings_path).unwrap()).unwrap();
+    let mut settings: serde_yaml::Mapping =
+        serde_yaml::from_str(&std::fs::read_to_string(example.join("settings.yaml")).unwrap()).unwrap();
+    for key in ["database_url", "amqp_url", "redis_url", "namespace"] {
+        settings.insert(key.into(), ours[key].clone());
+    }
+    let extra: serde_yaml::Mapping = serde_yaml::from_str(&format!(
+        "use_local_worker: true\nlocal_worker_buildfactory: UnixBuild\n\
+         users: [{{name: test-bot, roles: [admins], token_sha256: [{token_sha256}]}}]\n\
+         irc: {{host: 127.0.0.1, port: {irc_port}, tls: false, nickname: py-bb-example, password: x-irc-password, identify: sasl}}\n",
+        irc_port = free_port(),
+    ))
+    .unwrap();
+    settings.extend(extra);
+    settings["github"]["api_url"] = stand_in_url.clone().into();
+    settings["secrets"]["discord_webhook"] = format!("{stand_in_url}/api/webhooks/1/webhook-token").into();
+    std::fs::write(&stack.settings_path, serde_yaml::to_string(&settings).unwrap()).unwrap();
     std::fs::copy(example.join("master.yaml"), stack.dir.path().join("master.yaml")).unwrap();
     let factories = std::fs::read_to_string(example.join("factories.yaml"))
         .unwrap()
@@ -82,8 +94,14 @@ async fn a_master_serves_the_translation_and_builds_a_forced_unix_builder_on_its
     let windows = page("/builders/AMD64%20Windows10%203.14".into()).await;
     assert!(windows.contains("Needs a Windows worker"), "Windows builders say what they need");
 
-    // The force button's scheduler, through HAProxy, served by the local worker.
-    let request = stack.force("AMD64 Debian root 3.x").await;
+    // Forcing wants a role: refused to nobody, done with the test's token,
+    // through HAProxy, served by the local worker.
+    let refused = try_force(&stack.http, &stack.base_url, "AMD64 Debian root 3.x").await.unwrap_err();
+    assert!(refused.contains("401"), "{refused}");
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let bot = reqwest::Client::builder().default_headers(headers).build().unwrap();
+    let request = try_force(&bot, &stack.base_url, "AMD64 Debian root 3.x").await.unwrap();
     let build = stack.wait_for_build(request).await;
     assert_eq!(build["results"], 0, "SUCCESS: {build}");
     let build_id = build["buildid"].as_i64().unwrap();
@@ -99,4 +117,14 @@ async fn a_master_serves_the_translation_and_builds_a_forced_unix_builder_on_its
     let properties = &properties["builds"][0]["properties"];
     assert_eq!(properties["branch"][0], "main", "the 3.x builders build main: {properties}");
     assert_eq!(properties["version"][0], "3.16", "{properties}");
+
+    // A stable builder's build is told in Discord, as on buildbot.python.org.
+    let told = stack
+        .eventually(30, "the build told in Discord", async || {
+            let calls = stand_in.calls("/api/webhooks/");
+            calls.into_iter().find(|call| call.status == 200 || call.status == 204)
+        })
+        .await;
+    let content = told.body["content"].as_str().unwrap_or_default();
+    assert!(content.contains("AMD64 Debian root 3.x"), "{content}");
 }
