@@ -114,9 +114,10 @@ fn default_status_description() -> Template {
     )
 }
 
-/// A comment on a pull request when one of its builds fails (or breaks):
-/// the builder, the failed step, the end of its log and a link. Uses the
-/// credentials of settings.yaml's `github`.
+/// A comment on a pull request when one of its builds fails (or breaks),
+/// or a build of what was merged from it: the builder, the failed step, the
+/// end of its log and a link. Uses the credentials of settings.yaml's
+/// `github`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GitHubCommentConfig {
@@ -128,6 +129,11 @@ pub struct GitHubCommentConfig {
     /// Lines of the failed step's log quoted, from its end; 0 for none.
     #[serde(default = "default_log_lines")]
     pub log_lines: u32,
+    /// Also comment on the pull request a failing branch build came from,
+    /// as buildbot.python.org does: when the build covers one change whose
+    /// message names it as `(GH-123)` or `(#123)` (a squash merge's title).
+    #[serde(default)]
+    pub merged_pull_requests: bool,
     /// The comment, in GitHub's Markdown.
     #[serde(default = "default_comment_body")]
     pub body: Template,

@@ -17,9 +17,10 @@ pub mod irc;
 mod mail;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
+use regex::Regex;
 use serde_json::Value;
 use shared::config::reporters::{BuildReport, ReporterConfig};
 use shared::ids::{BuildId, BuilderId};
@@ -318,6 +319,15 @@ impl Deliverer {
                 return Outcome::Failed("settings.yaml has no `github:` section".into());
             };
             let mut report = report;
+            if report.pull_request.is_none() && comment.merged_pull_requests && report.results == "failure" {
+                match merged_from(master, build_id).await {
+                    Ok(number) => report.pull_request = number,
+                    Err(error) => {
+                        let problem = format!("cannot read the build's changes: {error}");
+                        return retry(reporter.give_up_after_minutes, notification, None, problem);
+                    }
+                }
+            }
             if report.pull_request.is_some() && report.failed_step.is_some() {
                 // Also when no lines are wanted: the step's failed tests are
                 // recorded with its log.
@@ -409,6 +419,21 @@ async fn judge(master: &Master, notification: &Notification) -> Result<Judged, O
 /// lines buildmaster adds, such as its exit code), with Markdown's code
 /// fences in them defused; once the step's end (its log, its test results)
 /// is recorded.
+/// The pull request a branch build's one change was merged from, as
+/// buildbot.python.org finds it: `(GH-123)` or `(#123)` in the change's
+/// message. None when the build covers more changes than one, or none.
+async fn merged_from(master: &Master, build_id: BuildId) -> Result<Option<i64>, StoreError> {
+    let [change] = master.store.blamelist(build_id).await?[..] else { return Ok(None) };
+    Ok(master.store.change_comments(change).await?.as_deref().and_then(merged_pull_request))
+}
+
+/// The number in a squash merge's `(GH-123)` or `(#123)`.
+fn merged_pull_request(message: &str) -> Option<i64> {
+    static NAMED: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new(r"(?i)\((?:GH-|#)(\d+)\)").expect("the pattern is valid"));
+    NAMED.captures(message)?.get(1)?.as_str().parse().ok()
+}
+
 async fn log_excerpt(master: &Master, build_id: BuildId, attempts: i32, lines: u32) -> Result<String, String> {
     // Room for buildmaster's own lines at the end.
     const OWN_LINES: i64 = 8;
@@ -602,6 +627,20 @@ mod tests {
         for (attempts, seconds) in [(1, 2.0), (2, 4.0), (3, 8.0), (9, 300.0), (40, 300.0)] {
             let waited = backoff(attempts).as_secs_f64();
             assert!(waited >= seconds * 0.75 && waited <= seconds * 1.25, "attempt {attempts}: {waited}");
+        }
+    }
+
+    #[test]
+    fn a_squash_merge_names_its_pull_request_as_gh_or_hash() {
+        let cases = [
+            ("gh-140000: Fix the eval loop (GH-140123)", Some(140123)),
+            ("Fix a typo (#4242)\n\nLong text", Some(4242)),
+            ("[3.14] gh-1: Backport (gh-77) (#78)", Some(77)),
+            ("gh-140000: Fix the eval loop", None),
+            ("See #4242 for why", None),
+        ];
+        for (message, number) in cases {
+            assert_eq!(merged_pull_request(message), number, "{message}");
         }
     }
 }

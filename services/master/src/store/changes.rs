@@ -235,6 +235,14 @@ impl Store {
         .collect())
     }
 
+    /// A change's message (its commit's, or a pull request's title).
+    pub async fn change_comments(&self, change: ChangeId) -> StoreResult<Option<String>> {
+        Ok(sqlx::query_scalar("select comments from changes where id = $1")
+            .bind(change)
+            .fetch_optional(&self.reads)
+            .await?)
+    }
+
     /// The builds a change started (through its buildsets), oldest first.
     pub async fn builds_of_change(&self, change: ChangeId) -> StoreResult<Vec<BuildId>> {
         Ok(sqlx::query_scalar(

@@ -687,3 +687,44 @@ async fn mail_goes_through_starttls_and_a_login() {
     assert_eq!(mails.len(), 1, "{mails:?}");
     assert!(mails[0].contains(&format!("Subject: buildmaster: bad build {} failure", bad["number"])), "{}", mails[0]);
 }
+
+/// As buildbot.python.org does: a stable builder failing on a branch build
+/// of one change comments on the pull request that change was merged from,
+/// named in its message as `(GH-123)`; a change that names none is not
+/// commented anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_branch_build_failing_on_a_merged_pull_request_is_commented_on_that_pull_request() {
+    let stand_in = StandIn::default();
+    let url = github_api::serve(stand_in.clone()).await;
+    let yaml = "factories:\n  broken:\n    steps:\n      - {name: test, command: [sh, -c, 'echo FAIL: test_eval; exit 1']}\n\
+                builders:\n  - {name: AMD64 Debian 3.x, factory: broken, workers: [w1], tags: [stable]}\n\
+                schedulers:\n  - {type: single_branch, name: main, branch: main, builders: [AMD64 Debian 3.x]}\n\
+                reporters:\n\
+                \x20 - name: merged\n    tags: [stable]\n    pull_requests: exclude\n\
+                \x20   github_comment: {merged_pull_requests: true, later_failures: add}\n";
+    let mut stack = TestStack::new(yaml, &["AMD64 Debian 3.x"]).await;
+    set_web_url(&stack);
+    stack.append_settings(&settings_for(&url, TOKEN));
+    stack.start_master("a").await;
+    stack.start_worker("w1");
+
+    let merged = "gh-140000: Speed up the eval loop (GH-140123)\n\nCo-authored-by: someone";
+    let buildset = crate::console::push(&stack, "p-1", GOOD_SHA, "guido", merged).await;
+    let build = &crate::console::finished(&stack, buildset).await["AMD64 Debian 3.x"];
+    assert_eq!(build["results"], 2);
+    let rows = settled(&stack, build["buildid"].as_i64().unwrap()).await;
+    assert_eq!(row(&rows, "merged", "finished")["state"], "sent", "{rows:?}");
+    let comments = stand_in.comments.lock().unwrap().clone();
+    assert_eq!(comments.len(), 1, "{comments:#?}");
+    let (_, number, body) = &comments[0];
+    assert_eq!(*number, 140123, "on the pull request the change was merged from");
+    assert!(body.contains(":x: **AMD64 Debian 3.x** build 1 ended in **failure** at step `test`"), "{body}");
+    assert!(body.contains("FAIL: test_eval"), "the end of the failed step's log: {body}");
+
+    let unnamed = crate::console::push(&stack, "p-2", BAD_SHA, "guido", "Fix a typo in a comment").await;
+    let build = &crate::console::finished(&stack, unnamed).await["AMD64 Debian 3.x"];
+    assert_eq!(build["results"], 2);
+    let rows = settled(&stack, build["buildid"].as_i64().unwrap()).await;
+    assert_eq!(row(&rows, "merged", "finished")["state"], "skipped", "{rows:?}");
+    assert_eq!(stand_in.comments.lock().unwrap().len(), 1);
+}
