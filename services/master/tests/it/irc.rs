@@ -253,3 +253,55 @@ async fn with_sasl_the_nickname_is_logged_in_before_it_joins_and_a_wrong_passwor
     let account = person.expect(10, "the account", |line| line.split(' ').nth(1) == Some("330")).await;
     assert!(account.contains(&format!(" {NICK} {NICK} :is logged in as")), "{account}");
 }
+
+/// The network's own failures: a nickname someone else holds is waited for
+/// (never another nickname), and a server that restarts is connected to
+/// again, the channels joined again and builds announced again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_nickname_is_waited_for_and_a_restarted_server_is_joined_again() {
+    let mut irc = PrivateIrc::start().await;
+    let mut squatter = Client::connect(irc.port, NICK, &[]).await;
+    let mut person = Client::connect(irc.port, "alice", &[CHANNEL]).await;
+    let yaml = format!(
+        "factories:\n  broken:\n    steps:\n      - {{name: test, command: [\"false\"]}}\n\
+         builders:\n  - {{name: tip, factory: broken, workers: [w1], properties: {{branch: main}}}}\n\
+         schedulers:\n  - {{type: force, name: force, builders: [tip]}}\n\
+         reporters:\n  - name: channel\n    mode: [all]\n    irc: {{channels: [\"{CHANNEL}\"]}}\n"
+    );
+    let mut stack = TestStack::new(&yaml, &["tip"]).await;
+    let settings = std::fs::read_to_string(&stack.settings_path).unwrap();
+    std::fs::write(
+        &stack.settings_path,
+        settings.replacen("web:\n", &format!("web:\n  url: {WEB_URL}\n  anonymous_control: true\n"), 1),
+    )
+    .unwrap();
+    stack
+        .append_settings(&format!("irc:\n  host: 127.0.0.1\n  port: {}\n  tls: false\n  nickname: {NICK}\n", irc.port));
+    stack.start_master("a").await;
+    stack.start_worker("w1");
+
+    // The nickname is someone else's: nobody joins under another one.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let names = person.names(CHANNEL).await;
+    assert_eq!(names, ["alice"], "no bot under another nickname: {names:?}");
+    squatter.send("QUIT :done").await;
+    person.expect(30, "the bot joining once the nickname is free", |line| is_bot(line, "JOIN")).await;
+
+    // The server restarts: every connection drops; the bot comes back.
+    irc.restart().await;
+    let restarted = Instant::now();
+    let mut person = Client::connect(irc.port, "alice", &[CHANNEL]).await;
+    let joined = |names: &[String]| names.iter().any(|name| name == NICK);
+    let mut names = person.names(CHANNEL).await;
+    while !joined(&names) {
+        assert!(restarted.elapsed() < Duration::from_secs(30), "the bot is back within 30 s: {names:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        names = person.names(CHANNEL).await;
+    }
+    eprintln!("the bot was back in {CHANNEL} {:?} after the server restarted", restarted.elapsed());
+
+    let build = stack.wait_for_build(stack.force("tip").await).await;
+    assert_eq!(build["results"], 2);
+    let told = person.expect(60, "the failure", |line| said_by_bot(line, CHANNEL).is_some()).await;
+    assert!(said_by_bot(&told, CHANNEL).unwrap().starts_with("tip build 1: failure in test on main"), "{told}");
+}

@@ -445,7 +445,8 @@ pub struct PrivateIrc {
     pub port: u16,
     pub tls_port: u16,
     pub ca_file: PathBuf,
-    _server: ChildGuard,
+    config: PathBuf,
+    server: ChildGuard,
     _dir: tempfile::TempDir,
 }
 
@@ -469,10 +470,23 @@ impl PrivateIrc {
             ),
         )
         .expect("write ngircd.conf");
+        let server = Self::serve(&config, port, tls_port).await;
+        PrivateIrc { port, tls_port, ca_file, config, server, _dir: dir }
+    }
+
+    /// Stops the server (every connection drops) and starts it again on
+    /// the same ports, as a network's restart does.
+    pub async fn restart(&mut self) {
+        let _ = self.server.0.kill();
+        let _ = self.server.0.wait();
+        self.server = Self::serve(&self.config, self.port, self.tls_port).await;
+    }
+
+    async fn serve(config: &Path, port: u16, tls_port: u16) -> ChildGuard {
         let server = Command::new("ngircd")
             .arg("-n")
             .arg("-f")
-            .arg(&config)
+            .arg(config)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -485,7 +499,7 @@ impl PrivateIrc {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
-        PrivateIrc { port, tls_port, ca_file, _server: server, _dir: dir }
+        server
     }
 }
 
